@@ -1,0 +1,306 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Error is one problem in a policy file, located by file, line and the YAML
+// path of the offending value.
+type Error struct {
+	File string
+	Line int
+	Path string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc += ":" + strconv.Itoa(e.Line)
+	}
+	if e.Path != "" {
+		return loc + ": " + e.Path + ": " + e.Msg
+	}
+	return loc + ": " + e.Msg
+}
+
+// at is a decoded value with the line it came from.
+type at[T any] struct {
+	v    T
+	line int
+	set  bool
+}
+
+// decoder walks yaml.v3 nodes by hand so that every error carries a line and
+// a path, unknown keys are refused, and numbers and money are read from their
+// literal text (never through float64).
+type decoder struct {
+	file string
+	errs []error
+}
+
+func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
+	line := 0
+	if n != nil {
+		line = n.Line
+	}
+	d.errs = append(d.errs, &Error{File: d.file, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+type mapNode struct {
+	d      *decoder
+	n      *yaml.Node
+	path   string
+	keys   []string
+	vals   map[string]*yaml.Node
+	keyAt  map[string]*yaml.Node
+	merged map[string]bool
+	known  []string
+	closed bool
+}
+
+func deref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!null":
+			return "nothing (null)"
+		case "!!bool":
+			return "a true/false value"
+		case "!!int":
+			return "a whole number"
+		case "!!float":
+			return "a decimal number"
+		}
+		return fmt.Sprintf("the text %q", n.Value)
+	}
+	return "something else"
+}
+
+// mapping opens n as a mapping. It returns nil (after recording why) when n
+// is not one.
+func (d *decoder) mapping(n *yaml.Node, path string) *mapNode {
+	n = deref(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		if n != nil && n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return &mapNode{d: d, n: n, path: path, vals: map[string]*yaml.Node{}, keyAt: map[string]*yaml.Node{}, merged: map[string]bool{}}
+		}
+		d.fail(n, path, "must be a mapping of key: value lines, got %s", kindName(n))
+		return nil
+	}
+	m := &mapNode{d: d, n: n, path: path, vals: map[string]*yaml.Node{}, keyAt: map[string]*yaml.Node{}, merged: map[string]bool{}}
+	m.add(n, true)
+	return m
+}
+
+func (m *mapNode) add(n *yaml.Node, own bool) {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			m.d.fail(k, m.path, "keys must be plain names")
+			continue
+		}
+		if k.Value == "<<" && k.Tag == "!!merge" { // YAML merge key: <<: *anchor
+			if src := deref(v); src != nil && src.Kind == yaml.MappingNode {
+				m.add(src, false)
+			} else {
+				m.d.fail(k, m.path, "a merge key (<<) must point at a mapping")
+			}
+			continue
+		}
+		if first, dup := m.keyAt[k.Value]; dup {
+			switch {
+			case !own: // an explicit key beats a merged one, and the first merge wins
+				continue
+			case !m.merged[k.Value]:
+				m.d.fail(k, join(m.path, k.Value), "duplicate key (first set on line %d)", first.Line)
+				continue
+			}
+			delete(m.merged, k.Value)
+		} else {
+			m.keys = append(m.keys, k.Value)
+			if !own {
+				m.merged[k.Value] = true
+			}
+		}
+		m.keyAt[k.Value] = k
+		m.vals[k.Value] = v
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// get marks key as known and returns its value node (nil when absent).
+func (m *mapNode) get(key string) *yaml.Node {
+	m.known = append(m.known, key)
+	return m.vals[key]
+}
+
+// close reports every key that no get asked for.
+func (m *mapNode) close() {
+	if m.closed {
+		return
+	}
+	m.closed = true
+	for _, k := range m.keys {
+		if slices.Contains(m.known, k) {
+			continue
+		}
+		msg := fmt.Sprintf("unknown field %q", k)
+		if s := suggest(k, m.known); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		} else if len(m.known) > 0 {
+			msg += " (allowed: " + strings.Join(m.known, ", ") + ")"
+		}
+		m.d.fail(m.keyAt[k], m.path, "%s", msg)
+	}
+}
+
+// each visits the entries of a name → value mapping in file order.
+func (m *mapNode) each(fn func(name string, key, val *yaml.Node)) {
+	for _, k := range m.keys {
+		m.known = append(m.known, k)
+		fn(k, m.keyAt[k], m.vals[k])
+	}
+}
+
+func (m *mapNode) str(key string) at[string] {
+	n := deref(m.get(key))
+	if n == nil {
+		return at[string]{}
+	}
+	p := join(m.path, key)
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" || n.Tag == "!!bool" {
+		m.d.fail(n, p, "must be text, got %s", kindName(n))
+		return at[string]{}
+	}
+	return at[string]{v: n.Value, line: n.Line, set: true}
+}
+
+func (m *mapNode) int(key string) at[int64] {
+	n := deref(m.get(key))
+	if n == nil {
+		return at[int64]{}
+	}
+	p := join(m.path, key)
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		m.d.fail(n, p, "must be a whole number, got %s", kindName(n))
+		return at[int64]{}
+	}
+	v, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
+	if err != nil {
+		m.d.fail(n, p, "%q is not a whole number that fits in 64 bits", n.Value)
+		return at[int64]{}
+	}
+	return at[int64]{v: v, line: n.Line, set: true}
+}
+
+func (m *mapNode) bool(key string) at[bool] {
+	n := deref(m.get(key))
+	if n == nil {
+		return at[bool]{}
+	}
+	p := join(m.path, key)
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		m.d.fail(n, p, "must be true or false, got %s", kindName(n))
+		return at[bool]{}
+	}
+	v, err := strconv.ParseBool(strings.ToLower(n.Value))
+	if err != nil {
+		m.d.fail(n, p, "must be true or false, got %q", n.Value)
+		return at[bool]{}
+	}
+	return at[bool]{v: v, line: n.Line, set: true}
+}
+
+// scalarText returns the literal text of a number or string scalar, for
+// values (money, prices) that must never pass through float64.
+func (m *mapNode) scalarText(key string) at[string] {
+	n := deref(m.get(key))
+	if n == nil {
+		return at[string]{}
+	}
+	p := join(m.path, key)
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!str") {
+		m.d.fail(n, p, "must be an amount such as \"1000\" or \"0.03/1K\", got %s", kindName(n))
+		return at[string]{}
+	}
+	return at[string]{v: n.Value, line: n.Line, set: true}
+}
+
+func (m *mapNode) strs(key string) at[[]string] {
+	n := deref(m.get(key))
+	if n == nil {
+		return at[[]string]{}
+	}
+	p := join(m.path, key)
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" { // a single name is a list of one
+		return at[[]string]{v: []string{n.Value}, line: n.Line, set: true}
+	}
+	if n.Kind != yaml.SequenceNode {
+		m.d.fail(n, p, "must be a list of names, got %s", kindName(n))
+		return at[[]string]{}
+	}
+	out := make([]string, 0, len(n.Content))
+	for i, c := range n.Content {
+		c = deref(c)
+		if c.Kind != yaml.ScalarNode || c.Tag == "!!null" || c.Tag == "!!bool" {
+			m.d.fail(c, fmt.Sprintf("%s[%d]", p, i), "must be a name, got %s", kindName(c))
+			continue
+		}
+		out = append(out, c.Value)
+	}
+	return at[[]string]{v: out, line: n.Line, set: true}
+}
+
+// suggest returns the known key closest to k when it is a likely typo.
+func suggest(k string, known []string) string {
+	best, bestD := "", 3
+	for _, c := range known {
+		if d := editDistance(k, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,595 @@
+package policy
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// MaxCapacity bounds a bucket's capacity and refill so that bucket
+// arithmetic (micro-units, microseconds) stays exact in int64 and in Redis's
+// Lua numbers (2^53).
+const MaxCapacity = 1_000_000_000
+
+// DefaultMaxTokens is the output allowance of an LLM route that states none.
+const DefaultMaxTokens = 1024
+
+// Source is one policy file's name and contents.
+type Source struct {
+	Name string
+	Data []byte
+}
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultSource is the bundled default policy.
+func DefaultSource() Source { return Source{Name: "default.yaml (bundled)", Data: defaultYAML} }
+
+// Default compiles the bundled default policy. It panics only if the
+// bundled file is broken, which a test rules out.
+func Default() *Set {
+	s, err := Compile(DefaultSource())
+	if err != nil {
+		panic("policy: bundled default is invalid: " + err.Error())
+	}
+	return s
+}
+
+// Parse compiles a single policy document read from r; name is used in
+// error messages.
+func Parse(name string, r io.Reader) (*Set, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("policy: read %s: %w", name, err)
+	}
+	return Compile(Source{Name: name, Data: data})
+}
+
+// Load reads a policy from a file, or from every *.yaml / *.yml file below a
+// directory (in lexical order), and compiles them into one Set.
+func Load(path string) (*Set, error) {
+	files, err := Files(path)
+	if err != nil {
+		return nil, err
+	}
+	srcs := make([]Source, 0, len(files))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		srcs = append(srcs, Source{Name: f, Data: data})
+	}
+	return Compile(srcs...)
+}
+
+// Files lists the policy files Load would read for path.
+func Files(path string) ([]string, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if !info.IsDir() {
+		return []string{path}, nil
+	}
+	var files []string
+	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if strings.HasPrefix(name, ".") && p != path {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.IsDir() && (strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")) {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("policy: %s holds no .yaml or .yml files", path)
+	}
+	sort.Strings(files)
+	return files, nil
+}
+
+// documents as written, before cross-checks.
+type (
+	defaultsDoc struct {
+		file                                         string
+		line                                         int
+		unknownClient, unmatchedRoute, invalidReqest at[string]
+		shadow                                       at[bool]
+	}
+	poolDoc struct {
+		file, name       string
+		line             int
+		unit             at[string]
+		capacity, refill at[int64]
+		price            at[string]
+		shadow           at[bool]
+	}
+	routeDoc struct {
+		file, name       string
+		line             int
+		host, prefix     at[string]
+		models, pools    at[[]string]
+		provider         at[string]
+		defaultMaxTokens at[int64]
+	}
+	limitDoc struct {
+		pool             string
+		line             int
+		capacity, refill at[int64]
+	}
+	tierDoc struct {
+		file, name    string
+		line          int
+		priority      at[int64]
+		maxConcurrent at[int64]
+		budget        at[string]
+		limits        []limitDoc
+	}
+	clientDoc struct {
+		file, id string
+		line     int
+		tier     at[string]
+		budget   at[string]
+	}
+)
+
+type docs struct {
+	first    string // the first file read, for errors that belong to no line
+	defaults []defaultsDoc
+	pools    []poolDoc
+	routes   []routeDoc
+	tiers    []tierDoc
+	clients  []clientDoc
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
+
+func (ds *docs) read(src Source) []error {
+	d := &decoder{file: src.Name}
+	if ds.first == "" {
+		ds.first = src.Name
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(src.Data))
+	for {
+		var root yaml.Node
+		err := dec.Decode(&root)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			e := &Error{File: src.Name, Msg: "not valid YAML: " + strings.TrimPrefix(err.Error(), "yaml: ")}
+			if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+				e.Line, _ = strconv.Atoi(m[1])
+				e.Msg = "not valid YAML: " + m[2]
+			}
+			return append(d.errs, e)
+		}
+		if len(root.Content) == 0 {
+			continue
+		}
+		ds.readRoot(d, root.Content[0])
+	}
+	return d.errs
+}
+
+func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
+	top := d.mapping(n, "")
+	if top == nil {
+		return
+	}
+	if v := top.get("defaults"); v != nil {
+		if m := d.mapping(v, "defaults"); m != nil {
+			ds.defaults = append(ds.defaults, defaultsDoc{
+				file: d.file, line: deref(v).Line,
+				unknownClient:  m.str("unknown_client"),
+				unmatchedRoute: m.str("unmatched_route"),
+				invalidReqest:  m.str("invalid_request"),
+				shadow:         m.bool("shadow"),
+			})
+			m.close()
+		}
+	}
+	if v := top.get("pools"); v != nil {
+		if pm := d.mapping(v, "pools"); pm != nil {
+			pm.each(func(name string, k, v *yaml.Node) {
+				m := d.mapping(v, "pools."+name)
+				if m == nil {
+					return
+				}
+				ds.pools = append(ds.pools, poolDoc{
+					file: d.file, name: name, line: k.Line,
+					unit: m.str("unit"), capacity: m.int("capacity"), refill: m.int("refill_per_second"),
+					price: m.scalarText("price"), shadow: m.bool("shadow"),
+				})
+				m.close()
+			})
+		}
+	}
+	if v := top.get("routes"); v != nil {
+		if rm := d.mapping(v, "routes"); rm != nil {
+			rm.each(func(name string, k, v *yaml.Node) {
+				m := d.mapping(v, "routes."+name)
+				if m == nil {
+					return
+				}
+				ds.routes = append(ds.routes, routeDoc{
+					file: d.file, name: name, line: k.Line,
+					host: m.str("host"), prefix: m.str("path_prefix"), models: m.strs("models"),
+					provider: m.str("provider"), pools: m.strs("pools"), defaultMaxTokens: m.int("default_max_tokens"),
+				})
+				m.close()
+			})
+		}
+	}
+	if v := top.get("tiers"); v != nil {
+		if tm := d.mapping(v, "tiers"); tm != nil {
+			tm.each(func(name string, k, v *yaml.Node) {
+				m := d.mapping(v, "tiers."+name)
+				if m == nil {
+					return
+				}
+				t := tierDoc{
+					file: d.file, name: name, line: k.Line,
+					priority: m.int("priority"), maxConcurrent: m.int("max_concurrent"), budget: m.scalarText("monthly_budget"),
+				}
+				if lv := m.get("client_limits"); lv != nil {
+					if lm := d.mapping(lv, "tiers."+name+".client_limits"); lm != nil {
+						lm.each(func(pool string, k, v *yaml.Node) {
+							m := d.mapping(v, "tiers."+name+".client_limits."+pool)
+							if m == nil {
+								return
+							}
+							t.limits = append(t.limits, limitDoc{pool: pool, line: k.Line, capacity: m.int("capacity"), refill: m.int("refill_per_second")})
+							m.close()
+						})
+					}
+				}
+				ds.tiers = append(ds.tiers, t)
+				m.close()
+			})
+		}
+	}
+	if v := top.get("clients"); v != nil {
+		if cm := d.mapping(v, "clients"); cm != nil {
+			cm.each(func(id string, k, v *yaml.Node) {
+				m := d.mapping(v, "clients."+id)
+				if m == nil {
+					return
+				}
+				ds.clients = append(ds.clients, clientDoc{
+					file: d.file, id: id, line: k.Line, tier: m.str("tier"), budget: m.scalarText("monthly_budget"),
+				})
+				m.close()
+			})
+		}
+	}
+	top.close()
+}
+
+// Compile decodes, merges, validates and compiles policy sources into a Set.
+// It reports every problem it finds, each with file, line and reason.
+func Compile(srcs ...Source) (*Set, error) {
+	var ds docs
+	var errs []error
+	for _, src := range srcs {
+		errs = append(errs, ds.read(src)...)
+	}
+	s, cerrs := ds.compile()
+	errs = append(errs, cerrs...)
+	if len(errs) > 0 {
+		sort.SliceStable(errs, func(i, j int) bool {
+			a, b := errs[i].(*Error), errs[j].(*Error)
+			if a.File != b.File {
+				return a.File < b.File
+			}
+			return a.Line < b.Line
+		})
+		return nil, errors.Join(errs...)
+	}
+	for _, src := range srcs {
+		s.Files = append(s.Files, src.Name)
+	}
+	s.LoadedAt = time.Now()
+	return s, nil
+}
+
+type errList struct{ errs []error }
+
+func (l *errList) add(file string, line int, path, format string, args ...any) {
+	l.errs = append(l.errs, &Error{File: file, Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// lineOr returns the value's own line if it was set, else the fallback.
+func lineOr[T any](a at[T], fallback int) int {
+	if a.set {
+		return a.line
+	}
+	return fallback
+}
+
+type place struct {
+	file string
+	line int
+}
+
+func (p place) String() string { return p.file + ":" + strconv.Itoa(p.line) }
+
+func (ds *docs) compile() (*Set, []error) {
+	var el errList
+	s := &Set{Pools: map[string]*Pool{}, Tiers: map[string]*Tier{}, Clients: map[string]*Client{}}
+	seen := map[string]place{}
+	unique := func(kind, name, file string, line int) bool {
+		key := kind + "\x00" + name
+		if p, dup := seen[key]; dup {
+			el.add(file, line, kind+"s."+name, "%s %q is already defined at %s", kind, name, p)
+			return false
+		}
+		seen[key] = place{file, line}
+		return true
+	}
+
+	for _, p := range ds.pools {
+		path := "pools." + p.name
+		if !unique("pool", p.name, p.file, p.line) {
+			continue
+		}
+		pool := &Pool{Name: p.name, Unit: Unit(p.unit.v), Shadow: p.shadow.v}
+		if !p.unit.set {
+			el.add(p.file, p.line, path+".unit", "is required (one of %s)", joinNames(units))
+		} else if !slices.Contains(units, pool.Unit) {
+			el.add(p.file, p.unit.line, path+".unit", "unknown unit %q (one of %s)", p.unit.v, joinNames(units))
+		}
+		pool.Limit = checkLimit(&el, p.file, p.line, path, p.capacity, p.refill)
+		if p.price.set {
+			pr, err := ParsePrice(p.price.v)
+			if err != nil {
+				el.add(p.file, p.price.line, path+".price", "%v", err)
+			}
+			pool.Price = pr
+		}
+		s.Pools[p.name] = pool
+	}
+	if len(ds.pools) == 0 {
+		el.add(ds.first, 0, "pools", "the policy defines no pools; at least one is needed")
+	}
+
+	for _, r := range ds.routes {
+		path := "routes." + r.name
+		if !unique("route", r.name, r.file, r.line) {
+			continue
+		}
+		rt := &Route{Name: r.name, Host: strings.ToLower(r.host.v), PathPrefix: r.prefix.v, Models: r.models.v,
+			Provider: Provider(r.provider.v), DefaultMaxTokens: r.defaultMaxTokens.v}
+		if rt.PathPrefix == "" {
+			rt.PathPrefix = "/"
+		} else if !strings.HasPrefix(rt.PathPrefix, "/") {
+			el.add(r.file, r.prefix.line, path+".path_prefix", "must start with /, got %q", rt.PathPrefix)
+		}
+		if strings.ContainsAny(rt.Host, "/ ") || strings.Count(rt.Host, "*") > 1 || (strings.Contains(rt.Host, "*") && !strings.HasPrefix(rt.Host, "*.")) {
+			el.add(r.file, r.host.line, path+".host", "must be a host name, \"*.domain\" or empty for any host, got %q", r.host.v)
+		}
+		if rt.Provider == "" {
+			rt.Provider = ProviderGeneric
+		} else if !slices.Contains(providers, rt.Provider) {
+			el.add(r.file, r.provider.line, path+".provider", "unknown provider %q (one of %s)", r.provider.v, joinNames(providers))
+		}
+		switch {
+		case r.defaultMaxTokens.set && rt.DefaultMaxTokens <= 0:
+			el.add(r.file, r.defaultMaxTokens.line, path+".default_max_tokens", "must be positive, got %d", rt.DefaultMaxTokens)
+		case !r.defaultMaxTokens.set:
+			rt.DefaultMaxTokens = DefaultMaxTokens
+		}
+		for i, m := range rt.Models {
+			if m == "" || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
+				el.add(r.file, r.models.line, fmt.Sprintf("%s.models[%d]", path, i), "must be a model name or a prefix ending in *, got %q", m)
+			}
+		}
+		if len(r.pools.v) == 0 {
+			el.add(r.file, lineOr(r.pools, r.line), path+".pools", "a route needs at least one pool")
+		}
+		for _, name := range r.pools.v {
+			p, ok := s.Pools[name]
+			if !ok {
+				el.add(r.file, r.pools.line, path+".pools", "pool %q does not exist%s", name, known(s.Pools))
+				continue
+			}
+			if slices.Contains(rt.Pools, p) {
+				el.add(r.file, r.pools.line, path+".pools", "pool %q is listed twice", name)
+				continue
+			}
+			rt.Pools = append(rt.Pools, p)
+		}
+		s.Routes = append(s.Routes, rt)
+	}
+	sortRoutes(s.Routes)
+
+	for _, t := range ds.tiers {
+		path := "tiers." + t.name
+		if !unique("tier", t.name, t.file, t.line) {
+			continue
+		}
+		tier := &Tier{Name: t.name, Priority: int(t.priority.v), MaxConcurrent: t.maxConcurrent.v, ClientLimits: map[string]Limit{}}
+		if !t.priority.set {
+			el.add(t.file, t.line, path+".priority", "is required (0 to 40 points)")
+		} else if t.priority.v < 0 || t.priority.v > 40 {
+			el.add(t.file, t.priority.line, path+".priority", "must be between 0 and 40, got %d", t.priority.v)
+		}
+		if !t.maxConcurrent.set {
+			el.add(t.file, t.line, path+".max_concurrent", "is required (calls in flight per client)")
+		} else if t.maxConcurrent.v <= 0 {
+			el.add(t.file, t.maxConcurrent.line, path+".max_concurrent", "must be positive, got %d", t.maxConcurrent.v)
+		}
+		if t.budget.set && !strings.EqualFold(t.budget.v, "custom") {
+			m, err := ParseMoney(t.budget.v)
+			switch {
+			case err != nil:
+				el.add(t.file, t.budget.line, path+".monthly_budget", "%v (or \"custom\" for a per-client budget)", err)
+			case m < 0:
+				el.add(t.file, t.budget.line, path+".monthly_budget", "must not be negative, got %s", t.budget.v)
+			}
+			tier.MonthlyBudget, tier.Budgeted = m, true
+		}
+		for _, l := range t.limits {
+			lp := path + ".client_limits." + l.pool
+			if _, ok := s.Pools[l.pool]; !ok {
+				el.add(t.file, l.line, lp, "pool %q does not exist%s", l.pool, known(s.Pools))
+				continue
+			}
+			tier.ClientLimits[l.pool] = checkLimit(&el, t.file, l.line, lp, l.capacity, l.refill)
+		}
+		s.Tiers[t.name] = tier
+	}
+
+	for _, c := range ds.clients {
+		path := "clients." + c.id
+		if !unique("client", c.id, c.file, c.line) {
+			continue
+		}
+		cl := &Client{ID: c.id}
+		if !c.tier.set {
+			el.add(c.file, c.line, path+".tier", "is required%s", known(s.Tiers))
+		} else if t, ok := s.Tiers[c.tier.v]; ok {
+			cl.Tier = t
+		} else {
+			el.add(c.file, c.tier.line, path+".tier", "tier %q does not exist%s", c.tier.v, known(s.Tiers))
+		}
+		if c.budget.set {
+			m, err := ParseMoney(c.budget.v)
+			switch {
+			case err != nil:
+				el.add(c.file, c.budget.line, path+".monthly_budget", "%v", err)
+			case m < 0:
+				el.add(c.file, c.budget.line, path+".monthly_budget", "must not be negative, got %s", c.budget.v)
+			}
+			cl.MonthlyBudget, cl.Budgeted = m, true
+		}
+		s.Clients[c.id] = cl
+	}
+
+	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny}
+	var defSeen = map[string]place{}
+	setOnce := func(d defaultsDoc, key string, line int) bool {
+		if p, dup := defSeen[key]; dup {
+			el.add(d.file, line, "defaults."+key, "is already set at %s", p)
+			return false
+		}
+		defSeen[key] = place{d.file, line}
+		return true
+	}
+	for _, d := range ds.defaults {
+		if d.unknownClient.set && setOnce(d, "unknown_client", d.unknownClient.line) {
+			if d.unknownClient.v != string(Deny) {
+				if t, ok := s.Tiers[d.unknownClient.v]; ok {
+					s.Defaults.UnknownClientTier = t
+				} else {
+					el.add(d.file, d.unknownClient.line, "defaults.unknown_client", "must be a tier name or \"deny\"; tier %q does not exist%s", d.unknownClient.v, known(s.Tiers))
+				}
+			}
+		}
+		for _, a := range []struct {
+			key string
+			v   at[string]
+			dst *Action
+		}{{"unmatched_route", d.unmatchedRoute, &s.Defaults.UnmatchedRoute}, {"invalid_request", d.invalidReqest, &s.Defaults.InvalidRequest}} {
+			if !a.v.set || !setOnce(d, a.key, a.v.line) {
+				continue
+			}
+			if act := Action(a.v.v); act == Allow || act == Deny {
+				*a.dst = act
+			} else {
+				el.add(d.file, a.v.line, "defaults."+a.key, "must be \"allow\" or \"deny\", got %q", a.v.v)
+			}
+		}
+		if d.shadow.set && setOnce(d, "shadow", d.shadow.line) {
+			s.Defaults.Shadow = d.shadow.v
+		}
+	}
+	return s, el.errs
+}
+
+func checkLimit(el *errList, file string, line int, path string, capacity, refill at[int64]) Limit {
+	for _, f := range []struct {
+		key string
+		v   at[int64]
+	}{{"capacity", capacity}, {"refill_per_second", refill}} {
+		switch {
+		case !f.v.set:
+			el.add(file, line, path+"."+f.key, "is required")
+		case f.v.v <= 0:
+			el.add(file, f.v.line, path+"."+f.key, "must be positive, got %d", f.v.v)
+		case f.v.v > MaxCapacity:
+			el.add(file, f.v.line, path+"."+f.key, "must be at most %d, got %d", MaxCapacity, f.v.v)
+		}
+	}
+	return Limit{Capacity: capacity.v, RefillPerSecond: refill.v}
+}
+
+func sortRoutes(rs []*Route) {
+	hostRank := func(h string) int {
+		switch {
+		case h == "":
+			return 0
+		case strings.HasPrefix(h, "*."):
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(rs, func(i, j int) bool {
+		a, b := rs[i], rs[j]
+		if ha, hb := hostRank(a.Host), hostRank(b.Host); ha != hb {
+			return ha > hb
+		}
+		if len(a.PathPrefix) != len(b.PathPrefix) {
+			return len(a.PathPrefix) > len(b.PathPrefix)
+		}
+		if (len(a.Models) > 0) != (len(b.Models) > 0) {
+			return len(a.Models) > 0
+		}
+		return a.Name < b.Name
+	})
+}
+
+func joinNames[T ~string](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = string(x)
+	}
+	return strings.Join(s, ", ")
+}
+
+func known[T any](m map[string]T) string {
+	if len(m) == 0 {
+		return " (none are defined)"
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return " (known: " + strings.Join(names, ", ") + ")"
+}

@@ -1,0 +1,234 @@
+// Package policy decodes, validates and compiles Tollgate's YAML policy: the
+// resource pools, the routes that map calls onto them, the client tiers and
+// the clients. A compiled *Set is immutable and safe to share; a reload
+// builds a new Set off to the side.
+package policy
+
+import (
+	"strings"
+	"time"
+)
+
+// Unit is what a pool counts.
+type Unit string
+
+// The units a pool can count. Token pools are charged the estimated LLM
+// tokens of a call; the others are charged per call (the costing package
+// refines SMS segments and e-mail recipients).
+const (
+	UnitToken   Unit = "token"
+	UnitRequest Unit = "request"
+	UnitSegment Unit = "segment"
+	UnitEmail   Unit = "email"
+)
+
+var units = []Unit{UnitToken, UnitRequest, UnitSegment, UnitEmail}
+
+// Provider names the upstream API family of a route; it decides the shape of
+// a denial body so that the provider's own SDK recognises it.
+type Provider string
+
+// Known providers. Generic gets a plain JSON error.
+const (
+	ProviderGeneric   Provider = "generic"
+	ProviderOpenAI    Provider = "openai"
+	ProviderAnthropic Provider = "anthropic"
+	ProviderTwilio    Provider = "twilio"
+	ProviderSendGrid  Provider = "sendgrid"
+)
+
+var providers = []Provider{ProviderGeneric, ProviderOpenAI, ProviderAnthropic, ProviderTwilio, ProviderSendGrid}
+
+// Action is what to do with a call the policy has no answer for.
+type Action string
+
+// Actions for unmatched routes and invalid requests.
+const (
+	Allow Action = "allow"
+	Deny  Action = "deny"
+)
+
+// Limit is a token bucket's shape: it holds at most Capacity units and gains
+// RefillPerSecond units every second.
+type Limit struct {
+	Capacity        int64
+	RefillPerSecond int64
+}
+
+// Pool is a shared resource: a provider quota such as GPT-4 tokens per
+// minute, with its bucket and price.
+type Pool struct {
+	Name  string
+	Unit  Unit
+	Limit Limit
+	Price Price
+	// Shadow makes the pool decide and count but never deny.
+	Shadow bool
+}
+
+// Route maps calls (host, path prefix, optionally the body's model) onto
+// pools.
+type Route struct {
+	Name       string
+	Host       string // exact, "*.suffix", or "" for any host
+	PathPrefix string
+	Models     []string // exact names or "prefix*"; empty matches any model
+	Provider   Provider
+	Pools      []*Pool
+	// DefaultMaxTokens is the output allowance assumed for an LLM call that
+	// states none.
+	DefaultMaxTokens int64
+}
+
+// LLM reports whether any of the route's pools counts tokens, i.e. whether
+// the request body must be read to estimate the call.
+func (r *Route) LLM() bool {
+	for _, p := range r.Pools {
+		if p.Unit == UnitToken {
+			return true
+		}
+	}
+	return false
+}
+
+// Tier is a class of client.
+type Tier struct {
+	Name          string
+	Priority      int // 0–40 points in the queue score
+	MaxConcurrent int64
+	// MonthlyBudget applies when Budgeted; an unbudgeted tier ("custom")
+	// relies on each client's own budget.
+	MonthlyBudget Money
+	Budgeted      bool
+	// ClientLimits caps each client of this tier within a pool: a bucket per
+	// (pool, client), keyed by pool name.
+	ClientLimits map[string]Limit
+}
+
+// Client is a known caller.
+type Client struct {
+	ID            string
+	Tier          *Tier
+	MonthlyBudget Money
+	Budgeted      bool
+}
+
+// Budget returns the client's monthly budget: its own, else its tier's.
+func (c *Client) Budget() (Money, bool) {
+	if c.Budgeted {
+		return c.MonthlyBudget, true
+	}
+	return c.Tier.MonthlyBudget, c.Tier.Budgeted
+}
+
+// Defaults are the policy-wide answers for calls the rest does not cover.
+type Defaults struct {
+	// UnknownClientTier is the tier given to a client not listed; nil means
+	// unknown clients are denied.
+	UnknownClientTier *Tier
+	UnmatchedRoute    Action
+	InvalidRequest    Action
+	// Shadow puts every pool in shadow mode.
+	Shadow bool
+}
+
+// Set is a compiled, validated policy. It is immutable once built.
+type Set struct {
+	Pools    map[string]*Pool
+	Routes   []*Route // in match order: most specific first
+	Tiers    map[string]*Tier
+	Clients  map[string]*Client
+	Defaults Defaults
+	// Files are the files the set was loaded from, in load order.
+	Files    []string
+	LoadedAt time.Time
+}
+
+// MatchRoute returns the first route matching the call, or nil. model is the
+// body's "model" field, "" if none.
+func (s *Set) MatchRoute(host, path, model string) *Route {
+	host = stripPort(strings.ToLower(host))
+	for _, r := range s.Routes {
+		if r.matches(host, path, model) {
+			return r
+		}
+	}
+	return nil
+}
+
+// RouteWantsModel reports whether any route that could match host and path
+// distinguishes calls by model, so the caller knows whether to read the body.
+func (s *Set) RouteWantsModel(host, path string) bool {
+	host = stripPort(strings.ToLower(host))
+	for _, r := range s.Routes {
+		if len(r.Models) > 0 && hostMatches(r.Host, host) && strings.HasPrefix(path, r.PathPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// Client resolves a client id to its policy entry. An unknown id gets a
+// synthetic client of the default tier; ok is false when unknown clients are
+// denied.
+func (s *Set) Client(id string) (c *Client, ok bool) {
+	if c, found := s.Clients[id]; found {
+		return c, true
+	}
+	if s.Defaults.UnknownClientTier == nil {
+		return nil, false
+	}
+	return &Client{ID: id, Tier: s.Defaults.UnknownClientTier}, true
+}
+
+// Shadowed reports whether a denial by pool p is only to be reported.
+func (s *Set) Shadowed(p *Pool) bool { return s.Defaults.Shadow || p.Shadow }
+
+func (r *Route) matches(host, path, model string) bool {
+	if !hostMatches(r.Host, host) || !strings.HasPrefix(path, r.PathPrefix) {
+		return false
+	}
+	if len(r.Models) == 0 {
+		return true
+	}
+	for _, m := range r.Models {
+		if modelMatches(m, model) {
+			return true
+		}
+	}
+	return false
+}
+
+func hostMatches(pattern, host string) bool {
+	switch {
+	case pattern == "":
+		return true
+	case strings.HasPrefix(pattern, "*."):
+		return strings.HasSuffix(host, pattern[1:])
+	default:
+		return pattern == host
+	}
+}
+
+func modelMatches(pattern, model string) bool {
+	if model == "" {
+		return false
+	}
+	if p, ok := strings.CutSuffix(pattern, "*"); ok {
+		return strings.HasPrefix(model, p)
+	}
+	return pattern == model
+}
+
+func stripPort(host string) string {
+	if strings.HasPrefix(host, "[") { // [::1]:443
+		if i := strings.LastIndexByte(host, ']'); i > 0 {
+			return host[1:i]
+		}
+		return host
+	}
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.Count(host, ":") == 1 {
+		return host[:i]
+	}
+	return host
+}
