@@ -586,10 +586,5 @@ func known[T any](m map[string]T) string {
 	if len(m) == 0 {
 		return " (none are defined)"
 	}
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return " (known: " + strings.Join(names, ", ") + ")"
+	return " (known: " + strings.Join(sortedKeys(m), ", ") + ")"
 }

@@ -1,0 +1,93 @@
+package authz
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/tollgate/tollgate/policy"
+)
+
+// Header is one HTTP header to send.
+type Header struct{ Name, Value string }
+
+// ResponseHeaders are the headers a caller sees on the response: the
+// x-ratelimit-* trio on every routed call, and on a denial Retry-After and
+// Tollgate's reason.
+func ResponseHeaders(v *Verdict) []Header {
+	var hs []Header
+	if rl := v.RateLimit; rl != nil {
+		hs = append(hs,
+			Header{"x-ratelimit-limit", strconv.FormatInt(rl.Limit, 10)},
+			Header{"x-ratelimit-remaining", strconv.FormatInt(rl.Remaining, 10)},
+			Header{"x-ratelimit-reset", strconv.FormatInt(ceilSeconds(rl.Reset), 10)},
+		)
+	}
+	if !v.Allowed {
+		if v.RetryAfter > 0 {
+			hs = append(hs, Header{"retry-after", strconv.FormatInt(ceilSeconds(v.RetryAfter), 10)})
+		}
+		hs = append(hs, Header{"x-tollgate-reason", v.Reason})
+	}
+	if v.Shadow != "" {
+		hs = append(hs, Header{"x-tollgate-shadow-decision", v.Shadow})
+	}
+	return hs
+}
+
+// DenialBody renders a denial in the shape of the upstream provider's own
+// error, so that the provider's SDK classifies it (and retries a 429) as it
+// would the real thing.
+func DenialBody(v *Verdict) (contentType string, body []byte) {
+	var doc any
+	switch v.Provider {
+	case policy.ProviderOpenAI:
+		// OpenAI: {"error":{"message","type","param","code"}}; on a rate
+		// limit the type names the exhausted quantity and the code is
+		// rate_limit_exceeded.
+		typ, code := "invalid_request_error", v.Reason
+		if v.Status == http.StatusTooManyRequests {
+			code = "rate_limit_exceeded"
+			typ = "requests"
+			if v.RateLimit != nil && v.RateLimit.Unit == policy.UnitToken {
+				typ = "tokens"
+			}
+		}
+		doc = map[string]any{"error": map[string]any{"message": v.Message, "type": typ, "param": nil, "code": code}}
+	case policy.ProviderAnthropic:
+		typ := "invalid_request_error"
+		switch v.Status {
+		case http.StatusTooManyRequests:
+			typ = "rate_limit_error"
+		case http.StatusForbidden:
+			typ = "permission_error"
+		case http.StatusServiceUnavailable:
+			typ = "api_error"
+		}
+		doc = map[string]any{"type": "error", "error": map[string]any{"type": typ, "message": v.Message}}
+	case policy.ProviderTwilio:
+		code := 20403
+		switch v.Status {
+		case http.StatusTooManyRequests:
+			code = 20429
+		case http.StatusBadRequest:
+			code = 20001
+		case http.StatusServiceUnavailable:
+			code = 20503
+		}
+		doc = map[string]any{"code": code, "message": v.Message, "more_info": "https://www.twilio.com/docs/errors/" + strconv.Itoa(code), "status": v.Status}
+	case policy.ProviderSendGrid:
+		doc = map[string]any{"errors": []map[string]any{{"field": nil, "message": v.Message}}}
+	default:
+		e := map[string]any{"code": v.Reason, "message": v.Message}
+		if v.RetryAfter > 0 {
+			e["retry_after_seconds"] = ceilSeconds(v.RetryAfter)
+		}
+		doc = map[string]any{"error": e}
+	}
+	b, err := json.Marshal(doc)
+	if err != nil { // maps of strings and numbers always marshal
+		b = []byte(`{"error":{"code":"internal"}}`)
+	}
+	return "application/json", b
+}

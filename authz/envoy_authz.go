@@ -1,0 +1,123 @@
+package authz
+
+// Translation between Envoy's ext_authz messages and Tollgate's plain types.
+// No server code lives here.
+
+import (
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+)
+
+// ContextUpstreamHost is the ext_authz context extension that names the
+// upstream host when the :authority the worker sent is the sidecar's own
+// (the shipped Envoy config sets it per route).
+const ContextUpstreamHost = "upstream_host"
+
+// fromCheckRequest reads a CheckRequest into a Request. It never fails: a
+// request it cannot read comes back with Invalid set, for the policy to
+// judge.
+func fromCheckRequest(cr *authv3.CheckRequest, clientHeader string) *Request {
+	r := &Request{}
+	h := cr.GetAttributes().GetRequest().GetHttp()
+	if h == nil {
+		r.Invalid = "the check carries no HTTP request attributes"
+		return r
+	}
+	r.ID, r.Method = h.GetId(), h.GetMethod()
+	r.Headers = make(map[string]string, len(h.GetHeaders())+len(h.GetHeaderMap().GetHeaders()))
+	for k, v := range h.GetHeaders() {
+		r.Headers[strings.ToLower(k)] = v
+	}
+	for _, hv := range h.GetHeaderMap().GetHeaders() { // encode_raw_headers
+		v := hv.GetValue()
+		if v == "" {
+			v = string(hv.GetRawValue())
+		}
+		r.Headers[strings.ToLower(hv.GetKey())] = v
+	}
+	if id := r.Headers["x-request-id"]; id != "" {
+		r.ID = id
+	}
+	r.Host = h.GetHost()
+	if r.Host == "" {
+		r.Host = r.Headers[":authority"]
+	}
+	if up := cr.GetAttributes().GetContextExtensions()[ContextUpstreamHost]; up != "" {
+		r.Host = up
+	}
+	r.Path = h.GetPath()
+	if i := strings.IndexAny(r.Path, "?#"); i >= 0 {
+		r.Path = r.Path[:i]
+	}
+	r.Client = r.Headers[clientHeader]
+	r.Body = h.GetRawBody()
+	if len(r.Body) == 0 && h.GetBody() != "" {
+		r.Body = []byte(h.GetBody())
+	}
+	r.BodySize = int64(len(r.Body))
+	if n, err := strconv.ParseInt(r.Headers["content-length"], 10, 64); err == nil && n > r.BodySize {
+		r.BodySize = n // Envoy sent a partial body
+	}
+	switch {
+	case r.Host == "":
+		r.Invalid = "the check names no host"
+	case r.Path == "" || r.Path[0] != '/':
+		r.Invalid = "the check names no path"
+	}
+	return r
+}
+
+func headerOptions(hs []Header) []*corev3.HeaderValueOption {
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		out[i] = &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return out
+}
+
+var grpcCodeOf = map[int]code.Code{
+	400: code.Code_INVALID_ARGUMENT,
+	403: code.Code_PERMISSION_DENIED,
+	429: code.Code_RESOURCE_EXHAUSTED,
+	503: code.Code_UNAVAILABLE,
+}
+
+// toCheckResponse renders a Verdict for Envoy: OK with the rate-limit
+// headers on the response (and the shadow decision on the request), or a
+// denial carrying the provider-shaped body.
+func toCheckResponse(v *Verdict) *authv3.CheckResponse {
+	hs := ResponseHeaders(v)
+	if v.Allowed {
+		ok := &authv3.OkHttpResponse{ResponseHeadersToAdd: headerOptions(hs)}
+		if v.Shadow != "" {
+			ok.Headers = headerOptions([]Header{{"x-tollgate-shadow-decision", v.Shadow}})
+		}
+		return &authv3.CheckResponse{
+			Status:       &rpcstatus.Status{Code: int32(code.Code_OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		}
+	}
+	ct, body := DenialBody(v)
+	hs = append(hs, Header{"content-type", ct})
+	c, ok := grpcCodeOf[v.Status]
+	if !ok {
+		c = code.Code_PERMISSION_DENIED
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(c), Message: v.Reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.Status)},
+			Headers: headerOptions(hs),
+			Body:    string(body),
+		}},
+	}
+}

@@ -1,0 +1,238 @@
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+// Config configures a Server.
+type Config struct {
+	// GRPCAddr is where Envoy's services listen: "host:port" or
+	// "unix:///path".
+	GRPCAddr string
+	// HTTPAddr serves /healthz, /readyz, /metrics and /debug/policy.
+	HTTPAddr string
+	// ClientHeader names the request header that identifies the client.
+	ClientHeader string
+	// DrainDelay is how long Shutdown reports NOT_SERVING before it stops
+	// accepting calls, so that Envoy and Kubernetes notice first.
+	DrainDelay time.Duration
+}
+
+// DefaultConfig returns the configuration `tollgate serve` starts from.
+func DefaultConfig() Config {
+	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", ClientHeader: "x-tollgate-client", DrainDelay: time.Second}
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	var errs []error
+	if c.GRPCAddr == "" {
+		errs = append(errs, errors.New("authz: gRPC address is empty"))
+	}
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("authz: HTTP address is empty"))
+	}
+	if c.ClientHeader == "" || c.ClientHeader != strings.ToLower(c.ClientHeader) || strings.ContainsAny(c.ClientHeader, " :") {
+		errs = append(errs, fmt.Errorf("authz: client header %q must be a lower-case header name", c.ClientHeader))
+	}
+	if c.DrainDelay < 0 {
+		errs = append(errs, fmt.Errorf("authz: drain delay %v is negative", c.DrainDelay))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are the collaborators a Server uses; Server does not own them (the
+// caller closes the store).
+type Deps struct {
+	Policies PolicySource
+	Store    limiter.Store
+	// Registry receives the server's metrics and is served on /metrics.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// Server serves Envoy's gRPC services and the admin HTTP endpoints.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	deps     Deps
+	decider  *Decider
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	grpcLis  net.Listener
+	httpLis  net.Listener
+	draining atomic.Bool
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+	done         chan struct{}
+}
+
+// New validates cfg, builds the services and binds both listeners, so that an
+// address in use fails here and not later.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Policies == nil || deps.Store == nil || deps.Registry == nil {
+		return nil, errors.New("authz: Deps needs Policies, Store and Registry")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{})}
+	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger)
+
+	s.grpc = grpc.NewServer()
+	authv3.RegisterAuthorizationServer(s.grpc, &authServer{d: s.decider, clientHeader: cfg.ClientHeader, m: s.decider.m})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	s.http = &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 5 * time.Second}
+
+	var err error
+	if s.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("authz: gRPC listener: %w", err)
+	}
+	if s.httpLis, err = listen(cfg.HTTPAddr); err != nil {
+		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
+	}
+	return s, nil
+}
+
+// Decider returns the admission pipeline the server uses.
+func (s *Server) Decider() *Decider { return s.decider }
+
+// GRPCAddr is the bound gRPC address (useful with port 0).
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
+
+// HTTPAddr is the bound admin HTTP address.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
+
+// Serve serves until Shutdown completes or a listener fails. It returns nil
+// after a clean Shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	go func() {
+		if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	s.log.LogAttrs(ctx, slog.LevelInfo, "serving", slog.String("grpc", s.GRPCAddr().String()), slog.String("http", s.HTTPAddr().String()))
+	var first error
+	for range 2 {
+		if err := <-errc; err != nil && first == nil && !errors.Is(err, grpc.ErrServerStopped) {
+			first = err
+			go func() { _ = s.Shutdown(context.WithoutCancel(ctx)) }() // one server failed: stop the other
+		}
+	}
+	<-s.done
+	return first
+}
+
+// Shutdown drains and stops the server: health goes NOT_SERVING, then after
+// DrainDelay the gRPC server stops accepting calls and waits for those in
+// flight (until ctx ends, when it stops hard), then the HTTP server closes.
+// It is idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		defer close(s.done)
+		s.draining.Store(true)
+		s.health.Shutdown()
+		if s.cfg.DrainDelay > 0 {
+			t := time.NewTimer(s.cfg.DrainDelay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		var errs []error
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.grpc.Stop()
+			<-stopped
+			errs = append(errs, fmt.Errorf("authz: in-flight checks cut short: %w", ctx.Err()))
+		}
+		if err := s.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("authz: HTTP shutdown: %w", err))
+		}
+		s.shutdownErr = errors.Join(errs...)
+	})
+	return s.shutdownErr
+}
+
+func (s *Server) adminMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry}))
+	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
+	return mux
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	components := map[string]string{"policy": "ok", "server": "ok"}
+	ready := true
+	if s.deps.Policies.Policy() == nil {
+		components["policy"], ready = "no policy loaded", false
+	}
+	if s.draining.Load() {
+		components["server"], ready = "draining", false
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "components": components})
+}
+
+func (s *Server) debugPolicy(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(s.deps.Policies.Policy().Summary())
+}
+
+// listen binds "host:port" or "unix:///path" (removing a stale socket).
+func listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}

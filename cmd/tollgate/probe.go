@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+type probeFlags struct {
+	addr, client, clientHeader, rawURL, bodyFile, method string
+	headers                                             []string
+	timeout                                             time.Duration
+}
+
+// Exit status of probe when the call is denied, so scripts can tell a
+// denial (3) from a failure to ask (1).
+const exitDenied = 3
+
+func probeCmd() *cobra.Command {
+	f := probeFlags{}
+	cmd := &cobra.Command{
+		Use:   "probe --client ID --url URL [--body FILE]",
+		Short: "Send one ext_authz CheckRequest to a running Tollgate and print the answer",
+		Long: "probe builds the CheckRequest Envoy would send for a call to URL and prints Tollgate's decision\n" +
+			"and headers. Exit status: 0 allowed, 3 denied, 1 could not ask.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return probe(cmd.Context(), f, cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.addr, "addr", "127.0.0.1:8081", "Tollgate's gRPC address")
+	fl.StringVar(&f.client, "client", "", "client id, sent in the client header")
+	fl.StringVar(&f.clientHeader, "client-header", "x-tollgate-client", "header that carries the client id")
+	fl.StringVar(&f.rawURL, "url", "", "the upstream URL the call goes to, e.g. https://api.openai.com/v1/chat/completions")
+	fl.StringVar(&f.bodyFile, "body", "", "file holding the request body (- for stdin)")
+	fl.StringVar(&f.method, "method", "", "HTTP method (default POST with a body, else GET)")
+	fl.StringArrayVar(&f.headers, "header", nil, "extra request header NAME:VALUE (repeatable)")
+	fl.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the answer")
+	_ = cmd.MarkFlagRequired("url")
+	return cmd
+}
+
+func probe(ctx context.Context, f probeFlags, out io.Writer) error {
+	cr, err := buildCheckRequest(f)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, cr)
+	if err != nil {
+		return fmt.Errorf("probe: check %s: %w", f.addr, err)
+	}
+	return printCheckResponse(out, resp)
+}
+
+func buildCheckRequest(f probeFlags) (*authv3.CheckRequest, error) {
+	u, err := url.Parse(f.rawURL)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("probe: --url %q is not an absolute URL", f.rawURL)
+	}
+	var body []byte
+	switch f.bodyFile {
+	case "":
+	case "-":
+		body, err = io.ReadAll(os.Stdin)
+	default:
+		body, err = os.ReadFile(f.bodyFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("probe: body: %w", err)
+	}
+	method := f.method
+	if method == "" {
+		method = "GET"
+		if len(body) > 0 {
+			method = "POST"
+		}
+	}
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if u.RawQuery != "" {
+		path += "?" + u.RawQuery
+	}
+	h := map[string]string{":authority": u.Host, ":method": method, ":path": path, ":scheme": u.Scheme}
+	if f.client != "" {
+		h[strings.ToLower(f.clientHeader)] = f.client
+	}
+	if len(body) > 0 {
+		h["content-type"] = "application/json"
+		h["content-length"] = strconv.Itoa(len(body))
+	}
+	for _, kv := range f.headers {
+		k, v, ok := strings.Cut(kv, ":")
+		if !ok {
+			return nil, fmt.Errorf("probe: --header %q: want NAME:VALUE", kv)
+		}
+		h[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(v)
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+		Time: nil,
+		Http: &authv3.AttributeContext_HttpRequest{
+			Id: fmt.Sprintf("probe-%d", time.Now().UnixNano()), Method: method, Host: u.Host, Path: path,
+			Scheme: u.Scheme, Headers: h, RawBody: body, Size: int64(len(body)), Protocol: "HTTP/1.1",
+		},
+	}}}, nil
+}
+
+func printCheckResponse(out io.Writer, resp *authv3.CheckResponse) error {
+	grpcCode := code.Code(resp.GetStatus().GetCode())
+	switch r := resp.GetHttpResponse().(type) {
+	case *authv3.CheckResponse_OkResponse:
+		fmt.Fprintf(out, "decision: ALLOWED (gRPC %s)\n", grpcCode)
+		printHeaders(out, "response headers added", r.OkResponse.GetResponseHeadersToAdd())
+		printHeaders(out, "request headers set", r.OkResponse.GetHeaders())
+		return nil
+	case *authv3.CheckResponse_DeniedResponse:
+		d := r.DeniedResponse
+		fmt.Fprintf(out, "decision: DENIED (HTTP %d, gRPC %s)\n", int(d.GetStatus().GetCode()), grpcCode)
+		printHeaders(out, "response headers", d.GetHeaders())
+		fmt.Fprintf(out, "body: %s\n", d.GetBody())
+		return &exitError{code: exitDenied}
+	default:
+		if grpcCode == code.Code_OK {
+			fmt.Fprintln(out, "decision: ALLOWED (no HTTP response attached)")
+			return nil
+		}
+		fmt.Fprintf(out, "decision: DENIED (gRPC %s, no HTTP response attached)\n", grpcCode)
+		return &exitError{code: exitDenied}
+	}
+}
+
+func printHeaders(out io.Writer, title string, hs []*corev3.HeaderValueOption) {
+	if len(hs) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "%s:\n", title)
+	lines := make([]string, 0, len(hs))
+	for _, h := range hs {
+		lines = append(lines, fmt.Sprintf("  %s: %s", h.GetHeader().GetKey(), h.GetHeader().GetValue()))
+	}
+	sort.Strings(lines)
+	fmt.Fprintln(out, strings.Join(lines, "\n"))
+}

@@ -1,0 +1,133 @@
+package limiter
+
+import "time"
+
+// Micro is the fixed-point scale of bucket levels: a level counts
+// millionths of a unit, and time is counted in microseconds, so a bucket
+// refilling R units per second gains exactly R micro-units per microsecond.
+// Integer arithmetic stays exact (and below 2^53, so the Redis Lua scripts
+// compute the same numbers) for capacities up to policy.MaxCapacity.
+const Micro = 1_000_000
+
+// Bucket is a token bucket's state: its level in micro-units at time At
+// (Unix microseconds). The zero Bucket with Fresh set is a full bucket.
+type Bucket struct {
+	Level int64
+	At    int64
+}
+
+// NewBucket returns a full bucket at now (Unix microseconds).
+func NewBucket(l Limit, now int64) Bucket {
+	return Bucket{Level: l.Capacity * Micro, At: now}
+}
+
+// Advance refills the bucket up to now. A clock that goes backwards leaves
+// the bucket as it is.
+func (b Bucket) Advance(l Limit, now int64) Bucket {
+	full := l.Capacity * Micro
+	if b.Level > full { // the capacity was lowered by a policy reload
+		b.Level = full
+	}
+	if now <= b.At {
+		return b
+	}
+	elapsed := now - b.At
+	b.At = now
+	if l.RefillPerSecond <= 0 {
+		return b
+	}
+	missing := full - b.Level
+	if elapsed >= ceilDiv(missing, l.RefillPerSecond) {
+		b.Level = full
+	} else {
+		b.Level += elapsed * l.RefillPerSecond // < missing: cannot overflow
+	}
+	return b
+}
+
+// Check reports whether the (advanced) bucket can cover cost, and if not,
+// how long until it could; possible is false when cost exceeds the capacity.
+func (b Bucket) Check(l Limit, cost int64) (ok, possible bool, wait time.Duration) {
+	if cost <= 0 {
+		return true, true, 0
+	}
+	if cost > l.Capacity {
+		return false, false, 0
+	}
+	need := cost * Micro
+	if b.Level >= need {
+		return true, true, 0
+	}
+	if l.RefillPerSecond <= 0 {
+		return false, false, 0
+	}
+	return false, true, time.Duration(ceilDiv(need-b.Level, l.RefillPerSecond)) * time.Microsecond
+}
+
+// State describes the bucket for headers: whole units remaining and the time
+// until it is full.
+func (b Bucket) State(l Limit) (remaining int64, resetAfter time.Duration) {
+	remaining = b.Level / Micro
+	if l.RefillPerSecond > 0 {
+		resetAfter = time.Duration(ceilDiv(l.Capacity*Micro-b.Level, l.RefillPerSecond)) * time.Microsecond
+	}
+	return remaining, resetAfter
+}
+
+// Full reports whether the bucket at now holds its whole capacity, i.e. is
+// indistinguishable from a bucket never used (and may be forgotten).
+func (b Bucket) Full(l Limit, now int64) bool {
+	return b.Advance(l, now).Level >= l.Capacity*Micro
+}
+
+func ceilDiv(a, b int64) int64 {
+	if a <= 0 {
+		return 0
+	}
+	return (a + b - 1) / b
+}
+
+// Micros converts t to Unix microseconds.
+func Micros(t time.Time) int64 { return t.UnixMicro() }
+
+// Apply decides req against the buckets (one per Take, already advanced to
+// now) and, when the call is allowed, takes each cost from its bucket. A
+// shadow bucket that is short is reported and left untouched. It is the
+// single definition of an admission that every Store follows.
+func Apply(buckets []Bucket, takes []Take) Decision {
+	d := Decision{Allowed: true, Blocking: -1, Buckets: make([]BucketState, len(takes))}
+	for i, t := range takes {
+		ok, possible, wait := buckets[i].Check(t.Limit, t.Cost)
+		st := &d.Buckets[i]
+		st.Key, st.Limit = t.Key, t.Limit
+		if ok {
+			continue
+		}
+		st.Short, st.RetryAfter = true, wait
+		if t.Shadow {
+			continue
+		}
+		reason := ReasonRateLimited
+		if !possible {
+			reason = ReasonExceedsCapacity
+		}
+		// Deny; the most lasting reason wins: a cost that can never fit
+		// beats a wait, and a longer wait beats a shorter one.
+		switch {
+		case d.Allowed:
+			d.Allowed, d.Reason, d.Blocking, d.RetryAfter = false, reason, i, wait
+		case d.Reason == ReasonRateLimited && (reason == ReasonExceedsCapacity || wait > d.RetryAfter):
+			d.Reason, d.Blocking, d.RetryAfter = reason, i, wait
+		}
+	}
+	if d.Reason == ReasonExceedsCapacity {
+		d.RetryAfter = 0
+	}
+	for i, t := range takes {
+		if d.Allowed && !d.Buckets[i].Short {
+			buckets[i].Level -= t.Cost * Micro
+		}
+		d.Buckets[i].Remaining, d.Buckets[i].ResetAfter = buckets[i].State(t.Limit)
+	}
+	return d
+}

@@ -1,0 +1,145 @@
+// Package limiter holds Tollgate's admission domain: bucket keys and limits,
+// the token-bucket arithmetic, decisions, and the Store interface that the
+// memory and Redis stores implement. It does no I/O.
+package limiter
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Clock tells the time. Stores take one so tests run on a fake clock.
+type Clock interface {
+	Now() time.Time
+}
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// Key names one bucket: the pool-wide bucket of a pool (Client == "") or one
+// client's bucket within a pool.
+type Key struct {
+	Pool   string
+	Client string
+}
+
+// String encodes the key as length-prefixed parts, so that no pool or client
+// name can collide with another ("a:b"+"c" never equals "a"+"b:c").
+func (k Key) String() string {
+	var b strings.Builder
+	b.Grow(len(k.Pool) + len(k.Client) + 8)
+	b.WriteString(strconv.Itoa(len(k.Pool)))
+	b.WriteByte(':')
+	b.WriteString(k.Pool)
+	b.WriteByte(':')
+	b.WriteString(strconv.Itoa(len(k.Client)))
+	b.WriteByte(':')
+	b.WriteString(k.Client)
+	return b.String()
+}
+
+// Limit is a token bucket's shape: at most Capacity units, refilled at
+// RefillPerSecond units per second.
+type Limit struct {
+	Capacity        int64
+	RefillPerSecond int64
+}
+
+// Take asks for Cost units from the bucket Key shaped by Limit.
+type Take struct {
+	Key   Key
+	Limit Limit
+	Cost  int64
+	// Shadow marks a bucket whose shortfall is reported but never denies
+	// the call; a shadow bucket that cannot cover its cost is left as is.
+	Shadow bool
+}
+
+// Request is one admission: every Take is granted, or none is.
+type Request struct {
+	Takes []Take
+	// Now is the decision time; the zero value means the store's own clock
+	// (the memory store's Clock, Redis's TIME).
+	Now time.Time
+}
+
+// Reason says why a call was denied. The values are snake_case codes that
+// also serve as the metric label.
+type Reason string
+
+// Reasons a store can give.
+const (
+	ReasonNone            Reason = ""
+	ReasonRateLimited     Reason = "rate_limited"     // a bucket is short; retry after RetryAfter
+	ReasonExceedsCapacity Reason = "exceeds_capacity" // the cost is larger than the bucket can ever hold
+)
+
+// BucketState reports one bucket after a decision.
+type BucketState struct {
+	Key   Key
+	Limit Limit
+	// Remaining is the whole units left after the decision.
+	Remaining int64
+	// ResetAfter is how long until the bucket is full again.
+	ResetAfter time.Duration
+	// Short is set when the bucket could not cover its cost; RetryAfter is
+	// then how long until it could (zero if it never can).
+	Short      bool
+	RetryAfter time.Duration
+}
+
+// Decision is a store's answer to a Request.
+type Decision struct {
+	Allowed bool
+	Reason  Reason
+	// Blocking is the index in Buckets of the bucket that denied the call,
+	// or -1.
+	Blocking int
+	// RetryAfter is the earliest a retry of the same request could pass
+	// (zero when it never can, see ReasonExceedsCapacity).
+	RetryAfter time.Duration
+	// Buckets holds one state per Take, in the Request's order.
+	Buckets []BucketState
+}
+
+// ShadowDenied reports whether a shadow bucket would have denied the call.
+func (d *Decision) ShadowDenied(takes []Take) (int, bool) {
+	for i, b := range d.Buckets {
+		if b.Short && i < len(takes) && takes[i].Shadow {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// Tightest returns the index of the bucket with the least remaining share of
+// its capacity: the one whose numbers belong in x-ratelimit-* headers.
+func (d *Decision) Tightest() int {
+	if d.Blocking >= 0 {
+		return d.Blocking
+	}
+	best := -1
+	for i, b := range d.Buckets {
+		if b.Limit.Capacity <= 0 {
+			continue
+		}
+		// compare Remaining/Capacity without division: a/b < c/d ⇔ a·d < c·b
+		if best < 0 || b.Remaining*d.Buckets[best].Limit.Capacity < d.Buckets[best].Remaining*b.Limit.Capacity {
+			best = i
+		}
+	}
+	return best
+}
+
+// Store keeps bucket state. Implementations are safe for concurrent use and
+// atomic per Request: all Takes are granted together or none is. Reserve
+// blocks at most for one round trip to the store's backend, honouring ctx.
+type Store interface {
+	Reserve(ctx context.Context, req Request) (Decision, error)
+	Close() error
+}

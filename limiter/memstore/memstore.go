@@ -1,0 +1,213 @@
+// Package memstore is the in-memory limiter.Store: Tollgate's embedded
+// default, for a single node with nothing else installed.
+package memstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+var _ limiter.Store = (*Store)(nil)
+
+// ErrClosed is returned by a Store used after Close.
+var ErrClosed = errors.New("memstore: closed")
+
+const shardCount = 64
+
+// Config configures a Store.
+type Config struct {
+	// Clock tells the time of decisions that carry none; nil means the
+	// system clock.
+	Clock limiter.Clock
+	// SweepInterval is how often buckets that have refilled completely are
+	// forgotten (a full bucket is the same as none). Zero disables sweeping.
+	SweepInterval time.Duration
+}
+
+// DefaultConfig returns the configuration of the embedded default.
+func DefaultConfig() Config {
+	return Config{Clock: limiter.SystemClock{}, SweepInterval: time.Minute}
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	if c.SweepInterval < 0 {
+		return fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval)
+	}
+	return nil
+}
+
+type entry struct {
+	b     limiter.Bucket
+	limit limiter.Limit
+}
+
+type shard struct {
+	mu      sync.Mutex
+	buckets map[limiter.Key]*entry
+}
+
+// Store keeps buckets in memory, sharded by key. A request that touches
+// several buckets locks their shards in index order, so admissions are
+// atomic without a global lock.
+type Store struct {
+	clock  limiter.Clock
+	seed   maphash.Seed
+	shards [shardCount]shard
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// New returns a Store. When cfg.SweepInterval > 0 it starts a sweeper
+// goroutine that Close stops.
+func New(cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = limiter.SystemClock{}
+	}
+	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{})}
+	for i := range s.shards {
+		s.shards[i].buckets = make(map[limiter.Key]*entry)
+	}
+	if cfg.SweepInterval > 0 {
+		s.stop, s.done = make(chan struct{}), make(chan struct{})
+		go s.sweepLoop(cfg.SweepInterval)
+	}
+	return s, nil
+}
+
+func (s *Store) shardOf(k limiter.Key) int {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(k.Pool)
+	h.WriteByte(0)
+	h.WriteString(k.Client)
+	return int(h.Sum64() % shardCount)
+}
+
+// Reserve decides req atomically: every Take is granted or none is.
+func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return limiter.Decision{}, err
+	}
+	select {
+	case <-s.closed:
+		return limiter.Decision{}, ErrClosed
+	default:
+	}
+	n := len(req.Takes)
+	now := req.Now
+	if now.IsZero() {
+		now = s.clock.Now()
+	}
+	at := limiter.Micros(now)
+
+	// Lock every shard the request touches, in index order.
+	var stack [4]int
+	idx := stack[:0]
+	for i := range req.Takes {
+		for j := range i {
+			if req.Takes[j].Key == req.Takes[i].Key {
+				return limiter.Decision{}, fmt.Errorf("memstore: bucket %s appears twice in one request", req.Takes[i].Key)
+			}
+		}
+		idx = append(idx, s.shardOf(req.Takes[i].Key))
+	}
+	locks := slices.Clone(idx)
+	slices.Sort(locks)
+	locks = slices.Compact(locks)
+	for _, i := range locks {
+		s.shards[i].mu.Lock()
+	}
+	defer func() {
+		for _, i := range locks {
+			s.shards[i].mu.Unlock()
+		}
+	}()
+
+	var bstack [4]limiter.Bucket
+	buckets := bstack[:0]
+	entries := make([]*entry, n)
+	for i, t := range req.Takes {
+		e := s.shards[idx[i]].buckets[t.Key]
+		if e == nil {
+			e = &entry{b: limiter.NewBucket(t.Limit, at)}
+		}
+		e.limit = t.Limit
+		e.b = e.b.Advance(t.Limit, at)
+		entries[i] = e
+		buckets = append(buckets, e.b)
+	}
+	d := limiter.Apply(buckets, req.Takes)
+	if d.Allowed {
+		for i, t := range req.Takes {
+			entries[i].b = buckets[i]
+			s.shards[idx[i]].buckets[t.Key] = entries[i]
+		}
+	}
+	return d, nil
+}
+
+// Len returns the number of buckets held, for tests and metrics.
+func (s *Store) Len() int {
+	n := 0
+	for i := range s.shards {
+		s.shards[i].mu.Lock()
+		n += len(s.shards[i].buckets)
+		s.shards[i].mu.Unlock()
+	}
+	return n
+}
+
+// Sweep forgets every bucket that has refilled completely by now.
+func (s *Store) Sweep(now time.Time) {
+	at := limiter.Micros(now)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.buckets {
+			if e.b.Full(e.limit, at) {
+				delete(sh.buckets, k)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+func (s *Store) sweepLoop(every time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.Sweep(s.clock.Now())
+		}
+	}
+}
+
+// Close stops the sweeper. It is idempotent; Reserve fails afterwards.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		if s.stop != nil {
+			close(s.stop)
+			<-s.done
+		}
+	})
+	return nil
+}

@@ -1,0 +1,139 @@
+package policy
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// Summary is a plain, JSON-friendly view of a Set, for /debug/policy and
+// `tollgate policy check`.
+type Summary struct {
+	Files    []string        `json:"files"`
+	Defaults SummaryDefaults `json:"defaults"`
+	Pools    []SummaryPool   `json:"pools"`
+	Routes   []SummaryRoute  `json:"routes"`
+	Tiers    []SummaryTier   `json:"tiers"`
+	Clients  int             `json:"clients"`
+}
+
+// SummaryDefaults mirrors Defaults.
+type SummaryDefaults struct {
+	UnknownClient  string `json:"unknown_client"`
+	UnmatchedRoute Action `json:"unmatched_route"`
+	InvalidRequest Action `json:"invalid_request"`
+	Shadow         bool   `json:"shadow"`
+}
+
+// SummaryPool mirrors Pool.
+type SummaryPool struct {
+	Name            string `json:"name"`
+	Unit            Unit   `json:"unit"`
+	Capacity        int64  `json:"capacity"`
+	RefillPerSecond int64  `json:"refill_per_second"`
+	Price           string `json:"price"`
+	Shadow          bool   `json:"shadow,omitempty"`
+}
+
+// SummaryRoute mirrors Route.
+type SummaryRoute struct {
+	Name       string   `json:"name"`
+	Host       string   `json:"host"`
+	PathPrefix string   `json:"path_prefix"`
+	Models     []string `json:"models,omitempty"`
+	Provider   Provider `json:"provider"`
+	Pools      []string `json:"pools"`
+}
+
+// SummaryTier mirrors Tier.
+type SummaryTier struct {
+	Name          string   `json:"name"`
+	Priority      int      `json:"priority"`
+	MaxConcurrent int64    `json:"max_concurrent"`
+	MonthlyBudget string   `json:"monthly_budget"`
+	ClientLimits  []string `json:"client_limits,omitempty"`
+	Clients       int      `json:"clients"`
+}
+
+// Summary describes the set.
+func (s *Set) Summary() Summary {
+	if s == nil {
+		return Summary{}
+	}
+	sum := Summary{Files: s.Files, Clients: len(s.Clients), Defaults: SummaryDefaults{
+		UnknownClient: string(Deny), UnmatchedRoute: s.Defaults.UnmatchedRoute,
+		InvalidRequest: s.Defaults.InvalidRequest, Shadow: s.Defaults.Shadow,
+	}}
+	if t := s.Defaults.UnknownClientTier; t != nil {
+		sum.Defaults.UnknownClient = t.Name
+	}
+	for _, name := range sortedKeys(s.Pools) {
+		p := s.Pools[name]
+		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.RefillPerSecond, p.Price.String(), p.Shadow})
+	}
+	for _, r := range s.Routes {
+		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider}
+		for _, p := range r.Pools {
+			sr.Pools = append(sr.Pools, p.Name)
+		}
+		sum.Routes = append(sum.Routes, sr)
+	}
+	perTier := map[string]int{}
+	for _, c := range s.Clients {
+		perTier[c.Tier.Name]++
+	}
+	for _, name := range sortedKeys(s.Tiers) {
+		t := s.Tiers[name]
+		st := SummaryTier{Name: t.Name, Priority: t.Priority, MaxConcurrent: t.MaxConcurrent, MonthlyBudget: "custom", Clients: perTier[name]}
+		if t.Budgeted {
+			st.MonthlyBudget = "$" + t.MonthlyBudget.String()
+		}
+		for _, pool := range sortedKeys(t.ClientLimits) {
+			l := t.ClientLimits[pool]
+			st.ClientLimits = append(st.ClientLimits, fmt.Sprintf("%s %d/%d per s", pool, l.Capacity, l.RefillPerSecond))
+		}
+		sum.Tiers = append(sum.Tiers, st)
+	}
+	return sum
+}
+
+// WriteText prints the summary as aligned tables.
+func (sum Summary) WriteText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "files:\t%s\n", strings.Join(sum.Files, ", "))
+	fmt.Fprintf(tw, "defaults:\tunknown_client=%s unmatched_route=%s invalid_request=%s shadow=%t\n\n",
+		sum.Defaults.UnknownClient, sum.Defaults.UnmatchedRoute, sum.Defaults.InvalidRequest, sum.Defaults.Shadow)
+	fmt.Fprintln(tw, "POOL\tUNIT\tCAPACITY\tREFILL/S\tPRICE\tSHADOW")
+	for _, p := range sum.Pools {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.RefillPerSecond, p.Price, p.Shadow)
+	}
+	fmt.Fprintln(tw, "\nROUTE\tHOST\tPATH PREFIX\tMODELS\tPROVIDER\tPOOLS")
+	for _, r := range sum.Routes {
+		models := strings.Join(r.Models, ",")
+		if models == "" {
+			models = "*"
+		}
+		host := r.Host
+		if host == "" {
+			host = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, host, r.PathPrefix, models, r.Provider, strings.Join(r.Pools, ","))
+	}
+	fmt.Fprintln(tw, "\nTIER\tPRIORITY\tMAX CONCURRENT\tMONTHLY BUDGET\tCLIENTS\tCLIENT LIMITS")
+	for _, t := range sum.Tiers {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", t.Name, t.Priority, t.MaxConcurrent, t.MonthlyBudget, t.Clients, strings.Join(t.ClientLimits, "; "))
+	}
+	fmt.Fprintf(tw, "\nclients:\t%d\n", sum.Clients)
+	return tw.Flush()
+}
+
+func sortedKeys[T any](m map[string]T) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
