@@ -21,8 +21,8 @@ import (
 
 type probeFlags struct {
 	addr, client, clientHeader, rawURL, bodyFile, method string
-	headers                                             []string
-	timeout                                             time.Duration
+	headers                                              []string
+	timeout                                              time.Duration
 }
 
 // Exit status of probe when the call is denied, so scripts can tell a
