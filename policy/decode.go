@@ -34,7 +34,11 @@ type at[T any] struct {
 	v    T
 	line int
 	set  bool
+	bad  bool // present but unreadable (already reported)
 }
+
+// missing reports a value that is absent, as opposed to present but wrong.
+func (a at[T]) missing() bool { return !a.set && !a.bad }
 
 // decoder walks yaml.v3 nodes by hand so that every error carries a line and
 // a path, unknown keys are refused, and numbers and money are read from their
@@ -42,7 +46,13 @@ type at[T any] struct {
 type decoder struct {
 	file string
 	errs []error
+	// merged counts the entries merge keys (<<) have copied, so that a
+	// "billion laughs" of nested merges fails fast instead of hanging.
+	merged int
 }
+
+// maxMergedEntries bounds the work merge keys can cause in one file.
+const maxMergedEntries = 10_000
 
 func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
 	line := 0
@@ -105,11 +115,18 @@ func (d *decoder) mapping(n *yaml.Node, path string) *mapNode {
 		return nil
 	}
 	m := &mapNode{d: d, n: n, path: path, vals: map[string]*yaml.Node{}, keyAt: map[string]*yaml.Node{}, merged: map[string]bool{}}
-	m.add(n, true)
+	m.add(n, true, nil)
 	return m
 }
 
-func (m *mapNode) add(n *yaml.Node, own bool) {
+// add copies n's entries into m. own is false for entries reached through a
+// merge key; chain holds the mappings being merged, to refuse a cycle.
+func (m *mapNode) add(n *yaml.Node, own bool, chain []*yaml.Node) {
+	if slices.Contains(chain, n) {
+		m.d.fail(n, m.path, "a merge key (<<) refers back to its own mapping")
+		return
+	}
+	chain = append(chain, n)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind != yaml.ScalarNode {
@@ -117,10 +134,23 @@ func (m *mapNode) add(n *yaml.Node, own bool) {
 			continue
 		}
 		if k.Value == "<<" && k.Tag == "!!merge" { // YAML merge key: <<: *anchor
-			if src := deref(v); src != nil && src.Kind == yaml.MappingNode {
-				m.add(src, false)
-			} else {
-				m.d.fail(k, m.path, "a merge key (<<) must point at a mapping")
+			srcs := []*yaml.Node{deref(v)}
+			if srcs[0] != nil && srcs[0].Kind == yaml.SequenceNode { // <<: [*a, *b]
+				srcs = srcs[0].Content
+			}
+			for _, src := range srcs {
+				src = deref(src)
+				if src == nil || src.Kind != yaml.MappingNode {
+					m.d.fail(k, m.path, "a merge key (<<) must point at a mapping")
+					continue
+				}
+				if m.d.merged += len(src.Content) / 2; m.d.merged > maxMergedEntries {
+					if m.d.merged-len(src.Content)/2 <= maxMergedEntries { // report once
+						m.d.fail(k, m.path, "merge keys (<<) expand to more than %d entries", maxMergedEntries)
+					}
+					return
+				}
+				m.add(src, false, chain)
 			}
 			continue
 		}
@@ -193,7 +223,7 @@ func (m *mapNode) str(key string) at[string] {
 	p := join(m.path, key)
 	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" || n.Tag == "!!bool" {
 		m.d.fail(n, p, "must be text, got %s", kindName(n))
-		return at[string]{}
+		return at[string]{line: n.Line, bad: true}
 	}
 	return at[string]{v: n.Value, line: n.Line, set: true}
 }
@@ -206,12 +236,12 @@ func (m *mapNode) int(key string) at[int64] {
 	p := join(m.path, key)
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
 		m.d.fail(n, p, "must be a whole number, got %s", kindName(n))
-		return at[int64]{}
+		return at[int64]{line: n.Line, bad: true}
 	}
 	v, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
 	if err != nil {
 		m.d.fail(n, p, "%q is not a whole number that fits in 64 bits", n.Value)
-		return at[int64]{}
+		return at[int64]{line: n.Line, bad: true}
 	}
 	return at[int64]{v: v, line: n.Line, set: true}
 }
@@ -224,12 +254,12 @@ func (m *mapNode) bool(key string) at[bool] {
 	p := join(m.path, key)
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
 		m.d.fail(n, p, "must be true or false, got %s", kindName(n))
-		return at[bool]{}
+		return at[bool]{line: n.Line, bad: true}
 	}
 	v, err := strconv.ParseBool(strings.ToLower(n.Value))
 	if err != nil {
 		m.d.fail(n, p, "must be true or false, got %q", n.Value)
-		return at[bool]{}
+		return at[bool]{line: n.Line, bad: true}
 	}
 	return at[bool]{v: v, line: n.Line, set: true}
 }
@@ -244,7 +274,7 @@ func (m *mapNode) scalarText(key string) at[string] {
 	p := join(m.path, key)
 	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!str") {
 		m.d.fail(n, p, "must be an amount such as \"1000\" or \"0.03/1K\", got %s", kindName(n))
-		return at[string]{}
+		return at[string]{line: n.Line, bad: true}
 	}
 	return at[string]{v: n.Value, line: n.Line, set: true}
 }
@@ -260,7 +290,7 @@ func (m *mapNode) strs(key string) at[[]string] {
 	}
 	if n.Kind != yaml.SequenceNode {
 		m.d.fail(n, p, "must be a list of names, got %s", kindName(n))
-		return at[[]string]{}
+		return at[[]string]{line: n.Line, bad: true}
 	}
 	out := make([]string, 0, len(n.Content))
 	for i, c := range n.Content {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -159,12 +160,13 @@ type (
 )
 
 type docs struct {
-	first    string // the first file read, for errors that belong to no line
-	defaults []defaultsDoc
-	pools    []poolDoc
-	routes   []routeDoc
-	tiers    []tierDoc
-	clients  []clientDoc
+	readFailed bool   // some file had errors: don't pile on "no pools"
+	first      string // the first file read, for errors that belong to no line
+	defaults   []defaultsDoc
+	pools      []poolDoc
+	routes     []routeDoc
+	tiers      []tierDoc
+	clients    []clientDoc
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
@@ -299,6 +301,7 @@ func Compile(srcs ...Source) (*Set, error) {
 	for _, src := range srcs {
 		errs = append(errs, ds.read(src)...)
 	}
+	ds.readFailed = len(errs) > 0
 	s, cerrs := ds.compile()
 	errs = append(errs, cerrs...)
 	if len(errs) > 0 {
@@ -359,9 +362,9 @@ func (ds *docs) compile() (*Set, []error) {
 			continue
 		}
 		pool := &Pool{Name: p.name, Unit: Unit(p.unit.v), Shadow: p.shadow.v}
-		if !p.unit.set {
+		if p.unit.missing() {
 			el.add(p.file, p.line, path+".unit", "is required (one of %s)", joinNames(units))
-		} else if !slices.Contains(units, pool.Unit) {
+		} else if p.unit.set && !slices.Contains(units, pool.Unit) {
 			el.add(p.file, p.unit.line, path+".unit", "unknown unit %q (one of %s)", p.unit.v, joinNames(units))
 		}
 		pool.Limit = checkLimit(&el, p.file, p.line, path, p.capacity, p.refill)
@@ -374,7 +377,7 @@ func (ds *docs) compile() (*Set, []error) {
 		}
 		s.Pools[p.name] = pool
 	}
-	if len(ds.pools) == 0 {
+	if len(ds.pools) == 0 && !ds.readFailed {
 		el.add(ds.first, 0, "pools", "the policy defines no pools; at least one is needed")
 	}
 
@@ -390,9 +393,10 @@ func (ds *docs) compile() (*Set, []error) {
 		} else if !strings.HasPrefix(rt.PathPrefix, "/") {
 			el.add(r.file, r.prefix.line, path+".path_prefix", "must start with /, got %q", rt.PathPrefix)
 		}
-		if strings.ContainsAny(rt.Host, "/ ") || strings.Count(rt.Host, "*") > 1 || (strings.Contains(rt.Host, "*") && !strings.HasPrefix(rt.Host, "*.")) {
-			el.add(r.file, r.host.line, path+".host", "must be a host name, \"*.domain\" or empty for any host, got %q", r.host.v)
+		if msg := checkHost(rt.Host); msg != "" {
+			el.add(r.file, r.host.line, path+".host", "%s, got %q", msg, r.host.v)
 		}
+		rt.Host = strings.TrimSuffix(strings.TrimPrefix(rt.Host, "["), "]")
 		if rt.Provider == "" {
 			rt.Provider = ProviderGeneric
 		} else if !slices.Contains(providers, rt.Provider) {
@@ -409,7 +413,7 @@ func (ds *docs) compile() (*Set, []error) {
 				el.add(r.file, r.models.line, fmt.Sprintf("%s.models[%d]", path, i), "must be a model name or a prefix ending in *, got %q", m)
 			}
 		}
-		if len(r.pools.v) == 0 {
+		if len(r.pools.v) == 0 && !r.pools.bad {
 			el.add(r.file, lineOr(r.pools, r.line), path+".pools", "a route needs at least one pool")
 		}
 		for _, name := range r.pools.v {
@@ -434,14 +438,14 @@ func (ds *docs) compile() (*Set, []error) {
 			continue
 		}
 		tier := &Tier{Name: t.name, Priority: int(t.priority.v), MaxConcurrent: t.maxConcurrent.v, ClientLimits: map[string]Limit{}}
-		if !t.priority.set {
+		if t.priority.missing() {
 			el.add(t.file, t.line, path+".priority", "is required (0 to 40 points)")
-		} else if t.priority.v < 0 || t.priority.v > 40 {
+		} else if t.priority.set && (t.priority.v < 0 || t.priority.v > 40) {
 			el.add(t.file, t.priority.line, path+".priority", "must be between 0 and 40, got %d", t.priority.v)
 		}
-		if !t.maxConcurrent.set {
+		if t.maxConcurrent.missing() {
 			el.add(t.file, t.line, path+".max_concurrent", "is required (calls in flight per client)")
-		} else if t.maxConcurrent.v <= 0 {
+		} else if t.maxConcurrent.set && t.maxConcurrent.v <= 0 {
 			el.add(t.file, t.maxConcurrent.line, path+".max_concurrent", "must be positive, got %d", t.maxConcurrent.v)
 		}
 		if t.budget.set && !strings.EqualFold(t.budget.v, "custom") {
@@ -471,8 +475,9 @@ func (ds *docs) compile() (*Set, []error) {
 			continue
 		}
 		cl := &Client{ID: c.id}
-		if !c.tier.set {
+		if c.tier.missing() {
 			el.add(c.file, c.line, path+".tier", "is required%s", known(s.Tiers))
+		} else if !c.tier.set {
 		} else if t, ok := s.Tiers[c.tier.v]; ok {
 			cl.Tier = t
 		} else {
@@ -538,6 +543,7 @@ func checkLimit(el *errList, file string, line int, path string, capacity, refil
 		v   at[int64]
 	}{{"capacity", capacity}, {"refill_per_second", refill}} {
 		switch {
+		case f.v.bad:
 		case !f.v.set:
 			el.add(file, line, path+"."+f.key, "is required")
 		case f.v.v <= 0:
@@ -587,4 +593,24 @@ func known[T any](m map[string]T) string {
 		return " (none are defined)"
 	}
 	return " (known: " + strings.Join(sortedKeys(m), ", ") + ")"
+}
+
+// checkHost explains what is wrong with a route's host pattern, or returns "".
+func checkHost(h string) string {
+	if h == "" {
+		return ""
+	}
+	if ip := strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"); net.ParseIP(ip) != nil {
+		return ""
+	}
+	const want = "must be a host name, \"*.domain\" or empty for any host"
+	rest := strings.TrimPrefix(h, "*.")
+	switch {
+	case strings.ContainsAny(h, "/ []") || strings.Contains(rest, "*") || strings.Trim(rest, ".") == "" ||
+		strings.HasPrefix(rest, ".") || strings.Contains(h, ".."):
+		return want
+	case strings.Contains(h, ":"):
+		return "must not include a port (requests are matched on the host name alone)"
+	}
+	return ""
 }

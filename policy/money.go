@@ -60,11 +60,11 @@ func (p Price) Cost(units int64) Money {
 		return math.MaxInt64
 	}
 	q, r := bits.Div64(hi, lo, uint64(p.Per))
-	if r != 0 {
-		q++
-	}
-	if q > math.MaxInt64 {
+	if q >= math.MaxInt64 {
 		return math.MaxInt64
+	}
+	if r != 0 {
+		q++ // round up: never under-reserve
 	}
 	return Money(q)
 }
@@ -97,7 +97,7 @@ func ParseMoney(s string) (Money, error) {
 		return 0, fmt.Errorf("%q is finer than a nano-dollar", s)
 	}
 	for ; scale < 9; scale++ {
-		if n > math.MaxInt64/10 {
+		if n > math.MaxInt64/10 || n < math.MinInt64/10 {
 			return 0, fmt.Errorf("%q is too large", s)
 		}
 		n *= 10
@@ -112,6 +112,9 @@ func ParsePrice(s string) (Price, error) {
 	if i := strings.IndexByte(s, '/'); i >= 0 {
 		amount, per = s[:i], strings.TrimSpace(s[i+1:])
 	}
+	if per == "" {
+		return Price{}, fmt.Errorf("price %q: the part after / must be a positive count of units such as 1, 1K or 1M", s)
+	}
 	mult := int64(1)
 	switch {
 	case strings.HasSuffix(per, "K") || strings.HasSuffix(per, "k"):
@@ -120,7 +123,7 @@ func ParsePrice(s string) (Price, error) {
 		mult, per = 1_000_000, per[:len(per)-1]
 	}
 	if per == "" {
-		per = "1"
+		per = "1" // "/K" is "/1K"
 	}
 	perN, err := strconv.ParseInt(per, 10, 64)
 	if err != nil || perN <= 0 || perN > math.MaxInt64/mult {
@@ -164,26 +167,29 @@ func parseDecimal(s string) (n int64, scale int, err error) {
 	if s == "" {
 		return 0, 0, errMoneySyntax
 	}
-	seenPoint, digits := false, 0
+	if !strings.ContainsAny(s, "0123456789") {
+		return 0, 0, errMoneySyntax
+	}
+	if whole, frac, ok := strings.Cut(s, "."); ok {
+		s = whole + "." + strings.TrimRight(frac, "0") // 1.50 is 1.5: trailing zeros add no precision
+	}
+	seenPoint := false
 	for _, c := range s {
 		switch {
 		case c == '.' && !seenPoint:
 			seenPoint = true
 		case c >= '0' && c <= '9':
-			if n > (math.MaxInt64-9)/10 {
+			d := int64(c - '0')
+			if n > (math.MaxInt64-d)/10 {
 				return 0, 0, errors.New("amount is too large")
 			}
-			n = n*10 + int64(c-'0')
-			digits++
+			n = n*10 + d
 			if seenPoint {
 				scale++
 			}
 		default:
 			return 0, 0, errMoneySyntax
 		}
-	}
-	if digits == 0 {
-		return 0, 0, errMoneySyntax
 	}
 	if neg {
 		n = -n

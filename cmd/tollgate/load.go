@@ -110,6 +110,11 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		runCtx, cancel = context.WithTimeout(ctx, f.duration)
 		defer cancel()
 	}
+	// The run is over once its deadline has passed, even before runCtx's
+	// timer fires: gRPC fails a call whose deadline has passed at once, so
+	// waiting for runCtx.Err() would spin and count those failures as errors.
+	deadline, hasDeadline := runCtx.Deadline()
+	over := func() bool { return runCtx.Err() != nil || (hasDeadline && !time.Now().Before(deadline)) }
 	var calls, allowed, denied, errs atomic.Int64
 	lat := make([][]time.Duration, f.concurrency)
 	var wg sync.WaitGroup
@@ -119,7 +124,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		go func() {
 			defer wg.Done()
 			mine := make([]time.Duration, 0, 1<<16)
-			for i := w; runCtx.Err() == nil; i += f.concurrency {
+			for i := w; !over(); i += f.concurrency {
 				if f.requests > 0 && calls.Add(1) > f.requests {
 					break
 				} else if f.requests == 0 {
@@ -130,7 +135,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 				d := time.Since(t0)
 				switch {
 				case err != nil:
-					if runCtx.Err() == nil {
+					if !over() {
 						errs.Add(1)
 					} else {
 						calls.Add(-1) // cut off by the end of the run, not a failure

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,7 @@ type Watcher struct {
 	current atomic.Pointer[policy.Set]
 	m       metrics
 	fsw     *fsnotify.Watcher
+	reload  sync.Mutex // one reload at a time, so an older Set never lands last
 }
 
 // New loads the policy at cfg.Path (failing if it is invalid: a server must
@@ -79,18 +81,13 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Watcher, err
 	}}
 	w.m.reloads.WithLabelValues("success")
 	w.m.reloads.WithLabelValues("failure")
-	set, err := policy.Load(cfg.Path)
-	if err != nil {
-		return nil, err
-	}
-	w.swap(set)
-
 	fsw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("watch: %w", err)
 	}
-	// Watch directories, not files: editors and Kubernetes ConfigMaps
-	// replace files by renaming, which drops a watch on the file itself.
+	// Watch before the first load, so that a change made meanwhile is not
+	// missed. Watch directories, not files: editors and Kubernetes
+	// ConfigMaps replace files by renaming, which drops a watch on the file.
 	dirs, err := watchDirs(cfg.Path)
 	if err == nil {
 		for _, d := range dirs {
@@ -102,6 +99,11 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Watcher, err
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("watch: %w", err), fsw.Close())
 	}
+	set, err := policy.Load(cfg.Path)
+	if err != nil {
+		return nil, errors.Join(err, fsw.Close())
+	}
+	w.swap(set)
 	w.fsw = fsw
 	return w, nil
 }
@@ -117,6 +119,8 @@ func (w *Watcher) swap(s *policy.Set) {
 // Reload recompiles the policy now. On failure the old policy stays in
 // force and the error is returned (and logged, and counted).
 func (w *Watcher) Reload() error {
+	w.reload.Lock()
+	defer w.reload.Unlock()
 	set, err := policy.Load(w.cfg.Path)
 	if err != nil {
 		w.m.reloads.WithLabelValues("failure").Inc()

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const (
+	tourPolicy = "../../testdata/good/tour.yaml"
+	tourURL    = "https://api.openai.com/v1/chat/completions"
+)
+
+// noEnv is a getenv with nothing set.
+func noEnv(string) string { return "" }
+
+// env is a getenv that reads m.
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// freePort returns a loopback address whose port was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().(*net.TCPAddr)
+	require.NoError(t, l.Close())
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader in different
+// goroutines (a server's logger and the test).
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// httpClient keeps no idle connections, so that no transport goroutine
+// outlives a test.
+var httpClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+
+// httpStatus GETs url and returns the status code, or 0 if the server did not
+// answer.
+func httpStatus(url string) int {
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+// running is a `tollgate serve` started through run in a goroutine.
+type running struct {
+	stderr   *syncBuffer
+	cancel   context.CancelFunc
+	done     chan struct{}
+	err      error // set before done closes
+	stopOnce sync.Once
+}
+
+// startRun calls run(args) in a goroutine and waits until httpAddr answers
+// /readyz with 200. The run is stopped when the test ends.
+func startRun(t *testing.T, getenv func(string) string, httpAddr string, args ...string) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{stderr: &syncBuffer{}, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.err = run(ctx, args, getenv, io.Discard, r.stderr)
+	}()
+	t.Cleanup(func() { _ = r.stop(t) })
+
+	exited := func() bool {
+		select {
+		case <-r.done:
+			return true
+		default:
+			return false
+		}
+	}
+	require.Eventually(t, func() bool {
+		return exited() || httpStatus("http://"+httpAddr+"/readyz") == http.StatusOK
+	}, 10*time.Second, 10*time.Millisecond, "serve never became ready; log:\n%s", r.stderr)
+	if exited() {
+		t.Fatalf("run returned before the server was ready: %v; log:\n%s", r.err, r.stderr)
+	}
+	return r
+}
+
+// stop cancels the run's context, as SIGTERM does, and returns what run
+// returned.
+func (r *running) stop(t *testing.T) error {
+	t.Helper()
+	r.stopOnce.Do(r.cancel)
+	select {
+	case <-r.done:
+		return r.err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("run did not return after cancel; log:\n%s", r.stderr)
+		return nil
+	}
+}
+
+// serveArgs is `serve` on the given addresses with no drain delay.
+func serveArgs(grpcAddr, httpAddr string, extra ...string) []string {
+	return append([]string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--drain-delay", "0"}, extra...)
+}
+
+// probeTour runs `probe` for client acme against the tour route.
+func probeTour(grpcAddr string) (string, error) {
+	var out bytes.Buffer
+	err := run(context.Background(),
+		[]string{"probe", "--addr", grpcAddr, "--client", "acme", "--url", tourURL},
+		noEnv, &out, io.Discard)
+	return out.String(), err
+}

@@ -1,0 +1,151 @@
+package policy_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/policy"
+)
+
+// TestDefaultPools checks the bundled default against the Resource Manager's
+// pool table.
+func TestDefaultPools(t *testing.T) {
+	s := policy.Default()
+	tests := map[string]struct {
+		unit     policy.Unit
+		capacity int64
+		refill   int64
+		price    policy.Price
+		priceStr string
+	}{
+		"gpt-4":   {policy.UnitToken, 10000, 166, policy.Price{Nanos: 30_000_000, Per: 1000}, "0.03/1K"},
+		"gpt-3.5": {policy.UnitToken, 90000, 1500, policy.Price{Nanos: 1_500_000, Per: 1000}, "0.0015/1K"},
+		"email":   {policy.UnitEmail, 1000, 16, policy.Price{Nanos: 100_000, Per: 1}, "0.0001"},
+		"sms":     {policy.UnitSegment, 500, 8, policy.Price{Nanos: 7_500_000, Per: 1}, "0.0075"},
+	}
+	require.Len(t, s.Pools, len(tests))
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := s.Pools[name]
+			require.NotNil(t, p)
+			assert.Equal(t, name, p.Name)
+			assert.Equal(t, tc.unit, p.Unit)
+			assert.Equal(t, policy.Limit{Capacity: tc.capacity, RefillPerSecond: tc.refill}, p.Limit)
+			assert.Equal(t, tc.price, p.Price)
+			assert.Equal(t, tc.priceStr, p.Price.String())
+			assert.False(t, p.Shadow)
+			assert.False(t, s.Shadowed(p))
+		})
+	}
+}
+
+func TestDefaultCosts(t *testing.T) {
+	s := policy.Default()
+	tests := map[string]struct {
+		pool  string
+		units int64
+		want  policy.Money
+	}{
+		"1K gpt-4 tokens is 3 cents":     {"gpt-4", 1000, 30_000_000},
+		"1 gpt-4 token rounds up":        {"gpt-4", 1, 30_000},
+		"1 gpt-3.5 token is 1500 nanos":  {"gpt-3.5", 1, 1_500},
+		"1M gpt-3.5 tokens is $1.50":     {"gpt-3.5", 1_000_000, 1_500_000_000},
+		"one email is a hundredth cent":  {"email", 1, 100_000},
+		"ten sms segments is 7.5 cents":  {"sms", 10, 75_000_000},
+		"a full gpt-4 bucket is 30 cent": {"gpt-4", 10000, 300_000_000},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			assert.Equal(t, tc.want, s.Pools[tc.pool].Price.Cost(tc.units))
+		})
+	}
+}
+
+// TestDefaultTiers checks the bundled default against the Resource Manager's
+// tier table.
+func TestDefaultTiers(t *testing.T) {
+	s := policy.Default()
+	tests := map[string]struct {
+		priority      int
+		maxConcurrent int64
+		budgeted      bool
+		budget        policy.Money
+	}{
+		"enterprise": {40, 100, false, 0},
+		"premium":    {30, 50, true, 1_000_000_000_000},
+		"standard":   {20, 20, true, 500 * policy.NanosPerDollar},
+		"basic":      {10, 5, true, 100 * policy.NanosPerDollar},
+	}
+	require.Len(t, s.Tiers, len(tests))
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			tier := s.Tiers[name]
+			require.NotNil(t, tier)
+			assert.Equal(t, name, tier.Name)
+			assert.Equal(t, tc.priority, tier.Priority)
+			assert.Equal(t, tc.maxConcurrent, tier.MaxConcurrent)
+			assert.Equal(t, tc.budgeted, tier.Budgeted)
+			assert.Equal(t, tc.budget, tier.MonthlyBudget)
+			assert.Empty(t, tier.ClientLimits)
+		})
+	}
+}
+
+func TestDefaultDefaults(t *testing.T) {
+	s := policy.Default()
+	assert.Same(t, s.Tiers["basic"], s.Defaults.UnknownClientTier)
+	assert.Equal(t, policy.Allow, s.Defaults.UnmatchedRoute)
+	assert.Equal(t, policy.Deny, s.Defaults.InvalidRequest)
+	assert.False(t, s.Defaults.Shadow)
+	assert.Empty(t, s.Clients)
+	assert.Equal(t, []string{policy.DefaultSource().Name}, s.Files)
+
+	c, ok := s.Client("someone")
+	require.True(t, ok)
+	assert.Equal(t, "someone", c.ID)
+	b, budgeted := c.Budget()
+	assert.True(t, budgeted)
+	assert.Equal(t, 100*policy.NanosPerDollar, b)
+}
+
+func TestDefaultRoutes(t *testing.T) {
+	s := policy.Default()
+	tests := map[string]struct {
+		host, path, model string
+		route             string // "" for no match
+		pool              string
+		provider          policy.Provider
+	}{
+		"gpt-4":              {"api.openai.com", "/v1/chat/completions", "gpt-4", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
+		"gpt-4-turbo":        {"api.openai.com", "/v1/chat/completions", "gpt-4-turbo", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
+		"gpt-3.5-turbo":      {"api.openai.com", "/v1/chat/completions", "gpt-3.5-turbo-0125", "openai-gpt-3.5", "gpt-3.5", policy.ProviderOpenAI},
+		"other model":        {"api.openai.com", "/v1/chat/completions", "gpt-4o", "openai-other", "gpt-4", policy.ProviderOpenAI},
+		"no model":           {"api.openai.com", "/v1/models", "", "openai-other", "gpt-4", policy.ProviderOpenAI},
+		"twilio":             {"api.twilio.com", "/2010-04-01/Accounts/AC123/Messages.json", "", "twilio-sms", "sms", policy.ProviderTwilio},
+		"sendgrid":           {"api.sendgrid.com:443", "/v3/mail/send", "", "sendgrid-mail", "email", policy.ProviderSendGrid},
+		"anthropic unrouted": {"api.anthropic.com", "/v1/messages", "claude-3", "", "", ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := s.MatchRoute(tc.host, tc.path, tc.model)
+			if tc.route == "" {
+				assert.Nil(t, r)
+				return
+			}
+			require.NotNil(t, r)
+			assert.Equal(t, tc.route, r.Name)
+			assert.Equal(t, tc.provider, r.Provider)
+			require.Len(t, r.Pools, 1)
+			assert.Same(t, s.Pools[tc.pool], r.Pools[0])
+			assert.Equal(t, int64(policy.DefaultMaxTokens), r.DefaultMaxTokens)
+		})
+	}
+}
+
+func TestDefaultIsFreshEachCall(t *testing.T) {
+	a, b := policy.Default(), policy.Default()
+	assert.NotSame(t, a, b)
+	assert.NotSame(t, a.Pools["gpt-4"], b.Pools["gpt-4"])
+}

@@ -1,0 +1,151 @@
+package policy_test
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/policy"
+)
+
+// FuzzCompile checks that Compile never panics, and that it returns either a
+// valid Set or only located *policy.Errors.
+func FuzzCompile(f *testing.F) {
+	f.Add(policy.DefaultSource().Data)
+	for _, dir := range []string{"good", "bad"} {
+		root := filepath.Join("..", "testdata", dir)
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			f.Add(data)
+			return nil
+		})
+		require.NoError(f, err)
+	}
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := policy.Compile(policy.Source{Name: "fuzz.yaml", Data: data})
+		if err == nil {
+			if s == nil {
+				t.Fatal("Compile returned neither a Set nor an error")
+			}
+			checkSet(t, s)
+			return
+		}
+		if s != nil {
+			t.Fatalf("Compile returned a Set and an error: %v", err)
+		}
+		j, ok := err.(interface{ Unwrap() []error })
+		if !ok {
+			t.Fatalf("error is a %T, not an errors.Join: %v", err, err)
+		}
+		for _, e := range j.Unwrap() {
+			pe, ok := e.(*policy.Error)
+			if !ok {
+				t.Fatalf("joined error is a %T, not a *policy.Error: %v", e, e)
+			}
+			if pe.File == "" {
+				t.Fatalf("error has no file: %v", pe)
+			}
+		}
+	})
+}
+
+// checkSet checks the invariants a compiled Set promises.
+func checkSet(t *testing.T, s *policy.Set) {
+	t.Helper()
+	if len(s.Pools) == 0 {
+		t.Fatal("a Set with no pools")
+	}
+	for name, p := range s.Pools {
+		if p.Name != name {
+			t.Fatalf("pool %q is named %q", name, p.Name)
+		}
+		for _, v := range []int64{p.Limit.Capacity, p.Limit.RefillPerSecond} {
+			if v <= 0 || v > policy.MaxCapacity {
+				t.Fatalf("pool %q has limit %+v", name, p.Limit)
+			}
+		}
+		if p.Price.Nanos < 0 || (!p.Price.IsZero() && p.Price.Per <= 0) {
+			t.Fatalf("pool %q has price %+v", name, p.Price)
+		}
+	}
+	for _, r := range s.Routes {
+		if len(r.Pools) == 0 || !strings.HasPrefix(r.PathPrefix, "/") || r.DefaultMaxTokens <= 0 {
+			t.Fatalf("invalid route %+v", r)
+		}
+		for _, p := range r.Pools {
+			if s.Pools[p.Name] != p {
+				t.Fatalf("route %q points at a pool outside the Set", r.Name)
+			}
+		}
+		// A route must match a call made to its own host and prefix.
+		host := r.Host
+		if suffix, ok := strings.CutPrefix(host, "*"); ok {
+			host = "x" + suffix
+		}
+		model := ""
+		if len(r.Models) > 0 {
+			model = strings.TrimSuffix(r.Models[0], "*")
+			if model == "" {
+				model = "m"
+			}
+		}
+		if s.MatchRoute(host, r.PathPrefix, model) == nil {
+			t.Fatalf("no route matches host %q path %q model %q, though route %q should", host, r.PathPrefix, model, r.Name)
+		}
+	}
+	for name, tier := range s.Tiers {
+		if tier.Priority < 0 || tier.Priority > 40 || tier.MaxConcurrent <= 0 || tier.MonthlyBudget < 0 {
+			t.Fatalf("invalid tier %q: %+v", name, tier)
+		}
+	}
+	for id, c := range s.Clients {
+		if c.Tier == nil || s.Tiers[c.Tier.Name] != c.Tier || c.MonthlyBudget < 0 {
+			t.Fatalf("invalid client %q: %+v", id, c)
+		}
+	}
+	if a := s.Defaults.UnmatchedRoute; a != policy.Allow && a != policy.Deny {
+		t.Fatalf("unmatched_route is %q", a)
+	}
+	if a := s.Defaults.InvalidRequest; a != policy.Allow && a != policy.Deny {
+		t.Fatalf("invalid_request is %q", a)
+	}
+}
+
+// FuzzParsePrice checks that ParsePrice never panics, that what it accepts
+// is a usable price, and that String gives it back.
+func FuzzParsePrice(f *testing.F) {
+	for _, s := range []string{
+		"0.03/1K", "0.0015/1K", "0.0001", "0.0075", "$2.50/1M", "0.15/1m", "1.2/1000", "0.0001/1",
+		"0.0000001", "0.0000000001", "0.00000000015/1K", "-0.03/1K", "three cents", "", "/", "/1K",
+		"0.03/0", "1/9223372036854775807", "9223372036.854775807", "$1,000.50/K", "1e3",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := policy.ParsePrice(s)
+		if err != nil {
+			return
+		}
+		if p.Nanos < 0 || p.Per <= 0 {
+			t.Fatalf("ParsePrice(%q) = %+v", s, p)
+		}
+		if c := p.Cost(1); c < 0 || (p.Nanos > 0 && c == 0) {
+			t.Fatalf("ParsePrice(%q) = %+v costs %d for one unit", s, p, c)
+		}
+		back, err := policy.ParsePrice(p.String())
+		if err != nil || back != p {
+			t.Fatalf("ParsePrice(%q) = %+v, String %q parses back as %+v, %v", s, p, p.String(), back, err)
+		}
+	})
+}
