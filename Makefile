@@ -39,7 +39,7 @@ bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./...
 
 bench-load: build ## throughput and p50/p99/p999 of Check over loopback gRPC (in-process server)
-	./$(BIN) load --duration 10s --concurrency 32
+	./$(BIN) load --duration 10s --concurrency 32 --policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json
 
 lint: vet ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
