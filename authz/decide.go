@@ -45,7 +45,11 @@ const (
 	ReasonUnmatchedRoute = "unmatched_route"
 	ReasonInvalidRequest = "invalid_request"
 	ReasonStoreError     = "store_error"
+	ReasonCancelled      = "cancelled" // the caller (Envoy) gave up first
 )
+
+// noTier labels decisions made before a client's tier is known.
+const noTier = "none"
 
 // RateLimit is what the x-ratelimit-* headers report: the tightest bucket.
 type RateLimit struct {
@@ -101,11 +105,14 @@ func NewDecider(p PolicySource, s limiter.Store, reg prometheus.Registerer, log 
 func (d *Decider) Decide(ctx context.Context, r *Request) Verdict {
 	set := d.policies.Policy()
 	v := d.decide(ctx, set, r)
-	pool := v.Pool
+	pool, tier := v.Pool, v.Tier
 	if pool == "" {
 		pool = "none"
 	}
-	d.m.decisions.WithLabelValues(pool, v.Tier, string(v.Outcome), v.Reason).Inc()
+	if tier == "" {
+		tier = noTier
+	}
+	d.m.decisions.WithLabelValues(pool, tier, string(v.Outcome), v.Reason).Inc()
 	switch {
 	case v.Outcome == OutcomeShadowDenied:
 		d.log.LogAttrs(ctx, slog.LevelInfo, "shadow denial", slog.String("request_id", r.ID),
@@ -154,7 +161,6 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	client, ok := set.Client(r.Client)
 	if !ok {
 		v.Outcome, v.Reason, v.Status = OutcomeDenied, ReasonUnknownClient, http.StatusForbidden
-		v.Tier = "unknown"
 		v.Message = fmt.Sprintf("client %q is not known to Tollgate and the policy denies unknown clients", r.Client)
 		return v
 	}
@@ -175,6 +181,11 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		}
 	}
 	dec, err := d.store.Reserve(ctx, limiter.Request{Takes: takes})
+	if err != nil && ctx.Err() != nil {
+		v.Outcome, v.Reason, v.Status = OutcomeError, ReasonCancelled, http.StatusServiceUnavailable
+		v.Pool, v.Message = route.Pools[0].Name, "the check was cancelled before Tollgate could answer"
+		return v
+	}
 	if err != nil {
 		d.m.storeErrors.Inc()
 		d.log.LogAttrs(ctx, slog.LevelError, "limiter store failed", slog.String("request_id", r.ID), slog.Any("error", err))

@@ -102,6 +102,17 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{})}
+
+	// Bind first, so that a failed New leaves nothing behind: not even
+	// metrics in the caller's registry, which a retry would collide with.
+	var err error
+	if s.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("authz: gRPC listener: %w", err)
+	}
+	if s.httpLis, err = listen(cfg.HTTPAddr); err != nil {
+		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
+	}
+
 	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger)
 
 	s.grpc = grpc.NewServer()
@@ -112,14 +123,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
 	s.http = &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 5 * time.Second}
-
-	var err error
-	if s.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("authz: gRPC listener: %w", err)
-	}
-	if s.httpLis, err = listen(cfg.HTTPAddr); err != nil {
-		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
-	}
 	return s, nil
 }
 
@@ -185,6 +188,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("authz: HTTP shutdown: %w", err))
+		}
+		// Serve closes the listeners it ran; these closes free them when it
+		// never ran.
+		for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("authz: close %s: %w", l.Addr(), err))
+			}
 		}
 		s.shutdownErr = errors.Join(errs...)
 	})

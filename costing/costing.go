@@ -77,7 +77,7 @@ func (Estimator) Estimate(r *policy.Route, llm LLMBody, bodyLen int64) Estimate 
 			if out <= 0 {
 				out = r.DefaultMaxTokens
 			}
-			units = satAdd(out, (max(bodyLen, 0)+BytesPerToken-1)/BytesPerToken)
+			units = satAdd(out, ceilDiv(max(bodyLen, 0), BytesPerToken))
 		}
 		c := p.Price.Cost(units)
 		e.Pools[i] = PoolCost{Pool: p, Units: units, Cost: c}
@@ -86,6 +86,16 @@ func (Estimator) Estimate(r *policy.Route, llm LLMBody, bodyLen int64) Estimate 
 	return e
 }
 
+// ceilDiv is a/b rounded up, for a >= 0 and b > 0, without overflow.
+func ceilDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 {
+		q++
+	}
+	return q
+}
+
+// satAdd adds two non-negative values, saturating at MaxInt64.
 func satAdd(a, b int64) int64 {
 	if a > math.MaxInt64-b {
 		return math.MaxInt64

@@ -1,0 +1,136 @@
+package authz_test
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/code"
+
+	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
+)
+
+var (
+	capacityRE = regexp.MustCompile(`(?m)^(\s+)(capacity|refill_per_second): \d+$`)
+)
+
+// largePoolPolicy is the bundled policy (its routes, tiers and defaults)
+// with every pool and client limit raised to the maximum, so that every
+// call is allowed and a benchmark measures the allow path.
+func largePoolPolicy(tb testing.TB) string {
+	tb.Helper()
+	src := string(policy.DefaultSource().Data)
+	out := capacityRE.ReplaceAllString(src, fmt.Sprintf("${1}${2}: %d", policy.MaxCapacity))
+	if out == src {
+		tb.Fatal("no capacities found in the bundled policy")
+	}
+	return out
+}
+
+// benchClients spreads calls over a few client ids.
+var benchClients = []string{"team-a", "team-b", "team-c", "team-d", "team-e", "team-f", "team-g", "team-h"}
+
+// BenchmarkDecide measures the admission pipeline alone (policy → estimate
+// → memory store) on a ~1 KB OpenAI chat body for gpt-4.
+func BenchmarkDecide(b *testing.B) {
+	body := kiloChatBody("gpt-4")
+	ctx := context.Background()
+
+	newDecider := func(b *testing.B, set *policy.Set) *authz.Decider {
+		// The wall clock: a large pool refills faster than any benchmark
+		// can drain it.
+		return authz.NewDecider(authz.StaticPolicy{Set: set}, newMemStore(b, limiter.SystemClock{}), prometheus.NewRegistry(), nil)
+	}
+	cases := map[string]struct {
+		set     func(b *testing.B) *policy.Set
+		allowed bool
+	}{
+		// Every call allowed: the common path.
+		"allowed": {set: func(b *testing.B) *policy.Set { return compilePolicy(b, largePoolPolicy(b)) }, allowed: true},
+		// The bundled policy's 10K-token gpt-4 pool, drained: every call
+		// denied with a 429 and its message.
+		"denied": {set: func(*testing.B) *policy.Set { return policy.Default() }, allowed: false},
+	}
+	for _, name := range []string{"allowed", "denied"} {
+		tc := cases[name]
+		prepare := func(b *testing.B) *authz.Decider {
+			d := newDecider(b, tc.set(b))
+			if !tc.allowed {
+				for d.Decide(ctx, openAIRequest("team-a", body)).Allowed {
+				}
+			}
+			return d
+		}
+		b.Run(name, func(b *testing.B) {
+			d := prepare(b)
+			r := openAIRequest("team-a", body)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if v := d.Decide(ctx, r); v.Allowed != tc.allowed {
+					b.Fatalf("allowed=%v: %s", v.Allowed, v.Message)
+				}
+			}
+		})
+		b.Run(name+"/parallel", func(b *testing.B) {
+			d := prepare(b)
+			var next atomic.Uint32
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				r := openAIRequest(benchClients[int(next.Add(1))%len(benchClients)], body)
+				for pb.Next() {
+					if v := d.Decide(ctx, r); v.Allowed != tc.allowed {
+						b.Errorf("allowed=%v: %s", v.Allowed, v.Message)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkCheckGRPC measures one ext_authz Check per op over real loopback
+// gRPC (go-control-plane's client, TCP, protobuf both ways) on the large-pool
+// policy with a ~1 KB chat body.
+func BenchmarkCheckGRPC(b *testing.B) {
+	body := kiloChatBody("gpt-4")
+	ctx := context.Background()
+	start := func(b *testing.B) *testServer {
+		return startServer(b, serverOpts{policy: largePoolPolicy(b), store: newMemStore(b, limiter.SystemClock{})})
+	}
+
+	b.Run("serial", func(b *testing.B) {
+		ts := start(b)
+		cr := chatCheck("team-a", body)
+		b.ReportAllocs()
+		for b.Loop() {
+			resp, err := ts.auth.Check(ctx, cr)
+			if err != nil || resp.GetStatus().GetCode() != int32(code.Code_OK) {
+				b.Fatalf("check: %v %v", err, resp.GetStatus())
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		ts := start(b)
+		var next atomic.Uint32
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			cr := chatCheck(benchClients[int(next.Add(1))%len(benchClients)], body)
+			for pb.Next() {
+				resp, err := ts.auth.Check(ctx, cr)
+				if err != nil || resp.GetStatus().GetCode() != int32(code.Code_OK) {
+					b.Errorf("check: %v %v", err, resp.GetStatus())
+					return
+				}
+			}
+		})
+	})
+}
