@@ -28,6 +28,14 @@ const MaxCapacity = 1_000_000_000
 // DefaultMaxTokens is the output allowance of an LLM route that states none.
 const DefaultMaxTokens = 1024
 
+// MaxBudget bounds a monthly budget ($9 million): the Redis scripts keep
+// money in Lua numbers, exact below 2^53 nano-dollars.
+const MaxBudget = 9_000_000 * NanosPerDollar
+
+// DefaultReservationTTL is how long an admitted call may stay unsettled
+// before its reservation is committed at its estimate.
+const DefaultReservationTTL = 10 * time.Minute
+
 // Source is one policy file's name and contents.
 type Source struct {
 	Name string
@@ -120,6 +128,7 @@ type (
 		file                                         string
 		line                                         int
 		unknownClient, unmatchedRoute, invalidReqest at[string]
+		storeUnavailable, timezone, reservationTTL   at[string]
 		shadow                                       at[bool]
 	}
 	poolDoc struct {
@@ -156,6 +165,7 @@ type (
 		line     int
 		tier     at[string]
 		budget   at[string]
+		parent   at[string]
 	}
 )
 
@@ -208,10 +218,13 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 		if m := d.mapping(v, "defaults"); m != nil {
 			ds.defaults = append(ds.defaults, defaultsDoc{
 				file: d.file, line: deref(v).Line,
-				unknownClient:  m.str("unknown_client"),
-				unmatchedRoute: m.str("unmatched_route"),
-				invalidReqest:  m.str("invalid_request"),
-				shadow:         m.bool("shadow"),
+				unknownClient:    m.str("unknown_client"),
+				unmatchedRoute:   m.str("unmatched_route"),
+				invalidReqest:    m.str("invalid_request"),
+				shadow:           m.bool("shadow"),
+				storeUnavailable: m.str("store_unavailable"),
+				timezone:         m.str("timezone"),
+				reservationTTL:   m.str("reservation_ttl"),
 			})
 			m.close()
 		}
@@ -285,6 +298,7 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 				}
 				ds.clients = append(ds.clients, clientDoc{
 					file: d.file, id: id, line: k.Line, tier: m.str("tier"), budget: m.scalarText("monthly_budget"),
+					parent: m.str("parent"),
 				})
 				m.close()
 			})
@@ -455,6 +469,8 @@ func (ds *docs) compile() (*Set, []error) {
 				el.add(t.file, t.budget.line, path+".monthly_budget", "%v (or \"custom\" for a per-client budget)", err)
 			case m < 0:
 				el.add(t.file, t.budget.line, path+".monthly_budget", "must not be negative, got %s", t.budget.v)
+			case m > MaxBudget:
+				el.add(t.file, t.budget.line, path+".monthly_budget", "must be at most $%s, got %s", MaxBudget, t.budget.v)
 			}
 			tier.MonthlyBudget, tier.Budgeted = m, true
 		}
@@ -490,13 +506,46 @@ func (ds *docs) compile() (*Set, []error) {
 				el.add(c.file, c.budget.line, path+".monthly_budget", "%v", err)
 			case m < 0:
 				el.add(c.file, c.budget.line, path+".monthly_budget", "must not be negative, got %s", c.budget.v)
+			case m > MaxBudget:
+				el.add(c.file, c.budget.line, path+".monthly_budget", "must be at most $%s, got %s", MaxBudget, c.budget.v)
 			}
 			cl.MonthlyBudget, cl.Budgeted = m, true
 		}
 		s.Clients[c.id] = cl
 	}
 
-	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny}
+	for _, c := range ds.clients {
+		cl := s.Clients[c.id]
+		if !c.parent.set || cl == nil {
+			continue
+		}
+		p, ok := s.Clients[c.parent.v]
+		switch {
+		case !ok:
+			el.add(c.file, c.parent.line, "clients."+c.id+".parent", "client %q does not exist%s", c.parent.v, known(s.Clients))
+		case p == cl:
+			el.add(c.file, c.parent.line, "clients."+c.id+".parent", "a client cannot be its own parent")
+		default:
+			cl.Parent = p
+		}
+	}
+	for _, c := range ds.clients { // a cycle would make a budget chain endless
+		cl := s.Clients[c.id]
+		if cl == nil || cl.Parent == nil {
+			continue
+		}
+		seen := map[*Client]bool{cl: true}
+		for p := cl.Parent; p != nil; p = p.Parent {
+			if seen[p] {
+				el.add(c.file, c.parent.line, "clients."+c.id+".parent", "the parent chain loops back to %q", p.ID)
+				cl.Parent = nil // break the loop so nothing walks it forever
+				break
+			}
+			seen[p] = true
+		}
+	}
+
+	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL}
 	var defSeen = map[string]place{}
 	setOnce := func(d defaultsDoc, key string, line int) bool {
 		if p, dup := defSeen[key]; dup {
@@ -532,6 +581,31 @@ func (ds *docs) compile() (*Set, []error) {
 		}
 		if d.shadow.set && setOnce(d, "shadow", d.shadow.line) {
 			s.Defaults.Shadow = d.shadow.v
+		}
+		if d.storeUnavailable.set && setOnce(d, "store_unavailable", d.storeUnavailable.line) {
+			if act := Action(d.storeUnavailable.v); act == Allow || act == Deny {
+				s.Defaults.StoreUnavailable = act
+			} else {
+				el.add(d.file, d.storeUnavailable.line, "defaults.store_unavailable", "must be \"allow\" (fail open) or \"deny\" (fail closed), got %q", d.storeUnavailable.v)
+			}
+		}
+		if d.timezone.set && setOnce(d, "timezone", d.timezone.line) {
+			if loc, err := time.LoadLocation(d.timezone.v); err != nil || d.timezone.v == "" {
+				el.add(d.file, d.timezone.line, "defaults.timezone", "unknown time zone %q (an IANA name such as UTC or America/New_York)", d.timezone.v)
+			} else {
+				s.Defaults.Location = loc
+			}
+		}
+		if d.reservationTTL.set && setOnce(d, "reservation_ttl", d.reservationTTL.line) {
+			ttl, err := time.ParseDuration(d.reservationTTL.v)
+			switch {
+			case err != nil:
+				el.add(d.file, d.reservationTTL.line, "defaults.reservation_ttl", "must be a duration such as 10m or 90s, got %q", d.reservationTTL.v)
+			case ttl < time.Second || ttl > 24*time.Hour:
+				el.add(d.file, d.reservationTTL.line, "defaults.reservation_ttl", "must be between 1s and 24h, got %v", ttl)
+			default:
+				s.Defaults.ReservationTTL = ttl
+			}
 		}
 	}
 	return s, el.errs

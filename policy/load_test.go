@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -821,6 +822,64 @@ func TestGoodFixturesLoad(t *testing.T) {
 		t.Run(e.Name(), func(t *testing.T) {
 			_, err := policy.Load(filepath.Join("..", "testdata", "good", e.Name()))
 			require.NoError(t, err)
+		})
+	}
+}
+
+func TestCompileClientParents(t *testing.T) {
+	base := lines("pools:", "  p: {unit: request, capacity: 1, refill_per_second: 1}",
+		"tiers:", "  t: {priority: 1, max_concurrent: 1}", "clients:")
+	ok, err := compile(append(base, lines("  acme: {tier: t, monthly_budget: \"100\"}", "  acme/marketing: {tier: t, parent: acme}")...))
+	require.NoError(t, err)
+	require.Same(t, ok.Clients["acme"], ok.Clients["acme/marketing"].Parent)
+	assert.Nil(t, ok.Clients["acme"].Parent)
+
+	for name, tc := range map[string]struct {
+		clients string
+		want    wantErr
+	}{
+		"missing parent": {"  a: {tier: t, parent: ghost}", wantErr{line: 6, path: "clients.a.parent", msg: `client "ghost" does not exist`}},
+		"own parent":     {"  a: {tier: t, parent: a}", wantErr{line: 6, path: "clients.a.parent", msg: "its own parent"}},
+		"loop":           {"  a: {tier: t, parent: b}\n  b: {tier: t, parent: a}", wantErr{line: 6, path: "clients.a.parent", msg: "loops back"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := compile(append(append([]byte{}, base...), []byte(tc.clients+"\n")...))
+			tc.want.file = "x.yaml"
+			requireHasError(t, policyErrors(t, err), tc.want)
+		})
+	}
+}
+
+func TestCompileBudgetDefaults(t *testing.T) {
+	base := lines("pools:", "  p: {unit: request, capacity: 1, refill_per_second: 1}", "defaults:")
+	set, err := compile(append(base, lines("  timezone: America/New_York", "  reservation_ttl: 90s", "  store_unavailable: allow")...))
+	require.NoError(t, err)
+	assert.Equal(t, "America/New_York", set.Defaults.Location.String())
+	assert.Equal(t, 90*time.Second, set.Defaults.ReservationTTL)
+	assert.Equal(t, policy.Allow, set.Defaults.StoreUnavailable)
+	// 2026-12-01 03:00 UTC is still November in New York.
+	assert.Equal(t, "2026-11", set.Defaults.Period(time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)))
+	assert.Equal(t, time.Date(2026, 12, 1, 5, 0, 0, 0, time.UTC), set.Defaults.PeriodEnd(time.Date(2026, 11, 15, 0, 0, 0, 0, time.UTC)).UTC())
+
+	def, err := compile(base[:len(base)-len("defaults:\n")])
+	require.NoError(t, err)
+	assert.Equal(t, "UTC", def.Defaults.Location.String())
+	assert.Equal(t, policy.DefaultReservationTTL, def.Defaults.ReservationTTL)
+	assert.Equal(t, policy.Deny, def.Defaults.StoreUnavailable, "fail closed unless told otherwise")
+
+	for name, tc := range map[string]struct {
+		line string
+		want wantErr
+	}{
+		"bad zone":      {"  timezone: Mars/Olympus", wantErr{line: 4, path: "defaults.timezone", msg: "unknown time zone"}},
+		"bad ttl":       {"  reservation_ttl: soon", wantErr{line: 4, path: "defaults.reservation_ttl", msg: "must be a duration"}},
+		"ttl too short": {"  reservation_ttl: 10ms", wantErr{line: 4, path: "defaults.reservation_ttl", msg: "between 1s and 24h"}},
+		"bad fail mode": {"  store_unavailable: maybe", wantErr{line: 4, path: "defaults.store_unavailable", msg: "fail open"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := compile(append(append([]byte{}, base...), []byte(tc.line+"\n")...))
+			tc.want.file = "x.yaml"
+			requireHasError(t, policyErrors(t, err), tc.want)
 		})
 	}
 }

@@ -107,8 +107,11 @@ type Tier struct {
 
 // Client is a known caller.
 type Client struct {
-	ID            string
-	Tier          *Tier
+	ID   string
+	Tier *Tier
+	// Parent is the client whose budget also pays for this one's calls
+	// (acme/marketing under acme); nil at the top.
+	Parent        *Client
 	MonthlyBudget Money
 	Budgeted      bool
 }
@@ -128,8 +131,26 @@ type Defaults struct {
 	UnknownClientTier *Tier
 	UnmatchedRoute    Action
 	InvalidRequest    Action
+	// StoreUnavailable is what happens when the limiter store cannot be
+	// asked: Deny fails closed (503), Allow fails open.
+	StoreUnavailable Action
+	// Location is the time zone whose calendar months budgets follow.
+	Location *time.Location
+	// ReservationTTL bounds how long an admitted call may stay unsettled;
+	// then it is committed at its estimate.
+	ReservationTTL time.Duration
 	// Shadow puts every pool in shadow mode.
 	Shadow bool
+}
+
+// Period names the budget period (calendar month in the policy's zone)
+// that t falls in, e.g. "2026-11".
+func (d Defaults) Period(t time.Time) string { return t.In(d.Location).Format("2006-01") }
+
+// PeriodEnd is when the period holding t ends.
+func (d Defaults) PeriodEnd(t time.Time) time.Time {
+	l := t.In(d.Location)
+	return time.Date(l.Year(), l.Month()+1, 1, 0, 0, 0, 0, d.Location)
 }
 
 // Set is a compiled, validated policy. It is immutable once built.

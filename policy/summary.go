@@ -21,10 +21,13 @@ type Summary struct {
 
 // SummaryDefaults mirrors Defaults.
 type SummaryDefaults struct {
-	UnknownClient  string `json:"unknown_client"`
-	UnmatchedRoute Action `json:"unmatched_route"`
-	InvalidRequest Action `json:"invalid_request"`
-	Shadow         bool   `json:"shadow"`
+	UnknownClient    string `json:"unknown_client"`
+	UnmatchedRoute   Action `json:"unmatched_route"`
+	InvalidRequest   Action `json:"invalid_request"`
+	StoreUnavailable Action `json:"store_unavailable"`
+	Timezone         string `json:"timezone"`
+	ReservationTTL   string `json:"reservation_ttl"`
+	Shadow           bool   `json:"shadow"`
 }
 
 // SummaryPool mirrors Pool.
@@ -65,6 +68,8 @@ func (s *Set) Summary() Summary {
 	sum := Summary{Files: s.Files, Clients: len(s.Clients), Defaults: SummaryDefaults{
 		UnknownClient: string(Deny), UnmatchedRoute: s.Defaults.UnmatchedRoute,
 		InvalidRequest: s.Defaults.InvalidRequest, Shadow: s.Defaults.Shadow,
+		StoreUnavailable: s.Defaults.StoreUnavailable, Timezone: s.Defaults.Location.String(),
+		ReservationTTL: s.Defaults.ReservationTTL.String(),
 	}}
 	if t := s.Defaults.UnknownClientTier; t != nil {
 		sum.Defaults.UnknownClient = t.Name
@@ -103,8 +108,9 @@ func (s *Set) Summary() Summary {
 func (sum Summary) WriteText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "files:\t%s\n", strings.Join(sum.Files, ", "))
-	fmt.Fprintf(tw, "defaults:\tunknown_client=%s unmatched_route=%s invalid_request=%s shadow=%t\n\n",
-		sum.Defaults.UnknownClient, sum.Defaults.UnmatchedRoute, sum.Defaults.InvalidRequest, sum.Defaults.Shadow)
+	fmt.Fprintf(tw, "defaults:\tunknown_client=%s unmatched_route=%s invalid_request=%s store_unavailable=%s shadow=%t\n",
+		sum.Defaults.UnknownClient, sum.Defaults.UnmatchedRoute, sum.Defaults.InvalidRequest, sum.Defaults.StoreUnavailable, sum.Defaults.Shadow)
+	fmt.Fprintf(tw, "budgets:\tcalendar months in %s; unsettled calls commit at their estimate after %s\n\n", sum.Defaults.Timezone, sum.Defaults.ReservationTTL)
 	fmt.Fprintln(tw, "POOL\tUNIT\tCAPACITY\tREFILL/S\tPRICE\tSHADOW")
 	for _, p := range sum.Pools {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.RefillPerSecond, p.Price, p.Shadow)
