@@ -10,7 +10,7 @@ import "time"
 const Micro = 1_000_000
 
 // Bucket is a token bucket's state: its level in micro-units at time At
-// (Unix microseconds). The zero Bucket with Fresh set is a full bucket.
+// (Unix microseconds). NewBucket makes a full one.
 type Bucket struct {
 	Level int64
 	At    int64
@@ -90,12 +90,25 @@ func ceilDiv(a, b int64) int64 {
 // Micros converts t to Unix microseconds.
 func Micros(t time.Time) int64 { return t.UnixMicro() }
 
-// Apply decides req against the buckets (one per Take, already advanced to
-// now) and, when the call is allowed, takes each cost from its bucket. A
-// shadow bucket that is short is reported and left untouched. It is the
-// single definition of an admission that every Store follows.
+// Apply decides takes alone (no Hold); see ApplyHold.
 func Apply(buckets []Bucket, takes []Take) Decision {
-	d := Decision{Allowed: true, Blocking: -1, Buckets: make([]BucketState, len(takes))}
+	return ApplyHold(buckets, takes, nil, nil, 0)
+}
+
+// ApplyHold decides an admission against the buckets (one per Take, already
+// advanced to now) and, for a Hold, the budget states of its chain (one per
+// Hold budget, as stored) and the client's slots in use. When the call is
+// allowed it takes each cost from its bucket, adds the Hold's cost to every
+// budget's Reserved and counts the slot; when it is denied nothing changes.
+// A shadow bucket that is short is reported and left untouched. This is the
+// single definition of an admission: the memory store calls it, and the
+// Redis store's Lua follows it line for line.
+//
+// When several things deny, the most lasting reason wins: budget_exceeded,
+// then exceeds_capacity, then concurrency, then rate_limited (the longest
+// wait).
+func ApplyHold(buckets []Bucket, takes []Take, h *Hold, budgets []BudgetState, inFlight int64) Decision {
+	d := Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]BucketState, len(takes))}
 	for i, t := range takes {
 		ok, possible, wait := buckets[i].Check(t.Limit, t.Cost)
 		st := &d.Buckets[i]
@@ -120,14 +133,49 @@ func Apply(buckets []Bucket, takes []Take) Decision {
 			d.Reason, d.Blocking, d.RetryAfter = reason, i, wait
 		}
 	}
+	if h != nil {
+		if h.Slot != nil && !h.Commit && inFlight >= h.Slot.Max && d.Reason != ReasonExceedsCapacity {
+			d.Allowed, d.Reason, d.RetryAfter = false, ReasonConcurrency, 0
+		}
+		for i := range budgets {
+			b := &budgets[i]
+			if b.Limit >= 0 && b.Spent+b.Reserved+h.Cost > b.Limit {
+				b.Short = true
+				if d.BudgetBlocking < 0 {
+					d.BudgetBlocking = i
+				}
+			}
+		}
+		if d.BudgetBlocking >= 0 {
+			d.Allowed, d.Reason, d.RetryAfter = false, ReasonBudgetExceeded, 0
+		}
+	}
 	if d.Reason == ReasonExceedsCapacity {
 		d.RetryAfter = 0
+	}
+	if d.Reason != ReasonRateLimited && d.Reason != ReasonExceedsCapacity {
+		d.Blocking = -1 // a bucket did not decide
 	}
 	for i, t := range takes {
 		if d.Allowed && !d.Buckets[i].Short {
 			buckets[i].Level -= t.Cost * Micro
 		}
 		d.Buckets[i].Remaining, d.Buckets[i].ResetAfter = buckets[i].State(t.Limit)
+	}
+	if h != nil {
+		if d.Allowed {
+			for i := range budgets {
+				if h.Commit {
+					budgets[i].Spent += h.Cost
+				} else {
+					budgets[i].Reserved += h.Cost
+				}
+			}
+			if h.Slot != nil && !h.Commit {
+				inFlight++
+			}
+		}
+		d.Budgets, d.InFlight = budgets, inFlight
 	}
 	return d
 }

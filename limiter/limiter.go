@@ -5,6 +5,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -60,13 +61,50 @@ type Take struct {
 	Shadow bool
 }
 
-// Request is one admission: every Take is granted, or none is.
+// Request is one admission: every Take is granted, and the Hold (if any)
+// taken, or nothing is.
 type Request struct {
 	Takes []Take
+	Hold  *Hold
 	// Now is the decision time; the zero value means the store's own clock
 	// (the memory store's Clock, Redis's TIME).
 	Now time.Time
 }
+
+// Validate refuses a request no store can decide: a negative cost, a
+// bucket with no capacity, a hold without an id or TTL (unless it commits at
+// once), or amounts the Redis scripts cannot keep exact.
+func (r Request) Validate() error {
+	for _, t := range r.Takes {
+		if t.Cost < 0 || t.Limit.Capacity <= 0 || t.Limit.RefillPerSecond < 0 ||
+			t.Limit.Capacity > maxUnits || t.Limit.RefillPerSecond > maxUnits {
+			return fmt.Errorf("limiter: bucket %s: cost %d, capacity %d, refill %d out of range", t.Key, t.Cost, t.Limit.Capacity, t.Limit.RefillPerSecond)
+		}
+	}
+	h := r.Hold
+	if h == nil {
+		return nil
+	}
+	if h.Cost < 0 || h.Cost >= MaxMoney {
+		return fmt.Errorf("limiter: hold cost %d out of range [0, 2^53)", h.Cost)
+	}
+	if !h.Commit && (h.ID == "" || h.TTL <= 0 || strings.ContainsAny(h.ID, " \n")) {
+		return fmt.Errorf("limiter: a hold needs an id without spaces and a positive TTL")
+	}
+	for _, b := range h.Budgets {
+		if b.Limit >= MaxMoney {
+			return fmt.Errorf("limiter: budget of %s out of range", b.Owner)
+		}
+	}
+	return nil
+}
+
+// maxUnits bounds capacities and refill rates (policy.MaxCapacity).
+const maxUnits = 1_000_000_000
+
+// MaxMoney bounds every amount a store keeps (2^53 nano-dollars, about $9
+// million): the Redis scripts hold money in Lua numbers, exact below it.
+const MaxMoney = 1 << 53
 
 // Reason says why a call was denied. The values are snake_case codes that
 // also serve as the metric label.
@@ -105,6 +143,13 @@ type Decision struct {
 	RetryAfter time.Duration
 	// Buckets holds one state per Take, in the Request's order.
 	Buckets []BucketState
+	// Budgets holds one state per Hold budget; BudgetBlocking is the index
+	// of the one that denied, or -1.
+	Budgets        []BudgetState
+	BudgetBlocking int
+	// InFlight is the client's slots in use after the decision (with a Hold
+	// that has a Slot).
+	InFlight int64
 }
 
 // ShadowDenied reports whether a shadow bucket would have denied the call.

@@ -62,6 +62,9 @@ type Store struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
 
+	ledgerMu sync.Mutex // after any shard locks
+	ledger   ledger
+
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
@@ -77,7 +80,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = limiter.SystemClock{}
 	}
-	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{})}
+	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger()}
 	for i := range s.shards {
 		s.shards[i].buckets = make(map[limiter.Key]*entry)
 	}
@@ -99,13 +102,11 @@ func (s *Store) shardOf(k limiter.Key) int {
 
 // Reserve decides req atomically: every Take is granted or none is.
 func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.usable(ctx); err != nil {
 		return limiter.Decision{}, err
 	}
-	select {
-	case <-s.closed:
-		return limiter.Decision{}, ErrClosed
-	default:
+	if err := req.Validate(); err != nil {
+		return limiter.Decision{}, err
 	}
 	n := len(req.Takes)
 	now := req.Now
@@ -150,7 +151,33 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		entries[i] = e
 		buckets = append(buckets, e.b)
 	}
-	d := limiter.Apply(buckets, req.Takes)
+	var d limiter.Decision
+	if h := req.Hold; h != nil {
+		s.ledgerMu.Lock()
+		defer s.ledgerMu.Unlock()
+		s.ledger.expire(at, 8) // as the Redis script does: lapsed holds first
+		if !h.Commit {
+			if _, live := s.ledger.resv[h.ID]; live {
+				return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
+			}
+			if _, ended := s.ledger.done[h.ID]; ended {
+				return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
+			}
+		}
+		var inFlight int64
+		if h.Slot != nil && !h.Commit {
+			inFlight = s.ledger.liveSlots(h.Slot.Client, at)
+		}
+		d = limiter.ApplyHold(buckets, req.Takes, h, s.ledger.states(h), inFlight)
+		switch {
+		case d.Allowed && h.Commit:
+			s.ledger.commit(h)
+		case d.Allowed:
+			s.ledger.hold(h, at)
+		}
+	} else {
+		d = limiter.Apply(buckets, req.Takes)
+	}
 	if d.Allowed {
 		for i, t := range req.Takes {
 			entries[i].b = buckets[i]
@@ -158,6 +185,18 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		}
 	}
 	return d, nil
+}
+
+func (s *Store) usable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-s.closed:
+		return ErrClosed
+	default:
+		return nil
+	}
 }
 
 // Len returns the number of buckets held, for tests and metrics.
@@ -195,7 +234,11 @@ func (s *Store) sweepLoop(every time.Duration) {
 		case <-s.stop:
 			return
 		case <-t.C:
-			s.Sweep(s.clock.Now())
+			now := s.clock.Now()
+			s.Sweep(now)
+			s.ledgerMu.Lock()
+			s.ledger.expire(limiter.Micros(now), 1<<30)
+			s.ledgerMu.Unlock()
 		}
 	}
 }

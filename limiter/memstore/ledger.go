@@ -1,0 +1,241 @@
+package memstore
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
+)
+
+var _ limiter.Backend = (*Store)(nil)
+
+// doneRetention is how long the outcome of an ended reservation is kept, so
+// that a repeated Settle or Release is recognised (idempotency).
+const doneRetention = 24 * time.Hour
+
+type budgetID struct{ owner, period string }
+
+type budgetEntry struct{ spent, reserved policy.Money }
+
+type reservation struct {
+	cost   policy.Money
+	period string
+	owners []string
+	slot   string // client whose slot it holds, "" for none
+	exp    int64  // Unix µs
+}
+
+type ended struct {
+	s   limiter.Settlement
+	exp int64 // forget after (Unix µs)
+}
+
+// ledger holds budgets, slots and reservations under one lock; a Reserve
+// with a Hold takes it after its shard locks, Settle and Release take it
+// alone.
+type ledger struct {
+	budgets map[budgetID]*budgetEntry
+	slots   map[string]map[string]int64 // client → reservation id → expiry µs
+	resv    map[string]*reservation
+	done    map[string]ended
+	expiry  expiryHeap
+}
+
+func newLedger() ledger {
+	return ledger{
+		budgets: map[budgetID]*budgetEntry{},
+		slots:   map[string]map[string]int64{},
+		resv:    map[string]*reservation{},
+		done:    map[string]ended{},
+	}
+}
+
+// liveSlots drops a client's lapsed slots and counts the rest.
+func (l *ledger) liveSlots(client string, now int64) int64 {
+	ids := l.slots[client]
+	for id, exp := range ids {
+		if exp <= now {
+			delete(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		delete(l.slots, client)
+	}
+	return int64(len(ids))
+}
+
+func (l *ledger) states(h *limiter.Hold) []limiter.BudgetState {
+	out := make([]limiter.BudgetState, len(h.Budgets))
+	for i, b := range h.Budgets {
+		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit}
+		if e := l.budgets[budgetID{b.Owner, h.Period}]; e != nil {
+			out[i].Spent, out[i].Reserved = e.spent, e.reserved
+		}
+	}
+	return out
+}
+
+// commit spends a Hold's cost at once.
+func (l *ledger) commit(h *limiter.Hold) {
+	for _, b := range h.Budgets {
+		k := budgetID{b.Owner, h.Period}
+		e := l.budgets[k]
+		if e == nil {
+			e = &budgetEntry{}
+			l.budgets[k] = e
+		}
+		e.spent += h.Cost
+	}
+}
+
+func (l *ledger) hold(h *limiter.Hold, now int64) {
+	r := &reservation{cost: h.Cost, period: h.Period, exp: now + h.TTL.Microseconds()}
+	for _, b := range h.Budgets {
+		k := budgetID{b.Owner, h.Period}
+		e := l.budgets[k]
+		if e == nil {
+			e = &budgetEntry{}
+			l.budgets[k] = e
+		}
+		e.reserved += h.Cost
+		r.owners = append(r.owners, b.Owner)
+	}
+	if h.Slot != nil {
+		r.slot = h.Slot.Client
+		if l.slots[r.slot] == nil {
+			l.slots[r.slot] = map[string]int64{}
+		}
+		l.slots[r.slot][h.ID] = r.exp
+	}
+	l.resv[h.ID] = r
+	heap.Push(&l.expiry, expiryItem{id: h.ID, exp: r.exp})
+}
+
+// finish ends reservation id: spend is what is committed (the estimate on
+// expiry, the actual on settle, nothing on release).
+func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money, now int64) (limiter.Settlement, error) {
+	if e, ok := l.done[id]; ok {
+		s := e.s
+		s.Repeat = true
+		return s, nil
+	}
+	r := l.resv[id]
+	if r == nil {
+		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
+	}
+	spend := r.cost
+	switch outcome {
+	case limiter.OutcomeSettled:
+		spend = actual
+	case limiter.OutcomeReleased:
+		spend = 0
+	}
+	for _, owner := range r.owners {
+		e := l.budgets[budgetID{owner, r.period}]
+		e.reserved -= r.cost
+		e.spent += spend
+	}
+	if r.slot != "" {
+		delete(l.slots[r.slot], id)
+		if len(l.slots[r.slot]) == 0 {
+			delete(l.slots, r.slot)
+		}
+	}
+	delete(l.resv, id)
+	s := limiter.Settlement{ID: id, Outcome: outcome, Estimated: r.cost, Spent: spend}
+	l.done[id] = ended{s: s, exp: now + doneRetention.Microseconds()}
+	return s, nil
+}
+
+// expire ends up to max lapsed reservations at their estimate, and forgets
+// old outcomes.
+func (l *ledger) expire(now int64, max int) int {
+	n := 0
+	for l.expiry.Len() > 0 && l.expiry[0].exp <= now && n < max {
+		it := heap.Pop(&l.expiry).(expiryItem)
+		if r := l.resv[it.id]; r != nil && r.exp == it.exp {
+			_, _ = l.finish(it.id, limiter.OutcomeExpired, 0, now)
+			n++
+		}
+	}
+	for id, e := range l.done {
+		if e.exp <= now {
+			delete(l.done, id)
+		}
+	}
+	return n
+}
+
+// Settle commits a reservation at its actual cost.
+func (s *Store) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+	if actual < 0 {
+		return limiter.Settlement{}, fmt.Errorf("memstore: settle %q: negative cost %d", id, actual)
+	}
+	return s.end(ctx, id, limiter.OutcomeSettled, actual)
+}
+
+// Release returns a reservation whole.
+func (s *Store) Release(ctx context.Context, id string) (limiter.Settlement, error) {
+	return s.end(ctx, id, limiter.OutcomeReleased, 0)
+}
+
+func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual policy.Money) (limiter.Settlement, error) {
+	if err := s.usable(ctx); err != nil {
+		return limiter.Settlement{}, err
+	}
+	now := limiter.Micros(s.clock.Now())
+	s.ledgerMu.Lock()
+	defer s.ledgerMu.Unlock()
+	return s.ledger.finish(id, o, actual, now)
+}
+
+// Expire commits lapsed reservations at their estimate.
+func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error) {
+	if err := s.usable(ctx); err != nil {
+		return 0, err
+	}
+	if now.IsZero() {
+		now = s.clock.Now()
+	}
+	s.ledgerMu.Lock()
+	defer s.ledgerMu.Unlock()
+	return s.ledger.expire(limiter.Micros(now), max), nil
+}
+
+// Usage reports a budget chain's period.
+func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budget, now time.Time) (limiter.Usage, error) {
+	if err := s.usable(ctx); err != nil {
+		return limiter.Usage{}, err
+	}
+	if now.IsZero() {
+		now = s.clock.Now()
+	}
+	s.ledgerMu.Lock()
+	defer s.ledgerMu.Unlock()
+	u := limiter.Usage{Budgets: s.ledger.states(&limiter.Hold{Period: period, Budgets: budgets})}
+	if len(budgets) > 0 {
+		u.InFlight = s.ledger.liveSlots(budgets[0].Owner, limiter.Micros(now))
+	}
+	return u, nil
+}
+
+type expiryItem struct {
+	id  string
+	exp int64
+}
+
+type expiryHeap []expiryItem
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].exp < h[j].exp }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryItem)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}

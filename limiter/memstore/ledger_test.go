@@ -1,0 +1,19 @@
+package memstore_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/storetest"
+)
+
+func TestLedgerConformance(t *testing.T) {
+	storetest.RunLedger(t, func(t *testing.T, clock limiter.Clock) limiter.Backend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	})
+}

@@ -1,0 +1,58 @@
+-- Shared by every Tollgate script (prepended at load time). Integers only:
+-- Lua numbers are doubles, exact below 2^53, and every amount Tollgate
+-- stores (micro-units, microseconds, nano-dollars) is kept below that.
+
+local MICRO = 1000000
+local DONE_TTL = 86400          -- seconds an ended reservation's outcome is kept
+local BUDGET_TTL = 70 * 86400   -- seconds a budget period outlives its last write
+
+local function now_us(arg)
+  local n = tonumber(arg)
+  if n and n > 0 then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * MICRO + tonumber(t[2])
+end
+
+local function ceil_div(a, b)
+  if a <= 0 then return 0 end
+  return math.floor((a + b - 1) / b)
+end
+
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+-- finish ends reservation id (see limiter.Ledger): spend is the actual
+-- cost when settled, nothing when released, the estimate when expired.
+-- It returns {repeat (0/1), "outcome estimated spent"} or nil when the id
+-- is unknown. Keys it touches come from the reservation record and share
+-- its hash tag, so they live in the same slot.
+local function finish(P, id, outcome, actual)
+  local dk = P .. 'd:' .. id
+  local prev = redis.call('GET', dk)
+  if prev then return {1, prev} end
+  local rk = P .. 'r:' .. id
+  local r = redis.call('HMGET', rk, 'cost', 'budgets', 'slot')
+  if not r[1] then return nil end
+  local est = tonumber(r[1])
+  local spend = est
+  if outcome == 'settled' then spend = actual elseif outcome == 'released' then spend = 0 end
+  for bk in string.gmatch(r[2] or '', '[^\n]+') do
+    redis.call('HINCRBY', bk, 'reserved', int(-est))
+    redis.call('HINCRBY', bk, 'spent', int(spend))
+    redis.call('EXPIRE', bk, BUDGET_TTL)
+  end
+  if r[3] and r[3] ~= '' then redis.call('ZREM', r[3], id) end
+  redis.call('DEL', rk)
+  redis.call('ZREM', P .. 'exp', id)
+  local rec = outcome .. ' ' .. int(est) .. ' ' .. int(spend)
+  redis.call('SET', dk, rec, 'EX', DONE_TTL)
+  return {0, rec}
+end
+
+-- expire_due commits up to max lapsed reservations at their estimate.
+local function expire_due(P, now, max)
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT', 0, max)
+  for _, id in ipairs(ids) do finish(P, id, 'expired', 0) end
+  return #ids
+end

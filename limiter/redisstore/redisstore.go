@@ -1,0 +1,347 @@
+// Package redisstore is the Redis limiter.Backend: the source of truth that
+// every sidecar of a fleet shares. Every change is one Lua script (embedded,
+// run by EVALSHA with a transparent EVAL on NOSCRIPT) that reads its time from
+// Redis's TIME unless the caller passes one, so sidecars' clocks never
+// matter. All keys of a prefix share one hash tag, so each script runs
+// unchanged on Redis Cluster, in one slot, in one round trip.
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
+)
+
+var _ limiter.Backend = (*Store)(nil)
+
+var (
+	//go:embed common.lua
+	commonLua string
+	//go:embed reserve.lua
+	reserveLua string
+	//go:embed finish.lua
+	finishLua string
+	//go:embed expire.lua
+	expireLua string
+	//go:embed usage.lua
+	usageLua string
+
+	reserveScript = redis.NewScript(commonLua + reserveLua)
+	finishScript  = redis.NewScript(commonLua + finishLua)
+	expireScript  = redis.NewScript(commonLua + expireLua)
+	usageScript   = redis.NewScript(commonLua + usageLua)
+)
+
+// Scripts lists the embedded scripts, for loading ahead of use.
+var Scripts = map[string]*redis.Script{"reserve": reserveScript, "finish": finishScript, "expire": expireScript, "usage": usageScript}
+
+// Config configures a Store.
+type Config struct {
+	// Prefix starts every key and is their hash tag ("{tollgate}:…"), so
+	// one prefix lives in one Redis Cluster slot. Fleets that must not
+	// share state use distinct prefixes.
+	Prefix string
+}
+
+// DefaultConfig returns the prefix "tollgate".
+func DefaultConfig() Config { return Config{Prefix: "tollgate"} }
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	if c.Prefix == "" || strings.ContainsAny(c.Prefix, "{}\n ") {
+		return fmt.Errorf("redisstore: prefix %q must be non-empty, without braces, spaces or newlines", c.Prefix)
+	}
+	return nil
+}
+
+// Store is the Redis Backend. It does not own the client; the caller closes
+// it (Close is a no-op kept for the interface).
+type Store struct {
+	c redis.UniversalClient
+	p string // "{prefix}:"
+}
+
+// New returns a Store using client c.
+func New(c redis.UniversalClient, cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if c == nil {
+		return nil, errors.New("redisstore: nil client")
+	}
+	return &Store{c: c, p: "{" + cfg.Prefix + "}:"}, nil
+}
+
+// Load puts the scripts into Redis's script cache, so the first admission
+// does not pay for an EVAL. A failure here is not fatal: scripts also load
+// themselves on NOSCRIPT.
+func (s *Store) Load(ctx context.Context) error {
+	var errs []error
+	for name, sc := range Scripts {
+		if err := sc.Load(ctx, s.c).Err(); err != nil {
+			errs = append(errs, fmt.Errorf("redisstore: load %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close does nothing: the client belongs to the caller.
+func (s *Store) Close() error { return nil }
+
+func lenPrefixed(s string) string { return strconv.Itoa(len(s)) + ":" + s }
+
+func (s *Store) bucketKey(k limiter.Key) string { return s.p + "k:" + k.String() }
+func (s *Store) budgetKey(owner, period string) string {
+	return s.p + "b:" + lenPrefixed(owner) + ":" + period
+}
+func (s *Store) slotKey(client string) string { return s.p + "c:" + lenPrefixed(client) }
+func (s *Store) recordKey(id string) string   { return s.p + "r:" + id }
+func (s *Store) doneKey(id string) string     { return s.p + "d:" + id }
+func (s *Store) expiryKey() string            { return s.p + "exp" }
+
+func micros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0 // the script reads Redis TIME
+	}
+	return t.UnixMicro()
+}
+
+// Reserve decides one admission in one script call.
+func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return limiter.Decision{}, err
+	}
+	if err := req.Validate(); err != nil {
+		return limiter.Decision{}, err
+	}
+	h := req.Hold
+	nb, nbud := len(req.Takes), 0
+	if h != nil {
+		nbud = len(h.Budgets)
+	}
+	keys := make([]string, 0, 3+nb+nbud+1)
+	args := make([]any, 0, 10+4*nb+nbud)
+	keys = append(keys, s.expiryKey())
+	hold, id, ttl, cost, period, slotMax := "0", "", int64(0), int64(0), "", int64(-1)
+	switch {
+	case h != nil && h.Commit:
+		keys = append(keys, s.expiryKey(), s.expiryKey())
+		hold, cost, period = "2", int64(h.Cost), h.Period
+	case h != nil:
+		keys = append(keys, s.recordKey(h.ID), s.doneKey(h.ID))
+		hold, id, ttl, cost, period = "1", h.ID, h.TTL.Microseconds(), int64(h.Cost), h.Period
+		if h.Slot != nil {
+			slotMax = h.Slot.Max
+		}
+	default:
+		keys = append(keys, s.expiryKey(), s.expiryKey())
+	}
+	for _, t := range req.Takes {
+		keys = append(keys, s.bucketKey(t.Key))
+	}
+	args = append(args, micros(req.Now), nb, nbud, hold, id, ttl, cost, period, slotMax, s.p)
+	for _, t := range req.Takes {
+		shadow := 0
+		if t.Shadow {
+			shadow = 1
+		}
+		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cost, shadow)
+	}
+	if h != nil {
+		for _, b := range h.Budgets {
+			keys = append(keys, s.budgetKey(b.Owner, h.Period))
+			args = append(args, int64(b.Limit))
+		}
+		if h.Slot != nil && !h.Commit {
+			keys = append(keys, s.slotKey(h.Slot.Client))
+		}
+	}
+	res, err := reserveScript.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		if strings.Contains(err.Error(), "DUPLICATE") {
+			return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
+		}
+		return limiter.Decision{}, fmt.Errorf("redisstore: reserve: %w", err)
+	}
+	return decodeDecision(res, req)
+}
+
+// decodeDecision reads reserve.lua's reply, refusing any reply of the wrong
+// shape rather than guessing.
+func decodeDecision(res []any, req limiter.Request) (limiter.Decision, error) {
+	nb, nbud := len(req.Takes), 0
+	if req.Hold != nil {
+		nbud = len(req.Hold.Budgets)
+	}
+	if len(res) != 7+4*nb+3*nbud {
+		return limiter.Decision{}, fmt.Errorf("redisstore: reserve replied with %d values, want %d", len(res), 7+4*nb+3*nbud)
+	}
+	r := reply{v: res}
+	d := limiter.Decision{
+		Allowed:        r.int(0) == 1,
+		Reason:         limiter.Reason(r.str(1)),
+		Blocking:       int(r.int(2)),
+		RetryAfter:     time.Duration(r.int(3)) * time.Microsecond,
+		BudgetBlocking: int(r.int(4)),
+		InFlight:       r.int(5),
+		Buckets:        make([]limiter.BucketState, nb),
+	}
+	for i, t := range req.Takes {
+		o := 7 + 4*i
+		d.Buckets[i] = limiter.BucketState{
+			Key: t.Key, Limit: t.Limit, Remaining: r.int(o),
+			ResetAfter: time.Duration(r.int(o+1)) * time.Microsecond,
+			Short:      r.int(o+2) == 1, RetryAfter: time.Duration(r.int(o+3)) * time.Microsecond,
+		}
+	}
+	if h := req.Hold; h != nil {
+		d.Budgets = make([]limiter.BudgetState, nbud)
+		for j, b := range h.Budgets {
+			o := 7 + 4*nb + 3*j
+			d.Budgets[j] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit,
+				Spent: policy.Money(r.int(o)), Reserved: policy.Money(r.int(o + 1)), Short: r.int(o+2) == 1}
+		}
+	}
+	if d.Blocking >= nb || d.Blocking < -1 || d.BudgetBlocking >= nbud || d.BudgetBlocking < -1 {
+		r.err = errors.New("index out of range")
+	}
+	if r.err != nil {
+		return limiter.Decision{}, fmt.Errorf("redisstore: reserve reply: %w", r.err)
+	}
+	return d, nil
+}
+
+// reply reads a script's array reply, remembering the first type error.
+type reply struct {
+	v   []any
+	err error
+}
+
+func (r *reply) int(i int) int64 {
+	switch x := r.v[i].(type) {
+	case int64:
+		return x
+	case string:
+		n, err := strconv.ParseInt(x, 10, 64)
+		if err == nil {
+			return n
+		}
+	}
+	if r.err == nil {
+		r.err = fmt.Errorf("value %d is %T %v, want an integer", i, r.v[i], r.v[i])
+	}
+	return 0
+}
+
+func (r *reply) str(i int) string {
+	if x, ok := r.v[i].(string); ok {
+		return x
+	}
+	if r.err == nil {
+		r.err = fmt.Errorf("value %d is %T, want a string", i, r.v[i])
+	}
+	return ""
+}
+
+// Settle commits the reservation at its actual cost.
+func (s *Store) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+	if actual < 0 || actual >= limiter.MaxMoney {
+		return limiter.Settlement{}, fmt.Errorf("redisstore: settle %q: cost %d out of range", id, actual)
+	}
+	return s.finish(ctx, id, limiter.OutcomeSettled, actual)
+}
+
+// Release returns the reservation whole.
+func (s *Store) Release(ctx context.Context, id string) (limiter.Settlement, error) {
+	return s.finish(ctx, id, limiter.OutcomeReleased, 0)
+}
+
+func (s *Store) finish(ctx context.Context, id string, o limiter.Outcome, actual policy.Money) (limiter.Settlement, error) {
+	if err := ctx.Err(); err != nil {
+		return limiter.Settlement{}, err
+	}
+	res, err := finishScript.Run(ctx, s.c, []string{s.expiryKey(), s.recordKey(id), s.doneKey(id)}, s.p, id, string(o), int64(actual)).Slice()
+	if errors.Is(err, redis.Nil) {
+		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
+	}
+	if err != nil {
+		return limiter.Settlement{}, fmt.Errorf("redisstore: %s %q: %w", o, id, err)
+	}
+	if len(res) != 2 {
+		return limiter.Settlement{}, fmt.Errorf("redisstore: %s %q: reply has %d values", o, id, len(res))
+	}
+	r := reply{v: res}
+	st := parseRecord(id, r.str(1), &r)
+	st.Repeat = r.int(0) == 1
+	if r.err != nil {
+		return limiter.Settlement{}, fmt.Errorf("redisstore: %s %q: %w", o, id, r.err)
+	}
+	return st, nil
+}
+
+func parseRecord(id, rec string, r *reply) limiter.Settlement {
+	f := strings.Fields(rec)
+	if len(f) != 3 {
+		r.err = fmt.Errorf("ended record %q is malformed", rec)
+		return limiter.Settlement{}
+	}
+	est, err1 := strconv.ParseInt(f[1], 10, 64)
+	spent, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		r.err = fmt.Errorf("ended record %q: %w", rec, err)
+	}
+	return limiter.Settlement{ID: id, Outcome: limiter.Outcome(f[0]), Estimated: policy.Money(est), Spent: policy.Money(spent)}
+}
+
+// Expire commits up to max lapsed reservations at their estimate.
+func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := expireScript.Run(ctx, s.c, []string{s.expiryKey()}, s.p, micros(now), max).Int()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: expire: %w", err)
+	}
+	return n, nil
+}
+
+// Usage reads a budget chain and the owner's slots in use.
+func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budget, now time.Time) (limiter.Usage, error) {
+	if err := ctx.Err(); err != nil {
+		return limiter.Usage{}, err
+	}
+	keys := make([]string, 0, len(budgets)+1)
+	for _, b := range budgets {
+		keys = append(keys, s.budgetKey(b.Owner, period))
+	}
+	owner := ""
+	if len(budgets) > 0 {
+		owner = budgets[0].Owner
+	}
+	keys = append(keys, s.slotKey(owner))
+	res, err := usageScript.Run(ctx, s.c, keys, micros(now), len(budgets)).Slice()
+	if err != nil {
+		return limiter.Usage{}, fmt.Errorf("redisstore: usage: %w", err)
+	}
+	if len(res) != 1+2*len(budgets) {
+		return limiter.Usage{}, fmt.Errorf("redisstore: usage reply has %d values", len(res))
+	}
+	r := reply{v: res}
+	u := limiter.Usage{InFlight: r.int(0), Budgets: make([]limiter.BudgetState, len(budgets))}
+	for j, b := range budgets {
+		u.Budgets[j] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: policy.Money(r.int(1 + 2*j)), Reserved: policy.Money(r.int(2 + 2*j))}
+	}
+	if r.err != nil {
+		return limiter.Usage{}, fmt.Errorf("redisstore: usage reply: %w", r.err)
+	}
+	return u, nil
+}

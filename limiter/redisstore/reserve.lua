@@ -1,0 +1,151 @@
+-- reserve: one admission, all or nothing (limiter.ApplyHold, line for line).
+--
+-- KEYS[1]        the prefix's expiry index ({P}:exp)
+-- KEYS[2]        the reservation record ({P}:r:<id>; the index again without a hold)
+-- KEYS[3]        the reservation's ended marker ({P}:d:<id>; likewise)
+-- KEYS[4..]      nb bucket keys, then nbud budget keys, then the slot key (if any)
+-- ARGV[1]  now (µs; 0 = Redis TIME)   ARGV[2] nb   ARGV[3] nbud
+-- ARGV[4]  hold (0 none, 1 hold, 2 commit at once)  ARGV[5] id  ARGV[6] ttl µs  ARGV[7] cost (nano-$)
+-- ARGV[8]  period      ARGV[9] slot max (-1: no slot)  ARGV[10] prefix {P}:
+-- ARGV[11..] per bucket: capacity, refill/s, cost, shadow (0/1);
+--            then per budget: limit (-1: unlimited)
+--
+-- Returns {allowed, reason, blocking, retry µs, budget blocking, in flight,
+--          now µs, per bucket: remaining, reset µs, short, retry µs,
+--          per budget: spent, reserved, short}
+-- or an error reply "DUPLICATE" when the id was used before.
+
+local now = now_us(ARGV[1])
+local nb, nbud = tonumber(ARGV[2]), tonumber(ARGV[3])
+local hold = ARGV[4] ~= '0'
+local commit = ARGV[4] == '2'
+local id, ttl, cost, period = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local slot_max, P = tonumber(ARGV[9]), ARGV[10]
+
+if hold then expire_due(P, now, 8) end
+if hold and not commit then
+  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+    return redis.error_reply('DUPLICATE reservation id')
+  end
+end
+
+local allowed, reason, blocking, retry = 1, '', -1, 0
+local b = {}
+for i = 1, nb do
+  local a = 10 + (i - 1) * 4
+  local cap, rate, c, shadow = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1'
+  local full = cap * MICRO
+  local v = redis.call('HMGET', KEYS[3 + i], 'l', 't')
+  local lvl, at
+  if v[1] then lvl, at = tonumber(v[1]), tonumber(v[2]) else lvl, at = full, now end
+  if lvl > full then lvl = full end
+  if now > at then
+    local el = now - at
+    at = now
+    if rate > 0 then
+      if el >= ceil_div(full - lvl, rate) then lvl = full else lvl = lvl + el * rate end
+    end
+  end
+  local ok, possible, wait = true, true, 0
+  if c > 0 then
+    if c > cap then
+      ok, possible = false, false
+    elseif lvl < c * MICRO then
+      if rate > 0 then ok, wait = false, ceil_div(c * MICRO - lvl, rate) else ok, possible = false, false end
+    end
+  end
+  b[i] = {lvl = lvl, at = at, cap = cap, rate = rate, c = c, short = 0, wait = 0}
+  if not ok then
+    b[i].short, b[i].wait = 1, wait
+    if not shadow then
+      local r = 'rate_limited'
+      if not possible then r = 'exceeds_capacity' end
+      if allowed == 1 then
+        allowed, reason, blocking, retry = 0, r, i - 1, wait
+      elseif reason == 'rate_limited' and (r == 'exceeds_capacity' or wait > retry) then
+        reason, blocking, retry = r, i - 1, wait
+      end
+    end
+  end
+end
+
+local bud, budget_blocking, in_flight = {}, -1, 0
+local slot_key = KEYS[3 + nb + nbud + 1]
+if hold then
+  if slot_max >= 0 and not commit then
+    redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', now)
+    in_flight = redis.call('ZCARD', slot_key)
+    if in_flight >= slot_max and reason ~= 'exceeds_capacity' then
+      allowed, reason, retry = 0, 'concurrency', 0
+    end
+  end
+  for j = 1, nbud do
+    local limit = tonumber(ARGV[10 + nb * 4 + j])
+    local v = redis.call('HMGET', KEYS[3 + nb + j], 'spent', 'reserved')
+    local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+    local short = 0
+    if limit >= 0 and spent + reserved + cost > limit then
+      short = 1
+      if budget_blocking < 0 then budget_blocking = j - 1 end
+    end
+    bud[j] = {spent = spent, reserved = reserved, short = short}
+  end
+  if budget_blocking >= 0 then allowed, reason, retry = 0, 'budget_exceeded', 0 end
+end
+if reason == 'exceeds_capacity' then retry = 0 end
+if reason ~= 'rate_limited' and reason ~= 'exceeds_capacity' then blocking = -1 end
+
+local out = {allowed, reason, blocking, retry, budget_blocking, 0, now}
+for i = 1, nb do
+  local s = b[i]
+  if allowed == 1 then
+    if s.short == 0 then s.lvl = s.lvl - s.c * MICRO end
+    local reset = 0
+    if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
+    redis.call('HSET', KEYS[3 + i], 'l', int(s.lvl), 't', int(s.at))
+    redis.call('PEXPIRE', KEYS[3 + i], math.floor(reset / 1000) + 1000)
+  end
+  local reset = 0
+  if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
+  out[#out + 1] = math.floor(s.lvl / MICRO)
+  out[#out + 1] = reset
+  out[#out + 1] = s.short
+  out[#out + 1] = s.wait
+end
+
+if commit and allowed == 1 then
+  for j = 1, nbud do
+    local bk = KEYS[3 + nb + j]
+    redis.call('HINCRBY', bk, 'spent', int(cost))
+    redis.call('EXPIRE', bk, BUDGET_TTL)
+    bud[j].spent = bud[j].spent + cost
+  end
+elseif hold and allowed == 1 then
+  local exp = now + ttl
+  local keys = {}
+  for j = 1, nbud do
+    local bk = KEYS[3 + nb + j]
+    redis.call('HINCRBY', bk, 'reserved', int(cost))
+    redis.call('EXPIRE', bk, BUDGET_TTL)
+    bud[j].reserved = bud[j].reserved + cost
+    keys[#keys + 1] = bk
+  end
+  local sk = ''
+  if slot_max >= 0 then
+    redis.call('ZADD', slot_key, int(exp), id)
+    redis.call('PEXPIRE', slot_key, math.floor(ttl / 1000) + 1000)
+    in_flight = in_flight + 1
+    sk = slot_key
+  end
+  redis.call('HSET', KEYS[2], 'cost', int(cost), 'period', period, 'budgets', table.concat(keys, '\n'), 'slot', sk, 'exp', int(exp))
+  -- Outlive the TTL: the expiry sweep must still find the record to commit it.
+  redis.call('PEXPIRE', KEYS[2], math.floor(ttl / 1000) + DONE_TTL * 1000)
+  redis.call('ZADD', KEYS[1], int(exp), id)
+end
+out[6] = in_flight
+for j = 1, nbud do
+  out[#out + 1] = bud[j].spent
+  out[#out + 1] = bud[j].reserved
+  out[#out + 1] = bud[j].short
+end
+return out
