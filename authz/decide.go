@@ -2,6 +2,8 @@ package authz
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -36,8 +38,46 @@ const (
 	OutcomeShadowDenied Outcome = "shadow_denied" // would have been denied; passed in shadow mode
 	OutcomeUnmatched    Outcome = "unmatched"     // no route: passed or denied per policy
 	OutcomeInvalid      Outcome = "invalid"       // unreadable request: passed or denied per policy
-	OutcomeError        Outcome = "error"         // the store failed
+	OutcomeError        Outcome = "error"         // the store failed and the policy fails closed
+	OutcomeFailOpen     Outcome = "fail_open"     // the store failed and the policy fails open
 )
+
+// Settlement says how an admitted call's spend is booked.
+type Settlement int
+
+const (
+	// SettleImmediate commits the estimate at admission: for deployments
+	// with nothing that reports a call's end (no ext_proc, no API call).
+	// Concurrency caps need to know when calls end, so they are not
+	// enforced in this mode.
+	SettleImmediate Settlement = iota
+	// SettleDeferred holds the estimate and a concurrency slot under a
+	// reservation id (sent upstream in x-tollgate-reservation) until the call
+	// is settled or released (ext_proc, or the HTTP API), or its TTL lapses.
+	SettleDeferred
+)
+
+// ParseSettlement reads "immediate" or "deferred".
+func ParseSettlement(s string) (Settlement, error) {
+	switch s {
+	case "immediate":
+		return SettleImmediate, nil
+	case "deferred":
+		return SettleDeferred, nil
+	}
+	return 0, fmt.Errorf("settlement %q: want immediate or deferred", s)
+}
+
+func (s Settlement) String() string {
+	if s == SettleDeferred {
+		return "deferred"
+	}
+	return "immediate"
+}
+
+// HeaderReservation carries an admitted call's reservation id upstream (to
+// ext_proc) in deferred settlement.
+const HeaderReservation = "x-tollgate-reservation"
 
 // Reason codes beyond the limiter's own.
 const (
@@ -77,6 +117,10 @@ type Verdict struct {
 
 	RetryAfter time.Duration
 	RateLimit  *RateLimit
+	// Reservation is the id to settle or release (deferred settlement).
+	Reservation string
+	// Budget is the tightest budget of the client's chain, when budgeted.
+	Budget *limiter.BudgetState
 	// Shadow, when set, is the denial shadow mode let through, e.g.
 	// "denied; reason=rate_limited; pool=gpt-4".
 	Shadow   string
@@ -90,14 +134,54 @@ type Decider struct {
 	est      costing.Estimator
 	log      *slog.Logger
 	m        *metrics
+	settle   Settlement
+	clock    limiter.Clock
+	newID    func() string
 }
 
+// Option adjusts a Decider.
+type Option func(*Decider)
+
+// WithSettlement picks how admitted calls are booked (default immediate).
+func WithSettlement(s Settlement) Option { return func(d *Decider) { d.settle = s } }
+
+// WithClock sets the clock that picks a call's budget period.
+func WithClock(c limiter.Clock) Option { return func(d *Decider) { d.clock = c } }
+
 // NewDecider builds a Decider. A nil logger discards.
-func NewDecider(p PolicySource, s limiter.Store, reg prometheus.Registerer, log *slog.Logger) *Decider {
+func NewDecider(p PolicySource, s limiter.Store, reg prometheus.Registerer, log *slog.Logger, opts ...Option) *Decider {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Decider{policies: p, store: s, log: log, m: newMetrics(reg)}
+	d := &Decider{policies: p, store: s, log: log, m: newMetrics(reg), clock: limiter.SystemClock{}, newID: newReservationID}
+	for _, o := range opts {
+		o(d)
+	}
+	return d
+}
+
+// Settlement reports how the Decider books calls.
+func (d *Decider) Settlement() Settlement { return d.settle }
+
+// newReservationID returns 128 random bits in hex.
+func newReservationID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// Chain returns the budgets a client's calls charge: its own (or its
+// tier's), then each parent's. An unbudgeted level is tracked, not capped.
+func Chain(c *policy.Client) []limiter.Budget {
+	var out []limiter.Budget
+	for p := c; p != nil; p = p.Parent {
+		lim := limiter.Unlimited
+		if m, ok := p.Budget(); ok {
+			lim = m
+		}
+		out = append(out, limiter.Budget{Owner: p.ID, Limit: lim})
+	}
+	return out
 }
 
 // Decide answers one call. It never panics on a malformed Request and holds
@@ -180,7 +264,13 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 			takes = append(takes, limiter.Take{Key: limiter.Key{Pool: p.Name, Client: client.ID}, Limit: limiter.Limit(cl), Cost: pc.Units, Shadow: shadow})
 		}
 	}
-	dec, err := d.store.Reserve(ctx, limiter.Request{Takes: takes})
+	now := d.clock.Now()
+	hold := &limiter.Hold{Period: set.Defaults.Period(now), Cost: v.Estimate.Cost, Budgets: Chain(client), Commit: d.settle == SettleImmediate}
+	if !hold.Commit {
+		hold.ID, hold.TTL = d.newID(), set.Defaults.ReservationTTL
+		hold.Slot = &limiter.Slot{Client: client.ID, Max: client.Tier.MaxConcurrent}
+	}
+	dec, err := d.store.Reserve(ctx, limiter.Request{Takes: takes, Hold: hold})
 	if err != nil && ctx.Err() != nil {
 		v.Outcome, v.Reason, v.Status = OutcomeError, ReasonCancelled, http.StatusServiceUnavailable
 		v.Pool, v.Message = route.Pools[0].Name, "the check was cancelled before Tollgate could answer"
@@ -189,23 +279,45 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	if err != nil {
 		d.m.storeErrors.Inc()
 		d.log.LogAttrs(ctx, slog.LevelError, "limiter store failed", slog.String("request_id", r.ID), slog.Any("error", err))
-		v.Outcome, v.Reason, v.Status = OutcomeError, ReasonStoreError, http.StatusServiceUnavailable
-		v.Pool = route.Pools[0].Name
+		v.Reason, v.Pool = ReasonStoreError, route.Pools[0].Name
+		if set.Defaults.StoreUnavailable == policy.Allow {
+			v.Allowed, v.Outcome = true, OutcomeFailOpen
+			return v
+		}
+		v.Outcome, v.Status = OutcomeError, http.StatusServiceUnavailable
 		v.Message = "Tollgate could not reach its limiter store"
 		return v
 	}
+	v.Budget = tightestBudget(dec.Budgets)
 	if i := dec.Tightest(); i >= 0 {
 		b := dec.Buckets[i]
 		v.Pool = b.Key.Pool
 		v.RateLimit = &RateLimit{Pool: b.Key.Pool, Unit: set.Pools[b.Key.Pool].Unit, Limit: b.Limit.Capacity, Remaining: b.Remaining, Reset: b.ResetAfter}
 	}
 	if !dec.Allowed {
-		b := dec.Buckets[dec.Blocking]
 		v.Outcome, v.Reason, v.Status, v.RetryAfter = OutcomeDenied, string(dec.Reason), http.StatusTooManyRequests, dec.RetryAfter
-		v.Message = denyMessage(b, takes[dec.Blocking], dec.Reason, set.Pools[b.Key.Pool].Unit)
+		switch {
+		case dec.Blocking >= 0:
+			b := dec.Buckets[dec.Blocking]
+			v.Message = denyMessage(b, takes[dec.Blocking], dec.Reason, set.Pools[b.Key.Pool].Unit)
+		case dec.Reason == limiter.ReasonBudgetExceeded && dec.BudgetBlocking >= 0 && dec.BudgetBlocking < len(dec.Budgets):
+			b := dec.Budgets[dec.BudgetBlocking]
+			v.Budget = &b
+			v.Message = fmt.Sprintf("Monthly budget of %q is exhausted: $%s spent and $%s held of $%s; this call needs about $%s.",
+				b.Owner, b.Spent, b.Reserved, b.Limit, hold.Cost)
+			// Waiting helps only when the month is about to turn.
+			if left := set.Defaults.PeriodEnd(now).Sub(now); left <= budgetRetryWindow {
+				v.RetryAfter = left
+			}
+		case dec.Reason == limiter.ReasonConcurrency:
+			v.Message = fmt.Sprintf("Client %q has %d calls in flight, the most its tier %s allows.", client.ID, dec.InFlight, client.Tier.Name)
+			v.RetryAfter = concurrencyRetry
+		default:
+			v.Message = "Tollgate denied the call: " + string(dec.Reason)
+		}
 		return v
 	}
-	v.Allowed, v.Outcome = true, OutcomeAllowed
+	v.Allowed, v.Outcome, v.Reservation = true, OutcomeAllowed, hold.ID
 	if i, shadowed := dec.ShadowDenied(takes); shadowed {
 		b := dec.Buckets[i]
 		reason := limiter.ReasonRateLimited
@@ -216,6 +328,28 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Shadow = fmt.Sprintf("denied; reason=%s; pool=%s; retry_after=%d", reason, b.Key.Pool, ceilSeconds(b.RetryAfter))
 	}
 	return v
+}
+
+// budgetRetryWindow: a budget denial carries Retry-After only when the
+// period ends within it.
+const budgetRetryWindow = 24 * time.Hour
+
+// concurrencyRetry is the Retry-After of a concurrency denial: a slot frees
+// when some call in flight ends, which Tollgate cannot foresee.
+const concurrencyRetry = time.Second
+
+// tightestBudget is the capped budget with the least left, or nil.
+func tightestBudget(bs []limiter.BudgetState) *limiter.BudgetState {
+	var best *limiter.BudgetState
+	for i := range bs {
+		if bs[i].Limit < 0 {
+			continue
+		}
+		if best == nil || bs[i].Remaining() < best.Remaining() {
+			best = &bs[i]
+		}
+	}
+	return best
 }
 
 func denyMessage(b limiter.BucketState, t limiter.Take, reason limiter.Reason, unit policy.Unit) string {

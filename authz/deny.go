@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -46,10 +47,14 @@ func DenialBody(v *Verdict) (contentType string, body []byte) {
 		// limit the type names the exhausted quantity and the code is
 		// rate_limit_exceeded.
 		typ, code := "invalid_request_error", v.Reason
-		if v.Status == http.StatusTooManyRequests {
+		switch {
+		case v.Reason == string(limiter.ReasonBudgetExceeded):
+			// OpenAI's own spend cap answers 429 insufficient_quota.
+			typ, code = "budget_exceeded", "insufficient_quota"
+		case v.Status == http.StatusTooManyRequests:
 			code = "rate_limit_exceeded"
 			typ = "requests"
-			if v.RateLimit != nil && v.RateLimit.Unit == policy.UnitToken {
+			if v.RateLimit != nil && v.RateLimit.Unit == policy.UnitToken && v.Reason != string(limiter.ReasonConcurrency) {
 				typ = "tokens"
 			}
 		}

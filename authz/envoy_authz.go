@@ -98,8 +98,15 @@ func toCheckResponse(v *Verdict) *authv3.CheckResponse {
 	hs := ResponseHeaders(v)
 	if v.Allowed {
 		ok := &authv3.OkHttpResponse{ResponseHeadersToAdd: headerOptions(hs)}
+		var up []Header
 		if v.Shadow != "" {
-			ok.Headers = headerOptions([]Header{{"x-tollgate-shadow-decision", v.Shadow}})
+			up = append(up, Header{"x-tollgate-shadow-decision", v.Shadow})
+		}
+		if v.Reservation != "" {
+			up = append(up, Header{HeaderReservation, v.Reservation})
+		}
+		if len(up) > 0 {
+			ok.Headers = headerOptions(up)
 		}
 		return &authv3.CheckResponse{
 			Status:       &rpcstatus.Status{Code: int32(code.Code_OK)},

@@ -9,6 +9,7 @@ type metrics struct {
 	decisions    *prometheus.CounterVec
 	checkLatency *prometheus.HistogramVec
 	storeErrors  prometheus.Counter
+	expired      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,6 +27,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		storeErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "tollgate_authz_store_errors_total",
 			Help: "Checks whose limiter store call failed.",
+		}),
+		expired: f.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_authz_reservations_expired_total",
+			Help: "Reservations never settled, committed at their estimate after their TTL.",
 		}),
 	}
 }

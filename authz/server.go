@@ -36,11 +36,17 @@ type Config struct {
 	// DrainDelay is how long Shutdown reports NOT_SERVING before it stops
 	// accepting calls, so that Envoy and Kubernetes notice first.
 	DrainDelay time.Duration
+	// Settlement picks how admitted calls are booked.
+	Settlement Settlement
+	// ExpireEvery is how often reservations past their TTL are committed at
+	// their estimate (when the store keeps reservations).
+	ExpireEvery time.Duration
 }
 
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
-	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", ClientHeader: "x-tollgate-client", DrainDelay: time.Second}
+	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", ClientHeader: "x-tollgate-client",
+		DrainDelay: time.Second, Settlement: SettleImmediate, ExpireEvery: time.Second}
 }
 
 // Validate reports a configuration that cannot work.
@@ -58,6 +64,9 @@ func (c Config) Validate() error {
 	if c.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("authz: drain delay %v is negative", c.DrainDelay))
 	}
+	if c.ExpireEvery < 0 {
+		errs = append(errs, fmt.Errorf("authz: expiry interval %v is negative", c.ExpireEvery))
+	}
 	return errors.Join(errs...)
 }
 
@@ -69,6 +78,9 @@ type Deps struct {
 	// Registry receives the server's metrics and is served on /metrics.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// Checks are readiness probes by component ("redis"); /readyz fails
+	// while any fails.
+	Checks map[string]func(context.Context) error
 }
 
 // Server serves Envoy's gRPC services and the admin HTTP endpoints.
@@ -87,6 +99,12 @@ type Server struct {
 	shutdownOnce sync.Once
 	shutdownErr  error
 	done         chan struct{}
+	stopExpiry   chan struct{}
+	expiryDone   chan struct{}
+
+	mu      sync.Mutex
+	started bool // Serve ran (its expiry loop must be waited for)
+	stopped bool // Shutdown began: Serve must not start loops
 }
 
 // New validates cfg, builds the services and binds both listeners, so that an
@@ -101,7 +119,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{}),
+		stopExpiry: make(chan struct{}), expiryDone: make(chan struct{})}
 
 	// Bind first, so that a failed New leaves nothing behind: not even
 	// metrics in the caller's registry, which a retry would collide with.
@@ -113,7 +132,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
 	}
 
-	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger)
+	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger, WithSettlement(cfg.Settlement))
 
 	s.grpc = grpc.NewServer()
 	authv3.RegisterAuthorizationServer(s.grpc, &authServer{d: s.decider, clientHeader: cfg.ClientHeader, m: s.decider.m})
@@ -139,6 +158,12 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
 // after a clean Shutdown.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
+	s.mu.Lock()
+	if !s.stopped {
+		s.started = true
+		go s.expireLoop(ctx)
+	}
+	s.mu.Unlock()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	go func() {
 		if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -189,6 +214,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("authz: HTTP shutdown: %w", err))
 		}
+		s.mu.Lock()
+		s.stopped = true
+		started := s.started
+		s.mu.Unlock()
+		close(s.stopExpiry)
+		if started {
+			<-s.expiryDone
+		}
 		// Serve closes the listeners it ran; these closes free them when it
 		// never ran.
 		for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
@@ -201,6 +234,35 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.shutdownErr
 }
 
+// expireLoop commits lapsed reservations at their estimate until Shutdown.
+func (s *Server) expireLoop(ctx context.Context) {
+	defer close(s.expiryDone)
+	l, ok := s.deps.Store.(limiter.Ledger)
+	if !ok || s.cfg.ExpireEvery <= 0 {
+		<-s.stopExpiry
+		return
+	}
+	t := time.NewTicker(s.cfg.ExpireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopExpiry:
+			return
+		case <-t.C:
+			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ExpireEvery)
+			n, err := l.Expire(ectx, time.Time{}, 10_000)
+			cancel()
+			switch {
+			case err != nil:
+				s.log.Warn("expiring reservations failed", slog.Any("error", err))
+			case n > 0:
+				s.decider.m.expired.Add(float64(n))
+				s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
+			}
+		}
+	}
+}
+
 func (s *Server) adminMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -210,10 +272,11 @@ func (s *Server) adminMux() *http.ServeMux {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry}))
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
+	s.apiRoutes(mux)
 	return mux
 }
 
-func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	components := map[string]string{"policy": "ok", "server": "ok"}
 	ready := true
 	if s.deps.Policies.Policy() == nil {
@@ -221,6 +284,15 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	}
 	if s.draining.Load() {
 		components["server"], ready = "draining", false
+	}
+	for name, check := range s.deps.Checks {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		err := check(ctx)
+		cancel()
+		components[name] = "ok"
+		if err != nil {
+			components[name], ready = err.Error(), false
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if !ready {
