@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -137,6 +138,22 @@ type Decider struct {
 	settle   Settlement
 	clock    limiter.Clock
 	newID    func() string
+
+	// Store errors come in floods when the store is down: log one a second
+	// and count the rest into it.
+	errLogAt   atomic.Int64 // Unix ns of the last logged store error
+	errSkipped atomic.Int64
+}
+
+func (d *Decider) logStoreError(ctx context.Context, requestID string, err error) {
+	now := time.Now().UnixNano()
+	last := d.errLogAt.Load()
+	if now-last < int64(time.Second) || !d.errLogAt.CompareAndSwap(last, now) {
+		d.errSkipped.Add(1)
+		return
+	}
+	d.log.LogAttrs(ctx, slog.LevelError, "limiter store failed", slog.String("request_id", requestID),
+		slog.Any("error", err), slog.Int64("similar_errors_not_logged", d.errSkipped.Swap(0)))
 }
 
 // Option adjusts a Decider.
@@ -278,7 +295,7 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	}
 	if err != nil {
 		d.m.storeErrors.Inc()
-		d.log.LogAttrs(ctx, slog.LevelError, "limiter store failed", slog.String("request_id", r.ID), slog.Any("error", err))
+		d.logStoreError(ctx, r.ID, err)
 		v.Reason, v.Pool = ReasonStoreError, route.Pools[0].Name
 		if set.Defaults.StoreUnavailable == policy.Allow {
 			v.Allowed, v.Outcome = true, OutcomeFailOpen

@@ -27,7 +27,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(), probeCmd(), policyCmd(), loadCmd())
+	root.AddCommand(serveCmd(), probeCmd(), policyCmd(), loadCmd(), usageCmd())
 	// Every flag can also come from TOLLGATE_<FLAG> (dashes as underscores);
 	// a flag given on the command line wins.
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {

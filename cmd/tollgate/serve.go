@@ -9,17 +9,24 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/policy"
 	"github.com/tollgate/tollgate/policy/watch"
 )
 
 type serveFlags struct {
 	authz           authz.Config
+	store           string
+	redis           redisstore.ClientConfig
+	redisPrefix     string
+	settle          string
 	policyPath      string
 	logLevel        string
 	logFormat       string
@@ -27,7 +34,7 @@ type serveFlags struct {
 }
 
 func serveCmd() *cobra.Command {
-	f := serveFlags{authz: authz.DefaultConfig()}
+	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig()}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -43,6 +50,22 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&f.authz.DrainDelay, "drain-delay", f.authz.DrainDelay, "on shutdown, report NOT_SERVING this long before refusing new checks")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "on shutdown, wait this long for in-flight checks")
 	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy); reloaded on change")
+	fl.StringVar(&f.store, "store", "memory", "limiter store: memory (this process only) or redis (shared by every sidecar)")
+	fl.StringVar(&f.settle, "settle", "immediate", "immediate: book a call's estimate at admission; deferred: hold it (and a concurrency slot) until settled or released")
+	fl.StringSliceVar(&f.redis.Addrs, "redis-addr", f.redis.Addrs, "Redis address(es): the server, the sentinels, or cluster seeds")
+	fl.StringVar(&f.redis.Mode, "redis-mode", f.redis.Mode, "single, sentinel or cluster")
+	fl.StringVar(&f.redis.MasterName, "redis-master", "", "sentinel master name")
+	fl.StringVar(&f.redis.Username, "redis-username", "", "Redis ACL user")
+	fl.StringVar(&f.redis.Password, "redis-password", "", "Redis password (prefer TOLLGATE_REDIS_PASSWORD)")
+	fl.IntVar(&f.redis.DB, "redis-db", 0, "Redis database number")
+	fl.BoolVar(&f.redis.TLS, "redis-tls", false, "connect to Redis over TLS")
+	fl.StringVar(&f.redis.TLSCAFile, "redis-tls-ca", "", "PEM CA bundle for Redis TLS (default: system roots)")
+	fl.StringVar(&f.redis.TLSServer, "redis-tls-server-name", "", "server name to verify for Redis TLS")
+	fl.IntVar(&f.redis.PoolSize, "redis-pool-size", 0, "Redis connections per node (0: 10 per CPU)")
+	fl.DurationVar(&f.redis.DialTimeout, "redis-dial-timeout", f.redis.DialTimeout, "Redis connect timeout")
+	fl.DurationVar(&f.redis.ReadTimeout, "redis-read-timeout", f.redis.ReadTimeout, "Redis read timeout")
+	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
+	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -80,13 +103,16 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		log.Info("policy loaded; watching for changes", slog.String("policy", f.policyPath))
 	}
 
-	store, err := memstore.New(memstore.DefaultConfig())
+	if f.authz.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
+		return err
+	}
+	store, checks, closeStore, err := openStore(ctx, f, log)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, store.Close()) }()
+	defer func() { err = errors.Join(err, closeStore()) }()
 
-	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: store, Registry: reg, Logger: log})
+	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: store, Registry: reg, Logger: log, Checks: checks})
 	if err != nil {
 		return err
 	}
@@ -106,4 +132,47 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		log.Info("stopped")
 	}
 	return err
+}
+
+// openStore builds the limiter store the flags ask for, its readiness
+// checks, and the function that releases it.
+func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (limiter.Backend, map[string]func(context.Context) error, func() error, error) {
+	switch f.store {
+	case "memory":
+		s, err := memstore.New(memstore.DefaultConfig())
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		log.Info("limiter store: memory (this process only)")
+		return s, nil, s.Close, nil
+	case "redis":
+		redis.SetLogger(redisLog{log.With(slog.String("component", "redis"))}) // go-redis has only a global logger
+		client, err := redisstore.NewClient(f.redis)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix})
+		if err != nil {
+			return nil, nil, nil, errors.Join(err, client.Close())
+		}
+		// Not fatal: Redis may come up after us; /readyz says so meanwhile
+		// and each check follows the policy's store_unavailable.
+		lctx, cancel := context.WithTimeout(ctx, f.redis.DialTimeout+f.redis.ReadTimeout)
+		if err := s.Load(lctx); err != nil {
+			log.Warn("redis not reachable yet", slog.Any("error", err))
+		}
+		cancel()
+		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix))
+		checks := map[string]func(context.Context) error{"redis": func(ctx context.Context) error { return client.Ping(ctx).Err() }}
+		return s, checks, client.Close, nil
+	}
+	return nil, nil, nil, fmt.Errorf("store %q: want memory or redis", f.store)
+}
+
+// redisLog sends go-redis's own messages (dial failures and the like) to
+// slog at debug level: each failed check already logs its error.
+type redisLog struct{ l *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, fmt.Sprintf(format, v...))
 }

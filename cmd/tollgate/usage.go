@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tollgate/tollgate/authz"
+)
+
+func usageCmd() *cobra.Command {
+	var addr string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "usage CLIENT",
+		Short: "Show a client's spend this month, calls in flight, and budget left along its parent chain",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usage(cmd.Context(), addr, args[0], asJSON, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:8080", "Tollgate's admin HTTP address")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the server's JSON as is")
+	return cmd
+}
+
+func usage(ctx context.Context, addr, client string, asJSON bool, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/usage/"+url.PathEscape(client), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("usage: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("usage: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		_ = json.Unmarshal(body, &e)
+		return fmt.Errorf("usage %s: HTTP %d: %s", client, resp.StatusCode, e.Error)
+	}
+	if asJSON {
+		_, err := out.Write(body)
+		return err
+	}
+	var rep authz.UsageReport
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return fmt.Errorf("usage: reply: %w", err)
+	}
+	known := ""
+	if !rep.Known {
+		known = " (not in the policy: default tier)"
+	}
+	fmt.Fprintf(out, "client %s, tier %s%s\n", rep.Client, rep.Tier, known)
+	fmt.Fprintf(out, "period %s (ends %s), calls in flight %d of %d\n\n", rep.Period, rep.PeriodEnds.Format(time.RFC3339), rep.InFlight, rep.MaxConcurrent)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUDGET\tLIMIT\tSPENT\tIN FLIGHT\tREMAINING")
+	for _, b := range rep.Budgets {
+		fmt.Fprintf(tw, "%s\t%s\t$%s\t$%s\t%s\n", b.Owner, dollars(b.Limit), b.Spent, b.Reserved, dollars(b.Remaining))
+	}
+	return tw.Flush()
+}
+
+func dollars(s string) string {
+	if s == "unlimited" {
+		return s
+	}
+	return "$" + s
+}
