@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS := ./policy:FuzzCompile ./policy:FuzzParsePrice ./authz:FuzzCheckRequest
 
-.PHONY: all build run test unit fuzz-smoke fuzz bench bench-go bench-load lint vet fmt clean
+.PHONY: all build run test deps unit fuzz-smoke fuzz bench bench-go bench-load lint vet fmt clean
 
 all: build
 
@@ -17,7 +17,19 @@ build: ## build bin/tollgate
 run: build ## start Tollgate on the embedded default (memory store, bundled policy); POLICY=path to use your own
 	./$(BIN) serve $(if $(POLICY),--policy $(POLICY))
 
-test: lint unit fuzz-smoke ## everything CI runs: lint, race-enabled tests, a short pass of every fuzzer
+test: deps lint unit fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
+
+# Tests start real servers of their own (redis-server on a free loopback
+# port); install the Debian packages when they are missing.
+TEST_PACKAGES := redis-server
+deps: ## install what the tests need (Debian packages)
+	@missing=""; for p in $(TEST_PACKAGES); do \
+		command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 unit:
 	$(GO) test -race -count=1 ./...
