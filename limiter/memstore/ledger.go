@@ -78,29 +78,28 @@ func (l *ledger) states(h *limiter.Hold) []limiter.BudgetState {
 	return out
 }
 
+// budget returns the entry of owner's budget in period, creating it.
+func (l *ledger) budget(owner, period string) *budgetEntry {
+	k := budgetID{owner, period}
+	e := l.budgets[k]
+	if e == nil {
+		e = &budgetEntry{}
+		l.budgets[k] = e
+	}
+	return e
+}
+
 // commit spends a Hold's cost at once.
 func (l *ledger) commit(h *limiter.Hold) {
 	for _, b := range h.Budgets {
-		k := budgetID{b.Owner, h.Period}
-		e := l.budgets[k]
-		if e == nil {
-			e = &budgetEntry{}
-			l.budgets[k] = e
-		}
-		e.spent += h.Cost
+		l.budget(b.Owner, h.Period).spent += h.Cost
 	}
 }
 
 func (l *ledger) hold(h *limiter.Hold, now int64) {
 	r := &reservation{cost: h.Cost, period: h.Period, exp: now + h.TTL.Microseconds()}
 	for _, b := range h.Budgets {
-		k := budgetID{b.Owner, h.Period}
-		e := l.budgets[k]
-		if e == nil {
-			e = &budgetEntry{}
-			l.budgets[k] = e
-		}
-		e.reserved += h.Cost
+		l.budget(b.Owner, h.Period).reserved += h.Cost
 		r.owners = append(r.owners, b.Owner)
 	}
 	if h.Slot != nil {
@@ -134,7 +133,7 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 		spend = 0
 	}
 	for _, owner := range r.owners {
-		e := l.budgets[budgetID{owner, r.period}]
+		e := l.budget(owner, r.period)
 		e.reserved -= r.cost
 		e.spent += spend
 	}
