@@ -332,6 +332,14 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		default:
 			v.Message = "Tollgate denied the call: " + string(dec.Reason)
 		}
+		if set.Defaults.Shadow {
+			// Global shadow mode lets every denial through (pools' own
+			// shortfalls never deny there; this catches budget and
+			// concurrency). The store took nothing: the call passes uncharged.
+			v.Allowed, v.Outcome, v.Status = true, OutcomeShadowDenied, 0
+			v.Shadow = fmt.Sprintf("denied; reason=%s; retry_after=%d", dec.Reason, ceilSeconds(v.RetryAfter))
+			v.RetryAfter, v.Message = 0, ""
+		}
 		return v
 	}
 	v.Allowed, v.Outcome, v.Reservation = true, OutcomeAllowed, hold.ID

@@ -379,7 +379,7 @@ func TestDecideRateLimitedThenRefilled(t *testing.T) {
 	assert.Equal(t, int64(0), v.RateLimit.Remaining)
 
 	require.NoError(t, testutil.GatherAndCompare(d.reg, strings.NewReader(`
-# HELP tollgate_authz_decisions_total Admission decisions, by pool ("none" when no route matched), client tier, outcome (allowed, denied, shadow_denied, unmatched, invalid, error) and reason.
+# HELP tollgate_authz_decisions_total Admission decisions, by pool ("none" when no route matched), client tier, outcome (allowed, denied, shadow_denied, unmatched, invalid, error, fail_open) and reason.
 # TYPE tollgate_authz_decisions_total counter
 tollgate_authz_decisions_total{outcome="allowed",pool="sms",reason="",tier="metered"} 4
 tollgate_authz_decisions_total{outcome="denied",pool="sms",reason="rate_limited",tier="metered"} 2

@@ -104,6 +104,10 @@ func toCheckResponse(v *Verdict) *authv3.CheckResponse {
 		}
 		if v.Reservation != "" {
 			up = append(up, Header{HeaderReservation, v.Reservation})
+		} else {
+			// Only Tollgate names reservations: a worker's own header must not
+			// reach the settler, where it could end someone else's.
+			ok.HeadersToRemove = []string{HeaderReservation}
 		}
 		if len(up) > 0 {
 			ok.Headers = headerOptions(up)

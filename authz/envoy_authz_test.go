@@ -221,6 +221,7 @@ func TestToCheckResponse(t *testing.T) {
 				Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 					ResponseHeadersToAdd: limitHeaders,
+					HeadersToRemove:      []string{HeaderReservation},
 				}},
 			},
 		},
@@ -228,7 +229,7 @@ func TestToCheckResponse(t *testing.T) {
 			v: Verdict{Allowed: true, Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute},
 			want: &authv3.CheckResponse{
 				Status:       &rpcstatus.Status{Code: int32(code.Code_OK)},
-				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{ResponseHeadersToAdd: []*corev3.HeaderValueOption{}}},
+				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{ResponseHeadersToAdd: []*corev3.HeaderValueOption{}, HeadersToRemove: []string{HeaderReservation}}},
 			},
 		},
 		"shadow denial: OK, the decision on the request and the response": {
@@ -238,6 +239,7 @@ func TestToCheckResponse(t *testing.T) {
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 					Headers:              []*corev3.HeaderValueOption{hvo("x-tollgate-shadow-decision", shadow)},
 					ResponseHeadersToAdd: append(append([]*corev3.HeaderValueOption{}, limitHeaders...), hvo("x-tollgate-shadow-decision", shadow)),
+					HeadersToRemove:      []string{HeaderReservation},
 				}},
 			},
 		},

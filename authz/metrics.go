@@ -17,7 +17,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return &metrics{
 		decisions: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "tollgate_authz_decisions_total",
-			Help: "Admission decisions, by pool (\"none\" when no route matched), client tier, outcome (allowed, denied, shadow_denied, unmatched, invalid, error) and reason.",
+			Help: "Admission decisions, by pool (\"none\" when no route matched), client tier, outcome (allowed, denied, shadow_denied, unmatched, invalid, error, fail_open) and reason.",
 		}, []string{"pool", "tier", "outcome", "reason"}),
 		checkLatency: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tollgate_authz_check_duration_seconds",

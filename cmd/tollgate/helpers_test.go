@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -13,11 +16,23 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/tollgate/tollgate/internal/redistest"
 )
 
+// redisSrv is the package's redis-server, shared by every test; each test
+// keeps to a key prefix of its own (redistest.Prefix).
+var redisSrv *redistest.Server
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(withRedis{m})
 }
+
+// withRedis runs the tests with redisSrv up and stops it before goleak
+// looks for leftover goroutines.
+type withRedis struct{ m *testing.M }
+
+func (w withRedis) Run() int { return redistest.Main(w.m, &redisSrv) }
 
 const (
 	tourPolicy = "../../testdata/good/tour.yaml"
@@ -90,6 +105,13 @@ type running struct {
 // /readyz with 200. The run is stopped when the test ends.
 func startRun(t *testing.T, getenv func(string) string, httpAddr string, args ...string) *running {
 	t.Helper()
+	return startRunReady(t, getenv, httpAddr, http.StatusOK, args...)
+}
+
+// startRunReady is startRun waiting for /readyz to answer with status
+// ready: 503 for a server that is up but whose store is not.
+func startRunReady(t *testing.T, getenv func(string) string, httpAddr string, ready int, args ...string) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{stderr: &syncBuffer{}, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -107,7 +129,7 @@ func startRun(t *testing.T, getenv func(string) string, httpAddr string, args ..
 		}
 	}
 	require.Eventually(t, func() bool {
-		return exited() || httpStatus("http://"+httpAddr+"/readyz") == http.StatusOK
+		return exited() || httpStatus("http://"+httpAddr+"/readyz") == ready
 	}, 10*time.Second, 10*time.Millisecond, "serve never became ready; log:\n%s", r.stderr)
 	if exited() {
 		t.Fatalf("run returned before the server was ready: %v; log:\n%s", r.err, r.stderr)
@@ -140,5 +162,60 @@ func probeTour(grpcAddr string) (string, error) {
 	err := run(context.Background(),
 		[]string{"probe", "--addr", grpcAddr, "--client", "acme", "--url", tourURL},
 		noEnv, &out, io.Discard)
+	return out.String(), err
+}
+
+// spendPolicy is a policy with money in it: $0.01 a call to the tour's
+// route (a pool of 100 requests, so only budgets and slots deny), acme may
+// spend $0.03 a month with ten calls in flight, under acme-group whose
+// spend is tracked but not capped. Unknown clients are denied. defaults is
+// extra lines for the defaults block (indented by two spaces).
+func spendPolicy(defaults string) string {
+	return fmt.Sprintf(`
+defaults:
+  unknown_client: deny
+%s
+pools:
+  demo:
+    unit: request
+    capacity: 100
+    refill_per_second: 1
+    price: "0.01"
+routes:
+  demo:
+    host: api.openai.com
+    path_prefix: /v1/
+    provider: openai
+    pools: [demo]
+tiers:
+  team:
+    priority: 10
+    max_concurrent: 10
+  holding:
+    priority: 0
+    max_concurrent: 1
+clients:
+  acme-group:
+    tier: holding
+  acme:
+    tier: team
+    parent: acme-group
+    monthly_budget: "0.03"
+`, defaults)
+}
+
+// writePolicy writes yaml to a policy file in a temporary directory and
+// returns its path.
+func writePolicy(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(yaml), 0o600))
+	return path
+}
+
+// runUsage runs `usage args...` and returns what it printed.
+func runUsage(args ...string) (string, error) {
+	var out bytes.Buffer
+	err := run(context.Background(), append([]string{"usage"}, args...), noEnv, &out, io.Discard)
 	return out.String(), err
 }
