@@ -1,0 +1,180 @@
+package costing_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/costing"
+)
+
+// The fuzz targets are seeded from testdata/bodies; each must never panic,
+// and whatever it accepts must satisfy the invariants checked here.
+
+// maxTokensFor bounds the tokens a parser may find in body: at most one per
+// byte of text, three for an invalid byte (decoded as U+FFFD), and three per
+// message wrapper, which needs at least three bytes ("{},").
+func maxTokensFor(body []byte) int64 { return 3*int64(len(body)) + 8 }
+
+var openAIPaths = []string{"/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions"}
+
+func FuzzParseOpenAI(f *testing.F) {
+	recorded := bodies(f, "openai")
+	for _, file := range sortedKeys(recorded) {
+		for _, p := range openAIPaths {
+			f.Add(p, recorded[file])
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(bodiesDir, "openai-chat-1k.json")); err == nil {
+		f.Add("/v1/chat/completions", b)
+	}
+	f.Add("/openai/deployments/x/chat/completions?api-version=1", []byte(`{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}`))
+	tok := tokenizer(f)
+	f.Fuzz(func(t *testing.T, path string, body []byte) {
+		r, err := costing.ParseOpenAI(path, body, tok)
+		if err != nil {
+			require.True(t, errors.Is(err, costing.ErrMalformedBody) || errors.Is(err, costing.ErrUnknownEndpoint), "%v", err)
+			return
+		}
+		assert.Contains(t, []string{costing.KindChat, costing.KindResponses, costing.KindEmbeddings, costing.KindCompletions}, r.Kind)
+		assert.GreaterOrEqual(t, r.InputTokens, int64(0))
+		assert.LessOrEqual(t, r.InputTokens, maxTokensFor(body))
+		assert.GreaterOrEqual(t, r.MaxOutputTokens, int64(0))
+		assert.GreaterOrEqual(t, r.N, int64(1))
+		for _, v := range []int64{r.Images, r.AudioParts, r.Files} {
+			assert.GreaterOrEqual(t, v, int64(0))
+			assert.LessOrEqual(t, v, int64(len(body)))
+		}
+		if !r.Stream {
+			assert.False(t, r.IncludeUsage)
+		}
+	})
+}
+
+func FuzzParseAnthropic(f *testing.F) {
+	recorded := bodies(f, "anthropic")
+	for _, file := range sortedKeys(recorded) {
+		f.Add(recorded[file])
+	}
+	tok := tokenizer(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := costing.ParseAnthropic(body, tok)
+		if err != nil {
+			require.ErrorIs(t, err, costing.ErrMalformedBody)
+			return
+		}
+		assert.GreaterOrEqual(t, r.InputTokens, int64(0))
+		assert.LessOrEqual(t, r.InputTokens, maxTokensFor(body))
+		assert.GreaterOrEqual(t, r.MaxOutputTokens, int64(0))
+		assert.GreaterOrEqual(t, r.Images, int64(0))
+		assert.GreaterOrEqual(t, r.Documents, int64(0))
+	})
+}
+
+func FuzzSMSSegments(f *testing.F) {
+	for _, s := range []string{"", "a", "€", "😀", "ж", "\f", "\x1b", "ab\xffcd", gsmTable, gsmExtension} {
+		f.Add(s)
+	}
+	for _, body := range bodies(f, "twilio") {
+		m, err := costing.ParseTwilioMessage("application/x-www-form-urlencoded", body)
+		require.NoError(f, err)
+		f.Add(m.Body)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		segments, encoding := costing.SMSSegments(text)
+		refSegments, units, refEncoding := referenceSegments(text)
+		require.Equal(t, refEncoding, encoding)
+		require.Equal(t, refSegments, segments)
+		require.GreaterOrEqual(t, segments, int64(1))
+		single, part := int64(160), int64(153)
+		if encoding == costing.EncodingUCS2 {
+			single, part = 70, 67
+		}
+		if segments == 1 {
+			require.LessOrEqual(t, units, single)
+			return
+		}
+		require.Greater(t, units, single)
+		require.LessOrEqual(t, units, part*segments)
+		// Never more segments than needed: a pair left over wastes at most
+		// one unit per segment.
+		require.LessOrEqual(t, segments, (units-1)/(part-1)+1)
+	})
+}
+
+func FuzzParseTwilio(f *testing.F) {
+	for _, file := range sortedKeys(bodies(f, "twilio")) {
+		f.Add("application/x-www-form-urlencoded", bodies(f, "twilio")[file])
+	}
+	f.Add("application/x-www-form-urlencoded; charset=utf-8", []byte("To=%2B1&To=%2B2&Body=%E2%82%AC%F0%9F%98%80"))
+	f.Add("text/plain", []byte("Body=hi"))
+	f.Fuzz(func(t *testing.T, contentType string, body []byte) {
+		m, err := costing.ParseTwilioMessage(contentType, body)
+		if err != nil {
+			require.True(t, errors.Is(err, costing.ErrMalformedBody) || errors.Is(err, costing.ErrContentType) ||
+				errors.Is(err, costing.ErrMessageTooLong), "%v", err)
+			return
+		}
+		assert.LessOrEqual(t, utf8.RuneCountInString(m.Body), costing.MaxSMSChars)
+		segments, encoding := costing.SMSSegments(m.Body)
+		assert.Equal(t, segments, m.Segments)
+		assert.Equal(t, encoding, m.Encoding)
+		assert.GreaterOrEqual(t, m.Recipients, int64(len(m.To)))
+		assert.LessOrEqual(t, m.Recipients, max(int64(len(m.To)), 1))
+		assert.GreaterOrEqual(t, m.Media, int64(0))
+	})
+}
+
+func FuzzParseSendGrid(f *testing.F) {
+	recorded := bodies(f, "sendgrid")
+	for _, file := range sortedKeys(recorded) {
+		f.Add(recorded[file])
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		m, err := costing.ParseSendGrid(body)
+		if err != nil {
+			require.True(t, errors.Is(err, costing.ErrMalformedBody) || errors.Is(err, costing.ErrNoRecipients), "%v", err)
+			return
+		}
+		assert.GreaterOrEqual(t, m.Personalizations, int64(1))
+		assert.GreaterOrEqual(t, m.Recipients, int64(1))
+		assert.LessOrEqual(t, m.Recipients, int64(len(body)))
+	})
+}
+
+// FuzzCountPaths checks that the heap path counts exactly what tiktoken-go
+// counts, whatever the text.
+func FuzzCountPaths(f *testing.F) {
+	for _, s := range []string{"tiktoken is great!", "   x", "!!!\n/\n/", "I'LL don't", "お誕生日おめでとう", "e\u0301\u0301", "1234567", "\t\t \n\r\n"} {
+		f.Add(s)
+	}
+	for _, body := range bodies(f, "openai") {
+		f.Add(string(body))
+	}
+	tok := tokenizer(f)
+	f.Fuzz(func(t *testing.T, text string) {
+		if len(text) > 4096 {
+			return // tiktoken-go is quadratic on long pieces
+		}
+		texts := []string{text}
+		if n := len(text); n > 0 && n <= 64 {
+			// Repeated, a short text makes the long pieces that only the heap
+			// merge handles (random inputs rarely do).
+			texts = append(texts, strings.Repeat(text, 2048/n))
+		}
+		for _, s := range texts {
+			for _, enc := range []string{costing.EncodingCL100K, costing.EncodingO200K} {
+				fast, safe, err := costing.CountPaths(tok, enc, s)
+				require.NoError(t, err)
+				require.Equal(t, fast, safe, "%s %q", enc, s)
+				require.Equal(t, fast, tok.Count(enc, s), "%s %q", enc, s)
+			}
+		}
+	})
+}
