@@ -5,7 +5,7 @@ BIN      := bin/tollgate
 POLICY   ?=
 FUZZTIME ?= 5s
 # Every fuzz target, as package:Target.
-FUZZ_TARGETS := ./policy:FuzzCompile ./policy:FuzzParsePrice ./authz:FuzzCheckRequest
+FUZZ_TARGETS := ./policy:FuzzCompile ./policy:FuzzParsePrice ./authz:FuzzCheckRequest ./limiter/redisstore:FuzzDecodeDecision
 
 .PHONY: all build run test deps unit fuzz-smoke fuzz bench bench-go bench-load lint vet fmt clean
 

@@ -32,8 +32,9 @@ type Server struct {
 	dir  string
 	port int
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu   sync.Mutex
+	cmd  *exec.Cmd     // nil when stopped
+	done chan struct{} // closed when cmd has exited and been reaped
 }
 
 // Start launches redis-server on a free loopback port. Its data (RDB
@@ -83,6 +84,9 @@ func freePort() (int, error) {
 func (s *Server) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.running() {
+		return nil // a second redis-server would race this one for the port
+	}
 	cmd := exec.Command(s.bin,
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--protected-mode", "no",
 		"--dir", s.dir, "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
@@ -90,17 +94,22 @@ func (s *Server) start() error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start %s: %w", s.bin, err)
 	}
-	s.cmd = cmd
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	done := make(chan struct{})
+	var waitErr error
+	go func() {
+		waitErr = cmd.Wait()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		select {
-		case err := <-exited:
+		case <-done:
+			s.cmd = nil
 			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			return fmt.Errorf("redistest: redis-server exited at start (%v): %s", err, strings.TrimSpace(string(log)))
+			return fmt.Errorf("redistest: redis-server exited at start (%v): %s", waitErr, strings.TrimSpace(string(log)))
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -111,41 +120,60 @@ func (s *Server) start() error {
 		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
+			<-done
+			s.cmd = nil
 			return fmt.Errorf("redistest: redis-server on %s not answering: %w", s.Addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// Stop shuts the server down. With save, it writes a snapshot first, so a
-// later Start of the same Server finds its data (as a Redis with
-// persistence would after a restart).
+// running reports whether the server process is alive; s.mu is held.
+func (s *Server) running() bool {
+	if s.cmd == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		s.cmd = nil // it died on its own
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop shuts the server down and waits for its process to exit. With save,
+// it writes a snapshot first, so a later Resume finds its data (as a Redis
+// with persistence would after a restart); without, it also deletes any
+// earlier snapshot, so the server comes back empty (as a Redis without
+// persistence would) rather than with stale data. Stopping a stopped server
+// does nothing.
 func (s *Server) Stop(save bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return nil
-	}
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
-	defer c.Close()
-	mode := "NOSAVE"
-	if save {
-		mode = "SAVE"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = c.Do(ctx, "SHUTDOWN", mode).Err() // the connection drops: an error is the normal answer
-	// Wait until the port is free.
-	for range 500 {
-		conn, err := net.DialTimeout("tcp", s.Addr, 50*time.Millisecond)
-		if err != nil {
-			s.cmd = nil
-			return nil
+	if s.running() {
+		c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+		defer c.Close()
+		mode := "NOSAVE"
+		if save {
+			mode = "SAVE"
 		}
-		conn.Close()
-		time.Sleep(10 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = c.Do(ctx, "SHUTDOWN", mode).Err() // the connection drops: an error is the normal answer
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return fmt.Errorf("redistest: redis-server on %s did not stop", s.Addr)
+		}
+		s.cmd = nil
 	}
-	return fmt.Errorf("redistest: redis-server on %s did not stop", s.Addr)
+	if !save {
+		if err := os.Remove(filepath.Join(s.dir, "dump.rdb")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("redistest: %w", err)
+		}
+	}
+	return nil
 }
 
 // Restart stops the server (saving a snapshot when save is set) and starts
@@ -157,7 +185,8 @@ func (s *Server) Restart(save bool) error {
 	return s.Resume()
 }
 
-// Resume starts a stopped server again on the same address and data.
+// Resume starts a stopped server again on the same address and data. It
+// does nothing to a running server.
 func (s *Server) Resume() error { return s.start() }
 
 // Close stops the server and removes its data.
@@ -178,7 +207,8 @@ func (s *Server) Client(tb testing.TB) *redis.Client {
 func Prefix(tb testing.TB) string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	name := strings.NewReplacer("/", ".", " ", "_").Replace(tb.Name())
+	// No space, newline or brace: the prefix goes inside a Redis hash tag.
+	name := strings.NewReplacer("/", ".", " ", "_", "\n", "_", "{", "(", "}", ")").Replace(tb.Name())
 	return "t:" + name + ":" + hex.EncodeToString(b[:])
 }
 

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
@@ -41,6 +42,7 @@ type ledger struct {
 	slots   map[string]map[string]int64 // client → reservation id → expiry µs
 	resv    map[string]*reservation
 	done    map[string]ended
+	doneQ   []expiryItem // ended ids in the order they end, so their records are forgotten in order
 	expiry  expiryHeap
 }
 
@@ -53,19 +55,9 @@ func newLedger() ledger {
 	}
 }
 
-// liveSlots drops a client's lapsed slots and counts the rest.
-func (l *ledger) liveSlots(client string, now int64) int64 {
-	ids := l.slots[client]
-	for id, exp := range ids {
-		if exp <= now {
-			delete(ids, id)
-		}
-	}
-	if len(ids) == 0 {
-		delete(l.slots, client)
-	}
-	return int64(len(ids))
-}
+// liveSlots counts a client's slots. Callers expire every lapsed
+// reservation first (which frees its slot), so all that remain are live.
+func (l *ledger) liveSlots(client string) int64 { return int64(len(l.slots[client])) }
 
 func (l *ledger) states(h *limiter.Hold) []limiter.BudgetState {
 	out := make([]limiter.BudgetState, len(h.Budgets))
@@ -145,7 +137,9 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 	}
 	delete(l.resv, id)
 	s := limiter.Settlement{ID: id, Outcome: outcome, Estimated: r.cost, Spent: spend}
-	l.done[id] = ended{s: s, exp: now + doneRetention.Microseconds()}
+	exp := now + doneRetention.Microseconds()
+	l.done[id] = ended{s: s, exp: exp}
+	l.doneQ = append(l.doneQ, expiryItem{id: id, exp: exp})
 	return s, nil
 }
 
@@ -160,10 +154,15 @@ func (l *ledger) expire(now int64, max int) int {
 			n++
 		}
 	}
-	for id, e := range l.done {
-		if e.exp <= now {
-			delete(l.done, id)
-		}
+	// Retention is one constant, so records end in the order they were
+	// written: forget from the front, never scanning the rest.
+	k := 0
+	for k < len(l.doneQ) && l.doneQ[k].exp <= now {
+		delete(l.done, l.doneQ[k].id)
+		k++
+	}
+	if k > 0 {
+		l.doneQ = append(l.doneQ[:0:0], l.doneQ[k:]...)
 	}
 	return n
 }
@@ -216,7 +215,8 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	defer s.ledgerMu.Unlock()
 	u := limiter.Usage{Budgets: s.ledger.states(&limiter.Hold{Period: period, Budgets: budgets})}
 	if len(budgets) > 0 {
-		u.InFlight = s.ledger.liveSlots(budgets[0].Owner, limiter.Micros(now))
+		s.ledger.expire(limiter.Micros(now), math.MaxInt)
+		u.InFlight = s.ledger.liveSlots(budgets[0].Owner)
 	}
 	return u, nil
 }

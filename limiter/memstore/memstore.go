@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -155,7 +156,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if h := req.Hold; h != nil {
 		s.ledgerMu.Lock()
 		defer s.ledgerMu.Unlock()
-		s.ledger.expire(at, 8) // as the Redis script does: lapsed holds first
+		s.ledger.expire(at, math.MaxInt) // lapsed holds first, as the Redis script does
 		if !h.Commit {
 			if _, live := s.ledger.resv[h.ID]; live {
 				return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
@@ -166,7 +167,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		}
 		var inFlight int64
 		if h.Slot != nil && !h.Commit {
-			inFlight = s.ledger.liveSlots(h.Slot.Client, at)
+			inFlight = s.ledger.liveSlots(h.Slot.Client)
 		}
 		d = limiter.ApplyHold(buckets, req.Takes, h, s.ledger.states(h), inFlight)
 		switch {

@@ -50,9 +50,16 @@ local function finish(P, id, outcome, actual)
   return {0, rec}
 end
 
--- expire_due commits up to max lapsed reservations at their estimate.
+-- expire_due commits up to max lapsed reservations at their estimate and
+-- returns how many it ended. An id whose record is gone (evicted, or expired
+-- before any sweep) or that has already ended is dropped from the index:
+-- left there, it would fill every sweep's window.
 local function expire_due(P, now, max)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT', 0, max)
-  for _, id in ipairs(ids) do finish(P, id, 'expired', 0) end
-  return #ids
+  local n = 0
+  for _, id in ipairs(ids) do
+    local r = finish(P, id, 'expired', 0)
+    if r and r[1] == 0 then n = n + 1 else redis.call('ZREM', P .. 'exp', id) end
+  end
+  return n
 end

@@ -123,6 +123,15 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if err := req.Validate(); err != nil {
 		return limiter.Decision{}, err
 	}
+	// The script reads every bucket before it writes any: a bucket named
+	// twice would be charged once for both costs.
+	for i := range req.Takes {
+		for j := range i {
+			if req.Takes[j].Key == req.Takes[i].Key {
+				return limiter.Decision{}, fmt.Errorf("redisstore: bucket %s appears twice in one request", req.Takes[i].Key)
+			}
+		}
+	}
 	h := req.Hold
 	nb, nbud := len(req.Takes), 0
 	if h != nil {
@@ -306,6 +315,9 @@ func parseRecord(id, rec string, r *reply) limiter.Settlement {
 func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
+	}
+	if max <= 0 {
+		return 0, nil // Redis reads LIMIT 0 -1 as no limit at all
 	}
 	n, err := expireScript.Run(ctx, s.c, []string{s.expiryKey()}, s.p, micros(now), max).Int()
 	if err != nil {

@@ -1,9 +1,13 @@
 package redisstore_test
 
 import (
+	"context"
 	"os"
 	"testing"
+	"time"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/internal/redistest"
@@ -15,6 +19,11 @@ import (
 var srv *redistest.Server
 
 func TestMain(m *testing.M) { os.Exit(redistest.Main(m, &srv)) }
+
+// The internal fuzz tests record their seeds from this package's server.
+func init() {
+	redisstore.LiveClient = func(tb testing.TB) redis.UniversalClient { return srv.Client(tb) }
+}
 
 // newStore returns a store with a key prefix of the test's own on the
 // package's redis-server.
@@ -31,4 +40,48 @@ func TestConformance(t *testing.T) {
 
 func TestLedgerConformance(t *testing.T) {
 	storetest.RunLedger(t, func(t *testing.T, _ limiter.Clock) limiter.Backend { return newStore(t) })
+}
+
+// TestSameBucketTwice: a request naming one bucket twice is refused, as the
+// memory store refuses it, rather than decided on a level read twice.
+func TestSameBucketTwice(t *testing.T) {
+	s := newStore(t)
+	k, l := limiter.Key{Pool: "p", Client: "c"}, limiter.Limit{Capacity: 5, RefillPerSecond: 1}
+	_, err := s.Reserve(context.Background(), limiter.Request{
+		Takes: []limiter.Take{{Key: k, Limit: l, Cost: 3}, {Key: limiter.Key{Pool: "p"}, Limit: l, Cost: 1}, {Key: k, Limit: l, Cost: 3}},
+		Now:   storetest.Epoch,
+	})
+	require.Error(t, err)
+	d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: k, Limit: l}}, Now: storetest.Epoch})
+	require.NoError(t, err)
+	assert.Equal(t, int64(5), d.Buckets[0].Remaining, "the refused request took nothing")
+}
+
+// TestExpireMax: Expire ends at most max reservations; zero or a negative
+// max ends none, as in the memory store.
+func TestExpireMax(t *testing.T) {
+	tests := map[string]struct {
+		max, want int
+	}{
+		"negative": {max: -1, want: 0},
+		"zero":     {max: 0, want: 0},
+		"one":      {max: 1, want: 1},
+		"more":     {max: 10, want: 3},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			s := newStore(t)
+			for _, id := range []string{"a", "b", "c"} {
+				d, err := s.Reserve(ctx, limiter.Request{Now: storetest.Epoch, Hold: &limiter.Hold{
+					ID: id, TTL: time.Second, Period: "2026-01", Cost: 1, Budgets: []limiter.Budget{{Owner: "o", Limit: limiter.Unlimited}},
+				}})
+				require.NoError(t, err)
+				require.True(t, d.Allowed)
+			}
+			n, err := s.Expire(ctx, storetest.Epoch.Add(time.Minute), tc.max)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, n)
+		})
+	}
 }

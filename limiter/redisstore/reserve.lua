@@ -103,7 +103,12 @@ for i = 1, nb do
     local reset = 0
     if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
     redis.call('HSET', KEYS[3 + i], 'l', int(s.lvl), 't', int(s.at))
-    redis.call('PEXPIRE', KEYS[3 + i], math.floor(reset / 1000) + 1000)
+    if s.rate > 0 then
+      -- forgotten a second after it is full again (a full bucket is as good as none)
+      redis.call('PEXPIRE', KEYS[3 + i], math.floor(reset / 1000) + 1000)
+    else
+      redis.call('PERSIST', KEYS[3 + i]) -- never refills: never forgotten
+    end
   end
   local reset = 0
   if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
@@ -133,7 +138,9 @@ elseif hold and allowed == 1 then
   local sk = ''
   if slot_max >= 0 then
     redis.call('ZADD', slot_key, int(exp), id)
-    redis.call('PEXPIRE', slot_key, math.floor(ttl / 1000) + 1000)
+    -- The set lives as long as its longest hold: a shorter one never cuts it.
+    local keep = math.floor(ttl / 1000) + 1000
+    if redis.call('PTTL', slot_key) < keep then redis.call('PEXPIRE', slot_key, keep) end
     in_flight = in_flight + 1
     sk = slot_key
   end
