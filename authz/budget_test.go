@@ -550,3 +550,15 @@ func TestGlobalShadowCoversBudgets(t *testing.T) {
 	assert.Equal(t, 2*callCost, d.usage(t, "acme").Budgets[0].Spent, "the shadow-passed call is not charged")
 	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeShadowDenied, "budget_exceeded")))
 }
+
+// TestInlineExpiryIsCounted: lapsed holds the store commits while deciding
+// a later call count in tollgate_authz_reservations_expired_total, as those
+// the server's sweep commits do.
+func TestInlineExpiryIsCounted(t *testing.T) {
+	d := newBudgetDecider(t, budgetPolicy("  reservation_ttl: 1s"), midNovember, authz.SettleDeferred)
+	require.True(t, d.call("marketing").Allowed)
+	d.clk.Advance(time.Second)
+	require.True(t, d.call("marketing").Allowed)
+	assert.Equal(t, 1.0, metricValue(t, d.reg, expiredMetric, nil))
+	assert.Equal(t, callCost, d.usage(t, "marketing").Budgets[0].Spent, "the lapsed hold is committed at its estimate")
+}

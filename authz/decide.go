@@ -305,6 +305,9 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Message = "Tollgate could not reach its limiter store"
 		return v
 	}
+	if dec.Expired > 0 {
+		d.m.expired.Add(float64(dec.Expired))
+	}
 	v.Budget = tightestBudget(dec.Budgets)
 	if i := dec.Tightest(); i >= 0 {
 		b := dec.Buckets[i]

@@ -150,6 +150,9 @@ type Decision struct {
 	// InFlight is the client's slots in use after the decision (with a Hold
 	// that has a Slot).
 	InFlight int64
+	// Expired counts lapsed reservations (anyone's) the store committed at
+	// their estimate while deciding, for the expiry metric.
+	Expired int
 }
 
 // ShadowDenied reports whether a shadow bucket would have denied the call.

@@ -156,7 +156,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if h := req.Hold; h != nil {
 		s.ledgerMu.Lock()
 		defer s.ledgerMu.Unlock()
-		s.ledger.expire(at, math.MaxInt) // lapsed holds first, as the Redis script does
+		expired := s.ledger.expire(at, math.MaxInt) // lapsed holds first, as the Redis script does
 		if !h.Commit {
 			if _, live := s.ledger.resv[h.ID]; live {
 				return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
@@ -170,6 +170,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			inFlight = s.ledger.liveSlots(h.Slot.Client)
 		}
 		d = limiter.ApplyHold(buckets, req.Takes, h, s.ledger.states(h), inFlight)
+		d.Expired = expired
 		switch {
 		case d.Allowed && h.Commit:
 			s.ledger.commit(h)

@@ -352,8 +352,8 @@ func FuzzDecodeDecision(f *testing.F) {
 // TestDecodeDecision pins the decoder on replies of the right and the wrong
 // shape.
 func TestDecodeDecision(t *testing.T) {
-	req := fuzzRequest(1 | 1<<2 | 16) // one take, a hold with one budget
-	good := []any{int64(0), "budget_exceeded", int64(-1), int64(0), int64(0), int64(1), int64(1),
+	req := fuzzRequest(1 | 1<<2 | 16)                                                             // one take, a hold with one budget
+	good := []any{int64(0), "budget_exceeded", int64(-1), int64(0), int64(0), int64(1), int64(2), // 2 lapsed holds committed
 		int64(4), int64(3000000), int64(0), int64(0), // the bucket
 		int64(90), int64(20), int64(1)} // the budget
 	with := func(i int, v any) []any { r := append([]any(nil), good...); r[i] = v; return r }
@@ -363,12 +363,12 @@ func TestDecodeDecision(t *testing.T) {
 		wantErr string
 	}{
 		"budget exceeded": {reply: good, want: limiter.Decision{
-			Reason: limiter.ReasonBudgetExceeded, Blocking: -1, BudgetBlocking: 0, InFlight: 1,
+			Reason: limiter.ReasonBudgetExceeded, Blocking: -1, BudgetBlocking: 0, InFlight: 1, Expired: 2,
 			Buckets: []limiter.BucketState{{Key: req.Takes[0].Key, Limit: req.Takes[0].Limit, Remaining: 4, ResetAfter: 3 * time.Second}},
 			Budgets: []limiter.BudgetState{{Owner: "o0", Limit: 100, Spent: 90, Reserved: 20, Short: true}},
 		}},
 		"integers as strings": {reply: with(11, "90"), want: limiter.Decision{
-			Reason: limiter.ReasonBudgetExceeded, Blocking: -1, BudgetBlocking: 0, InFlight: 1,
+			Reason: limiter.ReasonBudgetExceeded, Blocking: -1, BudgetBlocking: 0, InFlight: 1, Expired: 2,
 			Buckets: []limiter.BucketState{{Key: req.Takes[0].Key, Limit: req.Takes[0].Limit, Remaining: 4, ResetAfter: 3 * time.Second}},
 			Budgets: []limiter.BudgetState{{Owner: "o0", Limit: 100, Spent: 90, Reserved: 20, Short: true}},
 		}},

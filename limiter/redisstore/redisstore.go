@@ -202,6 +202,7 @@ func decodeDecision(res []any, req limiter.Request) (limiter.Decision, error) {
 		RetryAfter:     time.Duration(r.int(3)) * time.Microsecond,
 		BudgetBlocking: int(r.int(4)),
 		InFlight:       r.int(5),
+		Expired:        int(r.int(6)),
 		Buckets:        make([]limiter.BucketState, nb),
 	}
 	for i, t := range req.Takes {

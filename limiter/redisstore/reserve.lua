@@ -11,7 +11,7 @@
 --            then per budget: limit (-1: unlimited)
 --
 -- Returns {allowed, reason, blocking, retry µs, budget blocking, in flight,
---          now µs, per bucket: remaining, reset µs, short, retry µs,
+--          lapsed holds committed, per bucket: remaining, reset µs, short, retry µs,
 --          per budget: spent, reserved, short}
 -- or an error reply "DUPLICATE" when the id was used before.
 
@@ -22,7 +22,8 @@ local commit = ARGV[4] == '2'
 local id, ttl, cost, period = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local slot_max, P = tonumber(ARGV[9]), ARGV[10]
 
-if hold then expire_due(P, now, 8) end
+local expired = 0
+if hold then expired = expire_due(P, now, 8) end
 if hold and not commit then
   if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
     return redis.error_reply('DUPLICATE reservation id')
@@ -95,7 +96,7 @@ end
 if reason == 'exceeds_capacity' then retry = 0 end
 if reason ~= 'rate_limited' and reason ~= 'exceeds_capacity' then blocking = -1 end
 
-local out = {allowed, reason, blocking, retry, budget_blocking, 0, now}
+local out = {allowed, reason, blocking, retry, budget_blocking, 0, expired}
 for i = 1, nb do
   local s = b[i]
   if allowed == 1 then

@@ -378,3 +378,18 @@ func testCommit(t *testing.T, h *ledgerHarness) {
 	assert.Equal(t, limiter.ReasonBudgetExceeded, d.Reason)
 	h.spentReserved(t, b, 60, 0)
 }
+
+// testExpiredCounted: a Reserve that commits lapsed holds says how many.
+func testExpiredCounted(t *testing.T, h *ledgerHarness) {
+	b := budget("acme", limiter.Unlimited)
+	for range 2 {
+		hd := hold(h.id(), 5, b)
+		hd.TTL = time.Second
+		require.True(t, h.reserve(t, hd).Allowed)
+	}
+	h.clock.Advance(time.Second)
+	d := h.reserve(t, hold(h.id(), 5, b))
+	assert.Equal(t, 2, d.Expired)
+	assert.Equal(t, policy.Money(10), d.Budgets[0].Spent)
+	assert.Equal(t, 0, h.reserve(t, hold(h.id(), 5, b)).Expired, "each is counted once")
+}
