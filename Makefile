@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS := ./policy:FuzzCompile ./policy:FuzzParsePrice ./authz:FuzzCheckRequest ./limiter/redisstore:FuzzDecodeDecision
 
-.PHONY: all build run test deps unit fuzz-smoke fuzz bench bench-go bench-load lint vet fmt clean
+.PHONY: all build run test deps unit fuzz-smoke fuzz bench bench-go bench-load bench-load-redis lint vet fmt clean
 
 all: build
 
@@ -45,13 +45,21 @@ FUZZLONG ?= 2m
 fuzz: ## a longer fuzzing pass per target: make fuzz FUZZLONG=10m
 	@$(MAKE) --no-print-directory fuzz-smoke FUZZTIME=$(FUZZLONG)
 
-bench: bench-go bench-load ## Go benchmarks of the hot paths, then the loopback gRPC load tool
+bench: bench-go bench-load bench-load-redis ## Go benchmarks of the hot paths, then the loopback gRPC load tool on each store
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./...
 
 bench-load: build ## throughput and p50/p99/p999 of Check over loopback gRPC (in-process server)
 	./$(BIN) load --duration 10s --concurrency 32 --policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json
+
+REDIS_BENCH_PORT ?= 16399
+bench-load-redis: build deps ## the same load on a Redis store (a throwaway redis-server on REDIS_BENCH_PORT)
+	@dir=$$(mktemp -d); \
+	redis-server --port $(REDIS_BENCH_PORT) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir --daemonize yes >/dev/null && \
+	./$(BIN) load --duration 10s --concurrency 32 --policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json \
+		--redis-addr 127.0.0.1:$(REDIS_BENCH_PORT); rc=$$?; \
+	redis-cli -p $(REDIS_BENCH_PORT) shutdown nosave >/dev/null 2>&1; rm -rf $$dir; exit $$rc
 
 lint: vet ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

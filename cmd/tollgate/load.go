@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate/tollgate/authz"
-	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -29,6 +29,8 @@ type loadFlags struct {
 	requests    int64
 	clients     int
 	policyPath  string
+	redisAddr   string
+	settle      string
 }
 
 func loadCmd() *cobra.Command {
@@ -50,6 +52,8 @@ func loadCmd() *cobra.Command {
 	fl.StringVar(&f.probe.bodyFile, "body", "", "request body file")
 	fl.StringVar(&f.probe.clientHeader, "client-header", "x-tollgate-client", "header that carries the client id")
 	fl.StringVar(&f.policyPath, "policy", "", "policy for the in-process server (default: the bundled policy)")
+	fl.StringVar(&f.redisAddr, "redis-addr", "", "give the in-process server a Redis store at this address (default: memory)")
+	fl.StringVar(&f.settle, "settle", "immediate", "the in-process server's settlement: immediate or deferred")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent callers")
 	fl.IntVar(&f.clients, "clients", 100, "distinct client ids, spread over the calls")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "how long to run")
@@ -77,13 +81,17 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	}
 	addr := f.probe.addr
 	if addr == "" {
-		stop, a, err := startInProcess(ctx, f.policyPath)
+		stop, a, err := startInProcess(ctx, f)
 		if err != nil {
 			return err
 		}
 		defer stop()
 		addr = a
-		fmt.Fprintf(out, "in-process tollgate on %s (memory store)\n", addr)
+		store := "memory store"
+		if f.redisAddr != "" {
+			store = "redis store at " + f.redisAddr
+		}
+		fmt.Fprintf(out, "in-process tollgate on %s (%s, %s settlement)\n", addr, store, f.settle)
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -165,29 +173,37 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 }
 
 // startInProcess runs a Tollgate on loopback ports chosen by the kernel.
-func startInProcess(ctx context.Context, policyPath string) (stop func(), addr string, err error) {
+func startInProcess(ctx context.Context, f loadFlags) (stop func(), addr string, err error) {
 	set := policy.Default()
-	if policyPath != "" {
-		if set, err = policy.Load(policyPath); err != nil {
+	if f.policyPath != "" {
+		if set, err = policy.Load(f.policyPath); err != nil {
 			return nil, "", err
 		}
 	}
-	store, err := memstore.New(memstore.DefaultConfig())
+	sf := serveFlags{redis: redisstore.DefaultClientConfig(), redisPrefix: fmt.Sprintf("load-%d", time.Now().UnixNano()), store: "memory"}
+	if f.redisAddr != "" {
+		sf.store, sf.redis.Addrs = "redis", []string{f.redisAddr}
+	}
+	log := slog.New(slog.DiscardHandler)
+	store, _, closeStore, err := openStore(ctx, sf, log)
 	if err != nil {
 		return nil, "", err
 	}
 	cfg := authz.DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
+	if cfg.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
+		return nil, "", errors.Join(err, closeStore())
+	}
 	srv, err := authz.New(cfg, authz.Deps{Policies: authz.StaticPolicy{Set: set}, Store: store,
-		Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+		Registry: prometheus.NewRegistry(), Logger: log})
 	if err != nil {
-		return nil, "", errors.Join(err, store.Close())
+		return nil, "", errors.Join(err, closeStore())
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(context.WithoutCancel(ctx)) }()
 	return func() {
 		_ = srv.Shutdown(context.WithoutCancel(ctx))
 		<-done
-		_ = store.Close()
+		_ = closeStore()
 	}, srv.GRPCAddr().String(), nil
 }

@@ -16,9 +16,15 @@ func TestLoadSmoke(t *testing.T) {
 		"for a duration":      {"load", "--duration", "300ms", "--concurrency", "2"},
 		"for a request count": {"load", "--requests", "50", "--concurrency", "2", "--clients", "5"},
 		"with a policy file":  {"load", "--duration", "100ms", "--concurrency", "2", "--policy", tourPolicy},
+		"on a redis store":    {"load", "--requests", "50", "--concurrency", "2", "--redis-addr", "REDIS"},
 	}
 	for name, args := range tests {
 		t.Run(name, func(t *testing.T) {
+			for i, a := range args {
+				if a == "REDIS" {
+					args[i] = redisSrv.Addr
+				}
+			}
 			var out bytes.Buffer
 			require.NoError(t, run(context.Background(), args, noEnv, &out, io.Discard))
 			assert.Contains(t, out.String(), "in-process tollgate on 127.0.0.1:")
