@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 
 	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -20,17 +22,21 @@ var (
 )
 
 // largePoolPolicy is the bundled policy (its routes, tiers and defaults)
-// with every pool and client limit raised to the maximum, so that every
-// call is allowed and a benchmark measures the allow path.
+// with every pool and client limit raised to the maximum and every tier's
+// budget made unlimited, so that every call is allowed and a benchmark
+// measures the allow path, however many calls it makes.
 func largePoolPolicy(tb testing.TB) string {
 	tb.Helper()
 	src := string(policy.DefaultSource().Data)
 	out := capacityRE.ReplaceAllString(src, fmt.Sprintf("${1}${2}: %d", policy.MaxCapacity))
-	if out == src {
-		tb.Fatal("no capacities found in the bundled policy")
+	out = budgetRE.ReplaceAllString(out, "${1}monthly_budget: custom")
+	if out == src || !strings.Contains(out, "monthly_budget: custom") {
+		tb.Fatal("no capacities or budgets found in the bundled policy")
 	}
 	return out
 }
+
+var budgetRE = regexp.MustCompile(`(?m)^(\s+)monthly_budget: .*$`)
 
 // benchClients spreads calls over a few client ids.
 var benchClients = []string{"team-a", "team-b", "team-c", "team-d", "team-e", "team-f", "team-g", "team-h"}
@@ -41,10 +47,8 @@ func BenchmarkDecide(b *testing.B) {
 	body := kiloChatBody("gpt-4")
 	ctx := context.Background()
 
-	newDecider := func(b *testing.B, set *policy.Set) *authz.Decider {
-		// The wall clock: a large pool refills faster than any benchmark
-		// can drain it.
-		return authz.NewDecider(authz.StaticPolicy{Set: set}, newMemStore(b, limiter.SystemClock{}), prometheus.NewRegistry(), nil)
+	newDecider := func(b *testing.B, set *policy.Set, clk limiter.Clock) *authz.Decider {
+		return authz.NewDecider(authz.StaticPolicy{Set: set}, newMemStore(b, clk), prometheus.NewRegistry(), nil)
 	}
 	cases := map[string]struct {
 		set     func(b *testing.B) *policy.Set
@@ -59,7 +63,14 @@ func BenchmarkDecide(b *testing.B) {
 	for _, name := range []string{"allowed", "denied"} {
 		tc := cases[name]
 		prepare := func(b *testing.B) *authz.Decider {
-			d := newDecider(b, tc.set(b))
+			// Allowed: the wall clock, as a large pool refills faster than
+			// any benchmark drains it. Denied: a clock that never moves, so
+			// the drained pool stays drained however long the run.
+			var clk limiter.Clock = limiter.SystemClock{}
+			if !tc.allowed {
+				clk = fakeclock.New(epoch)
+			}
+			d := newDecider(b, tc.set(b), clk)
 			if !tc.allowed {
 				for d.Decide(ctx, openAIRequest("team-a", body)).Allowed {
 				}
