@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS := ./policy:FuzzCompile ./policy:FuzzParsePrice ./authz:FuzzCheckRequest ./limiter/redisstore:FuzzDecodeDecision
 
-.PHONY: all build run test deps unit fuzz-smoke fuzz bench bench-go bench-load bench-load-redis lint vet fmt clean
+.PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis lint vet fmt clean
 
 all: build
 
@@ -17,7 +17,7 @@ build: ## build bin/tollgate
 run: build ## start Tollgate on the embedded default (memory store, bundled policy); POLICY=path to use your own
 	./$(BIN) serve $(if $(POLICY),--policy $(POLICY))
 
-test: deps lint unit fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
+test: deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 
 # Tests start real servers of their own (redis-server on a free loopback
 # port); install the Debian packages when they are missing.
@@ -33,6 +33,9 @@ deps: ## install what the tests need (Debian packages)
 
 unit:
 	$(GO) test -race -count=1 ./...
+
+bench-smoke: ## run every benchmark once, so none rots (no timing is judged)
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 fuzz-smoke: ## run each fuzzer for FUZZTIME (default 5s) beyond its seed corpus
 	@set -e; for t in $(FUZZ_TARGETS); do \
