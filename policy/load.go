@@ -129,6 +129,7 @@ type (
 		line                                         int
 		unknownClient, unmatchedRoute, invalidReqest at[string]
 		storeUnavailable, timezone, reservationTTL   at[string]
+		reservation                                  at[string]
 		shadow                                       at[bool]
 	}
 	poolDoc struct {
@@ -167,6 +168,12 @@ type (
 		budget   at[string]
 		parent   at[string]
 	}
+	modelDoc struct {
+		file, name                        string
+		line                              int
+		input, output, cachedInput, image at[string]
+		maxOutput                         at[int64]
+	}
 )
 
 type docs struct {
@@ -177,6 +184,7 @@ type docs struct {
 	routes     []routeDoc
 	tiers      []tierDoc
 	clients    []clientDoc
+	models     []modelDoc
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
@@ -225,6 +233,7 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 				storeUnavailable: m.str("store_unavailable"),
 				timezone:         m.str("timezone"),
 				reservationTTL:   m.str("reservation_ttl"),
+				reservation:      m.str("reservation"),
 			})
 			m.close()
 		}
@@ -285,6 +294,23 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 					}
 				}
 				ds.tiers = append(ds.tiers, t)
+				m.close()
+			})
+		}
+	}
+	if v := top.get("models"); v != nil {
+		if mm := d.mapping(v, "models"); mm != nil {
+			mm.each(func(name string, k, v *yaml.Node) {
+				m := d.mapping(v, "models."+name)
+				if m == nil {
+					return
+				}
+				ds.models = append(ds.models, modelDoc{
+					file: d.file, name: name, line: k.Line,
+					input: m.scalarText("input"), output: m.scalarText("output"),
+					cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"),
+					maxOutput: m.int("max_output_tokens"),
+				})
 				m.close()
 			})
 		}
@@ -545,7 +571,45 @@ func (ds *docs) compile() (*Set, []error) {
 		}
 	}
 
-	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL}
+	s.Models = map[string]*Model{}
+	for _, md := range ds.models {
+		path := "models." + md.name
+		if !unique("model", md.name, md.file, md.line) {
+			continue
+		}
+		if md.name != "*" && (md.name == "" || strings.Contains(strings.TrimSuffix(md.name, "*"), "*")) {
+			el.add(md.file, md.line, path, "a model is a name, a prefix ending in *, or \"*\" for every other model")
+			continue
+		}
+		m := &Model{Name: md.name, MaxOutputTokens: md.maxOutput.v}
+		for _, f := range []struct {
+			key string
+			v   at[string]
+			dst *Price
+			req bool
+		}{{"input", md.input, &m.Input, true}, {"output", md.output, &m.Output, true},
+			{"cached_input", md.cachedInput, &m.CachedInput, false}, {"image", md.image, &m.Image, false}} {
+			switch {
+			case f.v.missing() && f.req:
+				el.add(md.file, md.line, path+"."+f.key, "is required (a price such as \"2.50/1M\")")
+			case f.v.set:
+				pr, err := ParsePrice(f.v.v)
+				if err != nil {
+					el.add(md.file, f.v.line, path+"."+f.key, "%v", err)
+				}
+				*f.dst = pr
+			}
+		}
+		if md.cachedInput.missing() {
+			m.CachedInput = m.Input // no discount stated: cached tokens cost full price
+		}
+		if md.maxOutput.set && md.maxOutput.v <= 0 {
+			el.add(md.file, md.maxOutput.line, path+".max_output_tokens", "must be positive, got %d", md.maxOutput.v)
+		}
+		s.Models[md.name] = m
+	}
+
+	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative}
 	var defSeen = map[string]place{}
 	setOnce := func(d defaultsDoc, key string, line int) bool {
 		if p, dup := defSeen[key]; dup {
@@ -594,6 +658,13 @@ func (ds *docs) compile() (*Set, []error) {
 				el.add(d.file, d.timezone.line, "defaults.timezone", "unknown time zone %q (an IANA name such as UTC or America/New_York)", d.timezone.v)
 			} else {
 				s.Defaults.Location = loc
+			}
+		}
+		if d.reservation.set && setOnce(d, "reservation", d.reservation.line) {
+			if st := Strategy(d.reservation.v); slices.Contains(strategies, st) {
+				s.Defaults.Reservation = st
+			} else {
+				el.add(d.file, d.reservation.line, "defaults.reservation", "unknown strategy %q (one of %s)", d.reservation.v, joinNames(strategies))
 			}
 		}
 		if d.reservationTTL.set && setOnce(d, "reservation_ttl", d.reservationTTL.line) {

@@ -37,7 +37,7 @@ func TestCompileRefusals(t *testing.T) {
 		},
 		"unknown top-level key lists the allowed": {
 			src:  withPool("frobnicate: 1"),
-			want: wantErr{line: 6, path: "", msg: `unknown field "frobnicate" (allowed: defaults, pools, routes, tiers, clients)`},
+			want: wantErr{line: 6, path: "", msg: `unknown field "frobnicate" (allowed: defaults, pools, routes, tiers, models, clients)`},
 		},
 		"unknown pool key": {
 			src:  withPool(`    prize: "0.03/1K"`),
@@ -878,6 +878,72 @@ func TestCompileBudgetDefaults(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := compile(append(append([]byte{}, base...), []byte(tc.line+"\n")...))
+			tc.want.file = "x.yaml"
+			requireHasError(t, policyErrors(t, err), tc.want)
+		})
+	}
+}
+
+func TestCompileModels(t *testing.T) {
+	set, err := compile(lines(
+		"pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}",
+		"models:",
+		`  gpt-4o: {input: "2.50/1M", output: "10/1M", cached_input: "1.25/1M", image: "0.001275", max_output_tokens: 4096}`,
+		`  "gpt-4o-mini*": {input: "0.15/1M", output: "0.60/1M"}`,
+		`  "gpt-4*": {input: "30/1M", output: "60/1M"}`,
+		`  "*": {input: "10/1M", output: "30/1M"}`,
+		"defaults:", "  reservation: optimistic",
+	))
+	require.NoError(t, err)
+	assert.Equal(t, policy.Optimistic, set.Defaults.Reservation)
+	assert.Equal(t, int64(105), set.Defaults.Reservation.Percent())
+	for name, tc := range map[string]struct {
+		model string
+		want  string
+		known bool
+	}{
+		"exact":                  {"gpt-4o", "gpt-4o", true},
+		"longest prefix wins":    {"gpt-4o-mini-2024-07-18", "gpt-4o-mini*", true},
+		"shorter prefix":         {"gpt-4-turbo", "gpt-4*", true},
+		"unknown falls to *":     {"claude-3", "*", false},
+		"empty model falls to *": {"", "*", false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m, known := set.Model(tc.model)
+			require.NotNil(t, m)
+			assert.Equal(t, tc.want, m.Name)
+			assert.Equal(t, tc.known, known)
+		})
+	}
+	m, _ := set.Model("gpt-4o")
+	assert.Equal(t, policy.Money(100_000), m.Output.Cost(10), "10 output tokens at $10/1M is $0.0001")
+	assert.Equal(t, policy.Price{Nanos: 1_250_000_000, Per: 1_000_000}, m.CachedInput)
+	mini, _ := set.Model("gpt-4o-mini")
+	assert.Equal(t, mini.Input, mini.CachedInput, "no stated discount: cached input costs full price")
+
+	none, err := compile(lines("pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}"))
+	require.NoError(t, err)
+	m, known := none.Model("gpt-4o")
+	assert.Nil(t, m, "no models and no *: nothing to price with")
+	assert.False(t, known)
+	assert.Equal(t, policy.Conservative, none.Defaults.Reservation)
+	assert.Equal(t, int64(120), none.Defaults.Reservation.Percent())
+
+	for name, tc := range map[string]struct {
+		src  []byte
+		want wantErr
+	}{
+		"missing output": {lines("pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}", "models:", `  m: {input: "1/1M"}`),
+			wantErr{line: 4, path: "models.m.output", msg: "is required"}},
+		"bad price": {lines("pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}", "models:", `  m: {input: "cheap", output: "1/1M"}`),
+			wantErr{line: 4, path: "models.m.input", msg: "price"}},
+		"star in the middle": {lines("pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}", "models:", `  "g*4": {input: "1", output: "1"}`),
+			wantErr{line: 4, path: "models.g*4", msg: "prefix ending in *"}},
+		"bad strategy": {lines("pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}", "defaults:", "  reservation: yolo"),
+			wantErr{line: 4, path: "defaults.reservation", msg: `unknown strategy "yolo"`}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := compile(tc.src)
 			tc.want.file = "x.yaml"
 			requireHasError(t, policyErrors(t, err), tc.want)
 		})

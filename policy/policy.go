@@ -139,6 +139,8 @@ type Defaults struct {
 	// ReservationTTL bounds how long an admitted call may stay unsettled;
 	// then it is committed at its estimate.
 	ReservationTTL time.Duration
+	// Reservation is how much beyond its estimate an admission reserves.
+	Reservation Strategy
 	// Shadow puts every pool in shadow mode.
 	Shadow bool
 }
@@ -155,10 +157,12 @@ func (d Defaults) PeriodEnd(t time.Time) time.Time {
 
 // Set is a compiled, validated policy. It is immutable once built.
 type Set struct {
-	Pools    map[string]*Pool
-	Routes   []*Route // in match order: most specific first
-	Tiers    map[string]*Tier
-	Clients  map[string]*Client
+	Pools   map[string]*Pool
+	Routes  []*Route // in match order: most specific first
+	Tiers   map[string]*Tier
+	Clients map[string]*Client
+	// Models prices LLM models by name (see Set.Model).
+	Models   map[string]*Model
 	Defaults Defaults
 	// Files are the files the set was loaded from, in load order.
 	Files    []string

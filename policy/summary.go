@@ -16,18 +16,27 @@ type Summary struct {
 	Pools    []SummaryPool   `json:"pools"`
 	Routes   []SummaryRoute  `json:"routes"`
 	Tiers    []SummaryTier   `json:"tiers"`
+	Models   []SummaryModel  `json:"models,omitempty"`
 	Clients  int             `json:"clients"`
+}
+
+// SummaryModel mirrors Model.
+type SummaryModel struct {
+	Name   string `json:"name"`
+	Input  string `json:"input"`
+	Output string `json:"output"`
 }
 
 // SummaryDefaults mirrors Defaults.
 type SummaryDefaults struct {
-	UnknownClient    string `json:"unknown_client"`
-	UnmatchedRoute   Action `json:"unmatched_route"`
-	InvalidRequest   Action `json:"invalid_request"`
-	StoreUnavailable Action `json:"store_unavailable"`
-	Timezone         string `json:"timezone"`
-	ReservationTTL   string `json:"reservation_ttl"`
-	Shadow           bool   `json:"shadow"`
+	UnknownClient    string   `json:"unknown_client"`
+	UnmatchedRoute   Action   `json:"unmatched_route"`
+	InvalidRequest   Action   `json:"invalid_request"`
+	StoreUnavailable Action   `json:"store_unavailable"`
+	Timezone         string   `json:"timezone"`
+	ReservationTTL   string   `json:"reservation_ttl"`
+	Reservation      Strategy `json:"reservation"`
+	Shadow           bool     `json:"shadow"`
 }
 
 // SummaryPool mirrors Pool.
@@ -69,7 +78,7 @@ func (s *Set) Summary() Summary {
 		UnknownClient: string(Deny), UnmatchedRoute: s.Defaults.UnmatchedRoute,
 		InvalidRequest: s.Defaults.InvalidRequest, Shadow: s.Defaults.Shadow,
 		StoreUnavailable: s.Defaults.StoreUnavailable, Timezone: s.Defaults.Location.String(),
-		ReservationTTL: s.Defaults.ReservationTTL.String(),
+		ReservationTTL: s.Defaults.ReservationTTL.String(), Reservation: s.Defaults.Reservation,
 	}}
 	if t := s.Defaults.UnknownClientTier; t != nil {
 		sum.Defaults.UnknownClient = t.Name
@@ -84,6 +93,10 @@ func (s *Set) Summary() Summary {
 			sr.Pools = append(sr.Pools, p.Name)
 		}
 		sum.Routes = append(sum.Routes, sr)
+	}
+	for _, name := range sortedKeys(s.Models) {
+		m := s.Models[name]
+		sum.Models = append(sum.Models, SummaryModel{Name: m.Name, Input: m.Input.String(), Output: m.Output.String()})
 	}
 	perTier := map[string]int{}
 	for _, c := range s.Clients {
@@ -110,7 +123,8 @@ func (sum Summary) WriteText(w io.Writer) error {
 	fmt.Fprintf(tw, "files:\t%s\n", strings.Join(sum.Files, ", "))
 	fmt.Fprintf(tw, "defaults:\tunknown_client=%s unmatched_route=%s invalid_request=%s store_unavailable=%s shadow=%t\n",
 		sum.Defaults.UnknownClient, sum.Defaults.UnmatchedRoute, sum.Defaults.InvalidRequest, sum.Defaults.StoreUnavailable, sum.Defaults.Shadow)
-	fmt.Fprintf(tw, "budgets:\tcalendar months in %s; unsettled calls commit at their estimate after %s\n\n", sum.Defaults.Timezone, sum.Defaults.ReservationTTL)
+	fmt.Fprintf(tw, "budgets:\tcalendar months in %s; unsettled calls commit at their estimate after %s; reservation %s\n\n",
+		sum.Defaults.Timezone, sum.Defaults.ReservationTTL, sum.Defaults.Reservation)
 	fmt.Fprintln(tw, "POOL\tUNIT\tCAPACITY\tREFILL/S\tPRICE\tSHADOW")
 	for _, p := range sum.Pools {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.RefillPerSecond, p.Price, p.Shadow)
@@ -130,6 +144,12 @@ func (sum Summary) WriteText(w io.Writer) error {
 	fmt.Fprintln(tw, "\nTIER\tPRIORITY\tMAX CONCURRENT\tMONTHLY BUDGET\tCLIENTS\tCLIENT LIMITS")
 	for _, t := range sum.Tiers {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", t.Name, t.Priority, t.MaxConcurrent, t.MonthlyBudget, t.Clients, strings.Join(t.ClientLimits, "; "))
+	}
+	if len(sum.Models) > 0 {
+		fmt.Fprintln(tw, "\nMODEL\tINPUT\tOUTPUT")
+		for _, m := range sum.Models {
+			fmt.Fprintf(tw, "%s\t$%s\t$%s\n", m.Name, m.Input, m.Output)
+		}
 	}
 	fmt.Fprintf(tw, "\nclients:\t%d\n", sum.Clients)
 	return tw.Flush()

@@ -1,0 +1,59 @@
+package policy
+
+import "strings"
+
+// Model prices one LLM model. Prices are per token (per image for Image).
+type Model struct {
+	Name        string // exact, "prefix*", or "*" for every other model
+	Input       Price
+	Output      Price
+	CachedInput Price // defaults to Input when the policy states no discount
+	Image       Price
+	// MaxOutputTokens is the output allowance assumed when a request states
+	// none; 0 leaves it to the route's default_max_tokens.
+	MaxOutputTokens int64
+}
+
+// Strategy is how much an admission reserves beyond its estimate.
+type Strategy string
+
+// Reservation strategies.
+const (
+	// Conservative reserves 120% of the estimate (the default).
+	Conservative Strategy = "conservative"
+	// Optimistic reserves 105%.
+	Optimistic Strategy = "optimistic"
+	// Adaptive reserves the estimate times a ratio learned per model and
+	// route from recent actual/estimate, bounded (see costing).
+	Adaptive Strategy = "adaptive"
+)
+
+var strategies = []Strategy{Conservative, Optimistic, Adaptive}
+
+// Percent is the fixed share of the estimate a strategy reserves; Adaptive
+// starts from Conservative's until it has learned.
+func (s Strategy) Percent() int64 {
+	if s == Optimistic {
+		return 105
+	}
+	return 120
+}
+
+// Model finds a model's prices: the exact name, else the longest matching
+// "prefix*", else "*". known is false when only "*" (or nothing) matched,
+// so callers can count the miss.
+func (s *Set) Model(name string) (m *Model, known bool) {
+	if m, ok := s.Models[name]; ok && name != "*" {
+		return m, true
+	}
+	best := ""
+	for pat := range s.Models {
+		if p, ok := strings.CutSuffix(pat, "*"); ok && pat != "*" && strings.HasPrefix(name, p) && len(pat) > len(best) {
+			best = pat
+		}
+	}
+	if best != "" {
+		return s.Models[best], true
+	}
+	return s.Models["*"], false
+}
