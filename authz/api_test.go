@@ -21,8 +21,8 @@ import (
 	"github.com/tollgate/tollgate/limiter"
 )
 
-// apiPolicy: one OpenAI route on a roomy request pool priced $0.0102 a
-// call. acme ($1) sits under acme-group ($100); acme/marketing (the tier's
+// apiPolicy: one OpenAI route on a roomy request pool priced $0.0085 a
+// call, so that a deferred hold (the conservative 120%) is $0.0102. acme ($1) sits under acme-group ($100); acme/marketing (the tier's
 // $1000) under acme. defaults is extra lines for the defaults block.
 func apiPolicy(defaults string) string {
 	return fmt.Sprintf(`
@@ -33,7 +33,7 @@ pools:
     unit: request
     capacity: 1000
     refill_per_second: 1000
-    price: "0.0102"
+    price: "0.0085"
 routes:
   openai:
     host: api.openai.com

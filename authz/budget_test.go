@@ -70,6 +70,10 @@ clients:
 `, defaults)
 }
 
+// holdCost is what a deferred hold reserves for one call: the conservative
+// strategy's 120% of callCost.
+const holdCost policy.Money = callCost * 120 / 100
+
 // callCost is what one call costs under budgetPolicy: $0.0102.
 const callCost policy.Money = 10_200_000
 
@@ -209,17 +213,17 @@ func TestBudgetDeferredHoldsUnderReservation(t *testing.T) {
 	assert.NotEqual(t, v1.Reservation, v2.Reservation)
 
 	assert.Equal(t, limiter.Usage{InFlight: 2, Budgets: []limiter.BudgetState{
-		{Owner: "marketing", Limit: childLimit, Reserved: 2 * callCost},
-		{Owner: "acme", Limit: acmeLimit, Reserved: 2 * callCost},
+		{Owner: "marketing", Limit: childLimit, Reserved: 2 * holdCost},
+		{Owner: "acme", Limit: acmeLimit, Reserved: 2 * holdCost},
 	}}, d.usage(t, "marketing"))
 
 	// Settling charges the actual cost along the chain and frees the slot.
 	st, err := d.store.Settle(ctx, v1.Reservation, 1_200_000)
 	require.NoError(t, err)
-	assert.Equal(t, limiter.Settlement{ID: v1.Reservation, Outcome: limiter.OutcomeSettled, Estimated: callCost, Spent: 1_200_000}, st)
+	assert.Equal(t, limiter.Settlement{ID: v1.Reservation, Outcome: limiter.OutcomeSettled, Estimated: holdCost, Spent: 1_200_000}, st)
 	assert.Equal(t, limiter.Usage{InFlight: 1, Budgets: []limiter.BudgetState{
-		{Owner: "marketing", Limit: childLimit, Spent: 1_200_000, Reserved: callCost},
-		{Owner: "acme", Limit: acmeLimit, Spent: 1_200_000, Reserved: callCost},
+		{Owner: "marketing", Limit: childLimit, Spent: 1_200_000, Reserved: holdCost},
+		{Owner: "acme", Limit: acmeLimit, Spent: 1_200_000, Reserved: holdCost},
 	}}, d.usage(t, "marketing"))
 }
 
@@ -438,7 +442,7 @@ func TestConcurrencyDeferred(t *testing.T) {
 	// Ending one call frees its slot for the next.
 	st, err := d.store.Release(ctx, v1.Reservation)
 	require.NoError(t, err)
-	assert.Equal(t, limiter.Settlement{ID: v1.Reservation, Outcome: limiter.OutcomeReleased, Estimated: callCost}, st)
+	assert.Equal(t, limiter.Settlement{ID: v1.Reservation, Outcome: limiter.OutcomeReleased, Estimated: holdCost}, st)
 	v3 := d.call("beta")
 	require.True(t, v3.Allowed, v3.Message)
 	require.False(t, d.call("beta").Allowed, "two in flight again")
@@ -449,7 +453,7 @@ func TestConcurrencyDeferred(t *testing.T) {
 	v4 := d.call("beta")
 	require.True(t, v4.Allowed, v4.Message)
 	assert.Equal(t, limiter.Usage{InFlight: 1, Budgets: []limiter.BudgetState{
-		{Owner: "beta", Limit: tierLimit, Spent: 2 * callCost, Reserved: callCost},
+		{Owner: "beta", Limit: tierLimit, Spent: 2 * holdCost, Reserved: holdCost},
 	}}, d.usage(t, "beta"))
 
 	assert.Equal(t, 2.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeDenied, "concurrency")))
@@ -560,5 +564,5 @@ func TestInlineExpiryIsCounted(t *testing.T) {
 	d.clk.Advance(time.Second)
 	require.True(t, d.call("marketing").Allowed)
 	assert.Equal(t, 1.0, metricValue(t, d.reg, expiredMetric, nil))
-	assert.Equal(t, callCost, d.usage(t, "marketing").Budgets[0].Spent, "the lapsed hold is committed at its estimate")
+	assert.Equal(t, holdCost, d.usage(t, "marketing").Budgets[0].Spent, "the lapsed hold is committed at its estimate")
 }

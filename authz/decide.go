@@ -171,6 +171,11 @@ func NewDecider(p PolicySource, s limiter.Store, reg prometheus.Registerer, log 
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Decider{policies: p, store: s, log: log, m: newMetrics(reg), clock: limiter.SystemClock{}, newID: newReservationID}
+	tok, err := costing.SharedTokenizer()
+	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
+		log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
+	}
+	d.est = costing.Estimator{Tok: tok}
 	for _, o := range opts {
 		o(d)
 	}
@@ -266,11 +271,10 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		return v
 	}
 	v.Tier = client.Tier.Name
-	if route.LLM() {
-		parse()
+	v.Estimate = d.est.Estimate(set, route, costing.Call{Path: r.Path, ContentType: r.Headers["content-type"], Body: r.Body, BodySize: r.BodySize})
+	if route.LLM() && !v.Estimate.ModelKnown {
+		d.m.unknownModels.WithLabelValues(route.Name).Inc()
 	}
-	size := max(r.BodySize, int64(len(r.Body)))
-	v.Estimate = d.est.Estimate(route, llm, size)
 
 	takes := make([]limiter.Take, 0, 2*len(route.Pools))
 	for _, pc := range v.Estimate.Pools {
@@ -282,7 +286,13 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		}
 	}
 	now := d.clock.Now()
-	hold := &limiter.Hold{Period: set.Defaults.Period(now), Cost: v.Estimate.Cost, Budgets: Chain(client), Commit: d.settle == SettleImmediate}
+	// Immediate settlement books the expected cost; a hold reserves what the
+	// policy's strategy asks (120% of it by default), settled later.
+	cost := v.Estimate.Reserve
+	if d.settle == SettleImmediate {
+		cost = v.Estimate.Cost
+	}
+	hold := &limiter.Hold{Period: set.Defaults.Period(now), Cost: cost, Budgets: Chain(client), Commit: d.settle == SettleImmediate}
 	if !hold.Commit {
 		hold.ID, hold.TTL = d.newID(), set.Defaults.ReservationTTL
 		hold.Slot = &limiter.Slot{Client: client.ID, Max: client.Tier.MaxConcurrent}

@@ -294,21 +294,24 @@ func TestDecideExceedsCapacityHasNoRetryAfter(t *testing.T) {
 	assert.Equal(t, int64(1000), d.remaining(t, limiter.Key{Pool: "gpt-4"}, gpt4Limit), "a denial takes nothing")
 }
 
-// TestDecideEstimate checks the first estimator as the Decider applies it:
-// output allowance (the body's, else the route's default) plus a token per
-// four bytes of the full body, and the x-ratelimit-* numbers that follow.
+// TestDecideEstimate checks the estimate as the Decider applies it: input
+// tokens counted by the provider's rules plus the output allowance (the
+// body's, else the route's default); a truncated body, which cannot be
+// parsed, is charged a token per four bytes of its full size. The pool's
+// price gives the money.
 func TestDecideEstimate(t *testing.T) {
 	withMax := chatBody("gpt-4", 50, "What is the capital of France?")
 	noMax := chatBody("gpt-4", -1, "What is the capital of France?")
-	completion := []byte(`{"model":"gpt-4","max_completion_tokens":70,"messages":[]}`)
+	completion := []byte(`{"model":"gpt-4","max_completion_tokens":70,"messages":[{"role":"user","content":"hi"}]}`)
 	tests := map[string]struct {
 		body     []byte
 		bodySize int64 // 0: len(body)
 		want     int64
+		exact    bool
 	}{
-		"max_tokens plus a quarter of the body": {body: withMax, want: 50 + (int64(len(withMax))+3)/4},
-		"no max_tokens takes the route default": {body: noMax, want: 100 + (int64(len(noMax))+3)/4},
-		"max_completion_tokens counts too":      {body: completion, want: 70 + (int64(len(completion))+3)/4},
+		"max_tokens plus the counted prompt":    {body: withMax, want: tokens(50, withMax), exact: true},
+		"no max_tokens takes the route default": {body: noMax, want: tokens(100, noMax), exact: true},
+		"max_completion_tokens counts too":      {body: completion, want: tokens(70, completion), exact: true},
 		"a truncated body is charged its full size": {
 			body: withMax, bodySize: 2001, want: 50 + 501,
 		},
@@ -327,9 +330,12 @@ func TestDecideEstimate(t *testing.T) {
 			pc := v.Estimate.Pools[0]
 			assert.Equal(t, "gpt-4", pc.Pool.Name)
 			assert.Equal(t, tc.want, pc.Units)
+			assert.Equal(t, tc.exact, v.Estimate.Exact)
 			// $0.03 per 1K tokens is 30,000 nano-dollars a token.
-			assert.Equal(t, policy.Money(tc.want*30_000), pc.Cost)
-			assert.Equal(t, pc.Cost, v.Estimate.Cost)
+			assert.Equal(t, policy.Money(tc.want*30_000), v.Estimate.Cost)
+			assert.Equal(t, policy.Money((tc.want*30_000*120+99)/100), v.Estimate.Reserve, "conservative: 120%")
+			assert.Equal(t, 1.0, metricValue(t, d.reg, "tollgate_costing_unknown_models_total", map[string]string{"route": "openai-gpt-4"}),
+				"the policy prices no model by name: a miss")
 
 			// Refilling 10 a second, each token takes 100 ms to come back.
 			reset := time.Duration(tc.want) * 100 * time.Millisecond

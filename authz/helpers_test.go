@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
@@ -130,10 +131,19 @@ func chatBody(model string, maxTokens int, prompt string) []byte {
 	return fmt.Appendf(nil, `{"model":%q%s,"messages":[{"role":"user","content":%q}]}`, model, mt, prompt)
 }
 
-// tokens is what the first estimator charges a token pool: the output
-// allowance plus one token per four bytes of body, rounded up.
+// tokens is what the estimator charges a token pool for an OpenAI chat
+// body: its input tokens, counted by the costing package (tested there
+// against OpenAI's own tokenizer), plus the output allowance.
 func tokens(maxTokens int64, body []byte) int64 {
-	return maxTokens + (int64(len(body))+3)/4
+	tok, err := costing.SharedTokenizer()
+	if err != nil {
+		panic(err)
+	}
+	q, err := costing.ParseOpenAI("/v1/chat/completions", body, tok)
+	if err != nil {
+		panic(err)
+	}
+	return q.InputTokens + maxTokens
 }
 
 // kiloChatBody is a realistic ~1 KB chat body.

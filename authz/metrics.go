@@ -6,10 +6,11 @@ import (
 )
 
 type metrics struct {
-	decisions    *prometheus.CounterVec
-	checkLatency *prometheus.HistogramVec
-	storeErrors  prometheus.Counter
-	expired      prometheus.Counter
+	decisions     *prometheus.CounterVec
+	checkLatency  *prometheus.HistogramVec
+	storeErrors   prometheus.Counter
+	expired       prometheus.Counter
+	unknownModels *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,6 +29,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "tollgate_authz_store_errors_total",
 			Help: "Checks whose limiter store call failed.",
 		}),
+		unknownModels: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "tollgate_costing_unknown_models_total",
+			Help: "LLM calls whose model the policy does not price by name (priced by its \"*\" entry or the pool), by route.",
+		}, []string{"route"}),
 		expired: f.NewCounter(prometheus.CounterOpts{
 			Name: "tollgate_authz_reservations_expired_total",
 			Help: "Reservations never settled, committed at their estimate after their TTL.",

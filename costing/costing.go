@@ -6,6 +6,7 @@ package costing
 import (
 	"encoding/json"
 	"math"
+	"sync"
 
 	"github.com/tollgate/tollgate/policy"
 )
@@ -47,43 +48,135 @@ func ParseLLMBody(body []byte) (LLMBody, error) {
 	return out, nil
 }
 
-// PoolCost is one pool's share of an estimate.
+// PoolCost is one pool's share of an estimate: the units its bucket is
+// charged.
 type PoolCost struct {
 	Pool  *policy.Pool
 	Units int64
-	Cost  policy.Money
+}
+
+// Call is the part of a request an estimate reads.
+type Call struct {
+	Path        string
+	ContentType string
+	Body        []byte
+	// BodySize is the body's full length: larger than len(Body) when Envoy
+	// sent only its first bytes, which cannot be parsed; such a call is
+	// estimated from its size.
+	BodySize int64
 }
 
 // Estimate is the expected cost of one call.
 type Estimate struct {
 	Pools []PoolCost // one per route pool, in the route's order
-	Cost  policy.Money
+	// Cost is the expected spend; Reserve is what the policy's reservation
+	// strategy holds against budgets for it (Cost × 120% by default).
+	Cost    policy.Money
+	Reserve policy.Money
+	// Model is the body's model; ModelKnown is false when its price came
+	// from the "*" entry or from the pool (a miss worth counting).
+	Model      string
+	ModelKnown bool
+	// InputTokens and OutputTokens are an LLM call's estimate; Exact says
+	// they were counted by the provider's rules (false: from body size).
+	InputTokens, OutputTokens int64
+	Exact                     bool
 }
 
-// Estimator computes estimates. Its zero value is ready to use.
-type Estimator struct{}
+// Estimator prices calls. It is safe for concurrent use.
+type Estimator struct {
+	// Tok counts tokens; nil means the size-based estimate for LLM calls.
+	Tok *Tokenizer
+}
 
-// Estimate prices a call on route r. bodyLen is the full body's length
-// (which may exceed len of the body Envoy sent when it was truncated).
-// Token pools are charged the output allowance (the body's, else the
-// route's default) plus one token per BytesPerToken bytes of body; every
-// other pool is charged one unit per call.
-func (Estimator) Estimate(r *policy.Route, llm LLMBody, bodyLen int64) Estimate {
-	e := Estimate{Pools: make([]PoolCost, len(r.Pools))}
+// Estimate prices call c on route r under policy set. Token pools are
+// charged input plus output tokens: counted with the model's tokenizer and
+// the provider's message rules, the output being the body's allowance
+// (times n) or else the model's or route's default; when the body cannot be
+// read (truncated, not JSON) one token per BytesPerToken bytes stands in for
+// the input. Segment pools are charged SMS segments times recipients,
+// e-mail pools recipients, and request pools one per call. Money comes from
+// the model's prices for LLM calls (input, output and images apart), else
+// from each pool's unit price.
+func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
+	est := Estimate{Pools: make([]PoolCost, len(r.Pools))}
+	size := max(c.BodySize, int64(len(c.Body)))
+	whole := size <= int64(len(c.Body))
+	var images, segments, recipients int64 = 0, 1, 1
+	llm := r.LLM()
+	if whole {
+		switch r.Provider {
+		case policy.ProviderOpenAI:
+			if q, err := ParseOpenAI(c.Path, c.Body, e.Tok); err == nil && e.Tok != nil {
+				est.Model, est.InputTokens, est.OutputTokens, images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
+			}
+		case policy.ProviderAnthropic:
+			if q, err := ParseAnthropic(c.Body, e.Tok); err == nil && e.Tok != nil {
+				est.Model, est.InputTokens, est.OutputTokens, images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
+			}
+		case policy.ProviderTwilio:
+			if m, err := ParseTwilioMessage(c.ContentType, c.Body); err == nil {
+				segments, recipients = max(m.Segments, 1)*max(m.Recipients, 1), max(m.Recipients, 1)
+			}
+		case policy.ProviderSendGrid:
+			if m, err := ParseSendGrid(c.Body); err == nil {
+				recipients = max(m.Recipients, 1)
+			}
+		}
+	}
+	var model *policy.Model
+	if llm {
+		if !est.Exact {
+			b, _ := ParseLLMBody(c.Body) // a body that is not JSON is estimated by its size
+			est.Model, est.OutputTokens = b.Model, b.MaxTokens
+			est.InputTokens = ceilDiv(size, BytesPerToken)
+		}
+		model, est.ModelKnown = set.Model(est.Model)
+		if est.OutputTokens <= 0 {
+			est.OutputTokens = r.DefaultMaxTokens
+			if model != nil && model.MaxOutputTokens > 0 {
+				est.OutputTokens = model.MaxOutputTokens
+			}
+		}
+	}
+	var tokenMoney policy.Money
 	for i, p := range r.Pools {
 		units := int64(1)
-		if p.Unit == policy.UnitToken {
-			out := llm.MaxTokens
-			if out <= 0 {
-				out = r.DefaultMaxTokens
-			}
-			units = satAdd(out, ceilDiv(max(bodyLen, 0), BytesPerToken))
+		switch p.Unit {
+		case policy.UnitToken:
+			units = satAdd(est.InputTokens, est.OutputTokens)
+			tokenMoney = max(tokenMoney, p.Price.Cost(units))
+		case policy.UnitSegment:
+			units = segments
+			est.Cost = policy.Money(satAdd(int64(est.Cost), int64(p.Price.Cost(units))))
+		case policy.UnitEmail:
+			units = recipients
+			est.Cost = policy.Money(satAdd(int64(est.Cost), int64(p.Price.Cost(units))))
+		default:
+			est.Cost = policy.Money(satAdd(int64(est.Cost), int64(p.Price.Cost(units))))
 		}
-		c := p.Price.Cost(units)
-		e.Pools[i] = PoolCost{Pool: p, Units: units, Cost: c}
-		e.Cost = policy.Money(satAdd(int64(e.Cost), int64(c)))
+		est.Pools[i] = PoolCost{Pool: p, Units: units}
 	}
-	return e
+	if model != nil {
+		// The model's own prices, charged once however many token pools
+		// the call counts against.
+		tokenMoney = policy.Money(satAdd(satAdd(int64(model.Input.Cost(est.InputTokens)),
+			int64(model.Output.Cost(est.OutputTokens))), int64(model.Image.Cost(images))))
+	}
+	est.Cost = policy.Money(satAdd(int64(est.Cost), int64(tokenMoney)))
+	est.Reserve = ApplyStrategy(est.Cost, set.Defaults.Reservation.Percent())
+	return est
+}
+
+// ApplyStrategy scales cost by percent, rounding up.
+func ApplyStrategy(cost policy.Money, percent int64) policy.Money {
+	if cost <= 0 {
+		return 0
+	}
+	if int64(cost) > math.MaxInt64/percent {
+		return math.MaxInt64
+	}
+	return policy.Money(ceilDiv(int64(cost)*percent, 100))
 }
 
 // ceilDiv is a/b rounded up, for a >= 0 and b > 0, without overflow.
@@ -101,4 +194,18 @@ func satAdd(a, b int64) int64 {
 		return math.MaxInt64
 	}
 	return a + b
+}
+
+var (
+	sharedOnce sync.Once
+	shared     *Tokenizer
+	sharedErr  error
+)
+
+// SharedTokenizer returns one Tokenizer for the process, loaded on first
+// call. Its tables are immutable once loaded (tens of MB per encoding), so
+// every Decider shares them rather than loading its own.
+func SharedTokenizer() (*Tokenizer, error) {
+	sharedOnce.Do(func() { shared, sharedErr = NewTokenizer() })
+	return shared, sharedErr
 }

@@ -167,7 +167,8 @@ func probeTour(grpcAddr string) (string, error) {
 
 // spendPolicy is a policy with money in it: $0.01 a call to the tour's
 // route (a pool of 100 requests, so only budgets and slots deny), acme may
-// spend $0.03 a month with ten calls in flight, under acme-group whose
+// spend $0.036 a month (three deferred holds of $0.012: 120% of $0.01)
+// with ten calls in flight, under acme-group whose
 // spend is tracked but not capped. Unknown clients are denied. defaults is
 // extra lines for the defaults block (indented by two spaces).
 func spendPolicy(defaults string) string {
@@ -200,7 +201,7 @@ clients:
   acme:
     tier: team
     parent: acme-group
-    monthly_budget: "0.03"
+    monthly_budget: "0.036"
 `, defaults)
 }
 

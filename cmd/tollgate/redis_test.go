@@ -47,8 +47,8 @@ func TestServeRedisDeferred(t *testing.T) {
 	assert.Contains(t, out, "client acme, tier team\n")
 	assert.Contains(t, out, "calls in flight 1 of 10\n")
 	assert.Regexp(t, `(?m)^BUDGET\s+LIMIT\s+SPENT\s+IN FLIGHT\s+REMAINING$`, out)
-	assert.Regexp(t, `(?m)^acme\s+\$0\.03\s+\$0\s+\$0\.01\s+\$0\.02$`, out)
-	assert.Regexp(t, `(?m)^acme-group\s+unlimited\s+\$0\s+\$0\.01\s+unlimited$`, out)
+	assert.Regexp(t, `(?m)^acme\s+\$0\.036\s+\$0\s+\$0\.012\s+\$0\.024$`, out)
+	assert.Regexp(t, `(?m)^acme-group\s+unlimited\s+\$0\s+\$0\.012\s+unlimited$`, out)
 
 	// The state is Redis's, under the prefix's hash tag.
 	keys, err := redisSrv.Client(t).Keys(context.Background(), "{"+prefix+"}:*").Result()
@@ -62,12 +62,12 @@ func TestServeRedisDeferred(t *testing.T) {
 	require.NoError(t, resp.Body.Close())
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
-	assert.JSONEq(t, `{"id":"`+id+`","outcome":"settled","estimated_usd":"0.01","spent_usd":"0.004","repeat":false}`, string(body))
+	assert.JSONEq(t, `{"id":"`+id+`","outcome":"settled","estimated_usd":"0.012","spent_usd":"0.004","repeat":false}`, string(body))
 
 	out, err = runUsage("acme", "--addr", httpAddr)
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "calls in flight 0 of 10\n")
-	assert.Regexp(t, `(?m)^acme\s+\$0\.03\s+\$0\.004\s+\$0\s+\$0\.026$`, out)
+	assert.Regexp(t, `(?m)^acme\s+\$0\.036\s+\$0\.004\s+\$0\s+\$0\.032$`, out)
 
 	require.NoError(t, srv.stop(t))
 	assert.Contains(t, srv.stderr.String(), "limiter store: redis")
@@ -83,7 +83,7 @@ func TestServeRedisFleetSharesBudget(t *testing.T) {
 	startRun(t, noEnv, httpA, redisServeArgs(grpcA, httpA, policyPath, redisSrv.Addr, prefix)...)
 	startRun(t, noEnv, httpB, redisServeArgs(grpcB, httpB, policyPath, redisSrv.Addr, prefix)...)
 
-	// acme's $0.03 covers three calls at $0.01; all go through A.
+	// acme's $0.036 covers three holds of $0.012 (120% of $0.01); all go through A.
 	for i := range 3 {
 		out, err := probeTour(grpcA)
 		require.NoError(t, err, "call %d: %s", i+1, out)
@@ -96,14 +96,14 @@ func TestServeRedisFleetSharesBudget(t *testing.T) {
 	assert.Contains(t, out, "decision: DENIED (HTTP 429, gRPC RESOURCE_EXHAUSTED)")
 	assert.Contains(t, out, "x-tollgate-reason: budget_exceeded")
 	assert.Contains(t, out, `"code":"insufficient_quota"`)
-	assert.Contains(t, out, `Monthly budget of \"acme\" is exhausted: $0 spent and $0.03 held of $0.03`)
+	assert.Contains(t, out, `Monthly budget of \"acme\" is exhausted: $0 spent and $0.036 held of $0.036`)
 
 	// Both report the same standing.
 	for _, addr := range []string{httpA, httpB} {
 		out, err := runUsage("acme", "--addr", addr)
 		require.NoError(t, err, out)
 		assert.Contains(t, out, "calls in flight 3 of 10\n", addr)
-		assert.Regexp(t, `(?m)^acme\s+\$0\.03\s+\$0\s+\$0\.03\s+\$0$`, out, addr)
+		assert.Regexp(t, `(?m)^acme\s+\$0\.036\s+\$0\s+\$0\.036\s+\$0$`, out, addr)
 	}
 
 	// Another prefix is another fleet, with budgets of its own.

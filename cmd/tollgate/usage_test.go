@@ -27,8 +27,8 @@ func TestUsageCommand(t *testing.T) {
 			`period \d{4}-\d{2} \(ends \d{4}-\d{2}-01T00:00:00Z\), calls in flight 1 of 10\n`+
 			`\n`+
 			`BUDGET +LIMIT +SPENT +IN FLIGHT +REMAINING\n`+
-			`acme +\$0\.03 +\$0 +\$0\.01 +\$0\.02\n`+
-			`acme-group +unlimited +\$0 +\$0\.01 +unlimited\n$`, out)
+			`acme +\$0\.036 +\$0 +\$0\.012 +\$0\.024\n`+
+			`acme-group +unlimited +\$0 +\$0\.012 +unlimited\n$`, out)
 	})
 
 	t.Run("json passes the server's reply through", func(t *testing.T) {
@@ -44,7 +44,7 @@ func TestUsageCommand(t *testing.T) {
 		var rep authz.UsageReport
 		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
 		assert.Equal(t, int64(1), rep.InFlight)
-		assert.Equal(t, "0.01", rep.Budgets[0].Reserved)
+		assert.Equal(t, "0.012", rep.Budgets[0].Reserved, "a deferred hold is 120% of the $0.01 estimate")
 	})
 
 	t.Run("unknown client", func(t *testing.T) {
