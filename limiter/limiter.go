@@ -71,11 +71,17 @@ type Request struct {
 	Now time.Time
 }
 
-// Validate refuses a request no store can decide: a negative cost, a
-// bucket with no capacity, a hold without an id or TTL (unless it commits at
+// Validate refuses a request no store can decide: a bucket named twice
+// (stores read every bucket before writing any, so it would be charged once
+// for both costs), a negative cost, a bucket with no capacity, a hold without an id or TTL (unless it commits at
 // once), or amounts the Redis scripts cannot keep exact.
 func (r Request) Validate() error {
-	for _, t := range r.Takes {
+	for i, t := range r.Takes {
+		for _, u := range r.Takes[:i] {
+			if u.Key == t.Key {
+				return fmt.Errorf("limiter: bucket %s appears twice in one request", t.Key)
+			}
+		}
 		if t.Cost < 0 || t.Limit.Capacity <= 0 || t.Limit.RefillPerSecond < 0 ||
 			t.Limit.Capacity > maxUnits || t.Limit.RefillPerSecond > maxUnits {
 			return fmt.Errorf("limiter: bucket %s: cost %d, capacity %d, refill %d out of range", t.Key, t.Cost, t.Limit.Capacity, t.Limit.RefillPerSecond)

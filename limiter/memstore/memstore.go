@@ -120,11 +120,6 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	var stack [4]int
 	idx := stack[:0]
 	for i := range req.Takes {
-		for j := range i {
-			if req.Takes[j].Key == req.Takes[i].Key {
-				return limiter.Decision{}, fmt.Errorf("memstore: bucket %s appears twice in one request", req.Takes[i].Key)
-			}
-		}
 		idx = append(idx, s.shardOf(req.Takes[i].Key))
 	}
 	locks := slices.Clone(idx)

@@ -123,15 +123,6 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if err := req.Validate(); err != nil {
 		return limiter.Decision{}, err
 	}
-	// The script reads every bucket before it writes any: a bucket named
-	// twice would be charged once for both costs.
-	for i := range req.Takes {
-		for j := range i {
-			if req.Takes[j].Key == req.Takes[i].Key {
-				return limiter.Decision{}, fmt.Errorf("redisstore: bucket %s appears twice in one request", req.Takes[i].Key)
-			}
-		}
-	}
 	h := req.Hold
 	nb, nbud := len(req.Takes), 0
 	if h != nil {

@@ -99,10 +99,10 @@ if reason ~= 'rate_limited' and reason ~= 'exceeds_capacity' then blocking = -1 
 local out = {allowed, reason, blocking, retry, budget_blocking, 0, expired}
 for i = 1, nb do
   local s = b[i]
+  if allowed == 1 and s.short == 0 then s.lvl = s.lvl - s.c * MICRO end
+  local reset = 0
+  if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
   if allowed == 1 then
-    if s.short == 0 then s.lvl = s.lvl - s.c * MICRO end
-    local reset = 0
-    if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
     redis.call('HSET', KEYS[3 + i], 'l', int(s.lvl), 't', int(s.at))
     if s.rate > 0 then
       -- forgotten a second after it is full again (a full bucket is as good as none)
@@ -111,8 +111,6 @@ for i = 1, nb do
       redis.call('PERSIST', KEYS[3 + i]) -- never refills: never forgotten
     end
   end
-  local reset = 0
-  if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
   out[#out + 1] = math.floor(s.lvl / MICRO)
   out[#out + 1] = reset
   out[#out + 1] = s.short
