@@ -242,18 +242,14 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		return v
 	}
 
-	var llm costing.LLMBody
-	parsed := false
-	parse := func() {
-		if !parsed {
-			parsed = true
-			llm, _ = costing.ParseLLMBody(r.Body) // an unreadable body is estimated by its size
-		}
-	}
+	// Only a body whose model picks the route is read here; the estimate
+	// reads it in full later.
+	var model string
 	if set.RouteWantsModel(r.Host, r.Path) {
-		parse()
+		b, _ := costing.ParseLLMBody(r.Body) // unreadable: matched as having no model
+		model = b.Model
 	}
-	route := set.MatchRoute(r.Host, r.Path, llm.Model)
+	route := set.MatchRoute(r.Host, r.Path, model)
 	if route == nil {
 		v := Verdict{Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute, Provider: policy.ProviderGeneric}
 		if set.Defaults.UnmatchedRoute == policy.Allow {
