@@ -64,10 +64,10 @@ func (b Bucket) Check(l Limit, cost int64) (ok, possible bool, wait time.Duratio
 	return false, true, time.Duration(ceilDiv(need-b.Level, l.RefillPerSecond)) * time.Microsecond
 }
 
-// State describes the bucket for headers: whole units remaining and the time
-// until it is full.
+// State describes the bucket for headers: whole units remaining (zero while
+// the bucket is in debt) and the time until it is full.
 func (b Bucket) State(l Limit) (remaining int64, resetAfter time.Duration) {
-	remaining = b.Level / Micro
+	remaining = max(b.Level, 0) / Micro
 	if l.RefillPerSecond > 0 {
 		resetAfter = time.Duration(ceilDiv(l.Capacity*Micro-b.Level, l.RefillPerSecond)) * time.Microsecond
 	}

@@ -17,3 +17,11 @@ func TestLedgerConformance(t *testing.T) {
 		return s
 	})
 }
+
+func TestAdjustConformance(t *testing.T) {
+	storetest.RunAdjust(t, func(t *testing.T, clock limiter.Clock) limiter.Store {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	})
+}

@@ -453,3 +453,38 @@ func TestParseRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeAdjust pins adjust.lua's reply decoder on replies of the right
+// and the wrong shape (it shares reply with decodeDecision, fuzzed above).
+func TestDecodeAdjust(t *testing.T) {
+	adj := []limiter.Adjustment{
+		{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, Cap: limiter.NoCap},
+		{Key: limiter.Key{Pool: "p", Client: "c"}, Limit: limiter.Limit{Capacity: 5, RefillPerSecond: 1}, Cap: 2},
+	}
+	good := []any{int64(7), int64(3000000), "2", int64(3000000)}
+	tests := map[string]struct {
+		reply   []any
+		want    []limiter.BucketState
+		wantErr string
+	}{
+		"good": {reply: good, want: []limiter.BucketState{
+			{Key: adj[0].Key, Limit: adj[0].Limit, Remaining: 7, ResetAfter: 3 * time.Second},
+			{Key: adj[1].Key, Limit: adj[1].Limit, Remaining: 2, ResetAfter: 3 * time.Second},
+		}},
+		"short":        {reply: good[:3], wantErr: "3 values, want 4"},
+		"long":         {reply: append(append([]any(nil), good...), int64(1)), wantErr: "5 values, want 4"},
+		"nil":          {reply: []any{nil, int64(1), int64(1), int64(1)}, wantErr: "value 0 is <nil>"},
+		"not a number": {reply: []any{int64(1), "x", int64(1), int64(1)}, wantErr: "value 1 is string"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := decodeAdjust(tc.reply, adj)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}

@@ -21,7 +21,10 @@ import (
 	"github.com/tollgate/tollgate/policy"
 )
 
-var _ limiter.Backend = (*Store)(nil)
+var (
+	_ limiter.Backend  = (*Store)(nil)
+	_ limiter.Adjuster = (*Store)(nil)
+)
 
 var (
 	//go:embed common.lua
@@ -34,15 +37,18 @@ var (
 	expireLua string
 	//go:embed usage.lua
 	usageLua string
+	//go:embed adjust.lua
+	adjustLua string
 
 	reserveScript = redis.NewScript(commonLua + reserveLua)
 	finishScript  = redis.NewScript(commonLua + finishLua)
 	expireScript  = redis.NewScript(commonLua + expireLua)
 	usageScript   = redis.NewScript(commonLua + usageLua)
+	adjustScript  = redis.NewScript(commonLua + adjustLua)
 )
 
 // Scripts lists the embedded scripts, for loading ahead of use.
-var Scripts = map[string]*redis.Script{"reserve": reserveScript, "finish": finishScript, "expire": expireScript, "usage": usageScript}
+var Scripts = map[string]*redis.Script{"reserve": reserveScript, "finish": finishScript, "expire": expireScript, "usage": usageScript, "adjust": adjustScript}
 
 // Config configures a Store.
 type Config struct {
@@ -348,4 +354,46 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 		return limiter.Usage{}, fmt.Errorf("redisstore: usage reply: %w", r.err)
 	}
 	return u, nil
+}
+
+// Adjust corrects buckets after the fact in one script call.
+func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := limiter.ValidateAdjustments(adj); err != nil {
+		return nil, err
+	}
+	if len(adj) == 0 {
+		return []limiter.BucketState{}, nil
+	}
+	keys := make([]string, len(adj))
+	args := make([]any, 0, 2+5*len(adj))
+	args = append(args, micros(now), len(adj))
+	for i, a := range adj {
+		keys[i] = s.bucketKey(a.Key)
+		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Refund, a.Cap, a.Pause.Microseconds())
+	}
+	res, err := adjustScript.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: adjust: %w", err)
+	}
+	return decodeAdjust(res, adj)
+}
+
+// decodeAdjust reads adjust.lua's reply, refusing one of the wrong shape.
+func decodeAdjust(res []any, adj []limiter.Adjustment) ([]limiter.BucketState, error) {
+	if len(res) != 2*len(adj) {
+		return nil, fmt.Errorf("redisstore: adjust replied with %d values, want %d", len(res), 2*len(adj))
+	}
+	r := reply{v: res}
+	out := make([]limiter.BucketState, len(adj))
+	for i, a := range adj {
+		out[i] = limiter.BucketState{Key: a.Key, Limit: a.Limit, Remaining: r.int(2 * i),
+			ResetAfter: time.Duration(r.int(2*i+1)) * time.Microsecond}
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("redisstore: adjust reply: %w", r.err)
+	}
+	return out, nil
 }

@@ -111,7 +111,7 @@ for i = 1, nb do
       redis.call('PERSIST', KEYS[3 + i]) -- never refills: never forgotten
     end
   end
-  out[#out + 1] = math.floor(s.lvl / MICRO)
+  out[#out + 1] = math.floor(math.max(s.lvl, 0) / MICRO)
   out[#out + 1] = reset
   out[#out + 1] = s.short
   out[#out + 1] = s.wait

@@ -1,0 +1,105 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// MinLevel is the deepest debt a bucket may run into, in micro-units. A
+// charge after the fact (a call that used more than it reserved) or an
+// upstream pause leaves a bucket below zero, so that later calls wait for
+// the debt to be refilled. The floor keeps every level and every refill
+// product below 2^53, where the Redis scripts' Lua numbers are exact:
+// capacity·Micro (at most 10^15) plus 7·10^15 stays under 2^53 ≈ 9.007·10^15.
+const MinLevel = -7_000_000_000_000_000
+
+// Adjustment corrects one bucket after the fact: what a call really used,
+// and what the upstream provider says is left.
+type Adjustment struct {
+	Key   Key
+	Limit Limit
+	// Refund gives units back to the bucket (a call used less than it was
+	// charged) or, when negative, charges more (it used more). A charge may
+	// leave the bucket in debt, down to MinLevel; a refund never fills it
+	// past its capacity.
+	Refund int64
+	// Cap, when not negative, lowers the bucket to at most Cap units: the
+	// upstream's own count of what is left. A bucket already lower keeps its
+	// level. Negative means no cap.
+	Cap int64
+	// Pause empties the bucket and keeps it empty for this long (an upstream
+	// 429 with its Retry-After): a later call waits for the pause and then
+	// for its own cost to refill. A bucket that never refills is only
+	// emptied.
+	Pause time.Duration
+}
+
+// NoCap is the Cap of an Adjustment that does not cap.
+const NoCap = -1
+
+// maxPause bounds an Adjustment's Pause (validation).
+const maxPause = 24 * time.Hour
+
+// Validate refuses an adjustment no store can apply.
+func (a Adjustment) Validate() error {
+	if a.Limit.Capacity <= 0 || a.Limit.RefillPerSecond < 0 || a.Limit.Capacity > maxUnits || a.Limit.RefillPerSecond > maxUnits {
+		return fmt.Errorf("limiter: adjust %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.RefillPerSecond)
+	}
+	if a.Refund < -maxUnits || a.Refund > maxUnits {
+		return fmt.Errorf("limiter: adjust %s: refund %d out of range", a.Key, a.Refund)
+	}
+	if a.Cap > maxUnits || a.Pause < 0 || a.Pause > maxPause {
+		return fmt.Errorf("limiter: adjust %s: cap %d or pause %v out of range", a.Key, a.Cap, a.Pause)
+	}
+	return nil
+}
+
+// ApplyAdjust applies a to bucket b, already advanced to now. It is the
+// single definition of an adjustment: the memory store calls it, and the
+// Redis store's adjust.lua follows it line for line. In order: the refund
+// (clamped to [MinLevel, capacity]), then the cap, then the pause (the level
+// becomes at most minus the pause's worth of refill, so the bucket is back
+// at zero exactly when the pause ends).
+func ApplyAdjust(b Bucket, a Adjustment) Bucket {
+	full := a.Limit.Capacity * Micro
+	b.Level = min(max(b.Level+a.Refund*Micro, MinLevel), full)
+	if a.Cap >= 0 {
+		b.Level = min(b.Level, min(a.Cap, a.Limit.Capacity)*Micro)
+	}
+	if p := a.Pause.Microseconds(); p > 0 {
+		debt := int64(0)
+		if r := a.Limit.RefillPerSecond; r > 0 {
+			debt = -MinLevel
+			if p < -MinLevel/r {
+				debt = p * r
+			}
+		}
+		b.Level = min(b.Level, -debt)
+	}
+	return b
+}
+
+// Adjuster corrects buckets after admission. It is an extension of Store:
+// both stores implement it. One call is atomic (one round trip for a remote
+// store) and honours ctx; now zero means the store's clock. It returns one
+// state per adjustment, in order.
+type Adjuster interface {
+	Adjust(ctx context.Context, adj []Adjustment, now time.Time) ([]BucketState, error)
+}
+
+// ValidateAdjustments refuses a batch no store can apply, including a
+// bucket named twice.
+func ValidateAdjustments(adj []Adjustment) error {
+	for i, a := range adj {
+		if err := a.Validate(); err != nil {
+			return err
+		}
+		for _, b := range adj[:i] {
+			if b.Key == a.Key {
+				return fmt.Errorf("limiter: bucket %s adjusted twice in one call", a.Key)
+			}
+		}
+	}
+	return nil
+}
