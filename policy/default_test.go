@@ -24,6 +24,8 @@ func TestDefaultPools(t *testing.T) {
 		"gpt-3.5": {policy.UnitToken, 90000, 1500, policy.Price{Nanos: 1_500_000, Per: 1000}, "0.0015/1K"},
 		"email":   {policy.UnitEmail, 1000, 16, policy.Price{Nanos: 100_000, Per: 1}, "0.0001"},
 		"sms":     {policy.UnitSegment, 500, 8, policy.Price{Nanos: 7_500_000, Per: 1}, "0.0075"},
+		// Not in the Resource Manager's table: Anthropic is metered too.
+		"claude": {policy.UnitToken, 40000, 666, policy.Price{Nanos: 3_000_000_000, Per: 1_000_000}, "3/1M"},
 	}
 	require.Len(t, s.Pools, len(tests))
 	for name, tc := range tests {
@@ -118,14 +120,15 @@ func TestDefaultRoutes(t *testing.T) {
 		pool              string
 		provider          policy.Provider
 	}{
-		"gpt-4":              {"api.openai.com", "/v1/chat/completions", "gpt-4", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
-		"gpt-4-turbo":        {"api.openai.com", "/v1/chat/completions", "gpt-4-turbo", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
-		"gpt-3.5-turbo":      {"api.openai.com", "/v1/chat/completions", "gpt-3.5-turbo-0125", "openai-gpt-3.5", "gpt-3.5", policy.ProviderOpenAI},
-		"other model":        {"api.openai.com", "/v1/chat/completions", "gpt-4o", "openai-other", "gpt-4", policy.ProviderOpenAI},
-		"no model":           {"api.openai.com", "/v1/models", "", "openai-other", "gpt-4", policy.ProviderOpenAI},
-		"twilio":             {"api.twilio.com", "/2010-04-01/Accounts/AC123/Messages.json", "", "twilio-sms", "sms", policy.ProviderTwilio},
-		"sendgrid":           {"api.sendgrid.com:443", "/v3/mail/send", "", "sendgrid-mail", "email", policy.ProviderSendGrid},
-		"anthropic unrouted": {"api.anthropic.com", "/v1/messages", "claude-3", "", "", ""},
+		"gpt-4":               {"api.openai.com", "/v1/chat/completions", "gpt-4", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
+		"gpt-4-turbo":         {"api.openai.com", "/v1/chat/completions", "gpt-4-turbo", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
+		"gpt-3.5-turbo":       {"api.openai.com", "/v1/chat/completions", "gpt-3.5-turbo-0125", "openai-gpt-3.5", "gpt-3.5", policy.ProviderOpenAI},
+		"other model":         {"api.openai.com", "/v1/chat/completions", "gpt-4o", "openai-other", "gpt-4", policy.ProviderOpenAI},
+		"no model":            {"api.openai.com", "/v1/models", "", "openai-other", "gpt-4", policy.ProviderOpenAI},
+		"twilio":              {"api.twilio.com", "/2010-04-01/Accounts/AC123/Messages.json", "", "twilio-sms", "sms", policy.ProviderTwilio},
+		"sendgrid":            {"api.sendgrid.com:443", "/v3/mail/send", "", "sendgrid-mail", "email", policy.ProviderSendGrid},
+		"anthropic":           {"api.anthropic.com", "/v1/messages", "claude-sonnet-4-5", "anthropic-messages", "claude", policy.ProviderAnthropic},
+		"anthropic elsewhere": {"api.anthropic.com", "/v1/models", "", "", "", ""},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -148,4 +151,43 @@ func TestDefaultIsFreshEachCall(t *testing.T) {
 	a, b := policy.Default(), policy.Default()
 	assert.NotSame(t, a, b)
 	assert.NotSame(t, a.Pools["gpt-4"], b.Pools["gpt-4"])
+}
+
+// TestDefaultModels: the bundled prices pick the right entry for current
+// model names (longest prefix wins) and price them exactly.
+func TestDefaultModels(t *testing.T) {
+	s := policy.Default()
+	tests := map[string]struct {
+		model, entry string
+		known        bool
+		perMillionIn policy.Money // the input price of a million tokens
+	}{
+		"gpt-4o":              {"gpt-4o", "gpt-4o*", true, 2_500_000_000},
+		"gpt-4o snapshot":     {"gpt-4o-2024-08-06", "gpt-4o*", true, 2_500_000_000},
+		"gpt-4o-mini":         {"gpt-4o-mini", "gpt-4o-mini*", true, 150_000_000},
+		"gpt-4":               {"gpt-4", "gpt-4*", true, 30_000_000_000},
+		"gpt-4-turbo":         {"gpt-4-turbo-2024-04-09", "gpt-4-turbo*", true, 10_000_000_000},
+		"gpt-4.1-mini":        {"gpt-4.1-mini", "gpt-4.1-mini*", true, 400_000_000},
+		"gpt-5":               {"gpt-5", "gpt-5*", true, 1_250_000_000},
+		"gpt-5-mini":          {"gpt-5-mini-2025-08-07", "gpt-5-mini*", true, 250_000_000},
+		"gpt-5.4-mini":        {"gpt-5.4-mini", "gpt-5.4-mini*", true, 750_000_000},
+		"o3-mini is not o3":   {"o3-mini", "o3-mini*", true, 1_100_000_000},
+		"embedding":           {"text-embedding-3-small", "text-embedding-3-small", true, 20_000_000},
+		"claude sonnet 4.5":   {"claude-sonnet-4-5-20250929", "claude-sonnet-4*", true, 3_000_000_000},
+		"claude opus 4.5":     {"claude-opus-4-5", "claude-opus-4-5*", true, 5_000_000_000},
+		"claude opus 4.1":     {"claude-opus-4-1-20250805", "claude-opus-4*", true, 15_000_000_000},
+		"unknown is priced *": {"mistral-large", "*", false, 5_000_000_000},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			m, known := s.Model(tc.model)
+			require.NotNil(t, m)
+			assert.Equal(t, tc.entry, m.Name)
+			assert.Equal(t, tc.known, known)
+			assert.Equal(t, tc.perMillionIn, m.Input.Cost(1_000_000))
+			assert.LessOrEqual(t, m.CachedInput.Cost(1_000_000), m.Input.Cost(1_000_000), "cached input never costs more")
+		})
+	}
+	opus, _ := s.Model("claude-opus-4-5")
+	assert.Equal(t, policy.Money(6_250_000_000), opus.CacheWrite.Cost(1_000_000))
 }

@@ -131,6 +131,11 @@ type (
 		storeUnavailable, timezone, reservationTTL   at[string]
 		reservation                                  at[string]
 		shadow                                       at[bool]
+		adaptive                                     *adaptiveDoc
+	}
+	adaptiveDoc struct {
+		line                                               int
+		percentile, minPercent, maxPercent, window, warmup at[int64]
 	}
 	poolDoc struct {
 		file, name       string
@@ -172,6 +177,7 @@ type (
 		file, name                        string
 		line                              int
 		input, output, cachedInput, image at[string]
+		cacheWrite                        at[string]
 		maxOutput                         at[int64]
 	}
 )
@@ -224,8 +230,17 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 	}
 	if v := top.get("defaults"); v != nil {
 		if m := d.mapping(v, "defaults"); m != nil {
+			var ad *adaptiveDoc
+			if av := m.get("adaptive"); av != nil {
+				if am := d.mapping(av, "defaults.adaptive"); am != nil {
+					ad = &adaptiveDoc{line: deref(av).Line, percentile: am.int("percentile"), minPercent: am.int("min_percent"),
+						maxPercent: am.int("max_percent"), window: am.int("window"), warmup: am.int("min_samples")}
+					am.close()
+				}
+			}
 			ds.defaults = append(ds.defaults, defaultsDoc{
-				file: d.file, line: deref(v).Line,
+				adaptive: ad,
+				file:     d.file, line: deref(v).Line,
 				unknownClient:    m.str("unknown_client"),
 				unmatchedRoute:   m.str("unmatched_route"),
 				invalidReqest:    m.str("invalid_request"),
@@ -308,7 +323,7 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 				ds.models = append(ds.models, modelDoc{
 					file: d.file, name: name, line: k.Line,
 					input: m.scalarText("input"), output: m.scalarText("output"),
-					cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"),
+					cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"), cacheWrite: m.scalarText("cache_write"),
 					maxOutput: m.int("max_output_tokens"),
 				})
 				m.close()
@@ -588,7 +603,8 @@ func (ds *docs) compile() (*Set, []error) {
 			dst *Price
 			req bool
 		}{{"input", md.input, &m.Input, true}, {"output", md.output, &m.Output, true},
-			{"cached_input", md.cachedInput, &m.CachedInput, false}, {"image", md.image, &m.Image, false}} {
+			{"cached_input", md.cachedInput, &m.CachedInput, false}, {"cache_write", md.cacheWrite, &m.CacheWrite, false},
+			{"image", md.image, &m.Image, false}} {
 			switch {
 			case f.v.missing() && f.req:
 				el.add(md.file, md.line, path+"."+f.key, "is required (a price such as \"2.50/1M\")")
@@ -603,13 +619,17 @@ func (ds *docs) compile() (*Set, []error) {
 		if md.cachedInput.missing() {
 			m.CachedInput = m.Input // no discount stated: cached tokens cost full price
 		}
+		if md.cacheWrite.missing() {
+			m.CacheWrite = m.Input // no surcharge stated: cache writes cost the input price
+		}
 		if md.maxOutput.set && md.maxOutput.v <= 0 {
 			el.add(md.file, md.maxOutput.line, path+".max_output_tokens", "must be positive, got %d", md.maxOutput.v)
 		}
 		s.Models[md.name] = m
 	}
 
-	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative}
+	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative,
+		Adaptive: DefaultAdaptive()}
 	var defSeen = map[string]place{}
 	setOnce := func(d defaultsDoc, key string, line int) bool {
 		if p, dup := defSeen[key]; dup {
@@ -667,6 +687,9 @@ func (ds *docs) compile() (*Set, []error) {
 				el.add(d.file, d.reservation.line, "defaults.reservation", "unknown strategy %q (one of %s)", d.reservation.v, joinNames(strategies))
 			}
 		}
+		if a := d.adaptive; a != nil && setOnce(d, "adaptive", a.line) {
+			s.Defaults.Adaptive = compileAdaptive(&el, d.file, a)
+		}
 		if d.reservationTTL.set && setOnce(d, "reservation_ttl", d.reservationTTL.line) {
 			ttl, err := time.ParseDuration(d.reservationTTL.v)
 			switch {
@@ -680,6 +703,39 @@ func (ds *docs) compile() (*Set, []error) {
 		}
 	}
 	return s, el.errs
+}
+
+// compileAdaptive reads defaults.adaptive over DefaultAdaptive.
+func compileAdaptive(el *errList, file string, a *adaptiveDoc) AdaptiveConfig {
+	out := DefaultAdaptive()
+	for _, f := range []struct {
+		key      string
+		v        at[int64]
+		dst      *int64
+		min, max int64
+	}{
+		{"percentile", a.percentile, &out.Percentile, 1, 100},
+		{"min_percent", a.minPercent, &out.MinPercent, 1, 1000},
+		{"max_percent", a.maxPercent, &out.MaxPercent, 1, 1000},
+		{"window", a.window, &out.Window, 1, 100_000},
+		{"min_samples", a.warmup, &out.MinSamples, 0, 100_000},
+	} {
+		if !f.v.set {
+			continue
+		}
+		if f.v.v < f.min || f.v.v > f.max {
+			el.add(file, f.v.line, "defaults.adaptive."+f.key, "must be between %d and %d, got %d", f.min, f.max, f.v.v)
+			continue
+		}
+		*f.dst = f.v.v
+	}
+	if out.MinPercent > out.MaxPercent {
+		el.add(file, a.line, "defaults.adaptive", "min_percent (%d) is above max_percent (%d)", out.MinPercent, out.MaxPercent)
+	}
+	if out.MinSamples > out.Window {
+		el.add(file, a.line, "defaults.adaptive", "min_samples (%d) is above window (%d): it would never learn", out.MinSamples, out.Window)
+	}
+	return out
 }
 
 func checkLimit(el *errList, file string, line int, path string, capacity, refill at[int64]) Limit {

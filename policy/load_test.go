@@ -949,3 +949,51 @@ func TestCompileModels(t *testing.T) {
 		})
 	}
 }
+
+func TestCompileCacheWrite(t *testing.T) {
+	set := mustCompile(t, lines(
+		"pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}",
+		"models:",
+		`  claude-sonnet-4: {input: "3/1M", output: "15/1M", cached_input: "0.30/1M", cache_write: "3.75/1M"}`,
+		`  plain: {input: "1/1M", output: "2/1M"}`,
+	))
+	m, _ := set.Model("claude-sonnet-4")
+	assert.Equal(t, policy.Price{Nanos: 3_750_000_000, Per: 1_000_000}, m.CacheWrite)
+	p, _ := set.Model("plain")
+	assert.Equal(t, p.Input, p.CacheWrite, "no stated surcharge: cache writes cost the input price")
+}
+
+func TestCompileAdaptive(t *testing.T) {
+	base := []string{"pools:", "  p: {unit: token, capacity: 1, refill_per_second: 1}", "defaults:", "  reservation: adaptive"}
+	set := mustCompile(t, lines(base...))
+	assert.Equal(t, policy.Adaptive, set.Defaults.Reservation)
+	assert.Equal(t, policy.DefaultAdaptive(), set.Defaults.Adaptive, "defaults when the block is absent")
+
+	set = mustCompile(t, lines(append(base, "  adaptive:", "    percentile: 90", "    min_percent: 80", "    window: 50", "    min_samples: 5")...))
+	assert.Equal(t, policy.AdaptiveConfig{Percentile: 90, MinPercent: 80, MaxPercent: 120, Window: 50, MinSamples: 5}, set.Defaults.Adaptive)
+
+	for name, tc := range map[string]struct {
+		extra []string
+		want  wantErr
+	}{
+		"percentile over 100":   {[]string{"  adaptive: {percentile: 101}"}, wantErr{line: 5, path: "defaults.adaptive.percentile", msg: "between 1 and 100"}},
+		"zero window":           {[]string{"  adaptive: {window: 0}"}, wantErr{line: 5, path: "defaults.adaptive.window", msg: "between 1 and"}},
+		"min above max":         {[]string{"  adaptive: {min_percent: 150, max_percent: 110}"}, wantErr{line: 5, path: "defaults.adaptive", msg: "above max_percent"}},
+		"warm-up beyond window": {[]string{"  adaptive: {window: 10, min_samples: 11}"}, wantErr{line: 5, path: "defaults.adaptive", msg: "never learn"}},
+		"unknown key":           {[]string{"  adaptive: {percentil: 90}"}, wantErr{line: 5, path: "defaults.adaptive", msg: `did you mean "percentile"`}},
+		"not a mapping":         {[]string{"  adaptive: 95"}, wantErr{line: 5, path: "defaults.adaptive", msg: "must be a mapping"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := compile(lines(append(base, tc.extra...)...))
+			tc.want.file = "x.yaml"
+			requireHasError(t, policyErrors(t, err), tc.want)
+		})
+	}
+}
+
+func TestSetRoute(t *testing.T) {
+	set := mustCompile(t, withPool("routes:", "  a: {pools: [p]}", "  b: {host: x.example, pools: [p]}"))
+	require.NotNil(t, set.Route("b"))
+	assert.Equal(t, "x.example", set.Route("b").Host)
+	assert.Nil(t, set.Route("c"))
+}

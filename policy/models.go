@@ -8,7 +8,10 @@ type Model struct {
 	Input       Price
 	Output      Price
 	CachedInput Price // defaults to Input when the policy states no discount
-	Image       Price
+	// CacheWrite prices input tokens written to a prompt cache (Anthropic's
+	// cache_creation_input_tokens); defaults to Input.
+	CacheWrite Price
+	Image      Price
 	// MaxOutputTokens is the output allowance assumed when a request states
 	// none; 0 leaves it to the route's default_max_tokens.
 	MaxOutputTokens int64
@@ -29,6 +32,24 @@ const (
 )
 
 var strategies = []Strategy{Conservative, Optimistic, Adaptive}
+
+// AdaptiveConfig tunes the adaptive strategy: an admission reserves its estimate
+// times the Percentile-th of the last Window actual/estimate ratios seen for
+// its route and model, bounded to [MinPercent, MaxPercent] of the estimate.
+// Until MinSamples ratios are known it reserves as Conservative does.
+type AdaptiveConfig struct {
+	Percentile int64
+	MinPercent int64
+	MaxPercent int64
+	Window     int64
+	MinSamples int64
+}
+
+// DefaultAdaptive is the p95 of the last 200 ratios, within 50%–120% of the
+// estimate, after 20 samples.
+func DefaultAdaptive() AdaptiveConfig {
+	return AdaptiveConfig{Percentile: 95, MinPercent: 50, MaxPercent: 120, Window: 200, MinSamples: 20}
+}
 
 // Percent is the fixed share of the estimate a strategy reserves; Adaptive
 // starts from Conservative's until it has learned.

@@ -139,8 +139,10 @@ type Defaults struct {
 	// ReservationTTL bounds how long an admitted call may stay unsettled;
 	// then it is committed at its estimate.
 	ReservationTTL time.Duration
-	// Reservation is how much beyond its estimate an admission reserves.
+	// Reservation is how much beyond its estimate an admission reserves;
+	// Adaptive tunes the adaptive strategy.
 	Reservation Strategy
+	Adaptive    AdaptiveConfig
 	// Shadow puts every pool in shadow mode.
 	Shadow bool
 }
@@ -175,6 +177,16 @@ func (s *Set) MatchRoute(host, path, model string) *Route {
 	host = stripPort(strings.ToLower(host))
 	for _, r := range s.Routes {
 		if r.matches(host, path, model) {
+			return r
+		}
+	}
+	return nil
+}
+
+// Route returns the route named name, or nil.
+func (s *Set) Route(name string) *Route {
+	for _, r := range s.Routes {
+		if r.Name == name {
 			return r
 		}
 	}

@@ -94,7 +94,7 @@ func TestPolicyCheckJSON(t *testing.T) {
 		args      []string
 		wantPools []string
 	}{
-		"bundled": {args: []string{"policy", "check", "--json"}, wantPools: []string{"email", "gpt-3.5", "gpt-4", "sms"}},
+		"bundled": {args: []string{"policy", "check", "--json"}, wantPools: []string{"claude", "email", "gpt-3.5", "gpt-4", "sms"}},
 		"tour":    {args: []string{"policy", "check", "--json", tourPolicy}, wantPools: []string{"demo"}},
 	}
 	for name, tc := range tests {
