@@ -4,8 +4,9 @@ GO       ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BIN      := bin/tollgate
 POLICY   ?=
 FUZZTIME ?= 5s
-# Every fuzz target, as package:Target.
-FUZZ_TARGETS := ./policy:FuzzCompile ./policy:FuzzParsePrice ./authz:FuzzCheckRequest ./limiter/redisstore:FuzzDecodeDecision
+# Every fuzz target, as package:Target, found by `go test -list` so that a
+# new one can never be left out.
+FUZZ_PACKAGES = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
 
 .PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis lint vet fmt clean
 
@@ -38,10 +39,11 @@ bench-smoke: ## run every benchmark once, so none rots (no timing is judged)
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 fuzz-smoke: ## run each fuzzer for FUZZTIME (default 5s) beyond its seed corpus
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
-		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
+	@set -e; for pkg in $(FUZZ_PACKAGES); do \
+		for name in $$($(GO) test $$pkg -list '^Fuzz' | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
+		done; \
 	done
 
 FUZZLONG ?= 2m

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tollgate/tollgate/costing"
+	"github.com/tollgate/tollgate/policy"
 )
 
 func BenchmarkEstimateChat4KB(b *testing.B) {
@@ -76,5 +77,42 @@ func BenchmarkCount(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkSettle reads a recorded response for its usage and prices it:
+// what ext_proc does for every admitted call.
+func BenchmarkSettle(b *testing.B) {
+	set, err := policy.Compile(policy.Source{Name: "s.yaml", Data: []byte(settlePolicy)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := set.Route("openai")
+	est := costing.Estimator{Tok: tokenizer(b)}.Estimate(set, r, costing.Call{Path: "/v1/chat/completions",
+		Body: []byte(`{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`), BodySize: 62})
+	for _, tc := range []struct {
+		name string
+		file string
+		sse  bool
+	}{{"json_chat", "openai-chat.json", false}, {"sse_chat", "openai-chat-stream.sse", true}, {"sse_anthropic", "anthropic-stream.sse", true}} {
+		body := response(b, tc.file)
+		provider := policy.ProviderOpenAI
+		if strings.HasPrefix(tc.file, "anthropic") {
+			provider = policy.ProviderAnthropic
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				rd := costing.NewResponseReader(provider, tc.sse, tc.sse)
+				rd.Write(body)
+				rd.Flush()
+				u, found, _ := rd.Usage()
+				if !found {
+					b.Fatal("no usage")
+				}
+				_ = costing.Price(set, r, est, u)
+			}
+		})
 	}
 }

@@ -70,23 +70,45 @@ type Call struct {
 type Estimate struct {
 	Pools []PoolCost // one per route pool, in the route's order
 	// Cost is the expected spend; Reserve is what the policy's reservation
-	// strategy holds against budgets for it (Cost × 120% by default).
-	Cost    policy.Money
-	Reserve policy.Money
-	// Model is the body's model; ModelKnown is false when its price came
-	// from the "*" entry or from the pool (a miss worth counting).
+	// strategy holds against budgets for it (Cost × ReservePercent / 100,
+	// rounded up: 120% by default).
+	Cost           policy.Money
+	Reserve        policy.Money
+	Strategy       policy.Strategy
+	ReservePercent int64
+	// InputCost, OutputCost and ImageCost break an LLM call's Cost down
+	// when its model is priced (they add up to Cost for a route of token
+	// pools); UnitCost is what pools charged by their unit price.
+	InputCost, OutputCost, ImageCost, UnitCost policy.Money
+	// Model is the body's model; PriceEntry the policy's models: entry that
+	// priced it ("" for none); ModelKnown is false when that was the "*"
+	// entry or none (a miss worth counting).
 	Model      string
+	PriceEntry string
 	ModelKnown bool
 	// InputTokens and OutputTokens are an LLM call's estimate; Exact says
 	// they were counted by the provider's rules (false: from body size).
 	InputTokens, OutputTokens int64
 	Exact                     bool
+	Images                    int64
+	// Kind is an OpenAI endpoint (KindChat, ...) or "" for other calls.
+	// Stream says the response is an event stream; IncludeUsage that it
+	// ends with the call's usage on its own.
+	Kind         string
+	Stream       bool
+	IncludeUsage bool
+	// Segments and Recipients are what a Twilio or SendGrid call was
+	// charged per pool unit.
+	Segments, Recipients int64
 }
 
 // Estimator prices calls. It is safe for concurrent use.
 type Estimator struct {
 	// Tok counts tokens; nil means the size-based estimate for LLM calls.
 	Tok *Tokenizer
+	// Learner feeds the adaptive strategy; nil makes adaptive reserve like
+	// conservative.
+	Learner *Learner
 }
 
 // Estimate prices call c on route r under policy set. Token pools are
@@ -99,28 +121,30 @@ type Estimator struct {
 // the model's prices for LLM calls (input, output and images apart), else
 // from each pool's unit price.
 func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
-	est := Estimate{Pools: make([]PoolCost, len(r.Pools))}
+	est := Estimate{Pools: make([]PoolCost, len(r.Pools)), Segments: 1, Recipients: 1}
 	size := max(c.BodySize, int64(len(c.Body)))
 	whole := size <= int64(len(c.Body))
-	var images, segments, recipients int64 = 0, 1, 1
 	llm := r.LLM()
 	if whole {
 		switch r.Provider {
 		case policy.ProviderOpenAI:
 			if q, err := ParseOpenAI(c.Path, c.Body, e.Tok); err == nil && e.Tok != nil {
-				est.Model, est.InputTokens, est.OutputTokens, images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
+				est.Model, est.InputTokens, est.OutputTokens, est.Images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
+				est.Kind, est.Stream, est.IncludeUsage = q.Kind, q.Stream, q.IncludeUsage
 			}
 		case policy.ProviderAnthropic:
 			if q, err := ParseAnthropic(c.Body, e.Tok); err == nil && e.Tok != nil {
-				est.Model, est.InputTokens, est.OutputTokens, images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
+				est.Model, est.InputTokens, est.OutputTokens, est.Images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
+				est.Stream, est.IncludeUsage = q.Stream, q.Stream // message_start and message_delta carry usage
 			}
 		case policy.ProviderTwilio:
 			if m, err := ParseTwilioMessage(c.ContentType, c.Body); err == nil {
-				segments, recipients = max(m.Segments, 1)*max(m.Recipients, 1), max(m.Recipients, 1)
+				est.Recipients = max(m.Recipients, 1)
+				est.Segments = max(m.Segments, 1) * est.Recipients
 			}
 		case policy.ProviderSendGrid:
 			if m, err := ParseSendGrid(c.Body); err == nil {
-				recipients = max(m.Recipients, 1)
+				est.Recipients = max(m.Recipients, 1)
 			}
 		}
 	}
@@ -132,6 +156,9 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 			est.InputTokens = ceilDiv(size, BytesPerToken)
 		}
 		model, est.ModelKnown = set.Model(est.Model)
+		if model != nil {
+			est.PriceEntry = model.Name
+		}
 		if est.OutputTokens <= 0 {
 			est.OutputTokens = r.DefaultMaxTokens
 			if model != nil && model.MaxOutputTokens > 0 {
@@ -147,26 +174,41 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 			units = satAdd(est.InputTokens, est.OutputTokens)
 			tokenMoney = max(tokenMoney, p.Price.Cost(units))
 		case policy.UnitSegment:
-			units = segments
-			est.Cost = policy.Money(satAdd(int64(est.Cost), int64(p.Price.Cost(units))))
+			units = est.Segments
+			est.UnitCost = addMoney(est.UnitCost, p.Price.Cost(units))
 		case policy.UnitEmail:
-			units = recipients
-			est.Cost = policy.Money(satAdd(int64(est.Cost), int64(p.Price.Cost(units))))
+			units = est.Recipients
+			est.UnitCost = addMoney(est.UnitCost, p.Price.Cost(units))
 		default:
-			est.Cost = policy.Money(satAdd(int64(est.Cost), int64(p.Price.Cost(units))))
+			est.UnitCost = addMoney(est.UnitCost, p.Price.Cost(units))
 		}
 		est.Pools[i] = PoolCost{Pool: p, Units: units}
 	}
 	if model != nil {
 		// The model's own prices, charged once however many token pools
 		// the call counts against.
-		tokenMoney = policy.Money(satAdd(satAdd(int64(model.Input.Cost(est.InputTokens)),
-			int64(model.Output.Cost(est.OutputTokens))), int64(model.Image.Cost(images))))
+		est.InputCost = model.Input.Cost(est.InputTokens)
+		est.OutputCost = model.Output.Cost(est.OutputTokens)
+		est.ImageCost = model.Image.Cost(est.Images)
+		tokenMoney = addMoney(addMoney(est.InputCost, est.OutputCost), est.ImageCost)
+	} else {
+		est.UnitCost = addMoney(est.UnitCost, tokenMoney)
+		tokenMoney = 0
 	}
-	est.Cost = policy.Money(satAdd(int64(est.Cost), int64(tokenMoney)))
-	est.Reserve = ApplyStrategy(est.Cost, set.Defaults.Reservation.Percent())
+	est.Cost = addMoney(est.UnitCost, tokenMoney)
+	est.Strategy = set.Defaults.Reservation
+	est.ReservePercent = est.Strategy.Percent()
+	if est.Strategy == policy.Adaptive && e.Learner != nil {
+		if pct, ok := e.Learner.Percent(LearnKey(r, est.PriceEntry), set.Defaults.Adaptive); ok {
+			est.ReservePercent = pct
+		}
+	}
+	est.Reserve = ApplyStrategy(est.Cost, est.ReservePercent)
 	return est
 }
+
+// addMoney adds two non-negative amounts, saturating.
+func addMoney(a, b policy.Money) policy.Money { return policy.Money(satAdd(int64(a), int64(b))) }
 
 // ApplyStrategy scales cost by percent, rounding up.
 func ApplyStrategy(cost policy.Money, percent int64) policy.Money {
