@@ -253,11 +253,16 @@ func TestReservationHeaderOverGRPC(t *testing.T) {
 			assert.NotContains(t, responseHeaders(t, resp), authz.HeaderReservation, "the caller never sees the id")
 
 			up := ok.GetHeaders()
+			require.NotEmpty(t, up)
+			last := up[len(up)-1]
+			assert.Equal(t, authz.HeaderRoute, last.GetHeader().GetKey(), "the route goes upstream, for ext_proc")
+			assert.Equal(t, "openai", last.GetHeader().GetValue())
 			if !tc.wantHeader {
-				assert.Empty(t, up)
+				require.Len(t, up, 1)
+				assert.Equal(t, []string{authz.HeaderReservation}, ok.GetHeadersToRemove(), "a caller's own reservation header is dropped")
 				return
 			}
-			require.Len(t, up, 1)
+			require.Len(t, up, 2)
 			assert.Equal(t, authz.HeaderReservation, up[0].GetHeader().GetKey())
 			id := up[0].GetHeader().GetValue()
 			assert.Regexp(t, reservationID, id)

@@ -138,6 +138,7 @@ type Decider struct {
 	settle   Settlement
 	clock    limiter.Clock
 	newID    func() string
+	pending  *pendingTable
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -170,17 +171,25 @@ func NewDecider(p PolicySource, s limiter.Store, reg prometheus.Registerer, log 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Decider{policies: p, store: s, log: log, m: newMetrics(reg), clock: limiter.SystemClock{}, newID: newReservationID}
+	d := &Decider{policies: p, store: s, log: log, m: newMetrics(reg), clock: limiter.SystemClock{}, newID: newReservationID,
+		pending: newPendingTable()}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
 	}
-	d.est = costing.Estimator{Tok: tok}
+	d.est = costing.Estimator{Tok: tok, Learner: costing.NewLearner()}
 	for _, o := range opts {
 		o(d)
 	}
 	return d
 }
+
+// SweepPending forgets admitted calls whose reservation lapsed unsettled
+// (the store commits them at their estimate), and returns how many.
+func (d *Decider) SweepPending() int { return d.pending.sweep(d.clock.Now()) }
+
+// Pending is how many admitted calls await settling.
+func (d *Decider) Pending() int { return d.pending.len() }
 
 // Settlement reports how the Decider books calls.
 func (d *Decider) Settlement() Settlement { return d.settle }
@@ -352,6 +361,16 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		return v
 	}
 	v.Allowed, v.Outcome, v.Reservation = true, OutcomeAllowed, hold.ID
+	if hold.ID != "" {
+		p := &pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
+			expires: now.Add(hold.TTL)}
+		for i, t := range takes {
+			if !(t.Shadow && dec.Buckets[i].Short) { // a short shadow bucket was not charged
+				p.charged = append(p.charged, t)
+			}
+		}
+		d.pending.add(p)
+	}
 	if i, shadowed := dec.ShadowDenied(takes); shadowed {
 		b := dec.Buckets[i]
 		reason := limiter.ReasonRateLimited

@@ -344,6 +344,9 @@ func TestDecideEstimate(t *testing.T) {
 				"x-ratelimit-limit":     "1000",
 				"x-ratelimit-remaining": fmt.Sprint(1000 - tc.want),
 				"x-ratelimit-reset":     fmt.Sprint(int64((reset + time.Second - 1) / time.Second)),
+				// What the worker spends, in dollars; the tier budgets nothing.
+				authz.HeaderEstimatedCost:   policy.Money(tc.want * 30_000).String(),
+				authz.HeaderBudgetRemaining: "unlimited",
 			}, headerMap(t, authz.ResponseHeaders(&v)))
 			assert.Equal(t, 1000-tc.want, d.remaining(t, limiter.Key{Pool: "gpt-4"}, gpt4Limit))
 		})

@@ -24,6 +24,14 @@ func ResponseHeaders(v *Verdict) []Header {
 			Header{"x-ratelimit-reset", strconv.FormatInt(ceilSeconds(rl.Reset), 10)},
 		)
 	}
+	if v.Allowed && v.Route != "" && (v.Outcome == OutcomeAllowed || v.Outcome == OutcomeShadowDenied) {
+		hs = append(hs, Header{HeaderEstimatedCost, v.Estimate.Cost.String()})
+		remaining := "unlimited"
+		if v.Budget != nil {
+			remaining = v.Budget.Remaining().String()
+		}
+		hs = append(hs, Header{HeaderBudgetRemaining, remaining})
+	}
 	if !v.Allowed {
 		if v.RetryAfter > 0 {
 			hs = append(hs, Header{"retry-after", strconv.FormatInt(ceilSeconds(v.RetryAfter), 10)})

@@ -102,12 +102,18 @@ func toCheckResponse(v *Verdict) *authv3.CheckResponse {
 		if v.Shadow != "" {
 			up = append(up, Header{"x-tollgate-shadow-decision", v.Shadow})
 		}
+		// Only Tollgate names reservations and routes: a worker's own
+		// headers must not reach the settler, where they could end someone
+		// else's reservation or feed the wrong pools.
 		if v.Reservation != "" {
 			up = append(up, Header{HeaderReservation, v.Reservation})
 		} else {
-			// Only Tollgate names reservations: a worker's own header must not
-			// reach the settler, where it could end someone else's.
-			ok.HeadersToRemove = []string{HeaderReservation}
+			ok.HeadersToRemove = append(ok.HeadersToRemove, HeaderReservation)
+		}
+		if v.Route != "" {
+			up = append(up, Header{HeaderRoute, v.Route})
+		} else {
+			ok.HeadersToRemove = append(ok.HeadersToRemove, HeaderRoute)
 		}
 		if len(up) > 0 {
 			ok.Headers = headerOptions(up)

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tollgate/tollgate/costing"
+	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -215,13 +217,26 @@ func TestToCheckResponse(t *testing.T) {
 		v    Verdict
 		want *authv3.CheckResponse
 	}{
-		"allowed: OK, rate-limit headers on the response": {
-			v: Verdict{Allowed: true, Outcome: OutcomeAllowed, Provider: policy.ProviderOpenAI, RateLimit: rl},
+		"allowed: OK, rate-limit and spend headers on the response, the route upstream": {
+			v: Verdict{Allowed: true, Outcome: OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai", RateLimit: rl,
+				Estimate: costing.Estimate{Cost: 1_250_000}, Budget: &limiter.BudgetState{Limit: 100 * policy.NanosPerDollar, Spent: 2_500_000_000, Reserved: 1_500_000}},
 			want: &authv3.CheckResponse{
 				Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-					ResponseHeadersToAdd: limitHeaders,
-					HeadersToRemove:      []string{HeaderReservation},
+					Headers: []*corev3.HeaderValueOption{hvo(HeaderRoute, "openai")},
+					ResponseHeadersToAdd: append(append([]*corev3.HeaderValueOption{}, limitHeaders...),
+						hvo(HeaderEstimatedCost, "0.00125"), hvo(HeaderBudgetRemaining, "97.4985")),
+					HeadersToRemove: []string{HeaderReservation},
+				}},
+			},
+		},
+		"allowed with a reservation: its id upstream too": {
+			v: Verdict{Allowed: true, Outcome: OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai", Reservation: "r1"},
+			want: &authv3.CheckResponse{
+				Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
+				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+					Headers:              []*corev3.HeaderValueOption{hvo(HeaderReservation, "r1"), hvo(HeaderRoute, "openai")},
+					ResponseHeadersToAdd: []*corev3.HeaderValueOption{hvo(HeaderEstimatedCost, "0"), hvo(HeaderBudgetRemaining, "unlimited")},
 				}},
 			},
 		},
@@ -229,7 +244,7 @@ func TestToCheckResponse(t *testing.T) {
 			v: Verdict{Allowed: true, Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute},
 			want: &authv3.CheckResponse{
 				Status:       &rpcstatus.Status{Code: int32(code.Code_OK)},
-				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{ResponseHeadersToAdd: []*corev3.HeaderValueOption{}, HeadersToRemove: []string{HeaderReservation}}},
+				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{ResponseHeadersToAdd: []*corev3.HeaderValueOption{}, HeadersToRemove: []string{HeaderReservation, HeaderRoute}}},
 			},
 		},
 		"shadow denial: OK, the decision on the request and the response": {
@@ -239,7 +254,7 @@ func TestToCheckResponse(t *testing.T) {
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 					Headers:              []*corev3.HeaderValueOption{hvo("x-tollgate-shadow-decision", shadow)},
 					ResponseHeadersToAdd: append(append([]*corev3.HeaderValueOption{}, limitHeaders...), hvo("x-tollgate-shadow-decision", shadow)),
-					HeadersToRemove:      []string{HeaderReservation},
+					HeadersToRemove:      []string{HeaderReservation, HeaderRoute},
 				}},
 			},
 		},

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -81,6 +82,9 @@ type Deps struct {
 	// Checks are readiness probes by component ("redis"); /readyz fails
 	// while any fails.
 	Checks map[string]func(context.Context) error
+	// Clock picks budget periods and dates reservations; nil is the
+	// system clock.
+	Clock limiter.Clock
 }
 
 // Server serves Envoy's gRPC services and the admin HTTP endpoints.
@@ -132,14 +136,21 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
 	}
 
-	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger, WithSettlement(cfg.Settlement))
+	opts := []Option{WithSettlement(cfg.Settlement)}
+	if deps.Clock != nil {
+		opts = append(opts, WithClock(deps.Clock))
+	}
+	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger, opts...)
 
 	s.grpc = grpc.NewServer()
 	authv3.RegisterAuthorizationServer(s.grpc, &authServer{d: s.decider, clientHeader: cfg.ClientHeader, m: s.decider.m})
+	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{d: s.decider})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	for _, svc := range []string{authv3.Authorization_ServiceDesc.ServiceName, extprocv3.ExternalProcessor_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
 
 	s.http = &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
@@ -238,7 +249,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) expireLoop(ctx context.Context) {
 	defer close(s.expiryDone)
 	l, ok := s.deps.Store.(limiter.Ledger)
-	if !ok || s.cfg.ExpireEvery <= 0 {
+	if !ok || s.cfg.ExpireEvery <= 0 || s.cfg.Settlement == SettleImmediate {
 		<-s.stopExpiry
 		return
 	}
@@ -249,6 +260,7 @@ func (s *Server) expireLoop(ctx context.Context) {
 		case <-s.stopExpiry:
 			return
 		case <-t.C:
+			s.decider.SweepPending()
 			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ExpireEvery)
 			n, err := l.Expire(ectx, time.Time{}, 10_000)
 			cancel()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -31,12 +32,24 @@ import (
 
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
+	"github.com/tollgate/tollgate/internal/redistest"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
 
+// redisSrv is the package's redis-server, for the tests that run on both
+// stores.
+var redisSrv *redistest.Server
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := redistest.Main(m, &redisSrv)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // serverPolicy: one OpenAI route on a 300-token pool refilling 100 a second
@@ -104,6 +117,7 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		Policies: authz.StaticPolicy{Set: compilePolicy(tb, o.policy)},
 		Store:    o.store,
 		Registry: reg,
+		Clock:    o.clk,
 	})
 	require.NoError(tb, err)
 

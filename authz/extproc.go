@@ -1,0 +1,104 @@
+package authz
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// procServer is envoy.service.ext_proc.v3.ExternalProcessor: one stream per
+// HTTP request, which it follows with a Call and settles once, when the
+// response ends or, failing that, when the stream does.
+type procServer struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	d *Decider
+}
+
+var _ extprocv3.ExternalProcessorServer = (*procServer)(nil)
+
+// Process answers Envoy's messages for one request, in order. A message of
+// a kind it does not expect gets the empty answer of its kind, so the call
+// always proceeds; only a broken stream ends it early, and then the call is
+// still settled (at its estimate if the response never came).
+func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	ctx := stream.Context()
+	var c *Call
+	defer func() {
+		if c != nil {
+			c.End(ctx)
+		}
+	}()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if status.Code(err) == codes.Canceled || ctx.Err() != nil {
+				return nil // Envoy or the worker went away; the deferred End settles
+			}
+			return err
+		}
+		start := time.Now()
+		var (
+			resp  *extprocv3.ProcessingResponse
+			phase string
+			end   bool
+		)
+		switch r := req.GetRequest().(type) {
+		case *extprocv3.ProcessingRequest_RequestHeaders:
+			phase = "request_headers"
+			hs := procHeaders(r.RequestHeaders.GetHeaders())
+			c = s.d.Follow(hs[HeaderReservation], hs[HeaderRoute], hs[":method"])
+			switch {
+			case !c.Tracked():
+				resp = requestHeadersResponse(untrackedMode)
+			case !c.WantsRequestBody():
+				resp = requestHeadersResponse(responseOnlyMode)
+			default:
+				resp = requestHeadersResponse(nil)
+			}
+		case *extprocv3.ProcessingRequest_RequestBody:
+			phase = "request_body"
+			body, changed := r.RequestBody.GetBody(), false
+			if c != nil {
+				body, changed = c.RequestBody(body)
+			}
+			resp = requestBodyResponse(body, changed)
+		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			phase = "response_headers"
+			if c != nil {
+				hs := procHeaders(r.ResponseHeaders.GetHeaders())
+				c.ResponseHeaders(ctx, procStatus(hs), hs)
+				end = r.ResponseHeaders.GetEndOfStream()
+			}
+			resp = responseHeadersResponse()
+		case *extprocv3.ProcessingRequest_ResponseBody:
+			phase = "response_body"
+			chunk, rewrite := r.ResponseBody.GetBody(), false
+			if c != nil {
+				end = r.ResponseBody.GetEndOfStream()
+				out := c.ResponseBody(chunk, end)
+				chunk, rewrite = out, c.Stripping()
+			}
+			resp = responseBodyResponse(chunk, rewrite)
+		case *extprocv3.ProcessingRequest_RequestTrailers:
+			phase, resp = "request_trailers", trailersResponse(true)
+		case *extprocv3.ProcessingRequest_ResponseTrailers:
+			phase, resp, end = "response_trailers", trailersResponse(false), c != nil
+		default:
+			return status.Errorf(codes.InvalidArgument, "ext_proc: unexpected message %T", r)
+		}
+		if err := stream.Send(resp); err != nil {
+			return nil // the deferred End settles
+		}
+		s.d.m.processLatency.WithLabelValues(phase).Observe(time.Since(start).Seconds())
+		if end {
+			c.End(ctx) // after the answer: settling never delays the response
+		}
+	}
+}
