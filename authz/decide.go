@@ -253,12 +253,7 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 
 	// Only a body whose model picks the route is read here; the estimate
 	// reads it in full later.
-	var model string
-	if set.RouteWantsModel(r.Host, r.Path) {
-		b, _ := costing.ParseLLMBody(r.Body) // unreadable: matched as having no model
-		model = b.Model
-	}
-	route := set.MatchRoute(r.Host, r.Path, model)
+	route := matchRoute(set, r.Host, r.Path, r.Body)
 	if route == nil {
 		v := Verdict{Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute, Provider: policy.ProviderGeneric}
 		if set.Defaults.UnmatchedRoute == policy.Allow {

@@ -65,7 +65,10 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 		case *extprocv3.ProcessingRequest_RequestBody:
 			phase = "request_body"
 			body, changed := r.RequestBody.GetBody(), false
-			if c != nil {
+			// Only a whole body is rewritten: BUFFERED_PARTIAL sends the
+			// first part of one too large to buffer, and that part goes out
+			// as it is.
+			if c != nil && r.RequestBody.GetEndOfStream() {
 				body, changed = c.RequestBody(body)
 			}
 			resp = requestBodyResponse(body, changed)

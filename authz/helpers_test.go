@@ -213,3 +213,6 @@ func recv[T any](tb testing.TB, ch <-chan T) T {
 		return zero
 	}
 }
+
+// policyMoney is a nano-dollar count as Money.
+func policyMoney(n int64) policy.Money { return policy.Money(n) }

@@ -285,6 +285,7 @@ func (s *Server) adminMux() *http.ServeMux {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry}))
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
 	s.apiRoutes(mux)
+	s.estimateRoute(mux)
 	return mux
 }
 

@@ -16,6 +16,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -38,6 +39,7 @@ const (
 	sidecarPath = "sidecar.yaml"
 
 	extAuthzFilter = "envoy.filters.http.ext_authz"
+	extProcFilter  = "envoy.filters.http.ext_proc"
 	routerFilter   = "envoy.filters.http.router"
 	hcmFilter      = "envoy.filters.network.http_connection_manager"
 	tlsSocket      = "envoy.transport_sockets.tls"
@@ -265,6 +267,15 @@ func TestCheckerCatchesBrokenConfigs(t *testing.T) {
 			new:     "connect_timeout: 0.25s\n    max_requests_per_connection: 1000",
 			wantErr: "max_requests_per_connection: field is deprecated",
 		},
+		"unknown body mode in ext_proc": {
+			old: "response_body_mode: STREAMED", new: "response_body_mode: STREAMD",
+			wantErr: "STREAMD",
+		},
+		"empty ext_proc gRPC cluster": {
+			old: "grpc_service:\n                envoy_grpc: { cluster_name: tollgate }\n              # The call was already admitted",
+			new: "grpc_service:\n                envoy_grpc: { cluster_name: \"\" }\n              # The call was already admitted",
+			wantErr: "ClusterName", shallowMisses: true,
+		},
 		"listener port out of range": {
 			old: "port_value: 10001", new: "port_value: 99999",
 			wantErr: "PortValue",
@@ -398,6 +409,54 @@ func TestSidecarExtAuthzFilter(t *testing.T) {
 	}
 }
 
+func extProc(t *testing.T, hcm *hcmv3.HttpConnectionManager) *extprocv3.ExternalProcessor {
+	t.Helper()
+	for _, f := range hcm.GetHttpFilters() {
+		if f.GetName() == extProcFilter {
+			return unpack(t, f.GetTypedConfig(), &extprocv3.ExternalProcessor{})
+		}
+	}
+	require.FailNow(t, "no ext_proc filter", "in %s", hcm.GetStatPrefix())
+	return nil
+}
+
+// TestSidecarExtProcFilter: every listener settles its calls through
+// Tollgate's ext_proc, after ext_authz and before the router, failing open
+// (the call was admitted), streaming responses, and never sending
+// credentials.
+func TestSidecarExtProcFilter(t *testing.T) {
+	for _, l := range sidecar(t).GetStaticResources().GetListeners() {
+		t.Run(l.GetName(), func(t *testing.T) {
+			hcm := connectionManager(t, l)
+			var names []string
+			for _, f := range hcm.GetHttpFilters() {
+				names = append(names, f.GetName())
+			}
+			assert.Equal(t, []string{extAuthzFilter, extProcFilter, routerFilter}, names,
+				"ext_authz admits, ext_proc sees the reservation ext_authz added, the router sends")
+
+			cfg := extProc(t, hcm)
+			assert.Equal(t, tollgateName, cfg.GetGrpcService().GetEnvoyGrpc().GetClusterName())
+			assert.True(t, cfg.GetFailureModeAllow(), "an admitted call must not fail because it cannot be settled")
+			assert.True(t, cfg.GetAllowModeOverride(), "Tollgate skips what it does not need, call by call")
+			require.NotNil(t, cfg.GetMessageTimeout())
+
+			m := cfg.GetProcessingMode()
+			assert.Equal(t, extprocv3.ProcessingMode_SEND, m.GetRequestHeaderMode(), "the reservation id is in the request headers")
+			assert.Equal(t, extprocv3.ProcessingMode_BUFFERED_PARTIAL, m.GetRequestBodyMode(), "a whole body to rewrite, a large one never refused")
+			assert.Equal(t, extprocv3.ProcessingMode_SEND, m.GetResponseHeaderMode())
+			assert.Equal(t, extprocv3.ProcessingMode_STREAMED, m.GetResponseBodyMode(), "BUFFERED would hold back a streamed reply")
+
+			var dropped []string
+			for _, p := range cfg.GetForwardRules().GetDisallowedHeaders().GetPatterns() {
+				assert.True(t, p.GetIgnoreCase())
+				dropped = append(dropped, p.GetExact())
+			}
+			assert.Subset(t, dropped, []string{"authorization", "x-api-key"}, "credentials never go to Tollgate")
+		})
+	}
+}
+
 func TestSidecarTollgateCluster(t *testing.T) {
 	b := sidecar(t)
 	c, ok := clustersByName(t, b)[tollgateName]
@@ -484,7 +543,7 @@ func checkRoute(t *testing.T, r *routev3.Route, clusters map[string]*clusterv3.C
 	require.NotNil(t, action.GetTimeout(), "route timeout left at Envoy's 15 s default")
 	assert.Greater(t, action.GetTimeout().AsDuration(), envoyDefaultRouteTimeout)
 
-	assert.Subset(t, r.GetRequestHeadersToRemove(), []string{"x-tollgate-client", "x-tollgate-priority"},
+	assert.Subset(t, r.GetRequestHeadersToRemove(), []string{"x-tollgate-client", "x-tollgate-priority", "x-tollgate-reservation", "x-tollgate-route"},
 		"Tollgate's headers must not reach the provider")
 
 	per := unpack(t, r.GetTypedPerFilterConfig()[extAuthzFilter], &extauthzv3.ExtAuthzPerRoute{})

@@ -17,6 +17,11 @@ var version = "dev"
 // run is the whole program: main only adds signals and the exit status, so
 // tests call run directly.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return runIO(ctx, args, getenv, nil, stdout, stderr)
+}
+
+// runIO is run with stdin (nil: the process's own).
+func runIO(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	root := &cobra.Command{
 		Use:           "tollgate",
 		Short:         "Rate-limit and spend-control sidecar for calls to paid APIs",
@@ -27,7 +32,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(), probeCmd(), policyCmd(), loadCmd(), usageCmd())
+	if stdin != nil {
+		root.SetIn(stdin)
+	}
+	root.AddCommand(serveCmd(), probeCmd(), policyCmd(), loadCmd(), usageCmd(), estimateCmd())
 	// Every flag can also come from TOLLGATE_<FLAG> (dashes as underscores);
 	// a flag given on the command line wins.
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/costing"
+	"github.com/tollgate/tollgate/policy"
+)
+
+type estimateFlags struct {
+	rawURL, bodyFile, contentType, policyPath, addr string
+	asJSON                                          bool
+}
+
+func estimateCmd() *cobra.Command {
+	f := estimateFlags{}
+	cmd := &cobra.Command{
+		Use:   "estimate --url URL [--body FILE]",
+		Short: "Estimate what a call costs (units per pool and money), as Check would, without reserving anything",
+		Long: "estimate prices a call to URL with the given body under a policy: the bundled one, --policy PATH,\n" +
+			"or, with --addr, the policy in force in a running Tollgate (and its learned adaptive ratios).",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return estimate(cmd.Context(), f, cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.rawURL, "url", "", "the upstream URL, e.g. https://api.openai.com/v1/chat/completions")
+	fl.StringVar(&f.bodyFile, "body", "", "file holding the request body (- for stdin)")
+	fl.StringVar(&f.contentType, "content-type", "", "the body's content type (default: form-encoded for Twilio, else JSON)")
+	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy)")
+	fl.StringVar(&f.addr, "addr", "", "ask a running Tollgate's admin HTTP address instead (e.g. 127.0.0.1:8080)")
+	fl.BoolVar(&f.asJSON, "json", false, "print JSON")
+	_ = cmd.MarkFlagRequired("url")
+	return cmd
+}
+
+func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writer) error {
+	var body []byte
+	var err error
+	switch f.bodyFile {
+	case "":
+	case "-":
+		body, err = io.ReadAll(io.LimitReader(stdin, 64<<20))
+	default:
+		body, err = os.ReadFile(f.bodyFile)
+	}
+	if err != nil {
+		return fmt.Errorf("estimate: body: %w", err)
+	}
+	ct := f.contentType
+	if ct == "" {
+		ct = "application/json"
+		if strings.Contains(f.rawURL, "twilio.com") {
+			ct = "application/x-www-form-urlencoded"
+		}
+	}
+	var rep authz.EstimateReport
+	if f.addr != "" {
+		rep, err = remoteEstimate(ctx, f.addr, f.rawURL, ct, body)
+	} else {
+		rep, err = localEstimate(f.policyPath, f.rawURL, ct, body)
+	}
+	if err != nil {
+		return err
+	}
+	if f.asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printEstimate(out, rep)
+	return nil
+}
+
+func localEstimate(policyPath, rawURL, ct string, body []byte) (authz.EstimateReport, error) {
+	set := policy.Default()
+	if policyPath != "" {
+		var err error
+		if set, err = policy.Load(policyPath); err != nil {
+			return authz.EstimateReport{}, err
+		}
+	}
+	tok, err := costing.SharedTokenizer()
+	if err != nil {
+		return authz.EstimateReport{}, err
+	}
+	return authz.EstimateCall(set, costing.Estimator{Tok: tok}, rawURL, ct, body)
+}
+
+func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (authz.EstimateReport, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/estimate?url="+url.QueryEscape(rawURL), bytes.NewReader(body))
+	if err != nil {
+		return authz.EstimateReport{}, err
+	}
+	req.Header.Set("Content-Type", ct)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return authz.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return authz.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		_ = json.Unmarshal(b, &e)
+		return authz.EstimateReport{}, fmt.Errorf("estimate: HTTP %d: %s", resp.StatusCode, e.Error)
+	}
+	var rep authz.EstimateReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return authz.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+	}
+	return rep, nil
+}
+
+func printEstimate(out io.Writer, r authz.EstimateReport) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "route\t%s (%s)\n", r.Route, r.Provider)
+	if r.Model != "" || r.InputTokens > 0 {
+		priced := "not priced by model: the pools' prices"
+		switch {
+		case r.PriceEntry != "" && r.ModelKnown:
+			priced = fmt.Sprintf("priced by %q", r.PriceEntry)
+		case r.PriceEntry != "":
+			priced = fmt.Sprintf("unknown model, priced by %q", r.PriceEntry)
+		}
+		fmt.Fprintf(tw, "model\t%s\t%s\n", orNone(r.Model), priced)
+		how := "counted exactly"
+		if !r.Exact {
+			how = "from the body's size"
+		}
+		fmt.Fprintf(tw, "tokens\tin %d, out %d\t%s\n", r.InputTokens, r.OutputTokens, how)
+	}
+	for _, p := range r.Pools {
+		fmt.Fprintf(tw, "pool\t%s\t%d %ss\n", p.Pool, p.Units, p.Unit)
+	}
+	fmt.Fprintf(tw, "cost\t$%s\tinput $%s, output $%s, images $%s, unit-priced $%s\n", r.Cost,
+		r.Breakdown.Input, r.Breakdown.Output, r.Breakdown.Images, r.Breakdown.Units)
+	fmt.Fprintf(tw, "reserve\t$%s\t%s, %d%% of the estimate\n", r.Reserve, r.Strategy, r.ReservePercent)
+	_ = tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
