@@ -114,7 +114,9 @@ func BenchmarkCheckGRPC(b *testing.B) {
 	body := kiloChatBody("gpt-4")
 	ctx := context.Background()
 	start := func(b *testing.B) *testServer {
-		return startServer(b, serverOpts{policy: largePoolPolicy(b), store: newMemStore(b, limiter.SystemClock{})})
+		// Immediate settlement: Check alone, with nothing left to settle.
+		return startServer(b, serverOpts{policy: largePoolPolicy(b), store: newMemStore(b, limiter.SystemClock{}),
+			config: func(c *authz.Config) { c.Settlement = authz.SettleImmediate }})
 	}
 
 	b.Run("serial", func(b *testing.B) {
@@ -144,4 +146,25 @@ func BenchmarkCheckGRPC(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkSettleGRPC measures one whole admitted call per op over loopback
+// gRPC: Check (a hold and a reservation), then the ext_proc stream Envoy
+// opens for it (request headers, response headers, a recorded JSON
+// response), which settles it at its actual cost.
+func BenchmarkSettleGRPC(b *testing.B) {
+	// Unbudgeted, and a pool that the fake clock's still time never drains.
+	unbudgeted := strings.NewReplacer(`monthly_budget: "100"`, "monthly_budget: custom",
+		"capacity: 100000\n", "capacity: 1000000000\n").Replace(settlePolicy)
+	ss := startSettle(b, storeKinds["memory"], unbudgeted)
+	body := kiloChatBody("gpt-4o")
+	resp := upstream{status: 200, headers: []string{"content-type", "application/json"}, body: recorded(b, "openai-chat.json")}
+	b.ReportAllocs()
+	for b.Loop() {
+		a := ss.admit(b, "acme", body)
+		ss.process(b, a, body, resp)
+	}
+	if n := ss.srv.Decider().Pending(); n != 0 {
+		b.Fatalf("%d calls left unsettled", n)
+	}
 }

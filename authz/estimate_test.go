@@ -40,8 +40,8 @@ func TestEstimateAPI(t *testing.T) {
 	assert.Equal(t, authz.EstimateReport{
 		Route: "openai", Provider: "openai", Model: "gpt-4o", PriceEntry: "gpt-4o*", ModelKnown: true, Kind: "chat", Exact: true,
 		InputTokens: in, OutputTokens: 100, Segments: 1, Recipients: 1,
-		Pools: []authz.EstimatePool{{Pool: "gpt", Unit: "token", Units: in + 100}},
-		Cost:  moneyString(in*2500 + 1_000_000),
+		Pools:     []authz.EstimatePool{{Pool: "gpt", Unit: "token", Units: in + 100}},
+		Cost:      moneyString(in*2500 + 1_000_000),
 		Breakdown: authz.EstimateBreakdown{Input: moneyString(in * 2500), Output: "0.001", Images: "0", Units: "0"},
 		Strategy:  "conservative", ReservePercent: 120, Reserve: moneyString((in*2500 + 1_000_000) * 120 / 100),
 	}, rep)

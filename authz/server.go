@@ -47,7 +47,7 @@ type Config struct {
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
 	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", ClientHeader: "x-tollgate-client",
-		DrainDelay: time.Second, Settlement: SettleImmediate, ExpireEvery: time.Second}
+		DrainDelay: time.Second, Settlement: SettleDeferred, ExpireEvery: time.Second}
 }
 
 // Validate reports a configuration that cannot work.

@@ -350,13 +350,15 @@ func (c *Call) count(o SettleOutcome, reason string) SettleOutcome {
 }
 
 // refunds returns, for every bucket the admission charged, what it gets
-// back: all of it when a is nil (the call consumed nothing), else the
-// estimate's units less those measured (negative: a charge). Pools the
-// upstream's own headers just set are left as the upstream said.
+// back: all of it when a is nil (the call consumed nothing: no tokens, no
+// segments, no e-mails), else the estimate's units less those measured
+// (negative: a charge). A request pool gets nothing back: the request did
+// reach the upstream. Pools the upstream's own headers just set are left as
+// the upstream said.
 func (c *Call) refunds(p *pendingCall, a *costing.Actual) []limiter.Adjustment {
 	var out []limiter.Adjustment
 	for _, t := range p.charged {
-		if c.touched[t.Key.Pool] {
+		if pool := p.set.Pools[t.Key.Pool]; c.touched[t.Key.Pool] || pool == nil || pool.Unit == policy.UnitRequest {
 			continue
 		}
 		back := t.Cost

@@ -156,14 +156,19 @@ func serveArgs(grpcAddr, httpAddr string, extra ...string) []string {
 	return append([]string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--drain-delay", "0"}, extra...)
 }
 
-// probeTour runs `probe` for client acme against the tour route.
-func probeTour(grpcAddr string) (string, error) {
+// probeTour runs `probe` for client acme against the tour route, with
+// extra flags.
+func probeTour(grpcAddr string, extra ...string) (string, error) {
 	var out bytes.Buffer
 	err := run(context.Background(),
-		[]string{"probe", "--addr", grpcAddr, "--client", "acme", "--url", tourURL},
+		append([]string{"probe", "--addr", grpcAddr, "--client", "acme", "--url", tourURL}, extra...),
 		noEnv, &out, io.Discard)
 	return out.String(), err
 }
+
+// probeHold is probeTour leaving the call in flight (its reservation held),
+// as Envoy does until the upstream answers.
+func probeHold(grpcAddr string) (string, error) { return probeTour(grpcAddr, "--respond=false") }
 
 // spendPolicy is a policy with money in it: $0.01 a call to the tour's
 // route (a pool of 100 requests, so only budgets and slots deny), acme may

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -12,7 +14,9 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	procfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/spf13/cobra"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
@@ -23,6 +27,11 @@ type probeFlags struct {
 	addr, client, clientHeader, rawURL, bodyFile, method string
 	headers                                              []string
 	timeout                                              time.Duration
+	// The upstream's answer, played through ext_proc after an allowed check.
+	respond         bool
+	responseFile    string
+	responseStatus  int
+	responseHeaders []string
 }
 
 // Exit status of probe when the call is denied, so scripts can tell a
@@ -35,7 +44,9 @@ func probeCmd() *cobra.Command {
 		Use:   "probe --client ID --url URL [--body FILE]",
 		Short: "Send one ext_authz CheckRequest to a running Tollgate and print the answer",
 		Long: "probe builds the CheckRequest Envoy would send for a call to URL and prints Tollgate's decision\n" +
-			"and headers. Exit status: 0 allowed, 3 denied, 1 could not ask.",
+			"and headers. An allowed call is then finished as Envoy would finish it: the upstream's answer\n" +
+			"(--response FILE, --status, --response-header; an empty 200 by default) goes through ext_proc,\n" +
+			"which settles it; --respond=false leaves it in flight. Exit status: 0 allowed, 3 denied, 1 could not ask.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return probe(cmd.Context(), f, cmd.OutOrStdout())
@@ -50,6 +61,10 @@ func probeCmd() *cobra.Command {
 	fl.StringVar(&f.method, "method", "", "HTTP method (default POST with a body, else GET)")
 	fl.StringArrayVar(&f.headers, "header", nil, "extra request header NAME:VALUE (repeatable)")
 	fl.DurationVar(&f.timeout, "timeout", 5*time.Second, "how long to wait for the answer")
+	fl.BoolVar(&f.respond, "respond", true, "finish an allowed call through ext_proc with the upstream answer below")
+	fl.StringVar(&f.responseFile, "response", "", "file holding the upstream's response body (JSON, or an event stream when it starts with data: or event:)")
+	fl.IntVar(&f.responseStatus, "status", 200, "the upstream's HTTP status")
+	fl.StringArrayVar(&f.responseHeaders, "response-header", nil, "upstream response header NAME:VALUE (repeatable), e.g. retry-after:20")
 	_ = cmd.MarkFlagRequired("url")
 	return cmd
 }
@@ -70,7 +85,90 @@ func probe(ctx context.Context, f probeFlags, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("probe: check %s: %w", f.addr, err)
 	}
-	return printCheckResponse(out, resp)
+	if err := printCheckResponse(out, resp); err != nil || !f.respond {
+		return err
+	}
+	return playResponse(ctx, extprocv3.NewExternalProcessorClient(conn), f, cr, resp.GetOkResponse(), out)
+}
+
+// playResponse finishes an allowed call the way Envoy's ext_proc filter
+// does: the request headers (with what Check added), the request body when
+// Tollgate asks for it, then the upstream's answer. Tollgate settles the
+// call when the answer ends.
+func playResponse(ctx context.Context, proc extprocv3.ExternalProcessorClient, f probeFlags, cr *authv3.CheckRequest, ok *authv3.OkHttpResponse, out io.Writer) error {
+	var body []byte
+	if f.responseFile != "" {
+		var err error
+		if body, err = os.ReadFile(f.responseFile); err != nil {
+			return fmt.Errorf("probe: response: %w", err)
+		}
+	}
+	req := cr.GetAttributes().GetRequest().GetHttp()
+	hm := &corev3.HeaderMap{}
+	for k, v := range req.GetHeaders() {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+	}
+	for _, h := range ok.GetHeaders() {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: h.GetHeader().GetKey(), RawValue: []byte(h.GetHeader().GetValue())})
+	}
+	ct := "application/json"
+	if t := bytes.TrimSpace(body); bytes.HasPrefix(t, []byte("data:")) || bytes.HasPrefix(t, []byte("event:")) {
+		ct = "text/event-stream"
+	}
+	rh := &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":status", RawValue: []byte(strconv.Itoa(f.responseStatus))}, {Key: "content-type", RawValue: []byte(ct)}}}
+	for _, kv := range f.responseHeaders {
+		k, v, found := strings.Cut(kv, ":")
+		if !found {
+			return fmt.Errorf("probe: --response-header %q: want NAME:VALUE", kv)
+		}
+		rh.Headers = append(rh.Headers, &corev3.HeaderValue{Key: strings.ToLower(strings.TrimSpace(k)), RawValue: []byte(strings.TrimSpace(v))})
+	}
+	st, err := proc.Process(ctx)
+	if err != nil {
+		return fmt.Errorf("probe: ext_proc: %w", err)
+	}
+	exchange := func(r *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+		if err := st.Send(r); err != nil {
+			return nil, err
+		}
+		return st.Recv()
+	}
+	resp, err := exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: hm}}})
+	if err != nil {
+		return fmt.Errorf("probe: ext_proc: %w", err)
+	}
+	mode := resp.GetModeOverride()
+	if mode.GetResponseHeaderMode() == procfilterv3.ProcessingMode_SKIP {
+		fmt.Fprintln(out, "ext_proc: nothing to settle for this call")
+		return st.CloseSend()
+	}
+	if mode == nil && len(req.GetRawBody()) > 0 {
+		resp, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: req.GetRawBody(), EndOfStream: true}}})
+		if err != nil {
+			return fmt.Errorf("probe: ext_proc: %w", err)
+		}
+		if b := resp.GetRequestBody().GetResponse().GetBodyMutation().GetBody(); b != nil {
+			fmt.Fprintf(out, "ext_proc: request body rewritten upstream: %s\n", b)
+		}
+	}
+	if _, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: rh, EndOfStream: len(body) == 0}}}); err != nil {
+		return fmt.Errorf("probe: ext_proc: %w", err)
+	}
+	if len(body) > 0 {
+		if _, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}); err != nil {
+			return fmt.Errorf("probe: ext_proc: %w", err)
+		}
+	}
+	if err := st.CloseSend(); err != nil {
+		return fmt.Errorf("probe: ext_proc: %w", err)
+	}
+	if _, err := st.Recv(); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("probe: ext_proc: %w", err)
+	}
+	fmt.Fprintf(out, "ext_proc: upstream answered %d with %d bytes; the call is settled\n", f.responseStatus, len(body))
+	return nil
 }
 
 func buildCheckRequest(f probeFlags) (*authv3.CheckRequest, error) {

@@ -34,7 +34,7 @@ func TestServeRedisDeferred(t *testing.T) {
 	grpcAddr, httpAddr := freePort(t), freePort(t)
 	srv := startRun(t, noEnv, httpAddr, redisServeArgs(grpcAddr, httpAddr, writePolicy(t, spendPolicy("")), redisSrv.Addr, prefix)...)
 
-	out, err := probeTour(grpcAddr)
+	out, err := probeHold(grpcAddr)
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "decision: ALLOWED")
 	assert.Contains(t, out, "request headers set:")
@@ -85,11 +85,11 @@ func TestServeRedisFleetSharesBudget(t *testing.T) {
 
 	// acme's $0.036 covers three holds of $0.012 (120% of $0.01); all go through A.
 	for i := range 3 {
-		out, err := probeTour(grpcA)
+		out, err := probeHold(grpcA)
 		require.NoError(t, err, "call %d: %s", i+1, out)
 	}
 
-	out, err := probeTour(grpcB)
+	out, err := probeHold(grpcB)
 	var ee *exitError
 	require.ErrorAs(t, err, &ee, out)
 	assert.Equal(t, exitDenied, ee.code)

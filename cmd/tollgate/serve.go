@@ -51,7 +51,7 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "on shutdown, wait this long for in-flight checks")
 	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy); reloaded on change")
 	fl.StringVar(&f.store, "store", "memory", "limiter store: memory (this process only) or redis (shared by every sidecar)")
-	fl.StringVar(&f.settle, "settle", "immediate", "immediate: book a call's estimate at admission; deferred: hold it (and a concurrency slot) until settled or released")
+	fl.StringVar(&f.settle, "settle", "deferred", "deferred: hold a call's estimate (and a concurrency slot) until ext_proc settles it from the response; immediate: book the estimate at admission (for Envoy without ext_proc)")
 	fl.StringSliceVar(&f.redis.Addrs, "redis-addr", f.redis.Addrs, "Redis address(es): the server, the sentinels, or cluster seeds")
 	fl.StringVar(&f.redis.Mode, "redis-mode", f.redis.Mode, "single, sentinel or cluster")
 	fl.StringVar(&f.redis.MasterName, "redis-master", "", "sentinel master name")

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"testing"
@@ -16,7 +18,7 @@ import (
 func TestUsageCommand(t *testing.T) {
 	grpcAddr, httpAddr := freePort(t), freePort(t)
 	startRun(t, noEnv, httpAddr, serveArgs(grpcAddr, httpAddr, "--policy", writePolicy(t, spendPolicy("")), "--settle", "deferred")...)
-	out, err := probeTour(grpcAddr)
+	out, err := probeHold(grpcAddr)
 	require.NoError(t, err, out)
 	require.Regexp(t, reservationLine, out)
 
@@ -82,4 +84,36 @@ func TestUsageCommandNoServer(t *testing.T) {
 	assert.ErrorContains(t, err, addr)
 	assert.ErrorContains(t, err, "connection refused")
 	assert.Equal(t, 1, exitCode(err, io.Discard))
+}
+
+// TestProbeSettles: probe finishes an allowed call the way Envoy does,
+// through ext_proc, so the README's walk-through books a recorded
+// response's real cost, and an upstream 429 pauses the pool.
+func TestProbeSettles(t *testing.T) {
+	grpcAddr, httpAddr := freePort(t), freePort(t)
+	startRun(t, noEnv, httpAddr, serveArgs(grpcAddr, httpAddr)...) // the bundled policy, deferred settlement
+	probe := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(context.Background(), append([]string{"probe", "--addr", grpcAddr, "--client", "acme",
+			"--url", "https://api.openai.com/v1/chat/completions", "--body", "../../testdata/bodies/openai/chat-simple-stream.json"}, args...),
+			noEnv, &out, io.Discard)
+		return out.String(), err
+	}
+	out, err := probe("--response", "../../testdata/responses/openai-chat-stream.sse")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "the call is settled")
+	out, err = runUsage("acme", "--addr", httpAddr)
+	require.NoError(t, err)
+	// The stream's usage (19 in, 10 out) at gpt-4o-mini's bundled prices:
+	// 19 × $0.15/1M + 10 × $0.60/1M.
+	assert.Regexp(t, `(?m)^acme +\$100 +\$0\.00000885 +\$0 +\$99\.99999115$`, out)
+	assert.Contains(t, out, "calls in flight 0 of 5")
+
+	out, err = probe("--status", "429", "--response-header", "retry-after: 30")
+	require.NoError(t, err, out)
+	out, err = probe()
+	require.Error(t, err, out)
+	assert.Contains(t, out, "x-tollgate-reason: rate_limited")
+	// 30 s of pause, then the call's ~555 tokens at 166 a second.
+	assert.Regexp(t, `retry-after: 3[3-5]\n`, out, "the pool is paused for the upstream's Retry-After")
 }
