@@ -25,6 +25,7 @@ type EstimateBreakdown struct {
 	Input  string `json:"input_usd"`
 	Output string `json:"output_usd"`
 	Images string `json:"images_usd"`
+	Audio  string `json:"audio_usd"`
 	Units  string `json:"unit_priced_usd"` // pools charged by their own unit price
 }
 
@@ -74,7 +75,7 @@ func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType st
 		Route: route.Name, Provider: route.Provider, Model: e.Model, PriceEntry: e.PriceEntry, ModelKnown: e.ModelKnown,
 		Kind: e.Kind, Stream: e.Stream, Exact: e.Exact, InputTokens: e.InputTokens, OutputTokens: e.OutputTokens,
 		Images: e.Images, Segments: e.Segments, Recipients: e.Recipients, Cost: e.Cost.String(),
-		Breakdown: EstimateBreakdown{Input: e.InputCost.String(), Output: e.OutputCost.String(), Images: e.ImageCost.String(), Units: e.UnitCost.String()},
+		Breakdown: EstimateBreakdown{Input: e.InputCost.String(), Output: e.OutputCost.String(), Images: e.ImageCost.String(), Audio: e.AudioCost.String(), Units: e.UnitCost.String()},
 		Strategy:  e.Strategy, ReservePercent: e.ReservePercent, Reserve: e.Reserve.String(),
 	}
 	if !route.LLM() {

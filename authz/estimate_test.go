@@ -42,7 +42,7 @@ func TestEstimateAPI(t *testing.T) {
 		InputTokens: in, OutputTokens: 100, Segments: 1, Recipients: 1,
 		Pools:     []authz.EstimatePool{{Pool: "gpt", Unit: "token", Units: in + 100}},
 		Cost:      moneyString(in*2500 + 1_000_000),
-		Breakdown: authz.EstimateBreakdown{Input: moneyString(in * 2500), Output: "0.001", Images: "0", Units: "0"},
+		Breakdown: authz.EstimateBreakdown{Input: moneyString(in * 2500), Output: "0.001", Images: "0", Audio: "0", Units: "0"},
 		Strategy:  "conservative", ReservePercent: 120, Reserve: moneyString((in*2500 + 1_000_000) * 120 / 100),
 	}, rep)
 	assert.Zero(t, ts.srv.Decider().Pending(), "an estimate reserves nothing")

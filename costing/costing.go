@@ -79,7 +79,7 @@ type Estimate struct {
 	// InputCost, OutputCost and ImageCost break an LLM call's Cost down
 	// when its model is priced (they add up to Cost for a route of token
 	// pools); UnitCost is what pools charged by their unit price.
-	InputCost, OutputCost, ImageCost, UnitCost policy.Money
+	InputCost, OutputCost, ImageCost, AudioCost, UnitCost policy.Money
 	// Model is the body's model; PriceEntry the policy's models: entry that
 	// priced it ("" for none); ModelKnown is false when that was the "*"
 	// entry or none (a miss worth counting).
@@ -90,7 +90,12 @@ type Estimate struct {
 	// they were counted by the provider's rules (false: from body size).
 	InputTokens, OutputTokens int64
 	Exact                     bool
-	Images                    int64
+	// Images and AudioParts are the request's image and audio parts,
+	// priced by the model's image and audio prices.
+	Images, AudioParts int64
+	// N is the choices each prompt asks for: an allowance the body does not
+	// state is assumed for each of them.
+	N int64
 	// Kind is an OpenAI endpoint (KindChat, ...) or "" for other calls.
 	// Stream says the response is an event stream; IncludeUsage that it
 	// ends with the call's usage on its own.
@@ -121,7 +126,7 @@ type Estimator struct {
 // the model's prices for LLM calls (input, output and images apart), else
 // from each pool's unit price.
 func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
-	est := Estimate{Pools: make([]PoolCost, len(r.Pools)), Segments: 1, Recipients: 1}
+	est := Estimate{Pools: make([]PoolCost, len(r.Pools)), Segments: 1, Recipients: 1, N: 1}
 	size := max(c.BodySize, int64(len(c.Body)))
 	whole := size <= int64(len(c.Body))
 	llm := r.LLM()
@@ -130,7 +135,7 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 		case policy.ProviderOpenAI:
 			if q, err := ParseOpenAI(c.Path, c.Body, e.Tok); err == nil && e.Tok != nil {
 				est.Model, est.InputTokens, est.OutputTokens, est.Images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
-				est.Kind, est.Stream, est.IncludeUsage = q.Kind, q.Stream, q.IncludeUsage
+				est.Kind, est.Stream, est.IncludeUsage, est.AudioParts, est.N = q.Kind, q.Stream, q.IncludeUsage, q.AudioParts, max(q.N, 1)
 			}
 		case policy.ProviderAnthropic:
 			if q, err := ParseAnthropic(c.Body, e.Tok); err == nil && e.Tok != nil {
@@ -159,11 +164,12 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 		if model != nil {
 			est.PriceEntry = model.Name
 		}
-		if est.OutputTokens <= 0 {
+		if est.OutputTokens <= 0 && est.Kind != KindEmbeddings { // embeddings produce no tokens
 			est.OutputTokens = r.DefaultMaxTokens
 			if model != nil && model.MaxOutputTokens > 0 {
 				est.OutputTokens = model.MaxOutputTokens
 			}
+			est.OutputTokens = satMul(est.OutputTokens, est.N)
 		}
 	}
 	var tokenMoney policy.Money
@@ -190,7 +196,8 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 		est.InputCost = model.Input.Cost(est.InputTokens)
 		est.OutputCost = model.Output.Cost(est.OutputTokens)
 		est.ImageCost = model.Image.Cost(est.Images)
-		tokenMoney = addMoney(addMoney(est.InputCost, est.OutputCost), est.ImageCost)
+		est.AudioCost = model.Audio.Cost(est.AudioParts)
+		tokenMoney = addMoney(addMoney(addMoney(est.InputCost, est.OutputCost), est.ImageCost), est.AudioCost)
 	} else {
 		est.UnitCost = addMoney(est.UnitCost, tokenMoney)
 		tokenMoney = 0

@@ -20,7 +20,8 @@ pools:
   sms:   {unit: segment, capacity: 500, refill_per_second: 8, price: "0.0075"}
   email: {unit: email, capacity: 1000, refill_per_second: 16, price: "0.0001"}
 models:
-  gpt-4o: {input: "2.50/1M", output: "10/1M", image: "0.001", max_output_tokens: 500}
+  gpt-4o: {input: "2.50/1M", output: "10/1M", image: "0.001", audio: "0.002", max_output_tokens: 500}
+  text-embedding-3-small: {input: "0.02/1M", output: "0"}
 routes:
   openai:   {host: api.openai.com, path_prefix: /v1/, provider: openai, pools: [tpm, rpm], default_max_tokens: 100}
   twilio:   {host: api.twilio.com, path_prefix: /, provider: twilio, pools: [sms]}
@@ -61,6 +62,29 @@ func TestEstimatorByProvider(t *testing.T) {
 		body := chat("gpt-4o", "")
 		e := est.Estimate(set, route("api.openai.com"), costing.Call{Path: "/v1/chat/completions", Body: body, BodySize: int64(len(body))})
 		assert.Equal(t, int64(500), e.OutputTokens)
+	})
+	t.Run("n choices: the assumed allowance for each", func(t *testing.T) {
+		body := chat("gpt-4o", `,"n":3`)
+		e := est.Estimate(set, route("api.openai.com"), costing.Call{Path: "/v1/chat/completions", Body: body, BodySize: int64(len(body))})
+		assert.Equal(t, int64(1500), e.OutputTokens)
+		assert.Equal(t, int64(3), e.N)
+	})
+	t.Run("embeddings: input tokens only", func(t *testing.T) {
+		body := []byte(`{"model":"text-embedding-3-small","input":["one","two"]}`)
+		e := est.Estimate(set, route("api.openai.com"), costing.Call{Path: "/v1/embeddings", Body: body, BodySize: int64(len(body))})
+		assert.Equal(t, int64(2), e.InputTokens)
+		assert.Zero(t, e.OutputTokens, "an embedding has no output allowance")
+		assert.Equal(t, policy.Money(40), e.Cost, "2 tokens at $0.02/1M")
+	})
+	t.Run("images and audio parts priced by the model", func(t *testing.T) {
+		body := []byte(`{"model":"gpt-4o","max_tokens":10,"messages":[{"role":"user","content":[{"type":"text","text":"what is this?"},` +
+			`{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}]}]}`)
+		e := est.Estimate(set, route("api.openai.com"), costing.Call{Path: "/v1/chat/completions", Body: body, BodySize: int64(len(body))})
+		assert.Equal(t, int64(1), e.Images)
+		assert.Equal(t, int64(1), e.AudioParts)
+		assert.Equal(t, policy.Money(1_000_000), e.ImageCost)
+		assert.Equal(t, policy.Money(2_000_000), e.AudioCost)
+		assert.Equal(t, e.InputCost+e.OutputCost+e.ImageCost+e.AudioCost, e.Cost)
 	})
 	t.Run("unknown model: pool price, counted as a miss", func(t *testing.T) {
 		body := chat("gpt-9", `,"max_tokens":10`)

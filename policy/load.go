@@ -177,7 +177,7 @@ type (
 		file, name                        string
 		line                              int
 		input, output, cachedInput, image at[string]
-		cacheWrite                        at[string]
+		cacheWrite, audio                 at[string]
 		maxOutput                         at[int64]
 	}
 )
@@ -323,7 +323,7 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 				ds.models = append(ds.models, modelDoc{
 					file: d.file, name: name, line: k.Line,
 					input: m.scalarText("input"), output: m.scalarText("output"),
-					cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"), cacheWrite: m.scalarText("cache_write"),
+					cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"), cacheWrite: m.scalarText("cache_write"), audio: m.scalarText("audio"),
 					maxOutput: m.int("max_output_tokens"),
 				})
 				m.close()
@@ -604,7 +604,7 @@ func (ds *docs) compile() (*Set, []error) {
 			req bool
 		}{{"input", md.input, &m.Input, true}, {"output", md.output, &m.Output, true},
 			{"cached_input", md.cachedInput, &m.CachedInput, false}, {"cache_write", md.cacheWrite, &m.CacheWrite, false},
-			{"image", md.image, &m.Image, false}} {
+			{"image", md.image, &m.Image, false}, {"audio", md.audio, &m.Audio, false}} {
 			switch {
 			case f.v.missing() && f.req:
 				el.add(md.file, md.line, path+"."+f.key, "is required (a price such as \"2.50/1M\")")

@@ -11,7 +11,11 @@ type Model struct {
 	// CacheWrite prices input tokens written to a prompt cache (Anthropic's
 	// cache_creation_input_tokens); defaults to Input.
 	CacheWrite Price
-	Image      Price
+	// Image and Audio price each image and each audio part of a request,
+	// on top of its tokens, in the estimate (the response's usage counts
+	// them as tokens at settlement).
+	Image Price
+	Audio Price
 	// MaxOutputTokens is the output allowance assumed when a request states
 	// none; 0 leaves it to the route's default_max_tokens.
 	MaxOutputTokens int64

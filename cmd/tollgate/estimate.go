@@ -151,8 +151,8 @@ func printEstimate(out io.Writer, r authz.EstimateReport) {
 	for _, p := range r.Pools {
 		fmt.Fprintf(tw, "pool\t%s\t%d %ss\n", p.Pool, p.Units, p.Unit)
 	}
-	fmt.Fprintf(tw, "cost\t$%s\tinput $%s, output $%s, images $%s, unit-priced $%s\n", r.Cost,
-		r.Breakdown.Input, r.Breakdown.Output, r.Breakdown.Images, r.Breakdown.Units)
+	fmt.Fprintf(tw, "cost\t$%s\tinput $%s, output $%s, images $%s, audio $%s, unit-priced $%s\n", r.Cost,
+		r.Breakdown.Input, r.Breakdown.Output, r.Breakdown.Images, r.Breakdown.Audio, r.Breakdown.Units)
 	fmt.Fprintf(tw, "reserve\t$%s\t%s, %d%% of the estimate\n", r.Reserve, r.Strategy, r.ReservePercent)
 	_ = tw.Flush()
 }
