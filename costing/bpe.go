@@ -1,64 +1,45 @@
 package costing
 
 import (
-	"fmt"
-	"strings"
+	"unicode/utf8"
 
-	"github.com/dlclark/regexp2"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
 )
 
-// Pre-tokenizer patterns, verbatim from tiktoken-go v0.1.8 (encoding.go),
-// itself a copy of OpenAI's tiktoken_ext/openai_public.py. bpeCounter must
-// split text exactly as tiktoken-go does, so it uses the same patterns with
-// the same engine (regexp2, default options).
-var (
-	patCL100K = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-	patO200K  = strings.Join([]string{
-		`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?`,
-		`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?`,
-		`\p{N}{1,3}`,
-		` ?[^\s\p{L}\p{N}]+[\r\n/]*`,
-		`\s*[\r\n]+`,
-		`\s+(?!\S)`,
-		`\s+`,
-	}, "|")
-)
-
-// bpeCounter counts the tokens of one encoding. It gives the same count as
-// tiktoken's encode_ordinary, but its merge is a heap (O(n log n) in the
-// piece length) where tiktoken's is a rescan (O(n²)), so a long piece cannot
-// stall a request. It only counts: it never builds the token list. It is
-// immutable and safe for concurrent use (regexp2.Regexp is).
+// bpeCounter counts the tokens of one encoding, as tiktoken's
+// encode_ordinary would: the encoding's pre-tokenizer (split.go, the same
+// cuts as its regular expression, much faster), then byte-pair merges of
+// each piece, a rescan for short pieces and a heap (O(n log n)) for long
+// ones where tiktoken's rescan is O(n²), so a long piece cannot stall a
+// request. It only counts: it never builds the token list. It is immutable
+// and safe for concurrent use.
 type bpeCounter struct {
-	split *regexp2.Regexp
+	split func(string, func(string))
 	ranks map[string]int
 }
 
+// newBPECounter loads the encoding's ranks from those embedded in
+// tiktoken-go-loader: nothing is downloaded at run time.
 func newBPECounter(encoding string) (*bpeCounter, error) {
-	pat := patO200K
+	split := splitO200K
 	if encoding == EncodingCL100K {
-		pat = patCL100K
-	}
-	re, err := regexp2.Compile(pat, regexp2.None)
-	if err != nil {
-		return nil, fmt.Errorf("compile pre-tokenizer: %w", err)
+		split = splitCL100K
 	}
 	ranks, err := tiktoken_loader.NewOfflineLoader().LoadTiktokenBpe(encoding + ".tiktoken")
 	if err != nil {
 		return nil, err
 	}
-	return &bpeCounter{split: re, ranks: ranks}, nil
+	return &bpeCounter{split: split, ranks: ranks}, nil
 }
 
-// count returns the number of tokens of text.
+// count returns the number of tokens of text. Text that is not valid UTF-8
+// is read as tiktoken reads it, each invalid byte a U+FFFD.
 func (c *bpeCounter) count(text string) int {
-	n := 0
-	m, _ := c.split.FindStringMatch(text) // errors only on MatchTimeout, which is unset
-	for m != nil {
-		n += c.pieceCount(m.String())
-		m, _ = c.split.FindNextMatch(m)
+	if !utf8.ValidString(text) {
+		text = string([]rune(text))
 	}
+	n := 0
+	c.split(text, func(piece string) { n += c.pieceCount(piece) })
 	return n
 }
 

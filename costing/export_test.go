@@ -1,17 +1,101 @@
 package costing
 
-// CountPaths exposes both counting paths to the external tests, which check
-// that they agree with each other and with the reference tokenizer.
-func CountPaths(t *Tokenizer, encoding, text string) (fast, safe int64, err error) {
-	e, err := t.encoder(encoding)
-	if err != nil {
-		return 0, 0, err
+import (
+	"strings"
+	"sync"
+
+	"github.com/dlclark/regexp2"
+	"github.com/pkoukk/tiktoken-go"
+	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
+)
+
+// The references the tokenizer is tested against, kept out of the binary:
+// tiktoken-go (a port of OpenAI's tiktoken) and the encodings' own
+// pre-tokenizer regular expressions, verbatim from tiktoken-go v0.1.8
+// (encoding.go), itself a copy of OpenAI's tiktoken_ext/openai_public.py,
+// run by the same engine (regexp2, default options).
+var (
+	patCL100K = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	patO200K  = strings.Join([]string{
+		`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?`,
+		`[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?`,
+		`\p{N}{1,3}`,
+		` ?[^\s\p{L}\p{N}]+[\r\n/]*`,
+		`\s*[\r\n]+`,
+		`\s+(?!\S)`,
+		`\s+`,
+	}, "|")
+	refRegex = map[string]*regexp2.Regexp{
+		EncodingCL100K: regexp2.MustCompile(patCL100K, regexp2.None),
+		EncodingO200K:  regexp2.MustCompile(patO200K, regexp2.None),
 	}
-	return int64(len(e.fast.EncodeOrdinary(text))), int64(e.safe.count(text)), nil
+	// tiktoken-go reads its ranks through a process-wide loader; set once.
+	tiktokenOnce sync.Once
+	tiktokenEnc  sync.Map // encoding → *tiktoken.Tiktoken
+)
+
+func tiktokenFor(encoding string) (*tiktoken.Tiktoken, error) {
+	tiktokenOnce.Do(func() { tiktoken.SetBpeLoader(tiktoken_loader.NewOfflineLoader()) })
+	if e, ok := tiktokenEnc.Load(encoding); ok {
+		return e.(*tiktoken.Tiktoken), nil
+	}
+	e, err := tiktoken.GetEncoding(encoding)
+	if err != nil {
+		return nil, err
+	}
+	tiktokenEnc.Store(encoding, e)
+	return e, nil
 }
 
-// LongestRun exposes the router between the two paths.
-var LongestRun = longestRun
+// regexPieces cuts text with the encoding's regular expression.
+func regexPieces(encoding, text string) []string {
+	var out []string
+	m, _ := refRegex[encoding].FindStringMatch(text)
+	for m != nil {
+		out = append(out, m.String())
+		m, _ = refRegex[encoding].FindNextMatch(m)
+	}
+	return out
+}
 
-// MaxFastRun is the router's threshold.
-const MaxFastRun = maxFastRun
+// CountPaths counts text three ways, for the external tests to check that
+// they agree with each other and with OpenAI's tokenizer: tiktoken-go's
+// encoder, the regular expression's pieces merged by bpeCounter, and Count's
+// own path (the hand-written split, merged by bpeCounter).
+func CountPaths(t *Tokenizer, encoding, text string) (tiktokenGo, regex, split int64, err error) {
+	e, err := t.encoder(encoding)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	ref, err := tiktokenFor(e.name(encoding))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	n := 0
+	for _, p := range regexPieces(e.name(encoding), text) {
+		n += e.bpe.pieceCount(p)
+	}
+	return int64(len(ref.EncodeOrdinary(text))), int64(n), int64(e.bpe.count(text)), nil
+}
+
+// name is the encoding an encoder of Tokenizer stands for.
+func (l *lazyEncoder) name(asked string) string {
+	if asked == EncodingCL100K {
+		return EncodingCL100K
+	}
+	return EncodingO200K
+}
+
+// Pieces returns text cut by the encoding's regular expression and by the
+// hand-written pre-tokenizer (text must be valid UTF-8).
+func Pieces(t *Tokenizer, encoding, text string) (regex, split []string, err error) {
+	e, err := t.encoder(encoding)
+	if err != nil {
+		return nil, nil, err
+	}
+	e.bpe.split(text, func(p string) { split = append(split, p) })
+	return regexPieces(e.name(encoding), text), split, nil
+}
+
+// SmallPiece is the longest piece the rescan merge takes.
+const SmallPiece = smallPiece

@@ -170,11 +170,40 @@ func FuzzCountPaths(f *testing.F) {
 		}
 		for _, s := range texts {
 			for _, enc := range []string{costing.EncodingCL100K, costing.EncodingO200K} {
-				fast, safe, err := costing.CountPaths(tok, enc, s)
+				tt, regex, split, err := costing.CountPaths(tok, enc, s)
 				require.NoError(t, err)
-				require.Equal(t, fast, safe, "%s %q", enc, s)
-				require.Equal(t, fast, tok.Count(enc, s), "%s %q", enc, s)
+				require.Equal(t, tt, regex, "%s %q", enc, s)
+				require.Equal(t, tt, split, "%s %q", enc, s)
+				require.Equal(t, tt, tok.Count(enc, s), "%s %q", enc, s)
 			}
+		}
+	})
+}
+
+// FuzzSplit holds the hand-written pre-tokenizers to the regular
+// expressions they replace: the same pieces, in the same order, for any
+// valid UTF-8 text.
+func FuzzSplit(f *testing.F) {
+	for _, s := range []string{"tiktoken is great!", "   x", "!!!\n/\n/", "I'LL don't 'Re 's", "お誕生日おめでとう", "e\u0301\u0301",
+		"1234567", "\t\t \n\r\n", "HelloWORLDfoo", "ǅungla ǈ", "\u00a0\u2028x", "a\u0300B\u0300c", "x  \ny", " !!\r\n/", "\r\r\n\n  "} {
+		f.Add(s)
+	}
+	for _, body := range bodies(f, "openai") {
+		f.Add(string(body))
+	}
+	for _, body := range bodies(f, "anthropic") {
+		f.Add(string(body))
+	}
+	tok := tokenizer(f)
+	f.Fuzz(func(t *testing.T, text string) {
+		if len(text) > 2048 {
+			return // the regular expressions backtrack quadratically on long runs
+		}
+		text = strings.ToValidUTF8(text, "\uFFFD")
+		for _, enc := range []string{costing.EncodingCL100K, costing.EncodingO200K} {
+			regex, split, err := costing.Pieces(tok, enc, text)
+			require.NoError(t, err)
+			require.Equal(t, regex, split, "%s %q", enc, text)
 		}
 	})
 }
