@@ -272,8 +272,8 @@ func TestCheckerCatchesBrokenConfigs(t *testing.T) {
 			wantErr: "STREAMD",
 		},
 		"empty ext_proc gRPC cluster": {
-			old: "grpc_service:\n                envoy_grpc: { cluster_name: tollgate }\n              # The call was already admitted",
-			new: "grpc_service:\n                envoy_grpc: { cluster_name: \"\" }\n              # The call was already admitted",
+			old:     "grpc_service:\n                envoy_grpc: { cluster_name: tollgate }\n              # The call was already admitted",
+			new:     "grpc_service:\n                envoy_grpc: { cluster_name: \"\" }\n              # The call was already admitted",
 			wantErr: "ClusterName", shallowMisses: true,
 		},
 		"listener port out of range": {
