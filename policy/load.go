@@ -152,6 +152,7 @@ type (
 		models, pools    at[[]string]
 		provider         at[string]
 		defaultMaxTokens at[int64]
+		class            at[string]
 	}
 	limitDoc struct {
 		pool             string
@@ -164,6 +165,7 @@ type (
 		priority      at[int64]
 		maxConcurrent at[int64]
 		budget        at[string]
+		maxClass      at[string]
 		limits        []limitDoc
 	}
 	clientDoc struct {
@@ -172,6 +174,25 @@ type (
 		tier     at[string]
 		budget   at[string]
 		parent   at[string]
+	}
+	queueDoc struct {
+		file                                  string
+		line                                  int
+		header, horizon, fairness, starvation at[string]
+		classes                               []classDoc
+		windows                               []windowDoc
+		windowsAt                             int // line of off_peak, 0 when absent
+	}
+	classDoc struct {
+		name              string
+		line              int
+		maxWait           at[string]
+		maxDepth, urgency at[int64]
+	}
+	windowDoc struct {
+		line             int
+		start, end, zone at[string]
+		days             at[[]string]
 	}
 	modelDoc struct {
 		file, name                        string
@@ -191,6 +212,7 @@ type docs struct {
 	tiers      []tierDoc
 	clients    []clientDoc
 	models     []modelDoc
+	queues     []queueDoc
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
@@ -280,6 +302,7 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 					file: d.file, name: name, line: k.Line,
 					host: m.str("host"), prefix: m.str("path_prefix"), models: m.strs("models"),
 					provider: m.str("provider"), pools: m.strs("pools"), defaultMaxTokens: m.int("default_max_tokens"),
+					class: m.str("class"),
 				})
 				m.close()
 			})
@@ -295,6 +318,7 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 				t := tierDoc{
 					file: d.file, name: name, line: k.Line,
 					priority: m.int("priority"), maxConcurrent: m.int("max_concurrent"), budget: m.scalarText("monthly_budget"),
+					maxClass: m.str("max_class"),
 				}
 				if lv := m.get("client_limits"); lv != nil {
 					if lm := d.mapping(lv, "tiers."+name+".client_limits"); lm != nil {
@@ -311,6 +335,12 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 				ds.tiers = append(ds.tiers, t)
 				m.close()
 			})
+		}
+	}
+	if v := top.get("queue"); v != nil {
+		if qm := d.mapping(v, "queue"); qm != nil {
+			ds.queues = append(ds.queues, readQueue(d, qm, deref(v).Line))
+			qm.close()
 		}
 	}
 	if v := top.get("models"); v != nil {
@@ -346,6 +376,41 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 		}
 	}
 	top.close()
+}
+
+func readQueue(d *decoder, qm *mapNode, line int) queueDoc {
+	q := queueDoc{file: d.file, line: line, header: qm.str("priority_header"), horizon: qm.str("wait_horizon"),
+		fairness: qm.str("fairness_window"), starvation: qm.str("starvation_alert")}
+	if cv := qm.get("classes"); cv != nil {
+		if cm := d.mapping(cv, "queue.classes"); cm != nil {
+			cm.each(func(name string, k, v *yaml.Node) {
+				m := d.mapping(v, "queue.classes."+name)
+				if m == nil {
+					return
+				}
+				q.classes = append(q.classes, classDoc{name: name, line: k.Line, maxWait: m.str("max_wait"),
+					maxDepth: m.int("max_depth"), urgency: m.int("urgency")})
+				m.close()
+			})
+		}
+	}
+	if wv := deref(qm.get("off_peak")); wv != nil {
+		q.windowsAt = wv.Line
+		if wv.Kind != yaml.SequenceNode {
+			d.fail(wv, "queue.off_peak", "must be a list of windows such as - {start: \"22:00\", end: \"06:00\"}, got %s", kindName(wv))
+		} else {
+			for i, item := range wv.Content {
+				m := d.mapping(item, fmt.Sprintf("queue.off_peak[%d]", i))
+				if m == nil {
+					continue
+				}
+				q.windows = append(q.windows, windowDoc{line: deref(item).Line, start: m.str("start"), end: m.str("end"),
+					zone: m.str("timezone"), days: m.strs("days")})
+				m.close()
+			}
+		}
+	}
+	return q
 }
 
 // Compile decodes, merges, validates and compiles policy sources into a Set.
@@ -463,6 +528,14 @@ func (ds *docs) compile() (*Set, []error) {
 		case !r.defaultMaxTokens.set:
 			rt.DefaultMaxTokens = DefaultMaxTokens
 		}
+		rt.Class = Normal
+		if r.class.set {
+			if c, ok := ParseClass(r.class.v); ok {
+				rt.Class = c
+			} else {
+				el.add(r.file, r.class.line, path+".class", "unknown class %q (one of %s)", r.class.v, strings.Join(classNames[:], ", "))
+			}
+		}
 		for i, m := range rt.Models {
 			if m == "" || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
 				el.add(r.file, r.models.line, fmt.Sprintf("%s.models[%d]", path, i), "must be a model name or a prefix ending in *, got %q", m)
@@ -492,7 +565,14 @@ func (ds *docs) compile() (*Set, []error) {
 		if !unique("tier", t.name, t.file, t.line) {
 			continue
 		}
-		tier := &Tier{Name: t.name, Priority: int(t.priority.v), MaxConcurrent: t.maxConcurrent.v, ClientLimits: map[string]Limit{}}
+		tier := &Tier{Name: t.name, Priority: int(t.priority.v), MaxConcurrent: t.maxConcurrent.v, ClientLimits: map[string]Limit{}, MaxClass: Immediate}
+		if t.maxClass.set {
+			if c, ok := ParseClass(t.maxClass.v); ok {
+				tier.MaxClass = c
+			} else {
+				el.add(t.file, t.maxClass.line, path+".max_class", "unknown class %q (one of %s)", t.maxClass.v, strings.Join(classNames[:], ", "))
+			}
+		}
 		if t.priority.missing() {
 			el.add(t.file, t.line, path+".priority", "is required (0 to 40 points)")
 		} else if t.priority.set && (t.priority.v < 0 || t.priority.v > 40) {
@@ -702,7 +782,138 @@ func (ds *docs) compile() (*Set, []error) {
 			}
 		}
 	}
+	s.Queue = compileQueue(&el, ds.queues, s.Defaults.Location)
 	return s, el.errs
+}
+
+// compileQueue reads the queue blocks over DefaultQueue. Each setting may
+// be given once across the files; windows are in their own time zone, else
+// the policy's.
+func compileQueue(el *errList, qs []queueDoc, loc *time.Location) Queue {
+	out := DefaultQueue()
+	seen := map[string]place{}
+	once := func(file string, line int, key string) bool {
+		if p, dup := seen[key]; dup {
+			el.add(file, line, "queue."+key, "is already set at %s", p)
+			return false
+		}
+		seen[key] = place{file, line}
+		return true
+	}
+	duration := func(file, key string, v at[string], lo, hi time.Duration, dst *time.Duration) {
+		if !v.set || !once(file, v.line, key) {
+			return
+		}
+		d, err := time.ParseDuration(v.v)
+		switch {
+		case err != nil:
+			el.add(file, v.line, "queue."+key, "must be a duration such as 10s or 5m, got %q", v.v)
+		case d < lo || d > hi:
+			el.add(file, v.line, "queue."+key, "must be between %v and %v, got %v", lo, hi, d)
+		default:
+			*dst = d
+		}
+	}
+	for _, q := range qs {
+		if q.header.set && once(q.file, q.header.line, "priority_header") {
+			h := strings.ToLower(q.header.v)
+			if h == "" || strings.ContainsAny(h, " :") {
+				el.add(q.file, q.header.line, "queue.priority_header", "must be a header name, got %q", q.header.v)
+			} else {
+				out.PriorityHeader = h
+			}
+		}
+		duration(q.file, "wait_horizon", q.horizon, time.Second, 24*time.Hour, &out.WaitHorizon)
+		duration(q.file, "fairness_window", q.fairness, time.Second, 24*time.Hour, &out.FairnessWindow)
+		duration(q.file, "starvation_alert", q.starvation, time.Second, 7*24*time.Hour, &out.StarvationAlert)
+		for _, c := range q.classes {
+			compileClass(el, q.file, c, &out, once)
+		}
+		if q.windowsAt > 0 && once(q.file, q.windowsAt, "off_peak") {
+			for i, w := range q.windows {
+				out.Windows = append(out.Windows, compileWindow(el, q.file, fmt.Sprintf("queue.off_peak[%d]", i), w, loc))
+			}
+		}
+	}
+	return out
+}
+
+func compileClass(el *errList, file string, c classDoc, out *Queue, once func(string, int, string) bool) {
+	path := "queue.classes." + c.name
+	cls, ok := ParseClass(c.name)
+	if !ok {
+		el.add(file, c.line, path, "unknown class %q (one of %s)", c.name, strings.Join(classNames[:], ", "))
+		return
+	}
+	if !once(file, c.line, "classes."+c.name) {
+		return
+	}
+	cp := &out.Classes[cls]
+	if c.maxWait.set {
+		d, err := time.ParseDuration(c.maxWait.v)
+		switch {
+		case err != nil:
+			el.add(file, c.maxWait.line, path+".max_wait", "must be a duration such as 10s, got %q", c.maxWait.v)
+		case cls == Immediate && d != 0:
+			el.add(file, c.maxWait.line, path+".max_wait", "an immediate call is never held; it must be 0")
+		case d < 0 || d > 24*time.Hour:
+			el.add(file, c.maxWait.line, path+".max_wait", "must be between 0s and 24h, got %v", d)
+		default:
+			cp.MaxWait = d
+		}
+	}
+	if c.maxDepth.set {
+		if c.maxDepth.v < 0 || c.maxDepth.v > 10_000_000 {
+			el.add(file, c.maxDepth.line, path+".max_depth", "must be between 0 and 10000000, got %d", c.maxDepth.v)
+		} else {
+			cp.MaxDepth = int(c.maxDepth.v)
+		}
+	}
+	if c.urgency.set {
+		if c.urgency.v < 0 || c.urgency.v > 30 {
+			el.add(file, c.urgency.line, path+".urgency", "must be between 0 and 30 points, got %d", c.urgency.v)
+		} else {
+			cp.Urgency = int(c.urgency.v)
+		}
+	}
+}
+
+func compileWindow(el *errList, file, path string, w windowDoc, loc *time.Location) Window {
+	win := Window{Location: loc}
+	for _, f := range []struct {
+		key string
+		v   at[string]
+		dst *time.Duration
+	}{{"start", w.start, &win.Start}, {"end", w.end, &win.End}} {
+		if !f.v.set {
+			el.add(file, w.line, path+"."+f.key, "is required (a time of day such as \"22:00\")")
+			continue
+		}
+		d, err := parseClock(f.v.v)
+		if err != nil {
+			el.add(file, f.v.line, path+"."+f.key, "%v", err)
+		}
+		*f.dst = d
+	}
+	if w.start.set && win.Start == 24*time.Hour {
+		el.add(file, w.start.line, path+".start", "a window cannot start at 24:00")
+	}
+	if w.zone.set {
+		if l, err := time.LoadLocation(w.zone.v); err != nil || w.zone.v == "" {
+			el.add(file, w.zone.line, path+".timezone", "unknown time zone %q (an IANA name such as UTC or Europe/Berlin)", w.zone.v)
+		} else {
+			win.Location = l
+		}
+	}
+	for _, day := range w.days.v {
+		wd, ok := weekdays[strings.ToLower(strings.TrimSpace(day))]
+		if !ok {
+			el.add(file, w.days.line, path+".days", "unknown day %q (mon, tue, wed, thu, fri, sat, sun)", day)
+			continue
+		}
+		win.Days[wd] = true
+	}
+	return win
 }
 
 // compileAdaptive reads defaults.adaptive over DefaultAdaptive.

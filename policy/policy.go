@@ -78,6 +78,8 @@ type Route struct {
 	// DefaultMaxTokens is the output allowance assumed for an LLM call that
 	// states none.
 	DefaultMaxTokens int64
+	// Class is the priority class of a call that asks for none.
+	Class Class
 }
 
 // LLM reports whether any of the route's pools counts tokens, i.e. whether
@@ -103,6 +105,9 @@ type Tier struct {
 	// ClientLimits caps each client of this tier within a pool: a bucket per
 	// (pool, client), keyed by pool name.
 	ClientLimits map[string]Limit
+	// MaxClass is the most urgent class its clients may ask for; a more
+	// urgent request is lowered to it.
+	MaxClass Class
 }
 
 // Client is a known caller.
@@ -166,6 +171,8 @@ type Set struct {
 	// Models prices LLM models by name (see Set.Model).
 	Models   map[string]*Model
 	Defaults Defaults
+	// Queue is how calls are held for capacity.
+	Queue Queue
 	// Files are the files the set was loaded from, in load order.
 	Files    []string
 	LoadedAt time.Time
