@@ -142,6 +142,13 @@ func (s *Server) endReservation(w http.ResponseWriter, r *http.Request, end func
 		s.log.Error("ending a reservation failed", slog.String("reservation", r.PathValue("id")), slog.Any("error", err))
 		writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
 	default:
+		// The call is over: ext_proc has nothing left to settle, and its slot
+		// may let a held call go.
+		if p := s.decider.pending.take(st.ID); p != nil {
+			s.decider.kickSettled(p)
+		} else {
+			s.decider.queue.KickAll()
+		}
 		writeJSON(w, http.StatusOK, settleReply(st))
 	}
 }

@@ -48,6 +48,7 @@ routes:
     path_prefix: /v1/
     provider: openai
     pools: [calls]
+    class: immediate # answers given at once; queue_test.go holds calls
 tiers:
   team:
     priority: 10

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/queue"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -126,6 +127,9 @@ type Verdict struct {
 	// "denied; reason=rate_limited; pool=gpt-4".
 	Shadow   string
 	Estimate costing.Estimate
+	// Class is the call's priority class; QueueWait how long it was held.
+	Class     policy.Class
+	QueueWait time.Duration
 }
 
 // Decider runs the admission pipeline: policy → estimate → limiter.
@@ -139,6 +143,8 @@ type Decider struct {
 	clock    limiter.Clock
 	newID    func() string
 	pending  *pendingTable
+	queue    *queue.Queue[attempt]
+	qm       *queueMetrics
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -181,8 +187,32 @@ func NewDecider(p PolicySource, s limiter.Store, reg prometheus.Registerer, log 
 	for _, o := range opts {
 		o(d)
 	}
+	qclock, ok := d.clock.(queue.Clock) // a clock with timers (the fake one in tests) drives the queue too
+	if !ok {
+		qclock = queue.SystemClock{}
+	}
+	d.qm = newQueueMetrics(reg)
+	d.queue = queue.New[attempt](queue.Config{
+		Clock:  qclock,
+		Policy: func() policy.Queue { return d.policies.Policy().Queue },
+		OnStarving: func(id, line string, class policy.Class, waited time.Duration) {
+			d.qm.starving.WithLabelValues(class.String()).Inc()
+			_, desc := lineLabel(line)
+			d.log.LogAttrs(context.Background(), slog.LevelWarn, "a call has waited past the starvation alert",
+				slog.String("request_id", id), slog.String("queue", desc), slog.String("class", class.String()), slog.Duration("waited", waited))
+		},
+		OnExit: func(_ string, class policy.Class, o queue.Outcome, waited time.Duration) {
+			d.qm.exits.WithLabelValues(class.String(), string(o)).Inc()
+			d.qm.wait.WithLabelValues(class.String(), string(o)).Observe(waited.Seconds())
+		},
+	})
+	reg.MustRegister(newQueueCollector(d.queue))
 	return d
 }
+
+// Close ends every wait in the hold queue (the calls are told Tollgate is
+// shutting down) and waits for attempts in flight.
+func (d *Decider) Close() error { return d.queue.Close() }
 
 // SweepPending forgets admitted calls whose reservation lapsed unsettled
 // (the store commits them at their estimate), and returns how many.
@@ -297,11 +327,96 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		hold.ID, hold.TTL = d.newID(), set.Defaults.ReservationTTL
 		hold.Slot = &limiter.Slot{Client: client.ID, Max: client.Tier.MaxConcurrent}
 	}
-	dec, err := d.store.Reserve(ctx, limiter.Request{Takes: takes, Hold: hold})
+	req := limiter.Request{Takes: takes, Hold: hold}
+	class := classOf(set, r, route, client)
+	v.Class = class
+	cp := set.Queue.Class(class)
+	deadline := now.Add(cp.MaxWait)
+	if dl, ok := ctx.Deadline(); ok && dl.Add(-deadlineMargin).Before(deadline) {
+		deadline = dl.Add(-deadlineMargin) // answer before Envoy gives up
+	}
+	canWait := class != policy.Immediate && cp.MaxWait > 0 && deadline.After(now) && !set.Defaults.Shadow
+	var notBefore time.Time
+	if class == policy.Deferred {
+		if inside, opens := set.Queue.OffPeak(now); !inside {
+			if !canWait || opens.After(deadline) {
+				v.Outcome, v.Reason, v.Status, v.RetryAfter = OutcomeDenied, ReasonOffPeak, http.StatusTooManyRequests, opens.Sub(now)
+				v.Pool = route.Pools[0].Name
+				v.Message = fmt.Sprintf("Deferred calls go in the off-peak window, which opens at %s; please try again then.", opens.Format(time.RFC3339))
+				return v
+			}
+			notBefore = opens // held until the window opens
+		}
+	}
+
+	var (
+		dec  limiter.Decision
+		err  error
+		line string
+	)
+	if canWait {
+		// Behind waiters for the same resource, a call queues rather than
+		// take what a better one waits for; a deferred call outside its
+		// window is held for it.
+		if line = d.busyLine(req); line == "" && !notBefore.IsZero() {
+			line = firstLine(req)
+		}
+	}
+	if line == "" {
+		dec, err = d.store.Reserve(ctx, req)
+		if err == nil && !dec.Allowed && canWait && waitable(dec) &&
+			(dec.Reason == limiter.ReasonConcurrency || !now.Add(dec.RetryAfter).After(deadline)) {
+			line = lineOf(dec, req)
+		}
+	} else {
+		dec.Blocking, dec.BudgetBlocking = -1, -1
+	}
+	queued := line != ""
+	if queued {
+		h := d.hold(ctx, line, r, client, class, cp, req, unitsFor(line, takes), deadline, notBefore)
+		v.QueueWait = h.res.Waited
+		pool, desc := lineLabel(h.line)
+		if pool == "concurrency" {
+			pool = route.Pools[0].Name
+		}
+		deny := func(status int, reason string, retry time.Duration, msg string) Verdict {
+			v.Outcome, v.Reason, v.Status, v.RetryAfter, v.Pool, v.Message = OutcomeDenied, reason, status, retry, pool, msg
+			if status == http.StatusServiceUnavailable {
+				v.Outcome = OutcomeError
+			}
+			if h.res.Tried {
+				if a := h.res.Value.dec; a.Tightest() >= 0 {
+					b := a.Buckets[a.Tightest()]
+					v.RateLimit = &RateLimit{Pool: b.Key.Pool, Unit: set.Pools[b.Key.Pool].Unit, Limit: b.Limit.Capacity, Remaining: b.Remaining, Reset: b.ResetAfter}
+				}
+			}
+			return v
+		}
+		retry := max(h.res.RetryAfter, dec.RetryAfter, time.Second)
+		switch h.res.Outcome {
+		case queue.Granted, queue.Denied:
+			dec, err = h.res.Value.dec, h.res.Value.err
+			if h.res.Outcome == queue.Granted && ctx.Err() != nil { // the grant raced the caller's exit
+				d.undo(ctx, req, dec)
+				return d.cancelled(v, route)
+			}
+		case queue.Cancelled:
+			return d.cancelled(v, route)
+		case queue.Timeout:
+			return deny(http.StatusTooManyRequests, ReasonQueueTimeout, retry,
+				fmt.Sprintf("Held %.1fs in the %s queue for %s, the most its class may wait; please try again in %ds.",
+					h.res.Waited.Seconds(), class, desc, ceilSeconds(retry)))
+		case queue.Full:
+			return deny(http.StatusTooManyRequests, ReasonQueueFull, retry,
+				fmt.Sprintf("The %s queue for %s is full (%d calls); please try again in %ds.", class, desc, cp.MaxDepth, ceilSeconds(retry)))
+		case queue.Removed:
+			return deny(http.StatusTooManyRequests, ReasonQueueRemoved, time.Second, "An operator removed this call from Tollgate's queue.")
+		default: // closed
+			return deny(http.StatusServiceUnavailable, ReasonShuttingDown, time.Second, "Tollgate is shutting down; please try again.")
+		}
+	}
 	if err != nil && ctx.Err() != nil {
-		v.Outcome, v.Reason, v.Status = OutcomeError, ReasonCancelled, http.StatusServiceUnavailable
-		v.Pool, v.Message = route.Pools[0].Name, "the check was cancelled before Tollgate could answer"
-		return v
+		return d.cancelled(v, route)
 	}
 	if err != nil {
 		d.m.storeErrors.Inc()
@@ -356,6 +471,9 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		return v
 	}
 	v.Allowed, v.Outcome, v.Reservation = true, OutcomeAllowed, hold.ID
+	if !queued {
+		d.recordGrant(client.ID, req) // a grant through the queue is recorded there
+	}
 	if hold.ID != "" {
 		p := &pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
 			expires: now.Add(hold.TTL)}
@@ -376,6 +494,35 @@ func (d *Decider) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Shadow = fmt.Sprintf("denied; reason=%s; pool=%s; retry_after=%d", reason, b.Key.Pool, ceilSeconds(b.RetryAfter))
 	}
 	return v
+}
+
+// cancelled is the verdict for a check whose caller (Envoy) went away.
+func (d *Decider) cancelled(v Verdict, route *policy.Route) Verdict {
+	v.Allowed, v.Outcome, v.Reason, v.Status = false, OutcomeError, ReasonCancelled, http.StatusServiceUnavailable
+	v.Pool, v.Message = route.Pools[0].Name, "the check was cancelled before Tollgate could answer"
+	return v
+}
+
+// firstLine is the line a call held for the off-peak window joins: its
+// first bucket's.
+func firstLine(req limiter.Request) string {
+	if len(req.Takes) > 0 {
+		return bucketLine(req.Takes[0].Key)
+	}
+	if h := req.Hold; h != nil && h.Slot != nil {
+		return slotLine(h.Slot.Client)
+	}
+	return "none"
+}
+
+// unitsFor is what a call takes from line's resource, for fairness.
+func unitsFor(line string, takes []limiter.Take) int64 {
+	for _, t := range takes {
+		if bucketLine(t.Key) == line {
+			return t.Cost
+		}
+	}
+	return 1
 }
 
 // budgetRetryWindow: a budget denial carries Retry-After only when the

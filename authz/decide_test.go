@@ -70,21 +70,25 @@ routes:
     provider: openai
     pools: [gpt-4]
     default_max_tokens: 100
+    class: immediate # these tests are about answers given at once; queue_test.go holds calls
   openai-other:
     host: api.openai.com
     path_prefix: /v1/
     provider: openai
     pools: [chat]
+    class: immediate
   twilio-sms:
     host: api.twilio.com
     path_prefix: /2010-04-01/Accounts/
     provider: twilio
     pools: [sms]
+    class: immediate
   sendgrid-mail:
     host: api.sendgrid.com
     path_prefix: /v3/mail/send
     provider: sendgrid
     pools: [email]
+    class: immediate
 tiers:
   basic:
     priority: 10

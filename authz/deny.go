@@ -31,6 +31,9 @@ func ResponseHeaders(v *Verdict) []Header {
 			remaining = v.Budget.Remaining().String()
 		}
 		hs = append(hs, Header{HeaderBudgetRemaining, remaining})
+		if v.QueueWait > 0 {
+			hs = append(hs, Header{HeaderQueueWait, strconv.FormatFloat(v.QueueWait.Seconds(), 'f', 3, 64)})
+		}
 	}
 	if !v.Allowed {
 		if v.RetryAfter > 0 {

@@ -56,10 +56,12 @@ func newDecider(tb testing.TB, yaml string) *decider {
 	clk := fakeclock.New(epoch)
 	store := newMemStore(tb, clk)
 	reg := prometheus.NewRegistry()
-	return &decider{
-		Decider: authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(tb, yaml)}, store, reg, nil),
+	d := &decider{
+		Decider: authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(tb, yaml)}, store, reg, nil, authz.WithClock(clk)),
 		reg:     reg, clk: clk, store: store,
 	}
+	tb.Cleanup(func() { require.NoError(tb, d.Close()) })
+	return d
 }
 
 // remaining reads a bucket's whole units left without charging it (a zero

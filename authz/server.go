@@ -212,9 +212,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				t.Stop()
 			}
 		}
+		// Held calls are answered now (503 shutting_down) rather than at
+		// their deadline, which could outlast the shutdown timeout.
+		var errs []error
+		if err := s.decider.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("authz: close the queue: %w", err))
+		}
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
-		var errs []error
 		select {
 		case <-stopped:
 		case <-ctx.Done():
@@ -269,6 +274,7 @@ func (s *Server) expireLoop(ctx context.Context) {
 				s.log.Warn("expiring reservations failed", slog.Any("error", err))
 			case n > 0:
 				s.decider.m.expired.Add(float64(n))
+				s.decider.queue.KickAll() // lapsed reservations gave slots back
 				s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
 			}
 		}
@@ -286,6 +292,7 @@ func (s *Server) adminMux() *http.ServeMux {
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
 	s.apiRoutes(mux)
 	s.estimateRoute(mux)
+	s.queueRoutes(mux)
 	return mux
 }
 

@@ -69,6 +69,7 @@ routes:
     path_prefix: /v1/
     provider: openai
     pools: [gpt-4]
+    class: immediate # answers given at once; queue_test.go holds calls
 tiers:
   basic:
     priority: 10

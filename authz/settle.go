@@ -341,6 +341,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			c.d.log.LogAttrs(ctx, slog.LevelWarn, "unused units not returned", slog.String("reservation", p.id), slog.Any("error", err))
 		}
 	}
+	c.d.kickSettled(p) // its slot, and any units it gave back, may let a held call go
 	return c.count(outcome, reason)
 }
 

@@ -9,15 +9,15 @@ import (
 	"net/http"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// TestServeTour is the README tour: three quick calls pass, the fourth is
-// refused with 429 and Retry-After, and once the pool refills one passes
-// again; cancelling the context (SIGTERM) stops the server cleanly.
+// TestServeTour is the README tour: three quick calls pass; a fourth that
+// may not wait (class immediate) is refused with 429 and Retry-After; one
+// that may (the default class, normal) is held until the pool refills and
+// then passes; cancelling the context (SIGTERM) stops the server cleanly.
 func TestServeTour(t *testing.T) {
 	grpcAddr, httpAddr := freePort(t), freePort(t)
 	srv := startRun(t, noEnv, httpAddr, serveArgs(grpcAddr, httpAddr, "--policy", tourPolicy)...)
@@ -28,7 +28,7 @@ func TestServeTour(t *testing.T) {
 		assert.Contains(t, out, "decision: ALLOWED")
 	}
 
-	out, err := probeTour(grpcAddr)
+	out, err := probeTour(grpcAddr, "--header", "x-tollgate-priority: immediate")
 	var ee *exitError
 	require.ErrorAs(t, err, &ee, out)
 	assert.Equal(t, exitDenied, ee.code)
@@ -37,11 +37,12 @@ func TestServeTour(t *testing.T) {
 	assert.Contains(t, out, "429")
 	assert.Contains(t, out, "retry-after: 1")
 
-	// The pool refills one request a second, in real time.
-	require.Eventually(t, func() bool {
-		_, err := probeTour(grpcAddr)
-		return err == nil
-	}, 5*time.Second, 50*time.Millisecond, "the pool never refilled")
+	// The pool refills one request a second, in real time: a normal call is
+	// held for it.
+	out, err = probeTour(grpcAddr)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "decision: ALLOWED")
+	assert.Regexp(t, `x-tollgate-queue-wait: (0\.[1-9]|1\.)\d*`, out, "held until the refill")
 
 	require.NoError(t, srv.stop(t))
 	assert.Contains(t, srv.stderr.String(), "stopped")
