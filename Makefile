@@ -21,11 +21,12 @@ run: build ## start Tollgate on the embedded default (memory store, bundled poli
 test: deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 
 # Tests start real servers of their own (redis-server on a free loopback
-# port); install the Debian packages when they are missing.
-TEST_PACKAGES := redis-server
+# port) and check alert rules with promtool; install the Debian packages
+# when the commands are missing. Each entry is command:package.
+TEST_TOOLS := redis-server:redis-server promtool:prometheus
 deps: ## install what the tests need (Debian packages)
-	@missing=""; for p in $(TEST_PACKAGES); do \
-		command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for t in $(TEST_TOOLS); do \
+		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

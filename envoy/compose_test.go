@@ -40,6 +40,7 @@ type composeService struct {
 }
 
 type prometheusConfig struct {
+	RuleFiles     []string `json:"rule_files"`
 	ScrapeConfigs []struct {
 		JobName       string `json:"job_name"`
 		StaticConfigs []struct {
@@ -207,5 +208,14 @@ func TestComposeMatchesSidecar(t *testing.T) {
 			}
 		}
 		assert.Contains(t, targets, net.JoinHostPort("tollgate", strconv.Itoa(httpPort)))
+
+		// Every rule file it loads is mounted from deploy/, where
+		// deploy/rules_test.go checks it with promtool.
+		require.NotEmpty(t, cfg.RuleFiles, "the alert rules are loaded")
+		for _, rf := range cfg.RuleFiles {
+			src := mountSource(t, prom, rf)
+			_, err := os.Stat(src)
+			assert.NoError(t, err, "rule file %s is mounted from %s", rf, src)
+		}
 	})
 }

@@ -29,6 +29,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tollgate/tollgate/policy"
+
 	// Every typed_config type used in the configs must be linked in, or
 	// protojson cannot resolve its "@type" (nothing registers them for us).
 	// The ones above are imported by name; these only need registering.
@@ -394,6 +396,12 @@ func TestSidecarExtAuthzFilter(t *testing.T) {
 			assert.Equal(t, tollgateName, grpc.GetEnvoyGrpc().GetClusterName())
 			require.NotNil(t, grpc.GetTimeout(), "without a timeout Envoy uses its 200 ms default")
 			assert.Greater(t, grpc.GetTimeout().AsDuration(), envoyDefaultExtAuthzTimeout)
+			longest := policy.Default().Queue.LongestWait()
+			assert.Greater(t, grpc.GetTimeout().AsDuration(), longest,
+				"Envoy must wait longer than the bundled policy may hold a call (%v)", longest)
+			require.NotNil(t, hcm.GetStreamIdleTimeout(), "Envoy's 5 min idle default would cut a held call")
+			assert.Greater(t, hcm.GetStreamIdleTimeout().AsDuration(), grpc.GetTimeout().AsDuration(),
+				"a held call sends nothing: the stream must not be idle-timed-out first")
 
 			assert.False(t, cfg.GetFailureModeAllow(), "fail closed: an unreachable Tollgate must not mean unmetered calls")
 			assert.Equal(t, 503, int(cfg.GetStatusOnError().GetCode()))

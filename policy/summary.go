@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // Summary is a plain, JSON-friendly view of a Set, for /debug/policy and
@@ -17,7 +18,26 @@ type Summary struct {
 	Routes   []SummaryRoute  `json:"routes"`
 	Tiers    []SummaryTier   `json:"tiers"`
 	Models   []SummaryModel  `json:"models,omitempty"`
+	Queue    SummaryQueue    `json:"queue"`
 	Clients  int             `json:"clients"`
+}
+
+// SummaryQueue mirrors Queue.
+type SummaryQueue struct {
+	PriorityHeader  string         `json:"priority_header"`
+	WaitHorizon     string         `json:"wait_horizon"`
+	FairnessWindow  string         `json:"fairness_window"`
+	StarvationAlert string         `json:"starvation_alert"`
+	Classes         []SummaryClass `json:"classes"`
+	OffPeak         []string       `json:"off_peak,omitempty"`
+}
+
+// SummaryClass mirrors ClassPolicy.
+type SummaryClass struct {
+	Name     string `json:"name"`
+	MaxWait  string `json:"max_wait"`
+	MaxDepth int    `json:"max_depth"`
+	Urgency  int    `json:"urgency"`
 }
 
 // SummaryModel mirrors Model.
@@ -57,6 +77,7 @@ type SummaryRoute struct {
 	Models     []string `json:"models,omitempty"`
 	Provider   Provider `json:"provider"`
 	Pools      []string `json:"pools"`
+	Class      string   `json:"class"`
 }
 
 // SummaryTier mirrors Tier.
@@ -66,6 +87,7 @@ type SummaryTier struct {
 	MaxConcurrent int64    `json:"max_concurrent"`
 	MonthlyBudget string   `json:"monthly_budget"`
 	ClientLimits  []string `json:"client_limits,omitempty"`
+	MaxClass      string   `json:"max_class"`
 	Clients       int      `json:"clients"`
 }
 
@@ -88,7 +110,7 @@ func (s *Set) Summary() Summary {
 		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.RefillPerSecond, p.Price.String(), p.Shadow})
 	}
 	for _, r := range s.Routes {
-		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider}
+		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider, Class: r.Class.String()}
 		for _, p := range r.Pools {
 			sr.Pools = append(sr.Pools, p.Name)
 		}
@@ -104,7 +126,8 @@ func (s *Set) Summary() Summary {
 	}
 	for _, name := range sortedKeys(s.Tiers) {
 		t := s.Tiers[name]
-		st := SummaryTier{Name: t.Name, Priority: t.Priority, MaxConcurrent: t.MaxConcurrent, MonthlyBudget: "custom", Clients: perTier[name]}
+		st := SummaryTier{Name: t.Name, Priority: t.Priority, MaxConcurrent: t.MaxConcurrent, MonthlyBudget: "custom", Clients: perTier[name],
+			MaxClass: t.MaxClass.String()}
 		if t.Budgeted {
 			st.MonthlyBudget = "$" + t.MonthlyBudget.String()
 		}
@@ -113,6 +136,26 @@ func (s *Set) Summary() Summary {
 			st.ClientLimits = append(st.ClientLimits, fmt.Sprintf("%s %d/%d per s", pool, l.Capacity, l.RefillPerSecond))
 		}
 		sum.Tiers = append(sum.Tiers, st)
+	}
+	q := s.Queue
+	sum.Queue = SummaryQueue{PriorityHeader: q.PriorityHeader, WaitHorizon: q.WaitHorizon.String(),
+		FairnessWindow: q.FairnessWindow.String(), StarvationAlert: q.StarvationAlert.String()}
+	for _, c := range Classes {
+		cp := q.Class(c)
+		sum.Queue.Classes = append(sum.Queue.Classes, SummaryClass{Name: c.String(), MaxWait: cp.MaxWait.String(), MaxDepth: cp.MaxDepth, Urgency: cp.Urgency})
+	}
+	for _, w := range q.Windows {
+		desc := fmt.Sprintf("%02d:%02d-%02d:%02d %s", int(w.Start.Hours()), int(w.Start.Minutes())%60, int(w.End.Hours()), int(w.End.Minutes())%60, w.Location)
+		var days []string
+		for d, on := range w.Days {
+			if on {
+				days = append(days, time.Weekday(d).String()[:3])
+			}
+		}
+		if len(days) > 0 {
+			desc += " " + strings.Join(days, ",")
+		}
+		sum.Queue.OffPeak = append(sum.Queue.OffPeak, desc)
 	}
 	return sum
 }
@@ -129,7 +172,7 @@ func (sum Summary) WriteText(w io.Writer) error {
 	for _, p := range sum.Pools {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.RefillPerSecond, p.Price, p.Shadow)
 	}
-	fmt.Fprintln(tw, "\nROUTE\tHOST\tPATH PREFIX\tMODELS\tPROVIDER\tPOOLS")
+	fmt.Fprintln(tw, "\nROUTE\tHOST\tPATH PREFIX\tMODELS\tPROVIDER\tPOOLS\tCLASS")
 	for _, r := range sum.Routes {
 		models := strings.Join(r.Models, ",")
 		if models == "" {
@@ -139,11 +182,20 @@ func (sum Summary) WriteText(w io.Writer) error {
 		if host == "" {
 			host = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, host, r.PathPrefix, models, r.Provider, strings.Join(r.Pools, ","))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, host, r.PathPrefix, models, r.Provider, strings.Join(r.Pools, ","), r.Class)
 	}
-	fmt.Fprintln(tw, "\nTIER\tPRIORITY\tMAX CONCURRENT\tMONTHLY BUDGET\tCLIENTS\tCLIENT LIMITS")
+	fmt.Fprintln(tw, "\nTIER\tPRIORITY\tMAX CONCURRENT\tMONTHLY BUDGET\tMOST URGENT CLASS\tCLIENTS\tCLIENT LIMITS")
 	for _, t := range sum.Tiers {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", t.Name, t.Priority, t.MaxConcurrent, t.MonthlyBudget, t.Clients, strings.Join(t.ClientLimits, "; "))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%d\t%s\n", t.Name, t.Priority, t.MaxConcurrent, t.MonthlyBudget, t.MaxClass, t.Clients, strings.Join(t.ClientLimits, "; "))
+	}
+	fmt.Fprintf(tw, "\nqueue:\tclass header %s; full waiting points after %s; fairness over %s; starvation alert after %s\n",
+		sum.Queue.PriorityHeader, sum.Queue.WaitHorizon, sum.Queue.FairnessWindow, sum.Queue.StarvationAlert)
+	fmt.Fprintln(tw, "CLASS\tMAX WAIT\tMAX DEPTH\tURGENCY")
+	for _, c := range sum.Queue.Classes {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", c.Name, c.MaxWait, c.MaxDepth, c.Urgency)
+	}
+	if len(sum.Queue.OffPeak) > 0 {
+		fmt.Fprintf(tw, "off-peak:\t%s\n", strings.Join(sum.Queue.OffPeak, "; "))
 	}
 	if len(sum.Models) > 0 {
 		fmt.Fprintln(tw, "\nMODEL\tINPUT\tOUTPUT")
