@@ -44,6 +44,8 @@ type ledger struct {
 	done    map[string]ended
 	doneQ   []expiryItem // ended ids in the order they end, so their records are forgotten in order
 	expiry  expiryHeap
+	batches map[string]int64 // booked batch ids → forget after (Unix µs)
+	batchQ  []expiryItem
 }
 
 func newLedger() ledger {
@@ -52,12 +54,25 @@ func newLedger() ledger {
 		slots:   map[string]map[string]int64{},
 		resv:    map[string]*reservation{},
 		done:    map[string]ended{},
+		batches: map[string]int64{},
 	}
 }
 
-// liveSlots counts a client's slots. Callers expire every lapsed
-// reservation first (which frees its slot), so all that remain are live.
-func (l *ledger) liveSlots(client string) int64 { return int64(len(l.slots[client])) }
+// liveSlots counts a client's slots in use at now. Callers expire every
+// lapsed reservation first (which frees its slot); slots leased by a
+// sidecar lapse on their own, and are dropped here.
+func (l *ledger) liveSlots(client string, now int64) int64 {
+	set := l.slots[client]
+	for id, exp := range set {
+		if exp <= now {
+			delete(set, id)
+		}
+	}
+	if len(set) == 0 {
+		delete(l.slots, client)
+	}
+	return int64(len(set))
+}
 
 func (l *ledger) states(h *limiter.Hold) []limiter.BudgetState {
 	out := make([]limiter.BudgetState, len(h.Budgets))
@@ -164,6 +179,14 @@ func (l *ledger) expire(now int64, max int) int {
 	if k > 0 {
 		l.doneQ = append(l.doneQ[:0:0], l.doneQ[k:]...)
 	}
+	k = 0
+	for k < len(l.batchQ) && l.batchQ[k].exp <= now {
+		delete(l.batches, l.batchQ[k].id)
+		k++
+	}
+	if k > 0 {
+		l.batchQ = append(l.batchQ[:0:0], l.batchQ[k:]...)
+	}
 	return n
 }
 
@@ -216,7 +239,7 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	u := limiter.Usage{Budgets: s.ledger.states(&limiter.Hold{Period: period, Budgets: budgets})}
 	if len(budgets) > 0 {
 		s.ledger.expire(limiter.Micros(now), math.MaxInt)
-		u.InFlight = s.ledger.liveSlots(budgets[0].Owner)
+		u.InFlight = s.ledger.liveSlots(budgets[0].Owner, limiter.Micros(now))
 	}
 	return u, nil
 }

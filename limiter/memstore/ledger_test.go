@@ -25,3 +25,11 @@ func TestAdjustConformance(t *testing.T) {
 		return s
 	})
 }
+
+func TestLeaseConformance(t *testing.T) {
+	storetest.RunLease(t, func(t *testing.T, clock limiter.Clock) limiter.Backend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	})
+}

@@ -162,7 +162,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		}
 		var inFlight int64
 		if h.Slot != nil && !h.Commit {
-			inFlight = s.ledger.liveSlots(h.Slot.Client)
+			inFlight = s.ledger.liveSlots(h.Slot.Client, at)
 		}
 		d = limiter.ApplyHold(buckets, req.Takes, h, s.ledger.states(h), inFlight)
 		d.Expired = expired

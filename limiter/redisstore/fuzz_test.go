@@ -488,3 +488,21 @@ func TestDecodeAdjust(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeLease pins lease.lua's reply decoder.
+func TestDecodeLease(t *testing.T) {
+	asks := []limiter.LeaseAsk{{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, Want: 5, Need: 1}}
+	good := []any{int64(5), int64(3), int64(7000000), int64(0), int64(1)}
+	g, err := decodeLease(good, asks)
+	require.NoError(t, err)
+	assert.Equal(t, []limiter.LeaseGrant{{Granted: 5, Remaining: 3, ResetAfter: 7 * time.Second, Possible: true}}, g)
+	for name, reply := range map[string][]any{
+		"short":          good[:4],
+		"over the want":  {int64(6), int64(3), int64(0), int64(0), int64(1)},
+		"negative grant": {int64(-1), int64(3), int64(0), int64(0), int64(1)},
+		"not a number":   {"x", int64(3), int64(0), int64(0), int64(1)},
+	} {
+		_, err := decodeLease(reply, asks)
+		assert.Error(t, err, name)
+	}
+}

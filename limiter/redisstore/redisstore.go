@@ -22,8 +22,11 @@ import (
 )
 
 var (
-	_ limiter.Backend  = (*Store)(nil)
-	_ limiter.Adjuster = (*Store)(nil)
+	_ limiter.Backend    = (*Store)(nil)
+	_ limiter.Adjuster   = (*Store)(nil)
+	_ limiter.Leaser     = (*Store)(nil)
+	_ limiter.SlotLeaser = (*Store)(nil)
+	_ limiter.Booker     = (*Store)(nil)
 )
 
 var (
@@ -39,16 +42,26 @@ var (
 	usageLua string
 	//go:embed adjust.lua
 	adjustLua string
+	//go:embed lease.lua
+	leaseLua string
+	//go:embed slots.lua
+	slotsLua string
+	//go:embed book.lua
+	bookLua string
 
 	reserveScript = redis.NewScript(commonLua + reserveLua)
 	finishScript  = redis.NewScript(commonLua + finishLua)
 	expireScript  = redis.NewScript(commonLua + expireLua)
 	usageScript   = redis.NewScript(commonLua + usageLua)
 	adjustScript  = redis.NewScript(commonLua + adjustLua)
+	leaseScript   = redis.NewScript(commonLua + leaseLua)
+	slotsScript   = redis.NewScript(commonLua + slotsLua)
+	bookScript    = redis.NewScript(commonLua + bookLua)
 )
 
 // Scripts lists the embedded scripts, for loading ahead of use.
-var Scripts = map[string]*redis.Script{"reserve": reserveScript, "finish": finishScript, "expire": expireScript, "usage": usageScript, "adjust": adjustScript}
+var Scripts = map[string]*redis.Script{"reserve": reserveScript, "finish": finishScript, "expire": expireScript, "usage": usageScript, "adjust": adjustScript,
+	"lease": leaseScript, "slots": slotsScript, "book": bookScript}
 
 // Config configures a Store.
 type Config struct {
@@ -396,4 +409,105 @@ func decodeAdjust(res []any, adj []limiter.Adjustment) ([]limiter.BucketState, e
 		return nil, fmt.Errorf("redisstore: adjust reply: %w", r.err)
 	}
 	return out, nil
+}
+
+// Lease hands out slices of buckets in one script call.
+func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Time) ([]limiter.LeaseGrant, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	keys := make([]string, len(asks))
+	args := make([]any, 0, 2+4*len(asks))
+	args = append(args, micros(now), len(asks))
+	for i, a := range asks {
+		if err := a.Validate(); err != nil {
+			return nil, err
+		}
+		for _, b := range asks[:i] {
+			if b.Key == a.Key {
+				return nil, fmt.Errorf("redisstore: bucket %s leased twice in one call", a.Key)
+			}
+		}
+		keys[i] = s.bucketKey(a.Key)
+		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Want, a.Need)
+	}
+	if len(asks) == 0 {
+		return []limiter.LeaseGrant{}, nil
+	}
+	res, err := leaseScript.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: lease: %w", err)
+	}
+	return decodeLease(res, asks)
+}
+
+func decodeLease(res []any, asks []limiter.LeaseAsk) ([]limiter.LeaseGrant, error) {
+	if len(res) != 5*len(asks) {
+		return nil, fmt.Errorf("redisstore: lease replied with %d values, want %d", len(res), 5*len(asks))
+	}
+	r := reply{v: res}
+	out := make([]limiter.LeaseGrant, len(asks))
+	for i, a := range asks {
+		o := 5 * i
+		g := limiter.LeaseGrant{Granted: r.int(o), Remaining: r.int(o + 1),
+			ResetAfter: time.Duration(r.int(o+2)) * time.Microsecond, RetryAfter: time.Duration(r.int(o+3)) * time.Microsecond,
+			Possible: r.int(o+4) == 1}
+		if g.Granted < 0 || g.Granted > a.Want {
+			r.err = fmt.Errorf("grant %d outside [0, %d]", g.Granted, a.Want)
+		}
+		out[i] = g
+	}
+	if r.err != nil {
+		return nil, fmt.Errorf("redisstore: lease reply: %w", r.err)
+	}
+	return out, nil
+}
+
+// LeaseSlots sets a holder's leased slots of a client in one script call.
+func (s *Store) LeaseSlots(ctx context.Context, l limiter.SlotLease, now time.Time) (held, inFlight int64, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	if err := l.Validate(); err != nil {
+		return 0, 0, err
+	}
+	res, err := slotsScript.Run(ctx, s.c, []string{s.slotKey(l.Client)}, micros(now), l.Holder, l.Want, l.Max, l.TTL.Microseconds()).Slice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("redisstore: lease slots: %w", err)
+	}
+	if len(res) != 2 {
+		return 0, 0, fmt.Errorf("redisstore: lease slots replied with %d values", len(res))
+	}
+	r := reply{v: res}
+	held, inFlight = r.int(0), r.int(1)
+	if r.err == nil && (held < 0 || held > l.Want || inFlight < held) {
+		r.err = fmt.Errorf("held %d, in flight %d out of range", held, inFlight)
+	}
+	if r.err != nil {
+		return 0, 0, fmt.Errorf("redisstore: lease slots reply: %w", r.err)
+	}
+	return held, inFlight, nil
+}
+
+// Book applies a batch of spend deltas exactly once in one script call.
+func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDelta) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if err := limiter.ValidateBatch(batch, deltas); err != nil {
+		return false, err
+	}
+	keys := make([]string, 0, 1+len(deltas))
+	args := make([]any, 0, 1+len(deltas))
+	keys = append(keys, s.p+"j:"+batch)
+	args = append(args, len(deltas))
+	for _, d := range deltas {
+		keys = append(keys, s.budgetKey(d.Owner, d.Period))
+		args = append(args, int64(d.Spent))
+	}
+	n, err := bookScript.Run(ctx, s.c, keys, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: book %s: %w", batch, err)
+	}
+	return n == 1, nil
 }

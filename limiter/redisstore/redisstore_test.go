@@ -42,6 +42,10 @@ func TestLedgerConformance(t *testing.T) {
 	storetest.RunLedger(t, func(t *testing.T, _ limiter.Clock) limiter.Backend { return newStore(t) })
 }
 
+func TestLeaseConformance(t *testing.T) {
+	storetest.RunLease(t, func(t *testing.T, _ limiter.Clock) limiter.Backend { return newStore(t) })
+}
+
 func TestAdjustConformance(t *testing.T) {
 	storetest.RunAdjust(t, func(t *testing.T, _ limiter.Clock) limiter.Store { return newStore(t) })
 }
