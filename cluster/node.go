@@ -1,0 +1,444 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+// Membership: hashicorp/memberlist with its LAN defaults, gossip encrypted
+// with a shared key, and three kinds of message on top: each member's
+// demand per pool, spend booked locally, and upstream back-off.
+
+// NodeConfig configures a Node.
+type NodeConfig struct {
+	// Name is the member's name, unique in the fleet (the pod's name).
+	Name string
+	// BindAddr and BindPort are where gossip listens (UDP and TCP); port 0
+	// picks a free one.
+	BindAddr string
+	BindPort int
+	// AdvertiseAddr and AdvertisePort are what others dial (the pod's IP);
+	// empty means the bound address.
+	AdvertiseAddr string
+	AdvertisePort int
+	// Seeds are host:port addresses of members to join; DNS is a name (a
+	// Kubernetes headless service) whose addresses are members, on
+	// BindPort (or DNS's own :port).
+	Seeds []string
+	DNS   string
+	// Key encrypts and authenticates gossip (16, 24 or 32 bytes): a node
+	// without it can neither join nor inject.
+	Key []byte
+	// Logger receives memberlist's log (at debug) and the node's own.
+	Logger *slog.Logger
+	// DemandEvery is how often a member broadcasts its demand.
+	DemandEvery time.Duration
+	// RejoinEvery is how often a member that knows no peer retries its
+	// seeds (they may start after it).
+	RejoinEvery time.Duration
+}
+
+// DefaultNodeConfig returns memberlist's LAN settings on port 7946, named
+// by the host (in Kubernetes, the pod).
+func DefaultNodeConfig() NodeConfig {
+	host, _ := os.Hostname()
+	return NodeConfig{Name: host, BindAddr: "0.0.0.0", BindPort: 7946, DemandEvery: time.Second, RejoinEvery: 5 * time.Second}
+}
+
+// Validate reports a configuration that cannot work.
+func (c NodeConfig) Validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("cluster: the node needs a name"))
+	}
+	if err := memberlist.ValidateKey(c.Key); err != nil || len(c.Key) == 0 {
+		errs = append(errs, fmt.Errorf("cluster: the gossip key must be 16, 24 or 32 bytes, got %d", len(c.Key)))
+	}
+	if c.BindPort < 0 || c.BindPort > 65535 || c.AdvertisePort < 0 || c.AdvertisePort > 65535 {
+		errs = append(errs, fmt.Errorf("cluster: port out of range"))
+	}
+	if c.DemandEvery <= 0 || c.RejoinEvery <= 0 {
+		errs = append(errs, errors.New("cluster: intervals must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Member is one node as this one sees it.
+type Member struct {
+	Name   string             `json:"name"`
+	Addr   string             `json:"addr"`
+	State  string             `json:"state"` // alive, suspect, dead, left
+	Self   bool               `json:"self,omitempty"`
+	Demand map[string]float64 `json:"demand_per_second,omitempty"` // units a second, by pool
+}
+
+// Signals is what a Node hands up when peers speak. Methods are called from
+// memberlist's receive loop and must not block.
+type Signals interface {
+	Spend(from string, deltas []limiter.SpendDelta)
+	Backoff(from, pool string, pause time.Duration, remaining int64)
+	MembersChanged()
+}
+
+// message is one gossip message; Kind picks its fields.
+type message struct {
+	Kind      string               `json:"k"`
+	From      string               `json:"f"`
+	Demand    map[string]float64   `json:"d,omitempty"`
+	Deltas    []limiter.SpendDelta `json:"s,omitempty"`
+	Pool      string               `json:"p,omitempty"`
+	PauseMS   int64                `json:"pm,omitempty"`
+	Remaining int64                `json:"r,omitempty"`
+	Seq       uint64               `json:"n,omitempty"`
+}
+
+const (
+	kindDemand  = "demand"
+	kindSpend   = "spend"
+	kindBackoff = "backoff"
+)
+
+// Node is this sidecar's membership of the fleet.
+type Node struct {
+	cfg  NodeConfig
+	log  *slog.Logger
+	ml   atomic.Pointer[memberlist.Memberlist] // set once Create returns; its goroutines may ask for Live before
+	bq   *memberlist.TransmitLimitedQueue
+	sig  Signals
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	demand map[string]peerDemand // by member
+	mine   func() map[string]float64
+	seq    uint64
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+type peerDemand struct {
+	rates map[string]float64
+	at    time.Time
+}
+
+// NewNode starts gossip and tries to join the seeds (or DNS). A node that
+// finds no peer keeps trying in the background: it works alone meanwhile.
+// mine reports this node's demand per pool; sig receives what peers say.
+func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), sig: sig, mine: mine,
+		demand: map[string]peerDemand{}, stop: make(chan struct{})}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
+	mc.AdvertiseAddr, mc.AdvertisePort = cfg.AdvertiseAddr, cfg.AdvertisePort
+	if mc.AdvertisePort == 0 {
+		mc.AdvertisePort = cfg.BindPort
+	}
+	mc.SecretKey = append([]byte(nil), cfg.Key...)
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.Logger = slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)
+	mc.Delegate = (*delegate)(n)
+	mc.Events = (*events)(n)
+	n.bq = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return n.Live() }, RetransmitMult: mc.RetransmitMult}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
+	}
+	n.ml.Store(ml)
+	if _, err := n.join(); err != nil {
+		n.log.Warn("no peer reached yet; retrying in the background", slog.Any("error", err))
+	}
+	n.wg.Add(1)
+	go n.loop()
+	return n, nil
+}
+
+// Addr is where this node gossips.
+func (n *Node) Addr() string {
+	ln := n.ml.Load().LocalNode()
+	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// join joins the seeds and the DNS name's addresses.
+func (n *Node) join() (int, error) {
+	addrs := append([]string(nil), n.cfg.Seeds...)
+	if n.cfg.DNS != "" {
+		host, port := n.cfg.DNS, strconv.Itoa(n.cfg.BindPort)
+		if h, p, err := net.SplitHostPort(n.cfg.DNS); err == nil {
+			host, port = h, p
+		}
+		ips, err := net.LookupHost(host)
+		if err != nil {
+			return 0, fmt.Errorf("cluster: look up %s: %w", host, err)
+		}
+		for _, ip := range ips {
+			addrs = append(addrs, net.JoinHostPort(ip, port))
+		}
+	}
+	self := n.Addr()
+	var others []string
+	for _, a := range addrs {
+		if a != self {
+			others = append(others, a)
+		}
+	}
+	if len(others) == 0 {
+		return 0, nil
+	}
+	return n.ml.Load().Join(others)
+}
+
+// loop broadcasts demand and retries joining while alone.
+func (n *Node) loop() {
+	defer n.wg.Done()
+	demand := time.NewTicker(n.cfg.DemandEvery)
+	defer demand.Stop()
+	rejoin := time.NewTicker(n.cfg.RejoinEvery)
+	defer rejoin.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-demand.C:
+			n.broadcast(message{Kind: kindDemand, Demand: n.mine()}, true)
+		case <-rejoin.C:
+			if n.Live() <= 1 && (len(n.cfg.Seeds) > 0 || n.cfg.DNS != "") {
+				if joined, err := n.join(); err == nil && joined > 0 {
+					n.log.Info("joined the fleet", slog.Int("members", n.Live()))
+				}
+			}
+		}
+	}
+}
+
+// Live is the number of alive members, this one included.
+func (n *Node) Live() int {
+	ml := n.ml.Load()
+	if ml == nil {
+		return 1
+	}
+	return max(ml.NumMembers(), 1)
+}
+
+// Members lists the members and their last demand.
+func (n *Node) Members() []Member {
+	mine := n.mine()
+	ms := n.ml.Load().Members() // before n.mu (see Share)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []Member
+	for _, m := range ms {
+		mm := Member{Name: m.Name, Addr: net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))), State: stateName(m.State), Self: m.Name == n.cfg.Name}
+		if mm.Self {
+			mm.Demand = mine
+		} else if d, ok := n.demand[m.Name]; ok {
+			mm.Demand = d.rates
+		}
+		out = append(out, mm)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "dead"
+}
+
+// Share is this node's share of the fleet's demand for pool, in (0, 1]:
+// its own over everyone's (peers' reports older than three intervals
+// count as none). With no demand known anywhere it is 1/Live.
+func (n *Node) Share(pool string) float64 {
+	mine := n.mine()[pool]
+	total := mine
+	alive := n.aliveNames() // before n.mu: memberlist calls NotifyLeave holding its own lock
+	n.mu.Lock()
+	stale := time.Now().Add(-3 * n.cfg.DemandEvery)
+	for name, d := range n.demand {
+		if d.at.Before(stale) || !alive[name] {
+			continue
+		}
+		total += d.rates[pool]
+	}
+	n.mu.Unlock()
+	if total <= 0 {
+		return 1 / float64(n.Live())
+	}
+	return max(mine/total, 1/float64(4*n.Live())) // never starve a member whose demand is just starting
+}
+
+// aliveNames is the set of members memberlist holds alive.
+func (n *Node) aliveNames() map[string]bool {
+	ml := n.ml.Load()
+	if ml == nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, m := range ml.Members() {
+		if m.State == memberlist.StateAlive {
+			out[m.Name] = true
+		}
+	}
+	return out
+}
+
+// Spend tells the fleet about spend booked here.
+func (n *Node) Spend(deltas []limiter.SpendDelta) {
+	if len(deltas) > 0 {
+		n.broadcast(message{Kind: kindSpend, Deltas: deltas}, false)
+	}
+}
+
+// Backoff tells the fleet that the upstream behind pool asked to slow down.
+func (n *Node) Backoff(pool string, pause time.Duration, remaining int64) {
+	n.broadcast(message{Kind: kindBackoff, Pool: pool, PauseMS: pause.Milliseconds(), Remaining: remaining}, false)
+}
+
+func (n *Node) broadcast(m message, latestOnly bool) {
+	n.mu.Lock()
+	n.seq++
+	m.From, m.Seq = n.cfg.Name, n.seq
+	n.mu.Unlock()
+	b, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	n.bq.QueueBroadcast(&broadcast{msg: b, name: m.Kind + "/" + m.Pool, unique: !latestOnly})
+}
+
+// Leave announces the departure and stops gossip; ctx bounds the wait for
+// the announcement to spread. It is idempotent.
+func (n *Node) Leave(ctx context.Context) error {
+	n.shutdownOnce.Do(func() {
+		close(n.stop)
+		n.wg.Wait()
+		timeout := 2 * time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = max(time.Until(dl), 0)
+		}
+		var errs []error
+		if err := n.ml.Load().Leave(timeout); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
+		}
+		if err := n.ml.Load().Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: stop gossip: %w", err))
+		}
+		n.shutdownErr = errors.Join(errs...)
+	})
+	return n.shutdownErr
+}
+
+// Kill stops gossip without a word, as a crashed pod would (for tests and
+// for a process that cannot leave).
+func (n *Node) Kill() error {
+	n.shutdownOnce.Do(func() {
+		close(n.stop)
+		n.wg.Wait()
+		n.shutdownErr = n.ml.Load().Shutdown()
+	})
+	return n.shutdownErr
+}
+
+// broadcast is one queued message. Demand supersedes the sender's older
+// demand; spend and back-off messages are each their own.
+type broadcast struct {
+	msg    []byte
+	name   string
+	unique bool
+}
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*broadcast)
+	return ok && !b.unique && !ob.unique && ob.name == b.name
+}
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+
+// delegate is the Node seen by memberlist.
+type delegate Node
+
+func (d *delegate) NodeMeta(int) []byte { return nil }
+
+func (d *delegate) NotifyMsg(b []byte) {
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil || m.From == "" {
+		return // not ours, or garbled: gossip is authenticated, so a peer's bug
+	}
+	n := (*Node)(d)
+	switch m.Kind {
+	case kindDemand:
+		n.mu.Lock()
+		n.demand[m.From] = peerDemand{rates: m.Demand, at: time.Now()}
+		n.mu.Unlock()
+	case kindSpend:
+		if n.sig != nil && m.From != n.cfg.Name {
+			n.sig.Spend(m.From, m.Deltas)
+		}
+	case kindBackoff:
+		if n.sig != nil && m.From != n.cfg.Name && m.PauseMS >= 0 {
+			n.sig.Backoff(m.From, m.Pool, time.Duration(m.PauseMS)*time.Millisecond, m.Remaining)
+		}
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.bq.GetBroadcasts(overhead, limit)
+}
+
+// LocalState hands a joining or syncing peer this node's demand.
+func (d *delegate) LocalState(bool) []byte {
+	n := (*Node)(d)
+	b, _ := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Demand: n.mine()})
+	return b
+}
+
+func (d *delegate) MergeRemoteState(b []byte, _ bool) { d.NotifyMsg(b) }
+
+// events tells the layer above when membership changes.
+type events Node
+
+func (e *events) NotifyJoin(*memberlist.Node) { e.changed() }
+func (e *events) NotifyLeave(m *memberlist.Node) {
+	n := (*Node)(e)
+	n.mu.Lock()
+	delete(n.demand, m.Name)
+	n.mu.Unlock()
+	e.changed()
+}
+func (e *events) NotifyUpdate(*memberlist.Node) {}
+func (e *events) changed() {
+	if n := (*Node)(e); n.sig != nil {
+		n.sig.MembersChanged()
+	}
+}

@@ -1,0 +1,791 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
+)
+
+// Shared is the fleet's store as the cluster layer uses it: the Redis
+// store implements it (the memory store too, for tests in one process).
+type Shared interface {
+	limiter.Backend
+	limiter.Adjuster
+	limiter.Leaser
+	limiter.SlotLeaser
+	limiter.Booker
+}
+
+// Peers is the fleet as the Store sees it: a *Node. Methods must not block.
+type Peers interface {
+	Name() string
+	Live() int
+	// Share is this member's share of the fleet's demand for a pool.
+	Share(pool string) float64
+	Spend(deltas []limiter.SpendDelta)
+	Backoff(pool string, pause time.Duration, remaining int64)
+}
+
+// Config configures a Store.
+type Config struct {
+	// LeaseTTL is how long a slice of a bucket is spent locally before what
+	// is left goes back.
+	LeaseTTL time.Duration
+	// SlotTTL is how long leased concurrency slots last unless renewed: a
+	// sidecar that dies loses its slots after it.
+	SlotTTL time.Duration
+	// SyncEvery is how often spend decided locally is booked, budget views
+	// refreshed, lapsed leases returned and slots renewed.
+	SyncEvery time.Duration
+	// ViewTTL is how old a budget view may be and still decide locally.
+	ViewTTL time.Duration
+	// NearLimitPercent: a bucket with less than this share of its capacity
+	// left leases single calls only; a budget with less than it left is
+	// decided by the shared store, call by call.
+	NearLimitPercent int64
+	// DemandWindow is the window demand is measured over.
+	DemandWindow time.Duration
+	// Clock is the time of local decisions (nil: the system clock).
+	Clock  limiter.Clock
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns leases of one second, slots of ten, and a sync
+// every 200 ms.
+func DefaultConfig() Config {
+	return Config{LeaseTTL: time.Second, SlotTTL: 10 * time.Second, SyncEvery: 200 * time.Millisecond,
+		ViewTTL: 2 * time.Second, NearLimitPercent: 10, DemandWindow: 5 * time.Second}
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	if c.LeaseTTL <= 0 || c.SlotTTL <= 0 || c.SyncEvery <= 0 || c.ViewTTL <= 0 || c.DemandWindow <= 0 {
+		return errors.New("cluster: lease, slot, sync, view and demand durations must be positive")
+	}
+	if c.NearLimitPercent < 0 || c.NearLimitPercent > 100 {
+		return fmt.Errorf("cluster: near-limit percent %d out of [0, 100]", c.NearLimitPercent)
+	}
+	return nil
+}
+
+var (
+	_ limiter.Backend  = (*Store)(nil)
+	_ limiter.Adjuster = (*Store)(nil)
+)
+
+// Store decides admissions locally where it safely can, and asks the
+// shared store otherwise (see the package comment). It is safe for
+// concurrent use.
+type Store struct {
+	cfg    Config
+	shared Shared
+	peers  Peers
+	log    *slog.Logger
+	m      *metrics
+
+	mu      sync.Mutex
+	leases  map[limiter.Key]*lease
+	slots   map[string]*slotLease
+	views   map[viewKey]*view
+	resv    map[string]*localResv
+	done    map[string]limiter.Settlement
+	doneQ   []doneItem
+	journal []limiter.SpendDelta // decided, not yet booked
+	// returning holds the unused units of lapsed leases, given back at the
+	// next sync.
+	returning []limiter.Adjustment
+	inflight  *batch       // being booked (resent as is until it lands)
+	ends      []pendingEnd // settles and releases of shared reservations not yet told
+	batchSeq  uint64
+	epoch     string
+	outage    bool
+	outSince  time.Time
+	outBkt    map[limiter.Key]*limiter.Bucket // outage mode: this member's share of each bucket
+	outLimit  map[limiter.Key]limiter.Limit
+	outSlots  map[string]int64 // outage mode: this member's calls in flight per client
+
+	demandMu sync.Mutex
+	demand   map[string]*rate // units a second by pool, this member's
+
+	stop      chan struct{}
+	loopDone  chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type lease struct {
+	limit limiter.Limit
+	units int64 // whole units left to spend here
+	exp   time.Time
+	// left is what the shared bucket held after the last grant (whole units).
+	left   int64
+	leftAt time.Time
+	// shortUntil: the shared bucket said no; until then, calls are refused
+	// here without asking (the short-circuit of a key over its limit).
+	shortUntil time.Time
+	shortWait  time.Duration
+	possible   bool
+	// pausedUntil: the upstream asked to back off; no lease until then.
+	pausedUntil time.Time
+}
+
+type slotLease struct {
+	max, held, inUse int64
+	exp, used        time.Time
+}
+
+type viewKey struct{ owner, period string }
+
+// view is a budget as this member last saw it: base (spent and reserved)
+// from the shared store at fetched, what is known to have been spent since
+// (here, and elsewhere by gossip), and mine, this member's own part of it.
+// A member spends locally at most its share of what was left above the
+// margin at the fetch; the next fetch starts a new allowance.
+type view struct {
+	limit             policy.Money
+	base, since, mine policy.Money
+	fetched, touch    time.Time
+}
+
+// snap is a view before a read of the shared store: what was spent here
+// meanwhile is added to what the read returns.
+type snap struct {
+	since, mine, unbooked policy.Money
+}
+
+func (s *Store) snapOf(owner, period string) snap {
+	sn := snap{unbooked: s.unbooked(owner, period)}
+	if v := s.views[viewKey{owner, period}]; v != nil {
+		sn.since, sn.mine = v.since, v.mine
+	}
+	return sn
+}
+
+// rebase sets v from a read of the shared store (base: its spent and
+// reserved) taken after sn. What was unbooked at sn may have been booked
+// before the read and so be in base too: counting it twice errs on the
+// safe side until the next read. s.mu is held.
+func (v *view) rebase(base policy.Money, sn snap, now time.Time) {
+	v.since = sn.unbooked + (v.since - sn.since)
+	v.mine = sn.unbooked + (v.mine - sn.mine)
+	v.base, v.fetched = base, now
+}
+
+func (v *view) remaining() policy.Money {
+	if v.limit < 0 {
+		return math.MaxInt64
+	}
+	return v.limit - v.base - v.since
+}
+
+// localResv is a reservation decided here: its estimate is already booked
+// (committed at it, as a lapsed reservation would be), its slot counted
+// here.
+type localResv struct {
+	cost   policy.Money
+	owners []string
+	period string
+	client string // whose slot it holds, "" for none
+	exp    time.Time
+}
+
+type doneItem struct {
+	id  string
+	exp time.Time
+}
+
+type batch struct {
+	id     string
+	deltas []limiter.SpendDelta
+}
+
+// pendingEnd is a settle or release of a reservation the shared store
+// holds, decided while it was unreachable; it is told when it returns.
+type pendingEnd struct {
+	id      string
+	outcome limiter.Outcome
+	actual  policy.Money
+}
+
+// NewStore wraps shared. peers may be nil (a fleet of one). It starts the
+// sync loop that Close stops.
+func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if shared == nil {
+		return nil, errors.New("cluster: nil shared store")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = limiter.SystemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if peers == nil {
+		peers = alone{}
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	s := &Store{cfg: cfg, shared: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
+		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, views: map[viewKey]*view{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{},
+		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
+		stop:  make(chan struct{}), loopDone: make(chan struct{})}
+	s.m = newMetrics(reg, s)
+	go s.loop()
+	return s, nil
+}
+
+// alone is the fleet of one.
+type alone struct{}
+
+func (alone) Name() string                         { return "alone" }
+func (alone) Live() int                            { return 1 }
+func (alone) Share(string) float64                 { return 1 }
+func (alone) Spend([]limiter.SpendDelta)           {}
+func (alone) Backoff(string, time.Duration, int64) {}
+
+// Reserve decides one admission: locally when every bucket it touches has
+// a lease that covers it and its hold (budgets far from their limit, a
+// leased slot) can be decided here; else it refreshes what is short (one
+// lease call for all its buckets, one for its slots) and decides locally,
+// or lets the shared store decide it (one round trip). When the shared
+// store cannot be reached, it decides in outage mode.
+func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return limiter.Decision{}, err
+	}
+	if err := req.Validate(); err != nil {
+		return limiter.Decision{}, err
+	}
+	now := req.Now
+	if now.IsZero() {
+		now = s.cfg.Clock.Now()
+	}
+	s.mu.Lock()
+	if s.outage {
+		d, err := s.decideOutage(req, now)
+		s.mu.Unlock()
+		s.m.decisions.WithLabelValues("outage").Inc()
+		return d, err
+	}
+	d, need, err := s.tryLocal(req, now)
+	s.mu.Unlock()
+	if err != nil {
+		return limiter.Decision{}, err
+	}
+	if need == nil {
+		s.m.decisions.WithLabelValues(d.path).Inc()
+		return d.Decision, nil
+	}
+	if need.denied != nil {
+		s.m.decisions.WithLabelValues("local").Inc()
+		return *need.denied, nil
+	}
+	if !need.strict {
+		d, ok, err := s.refresh(ctx, req, need, now)
+		if err != nil {
+			return s.failover(ctx, req, now, err)
+		}
+		if ok {
+			s.m.decisions.WithLabelValues("lease").Inc()
+			return d, nil
+		}
+	}
+	// The shared store decides with what it has been told: tell it what
+	// this member spent on the call's budgets first.
+	if err := s.flush(ctx, req.Hold); err != nil {
+		return s.failover(ctx, req, now, err)
+	}
+	s.mu.Lock()
+	snaps := s.snapsOf(req.Hold)
+	s.mu.Unlock()
+	d2, err := s.shared.Reserve(ctx, req)
+	if err != nil {
+		return s.failover(ctx, req, now, err)
+	}
+	s.m.decisions.WithLabelValues("shared").Inc()
+	s.mu.Lock()
+	s.learn(req, d2, snaps, now)
+	s.mu.Unlock()
+	return d2, nil
+}
+
+// failover enters outage mode when err says the shared store is
+// unreachable, and decides req there; any other error is returned.
+func (s *Store) failover(ctx context.Context, req limiter.Request, now time.Time, err error) (limiter.Decision, error) {
+	if !unreachable(ctx, err) {
+		return limiter.Decision{}, err
+	}
+	s.mu.Lock()
+	s.enterOutage(now, err)
+	d, derr := s.decideOutage(req, now)
+	s.mu.Unlock()
+	s.m.decisions.WithLabelValues("outage").Inc()
+	return d, derr
+}
+
+// unreachable tells a store that cannot be reached (a network error, a
+// timeout, a closed connection) from one that answered with an error.
+func unreachable(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false // the caller gave up: not the store's fault
+	}
+	switch {
+	case errors.Is(err, limiter.ErrDuplicateReservation), errors.Is(err, limiter.ErrUnknownReservation):
+		return false
+	}
+	var re interface{ RedisError() }
+	return !errors.As(err, &re) // Redis answered "ERR ...": reachable
+}
+
+// local is a local decision and the path it took.
+type local struct {
+	limiter.Decision
+	path string
+}
+
+// need is what a local decision lacked.
+type need struct {
+	asks   []limiter.LeaseAsk
+	slot   *limiter.SlotLease
+	strict bool              // only the shared store can decide it
+	denied *limiter.Decision // refused here, by a key known to be short
+}
+
+// tryLocal decides req from leases and views, or says what it needs. s.mu
+// is held.
+func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, error) {
+	var n need
+	short := make([]bool, len(req.Takes))
+	for i, t := range req.Takes {
+		l := s.leases[t.Key]
+		if t.Cost == 0 {
+			continue
+		}
+		if l != nil && l.units >= t.Cost && now.Before(l.exp) {
+			continue
+		}
+		if t.Shadow {
+			short[i] = true // a shadow bucket never denies; it is only reported
+			continue
+		}
+		if l != nil && now.Before(l.shortUntil) {
+			d := s.deniedLocally(req, i, l, now)
+			n.denied = &d
+			return local{}, &n, nil
+		}
+		if l != nil && now.Before(l.pausedUntil) {
+			n.strict = true // the shared bucket is paused: let it say so
+			continue
+		}
+		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: t.Cost})
+	}
+	h := req.Hold
+	if h != nil {
+		if !h.Commit {
+			if _, live := s.resv[h.ID]; live {
+				return local{}, nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
+			}
+			if _, ended := s.done[h.ID]; ended {
+				return local{}, nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
+			}
+		}
+		for _, b := range h.Budgets {
+			v := s.views[viewKey{b.Owner, h.Period}]
+			if v == nil || now.Sub(v.fetched) > s.cfg.ViewTTL || !s.farFromLimit(v, b.Limit, h.Cost) {
+				n.strict = true
+			}
+		}
+		if h.Slot != nil && !h.Commit {
+			sl := s.slots[h.Slot.Client]
+			if sl == nil || !now.Before(sl.exp) || sl.inUse >= sl.held || sl.max != h.Slot.Max {
+				inUse := int64(0)
+				if sl != nil {
+					inUse = sl.inUse
+				}
+				n.slot = &limiter.SlotLease{Client: h.Slot.Client, Max: h.Slot.Max, Holder: s.peers.Name(), Want: s.slotWant(inUse+1, h.Slot.Max), TTL: s.cfg.SlotTTL}
+			}
+		}
+	}
+	if n.strict || len(n.asks) > 0 || n.slot != nil {
+		return local{}, &n, nil
+	}
+	// Everything is here: take it.
+	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
+	for i, t := range req.Takes {
+		st := &d.Buckets[i]
+		st.Key, st.Limit, st.Short = t.Key, t.Limit, short[i]
+		l := s.leases[t.Key]
+		if !short[i] && t.Cost > 0 {
+			l.units -= t.Cost
+			s.record(t.Key, t.Cost)
+		}
+		st.Remaining, st.ResetAfter = s.approxState(l, t.Limit, now)
+	}
+	if h != nil {
+		d.Budgets = s.book(h, now)
+		if h.Slot != nil && !h.Commit {
+			sl := s.slots[h.Slot.Client]
+			sl.inUse++
+			sl.used = now
+			d.InFlight = sl.inUse
+		}
+		if !h.Commit {
+			r := &localResv{cost: h.Cost, period: h.Period, exp: now.Add(h.TTL)}
+			for _, b := range h.Budgets {
+				r.owners = append(r.owners, b.Owner)
+			}
+			if h.Slot != nil {
+				r.client = h.Slot.Client
+			}
+			s.resv[h.ID] = r
+		}
+	}
+	return local{Decision: d, path: "local"}, nil, nil
+}
+
+// book books a hold's cost to its chain's budgets: into the journal (the
+// shared store hears of it at the next sync) and into this member's views.
+// It returns the budgets' states. s.mu is held.
+func (s *Store) book(h *limiter.Hold, now time.Time) []limiter.BudgetState {
+	out := make([]limiter.BudgetState, len(h.Budgets))
+	for i, b := range h.Budgets {
+		s.journal = append(s.journal, limiter.SpendDelta{Owner: b.Owner, Period: h.Period, Spent: h.Cost})
+		v := s.viewOf(b, h.Period, now)
+		v.since += h.Cost
+		v.mine += h.Cost
+		v.touch = now
+		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: v.base + v.since}
+	}
+	return out
+}
+
+// viewOf returns the view of a budget, creating an empty one (known to no
+// one yet: base zero, never fetched).
+func (s *Store) viewOf(b limiter.Budget, period string, now time.Time) *view {
+	k := viewKey{b.Owner, period}
+	v := s.views[k]
+	if v == nil {
+		v = &view{limit: b.Limit, touch: now}
+		s.views[k] = v
+	}
+	v.limit = b.Limit
+	return v
+}
+
+// farFromLimit reports whether cost may be spent here from v: the budget is
+// unlimited, or cost fits both in what is left above the near-limit margin
+// and in this member's allowance (its share of what was left above the
+// margin when the view was read, less what it has spent since).
+func (s *Store) farFromLimit(v *view, limit policy.Money, cost policy.Money) bool {
+	if limit < 0 {
+		return true
+	}
+	margin := policy.Money(int64(limit) / 100 * s.cfg.NearLimitPercent)
+	if cost > v.remaining()-margin {
+		return false
+	}
+	allowance := (limit - margin - v.base) / policy.Money(s.peers.Live())
+	return v.mine+cost <= allowance
+}
+
+// want is the lease to ask for a take: this member's share of a lease
+// period's refill, or the call alone when the bucket is near its limit.
+func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
+	c, r := t.Limit.Capacity, t.Limit.RefillPerSecond
+	near := c * s.cfg.NearLimitPercent / 100
+	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
+		return t.Cost
+	}
+	share := 1 / float64(s.peers.Live())
+	if t.Key.Client == "" {
+		share = s.peers.Share(t.Key.Pool)
+	}
+	w := int64(math.Ceil(share * float64(r) * s.cfg.LeaseTTL.Seconds()))
+	w = min(w, max(c/int64(2*s.peers.Live()), 1)) // never hoard: half the bucket at most, split by members
+	return max(w, t.Cost)
+}
+
+// slotWant is how many of a client's slots to hold for inUse calls: those,
+// and as spares the near-limit percent of this member's share of the
+// client's maximum, so that the next calls need no round trip. Spares held
+// fleet-wide stay under that percent of the maximum.
+func (s *Store) slotWant(inUse, maxSlots int64) int64 {
+	return inUse + maxSlots*s.cfg.NearLimitPercent/100/int64(s.peers.Live())
+}
+
+// approxState reports a leased bucket for headers: what the shared bucket
+// held at the last grant plus what this member has left of its lease.
+func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, time.Duration) {
+	if l == nil {
+		return 0, 0
+	}
+	rem := min(l.left+l.units, lim.Capacity)
+	var reset time.Duration
+	if lim.RefillPerSecond > 0 {
+		reset = time.Duration((lim.Capacity-rem)*int64(time.Second)/lim.RefillPerSecond) * time.Nanosecond
+	}
+	return rem, reset
+}
+
+// deniedLocally refuses req for take i, whose shared bucket said it is
+// short until l.shortUntil.
+func (s *Store) deniedLocally(req limiter.Request, i int, l *lease, now time.Time) limiter.Decision {
+	d := limiter.Decision{Reason: limiter.ReasonRateLimited, Blocking: i, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
+	d.RetryAfter = max(l.shortUntil.Sub(now), 0)
+	if !l.possible {
+		d.Reason, d.RetryAfter = limiter.ReasonExceedsCapacity, 0
+	}
+	for j, t := range req.Takes {
+		d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
+		d.Buckets[j].Remaining, d.Buckets[j].ResetAfter = s.approxState(s.leases[t.Key], t.Limit, now)
+	}
+	d.Buckets[i].Short, d.Buckets[i].RetryAfter = true, d.RetryAfter
+	return d
+}
+
+// refresh gets what tryLocal lacked (leases, slots) in at most two round
+// trips and decides again. ok is false when the shared store must decide.
+func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now time.Time) (limiter.Decision, bool, error) {
+	if len(n.asks) > 0 {
+		grants, err := s.shared.Lease(ctx, n.asks, time.Time{})
+		if err != nil {
+			return limiter.Decision{}, false, err
+		}
+		s.m.leases.Add(float64(len(grants)))
+		s.mu.Lock()
+		for i, a := range n.asks {
+			s.take(a, grants[i], now)
+		}
+		s.mu.Unlock()
+		for i, g := range grants {
+			if g.Granted == 0 && n.asks[i].Need > 0 {
+				s.mu.Lock()
+				idx := indexOf(req.Takes, n.asks[i].Key)
+				d := s.deniedLocally(req, idx, s.leases[n.asks[i].Key], now)
+				s.mu.Unlock()
+				return d, true, nil
+			}
+		}
+	}
+	if n.slot != nil {
+		held, inFlight, err := s.shared.LeaseSlots(ctx, *n.slot, time.Time{})
+		if err != nil {
+			return limiter.Decision{}, false, err
+		}
+		s.mu.Lock()
+		sl := s.slots[n.slot.Client]
+		if sl == nil {
+			sl = &slotLease{}
+			s.slots[n.slot.Client] = sl
+		}
+		sl.max, sl.held, sl.exp = n.slot.Max, held, now.Add(s.cfg.SlotTTL)
+		full := sl.inUse >= sl.held
+		s.mu.Unlock()
+		if full {
+			d := limiter.Decision{Reason: limiter.ReasonConcurrency, Blocking: -1, BudgetBlocking: -1, InFlight: inFlight,
+				Buckets: make([]limiter.BucketState, len(req.Takes))}
+			for j, t := range req.Takes {
+				d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
+			}
+			return d, true, nil
+		}
+	}
+	s.mu.Lock()
+	d, again, err := s.tryLocal(req, now)
+	s.mu.Unlock()
+	if err != nil {
+		return limiter.Decision{}, false, err
+	}
+	if again != nil {
+		if again.denied != nil {
+			return *again.denied, true, nil
+		}
+		return limiter.Decision{}, false, nil // raced away, or a hold only the shared store decides
+	}
+	return d.Decision, true, nil
+}
+
+func indexOf(takes []limiter.Take, k limiter.Key) int {
+	for i, t := range takes {
+		if t.Key == k {
+			return i
+		}
+	}
+	return 0
+}
+
+// take adds a grant to its lease. s.mu is held.
+func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
+	l := s.leases[a.Key]
+	if l == nil {
+		l = &lease{}
+		s.leases[a.Key] = l
+	}
+	if !now.Before(l.exp) && l.units > 0 {
+		s.returning = append(s.returning, limiter.Adjustment{Key: a.Key, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
+		l.units = 0
+	}
+	l.limit = a.Limit
+	l.left, l.leftAt, l.possible = g.Remaining, now, g.Possible
+	if g.Granted > 0 {
+		l.units += g.Granted
+		l.exp = now.Add(s.cfg.LeaseTTL)
+		l.shortUntil = time.Time{}
+		return
+	}
+	l.shortUntil, l.shortWait = now.Add(g.RetryAfter), g.RetryAfter
+	if !g.Possible {
+		l.shortUntil = now.Add(s.cfg.LeaseTTL) // ask again now and then: the policy may change
+	}
+}
+
+// snapsOf snaps the views of a hold's budgets. s.mu is held.
+func (s *Store) snapsOf(h *limiter.Hold) []snap {
+	if h == nil {
+		return nil
+	}
+	out := make([]snap, len(h.Budgets))
+	for i, b := range h.Budgets {
+		out[i] = s.snapOf(b.Owner, h.Period)
+	}
+	return out
+}
+
+// flush books the journal when it holds spend on one of h's budgets (at
+// most a few rounds: the batch in flight, then the rest).
+func (s *Store) flush(ctx context.Context, h *limiter.Hold) error {
+	if h == nil {
+		return nil
+	}
+	for range 3 {
+		s.mu.Lock()
+		pending := false
+		for _, b := range h.Budgets {
+			if s.unbooked(b.Owner, h.Period) != 0 {
+				pending = true
+			}
+		}
+		s.mu.Unlock()
+		if !pending {
+			return nil
+		}
+		if err := s.bookJournal(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// learn updates views and leases from a decision of the shared store,
+// read after snaps. s.mu is held.
+func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now time.Time) {
+	for i, b := range d.Buckets {
+		if l := s.leases[b.Key]; l != nil {
+			l.left, l.leftAt = b.Remaining, now
+		}
+		if b.Short && !req.Takes[i].Shadow && d.Reason == limiter.ReasonRateLimited && i == d.Blocking {
+			l := s.leases[b.Key]
+			if l == nil {
+				l = &lease{limit: b.Limit}
+				s.leases[b.Key] = l
+			}
+			l.shortUntil, l.possible = now.Add(b.RetryAfter), true
+		}
+	}
+	if h := req.Hold; h != nil {
+		for i, b := range d.Budgets { // the shared store's answer includes this call's hold when allowed
+			if i < len(snaps) {
+				s.viewOf(limiter.Budget{Owner: b.Owner, Limit: b.Limit}, h.Period, now).rebase(b.Spent+b.Reserved, snaps[i], now)
+			}
+		}
+	}
+	for _, b := range d.Buckets {
+		if b.Key.Client == "" && d.Allowed {
+			for _, t := range req.Takes {
+				if t.Key == b.Key {
+					s.record(t.Key, t.Cost)
+				}
+			}
+		}
+	}
+}
+
+// unbooked is the spend of a budget decided here and not yet booked.
+// s.mu is held.
+func (s *Store) unbooked(owner, period string) policy.Money {
+	var sum policy.Money
+	for _, d := range s.journal {
+		if d.Owner == owner && d.Period == period {
+			sum += d.Spent
+		}
+	}
+	if s.inflight != nil {
+		for _, d := range s.inflight.deltas {
+			if d.Owner == owner && d.Period == period {
+				sum += d.Spent
+			}
+		}
+	}
+	return sum
+}
+
+// Close returns what this member holds (unused leases, leased slots),
+// books what it decided, and stops the sync loop. The shared store stays
+// open: it belongs to the caller.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.loopDone
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.closeErr = s.handBack(ctx)
+	})
+	return s.closeErr
+}
+
+func errDuplicate(id string) error { return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id) }
+
+// Signals: what peers say, applied to this member's state.
+
+// Spend adds a peer's booked spend to this member's views.
+func (s *Store) Spend(_ string, deltas []limiter.SpendDelta) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range deltas {
+		if v := s.views[viewKey{d.Owner, d.Period}]; v != nil {
+			v.since += d.Spent
+		}
+	}
+}
+
+// Backoff empties this member's lease of pool and stops leasing it for
+// pause: a peer saw the upstream refuse.
+func (s *Store) Backoff(_, pool string, pause time.Duration, _ int64) {
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, l := range s.leases {
+		if k.Pool == pool && k.Client == "" {
+			l.units = 0
+			if pause > 0 {
+				l.pausedUntil = now.Add(pause)
+			}
+		}
+	}
+}
+
+// MembersChanged is called when a member joins or leaves: shares change.
+func (s *Store) MembersChanged() {}

@@ -1,0 +1,278 @@
+package cluster_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/tollgate/tollgate/cluster"
+	"github.com/tollgate/tollgate/internal/fakeclock"
+	"github.com/tollgate/tollgate/internal/redistest"
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/policy"
+)
+
+var redisSrv *redistest.Server
+
+func TestMain(m *testing.M) {
+	code := redistest.Main(m, &redisSrv)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+const period = "2026-01"
+
+// solo is a Store of a fleet of one over a memory store, on a fake clock.
+type solo struct {
+	*cluster.Store
+	shared *memstore.Store
+	clk    *fakeclock.Clock
+	reg    *prometheus.Registry
+}
+
+func newSolo(t *testing.T) *solo {
+	t.Helper()
+	clk := fakeclock.New(epoch)
+	shared, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	cfg := cluster.DefaultConfig()
+	cfg.Clock = clk
+	cfg.SyncEvery = time.Hour // the tests sync by hand
+	reg := prometheus.NewRegistry()
+	s, err := cluster.NewStore(cfg, shared, nil, reg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		assert.NoError(t, s.Close())
+		assert.NoError(t, shared.Close())
+	})
+	return &solo{Store: s, shared: shared, clk: clk, reg: reg}
+}
+
+func (s *solo) paths(t *testing.T) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	for _, p := range []string{"local", "lease", "shared", "outage"} {
+		out[p] = testutil.ToFloat64(counterOf(t, s.reg, "tollgate_cluster_decisions_total", p))
+	}
+	return out
+}
+
+var pool = limiter.Key{Pool: "gpt"}
+
+func takeOf(cost int64, l limiter.Limit) []limiter.Take {
+	return []limiter.Take{{Key: pool, Limit: l, Cost: cost}}
+}
+
+// TestLocalDecisions: after one lease, calls are decided from it without
+// the shared store; what they spend is booked at the next sync, exactly.
+func TestLocalDecisions(t *testing.T) {
+	s := newSolo(t)
+	ctx := context.Background()
+	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100} // a lease is 100 units: a second of refill
+	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
+	for i := range 100 {
+		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{Period: period, Cost: 1000, Budgets: []limiter.Budget{acme}, Commit: true}})
+		require.NoError(t, err)
+		require.True(t, d.Allowed, "call %d: %v", i, d.Reason)
+	}
+	p := s.paths(t)
+	assert.Equal(t, 1.0, p["shared"], "the first call reads the budget from the shared store")
+	assert.Equal(t, 1.0, p["lease"], "the second takes a lease")
+	assert.Equal(t, 98.0, p["local"], "the rest are decided here")
+
+	// The shared bucket gave 1 (the first call) + 100 (the lease); the lease
+	// covered 99 calls, so one unit is still leased here.
+	st, err := s.shared.Lease(ctx, []limiter.LeaseAsk{{Key: pool, Limit: lim}}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1000-101), st[0].Remaining)
+
+	// Spend decided here reaches the shared store at the sync, once.
+	u, err := s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(1000), u.Budgets[0].Spent, "only the first call, decided by the shared store, so far")
+	mine, err := s.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(100_000), mine.Budgets[0].Spent, "this member's usage counts what it has not booked yet")
+	s.Sync(ctx)
+	u, err = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(100_000), u.Budgets[0].Spent)
+	s.Sync(ctx)
+	u, _ = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	assert.Equal(t, policy.Money(100_000), u.Budgets[0].Spent, "booked once")
+
+	// A lapsed lease gives back what it did not spend.
+	s.clk.Advance(time.Second)
+	s.Sync(ctx)
+	st, _ = s.shared.Lease(ctx, []limiter.LeaseAsk{{Key: pool, Limit: lim}}, time.Time{})
+	assert.Equal(t, int64(1000), st[0].Remaining, "refilled, and the unused unit came back")
+}
+
+// TestLocalReservations: deferred holds decided here settle, release and
+// lapse here; their spend is booked at the estimate and corrected.
+func TestLocalReservations(t *testing.T) {
+	s := newSolo(t)
+	ctx := context.Background()
+	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100}
+	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
+	hold := func(id string) limiter.Request {
+		return limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: period, Cost: 5000,
+			Budgets: []limiter.Budget{acme}, Slot: &limiter.Slot{Client: "acme", Max: 10}}}
+	}
+	for _, id := range []string{"warm-1", "warm-2"} { // the budget view, then the lease and slots
+		d, err := s.Reserve(ctx, hold(id))
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	d, err := s.Reserve(ctx, hold("r1"))
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	assert.Equal(t, 1.0, s.paths(t)["local"])
+	_, err = s.Reserve(ctx, hold("r1"))
+	assert.ErrorIs(t, err, limiter.ErrDuplicateReservation)
+
+	st, err := s.Settle(ctx, "r1", 1200)
+	require.NoError(t, err)
+	assert.Equal(t, limiter.Settlement{ID: "r1", Outcome: limiter.OutcomeSettled, Estimated: 5000, Spent: 1200}, st)
+	st, err = s.Settle(ctx, "r1", 1200)
+	require.NoError(t, err)
+	assert.True(t, st.Repeat)
+	st, err = s.Release(ctx, "warm-2")
+	require.NoError(t, err)
+	assert.Equal(t, limiter.OutcomeReleased, st.Outcome)
+
+	s.Sync(ctx)
+	u, err := s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	require.NoError(t, err)
+	// warm-1 is held in the shared store (5000 reserved); warm-2 was decided
+	// here and released (0); r1 settled at 1200.
+	assert.Equal(t, policy.Money(1200), u.Budgets[0].Spent)
+	assert.Equal(t, policy.Money(5000), u.Budgets[0].Reserved)
+
+	// warm-1's reservation is the shared store's: settled there.
+	st, err = s.Settle(ctx, "warm-1", 700)
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(700), st.Spent)
+
+	d, err = s.Reserve(ctx, hold("lapses"))
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	s.clk.Advance(time.Minute)
+	n, err := s.Expire(ctx, time.Time{}, 100)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	s.Sync(ctx)
+	u, _ = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	assert.Equal(t, policy.Money(1200+700+5000), u.Budgets[0].Spent, "a lapsed reservation stands at its estimate")
+	assert.Zero(t, u.Budgets[0].Reserved)
+}
+
+// TestNearTheLimit: near a bucket's limit leases are single calls; near a
+// budget's, every reservation is the shared store's.
+func TestNearTheLimit(t *testing.T) {
+	s := newSolo(t)
+	ctx := context.Background()
+	lim := limiter.Limit{Capacity: 100, RefillPerSecond: 100}
+	for range 100 {
+		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	before := s.paths(t)
+	d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "the bucket is empty")
+	assert.Equal(t, 10*time.Millisecond, d.RetryAfter)
+	d, err = s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed)
+	assert.Equal(t, before["lease"]+1, s.paths(t)["lease"], "the second refusal came from the short-circuit, not the store")
+
+	tight := limiter.Budget{Owner: "tight", Limit: 10_000}
+	commit := func(cost policy.Money) (limiter.Decision, error) {
+		s.clk.Advance(time.Second)
+		return s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{Period: period, Cost: cost, Budgets: []limiter.Budget{tight}, Commit: true}})
+	}
+	for range 3 {
+		d, err := commit(2000)
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	shared := s.paths(t)["shared"]
+	d, err = commit(2000) // 6000 of 10000 spent: 4000 left, above the 10% margin
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	d, err = commit(2000) // 2000 left, less than a call above the margin: the shared store decides
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+	assert.Greater(t, s.paths(t)["shared"], shared)
+	d, err = commit(2000)
+	require.NoError(t, err)
+	assert.Equal(t, limiter.ReasonBudgetExceeded, d.Reason, "exactly at the limit: refused by the shared store")
+}
+
+// TestBackoffSignal: a peer's back-off empties the lease and stops leasing.
+func TestBackoffSignal(t *testing.T) {
+	s := newSolo(t)
+	ctx := context.Background()
+	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100}
+	for range 3 {
+		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	// The upstream said 429 with Retry-After: 30 (the shared bucket pauses;
+	// a peer would gossip it, this member applies it to its own lease).
+	_, err := s.Adjust(ctx, []limiter.Adjustment{{Key: pool, Limit: lim, Cap: limiter.NoCap, Pause: 30 * time.Second}}, time.Time{})
+	require.NoError(t, err)
+	d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "no unit of the old lease is spent after a pause")
+	assert.InDelta(t, 30*time.Second+10*time.Millisecond, d.RetryAfter, float64(time.Millisecond))
+	s.Backoff("peer", "gpt", time.Minute, -1)
+	s.clk.Advance(31 * time.Second)
+	d, err = s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+	require.NoError(t, err)
+	assert.True(t, d.Allowed, "the shared bucket decides while this member is told to hold back")
+}
+
+// counterOf finds the counter of metric name with label path.
+func counterOf(t *testing.T, g prometheus.Gatherer, name, path string) prometheus.Collector {
+	t.Helper()
+	mfs, err := g.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == path {
+					return constCounter(m.GetCounter().GetValue())
+				}
+			}
+		}
+	}
+	return constCounter(0)
+}
+
+func constCounter(v float64) prometheus.Collector {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x", Help: "x"})
+	c.Add(v)
+	return c
+}

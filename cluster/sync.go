@@ -1,0 +1,375 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+// loop syncs with the shared store every SyncEvery until Close.
+func (s *Store) loop() {
+	defer close(s.loopDone)
+	t := time.NewTicker(s.cfg.SyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.SyncEvery*5, time.Second))
+			s.sync(ctx)
+			cancel()
+		}
+	}
+}
+
+// Sync does one round of the loop's work at once: book the journal, give
+// back lapsed leases, renew slots, refresh budget views, and, in outage
+// mode, see whether the shared store is back.
+func (s *Store) Sync(ctx context.Context) { s.sync(ctx) }
+
+func (s *Store) sync(ctx context.Context) {
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	outage := s.outage
+	s.mu.Unlock()
+	if err := s.bookJournal(ctx); err != nil {
+		if unreachable(ctx, err) {
+			s.mu.Lock()
+			s.enterOutage(now, err)
+			s.mu.Unlock()
+		}
+		return // nothing else reaches the store either
+	}
+	if outage {
+		s.recover(ctx, now)
+	}
+	s.replayEnds(ctx)
+	s.returnLapsed(ctx, now)
+	s.renewSlots(ctx, now)
+	s.refreshViews(ctx, now)
+	s.prune(now)
+}
+
+// bookJournal books what was decided here, exactly once: the batch in
+// flight is resent as it is until the store has it (the store drops a
+// batch id it has seen), then the journal becomes the next batch. While
+// the store is unreachable the journal grows; nothing is lost.
+func (s *Store) bookJournal(ctx context.Context) error {
+	s.mu.Lock()
+	if s.inflight == nil && len(s.journal) > 0 {
+		s.batchSeq++
+		s.inflight = &batch{id: fmt.Sprintf("%s:%d", s.epoch, s.batchSeq), deltas: merge(s.journal)}
+		s.journal = nil
+	}
+	b := s.inflight
+	s.mu.Unlock()
+	if b == nil {
+		if s.isOutage() {
+			_, err := s.shared.Usage(ctx, "probe", nil, time.Time{}) // anything that reaches the store
+			return err
+		}
+		return nil
+	}
+	applied, err := s.shared.Book(ctx, b.id, b.deltas)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.inflight == b {
+		s.inflight = nil
+	}
+	s.mu.Unlock()
+	if applied {
+		s.m.booked.Inc()
+	}
+	s.peers.Spend(b.deltas)
+	return nil
+}
+
+// merge sums deltas by budget period.
+func merge(deltas []limiter.SpendDelta) []limiter.SpendDelta {
+	idx := map[viewKey]int{}
+	var out []limiter.SpendDelta
+	for _, d := range deltas {
+		k := viewKey{d.Owner, d.Period}
+		if i, ok := idx[k]; ok {
+			out[i].Spent += d.Spent
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, d)
+	}
+	return out
+}
+
+func (s *Store) isOutage() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.outage
+}
+
+// replayEnds tells the shared store the settles and releases it missed.
+func (s *Store) replayEnds(ctx context.Context) {
+	s.mu.Lock()
+	ends := s.ends
+	s.ends = nil
+	s.mu.Unlock()
+	var keep []pendingEnd
+	for i, e := range ends {
+		var err error
+		if e.outcome == limiter.OutcomeSettled {
+			_, err = s.shared.Settle(ctx, e.id, e.actual)
+		} else {
+			_, err = s.shared.Release(ctx, e.id)
+		}
+		if err != nil && unreachable(ctx, err) {
+			keep = append(keep, ends[i:]...)
+			break
+		}
+		s.m.replayed.Inc()
+	}
+	if len(keep) > 0 {
+		s.mu.Lock()
+		s.ends = append(keep, s.ends...)
+		s.mu.Unlock()
+	}
+}
+
+// returnLapsed gives the unused units of lapsed leases back to their
+// shared buckets, in one call.
+func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
+	s.mu.Lock()
+	back := s.returning
+	s.returning = nil
+	for k, l := range s.leases {
+		if l.units > 0 && !now.Before(l.exp) {
+			back = append(back, limiter.Adjustment{Key: k, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
+			l.units = 0
+		}
+	}
+	s.mu.Unlock()
+	back = mergeRefunds(back)
+	if len(back) == 0 {
+		return
+	}
+	if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+		s.log.Warn("unused leased units not given back", slog.Any("error", err))
+	}
+}
+
+// mergeRefunds sums refunds by bucket (Adjust wants each once).
+func mergeRefunds(adj []limiter.Adjustment) []limiter.Adjustment {
+	idx := map[limiter.Key]int{}
+	var out []limiter.Adjustment
+	for _, a := range adj {
+		if i, ok := idx[a.Key]; ok {
+			out[i].Refund = min(out[i].Refund+a.Refund, a.Limit.Capacity)
+			continue
+		}
+		idx[a.Key] = len(out)
+		a.Refund = min(a.Refund, a.Limit.Capacity)
+		out = append(out, a)
+	}
+	return out
+}
+
+// renewSlots keeps leased slots while they are used and gives them back
+// when they are not.
+func (s *Store) renewSlots(ctx context.Context, now time.Time) {
+	type renewal struct {
+		client string
+		l      limiter.SlotLease
+	}
+	var todo []renewal
+	s.mu.Lock()
+	for client, sl := range s.slots {
+		idle := sl.inUse == 0 && now.Sub(sl.used) > s.cfg.SlotTTL/2
+		due := sl.exp.Sub(now) < s.cfg.SlotTTL/2
+		if sl.held == 0 && sl.inUse == 0 {
+			delete(s.slots, client)
+			continue
+		}
+		want := s.slotWant(sl.inUse, sl.max)
+		if !(due || idle || sl.held > want) {
+			continue
+		}
+		if idle {
+			want = 0
+		}
+		todo = append(todo, renewal{client, limiter.SlotLease{Client: client, Max: sl.max, Holder: s.peers.Name(), Want: max(want, sl.inUse), TTL: s.cfg.SlotTTL}})
+	}
+	s.mu.Unlock()
+	for _, r := range todo {
+		held, _, err := s.shared.LeaseSlots(ctx, r.l, time.Time{})
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if sl := s.slots[r.client]; sl != nil {
+			sl.held, sl.exp = held, now.Add(s.cfg.SlotTTL)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// refreshViews reads the budgets this member decided against lately, so
+// that its views include everyone's spend.
+func (s *Store) refreshViews(ctx context.Context, now time.Time) {
+	var todo []viewKey
+	s.mu.Lock()
+	for k, v := range s.views {
+		if now.Sub(v.touch) < 5*s.cfg.ViewTTL && now.Sub(v.fetched) >= s.cfg.ViewTTL/2 {
+			todo = append(todo, k)
+		}
+	}
+	s.mu.Unlock()
+	for _, k := range todo {
+		s.mu.Lock()
+		lim := s.views[k].limit
+		sn := s.snapOf(k.owner, k.period)
+		s.mu.Unlock()
+		u, err := s.shared.Usage(ctx, k.period, []limiter.Budget{{Owner: k.owner, Limit: lim}}, time.Time{})
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if v := s.views[k]; v != nil {
+			v.rebase(u.Budgets[0].Spent+u.Budgets[0].Reserved, sn, now)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// prune forgets views and leases long unused.
+func (s *Store) prune(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, v := range s.views {
+		if now.Sub(v.touch) > 10*time.Minute {
+			delete(s.views, k)
+		}
+	}
+	for k, l := range s.leases {
+		if l.units == 0 && now.Sub(l.exp) > time.Minute && now.After(l.shortUntil) && now.After(l.pausedUntil) {
+			delete(s.leases, k)
+		}
+	}
+}
+
+// handBack returns what this member holds, for a clean leave: unused lease
+// units, leased slots, and its journal, booked.
+func (s *Store) handBack(ctx context.Context) error {
+	s.mu.Lock()
+	var back []limiter.Adjustment
+	for k, l := range s.leases {
+		if l.units > 0 {
+			back = append(back, limiter.Adjustment{Key: k, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
+			l.units = 0
+		}
+	}
+	back = append(back, s.returning...)
+	s.returning = nil
+	var slots []limiter.SlotLease
+	for client, sl := range s.slots {
+		if sl.held > 0 {
+			slots = append(slots, limiter.SlotLease{Client: client, Max: sl.max, Holder: s.peers.Name(), Want: 0, TTL: s.cfg.SlotTTL})
+		}
+	}
+	outage := s.outage
+	s.mu.Unlock()
+	if outage {
+		return fmt.Errorf("cluster: leaving in outage mode: the spend decided since it began could not be booked")
+	}
+	var firstErr error
+	if back = mergeRefunds(back); len(back) > 0 {
+		if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+			firstErr = err
+		}
+	}
+	for _, l := range slots {
+		if _, _, err := s.shared.LeaseSlots(ctx, l, time.Time{}); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		pending := s.inflight != nil || len(s.journal) > 0
+		s.mu.Unlock()
+		if !pending {
+			break
+		}
+		if err := s.bookJournal(ctx); err != nil {
+			return fmt.Errorf("cluster: book the journal before leaving: %w", err)
+		}
+	}
+	s.replayEnds(ctx)
+	return firstErr
+}
+
+// rate measures demand: units over a sliding window (two fixed halves).
+type rate struct {
+	window    time.Duration
+	start     time.Time
+	cur, prev float64
+}
+
+func (r *rate) add(now time.Time, units float64) {
+	r.roll(now)
+	r.cur += units
+}
+
+func (r *rate) roll(now time.Time) {
+	half := r.window / 2
+	switch el := now.Sub(r.start); {
+	case el < half:
+	case el < 2*half:
+		r.prev, r.cur, r.start = r.cur, 0, r.start.Add(half)
+	default:
+		r.prev, r.cur, r.start = 0, 0, now
+	}
+}
+
+// perSecond is the rate over the last half window: the current half, and
+// the part of the previous one that the half window ending now overlaps.
+func (r *rate) perSecond(now time.Time) float64 {
+	r.roll(now)
+	half := r.window / 2
+	w := 1 - math.Min(float64(now.Sub(r.start))/float64(half), 1)
+	return (r.cur + w*r.prev) / half.Seconds()
+}
+
+// record notes demand for key's pool (pool-wide buckets only).
+func (s *Store) record(k limiter.Key, units int64) {
+	if k.Client != "" {
+		return
+	}
+	now := s.cfg.Clock.Now()
+	s.demandMu.Lock()
+	r := s.demand[k.Pool]
+	if r == nil {
+		r = &rate{window: s.cfg.DemandWindow, start: now}
+		s.demand[k.Pool] = r
+	}
+	r.add(now, float64(units))
+	s.demandMu.Unlock()
+}
+
+// Demand is this member's demand per pool, units a second: what the Node
+// broadcasts.
+func (s *Store) Demand() map[string]float64 {
+	now := s.cfg.Clock.Now()
+	s.demandMu.Lock()
+	defer s.demandMu.Unlock()
+	out := make(map[string]float64, len(s.demand))
+	for p, r := range s.demand {
+		if v := r.perSecond(now); v > 0 {
+			out[p] = v
+		}
+	}
+	return out
+}
