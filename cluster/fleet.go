@@ -43,6 +43,13 @@ func (f *Fleet) Close(ctx context.Context) error {
 	return errors.Join(f.Store.Close(), f.Node.Leave(ctx))
 }
 
+// Kill stops this member as a crash would: no leave, nothing handed back
+// or booked (for tests and fault drills).
+func (f *Fleet) Kill() error {
+	f.Store.Kill()
+	return f.Node.Kill()
+}
+
 // Status is what /api/cluster reports.
 type Status struct {
 	Self    string    `json:"self"`

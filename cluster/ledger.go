@@ -220,12 +220,15 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 		switch {
 		case signal:
 			if l != nil {
-				l.units = 0 // the provider says there is less than we hold: give none of it out
-				if a.Pause > 0 {
-					l.pausedUntil = at.Add(a.Pause)
-				}
+				s.signalLocked(l, a.Pause, a.Cap, at)
 			}
-			remote, remoteIdx = append(remote, a), append(remoteIdx, i)
+			// A report of more units than the shared bucket holds changes
+			// nothing there: skip the round trip (most responses carry one).
+			if a.Pause > 0 || l == nil || a.Cap < l.left+l.refilled(a.Limit, at) {
+				remote, remoteIdx = append(remote, a), append(remoteIdx, i)
+			} else {
+				out[i].Remaining, out[i].ResetAfter = s.approxState(l, a.Limit, at)
+			}
 		case l != nil && at.Before(l.exp) && l.units+a.Refund >= 0:
 			l.units = min(l.units+a.Refund, a.Limit.Capacity)
 			out[i].Remaining, out[i].ResetAfter = s.approxState(l, a.Limit, at)
@@ -249,7 +252,10 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	}
 	for j, i := range remoteIdx {
 		out[i] = st[j]
-		if a := remote[j]; (a.Cap >= 0 || a.Pause > 0) && a.Key.Client == "" {
+		a := remote[j]
+		// The fleet hears of pauses, and of reports near the limit (far from
+		// it, each member's own responses keep it in line).
+		if a.Key.Client == "" && (a.Pause > 0 || (a.Cap >= 0 && a.Cap < a.Limit.Capacity*s.cfg.NearLimitPercent/100)) {
 			s.peers.Backoff(a.Key.Pool, a.Pause, a.Cap)
 		}
 	}

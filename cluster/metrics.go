@@ -3,10 +3,23 @@ package cluster
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/tollgate/tollgate/limiter"
 )
 
+// Paths a decision takes.
+const (
+	pathLocal = iota
+	pathLease
+	pathShared
+	pathOutage
+	numPaths
+)
+
+var pathNames = [numPaths]string{"local", "lease", "shared", "outage"}
+
 type metrics struct {
-	decisions *prometheus.CounterVec
+	decisions [numPaths][2]prometheus.Counter // by path, denied/admitted
 	leases    prometheus.Counter
 	booked    prometheus.Counter
 	replayed  prometheus.Counter
@@ -14,11 +27,11 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 	f := promauto.With(reg)
+	decisions := f.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_cluster_decisions_total",
+		Help: "Decisions by how they were taken: local (from leases, no round trip), lease (after refreshing a lease or slots), shared (by the shared store), outage (on this member's share while the shared store is unreachable); and by result (admitted, denied).",
+	}, []string{"path", "result"})
 	m := &metrics{
-		decisions: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "tollgate_cluster_decisions_total",
-			Help: "Admissions by how they were decided: local (from leases, no round trip), lease (after refreshing a lease or slots), shared (by the shared store), outage (on this member's share while the shared store is unreachable).",
-		}, []string{"path"}),
 		leases: f.NewCounter(prometheus.CounterOpts{
 			Name: "tollgate_cluster_leases_total",
 			Help: "Bucket leases asked of the shared store.",
@@ -31,6 +44,10 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 			Name: "tollgate_cluster_replayed_ends_total",
 			Help: "Settles and releases of shared reservations told to the shared store after an outage.",
 		}),
+	}
+	for p, name := range pathNames {
+		m.decisions[p][0] = decisions.WithLabelValues(name, "denied")
+		m.decisions[p][1] = decisions.WithLabelValues(name, "admitted")
 	}
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_outage",
@@ -58,4 +75,16 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 		return float64(n)
 	})
 	return m
+}
+
+// count counts a decision taken on path and hands it on.
+func (m *metrics) count(path int, d limiter.Decision, err error) (limiter.Decision, error) {
+	if err == nil {
+		r := 0
+		if d.Allowed {
+			r = 1
+		}
+		m.decisions[path][r].Inc()
+	}
+	return d, err
 }

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +49,9 @@ type NodeConfig struct {
 	// RejoinEvery is how often a member that knows no peer retries its
 	// seeds (they may start after it).
 	RejoinEvery time.Duration
+	// Tune, when set, adjusts memberlist's settings after Tollgate's (tests
+	// use it for shorter probes).
+	Tune func(*memberlist.Config)
 }
 
 // DefaultNodeConfig returns memberlist's LAN settings on port 7946, named
@@ -94,24 +96,6 @@ type Signals interface {
 	MembersChanged()
 }
 
-// message is one gossip message; Kind picks its fields.
-type message struct {
-	Kind      string               `json:"k"`
-	From      string               `json:"f"`
-	Demand    map[string]float64   `json:"d,omitempty"`
-	Deltas    []limiter.SpendDelta `json:"s,omitempty"`
-	Pool      string               `json:"p,omitempty"`
-	PauseMS   int64                `json:"pm,omitempty"`
-	Remaining int64                `json:"r,omitempty"`
-	Seq       uint64               `json:"n,omitempty"`
-}
-
-const (
-	kindDemand  = "demand"
-	kindSpend   = "spend"
-	kindBackoff = "backoff"
-)
-
 // Node is this sidecar's membership of the fleet.
 type Node struct {
 	cfg  NodeConfig
@@ -122,10 +106,12 @@ type Node struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	mine  func() map[string]float64
+	known atomic.Int64 // members joined less left, kept by events
+
 	mu     sync.Mutex
 	demand map[string]peerDemand // by member
-	mine   func() map[string]float64
-	seq    uint64
+	gossip                       // what this member said and heard (gossip.go)
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -147,7 +133,7 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), sig: sig, mine: mine,
-		demand: map[string]peerDemand{}, stop: make(chan struct{})}
+		demand: map[string]peerDemand{}, gossip: newGossip(), stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
@@ -160,13 +146,19 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 	mc.Logger = slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*events)(n)
-	n.bq = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return n.Live() }, RetransmitMult: mc.RetransmitMult}
+	if cfg.Tune != nil {
+		cfg.Tune(mc)
+	}
+	// The queue asks for the count holding its lock, which Node.mu callers
+	// also take: the count must not wait on memberlist's own lock.
+	n.known.Store(1)
+	n.bq = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return int(max(n.known.Load(), 1)) }, RetransmitMult: mc.RetransmitMult}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: start gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
 	}
 	n.ml.Store(ml)
-	if _, err := n.join(); err != nil {
+	if _, err := n.Join(); err != nil {
 		n.log.Warn("no peer reached yet; retrying in the background", slog.Any("error", err))
 	}
 	n.wg.Add(1)
@@ -183,9 +175,10 @@ func (n *Node) Addr() string {
 // Name is this node's name.
 func (n *Node) Name() string { return n.cfg.Name }
 
-// join joins the seeds and the DNS name's addresses.
-func (n *Node) join() (int, error) {
-	addrs := append([]string(nil), n.cfg.Seeds...)
+// Join joins the seeds, the DNS name's addresses and addrs, and reports how
+// many it reached.
+func (n *Node) Join(addrs ...string) (int, error) {
+	addrs = append(append([]string(nil), addrs...), n.cfg.Seeds...)
 	if n.cfg.DNS != "" {
 		host, port := n.cfg.DNS, strconv.Itoa(n.cfg.BindPort)
 		if h, p, err := net.SplitHostPort(n.cfg.DNS); err == nil {
@@ -215,7 +208,7 @@ func (n *Node) join() (int, error) {
 // loop broadcasts demand and retries joining while alone.
 func (n *Node) loop() {
 	defer n.wg.Done()
-	demand := time.NewTicker(n.cfg.DemandEvery)
+	demand := time.NewTicker(n.cfg.DemandEvery) // and says again what peers may have missed
 	defer demand.Stop()
 	rejoin := time.NewTicker(n.cfg.RejoinEvery)
 	defer rejoin.Stop()
@@ -224,10 +217,10 @@ func (n *Node) loop() {
 		case <-n.stop:
 			return
 		case <-demand.C:
-			n.broadcast(message{Kind: kindDemand, Demand: n.mine()}, true)
+			n.tick(time.Now())
 		case <-rejoin.C:
 			if n.Live() <= 1 && (len(n.cfg.Seeds) > 0 || n.cfg.DNS != "") {
-				if joined, err := n.join(); err == nil && joined > 0 {
+				if joined, err := n.Join(); err == nil && joined > 0 {
 					n.log.Info("joined the fleet", slog.Int("members", n.Live()))
 				}
 			}
@@ -313,30 +306,6 @@ func (n *Node) aliveNames() map[string]bool {
 	return out
 }
 
-// Spend tells the fleet about spend booked here.
-func (n *Node) Spend(deltas []limiter.SpendDelta) {
-	if len(deltas) > 0 {
-		n.broadcast(message{Kind: kindSpend, Deltas: deltas}, false)
-	}
-}
-
-// Backoff tells the fleet that the upstream behind pool asked to slow down.
-func (n *Node) Backoff(pool string, pause time.Duration, remaining int64) {
-	n.broadcast(message{Kind: kindBackoff, Pool: pool, PauseMS: pause.Milliseconds(), Remaining: remaining}, false)
-}
-
-func (n *Node) broadcast(m message, latestOnly bool) {
-	n.mu.Lock()
-	n.seq++
-	m.From, m.Seq = n.cfg.Name, n.seq
-	n.mu.Unlock()
-	b, err := json.Marshal(m)
-	if err != nil {
-		return
-	}
-	n.bq.QueueBroadcast(&broadcast{msg: b, name: m.Kind + "/" + m.Pool, unique: !latestOnly})
-}
-
 // Leave announces the departure and stops gossip; ctx bounds the wait for
 // the announcement to spread. It is idempotent.
 func (n *Node) Leave(ctx context.Context) error {
@@ -368,77 +337,4 @@ func (n *Node) Kill() error {
 		n.shutdownErr = n.ml.Load().Shutdown()
 	})
 	return n.shutdownErr
-}
-
-// broadcast is one queued message. Demand supersedes the sender's older
-// demand; spend and back-off messages are each their own.
-type broadcast struct {
-	msg    []byte
-	name   string
-	unique bool
-}
-
-func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
-	ob, ok := o.(*broadcast)
-	return ok && !b.unique && !ob.unique && ob.name == b.name
-}
-func (b *broadcast) Message() []byte { return b.msg }
-func (b *broadcast) Finished()       {}
-
-// delegate is the Node seen by memberlist.
-type delegate Node
-
-func (d *delegate) NodeMeta(int) []byte { return nil }
-
-func (d *delegate) NotifyMsg(b []byte) {
-	var m message
-	if err := json.Unmarshal(b, &m); err != nil || m.From == "" {
-		return // not ours, or garbled: gossip is authenticated, so a peer's bug
-	}
-	n := (*Node)(d)
-	switch m.Kind {
-	case kindDemand:
-		n.mu.Lock()
-		n.demand[m.From] = peerDemand{rates: m.Demand, at: time.Now()}
-		n.mu.Unlock()
-	case kindSpend:
-		if n.sig != nil && m.From != n.cfg.Name {
-			n.sig.Spend(m.From, m.Deltas)
-		}
-	case kindBackoff:
-		if n.sig != nil && m.From != n.cfg.Name && m.PauseMS >= 0 {
-			n.sig.Backoff(m.From, m.Pool, time.Duration(m.PauseMS)*time.Millisecond, m.Remaining)
-		}
-	}
-}
-
-func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.bq.GetBroadcasts(overhead, limit)
-}
-
-// LocalState hands a joining or syncing peer this node's demand.
-func (d *delegate) LocalState(bool) []byte {
-	n := (*Node)(d)
-	b, _ := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Demand: n.mine()})
-	return b
-}
-
-func (d *delegate) MergeRemoteState(b []byte, _ bool) { d.NotifyMsg(b) }
-
-// events tells the layer above when membership changes.
-type events Node
-
-func (e *events) NotifyJoin(*memberlist.Node) { e.changed() }
-func (e *events) NotifyLeave(m *memberlist.Node) {
-	n := (*Node)(e)
-	n.mu.Lock()
-	delete(n.demand, m.Name)
-	n.mu.Unlock()
-	e.changed()
-}
-func (e *events) NotifyUpdate(*memberlist.Node) {}
-func (e *events) changed() {
-	if n := (*Node)(e); n.sig != nil {
-		n.sig.MembersChanged()
-	}
 }

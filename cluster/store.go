@@ -277,8 +277,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if s.outage {
 		d, err := s.decideOutage(req, now)
 		s.mu.Unlock()
-		s.m.decisions.WithLabelValues("outage").Inc()
-		return d, err
+		return s.m.count(pathOutage, d, err)
 	}
 	d, need, err := s.tryLocal(req, now)
 	s.mu.Unlock()
@@ -286,12 +285,10 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		return limiter.Decision{}, err
 	}
 	if need == nil {
-		s.m.decisions.WithLabelValues(d.path).Inc()
-		return d.Decision, nil
+		return s.m.count(pathLocal, d.Decision, nil)
 	}
 	if need.denied != nil {
-		s.m.decisions.WithLabelValues("local").Inc()
-		return *need.denied, nil
+		return s.m.count(pathLocal, *need.denied, nil)
 	}
 	if !need.strict {
 		d, ok, err := s.refresh(ctx, req, need, now)
@@ -299,8 +296,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			return s.failover(ctx, req, now, err)
 		}
 		if ok {
-			s.m.decisions.WithLabelValues("lease").Inc()
-			return d, nil
+			return s.m.count(pathLease, d, nil)
 		}
 	}
 	// The shared store decides with what it has been told: tell it what
@@ -315,11 +311,10 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if err != nil {
 		return s.failover(ctx, req, now, err)
 	}
-	s.m.decisions.WithLabelValues("shared").Inc()
 	s.mu.Lock()
 	s.learn(req, d2, snaps, now)
 	s.mu.Unlock()
-	return d2, nil
+	return s.m.count(pathShared, d2, nil)
 }
 
 // failover enters outage mode when err says the shared store is
@@ -332,8 +327,7 @@ func (s *Store) failover(ctx context.Context, req limiter.Request, now time.Time
 	s.enterOutage(now, err)
 	d, derr := s.decideOutage(req, now)
 	s.mu.Unlock()
-	s.m.decisions.WithLabelValues("outage").Inc()
-	return d, derr
+	return s.m.count(pathOutage, d, derr)
 }
 
 // unreachable tells a store that cannot be reached (a network error, a
@@ -350,11 +344,8 @@ func unreachable(ctx context.Context, err error) bool {
 	return !errors.As(err, &re) // Redis answered "ERR ...": reachable
 }
 
-// local is a local decision and the path it took.
-type local struct {
-	limiter.Decision
-	path string
-}
+// local is a decision taken here.
+type local struct{ limiter.Decision }
 
 // need is what a local decision lacked.
 type need struct {
@@ -453,7 +444,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 			s.resv[h.ID] = r
 		}
 	}
-	return local{Decision: d, path: "local"}, nil, nil
+	return local{Decision: d}, nil, nil
 }
 
 // book books a hold's cost to its chain's budgets: into the journal (the
@@ -516,6 +507,19 @@ func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
 	w := int64(math.Ceil(share * float64(r) * s.cfg.LeaseTTL.Seconds()))
 	w = min(w, max(c/int64(2*s.peers.Live()), 1)) // never hoard: half the bucket at most, split by members
 	return max(w, t.Cost)
+}
+
+// refilled is what the shared bucket has refilled since the lease last
+// heard its level.
+func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
+	el := now.Sub(l.leftAt)
+	if el <= 0 || lim.RefillPerSecond <= 0 {
+		return 0
+	}
+	if el >= time.Duration(lim.Capacity/lim.RefillPerSecond+1)*time.Second {
+		return lim.Capacity
+	}
+	return lim.RefillPerSecond * int64(el) / int64(time.Second)
 }
 
 // slotWant is how many of a client's slots to hold for inUse calls: those,
@@ -756,6 +760,16 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
+// Kill stops the sync loop and hands nothing back: what a crashed sidecar
+// leaves behind (for tests and fault drills). Close after Kill does
+// nothing more.
+func (s *Store) Kill() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.loopDone
+	})
+}
+
 func errDuplicate(id string) error { return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id) }
 
 // Signals: what peers say, applied to this member's state.
@@ -771,19 +785,28 @@ func (s *Store) Spend(_ string, deltas []limiter.SpendDelta) {
 	}
 }
 
-// Backoff empties this member's lease of pool and stops leasing it for
-// pause: a peer saw the upstream refuse.
-func (s *Store) Backoff(_, pool string, pause time.Duration, _ int64) {
+// Backoff applies what a peer heard from the upstream behind pool: a
+// pause empties this member's lease and stops leasing until it ends; a
+// report of few units left trims the lease to this member's share of them.
+func (s *Store) Backoff(_, pool string, pause time.Duration, remaining int64) {
 	now := s.cfg.Clock.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, l := range s.leases {
 		if k.Pool == pool && k.Client == "" {
-			l.units = 0
-			if pause > 0 {
-				l.pausedUntil = now.Add(pause)
-			}
+			s.signalLocked(l, pause, remaining, now)
 		}
+	}
+}
+
+// signalLocked applies an upstream signal to a lease. s.mu is held.
+func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now time.Time) {
+	switch {
+	case pause > 0:
+		l.units = 0
+		l.pausedUntil = now.Add(pause)
+	case remaining >= 0:
+		l.units = min(l.units, remaining/int64(s.peers.Live()))
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -67,7 +66,7 @@ func (s *solo) paths(t *testing.T) map[string]float64 {
 	t.Helper()
 	out := map[string]float64{}
 	for _, p := range []string{"local", "lease", "shared", "outage"} {
-		out[p] = testutil.ToFloat64(counterOf(t, s.reg, "tollgate_cluster_decisions_total", p))
+		out[p] = decisions(t, s.reg, p, "")
 	}
 	return out
 }
@@ -251,28 +250,26 @@ func TestBackoffSignal(t *testing.T) {
 	assert.True(t, d.Allowed, "the shared bucket decides while this member is told to hold back")
 }
 
-// counterOf finds the counter of metric name with label path.
-func counterOf(t *testing.T, g prometheus.Gatherer, name, path string) prometheus.Collector {
+// decisions sums tollgate_cluster_decisions_total for path (and result,
+// unless empty) in g.
+func decisions(t *testing.T, g prometheus.Gatherer, path, result string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	require.NoError(t, err)
+	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() != name {
+		if mf.GetName() != "tollgate_cluster_decisions_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
 			for _, lp := range m.GetLabel() {
-				if lp.GetValue() == path {
-					return constCounter(m.GetCounter().GetValue())
-				}
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["path"] == path && (result == "" || labels["result"] == result) {
+				sum += m.GetCounter().GetValue()
 			}
 		}
 	}
-	return constCounter(0)
-}
-
-func constCounter(v float64) prometheus.Collector {
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x", Help: "x"})
-	c.Add(v)
-	return c
+	return sum
 }

@@ -368,7 +368,7 @@ func (s *Store) Demand() map[string]float64 {
 	out := make(map[string]float64, len(s.demand))
 	for p, r := range s.demand {
 		if v := r.perSecond(now); v > 0 {
-			out[p] = v
+			out[p] = math.Round(v*100) / 100 // a report that fits a packet
 		}
 	}
 	return out
