@@ -71,7 +71,8 @@ func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual po
 }
 
 // finishLocked ends a local reservation: what it spent beyond (or short
-// of) its booked estimate is booked, its slot freed. s.mu is held.
+// of) its estimate goes to its slice while that is open, else is booked;
+// its slot is freed. s.mu is held.
 func (s *Store) finishLocked(id string, r *localResv, o limiter.Outcome, actual policy.Money, now time.Time) limiter.Settlement {
 	spend := r.cost
 	switch o {
@@ -80,7 +81,9 @@ func (s *Store) finishLocked(id string, r *localResv, o limiter.Outcome, actual 
 	case limiter.OutcomeReleased:
 		spend = 0
 	}
-	if diff := spend - r.cost; diff != 0 {
+	if diff := spend - r.cost; diff != 0 && r.slice != nil && !r.slice.closed {
+		r.slice.spent += diff // the slice is settled at what it spent
+	} else if diff != 0 {
 		for _, owner := range r.owners {
 			s.journal = append(s.journal, limiter.SpendDelta{Owner: owner, Period: r.period, Spent: diff})
 			if v := s.views[viewKey{owner, r.period}]; v != nil {
@@ -172,7 +175,25 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 		}
 	}
 	for i := range u.Budgets {
-		u.Budgets[i].Spent += s.unbooked(u.Budgets[i].Owner, period)
+		b := &u.Budgets[i]
+		b.Spent += s.unbooked(b.Owner, period)
+		if outage {
+			continue
+		}
+		// This member's open slices are reserved in the shared store in
+		// full; here what they spent is known.
+		for k, sl := range s.slices {
+			if sliceHas(k, period, b.Owner) {
+				b.Spent += sl.spent
+				b.Reserved = max(b.Reserved-sl.size, 0)
+			}
+		}
+		for _, e := range s.ends { // closed slices not yet settled
+			if e.chain != "" && sliceHas(e.chain, period, b.Owner) {
+				b.Spent += e.actual
+				b.Reserved = max(b.Reserved-e.size, 0)
+			}
+		}
 	}
 	if len(budgets) > 0 {
 		owner := budgets[0].Owner

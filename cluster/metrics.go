@@ -21,6 +21,7 @@ var pathNames = [numPaths]string{"local", "lease", "shared", "outage"}
 type metrics struct {
 	decisions [numPaths][2]prometheus.Counter // by path, denied/admitted
 	leases    prometheus.Counter
+	slices    prometheus.Counter
 	booked    prometheus.Counter
 	replayed  prometheus.Counter
 }
@@ -36,13 +37,17 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 			Name: "tollgate_cluster_leases_total",
 			Help: "Bucket leases asked of the shared store.",
 		}),
+		slices: f.NewCounter(prometheus.CounterOpts{
+			Name: "tollgate_cluster_budget_slices_total",
+			Help: "Slices of budget chains asked of the shared store.",
+		}),
 		booked: f.NewCounter(prometheus.CounterOpts{
 			Name: "tollgate_cluster_booked_batches_total",
 			Help: "Batches of locally decided spend booked into the shared store.",
 		}),
 		replayed: f.NewCounter(prometheus.CounterOpts{
-			Name: "tollgate_cluster_replayed_ends_total",
-			Help: "Settles and releases of shared reservations told to the shared store after an outage.",
+			Name: "tollgate_cluster_queued_ends_total",
+			Help: "Settles told to the shared store by the sync loop: budget slices at what they spent, and the settles and releases of shared reservations that an outage held back.",
 		}),
 	}
 	for p, name := range pathNames {

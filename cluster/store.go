@@ -46,7 +46,10 @@ type Config struct {
 	// SyncEvery is how often spend decided locally is booked, budget views
 	// refreshed, lapsed leases returned and slots renewed.
 	SyncEvery time.Duration
-	// ViewTTL is how old a budget view may be and still decide locally.
+	// SliceTTL is how long a slice of a budget chain is spent locally
+	// before it is settled at what was spent from it.
+	SliceTTL time.Duration
+	// ViewTTL is how old a budget view may be and still size a slice.
 	ViewTTL time.Duration
 	// NearLimitPercent: a bucket with less than this share of its capacity
 	// left leases single calls only; a budget with less than it left is
@@ -62,14 +65,14 @@ type Config struct {
 // DefaultConfig returns leases of one second, slots of ten, and a sync
 // every 200 ms.
 func DefaultConfig() Config {
-	return Config{LeaseTTL: time.Second, SlotTTL: 10 * time.Second, SyncEvery: 200 * time.Millisecond,
+	return Config{LeaseTTL: time.Second, SlotTTL: 10 * time.Second, SliceTTL: 5 * time.Second, SyncEvery: 200 * time.Millisecond,
 		ViewTTL: 2 * time.Second, NearLimitPercent: 10, DemandWindow: 5 * time.Second}
 }
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
-	if c.LeaseTTL <= 0 || c.SlotTTL <= 0 || c.SyncEvery <= 0 || c.ViewTTL <= 0 || c.DemandWindow <= 0 {
-		return errors.New("cluster: lease, slot, sync, view and demand durations must be positive")
+	if c.LeaseTTL <= 0 || c.SlotTTL <= 0 || c.SliceTTL <= 0 || c.SyncEvery <= 0 || c.ViewTTL <= 0 || c.DemandWindow <= 0 {
+		return errors.New("cluster: lease, slot, slice, sync, view and demand durations must be positive")
 	}
 	if c.NearLimitPercent < 0 || c.NearLimitPercent > 100 {
 		return fmt.Errorf("cluster: near-limit percent %d out of [0, 100]", c.NearLimitPercent)
@@ -95,6 +98,7 @@ type Store struct {
 	mu      sync.Mutex
 	leases  map[limiter.Key]*lease
 	slots   map[string]*slotLease
+	slices  map[string]*slice // by budget chain
 	views   map[viewKey]*view
 	resv    map[string]*localResv
 	done    map[string]limiter.Settlement
@@ -187,13 +191,14 @@ func (v *view) remaining() policy.Money {
 	return v.limit - v.base - v.since
 }
 
-// localResv is a reservation decided here: its estimate is already booked
-// (committed at it, as a lapsed reservation would be), its slot counted
-// here.
+// localResv is a reservation decided here: its estimate is already spent
+// (from a slice, or booked), as a lapsed reservation would be; its slot is
+// counted here.
 type localResv struct {
 	cost   policy.Money
 	owners []string
 	period string
+	slice  *slice // the slice it was spent from, nil when booked
 	client string // whose slot it holds, "" for none
 	exp    time.Time
 }
@@ -214,6 +219,9 @@ type pendingEnd struct {
 	id      string
 	outcome limiter.Outcome
 	actual  policy.Money
+	// chain and size are a slice's (chainKey; its size reserved).
+	chain string
+	size  policy.Money
 }
 
 // NewStore wraps shared. peers may be nil (a fleet of one). It starts the
@@ -238,7 +246,7 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 		reg = prometheus.NewRegistry()
 	}
 	s := &Store{cfg: cfg, shared: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
-		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, views: map[viewKey]*view{},
+		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
 		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
@@ -351,6 +359,7 @@ type local struct{ limiter.Decision }
 type need struct {
 	asks   []limiter.LeaseAsk
 	slot   *limiter.SlotLease
+	slice  policy.Money      // the size of a budget slice to take, or 0
 	strict bool              // only the shared store can decide it
 	denied *limiter.Decision // refused here, by a key known to be short
 }
@@ -393,10 +402,12 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 				return local{}, nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
 			}
 		}
-		for _, b := range h.Budgets {
-			v := s.views[viewKey{b.Owner, h.Period}]
-			if v == nil || now.Sub(v.fetched) > s.cfg.ViewTTL || !s.farFromLimit(v, b.Limit, h.Cost) {
-				n.strict = true
+		if limited(h.Budgets) {
+			sl := s.slices[chainKey(h)]
+			if sl == nil || !now.Before(sl.exp) || sl.left() < h.Cost {
+				if n.slice = s.sliceSize(h, now); n.slice == 0 {
+					n.strict = true // near a limit, or nothing known yet: the shared store decides
+				}
 			}
 		}
 		if h.Slot != nil && !h.Commit {
@@ -410,7 +421,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 			}
 		}
 	}
-	if n.strict || len(n.asks) > 0 || n.slot != nil {
+	if n.strict || len(n.asks) > 0 || n.slot != nil || n.slice > 0 {
 		return local{}, &n, nil
 	}
 	// Everything is here: take it.
@@ -426,7 +437,14 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 		st.Remaining, st.ResetAfter = s.approxState(l, t.Limit, now)
 	}
 	if h != nil {
-		d.Budgets = s.book(h, now)
+		var from *slice
+		if limited(h.Budgets) {
+			from = s.slices[chainKey(h)]
+			from.spent += h.Cost
+			d.Budgets = s.budgetStates(h, now)
+		} else {
+			d.Budgets = s.book(h, now)
+		}
 		if h.Slot != nil && !h.Commit {
 			sl := s.slots[h.Slot.Client]
 			sl.inUse++
@@ -434,7 +452,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 			d.InFlight = sl.inUse
 		}
 		if !h.Commit {
-			r := &localResv{cost: h.Cost, period: h.Period, exp: now.Add(h.TTL)}
+			r := &localResv{cost: h.Cost, period: h.Period, slice: from, exp: now.Add(h.TTL)}
 			for _, b := range h.Budgets {
 				r.owners = append(r.owners, b.Owner)
 			}
@@ -463,6 +481,19 @@ func (s *Store) book(h *limiter.Hold, now time.Time) []limiter.BudgetState {
 	return out
 }
 
+// budgetStates reports a hold's budgets from this member's views (what the
+// shared store held, slices included, and what was booked since). s.mu is
+// held.
+func (s *Store) budgetStates(h *limiter.Hold, now time.Time) []limiter.BudgetState {
+	out := make([]limiter.BudgetState, len(h.Budgets))
+	for i, b := range h.Budgets {
+		v := s.viewOf(b, h.Period, now)
+		v.touch = now
+		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: v.base + v.since}
+	}
+	return out
+}
+
 // viewOf returns the view of a budget, creating an empty one (known to no
 // one yet: base zero, never fetched).
 func (s *Store) viewOf(b limiter.Budget, period string, now time.Time) *view {
@@ -474,22 +505,6 @@ func (s *Store) viewOf(b limiter.Budget, period string, now time.Time) *view {
 	}
 	v.limit = b.Limit
 	return v
-}
-
-// farFromLimit reports whether cost may be spent here from v: the budget is
-// unlimited, or cost fits both in what is left above the near-limit margin
-// and in this member's allowance (its share of what was left above the
-// margin when the view was read, less what it has spent since).
-func (s *Store) farFromLimit(v *view, limit policy.Money, cost policy.Money) bool {
-	if limit < 0 {
-		return true
-	}
-	margin := policy.Money(int64(limit) / 100 * s.cfg.NearLimitPercent)
-	if cost > v.remaining()-margin {
-		return false
-	}
-	allowance := (limit - margin - v.base) / policy.Money(s.peers.Live())
-	return v.mine+cost <= allowance
 }
 
 // want is the lease to ask for a take: this member's share of a lease
@@ -607,6 +622,27 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 			return d, true, nil
 		}
 	}
+	if n.slice > 0 {
+		h := req.Hold
+		s.mu.Lock()
+		id, snaps := s.nextSliceID(), s.snapsOf(h)
+		s.mu.Unlock()
+		d, err := s.shared.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
+			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}})
+		if err != nil {
+			return limiter.Decision{}, false, err
+		}
+		s.m.slices.Inc()
+		s.mu.Lock()
+		s.learnBudgets(h, d.Budgets, snaps, now)
+		if d.Allowed {
+			s.openSlice(chainKey(h), id, n.slice, now)
+		}
+		s.mu.Unlock()
+		if !d.Allowed {
+			return limiter.Decision{}, false, nil // closer to the limit than the view said: the shared store decides
+		}
+	}
 	s.mu.Lock()
 	d, again, err := s.tryLocal(req, now)
 	s.mu.Unlock()
@@ -668,11 +704,24 @@ func (s *Store) snapsOf(h *limiter.Hold) []snap {
 	return out
 }
 
-// flush books the journal when it holds spend on one of h's budgets (at
-// most a few rounds: the batch in flight, then the rest).
+// flush tells the shared store what this member holds on h's budgets: it
+// settles the chain's open slice (it could not serve the call, and what it
+// has left would stand in the call's way), and books the journal when it
+// holds spend on one of them (at most a few rounds: the batch in flight,
+// then the rest).
 func (s *Store) flush(ctx context.Context, h *limiter.Hold) error {
 	if h == nil {
 		return nil
+	}
+	s.mu.Lock()
+	k := chainKey(h)
+	sl := s.slices[k]
+	if sl != nil {
+		s.closeSlice(k, sl)
+	}
+	s.mu.Unlock()
+	if sl != nil {
+		s.replayEnds(ctx)
 	}
 	for range 3 {
 		s.mu.Lock()
@@ -710,11 +759,7 @@ func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now
 		}
 	}
 	if h := req.Hold; h != nil {
-		for i, b := range d.Budgets { // the shared store's answer includes this call's hold when allowed
-			if i < len(snaps) {
-				s.viewOf(limiter.Budget{Owner: b.Owner, Limit: b.Limit}, h.Period, now).rebase(b.Spent+b.Reserved, snaps[i], now)
-			}
-		}
+		s.learnBudgets(h, d.Budgets, snaps, now) // the answer includes this call's hold when allowed
 	}
 	for _, b := range d.Buckets {
 		if b.Key.Client == "" && d.Allowed {
@@ -723,6 +768,16 @@ func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now
 					s.record(t.Key, t.Cost)
 				}
 			}
+		}
+	}
+}
+
+// learnBudgets rebases the views of h's budgets on the shared store's
+// states of them, read after snaps. s.mu is held.
+func (s *Store) learnBudgets(h *limiter.Hold, states []limiter.BudgetState, snaps []snap, now time.Time) {
+	for i, b := range states {
+		if i < len(snaps) {
+			s.viewOf(limiter.Budget{Owner: b.Owner, Limit: b.Limit}, h.Period, now).rebase(b.Spent+b.Reserved, snaps[i], now)
 		}
 	}
 }

@@ -77,8 +77,9 @@ func takeOf(cost int64, l limiter.Limit) []limiter.Take {
 	return []limiter.Take{{Key: pool, Limit: l, Cost: cost}}
 }
 
-// TestLocalDecisions: after one lease, calls are decided from it without
-// the shared store; what they spend is booked at the next sync, exactly.
+// TestLocalDecisions: after one lease and one budget slice, calls are
+// decided here without the shared store; the slice is settled at what it
+// spent, exactly once.
 func TestLocalDecisions(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
@@ -89,10 +90,9 @@ func TestLocalDecisions(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, d.Allowed, "call %d: %v", i, d.Reason)
 	}
-	p := s.paths(t)
-	assert.Equal(t, 1.0, p["shared"], "the first call reads the budget from the shared store")
-	assert.Equal(t, 1.0, p["lease"], "the second takes a lease")
-	assert.Equal(t, 98.0, p["local"], "the rest are decided here")
+	// The first call reads the budget from the shared store; the second
+	// takes a lease and a slice of 64 calls; the 66th a second slice.
+	assert.Equal(t, map[string]float64{"shared": 1, "lease": 2, "local": 97, "outage": 0}, s.paths(t))
 
 	// The shared bucket gave 1 (the first call) + 100 (the lease); the lease
 	// covered 99 calls, so one unit is still leased here.
@@ -100,30 +100,39 @@ func TestLocalDecisions(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(1000-101), st[0].Remaining)
 
-	// Spend decided here reaches the shared store at the sync, once.
+	// The shared store holds the slices in full; this member knows what
+	// they spent.
 	u, err := s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
 	require.NoError(t, err)
 	assert.Equal(t, policy.Money(1000), u.Budgets[0].Spent, "only the first call, decided by the shared store, so far")
+	assert.Equal(t, policy.Money(2*64_000), u.Budgets[0].Reserved, "two slices")
 	mine, err := s.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
 	require.NoError(t, err)
-	assert.Equal(t, policy.Money(100_000), mine.Budgets[0].Spent, "this member's usage counts what it has not booked yet")
-	s.Sync(ctx)
+	assert.Equal(t, policy.Money(100_000), mine.Budgets[0].Spent)
+	assert.Zero(t, mine.Budgets[0].Reserved)
+
+	s.Sync(ctx) // the first slice, closed, is settled
 	u, err = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
 	require.NoError(t, err)
-	assert.Equal(t, policy.Money(100_000), u.Budgets[0].Spent)
-	s.Sync(ctx)
-	u, _ = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
-	assert.Equal(t, policy.Money(100_000), u.Budgets[0].Spent, "booked once")
+	assert.Equal(t, policy.Money(1000+64_000), u.Budgets[0].Spent)
+	assert.Equal(t, policy.Money(64_000), u.Budgets[0].Reserved)
 
-	// A lapsed lease gives back what it did not spend.
-	s.clk.Advance(time.Second)
-	s.Sync(ctx)
+	// The second lapses: settled at what it spent, once; and the lapsed
+	// lease gives back what it did not spend.
+	s.clk.Advance(cluster.DefaultConfig().SliceTTL)
+	for range 2 {
+		s.Sync(ctx)
+		u, err = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+		require.NoError(t, err)
+		assert.Equal(t, policy.Money(100_000), u.Budgets[0].Spent)
+		assert.Zero(t, u.Budgets[0].Reserved)
+	}
 	st, _ = s.shared.Lease(ctx, []limiter.LeaseAsk{{Key: pool, Limit: lim}}, time.Time{})
 	assert.Equal(t, int64(1000), st[0].Remaining, "refilled, and the unused unit came back")
 }
 
 // TestLocalReservations: deferred holds decided here settle, release and
-// lapse here; their spend is booked at the estimate and corrected.
+// lapse here; their slice is settled at what they spent.
 func TestLocalReservations(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
@@ -133,7 +142,7 @@ func TestLocalReservations(t *testing.T) {
 		return limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: period, Cost: 5000,
 			Budgets: []limiter.Budget{acme}, Slot: &limiter.Slot{Client: "acme", Max: 10}}}
 	}
-	for _, id := range []string{"warm-1", "warm-2"} { // the budget view, then the lease and slots
+	for _, id := range []string{"warm-1", "warm-2"} { // the budget view, then the lease, slots and slice
 		d, err := s.Reserve(ctx, hold(id))
 		require.NoError(t, err)
 		require.True(t, d.Allowed)
@@ -141,7 +150,8 @@ func TestLocalReservations(t *testing.T) {
 	d, err := s.Reserve(ctx, hold("r1"))
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
-	assert.Equal(t, 1.0, s.paths(t)["local"])
+	assert.Equal(t, int64(2), d.InFlight, "this member's calls in flight")
+	assert.Equal(t, map[string]float64{"shared": 1, "lease": 1, "local": 1, "outage": 0}, s.paths(t))
 	_, err = s.Reserve(ctx, hold("r1"))
 	assert.ErrorIs(t, err, limiter.ErrDuplicateReservation)
 
@@ -158,10 +168,12 @@ func TestLocalReservations(t *testing.T) {
 	s.Sync(ctx)
 	u, err := s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
 	require.NoError(t, err)
-	// warm-1 is held in the shared store (5000 reserved); warm-2 was decided
-	// here and released (0); r1 settled at 1200.
-	assert.Equal(t, policy.Money(1200), u.Budgets[0].Spent)
-	assert.Equal(t, policy.Money(5000), u.Budgets[0].Reserved)
+	assert.Zero(t, u.Budgets[0].Spent)
+	assert.Equal(t, policy.Money(5000+64*5000), u.Budgets[0].Reserved, "warm-1, and the open slice")
+	mine, err := s.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(1200), mine.Budgets[0].Spent, "r1 settled; warm-2 released")
+	assert.Equal(t, policy.Money(5000), mine.Budgets[0].Reserved, "warm-1")
 
 	// warm-1's reservation is the shared store's: settled there.
 	st, err = s.Settle(ctx, "warm-1", 700)
@@ -179,10 +191,12 @@ func TestLocalReservations(t *testing.T) {
 	u, _ = s.shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
 	assert.Equal(t, policy.Money(1200+700+5000), u.Budgets[0].Spent, "a lapsed reservation stands at its estimate")
 	assert.Zero(t, u.Budgets[0].Reserved)
+	assert.Zero(t, u.InFlight, "the leased slots went back with the lapsed lease")
 }
 
 // TestNearTheLimit: near a bucket's limit leases are single calls; near a
-// budget's, every reservation is the shared store's.
+// budget's, every reservation is the shared store's, and the budget is
+// spent to the last call and not one beyond.
 func TestNearTheLimit(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
@@ -202,27 +216,31 @@ func TestNearTheLimit(t *testing.T) {
 	assert.False(t, d.Allowed)
 	assert.Equal(t, before["lease"]+1, s.paths(t)["lease"], "the second refusal came from the short-circuit, not the store")
 
-	tight := limiter.Budget{Owner: "tight", Limit: 10_000}
-	commit := func(cost policy.Money) (limiter.Decision, error) {
-		s.clk.Advance(time.Second)
-		return s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{Period: period, Cost: cost, Budgets: []limiter.Budget{tight}, Commit: true}})
-	}
-	for range 3 {
-		d, err := commit(2000)
+	budget := limiter.Budget{Owner: "tight", Limit: 1_000_000}
+	admitted := 0
+	for i := range 600 {
+		s.clk.Advance(10 * time.Millisecond)
+		d, err := s.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{Period: period, Cost: 2000, Budgets: []limiter.Budget{budget}, Commit: true}})
 		require.NoError(t, err)
-		require.True(t, d.Allowed)
+		if !d.Allowed {
+			assert.Equal(t, limiter.ReasonBudgetExceeded, d.Reason)
+			assert.Equal(t, 500, i, "the budget holds 500 calls")
+			break
+		}
+		admitted++
 	}
-	shared := s.paths(t)["shared"]
-	d, err = commit(2000) // 6000 of 10000 spent: 4000 left, above the 10% margin
+	assert.Equal(t, 500, admitted)
+	p := s.paths(t)
+	assert.Greater(t, p["local"]-before["local"], 300.0, "far from the limit, from slices")
+	assert.Greater(t, p["shared"]-before["shared"], 10.0, "near it, call by call")
+	s.Sync(ctx)
+	u, err := s.shared.Usage(ctx, period, []limiter.Budget{budget}, time.Time{})
 	require.NoError(t, err)
-	require.True(t, d.Allowed)
-	d, err = commit(2000) // 2000 left, less than a call above the margin: the shared store decides
-	require.NoError(t, err)
-	require.True(t, d.Allowed)
-	assert.Greater(t, s.paths(t)["shared"], shared)
-	d, err = commit(2000)
-	require.NoError(t, err)
-	assert.Equal(t, limiter.ReasonBudgetExceeded, d.Reason, "exactly at the limit: refused by the shared store")
+	assert.Equal(t, policy.Money(1_000_000), u.Budgets[0].Spent+u.Budgets[0].Reserved)
+	s.clk.Advance(time.Minute)
+	s.Sync(ctx)
+	u, _ = s.shared.Usage(ctx, period, []limiter.Budget{budget}, time.Time{})
+	assert.Equal(t, policy.Money(1_000_000), u.Budgets[0].Spent, "exactly the budget")
 }
 
 // TestBackoffSignal: a peer's back-off empties the lease and stops leasing.

@@ -48,6 +48,9 @@ func (s *Store) sync(ctx context.Context) {
 	if outage {
 		s.recover(ctx, now)
 	}
+	s.mu.Lock()
+	s.closeLapsed(now)
+	s.mu.Unlock()
 	s.replayEnds(ctx)
 	s.returnLapsed(ctx, now)
 	s.renewSlots(ctx, now)
@@ -130,6 +133,9 @@ func (s *Store) replayEnds(ctx context.Context) {
 		if err != nil && unreachable(ctx, err) {
 			keep = append(keep, ends[i:]...)
 			break
+		}
+		if err != nil {
+			s.log.Warn("a settle or release the shared store missed was refused", slog.String("id", e.id), slog.Any("error", err))
 		}
 		s.m.replayed.Inc()
 	}
@@ -274,6 +280,9 @@ func (s *Store) handBack(ctx context.Context) error {
 	}
 	back = append(back, s.returning...)
 	s.returning = nil
+	for k, sl := range s.slices {
+		s.closeSlice(k, sl)
+	}
 	var slots []limiter.SlotLease
 	for client, sl := range s.slots {
 		if sl.held > 0 {
