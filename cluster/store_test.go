@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/tollgate/tollgate/cluster"
@@ -22,6 +23,7 @@ import (
 var redisSrv *redistest.Server
 
 func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{}) // the outage test stops Redis: go-redis would log every refused dial
 	code := redistest.Main(m, &redisSrv)
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -31,6 +33,10 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
