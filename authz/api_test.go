@@ -334,7 +334,8 @@ func TestAPIWithoutLedger(t *testing.T) {
 }
 
 // TestReadyzChecks: /readyz runs every dependency check, each under a
-// deadline, and reports a failing one by name with its error text.
+// deadline, and reports a failing one by name with its error text; a
+// degraded component is reported without failing it.
 func TestReadyzChecks(t *testing.T) {
 	refused := errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
 	ok := func(ctx context.Context) error {
@@ -346,27 +347,38 @@ func TestReadyzChecks(t *testing.T) {
 	failing := func(context.Context) error { return refused }
 	tests := map[string]struct {
 		checks     map[string]func(context.Context) error
+		degraded   map[string]func() string
 		wantStatus int
 		wantBody   string
 	}{
 		"no checks": {
 			wantStatus: http.StatusOK,
-			wantBody:   `{"ready":true,"components":{"policy":"ok","server":"ok"}}`,
+			wantBody:   `{"ready":true,"degraded":false,"components":{"policy":"ok","server":"ok"}}`,
 		},
 		"a passing check": {
 			checks:     map[string]func(context.Context) error{"redis": ok},
 			wantStatus: http.StatusOK,
-			wantBody:   `{"ready":true,"components":{"policy":"ok","server":"ok","redis":"ok"}}`,
+			wantBody:   `{"ready":true,"degraded":false,"components":{"policy":"ok","server":"ok","redis":"ok"}}`,
 		},
 		"a failing check": {
 			checks:     map[string]func(context.Context) error{"redis": failing},
 			wantStatus: http.StatusServiceUnavailable,
-			wantBody:   `{"ready":false,"components":{"policy":"ok","server":"ok","redis":"dial tcp 127.0.0.1:6379: connect: connection refused"}}`,
+			wantBody:   `{"ready":false,"degraded":false,"components":{"policy":"ok","server":"ok","redis":"dial tcp 127.0.0.1:6379: connect: connection refused"}}`,
 		},
 		"one failing of two": {
-			checks:     map[string]func(context.Context) error{"redis": failing, "cluster": ok},
+			checks:     map[string]func(context.Context) error{"redis": failing, "policy-store": ok},
 			wantStatus: http.StatusServiceUnavailable,
-			wantBody:   `{"ready":false,"components":{"policy":"ok","server":"ok","cluster":"ok","redis":"dial tcp 127.0.0.1:6379: connect: connection refused"}}`,
+			wantBody:   `{"ready":false,"degraded":false,"components":{"policy":"ok","server":"ok","policy-store":"ok","redis":"dial tcp 127.0.0.1:6379: connect: connection refused"}}`,
+		},
+		"degraded but ready": {
+			degraded:   map[string]func() string{"cluster": func() string { return "outage: deciding on 1/3 shares" }},
+			wantStatus: http.StatusOK,
+			wantBody:   `{"ready":true,"degraded":true,"components":{"policy":"ok","server":"ok","cluster":"outage: deciding on 1/3 shares"}}`,
+		},
+		"not degraded": {
+			degraded:   map[string]func() string{"cluster": func() string { return "" }},
+			wantStatus: http.StatusOK,
+			wantBody:   `{"ready":true,"degraded":false,"components":{"policy":"ok","server":"ok","cluster":"ok"}}`,
 		},
 	}
 	for name, tc := range tests {
@@ -378,6 +390,7 @@ func TestReadyzChecks(t *testing.T) {
 				Store:    newMemStore(t, limiter.SystemClock{}),
 				Registry: prometheus.NewRegistry(),
 				Checks:   tc.checks,
+				Degraded: tc.degraded,
 			})
 			require.NoError(t, err)
 			served := make(chan error, 1)

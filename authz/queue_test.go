@@ -433,11 +433,14 @@ queue:
 	var got []answer
 	for len(got) < len(calls) {
 		require.Eventually(t, func() bool { return clk.Pending() > 0 }, 10*time.Second, time.Millisecond)
-		clk.Advance(time.Second)
+		clk.Step(time.Second)
 		left := len(calls) - len(got)
 		require.Eventually(t, func() bool { return ts.srv.Decider().QueueStatus().Total < left }, 10*time.Second, time.Millisecond)
+		// Every line has acted on the second (its refill, its deadlines)
+		// before the clock moves on.
+		require.Eventually(t, func() bool { return ts.srv.Decider().QueueBusy() == 0 }, 10*time.Second, time.Millisecond)
 		held := ts.srv.Decider().QueueStatus().Total
-		for len(got) < len(calls)-held {
+		for len(got) < len(calls)-held { // every call out of the queue answers before the clock moves on
 			got = append(got, <-answers)
 		}
 	}

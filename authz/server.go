@@ -82,6 +82,12 @@ type Deps struct {
 	// Checks are readiness probes by component ("redis"); /readyz fails
 	// while any fails.
 	Checks map[string]func(context.Context) error
+	// Degraded are reports by component that /readyz shows but that never
+	// fail it: each returns "" while all is well, else what is degraded
+	// (a fleet member in outage mode still decides, on its share).
+	Degraded map[string]func() string
+	// Cluster, when set, reports the fleet on GET /api/cluster.
+	Cluster func() any
 	// Clock picks budget periods and dates reservations; nil is the
 	// system clock.
 	Clock limiter.Clock
@@ -293,6 +299,11 @@ func (s *Server) adminMux() *http.ServeMux {
 	s.apiRoutes(mux)
 	s.estimateRoute(mux)
 	s.queueRoutes(mux)
+	if s.deps.Cluster != nil {
+		mux.HandleFunc("GET /api/cluster", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, s.deps.Cluster())
+		})
+	}
 	return mux
 }
 
@@ -314,11 +325,18 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			components[name], ready = err.Error(), false
 		}
 	}
+	degraded := false
+	for name, report := range s.deps.Degraded {
+		components[name] = "ok"
+		if d := report(); d != "" {
+			components[name], degraded = d, true
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "components": components})
+	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "degraded": degraded, "components": components})
 }
 
 func (s *Server) debugPolicy(w http.ResponseWriter, _ *http.Request) {

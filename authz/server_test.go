@@ -284,7 +284,7 @@ func TestAdminEndpoints(t *testing.T) {
 
 	sc, body = ts.get(t, "/readyz")
 	assert.Equal(t, http.StatusOK, sc)
-	assert.JSONEq(t, `{"ready":true,"components":{"policy":"ok","server":"ok"}}`, body)
+	assert.JSONEq(t, `{"ready":true,"degraded":false,"components":{"policy":"ok","server":"ok"}}`, body)
 
 	sc, body = ts.get(t, "/metrics")
 	assert.Equal(t, http.StatusOK, sc)
@@ -333,7 +333,7 @@ func TestHealthAndDraining(t *testing.T) {
 			return
 		}
 		assert.Equal(c, http.StatusServiceUnavailable, sc)
-		assert.JSONEq(c, `{"ready":false,"components":{"policy":"ok","server":"draining"}}`, body)
+		assert.JSONEq(c, `{"ready":false,"degraded":false,"components":{"policy":"ok","server":"draining"}}`, body)
 	}, 10*time.Second, 5*time.Millisecond)
 	// Draining has begun and lasts an hour: everything below holds now.
 	for _, svc := range services {

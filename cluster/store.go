@@ -136,8 +136,10 @@ type lease struct {
 	// shortUntil: the shared bucket said no; until then, calls are refused
 	// here without asking (the short-circuit of a key over its limit).
 	shortUntil time.Time
-	shortWait  time.Duration
 	possible   bool
+	// misses counts refusals in a row: members contending for the refill
+	// of an empty bucket ask less often, so that denials stay local.
+	misses int
 	// pausedUntil: the upstream asked to back off; no lease until then.
 	pausedUntil time.Time
 }
@@ -683,10 +685,15 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 	if g.Granted > 0 {
 		l.units += g.Granted
 		l.exp = now.Add(s.cfg.LeaseTTL)
-		l.shortUntil = time.Time{}
+		l.shortUntil, l.misses = time.Time{}, 0
 		return
 	}
-	l.shortUntil, l.shortWait = now.Add(g.RetryAfter), g.RetryAfter
+	l.misses++
+	wait := g.RetryAfter
+	if l.misses > 1 { // refused again: wait twice as long each time, up to a tenth of a lease
+		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
+	}
+	l.shortUntil = now.Add(wait)
 	if !g.Possible {
 		l.shortUntil = now.Add(s.cfg.LeaseTTL) // ask again now and then: the policy may change
 	}

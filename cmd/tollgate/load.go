@@ -2,22 +2,28 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -31,6 +37,9 @@ type loadFlags struct {
 	policyPath  string
 	redisAddr   string
 	settle      string
+	nodes       int
+	cluster     bool
+	pool        string
 }
 
 func loadCmd() *cobra.Command {
@@ -40,7 +49,10 @@ func loadCmd() *cobra.Command {
 		Short: "Measure Check throughput and latency over loopback gRPC",
 		Long: "load sends CheckRequests as fast as --concurrency workers can for --duration (or --requests)\n" +
 			"and reports throughput and latency percentiles. Without --addr it starts an in-process\n" +
-			"Tollgate on 127.0.0.1 (memory store) and measures that.",
+			"Tollgate on 127.0.0.1 (memory store) and measures that; with --nodes N (and --redis-addr)\n" +
+			"a fleet of N members sharing that Redis, the workers spread over them, and it reports how\n" +
+			"many Redis round trips the decisions took and, with --overshoot-pool, how far the fleet\n" +
+			"admitted past that pool's limit.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return load(cmd.Context(), f, cmd.OutOrStdout())
@@ -54,6 +66,9 @@ func loadCmd() *cobra.Command {
 	fl.StringVar(&f.policyPath, "policy", "", "policy for the in-process server (default: the bundled policy)")
 	fl.StringVar(&f.redisAddr, "redis-addr", "", "give the in-process server a Redis store at this address (default: memory)")
 	fl.StringVar(&f.settle, "settle", "immediate", "the in-process server's settlement: immediate or deferred")
+	fl.IntVar(&f.nodes, "nodes", 1, "in-process Tollgates: more than one form a fleet (needs --redis-addr)")
+	fl.BoolVar(&f.cluster, "cluster", false, "run the in-process Tollgate(s) as fleet members (leases and gossip; implied by --nodes > 1)")
+	fl.StringVar(&f.pool, "overshoot-pool", "", "a pool counted in requests: report admitted calls against its capacity + refill × time")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent callers")
 	fl.IntVar(&f.clients, "clients", 100, "distinct client ids, spread over the calls")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "how long to run")
@@ -79,26 +94,46 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	if f.concurrency <= 0 || f.clients <= 0 || (f.duration <= 0 && f.requests <= 0) {
 		return errors.New("load: --concurrency and --clients must be positive, and --duration or --requests set")
 	}
-	addr := f.probe.addr
-	if addr == "" {
-		stop, a, err := startInProcess(ctx, f)
-		if err != nil {
+	if f.nodes < 1 || (f.nodes > 1 && f.probe.addr != "") {
+		return errors.New("load: --nodes must be at least 1, and starts in-process members (not with --addr)")
+	}
+	f.cluster = f.cluster || f.nodes > 1
+	if f.cluster && f.redisAddr == "" {
+		return errors.New("load: a fleet (--nodes > 1 or --cluster) shares a Redis: give --redis-addr")
+	}
+	var err error
+	var overPool *policy.Pool
+	if f.pool != "" {
+		if overPool, err = overshootPool(f); err != nil {
 			return err
 		}
-		defer stop()
-		addr = a
+	}
+	addrs := []string{f.probe.addr}
+	var fleet *inProcess
+	if f.probe.addr == "" {
+		if fleet, err = startInProcess(ctx, f); err != nil {
+			return err
+		}
+		defer fleet.stop()
+		addrs = fleet.addrs
 		store := "memory store"
 		if f.redisAddr != "" {
 			store = "redis store at " + f.redisAddr
 		}
-		fmt.Fprintf(out, "in-process tollgate on %s (%s, %s settlement)\n", addr, store, f.settle)
+		if f.cluster {
+			store += fmt.Sprintf(", a fleet of %d with leases and gossip", f.nodes)
+		}
+		fmt.Fprintf(out, "in-process tollgate on %s (%s, %s settlement)\n", strings.Join(addrs, ", "), store, f.settle)
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("load: %w", err)
+	clients := make([]authv3.AuthorizationClient, len(addrs))
+	for i, addr := range addrs {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+		defer conn.Close()
+		clients[i] = authv3.NewAuthorizationClient(conn)
 	}
-	defer conn.Close()
-	client := authv3.NewAuthorizationClient(conn)
 
 	reqs := make([]*authv3.CheckRequest, f.clients)
 	for i := range reqs {
@@ -108,8 +143,15 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 			return err
 		}
 	}
-	if _, err := client.Check(ctx, reqs[0]); err != nil { // fail fast, and warm the connection
-		return fmt.Errorf("load: first check: %w", err)
+	first := time.Now() // an overshoot counts from the first check: the warm-up ones take from the bucket too
+	for _, c := range clients {
+		if _, err := c.Check(ctx, reqs[0]); err != nil { // fail fast, and warm the connection
+			return fmt.Errorf("load: first check: %w", err)
+		}
+	}
+	var trips0 int64
+	if fleet != nil {
+		trips0 = fleet.trips.n.Load()
 	}
 
 	runCtx := ctx
@@ -131,6 +173,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			client := clients[w%len(clients)]
 			mine := make([]time.Duration, 0, 1<<16)
 			for i := w; !over(); i += f.concurrency {
 				if f.requests > 0 && calls.Add(1) > f.requests {
@@ -169,41 +212,172 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		rep.P50, rep.P90, rep.P99, rep.P999, rep.Max = q(.50), q(.90), q(.99), q(.999), all[n-1]
 	}
 	rep.write(out)
+	if fleet != nil && f.redisAddr != "" {
+		trips := fleet.trips.n.Load() - trips0
+		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks", trips, 1000*float64(trips)/float64(max(rep.Calls, 1)))
+		if paths, total := fleet.paths(); total > 0 {
+			fmt.Fprintf(out, " (decided locally %.1f%%, after a lease %.1f%%, by Redis %.1f%%, in outage %.1f%%)",
+				100*paths["local"]/total, 100*paths["lease"]/total, 100*paths["shared"]/total, 100*paths["outage"]/total)
+		}
+		fmt.Fprintln(out)
+	}
+	if over := overPool; over != nil {
+		// The warm-up checks were admitted too, from the same bucket.
+		admitted := rep.Allowed + int64(len(clients))
+		elapsed := time.Since(first)
+		rt := float64(over.Limit.RefillPerSecond) * elapsed.Seconds()
+		c := float64(over.Limit.Capacity)
+		fmt.Fprintf(out, "overshoot on pool %s: admitted %d in %v: %.3f × R·t, %.3f × (C + R·t); the bound C + R·t + one call per member is %.3f × (C + R·t)\n",
+			over.Name, admitted, elapsed.Round(time.Millisecond), float64(admitted)/rt, float64(admitted)/(c+rt), (c+rt+float64(len(clients)))/(c+rt))
+	}
 	return nil
 }
 
-// startInProcess runs a Tollgate on loopback ports chosen by the kernel.
-func startInProcess(ctx context.Context, f loadFlags) (stop func(), addr string, err error) {
+// overshootPool finds the pool a run's overshoot is measured on: counted
+// in requests, so that each admitted call is one unit of it.
+func overshootPool(f loadFlags) (*policy.Pool, error) {
 	set := policy.Default()
 	if f.policyPath != "" {
+		var err error
 		if set, err = policy.Load(f.policyPath); err != nil {
-			return nil, "", err
+			return nil, err
+		}
+	}
+	p := set.Pools[f.pool]
+	if p == nil || p.Unit != policy.UnitRequest || p.Limit.RefillPerSecond <= 0 {
+		return nil, fmt.Errorf("load: --overshoot-pool %q must be a pool of the policy counted in requests, with a refill", f.pool)
+	}
+	return p, nil
+}
+
+// inProcess is the Tollgates a load run started on loopback: one, or a
+// fleet sharing one Redis.
+type inProcess struct {
+	addrs  []string
+	regs   []*prometheus.Registry
+	fleets []*cluster.Fleet
+	seed   string       // the first member's gossip address
+	trips  *tripCounter // Redis round trips, all members'
+	stop   func()
+}
+
+// startInProcess runs f.nodes Tollgates on loopback ports chosen by the
+// kernel; in a fleet, each is a member with gossip on 127.0.0.1.
+func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
+	set := policy.Default()
+	if f.policyPath != "" {
+		var err error
+		if set, err = policy.Load(f.policyPath); err != nil {
+			return nil, err
 		}
 	}
 	sf := serveFlags{redis: redisstore.DefaultClientConfig(), redisPrefix: fmt.Sprintf("load-%d", time.Now().UnixNano()), store: "memory"}
 	if f.redisAddr != "" {
 		sf.store, sf.redis.Addrs = "redis", []string{f.redisAddr}
 	}
+	if f.cluster {
+		key := make([]byte, 32)
+		_, _ = rand.Read(key)
+		sf.cluster.register(pflag.NewFlagSet("load", pflag.ContinueOnError)) // the defaults
+		sf.cluster.enabled, sf.cluster.key = true, base64.StdEncoding.EncodeToString(key)
+		sf.cluster.node.BindAddr, sf.cluster.node.BindPort = "127.0.0.1", 0
+	}
 	log := slog.New(slog.DiscardHandler)
-	store, _, closeStore, err := openStore(ctx, sf, log)
-	if err != nil {
-		return nil, "", err
+	p := &inProcess{trips: &tripCounter{}}
+	var stops []func()
+	p.stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
 	}
-	cfg := authz.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
-	if cfg.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
-		return nil, "", errors.Join(err, closeStore())
+	for i := range f.nodes {
+		nf := sf
+		if f.cluster {
+			nf.cluster.node.Name = fmt.Sprintf("load-%d", i)
+			if i > 0 {
+				nf.cluster.node.Seeds = []string{p.seed}
+			}
+		}
+		reg := prometheus.NewRegistry()
+		st, err := openStore(ctx, nf, reg, log)
+		if err != nil {
+			p.stop()
+			return nil, err
+		}
+		if st.redis != nil {
+			st.redis.AddHook(p.trips)
+		}
+		if st.fleet != nil && i == 0 {
+			p.seed = st.fleet.Node.Addr()
+		}
+		cfg := authz.DefaultConfig()
+		cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
+		if cfg.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
+			p.stop()
+			return nil, errors.Join(err, st.close())
+		}
+		srv, err := authz.New(cfg, authz.Deps{Policies: authz.StaticPolicy{Set: set}, Store: st.store, Registry: reg, Logger: log})
+		if err != nil {
+			p.stop()
+			return nil, errors.Join(err, st.close())
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.Serve(context.WithoutCancel(ctx)) }()
+		stops = append(stops, func() {
+			_ = srv.Shutdown(context.WithoutCancel(ctx))
+			<-done
+			_ = st.close()
+		})
+		p.addrs, p.regs = append(p.addrs, srv.GRPCAddr().String()), append(p.regs, reg)
+		p.fleets = append(p.fleets, st.fleet)
 	}
-	srv, err := authz.New(cfg, authz.Deps{Policies: authz.StaticPolicy{Set: set}, Store: store,
-		Registry: prometheus.NewRegistry(), Logger: log})
-	if err != nil {
-		return nil, "", errors.Join(err, closeStore())
+	if f.cluster { // every member sees every other before the run
+		deadline := time.Now().Add(10 * time.Second)
+		for _, fl := range p.fleets {
+			for fl.Node.Live() < f.nodes {
+				if time.Now().After(deadline) {
+					p.stop()
+					return nil, fmt.Errorf("load: the fleet did not form: %s sees %d of %d members", fl.Node.Name(), fl.Node.Live(), f.nodes)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(context.WithoutCancel(ctx)) }()
-	return func() {
-		_ = srv.Shutdown(context.WithoutCancel(ctx))
-		<-done
-		_ = closeStore()
-	}, srv.GRPCAddr().String(), nil
+	return p, nil
+}
+
+// tripCounter counts the commands (round trips) Redis clients send.
+type tripCounter struct{ n atomic.Int64 }
+
+func (c *tripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *tripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(1); return next(ctx, cmds) }
+}
+
+// paths sums the fleet's decisions by how they were taken.
+func (p *inProcess) paths() (map[string]float64, float64) {
+	out, total := map[string]float64{}, 0.0
+	for _, reg := range p.regs {
+		mfs, err := reg.Gather()
+		if err != nil {
+			continue
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "tollgate_cluster_decisions_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "path" {
+						out[lp.GetValue()] += m.GetCounter().GetValue()
+						total += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+	}
+	return out, total
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
@@ -31,6 +32,7 @@ type serveFlags struct {
 	logLevel        string
 	logFormat       string
 	shutdownTimeout time.Duration
+	cluster         clusterFlags
 }
 
 func serveCmd() *cobra.Command {
@@ -66,6 +68,7 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&f.redis.ReadTimeout, "redis-read-timeout", f.redis.ReadTimeout, "Redis read timeout")
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
+	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -106,13 +109,14 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	if f.authz.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
 		return err
 	}
-	store, checks, closeStore, err := openStore(ctx, f, log)
+	st, err := openStore(ctx, f, reg, log)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, closeStore()) }()
+	defer func() { err = errors.Join(err, st.close()) }()
 
-	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: store, Registry: reg, Logger: log, Checks: checks})
+	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster})
 	if err != nil {
 		return err
 	}
@@ -134,26 +138,40 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	return err
 }
 
-// openStore builds the limiter store the flags ask for, its readiness
-// checks, and the function that releases it.
-func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (limiter.Backend, map[string]func(context.Context) error, func() error, error) {
+// openedStore is the limiter store the flags ask for, what /readyz and
+// /api/cluster report of it, and how it is released.
+type openedStore struct {
+	store    limiter.Backend
+	redis    redis.UniversalClient // nil for the memory store
+	fleet    *cluster.Fleet        // nil outside a fleet
+	checks   map[string]func(context.Context) error
+	degraded map[string]func() string
+	cluster  func() any
+	close    func() error
+}
+
+// openStore builds the limiter store the flags ask for.
+func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
+	if f.cluster.enabled && f.store != "redis" {
+		return openedStore{}, errors.New("--cluster needs --store redis: the fleet shares its limits in Redis")
+	}
 	switch f.store {
 	case "memory":
 		s, err := memstore.New(memstore.DefaultConfig())
 		if err != nil {
-			return nil, nil, nil, err
+			return openedStore{}, err
 		}
 		log.Info("limiter store: memory (this process only)")
-		return s, nil, s.Close, nil
+		return openedStore{store: s, close: s.Close}, nil
 	case "redis":
 		redis.SetLogger(redisLog{log.With(slog.String("component", "redis"))}) // go-redis has only a global logger
 		client, err := redisstore.NewClient(f.redis)
 		if err != nil {
-			return nil, nil, nil, err
+			return openedStore{}, err
 		}
 		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix})
 		if err != nil {
-			return nil, nil, nil, errors.Join(err, client.Close())
+			return openedStore{}, errors.Join(err, client.Close())
 		}
 		// Not fatal: Redis may come up after us; /readyz says so meanwhile
 		// and each check follows the policy's store_unavailable.
@@ -163,10 +181,25 @@ func openStore(ctx context.Context, f serveFlags, log *slog.Logger) (limiter.Bac
 		}
 		cancel()
 		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix))
-		checks := map[string]func(context.Context) error{"redis": func(ctx context.Context) error { return client.Ping(ctx).Err() }}
-		return s, checks, client.Close, nil
+		ping := func(ctx context.Context) error { return client.Ping(ctx).Err() }
+		if !f.cluster.enabled {
+			return openedStore{store: s, redis: client, checks: map[string]func(context.Context) error{"redis": ping}, close: client.Close}, nil
+		}
+		fleet, err := f.cluster.joinFleet(s, reg, log)
+		if err != nil {
+			return openedStore{}, errors.Join(err, client.Close())
+		}
+		// A member whose Redis is away still decides: degraded, not unready.
+		return openedStore{
+			store:    fleet.Store,
+			redis:    client,
+			fleet:    fleet,
+			degraded: map[string]func() string{"cluster": degraded(fleet)},
+			cluster:  func() any { return fleet.Status() },
+			close:    func() error { return errors.Join(leave(fleet, 5*time.Second), client.Close()) },
+		}, nil
 	}
-	return nil, nil, nil, fmt.Errorf("store %q: want memory or redis", f.store)
+	return openedStore{}, fmt.Errorf("store %q: want memory or redis", f.store)
 }
 
 // redisLog sends go-redis's own messages (dial failures and the like) to

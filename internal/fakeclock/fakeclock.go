@@ -39,6 +39,21 @@ func (c *Clock) Advance(d time.Duration) {
 	}
 }
 
+// Step is Advance that returns once the callbacks of the timers it fired
+// have returned (each still runs in its own goroutine), so that a test can
+// look at what they did before time moves on.
+func (c *Clock) Step(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	due := c.dueLocked()
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, t := range due {
+		wg.Go(t.f)
+	}
+	wg.Wait()
+}
+
 // Set moves the clock to t, firing the timers due by then.
 func (c *Clock) Set(t time.Time) {
 	c.mu.Lock()

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/policy"
@@ -162,6 +163,7 @@ type Queue[V any] struct {
 	closed  bool
 	usage   map[string]*usage // fairness, by line key
 	running sync.WaitGroup    // dispatchers in flight
+	busy    atomic.Int64      // and how many
 }
 
 // ErrClosed is returned by Submit after Close.
@@ -377,12 +379,18 @@ func (q *Queue[V]) wakeLocked(l *line[V]) {
 	l.running = true
 	l.stopTimer()
 	q.running.Add(1)
+	q.busy.Add(1)
 	go q.dispatch(l)
 }
+
+// Dispatching is how many lines are letting waiters go at this moment. A
+// test on a fake clock waits for none before it moves the clock again.
+func (q *Queue[V]) Dispatching() int { return int(q.busy.Load()) }
 
 // dispatch lets l's waiters go, best first, until the best must wait.
 func (q *Queue[V]) dispatch(l *line[V]) {
 	defer q.running.Done()
+	defer q.busy.Add(-1)
 	for {
 		now := q.cfg.Clock.Now()
 		q.mu.Lock()
