@@ -369,7 +369,9 @@ func TestFleetMemberKilled(t *testing.T) {
 	var tl tally
 	runCtx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	var wg sync.WaitGroup
-	next := func(int, int) limiter.Request { return limiter.Request{Takes: []limiter.Take{{Key: gpt, Limit: lim, Cost: 1}}} }
+	next := func(int, int) limiter.Request {
+		return limiter.Request{Takes: []limiter.Take{{Key: gpt, Limit: lim, Cost: 1}}}
+	}
 	for _, m := range ms {
 		drive(runCtx, &wg, m, 1, 5*time.Millisecond, next, nil, &tl)
 	}
