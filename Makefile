@@ -8,7 +8,7 @@ FUZZTIME ?= 5s
 # new one can never be left out.
 FUZZ_PACKAGES = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
 
-.PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis lint vet fmt clean
+.PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster lint vet fmt clean
 
 all: build
 
@@ -71,6 +71,19 @@ bench-load-redis: build deps ## the same load on a Redis store (a throwaway redi
 	redis-server --port $(REDIS_BENCH_PORT) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir --daemonize yes >/dev/null && \
 	./$(BIN) load --duration 10s --concurrency 32 --policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json \
 		--redis-addr 127.0.0.1:$(REDIS_BENCH_PORT); rc=$$?; \
+	redis-cli -p $(REDIS_BENCH_PORT) shutdown nosave >/dev/null 2>&1; rm -rf $$dir; exit $$rc
+
+bench-cluster: build deps ## fleets of 1 and 3 on one Redis: overshoot past a pool's limit, Redis round trips per 1,000 checks, p50/p99
+	@dir=$$(mktemp -d); \
+	redis-server --port $(REDIS_BENCH_PORT) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir --daemonize yes >/dev/null && \
+	rc=0; for n in 1 3; do \
+		echo "== $$n node(s), over the limit: a pool of 1000 requests/s offered far more"; \
+		./$(BIN) load --duration 10s --concurrency 32 --nodes $$n --cluster --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) \
+			--policy testdata/good/bench-cluster.yaml --overshoot-pool bench-requests || rc=1; \
+		echo "== $$n node(s), under the limit: every check admitted"; \
+		./$(BIN) load --duration 10s --concurrency 32 --nodes $$n --cluster --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) \
+			--policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json || rc=1; \
+	done; \
 	redis-cli -p $(REDIS_BENCH_PORT) shutdown nosave >/dev/null 2>&1; rm -rf $$dir; exit $$rc
 
 lint: vet ## gofmt and go vet

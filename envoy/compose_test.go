@@ -17,6 +17,7 @@ import (
 const (
 	deployDir   = "../deploy"
 	composePath = deployDir + "/docker-compose.yaml"
+	fleetPath   = deployDir + "/docker-compose.fleet.yaml"
 
 	envoyConfigInImage = "/etc/envoy/envoy.yaml"
 	promConfigInImage  = "/etc/prometheus/prometheus.yml"
@@ -33,10 +34,11 @@ type composeService struct {
 		Context    string `json:"context"`
 		Dockerfile string `json:"dockerfile"`
 	} `json:"build"`
-	Command     []string `json:"command"`
-	Ports       []string `json:"ports"`
-	Volumes     []string `json:"volumes"`
-	NetworkMode string   `json:"network_mode"`
+	Command     []string          `json:"command"`
+	Ports       []string          `json:"ports"`
+	Volumes     []string          `json:"volumes"`
+	NetworkMode string            `json:"network_mode"`
+	Environment map[string]string `json:"environment"`
 }
 
 type prometheusConfig struct {
@@ -216,6 +218,182 @@ func TestComposeMatchesSidecar(t *testing.T) {
 			src := mountSource(t, prom, rf)
 			_, err := os.Stat(src)
 			assert.NoError(t, err, "rule file %s is mounted from %s", rf, src)
+		}
+	})
+}
+
+// mergeCompose layers override on base as `docker compose -f base -f
+// override` does for the keys used here: a command and a network mode
+// replace, ports add up, volumes and environment merge by target and name.
+func mergeCompose(base, override composeFile) composeFile {
+	out := composeFile{Services: map[string]composeService{}}
+	for name, s := range base.Services {
+		out.Services[name] = s
+	}
+	for name, o := range override.Services {
+		s, ok := out.Services[name]
+		if !ok {
+			out.Services[name] = o
+			continue
+		}
+		if o.Image != "" {
+			s.Image = o.Image
+		}
+		if o.Build != nil {
+			s.Build = o.Build
+		}
+		if o.Command != nil {
+			s.Command = o.Command
+		}
+		if o.NetworkMode != "" {
+			s.NetworkMode = o.NetworkMode
+		}
+		s.Ports = append(slices.Clone(s.Ports), o.Ports...)
+		vols := map[string]string{}
+		var order []string
+		for _, v := range append(slices.Clone(s.Volumes), o.Volumes...) {
+			target := strings.Split(v, ":")[1]
+			if _, seen := vols[target]; !seen {
+				order = append(order, target)
+			}
+			vols[target] = v
+		}
+		s.Volumes = nil
+		for _, target := range order {
+			s.Volumes = append(s.Volumes, vols[target])
+		}
+		env := map[string]string{}
+		for k, v := range s.Environment {
+			env[k] = v
+		}
+		for k, v := range o.Environment {
+			env[k] = v
+		}
+		s.Environment = env
+		out.Services[name] = s
+	}
+	return out
+}
+
+// flagValues returns the values of every --name=value in command.
+func flagValues(command []string, name string) []string {
+	var out []string
+	for _, arg := range command {
+		if v, ok := strings.CutPrefix(arg, "--"+name+"="); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// TestComposeFleet: the fleet override makes two pods of the demo members
+// of one fleet on one Redis: each Tollgate runs --cluster on the redis
+// service, joins the other by its service name on the gossip port, has a
+// name of its own and the key from the environment; each has its own
+// Envoy in its namespace on sidecar.yaml; no host port is published twice;
+// Prometheus scrapes both.
+func TestComposeFleet(t *testing.T) {
+	var override composeFile
+	require.NoError(t, yaml.Unmarshal(readFile(t, fleetPath), &override))
+	c := mergeCompose(loadCompose(t), override)
+	b := sidecar(t)
+	sidecarPort := int(socketAddress(t, clustersByName(t, b)[tollgateName]).GetPortValue())
+
+	var members []string
+	for name, s := range c.Services {
+		if s.Build != nil {
+			members = append(members, name)
+		}
+	}
+	slices.Sort(members)
+	require.Equal(t, []string{"tollgate", "tollgate-b"}, members)
+
+	const gossipPort = "7946" // serve's default: no --gossip-port is given
+	names := map[string]bool{}
+	for _, name := range members {
+		s := c.Services[name]
+		t.Run(name, func(t *testing.T) {
+			cmd := s.Command
+			assert.Equal(t, []string{"redis"}, flagValues(cmd, "store"))
+			assert.Contains(t, cmd, "--cluster")
+			assert.Empty(t, flagValues(cmd, "gossip-port"))
+			addrs := flagValues(cmd, "redis-addr")
+			require.Len(t, addrs, 1)
+			host, port, err := net.SplitHostPort(addrs[0])
+			require.NoError(t, err)
+			assert.Equal(t, "6379", port)
+			require.Contains(t, c.Services, host, "--redis-addr names a service")
+			assert.True(t, strings.HasPrefix(c.Services[host].Image, "redis:"), "%s runs Redis", host)
+
+			_, grpcPort := flagAddr(t, cmd, "grpc-addr")
+			assert.Equal(t, sidecarPort, grpcPort, "Envoy reaches this Tollgate")
+			_, httpPort := flagAddr(t, cmd, "http-addr")
+
+			node := flagValues(cmd, "node-name")
+			require.Len(t, node, 1)
+			assert.False(t, names[node[0]], "node name %s is unique", node[0])
+			names[node[0]] = true
+
+			seeds := flagValues(cmd, "cluster-seeds")
+			require.NotEmpty(t, seeds)
+			for _, seed := range seeds {
+				h, p, err := net.SplitHostPort(seed)
+				require.NoError(t, err)
+				assert.Contains(t, members, h, "seed %s is a fleet member", seed)
+				assert.NotEqual(t, name, h, "a member seeds from another")
+				assert.Equal(t, gossipPort, p)
+			}
+			assert.Contains(t, s.Environment["TOLLGATE_GOSSIP_KEY"], "${TOLLGATE_GOSSIP_KEY", "the key comes from the environment, never the file")
+
+			var envoys []string
+			for en, e := range c.Services {
+				if e.NetworkMode == "service:"+name {
+					envoys = append(envoys, en)
+					src, err := filepath.Abs(mountSource(t, e, envoyConfigInImage))
+					require.NoError(t, err)
+					want, err := filepath.Abs(sidecarPath)
+					require.NoError(t, err)
+					assert.Equal(t, want, src, "%s runs sidecar.yaml", en)
+				}
+			}
+			assert.Len(t, envoys, 1, "one Envoy in %s's namespace", name)
+
+			published := publishedPorts(t, s.Ports)
+			for _, l := range b.GetStaticResources().GetListeners() {
+				assert.Contains(t, published, int(l.GetAddress().GetSocketAddress().GetPortValue()), "listener %s", l.GetName())
+			}
+			assert.Contains(t, published, httpPort)
+		})
+	}
+
+	t.Run("no host port is published twice", func(t *testing.T) {
+		seen := map[string]string{}
+		for name, s := range c.Services {
+			for _, p := range s.Ports {
+				host := p[:strings.LastIndex(p, ":")]
+				assert.NotContains(t, seen, host, "%s and %s", seen[host], name)
+				seen[host] = name
+			}
+		}
+	})
+
+	t.Run("prometheus scrapes every member", func(t *testing.T) {
+		var cfg prometheusConfig
+		require.NoError(t, yaml.Unmarshal(readFile(t, mountSource(t, c.Services["prometheus"], promConfigInImage)), &cfg))
+		var targets []string
+		for _, sc := range cfg.ScrapeConfigs {
+			for _, st := range sc.StaticConfigs {
+				targets = append(targets, st.Targets...)
+			}
+		}
+		for _, name := range members {
+			_, httpPort := flagAddr(t, c.Services[name].Command, "http-addr")
+			assert.Contains(t, targets, net.JoinHostPort(name, strconv.Itoa(httpPort)))
+		}
+		require.NotEmpty(t, cfg.RuleFiles)
+		for _, rf := range cfg.RuleFiles {
+			_, err := os.Stat(mountSource(t, c.Services["prometheus"], rf))
+			assert.NoError(t, err, "rule file %s is mounted", rf)
 		}
 	})
 }

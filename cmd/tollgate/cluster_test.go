@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"sigs.k8s.io/yaml"
 
 	"github.com/tollgate/tollgate/internal/redistest"
 )
@@ -208,5 +209,32 @@ func TestServeClusterFlagErrors(t *testing.T) {
 			err := run(context.Background(), args, tc.env, io.Discard, io.Discard)
 			require.ErrorContains(t, err, tc.want)
 		})
+	}
+}
+
+// TestComposeCommandsAreServeFlags: every Tollgate command in the compose
+// files is one serve accepts (envoy/compose_test.go checks what they mean).
+func TestComposeCommandsAreServeFlags(t *testing.T) {
+	for _, file := range []string{"../../deploy/docker-compose.yaml", "../../deploy/docker-compose.fleet.yaml"} {
+		raw, err := os.ReadFile(file)
+		require.NoError(t, err)
+		var c struct {
+			Services map[string]struct {
+				Build   any      `json:"build"`
+				Command []string `json:"command"`
+			} `json:"services"`
+		}
+		require.NoError(t, yaml.Unmarshal(raw, &c))
+		n := 0
+		for name, s := range c.Services {
+			if s.Build == nil && name != "tollgate" {
+				continue
+			}
+			n++
+			cmd := serveCmd()
+			require.NoError(t, cmd.ParseFlags(s.Command), "%s: %s", file, name)
+			assert.Empty(t, cmd.Flags().Args(), "%s: %s: stray arguments", file, name)
+		}
+		assert.NotZero(t, n, file)
 	}
 }
