@@ -11,8 +11,12 @@ import (
 
 // doneRetention is how long the outcome of a reservation ended here is
 // kept, so that a repeated settle or release is recognised (the shared
-// stores keep theirs a day; a member keeps its own in memory, so for less).
-const doneRetention = 30 * time.Minute
+// stores keep theirs a day; a member keeps its own in memory, so for less,
+// and at most maxDone of them).
+const (
+	doneRetention = 30 * time.Minute
+	maxDone       = 100_000
+)
 
 // Settle commits a reservation at its actual cost: a local one here (the
 // difference from its estimate is booked), a shared one in the shared
@@ -85,7 +89,7 @@ func (s *Store) finishLocked(id string, r *localResv, o limiter.Outcome, actual 
 		r.slice.spent += diff // the slice is settled at what it spent
 	} else if diff != 0 {
 		for _, owner := range r.owners {
-			s.journal = append(s.journal, limiter.SpendDelta{Owner: owner, Period: r.period, Spent: diff})
+			s.journal[viewKey{owner, r.period}] += diff
 			if v := s.views[viewKey{owner, r.period}]; v != nil {
 				v.since += diff
 				v.mine += diff
@@ -104,7 +108,23 @@ func (s *Store) finishLocked(id string, r *localResv, o limiter.Outcome, actual 
 	st := limiter.Settlement{ID: id, Outcome: o, Estimated: r.cost, Spent: spend}
 	s.done[id] = st
 	s.doneQ = append(s.doneQ, doneItem{id: id, exp: now.Add(doneRetention)})
+	if len(s.doneQ) > maxDone+maxDone/10 {
+		s.forgetDone(now, len(s.doneQ)-maxDone)
+	}
 	return st
+}
+
+// forgetDone forgets the outcomes past their retention, and at least the
+// oldest n. s.mu is held.
+func (s *Store) forgetDone(now time.Time, n int) {
+	k := 0
+	for k < len(s.doneQ) && (k < n || !now.Before(s.doneQ[k].exp)) {
+		delete(s.done, s.doneQ[k].id)
+		k++
+	}
+	if k > 0 {
+		s.doneQ = append(s.doneQ[:0:0], s.doneQ[k:]...)
+	}
 }
 
 // Expire ends, at their estimate, the local reservations past their TTL
@@ -129,12 +149,7 @@ func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error)
 			n++
 		}
 	}
-	k := 0
-	for k < len(s.doneQ) && !local.Before(s.doneQ[k].exp) {
-		delete(s.done, s.doneQ[k].id)
-		k++
-	}
-	s.doneQ = append(s.doneQ[:0:0], s.doneQ[k:]...)
+	s.forgetDone(local, 0)
 	outage := s.outage
 	s.mu.Unlock()
 	if outage || n >= max {

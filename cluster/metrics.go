@@ -69,7 +69,7 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 	}, func() float64 { return float64(s.peers.Live()) })
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_unbooked_deltas",
-		Help: "Spend deltas decided here and not yet booked into the shared store.",
+		Help: "Budget periods with spend decided here and not yet booked into the shared store.",
 	}, func() float64 {
 		s.mu.Lock()
 		defer s.mu.Unlock()

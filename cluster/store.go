@@ -103,7 +103,7 @@ type Store struct {
 	resv    map[string]*localResv
 	done    map[string]limiter.Settlement
 	doneQ   []doneItem
-	journal []limiter.SpendDelta // decided, not yet booked
+	journal map[viewKey]policy.Money // decided, not yet booked, by budget period
 	// returning holds the unused units of lapsed leases, given back at the
 	// next sync.
 	returning []limiter.Adjustment
@@ -249,7 +249,7 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	}
 	s := &Store{cfg: cfg, shared: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
-		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
 	s.m = newMetrics(reg, s)
@@ -473,7 +473,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 func (s *Store) book(h *limiter.Hold, now time.Time) []limiter.BudgetState {
 	out := make([]limiter.BudgetState, len(h.Budgets))
 	for i, b := range h.Budgets {
-		s.journal = append(s.journal, limiter.SpendDelta{Owner: b.Owner, Period: h.Period, Spent: h.Cost})
+		s.journal[viewKey{b.Owner, h.Period}] += h.Cost
 		v := s.viewOf(b, h.Period, now)
 		v.since += h.Cost
 		v.mine += h.Cost
@@ -792,12 +792,7 @@ func (s *Store) learnBudgets(h *limiter.Hold, states []limiter.BudgetState, snap
 // unbooked is the spend of a budget decided here and not yet booked.
 // s.mu is held.
 func (s *Store) unbooked(owner, period string) policy.Money {
-	var sum policy.Money
-	for _, d := range s.journal {
-		if d.Owner == owner && d.Period == period {
-			sum += d.Spent
-		}
-	}
+	sum := s.journal[viewKey{owner, period}]
 	if s.inflight != nil {
 		for _, d := range s.inflight.deltas {
 			if d.Owner == owner && d.Period == period {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sort"
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
@@ -65,9 +66,10 @@ func (s *Store) sync(ctx context.Context) {
 func (s *Store) bookJournal(ctx context.Context) error {
 	s.mu.Lock()
 	if s.inflight == nil && len(s.journal) > 0 {
-		s.batchSeq++
-		s.inflight = &batch{id: fmt.Sprintf("%s:%d", s.epoch, s.batchSeq), deltas: merge(s.journal)}
-		s.journal = nil
+		if deltas := s.takeJournal(); len(deltas) > 0 {
+			s.batchSeq++
+			s.inflight = &batch{id: fmt.Sprintf("%s:%d", s.epoch, s.batchSeq), deltas: deltas}
+		}
 	}
 	b := s.inflight
 	s.mu.Unlock()
@@ -94,18 +96,26 @@ func (s *Store) bookJournal(ctx context.Context) error {
 	return nil
 }
 
-// merge sums deltas by budget period.
-func merge(deltas []limiter.SpendDelta) []limiter.SpendDelta {
-	idx := map[viewKey]int{}
+// maxBatch bounds the budget periods of one batch (one script call); the
+// rest waits for the next round.
+const maxBatch = 500
+
+// takeJournal moves up to maxBatch budget periods' spend out of the
+// journal, in a stable order. s.mu is held.
+func (s *Store) takeJournal() []limiter.SpendDelta {
+	keys := make([]viewKey, 0, len(s.journal))
+	for k := range s.journal {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].owner < keys[j].owner || (keys[i].owner == keys[j].owner && keys[i].period < keys[j].period)
+	})
 	var out []limiter.SpendDelta
-	for _, d := range deltas {
-		k := viewKey{d.Owner, d.Period}
-		if i, ok := idx[k]; ok {
-			out[i].Spent += d.Spent
-			continue
+	for _, k := range keys[:min(len(keys), maxBatch)] {
+		if v := s.journal[k]; v != 0 {
+			out = append(out, limiter.SpendDelta{Owner: k.owner, Period: k.period, Spent: v})
 		}
-		idx[k] = len(out)
-		out = append(out, d)
+		delete(s.journal, k)
 	}
 	return out
 }
@@ -255,6 +265,7 @@ func (s *Store) refreshViews(ctx context.Context, now time.Time) {
 func (s *Store) prune(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.forgetDone(now, 0)
 	for k, v := range s.views {
 		if now.Sub(v.touch) > 10*time.Minute {
 			delete(s.views, k)
