@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -245,4 +246,28 @@ func TestSignals(t *testing.T) {
 			peerDemand()["gpt"] == 30
 	}, 5*time.Second, 10*time.Millisecond, "shares follow demand; an idle member keeps a floor of a quarter of an equal share; members list their peers' demand")
 	assert.InDelta(t, 1.0/3, nodes[2].Share("claude"), 1e-9, "no demand anywhere: equal shares")
+}
+
+// TestJoinByDNS: a node given a name (as a Kubernetes headless service
+// would be) joins the members its addresses lead to.
+func TestJoinByDNS(t *testing.T) {
+	nodes := startNodes(t, 1)
+	_, port, err := net.SplitHostPort(nodes[0].Addr())
+	require.NoError(t, err)
+	rec := &recorder{demand: map[string]float64{}}
+	cfg := nodeConfig("by-dns", fleetKey)
+	cfg.DNS = net.JoinHostPort("localhost", port) // /etc/hosts: 127.0.0.1 (and ::1, where nothing listens)
+	n, err := cluster.NewNode(cfg, rec.mine, rec)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = n.Kill() })
+	require.Eventually(t, func() bool { return n.Live() == 2 && nodes[0].Live() == 2 }, 10*time.Second, 10*time.Millisecond)
+
+	cfg = nodeConfig("nowhere", fleetKey)
+	cfg.DNS = "no-such-host.invalid"
+	lone, err := cluster.NewNode(cfg, rec.mine, rec)
+	require.NoError(t, err, "a name that does not resolve yet is retried, not fatal")
+	t.Cleanup(func() { _ = lone.Kill() })
+	_, err = lone.Join()
+	require.ErrorContains(t, err, "no-such-host.invalid")
+	assert.Equal(t, 1, lone.Live())
 }
