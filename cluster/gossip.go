@@ -34,6 +34,7 @@ type message struct {
 	Owner  string             `json:"o,omitempty"`
 	Period string             `json:"p,omitempty"`
 	Gen    int64              `json:"g,omitempty"`
+	Seq    uint64             `json:"n,omitempty"` // of the total within its generation
 	Total  policy.Money       `json:"t,omitempty"`
 	Pool   string             `json:"l,omitempty"`
 	Until  int64              `json:"u,omitempty"` // unix ms; 0: no pause
@@ -75,12 +76,14 @@ type spendKey struct{ owner, period string }
 
 type total struct {
 	gen     int64
+	seq     uint64
 	sum     policy.Money
 	changed time.Time
 }
 
 type heardTotal struct {
 	gen int64
+	seq uint64
 	sum policy.Money
 	at  time.Time
 }
@@ -113,8 +116,9 @@ func (n *Node) Spend(deltas []limiter.SpendDelta) {
 			n.totals[k] = t
 		}
 		t.sum += d.Spent
+		t.seq++
 		t.changed = now
-		n.sayLocked(message{Kind: kindSpend, Owner: d.Owner, Period: d.Period, Gen: t.gen, Total: t.sum, Cap: -1},
+		n.sayLocked(message{Kind: kindSpend, Owner: d.Owner, Period: d.Period, Gen: t.gen, Seq: t.seq, Total: t.sum, Cap: -1},
 			kindSpend+"/"+d.Owner+"\x00"+d.Period, time.Time{})
 	}
 }
@@ -240,9 +244,13 @@ func (n *Node) receive(b []byte) {
 		}
 		grew := m.Total
 		if h, ok := heard[k]; ok && h.gen == m.Gen {
+			if m.Seq <= h.seq { // said again, or overtaken by a later one
+				n.mu.Unlock()
+				return
+			}
 			grew = m.Total - h.sum
 		}
-		heard[k] = heardTotal{gen: m.Gen, sum: m.Total, at: now}
+		heard[k] = heardTotal{gen: m.Gen, seq: m.Seq, sum: m.Total, at: now}
 		n.mu.Unlock()
 		if grew != 0 && n.sig != nil {
 			n.sig.Spend(m.From, []limiter.SpendDelta{{Owner: m.Owner, Period: m.Period, Spent: grew}})
@@ -324,8 +332,7 @@ func (e *events) NotifyLeave(m *memberlist.Node) {
 	n := (*Node)(e)
 	n.known.Add(-1)
 	n.mu.Lock()
-	delete(n.demand, m.Name)
-	delete(n.spent, m.Name)
+	delete(n.demand, m.Name) // what it said of spend is kept: it may come back, counting on from there
 	n.mu.Unlock()
 	e.changed()
 }

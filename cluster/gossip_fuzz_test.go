@@ -44,6 +44,7 @@ func FuzzReceive(f *testing.F) {
 	f.Add([]byte(`{"k":"spend","f":"b","t":-9007199254740993}`))
 	f.Add([]byte(`{"k":"backoff","f":"b","u":-1,"c":-7,"a":3}`))
 	f.Add([]byte(`not json`))
+	f.Add([]byte(`{"k":"spend","f":"b","o":"acme","p":"2026-01","g":1,"n":18446744073709551615,"t":5}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s := &sink{}
 		n := &Node{cfg: NodeConfig{Name: "a"}, sig: s, mine: func() map[string]float64 { return nil },
@@ -55,8 +56,9 @@ func FuzzReceive(f *testing.F) {
 			t.Fatalf("the same message twice counted twice: %d then %d", first, s.spent)
 		}
 		var m message
-		if json.Unmarshal(b, &m) == nil && m.Kind == kindSpend && m.From != "a" && m.From != "" {
+		if json.Unmarshal(b, &m) == nil && m.Kind == kindSpend && m.From != "a" && m.From != "" && m.Seq < ^uint64(0) {
 			m.Total += 10
+			m.Seq++ // a later total
 			again, _ := json.Marshal(m)
 			n.receive(again)
 			if s.spent != first+10 {

@@ -59,7 +59,7 @@ func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual po
 		} else {
 			st, err = s.shared.Release(ctx, id)
 		}
-		if err == nil || !unreachable(ctx, err) {
+		if err == nil || !s.unreachable(ctx, err) {
 			return st, err
 		}
 		s.mu.Lock()
@@ -156,7 +156,7 @@ func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error)
 		return n, nil
 	}
 	m, err := s.shared.Expire(ctx, now, max-n)
-	if err != nil && unreachable(ctx, err) {
+	if err != nil && s.unreachable(ctx, err) {
 		return n, nil // outage mode comes from the sync loop's probe
 	}
 	return n + m, err
@@ -173,7 +173,7 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	if !outage {
 		var err error
 		u, err = s.shared.Usage(ctx, period, budgets, now)
-		if err != nil && !unreachable(ctx, err) {
+		if err != nil && !s.unreachable(ctx, err) {
 			return limiter.Usage{}, err
 		}
 		outage = err != nil
@@ -265,7 +265,7 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 			} else {
 				out[i].Remaining, out[i].ResetAfter = s.approxState(l, a.Limit, at)
 			}
-		case l != nil && at.Before(l.exp) && l.units+a.Refund >= 0:
+		case l != nil && at.Before(l.exp) && !at.Before(l.pausedUntil) && l.units+a.Refund >= 0:
 			l.units = min(l.units+a.Refund, a.Limit.Capacity)
 			out[i].Remaining, out[i].ResetAfter = s.approxState(l, a.Limit, at)
 		default:
@@ -279,7 +279,7 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	}
 	st, err := s.shared.Adjust(ctx, remote, now)
 	if err != nil {
-		if unreachable(ctx, err) {
+		if s.unreachable(ctx, err) {
 			s.mu.Lock()
 			s.enterOutage(at, err)
 			s.mu.Unlock()

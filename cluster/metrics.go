@@ -1,8 +1,9 @@
 package cluster
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/tollgate/tollgate/limiter"
 )
@@ -26,8 +27,11 @@ type metrics struct {
 	replayed  prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
-	f := promauto.With(reg)
+// newMetrics registers the Store's metrics with reg; a registry that has
+// them already (a second Store on it) is an error, not a panic.
+func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
+	var all []prometheus.Collector
+	f := factory{&all}
 	decisions := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "tollgate_cluster_decisions_total",
 		Help: "Decisions by how they were taken: local (from leases, no round trip), lease (after refreshing a lease or slots), shared (by the shared store), outage (on this member's share while the shared store is unreachable); and by result (admitted, denied).",
@@ -79,7 +83,34 @@ func newMetrics(reg prometheus.Registerer, s *Store) *metrics {
 		}
 		return float64(n)
 	})
-	return m
+	for i, c := range all {
+		if err := reg.Register(c); err != nil {
+			for _, done := range all[:i] {
+				reg.Unregister(done)
+			}
+			return nil, fmt.Errorf("cluster: metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// factory makes collectors and keeps them, to be registered together.
+type factory struct{ all *[]prometheus.Collector }
+
+func (f factory) NewCounter(o prometheus.CounterOpts) prometheus.Counter {
+	c := prometheus.NewCounter(o)
+	*f.all = append(*f.all, c)
+	return c
+}
+
+func (f factory) NewCounterVec(o prometheus.CounterOpts, labels []string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(o, labels)
+	*f.all = append(*f.all, c)
+	return c
+}
+
+func (f factory) NewGaugeFunc(o prometheus.GaugeOpts, fn func() float64) {
+	*f.all = append(*f.all, prometheus.NewGaugeFunc(o, fn))
 }
 
 // count counts a decision taken on path and hands it on.

@@ -147,8 +147,11 @@ func (s *Store) recover(ctx context.Context, now time.Time) {
 		sl.inUse, sl.held, sl.exp = n, 0, time.Time{}
 	}
 	s.outSlots = nil
-	for _, l := range s.leases {
-		l.units, l.shortUntil = 0, time.Time{}
+	for k, l := range s.leases { // what leases still hold was taken from the store: it goes back
+		if l.units > 0 {
+			s.returning = append(s.returning, limiter.Adjustment{Key: k, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
+		}
+		l.units, l.shortUntil, l.misses = 0, time.Time{}, 0
 	}
 	for _, v := range s.views {
 		v.fetched = time.Time{} // read them again before deciding on them

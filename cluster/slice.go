@@ -30,6 +30,8 @@ const sliceGrace = 5 * time.Minute
 // slice is an open slice of a budget chain.
 type slice struct {
 	id          string
+	owners      []string
+	period      string
 	size, spent policy.Money
 	exp         time.Time
 	closed      bool
@@ -109,11 +111,16 @@ func (s *Store) sliceSize(h *limiter.Hold, now time.Time) policy.Money {
 
 // openSlice records a slice the shared store granted, and closes the one
 // it replaces. s.mu is held.
-func (s *Store) openSlice(key, id string, size policy.Money, now time.Time) {
+func (s *Store) openSlice(h *limiter.Hold, id string, size policy.Money, now time.Time) {
+	key := chainKey(h)
 	if old := s.slices[key]; old != nil {
 		s.closeSlice(key, old)
 	}
-	s.slices[key] = &slice{id: id, size: size, exp: now.Add(s.cfg.SliceTTL)}
+	sl := &slice{id: id, period: h.Period, size: size, exp: now.Add(s.cfg.SliceTTL)}
+	for _, b := range h.Budgets {
+		sl.owners = append(sl.owners, b.Owner)
+	}
+	s.slices[key] = sl
 }
 
 // closeSlice stops spending from a slice and queues its settle at what was
@@ -126,7 +133,8 @@ func (s *Store) closeSlice(key string, sl *slice) {
 	if s.slices[key] == sl {
 		delete(s.slices, key)
 	}
-	s.ends = append(s.ends, pendingEnd{id: sl.id, outcome: limiter.OutcomeSettled, actual: max(sl.spent, 0), chain: key, size: sl.size})
+	s.ends = append(s.ends, pendingEnd{id: sl.id, outcome: limiter.OutcomeSettled, actual: max(sl.spent, 0),
+		chain: key, owners: sl.owners, period: sl.period, size: sl.size})
 }
 
 // closeLapsed closes the slices past their life. s.mu is held.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"net"
 	"sync"
 	"time"
 
@@ -147,6 +149,8 @@ type lease struct {
 type slotLease struct {
 	max, held, inUse int64
 	exp, used        time.Time
+	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
+	call             sync.Mutex // one leaseSlots call at a time
 }
 
 type viewKey struct{ owner, period string }
@@ -221,9 +225,14 @@ type pendingEnd struct {
 	id      string
 	outcome limiter.Outcome
 	actual  policy.Money
-	// chain and size are a slice's (chainKey; its size reserved).
-	chain string
-	size  policy.Money
+	// For a slice: its chain (chainKey, and the owners in the period) and
+	// the size reserved.
+	chain  string
+	owners []string
+	period string
+	size   policy.Money
+	// tries counts the store's refusals (not outages) so far.
+	tries int
 }
 
 // NewStore wraps shared. peers may be nil (a fleet of one). It starts the
@@ -252,7 +261,10 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
-	s.m = newMetrics(reg, s)
+	var err error
+	if s.m, err = newMetrics(reg, s); err != nil {
+		return nil, err
+	}
 	go s.loop()
 	return s, nil
 }
@@ -311,7 +323,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	}
 	// The shared store decides with what it has been told: tell it what
 	// this member spent on the call's budgets first.
-	if err := s.flush(ctx, req.Hold); err != nil {
+	if err := s.flush(ctx, req.Hold); err != nil && s.unreachable(ctx, err) {
 		return s.failover(ctx, req, now, err)
 	}
 	s.mu.Lock()
@@ -330,7 +342,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 // failover enters outage mode when err says the shared store is
 // unreachable, and decides req there; any other error is returned.
 func (s *Store) failover(ctx context.Context, req limiter.Request, now time.Time, err error) (limiter.Decision, error) {
-	if !unreachable(ctx, err) {
+	if !s.unreachable(ctx, err) {
 		return limiter.Decision{}, err
 	}
 	s.mu.Lock()
@@ -340,18 +352,31 @@ func (s *Store) failover(ctx context.Context, req limiter.Request, now time.Time
 	return s.m.count(pathOutage, d, derr)
 }
 
-// unreachable tells a store that cannot be reached (a network error, a
-// timeout, a closed connection) from one that answered with an error.
-func unreachable(ctx context.Context, err error) bool {
+// unavailability is what a shared store may say about its errors: the
+// Redis store tells a Redis that cannot serve (no connection, a timeout,
+// loading after a restart) from one that refused the call.
+type unavailability interface{ Unavailable(error) bool }
+
+// unreachable reports whether err says the shared store could not serve
+// the call at all (so outage mode is in order), rather than refused it.
+func (s *Store) unreachable(ctx context.Context, err error) bool {
 	if err == nil || ctx.Err() != nil {
 		return false // the caller gave up: not the store's fault
 	}
-	switch {
-	case errors.Is(err, limiter.ErrDuplicateReservation), errors.Is(err, limiter.ErrUnknownReservation):
-		return false
+	if u, ok := s.shared.(unavailability); ok {
+		return u.Unavailable(err)
 	}
-	var re interface{ RedisError() }
-	return !errors.As(err, &re) // Redis answered "ERR ...": reachable
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// backgroundTimeout bounds a call the member makes for itself (a lease, a
+// slice, a settle it queued): it is not cut short when the request that
+// prompted it goes away, so that what it took is always recorded.
+const backgroundTimeout = 2 * time.Second
+
+func background(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), backgroundTimeout)
 }
 
 // local is a decision taken here.
@@ -376,21 +401,22 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 		if t.Cost == 0 {
 			continue
 		}
-		if l != nil && l.units >= t.Cost && now.Before(l.exp) {
+		paused := l != nil && now.Before(l.pausedUntil)
+		if l != nil && l.units >= t.Cost && now.Before(l.exp) && !paused {
 			continue
 		}
 		if t.Shadow {
 			short[i] = true // a shadow bucket never denies; it is only reported
 			continue
 		}
+		if paused {
+			n.strict = true // the upstream asked to pause: the shared bucket says until when
+			continue
+		}
 		if l != nil && now.Before(l.shortUntil) {
 			d := s.deniedLocally(req, i, l, now)
 			n.denied = &d
 			return local{}, &n, nil
-		}
-		if l != nil && now.Before(l.pausedUntil) {
-			n.strict = true // the shared bucket is paused: let it say so
-			continue
 		}
 		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: t.Cost})
 	}
@@ -541,11 +567,18 @@ func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
 
 // slotWant is how many of a client's slots to hold for inUse calls: those,
 // and as spares the near-limit percent of this member's share of the
-// client's maximum, so that the next calls need no round trip. Spares held
-// fleet-wide stay under that percent of the maximum.
+// client's maximum (at most maxSpareSlots), so that the next calls need no
+// round trip. Spares held fleet-wide stay under that percent of the
+// maximum.
 func (s *Store) slotWant(inUse, maxSlots int64) int64 {
-	return inUse + maxSlots*s.cfg.NearLimitPercent/100/int64(s.peers.Live())
+	spare := min(maxSlots*s.cfg.NearLimitPercent/100/int64(s.peers.Live()), maxSpareSlots)
+	return min(inUse+spare, max(maxSlots, inUse), maxSlotLease)
 }
+
+const (
+	maxSpareSlots = 32
+	maxSlotLease  = 1_000_000 // the most one lease may hold (limiter.SlotLease)
+)
 
 // approxState reports a leased bucket for headers: what the shared bucket
 // held at the last grant plus what this member has left of its lease.
@@ -565,6 +598,9 @@ func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, 
 // short until l.shortUntil.
 func (s *Store) deniedLocally(req limiter.Request, i int, l *lease, now time.Time) limiter.Decision {
 	d := limiter.Decision{Reason: limiter.ReasonRateLimited, Blocking: i, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
+	if l == nil {
+		l = &lease{possible: true}
+	}
 	d.RetryAfter = max(l.shortUntil.Sub(now), 0)
 	if !l.possible {
 		d.Reason, d.RetryAfter = limiter.ReasonExceedsCapacity, 0
@@ -577,43 +613,43 @@ func (s *Store) deniedLocally(req limiter.Request, i int, l *lease, now time.Tim
 	return d
 }
 
-// refresh gets what tryLocal lacked (leases, slots) in at most two round
-// trips and decides again. ok is false when the shared store must decide.
+// refresh gets what tryLocal lacked (leases, slots, a budget slice), one
+// round trip each, and decides again. ok is false when the shared store
+// must decide. The calls run to their end even if ctx is cancelled: what
+// they take is recorded, and given back if unused.
 func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now time.Time) (limiter.Decision, bool, error) {
+	bctx, cancel := background(ctx)
+	defer cancel()
 	if len(n.asks) > 0 {
-		grants, err := s.shared.Lease(ctx, n.asks, time.Time{})
+		grants, err := s.shared.Lease(bctx, n.asks, time.Time{})
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}
+		if len(grants) != len(n.asks) {
+			return limiter.Decision{}, false, fmt.Errorf("cluster: %d lease grants for %d asks", len(grants), len(n.asks))
+		}
 		s.m.leases.Add(float64(len(grants)))
+		var denied *limiter.Decision
 		s.mu.Lock()
 		for i, a := range n.asks {
 			s.take(a, grants[i], now)
+			if idx := indexOf(req.Takes, a.Key); denied == nil && grants[i].Granted == 0 && a.Need > 0 && idx >= 0 {
+				d := s.deniedLocally(req, idx, s.leases[a.Key], now)
+				denied = &d
+			}
 		}
 		s.mu.Unlock()
-		for i, g := range grants {
-			if g.Granted == 0 && n.asks[i].Need > 0 {
-				s.mu.Lock()
-				idx := indexOf(req.Takes, n.asks[i].Key)
-				d := s.deniedLocally(req, idx, s.leases[n.asks[i].Key], now)
-				s.mu.Unlock()
-				return d, true, nil
-			}
+		if denied != nil {
+			return *denied, true, nil
 		}
 	}
 	if n.slot != nil {
-		held, inFlight, err := s.shared.LeaseSlots(ctx, *n.slot, time.Time{})
+		held, inFlight, err := s.leaseSlots(bctx, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}
 		s.mu.Lock()
-		sl := s.slots[n.slot.Client]
-		if sl == nil {
-			sl = &slotLease{}
-			s.slots[n.slot.Client] = sl
-		}
-		sl.max, sl.held, sl.exp = n.slot.Max, held, now.Add(s.cfg.SlotTTL)
-		full := sl.inUse >= sl.held
+		full := s.slots[n.slot.Client].inUse >= held
 		s.mu.Unlock()
 		if full {
 			d := limiter.Decision{Reason: limiter.ReasonConcurrency, Blocking: -1, BudgetBlocking: -1, InFlight: inFlight,
@@ -629,16 +665,21 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		s.mu.Lock()
 		id, snaps := s.nextSliceID(), s.snapsOf(h)
 		s.mu.Unlock()
-		d, err := s.shared.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
+		d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
 			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}})
 		if err != nil {
+			// It may have been reserved without an answer: release it once
+			// the store answers (releasing an unknown id does nothing).
+			s.mu.Lock()
+			s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
+			s.mu.Unlock()
 			return limiter.Decision{}, false, err
 		}
 		s.m.slices.Inc()
 		s.mu.Lock()
 		s.learnBudgets(h, d.Budgets, snaps, now)
 		if d.Allowed {
-			s.openSlice(chainKey(h), id, n.slice, now)
+			s.openSlice(h, id, n.slice, now)
 		}
 		s.mu.Unlock()
 		if !d.Allowed {
@@ -660,13 +701,44 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 	return d.Decision, true, nil
 }
 
+// leaseSlots sets this member's leased slots of client to want (worked out
+// under s.mu from the lease as it then is), one call at a time per client
+// so that the last call the store sees is the last one recorded here. A
+// lease that shrinks counts at once: no call is admitted on a slot being
+// given back.
+func (s *Store) leaseSlots(ctx context.Context, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
+	s.mu.Lock()
+	sl := s.slots[client]
+	if sl == nil {
+		sl = &slotLease{}
+		s.slots[client] = sl
+	}
+	sl.busy++
+	s.mu.Unlock()
+	sl.call.Lock()
+	defer sl.call.Unlock()
+	s.mu.Lock()
+	sl.max = maxSlots
+	w := want(sl)
+	sl.held = min(sl.held, w)
+	s.mu.Unlock()
+	held, inFlight, err = s.shared.LeaseSlots(ctx, limiter.SlotLease{Client: client, Max: maxSlots, Holder: s.peers.Name(), Want: w, TTL: s.cfg.SlotTTL}, time.Time{})
+	s.mu.Lock()
+	if err == nil {
+		sl.held, sl.exp = held, s.cfg.Clock.Now().Add(s.cfg.SlotTTL)
+	}
+	sl.busy--
+	s.mu.Unlock()
+	return held, inFlight, err
+}
+
 func indexOf(takes []limiter.Take, k limiter.Key) int {
 	for i, t := range takes {
 		if t.Key == k {
 			return i
 		}
 	}
-	return 0
+	return -1
 }
 
 // take adds a grant to its lease. s.mu is held.
@@ -727,8 +799,8 @@ func (s *Store) flush(ctx context.Context, h *limiter.Hold) error {
 		s.closeSlice(k, sl)
 	}
 	s.mu.Unlock()
-	if sl != nil {
-		s.replayEnds(ctx)
+	if err := s.replayEnds(ctx, func(e pendingEnd) bool { return e.chain == k }); err != nil {
+		return err
 	}
 	for range 3 {
 		s.mu.Lock()

@@ -2,7 +2,12 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -267,6 +272,13 @@ func TestBackoffSignal(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, d.Allowed, "no unit of the old lease is spent after a pause")
 	assert.InDelta(t, 30*time.Second+10*time.Millisecond, d.RetryAfter, float64(time.Millisecond))
+	// A call that cost less than it held gives units back: they go to the
+	// shared bucket, not to a lease that must not be spent now.
+	_, err = s.Adjust(ctx, []limiter.Adjustment{{Key: pool, Limit: lim, Refund: 5, Cap: limiter.NoCap}}, time.Time{})
+	require.NoError(t, err)
+	d, err = s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
+	require.NoError(t, err)
+	assert.False(t, d.Allowed, "still paused")
 	s.Backoff("peer", "gpt", time.Minute, -1)
 	s.clk.Advance(31 * time.Second)
 	d, err = s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
@@ -296,4 +308,208 @@ func decisions(t *testing.T, g prometheus.Gatherer, path, result string) float64
 		}
 	}
 	return sum
+}
+
+// gate is a memory store whose calls a test can hold up or fail, as a
+// slow or flaky Redis would.
+type gate struct {
+	*memstore.Store
+	mu          sync.Mutex
+	holdSlots   chan struct{} // when set, the next LeaseSlots waits for it to close
+	entered     chan struct{}
+	loseSlice   bool // the next slice reservation is made, but its answer lost
+	refuseSettl int  // refuse this many settles (the store answers with an error)
+}
+
+var errLost = &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}
+
+func (g *gate) LeaseSlots(ctx context.Context, l limiter.SlotLease, now time.Time) (int64, int64, error) {
+	g.mu.Lock()
+	wait, entered := g.holdSlots, g.entered
+	g.holdSlots = nil
+	g.mu.Unlock()
+	if wait != nil {
+		close(entered)
+		<-wait
+	}
+	return g.Store.LeaseSlots(ctx, l, now)
+}
+
+func (g *gate) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	d, err := g.Store.Reserve(ctx, req)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.loseSlice && req.Hold != nil && strings.HasPrefix(req.Hold.ID, "slice:") {
+		g.loseSlice = false
+		return limiter.Decision{}, errLost
+	}
+	return d, err
+}
+
+func (g *gate) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+	g.mu.Lock()
+	if g.refuseSettl > 0 {
+		g.refuseSettl--
+		g.mu.Unlock()
+		return limiter.Settlement{}, errors.New("memstore: busy")
+	}
+	g.mu.Unlock()
+	return g.Store.Settle(ctx, id, actual)
+}
+
+// named is a fleet of one that has a name of its own (so two share a
+// store as two members would).
+type named string
+
+func (m named) Name() string                       { return string(m) }
+func (named) Live() int                            { return 1 }
+func (named) Share(string) float64                 { return 1 }
+func (named) Spend([]limiter.SpendDelta)           {}
+func (named) Backoff(string, time.Duration, int64) {}
+
+func newGated(t *testing.T, clk *fakeclock.Clock, shared *memstore.Store) (*cluster.Store, *gate, *prometheus.Registry) {
+	t.Helper()
+	g := &gate{Store: shared}
+	cfg := cluster.DefaultConfig()
+	cfg.Clock, cfg.SyncEvery = clk, time.Hour
+	reg := prometheus.NewRegistry()
+	s, err := cluster.NewStore(cfg, g, named(t.Name()+fmt.Sprint(time.Now().UnixNano())), reg)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
+	return s, g, reg
+}
+
+// TestSlotShrinkRace: while a member gives back a slot it no longer uses,
+// it admits no call on that slot; so two members never hold more calls of
+// a client than its maximum.
+func TestSlotShrinkRace(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(epoch)
+	shared, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = shared.Close() })
+	a, ga, _ := newGated(t, clk, shared)
+	b, _, _ := newGated(t, clk, shared)
+	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 1000}
+	var seq int
+	call := func(s *cluster.Store) (limiter.Decision, string) {
+		seq++
+		id := fmt.Sprint("c", seq)
+		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: period,
+			Slot: &limiter.Slot{Client: "acme", Max: 1}}})
+		require.NoError(t, err)
+		return d, id
+	}
+	d, id := call(a)
+	require.True(t, d.Allowed)
+	_, err = a.Release(ctx, id)
+	require.NoError(t, err)
+	clk.Advance(6 * time.Second) // idle: the next sync gives the slot back
+
+	wait, entered := make(chan struct{}), make(chan struct{})
+	ga.mu.Lock()
+	ga.holdSlots, ga.entered = wait, entered
+	ga.mu.Unlock()
+	synced := make(chan struct{})
+	go func() { a.Sync(ctx); close(synced) }()
+	<-entered // the give-back is on its way
+	admitted := make(chan limiter.Decision, 1)
+	go func() { d, _ := call(a); admitted <- d }()
+	select {
+	case d := <-admitted:
+		require.Failf(t, "admitted on a slot being given back", "%+v", d)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(wait)
+	<-synced
+	dA := <-admitted
+	dB, _ := call(b)
+	assert.True(t, dA.Allowed != dB.Allowed, "one of the two calls holds the client's only slot: a %v, b %v", dA.Allowed, dB.Allowed)
+	u, err := shared.Usage(ctx, period, []limiter.Budget{{Owner: "acme", Limit: limiter.Unlimited}}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), u.InFlight)
+}
+
+// TestSliceAnswerLost: a budget slice whose answer never came is released
+// once the store answers, so the budget stands at what calls spent.
+func TestSliceAnswerLost(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(epoch)
+	shared, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = shared.Close() })
+	s, g, reg := newGated(t, clk, shared)
+	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
+	commit := func() limiter.Decision {
+		d, err := s.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{Period: period, Cost: 1000, Budgets: []limiter.Budget{acme}, Commit: true}})
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		return d
+	}
+	commit() // reads the budget
+	g.mu.Lock()
+	g.loseSlice = true
+	g.mu.Unlock()
+	commit() // its slice was reserved, but the answer lost: decided in outage mode
+	assert.Equal(t, 1.0, decisions(t, reg, "outage", "admitted"))
+	mode, _ := s.Mode()
+	assert.Equal(t, "outage", mode)
+	s.Sync(ctx) // the store answers: the journal is booked and the lost slice released
+	mode, _ = s.Mode()
+	assert.Equal(t, "normal", mode)
+	u, err := shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(2000), u.Budgets[0].Spent)
+	assert.Zero(t, u.Budgets[0].Reserved, "the lost slice holds nothing")
+}
+
+// TestQueuedSettleRefused: a slice settle the store refuses stays queued
+// and lands at a later sync, once.
+func TestQueuedSettleRefused(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(epoch)
+	shared, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = shared.Close() })
+	s, g, _ := newGated(t, clk, shared)
+	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
+	for range 10 {
+		d, err := s.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{Period: period, Cost: 1000, Budgets: []limiter.Budget{acme}, Commit: true}})
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	clk.Advance(cluster.DefaultConfig().SliceTTL)
+	g.mu.Lock()
+	g.refuseSettl = 2
+	g.mu.Unlock()
+	usage := func() limiter.BudgetState {
+		u, err := shared.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+		require.NoError(t, err)
+		return u.Budgets[0]
+	}
+	s.Sync(ctx)
+	assert.Equal(t, policy.Money(64_000), usage().Reserved, "refused: still queued")
+	s.Sync(ctx)
+	assert.Equal(t, policy.Money(64_000), usage().Reserved, "refused again")
+	s.Sync(ctx)
+	s.Sync(ctx)
+	assert.Equal(t, limiter.BudgetState{Owner: "acme", Limit: acme.Limit, Spent: 10_000}, usage(), "settled once, at what it spent")
+}
+
+// TestNoOutageForRefusals: a call the shared store refuses as invalid, or
+// a slot count beyond what a lease may hold, never puts the member in
+// outage mode.
+func TestNoOutageForRefusals(t *testing.T) {
+	s := newSolo(t)
+	ctx := context.Background()
+	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100}
+	d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{ID: "big", TTL: time.Minute, Period: period,
+		Slot: &limiter.Slot{Client: "acme", Max: 100_000_000}}})
+	require.NoError(t, err)
+	assert.True(t, d.Allowed)
+	mode, _ := s.Mode()
+	assert.Equal(t, "normal", mode)
+
+	_, err = cluster.NewStore(cluster.DefaultConfig(), s.shared, nil, s.reg)
+	require.ErrorContains(t, err, "metrics", "a second store on one registry is an error, not a panic")
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -39,7 +40,7 @@ func (s *Store) sync(ctx context.Context) {
 	outage := s.outage
 	s.mu.Unlock()
 	if err := s.bookJournal(ctx); err != nil {
-		if unreachable(ctx, err) {
+		if s.unreachable(ctx, err) {
 			s.mu.Lock()
 			s.enterOutage(now, err)
 			s.mu.Unlock()
@@ -52,7 +53,7 @@ func (s *Store) sync(ctx context.Context) {
 	s.mu.Lock()
 	s.closeLapsed(now)
 	s.mu.Unlock()
-	s.replayEnds(ctx)
+	_ = s.replayEnds(ctx, nil) // what the store could not take stays queued
 	s.returnLapsed(ctx, now)
 	s.renewSlots(ctx, now)
 	s.refreshViews(ctx, now)
@@ -85,14 +86,17 @@ func (s *Store) bookJournal(ctx context.Context) error {
 		return err
 	}
 	s.mu.Lock()
-	if s.inflight == b {
+	cleared := s.inflight == b // the sync loop, a flush and a leave may send the same batch
+	if cleared {
 		s.inflight = nil
 	}
 	s.mu.Unlock()
 	if applied {
 		s.m.booked.Inc()
 	}
-	s.peers.Spend(b.deltas)
+	if cleared {
+		s.peers.Spend(b.deltas) // once per batch
+	}
 	return nil
 }
 
@@ -126,34 +130,71 @@ func (s *Store) isOutage() bool {
 	return s.outage
 }
 
-// replayEnds tells the shared store the settles and releases it missed.
-func (s *Store) replayEnds(ctx context.Context) {
+// maxTries bounds how often a queued settle that the store refuses (not
+// for being away) is tried again before it is dropped with a warning.
+const maxTries = 50
+
+// replayEnds tells the shared store the settles and releases queued here
+// (slices at what they spent, and what an outage held back); only picks
+// which (nil: all). One the store cannot take now stays queued, in order;
+// one it refuses is tried again for a few rounds; an unknown id is done
+// with. It returns the error that stopped it when the store was away.
+func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) error {
 	s.mu.Lock()
-	ends := s.ends
-	s.ends = nil
+	var todo, rest []pendingEnd
+	for _, e := range s.ends {
+		if only == nil || only(e) {
+			todo = append(todo, e)
+		} else {
+			rest = append(rest, e)
+		}
+	}
+	s.ends = rest
 	s.mu.Unlock()
+	bctx, cancel := background(ctx)
+	defer cancel()
 	var keep []pendingEnd
-	for i, e := range ends {
+	var away error
+	for i, e := range todo {
+		var st limiter.Settlement
 		var err error
 		if e.outcome == limiter.OutcomeSettled {
-			_, err = s.shared.Settle(ctx, e.id, e.actual)
+			st, err = s.shared.Settle(bctx, e.id, e.actual)
 		} else {
-			_, err = s.shared.Release(ctx, e.id)
+			st, err = s.shared.Release(bctx, e.id)
 		}
-		if err != nil && unreachable(ctx, err) {
-			keep = append(keep, ends[i:]...)
+		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
+			keep, away = append(keep, todo[i:]...), err
 			break
 		}
-		if err != nil {
-			s.log.Warn("a settle or release the shared store missed was refused", slog.String("id", e.id), slog.Any("error", err))
+		switch {
+		case err == nil:
+			s.m.replayed.Inc()
+			if e.chain != "" && st.Repeat && e.outcome == limiter.OutcomeSettled && st.Spent != e.actual {
+				// The slice lapsed in the store first (an outage outlasted its
+				// grace) and stands at its size: book what it really spent.
+				s.mu.Lock()
+				for _, o := range e.owners {
+					s.journal[viewKey{o, e.period}] += e.actual - st.Spent
+				}
+				s.mu.Unlock()
+			}
+		case errors.Is(err, limiter.ErrUnknownReservation):
+			// Nothing to end: a slice whose reservation never landed.
+		default:
+			if e.tries++; e.tries < maxTries {
+				keep = append(keep, e)
+			} else {
+				s.log.Warn("a queued settle was refused too often; dropped", slog.String("id", e.id), slog.Any("error", err))
+			}
 		}
-		s.m.replayed.Inc()
 	}
 	if len(keep) > 0 {
 		s.mu.Lock()
 		s.ends = append(keep, s.ends...)
 		s.mu.Unlock()
 	}
+	return away
 }
 
 // returnLapsed gives the unused units of lapsed leases back to their
@@ -174,6 +215,12 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 		return
 	}
 	if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+		if s.unreachable(ctx, err) {
+			s.mu.Lock()
+			s.returning = append(back, s.returning...) // given back when the store is
+			s.mu.Unlock()
+			return
+		}
 		s.log.Warn("unused leased units not given back", slog.Any("error", err))
 	}
 }
@@ -199,37 +246,32 @@ func mergeRefunds(adj []limiter.Adjustment) []limiter.Adjustment {
 func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 	type renewal struct {
 		client string
-		l      limiter.SlotLease
+		max    int64
 	}
+	idle := func(sl *slotLease) bool { return sl.inUse == 0 && now.Sub(sl.used) > s.cfg.SlotTTL/2 }
 	var todo []renewal
 	s.mu.Lock()
 	for client, sl := range s.slots {
-		idle := sl.inUse == 0 && now.Sub(sl.used) > s.cfg.SlotTTL/2
-		due := sl.exp.Sub(now) < s.cfg.SlotTTL/2
-		if sl.held == 0 && sl.inUse == 0 {
+		if sl.held == 0 && sl.inUse == 0 && sl.busy == 0 {
 			delete(s.slots, client)
 			continue
 		}
-		want := s.slotWant(sl.inUse, sl.max)
-		if !(due || idle || sl.held > want) {
-			continue
+		due := sl.held > 0 && sl.exp.Sub(now) < s.cfg.SlotTTL/2
+		if due || (idle(sl) && sl.held > 0) || sl.held > s.slotWant(sl.inUse, sl.max) || sl.held < sl.inUse {
+			todo = append(todo, renewal{client, sl.max})
 		}
-		if idle {
-			want = 0
-		}
-		todo = append(todo, renewal{client, limiter.SlotLease{Client: client, Max: sl.max, Holder: s.peers.Name(), Want: max(want, sl.inUse), TTL: s.cfg.SlotTTL}})
 	}
 	s.mu.Unlock()
 	for _, r := range todo {
-		held, _, err := s.shared.LeaseSlots(ctx, r.l, time.Time{})
+		_, _, err := s.leaseSlots(ctx, r.client, r.max, func(sl *slotLease) int64 {
+			if idle(sl) {
+				return 0
+			}
+			return s.slotWant(sl.inUse, sl.max)
+		})
 		if err != nil {
 			return
 		}
-		s.mu.Lock()
-		if sl := s.slots[r.client]; sl != nil {
-			sl.held, sl.exp = held, now.Add(s.cfg.SlotTTL)
-		}
-		s.mu.Unlock()
 	}
 }
 
@@ -294,10 +336,14 @@ func (s *Store) handBack(ctx context.Context) error {
 	for k, sl := range s.slices {
 		s.closeSlice(k, sl)
 	}
-	var slots []limiter.SlotLease
+	type slotBack struct {
+		client string
+		max    int64
+	}
+	var slots []slotBack
 	for client, sl := range s.slots {
-		if sl.held > 0 {
-			slots = append(slots, limiter.SlotLease{Client: client, Max: sl.max, Holder: s.peers.Name(), Want: 0, TTL: s.cfg.SlotTTL})
+		if sl.held > sl.inUse {
+			slots = append(slots, slotBack{client, sl.max})
 		}
 	}
 	outage := s.outage
@@ -311,8 +357,8 @@ func (s *Store) handBack(ctx context.Context) error {
 			firstErr = err
 		}
 	}
-	for _, l := range slots {
-		if _, _, err := s.shared.LeaseSlots(ctx, l, time.Time{}); err != nil && firstErr == nil {
+	for _, b := range slots { // calls still in flight keep theirs until they lapse
+		if _, _, err := s.leaseSlots(ctx, b.client, b.max, func(sl *slotLease) int64 { return sl.inUse }); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -327,7 +373,9 @@ func (s *Store) handBack(ctx context.Context) error {
 			return fmt.Errorf("cluster: book the journal before leaving: %w", err)
 		}
 	}
-	s.replayEnds(ctx)
+	if err := s.replayEnds(ctx, nil); err != nil && firstErr == nil {
+		firstErr = fmt.Errorf("cluster: settle slices and queued ends before leaving: %w", err)
+	}
 	return firstErr
 }
 

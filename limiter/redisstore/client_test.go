@@ -9,6 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -215,3 +218,47 @@ func TestNewClientTLSConfig(t *testing.T) {
 		return p
 	}()))
 }
+
+// TestUnavailable: what a fleet member takes for Redis being away (and
+// decides on its own share), and what for Redis refusing a call.
+func TestUnavailable(t *testing.T) {
+	ctx := context.Background()
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = dead.Close() })
+	refused := dead.Ping(ctx).Err()
+	require.Error(t, refused)
+
+	live := srv.Client(t)
+	scriptErr := live.Eval(ctx, "return redis.error_reply('ERR boom')", nil).Err()
+	require.Error(t, scriptErr)
+	closed := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	require.NoError(t, closed.Close())
+
+	tests := map[string]struct {
+		err  error
+		want bool
+	}{
+		"nil":                        {nil, false},
+		"connection refused":         {refused, true},
+		"wrapped connection refused": {fmt.Errorf("redisstore: reserve: %w", refused), true},
+		"a closed client":            {closed.Ping(ctx).Err(), true},
+		"EOF":                        {io.EOF, true},
+		"a timeout":                  {context.DeadlineExceeded, true},
+		"a script error":             {scriptErr, false},
+		"loading after a restart":    {fmt.Errorf("redisstore: lease: %w", replyErr("LOADING Redis is loading the dataset in memory")), true},
+		"a replica after a failover": {replyErr("READONLY You can't write against a read only replica."), true},
+		"a refusal":                  {replyErr("ERR unknown command"), false},
+		"a plain error":              {errors.New("redisstore: reply has 3 values"), false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			assert.Equal(t, tc.want, redisstore.Unavailable(tc.err))
+		})
+	}
+}
+
+// replyErr is an error reply as go-redis hands it back.
+type replyErr string
+
+func (e replyErr) Error() string { return string(e) }
+func (replyErr) RedisError()     {}

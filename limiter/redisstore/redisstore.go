@@ -11,8 +11,11 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -510,4 +513,33 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 		return false, fmt.Errorf("redisstore: book %s: %w", batch, err)
 	}
 	return n == 1, nil
+}
+
+// Unavailable reports whether err says Redis could not serve the call at
+// all — no connection, a timeout, a closed client, or a server that
+// answers it cannot serve now (loading its data after a restart, a replica
+// after a failover, a cluster without quorum) — rather than that it
+// refused the call. A fleet member decides on its own share while Redis is
+// unavailable.
+func (s *Store) Unavailable(err error) bool { return Unavailable(err) }
+
+// Unavailable is Store.Unavailable.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		msg := re.Error()
+		for _, p := range []string{"LOADING ", "MASTERDOWN ", "CLUSTERDOWN ", "TRYAGAIN ", "READONLY ", "BUSY "} {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
 }
