@@ -2,7 +2,6 @@ package memstore
 
 import (
 	"context"
-	"slices"
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
@@ -27,24 +26,12 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	for i := range adj {
 		idx[i] = s.shardOf(adj[i].Key)
 	}
-	locks := slices.Compact(slices.Sorted(slices.Values(idx)))
-	for _, i := range locks {
-		s.shards[i].mu.Lock()
-	}
-	defer func() {
-		for _, i := range locks {
-			s.shards[i].mu.Unlock()
-		}
-	}()
+	defer s.unlockShards(s.lockShards(idx))
 	out := make([]limiter.BucketState, len(adj))
 	for i, a := range adj {
 		m := s.shards[idx[i]].buckets
-		e := m[a.Key]
-		if e == nil {
-			e = &entry{b: limiter.NewBucket(a.Limit, at)}
-		}
-		e.limit = a.Limit
-		e.b = limiter.ApplyAdjust(e.b.Advance(a.Limit, at), a)
+		e := s.entryAt(idx[i], a.Key, a.Limit, at)
+		e.b = limiter.ApplyAdjust(e.b, a)
 		if e.b.Level >= a.Limit.Capacity*limiter.Micro {
 			delete(m, a.Key) // a full bucket is as good as none
 		} else {

@@ -3,7 +3,6 @@ package memstore
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
@@ -39,24 +38,12 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 	for i := range asks {
 		idx[i] = s.shardOf(asks[i].Key)
 	}
-	locks := slices.Compact(slices.Sorted(slices.Values(idx)))
-	for _, i := range locks {
-		s.shards[i].mu.Lock()
-	}
-	defer func() {
-		for _, i := range locks {
-			s.shards[i].mu.Unlock()
-		}
-	}()
+	defer s.unlockShards(s.lockShards(idx))
 	out := make([]limiter.LeaseGrant, len(asks))
 	for i, a := range asks {
 		m := s.shards[idx[i]].buckets
-		e := m[a.Key]
-		if e == nil {
-			e = &entry{b: limiter.NewBucket(a.Limit, at)}
-		}
-		e.limit = a.Limit
-		e.b, out[i] = limiter.ApplyLease(e.b.Advance(a.Limit, at), a)
+		e := s.entryAt(idx[i], a.Key, a.Limit, at)
+		e.b, out[i] = limiter.ApplyLease(e.b, a)
 		if out[i].Granted > 0 {
 			m[a.Key] = e
 		}

@@ -101,6 +101,37 @@ func (s *Store) shardOf(k limiter.Key) int {
 	return int(h.Sum64() % shardCount)
 }
 
+// lockShards locks the distinct shards among idx in index order, so that
+// calls touching several never deadlock, and returns them for
+// unlockShards.
+func (s *Store) lockShards(idx []int) []int {
+	locks := slices.Clone(idx)
+	slices.Sort(locks)
+	locks = slices.Compact(locks)
+	for _, i := range locks {
+		s.shards[i].mu.Lock()
+	}
+	return locks
+}
+
+func (s *Store) unlockShards(locks []int) {
+	for _, i := range locks {
+		s.shards[i].mu.Unlock()
+	}
+}
+
+// entryAt returns key's bucket in shard i (a new, full one if it has none
+// yet), advanced to at under limit. The shard is locked.
+func (s *Store) entryAt(i int, key limiter.Key, limit limiter.Limit, at int64) *entry {
+	e := s.shards[i].buckets[key]
+	if e == nil {
+		e = &entry{b: limiter.NewBucket(limit, at)}
+	}
+	e.limit = limit
+	e.b = e.b.Advance(limit, at)
+	return e
+}
+
 // Reserve decides req atomically: every Take is granted or none is.
 func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
 	if err := s.usable(ctx); err != nil {
@@ -122,28 +153,13 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	for i := range req.Takes {
 		idx = append(idx, s.shardOf(req.Takes[i].Key))
 	}
-	locks := slices.Clone(idx)
-	slices.Sort(locks)
-	locks = slices.Compact(locks)
-	for _, i := range locks {
-		s.shards[i].mu.Lock()
-	}
-	defer func() {
-		for _, i := range locks {
-			s.shards[i].mu.Unlock()
-		}
-	}()
+	defer s.unlockShards(s.lockShards(idx))
 
 	var bstack [4]limiter.Bucket
 	buckets := bstack[:0]
 	entries := make([]*entry, n)
 	for i, t := range req.Takes {
-		e := s.shards[idx[i]].buckets[t.Key]
-		if e == nil {
-			e = &entry{b: limiter.NewBucket(t.Limit, at)}
-		}
-		e.limit = t.Limit
-		e.b = e.b.Advance(t.Limit, at)
+		e := s.entryAt(idx[i], t.Key, t.Limit, at)
 		entries[i] = e
 		buckets = append(buckets, e.b)
 	}

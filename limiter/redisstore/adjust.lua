@@ -13,18 +13,7 @@ for i = 1, n do
   local a = 2 + (i - 1) * 5
   local cap, rate = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local refund, capto, pause = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local full = cap * MICRO
-  local v = redis.call('HMGET', KEYS[i], 'l', 't')
-  local lvl, at
-  if v[1] then lvl, at = tonumber(v[1]), tonumber(v[2]) else lvl, at = full, now end
-  if lvl > full then lvl = full end
-  if now > at then
-    local el = now - at
-    at = now
-    if rate > 0 then
-      if el >= ceil_div(full - lvl, rate) then lvl = full else lvl = lvl + el * rate end
-    end
-  end
+  local lvl, at, full = load_bucket(KEYS[i], cap, rate, now)
   lvl = math.min(math.max(lvl + refund * MICRO, MIN_LEVEL), full)
   if capto >= 0 then lvl = math.min(lvl, math.min(capto, cap) * MICRO) end
   if pause > 0 then
@@ -37,17 +26,11 @@ for i = 1, n do
     end
     lvl = math.min(lvl, -debt)
   end
-  local reset = 0
-  if rate > 0 then reset = ceil_div(full - lvl, rate) end
+  local reset = refill_us(lvl, cap, rate)
   if lvl >= full then
     redis.call('DEL', KEYS[i]) -- a full bucket is as good as none
   else
-    redis.call('HSET', KEYS[i], 'l', int(lvl), 't', int(at))
-    if rate > 0 then
-      redis.call('PEXPIRE', KEYS[i], math.floor(reset / 1000) + 1000)
-    else
-      redis.call('PERSIST', KEYS[i])
-    end
+    save_bucket(KEYS[i], lvl, at, rate, reset)
   end
   out[#out + 1] = math.floor(math.max(lvl, 0) / MICRO)
   out[#out + 1] = reset

@@ -22,6 +22,54 @@ local function int(x)
   return string.format('%.0f', x)
 end
 
+-- load_bucket reads a bucket and advances it to now (limiter.Bucket.Advance;
+-- a bucket never seen is full). It returns its level (micro-units), time
+-- and full level.
+local function load_bucket(key, cap, rate, now)
+  local full = cap * MICRO
+  local v = redis.call('HMGET', key, 'l', 't')
+  local lvl, at
+  if v[1] then lvl, at = tonumber(v[1]), tonumber(v[2]) else lvl, at = full, now end
+  if lvl > full then lvl = full end
+  if now > at then
+    local el = now - at
+    at = now
+    if rate > 0 then
+      if el >= ceil_div(full - lvl, rate) then lvl = full else lvl = lvl + el * rate end
+    end
+  end
+  return lvl, at, full
+end
+
+-- check_units says whether c units fit at level lvl (limiter.Bucket.Check):
+-- ok, possible (false: never, above the capacity or without refill), and
+-- the wait in microseconds until they would.
+local function check_units(lvl, cap, rate, c)
+  if c <= 0 then return true, true, 0 end
+  if c > cap then return false, false, 0 end
+  if lvl >= c * MICRO then return true, true, 0 end
+  if rate > 0 then return false, true, ceil_div(c * MICRO - lvl, rate) end
+  return false, false, 0
+end
+
+-- refill_us is how long until a bucket at lvl is full again.
+local function refill_us(lvl, cap, rate)
+  if rate > 0 then return ceil_div(cap * MICRO - lvl, rate) end
+  return 0
+end
+
+-- save_bucket writes a bucket back, to be forgotten a second after it is
+-- full again (a full bucket is as good as none); one that never refills is
+-- never forgotten.
+local function save_bucket(key, lvl, at, rate, reset)
+  redis.call('HSET', key, 'l', int(lvl), 't', int(at))
+  if rate > 0 then
+    redis.call('PEXPIRE', key, math.floor(reset / 1000) + 1000)
+  else
+    redis.call('PERSIST', key)
+  end
+end
+
 -- finish ends reservation id (see limiter.Ledger): spend is the actual
 -- cost when settled, nothing when released, the estimate when expired.
 -- It returns {repeat (0/1), "outcome estimated spent"} or nil when the id

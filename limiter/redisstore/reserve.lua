@@ -35,26 +35,8 @@ local b = {}
 for i = 1, nb do
   local a = 10 + (i - 1) * 4
   local cap, rate, c, shadow = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1'
-  local full = cap * MICRO
-  local v = redis.call('HMGET', KEYS[3 + i], 'l', 't')
-  local lvl, at
-  if v[1] then lvl, at = tonumber(v[1]), tonumber(v[2]) else lvl, at = full, now end
-  if lvl > full then lvl = full end
-  if now > at then
-    local el = now - at
-    at = now
-    if rate > 0 then
-      if el >= ceil_div(full - lvl, rate) then lvl = full else lvl = lvl + el * rate end
-    end
-  end
-  local ok, possible, wait = true, true, 0
-  if c > 0 then
-    if c > cap then
-      ok, possible = false, false
-    elseif lvl < c * MICRO then
-      if rate > 0 then ok, wait = false, ceil_div(c * MICRO - lvl, rate) else ok, possible = false, false end
-    end
-  end
+  local lvl, at = load_bucket(KEYS[3 + i], cap, rate, now)
+  local ok, possible, wait = check_units(lvl, cap, rate, c)
   b[i] = {lvl = lvl, at = at, cap = cap, rate = rate, c = c, short = 0, wait = 0}
   if not ok then
     b[i].short, b[i].wait = 1, wait
@@ -100,17 +82,8 @@ local out = {allowed, reason, blocking, retry, budget_blocking, 0, expired}
 for i = 1, nb do
   local s = b[i]
   if allowed == 1 and s.short == 0 then s.lvl = s.lvl - s.c * MICRO end
-  local reset = 0
-  if s.rate > 0 then reset = ceil_div(s.cap * MICRO - s.lvl, s.rate) end
-  if allowed == 1 then
-    redis.call('HSET', KEYS[3 + i], 'l', int(s.lvl), 't', int(s.at))
-    if s.rate > 0 then
-      -- forgotten a second after it is full again (a full bucket is as good as none)
-      redis.call('PEXPIRE', KEYS[3 + i], math.floor(reset / 1000) + 1000)
-    else
-      redis.call('PERSIST', KEYS[3 + i]) -- never refills: never forgotten
-    end
-  end
+  local reset = refill_us(s.lvl, s.cap, s.rate)
+  if allowed == 1 then save_bucket(KEYS[3 + i], s.lvl, s.at, s.rate, reset) end
   out[#out + 1] = math.floor(math.max(s.lvl, 0) / MICRO)
   out[#out + 1] = reset
   out[#out + 1] = s.short
