@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -25,30 +24,19 @@ import (
 type member struct {
 	*cluster.Fleet
 	reg    *prometheus.Registry
-	calls  *countHook // Redis commands this member sent
+	calls  *redisstore.RoundTrips // this member's
 	closed atomic.Bool
 }
 
-// countHook counts the commands (round trips) a client sends.
-type countHook struct{ n atomic.Int64 }
-
-func (h *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { h.n.Add(1); return next(ctx, cmd) }
-}
-func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
-}
-
 // sharedStore is a Redis store under prefix, on a client of its own.
-func sharedStore(t *testing.T, prefix string) (*redisstore.Store, *countHook) {
+func sharedStore(t *testing.T, prefix string) (*redisstore.Store, *redisstore.RoundTrips) {
 	t.Helper()
 	cc := redisstore.DefaultClientConfig()
 	cc.Addrs = []string{redisSrv.Addr}
 	c, err := redisstore.NewClient(cc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
-	hook := &countHook{}
+	hook := &redisstore.RoundTrips{}
 	c.AddHook(hook)
 	st, err := redisstore.New(c, redisstore.Config{Prefix: prefix})
 	require.NoError(t, err)
@@ -180,7 +168,7 @@ func fleetPaths(t *testing.T, ms []*member) (map[string]float64, float64) {
 func commands(ms []*member) int64 {
 	var n int64
 	for _, m := range ms {
-		n += m.calls.n.Load()
+		n += m.calls.Count()
 	}
 	return n
 }

@@ -78,13 +78,7 @@ func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual po
 // of) its estimate goes to its slice while that is open, else is booked;
 // its slot is freed. s.mu is held.
 func (s *Store) finishLocked(id string, r *localResv, o limiter.Outcome, actual policy.Money, now time.Time) limiter.Settlement {
-	spend := r.cost
-	switch o {
-	case limiter.OutcomeSettled:
-		spend = actual
-	case limiter.OutcomeReleased:
-		spend = 0
-	}
+	spend := o.Spend(r.cost, actual)
 	if diff := spend - r.cost; diff != 0 && r.slice != nil && !r.slice.closed {
 		r.slice.spent += diff // the slice is settled at what it spent
 	} else if diff != 0 {

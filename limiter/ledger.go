@@ -76,6 +76,18 @@ const (
 	OutcomeExpired  Outcome = "expired"  // never settled: committed at its estimate
 )
 
+// Spend is what a reservation of estimate that ends so has spent (the
+// Redis scripts' finish follows it).
+func (o Outcome) Spend(estimate, actual policy.Money) policy.Money {
+	switch o {
+	case OutcomeSettled:
+		return actual
+	case OutcomeReleased:
+		return 0
+	}
+	return estimate
+}
+
 // Settlement is the result of ending a reservation.
 type Settlement struct {
 	ID        string

@@ -16,7 +16,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
@@ -151,7 +150,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	}
 	var trips0 int64
 	if fleet != nil {
-		trips0 = fleet.trips.n.Load()
+		trips0 = fleet.trips.Count()
 	}
 
 	runCtx := ctx
@@ -213,7 +212,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	}
 	rep.write(out)
 	if fleet != nil && f.redisAddr != "" {
-		trips := fleet.trips.n.Load() - trips0
+		trips := fleet.trips.Count() - trips0
 		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks", trips, 1000*float64(trips)/float64(max(rep.Calls, 1)))
 		if paths, total := fleet.paths(); total > 0 {
 			fmt.Fprintf(out, " (decided locally %.1f%%, after a lease %.1f%%, by Redis %.1f%%, in outage %.1f%%)",
@@ -257,7 +256,7 @@ type inProcess struct {
 	regs   []*prometheus.Registry
 	fleets []*cluster.Fleet
 	seed   string       // the first member's gossip address
-	trips  *tripCounter // Redis round trips, all members'
+	trips  *redisstore.RoundTrips // all members'
 	stop   func()
 }
 
@@ -283,7 +282,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		sf.cluster.node.BindAddr, sf.cluster.node.BindPort = "127.0.0.1", 0
 	}
 	log := slog.New(slog.DiscardHandler)
-	p := &inProcess{trips: &tripCounter{}}
+	p := &inProcess{trips: &redisstore.RoundTrips{}}
 	var stops []func()
 	p.stop = func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -344,17 +343,6 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		}
 	}
 	return p, nil
-}
-
-// tripCounter counts the commands (round trips) Redis clients send.
-type tripCounter struct{ n atomic.Int64 }
-
-func (c *tripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *tripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
-}
-func (c *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(1); return next(ctx, cmds) }
 }
 
 // paths sums the fleet's decisions by how they were taken.

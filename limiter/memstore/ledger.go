@@ -132,13 +132,7 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 	if r == nil {
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
-	spend := r.cost
-	switch outcome {
-	case limiter.OutcomeSettled:
-		spend = actual
-	case limiter.OutcomeReleased:
-		spend = 0
-	}
+	spend := outcome.Spend(r.cost, actual)
 	for _, owner := range r.owners {
 		e := l.budget(owner, r.period)
 		e.reserved -= r.cost

@@ -262,3 +262,27 @@ type replyErr string
 
 func (e replyErr) Error() string { return string(e) }
 func (replyErr) RedisError()     {}
+
+// TestRoundTripsHook: a command is one round trip, and so is a pipeline.
+func TestRoundTripsHook(t *testing.T) {
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 1})
+	t.Cleanup(func() { _ = c.Close() })
+	rt := &redisstore.RoundTrips{}
+	c.AddHook(rt)
+	pipeline := func() {
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.Ping(ctx)
+			p.Ping(ctx)
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Ping(ctx).Err()) // the connection's handshake is a round trip too: warm it first
+	pipeline()
+	before := rt.Count()
+	require.NoError(t, c.Ping(ctx).Err())
+	require.NoError(t, c.Ping(ctx).Err())
+	pipeline()
+	assert.Equal(t, int64(3), rt.Count()-before, "two commands and a pipeline")
+}
