@@ -255,7 +255,7 @@ type inProcess struct {
 	addrs  []string
 	regs   []*prometheus.Registry
 	fleets []*cluster.Fleet
-	seed   string       // the first member's gossip address
+	seed   string                 // the first member's gossip address
 	trips  *redisstore.RoundTrips // all members'
 	stop   func()
 }
