@@ -170,7 +170,16 @@ func TestWrongKey(t *testing.T) {
 
 	intruder.Spend([]limiter.SpendDelta{{Owner: "acme", Period: "2026-01", Spent: 1}})
 	intruder.Backoff("gpt", time.Minute, 0)
-	time.Sleep(500 * time.Millisecond) // many gossip rounds and a push/pull retry
+	heardAny := func() bool {
+		for _, nd := range nodes {
+			spends, backoffs := nd.rec.heard()
+			if nd.Live() != 2 || len(spends) > 0 || len(backoffs) > 0 {
+				return true
+			}
+		}
+		return intruder.Live() != 1
+	}
+	assert.Never(t, heardAny, 500*time.Millisecond, 10*time.Millisecond, "many gossip rounds and a rejoin attempt: nothing gets through")
 	for _, nd := range nodes {
 		assert.Equal(t, 2, nd.Live())
 		for _, m := range nd.Members() {
@@ -207,7 +216,15 @@ func TestSignals(t *testing.T) {
 		}
 		require.Eventually(t, func() bool { s, _ := nd.rec.heard(); return len(s) >= want }, 5*time.Second, 10*time.Millisecond, "node %d: %v", i, func() []string { s, _ := nd.rec.heard(); return s }())
 	}
-	time.Sleep(300 * time.Millisecond) // retransmissions arrive, and are dropped
+	tooMany := func() bool { // retransmissions arrive, and are dropped
+		for i, nd := range nodes {
+			if s, _ := nd.rec.heard(); len(s) > []int{60, 2, 62}[i] {
+				return true
+			}
+		}
+		return false
+	}
+	assert.Never(t, tooMany, 300*time.Millisecond, 10*time.Millisecond, "each delta is handed up once")
 	for i, nd := range nodes {
 		spends, backoffs := nd.rec.heard()
 		switch i {
