@@ -307,7 +307,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		return limiter.Decision{}, err
 	}
 	if need == nil {
-		return s.m.count(pathLocal, d.Decision, nil)
+		return s.m.count(pathLocal, d, nil)
 	}
 	if need.denied != nil {
 		return s.m.count(pathLocal, *need.denied, nil)
@@ -379,9 +379,6 @@ func background(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), backgroundTimeout)
 }
 
-// local is a decision taken here.
-type local struct{ limiter.Decision }
-
 // need is what a local decision lacked.
 type need struct {
 	asks   []limiter.LeaseAsk
@@ -393,7 +390,7 @@ type need struct {
 
 // tryLocal decides req from leases and views, or says what it needs. s.mu
 // is held.
-func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, error) {
+func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, *need, error) {
 	var n need
 	short := make([]bool, len(req.Takes))
 	for i, t := range req.Takes {
@@ -416,18 +413,16 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 		if l != nil && now.Before(l.shortUntil) {
 			d := s.deniedLocally(req, i, l, now)
 			n.denied = &d
-			return local{}, &n, nil
+			return limiter.Decision{}, &n, nil
 		}
 		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: t.Cost})
 	}
 	h := req.Hold
 	if h != nil {
 		if !h.Commit {
-			if _, live := s.resv[h.ID]; live {
-				return local{}, nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
-			}
-			if _, ended := s.done[h.ID]; ended {
-				return local{}, nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
+			_, live := s.resv[h.ID]
+			if _, ended := s.done[h.ID]; live || ended {
+				return limiter.Decision{}, nil, errDuplicate(h.ID)
 			}
 		}
 		if limited(h.Budgets) {
@@ -450,7 +445,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 		}
 	}
 	if n.strict || len(n.asks) > 0 || n.slot != nil || n.slice > 0 {
-		return local{}, &n, nil
+		return limiter.Decision{}, &n, nil
 	}
 	// Everything is here: take it.
 	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
@@ -490,7 +485,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (local, *need, erro
 			s.resv[h.ID] = r
 		}
 	}
-	return local{Decision: d}, nil, nil
+	return d, nil, nil
 }
 
 // book books a hold's cost to its chain's budgets: into the journal (the
@@ -698,7 +693,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 		return limiter.Decision{}, false, nil // raced away, or a hold only the shared store decides
 	}
-	return d.Decision, true, nil
+	return d, true, nil
 }
 
 // leaseSlots sets this member's leased slots of client to want (worked out
