@@ -1,0 +1,112 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/policy"
+)
+
+// Ending a reservation in one step. A reservation records what its
+// admission charged to each bucket (the Takes it was granted, less shadow
+// buckets that were short and so not charged); ending it settles or releases
+// the money held, frees its slot, gives unused bucket units back from that
+// record and applies the upstream's rate-limit signal, all atomically: one
+// Lua script on Redis, one locked step in memory. Because the charges live
+// with the reservation in the store, refunds survive a sidecar restart.
+
+// Refund gives units back to a bucket after the fact (a call used less than
+// it was charged) or, when negative, charges more (it used more). A charge
+// may leave the bucket in debt, down to MinLevel; a refund never fills it
+// past its capacity.
+type Refund struct {
+	Key   Key
+	Limit Limit
+	Units int64
+}
+
+// Throttle applies what an upstream provider says of a bucket: Cap, when not
+// negative (NoCap), lowers it to at most Cap units (the upstream's own count
+// of what is left); Pause empties it and keeps it empty for that long (an
+// upstream 429 with its Retry-After).
+type Throttle struct {
+	Key   Key
+	Limit Limit
+	Cap   int64
+	Pause time.Duration
+}
+
+// Adjustment is the one form stores apply both as (see ApplyAdjust).
+func (r Refund) Adjustment() Adjustment {
+	return Adjustment{Key: r.Key, Limit: r.Limit, Refund: r.Units, Cap: NoCap}
+}
+
+// Adjustment is the one form stores apply both as (see ApplyAdjust).
+func (t Throttle) Adjustment() Adjustment {
+	return Adjustment{Key: t.Key, Limit: t.Limit, Cap: t.Cap, Pause: t.Pause}
+}
+
+// PoolUse is what a finished call really used of one pool.
+type PoolUse struct {
+	Pool  string
+	Units int64
+}
+
+// Ending says how one reservation ends.
+type Ending struct {
+	ID string
+	// Outcome is OutcomeSettled (Actual is committed) or OutcomeReleased
+	// (nothing is spent).
+	Outcome Outcome
+	Actual  policy.Money
+	// Used names, per pool, the units the call really used: every bucket
+	// of that pool the reservation charged gets back what it was charged
+	// less Units (a negative difference charges more). A pool not named
+	// keeps its charge. Refunds apply only the first time a reservation
+	// ends; a repeated Finish changes nothing of them.
+	Used []PoolUse
+	// Throttles apply the upstream's signal in the same step, after the
+	// refunds, whether or not the reservation is still open (the upstream
+	// spoke either way).
+	Throttles []Throttle
+	// Now is the time of the step; zero means the store's clock.
+	Now time.Time
+}
+
+// Validate refuses an ending no store can apply.
+func (e Ending) Validate() error {
+	if e.ID == "" || strings.ContainsAny(e.ID, " \n") {
+		return fmt.Errorf("limiter: finish: reservation id %q is empty or has spaces", e.ID)
+	}
+	if e.Outcome != OutcomeSettled && e.Outcome != OutcomeReleased {
+		return fmt.Errorf("limiter: finish %s: outcome %q is not settled or released", e.ID, e.Outcome)
+	}
+	if e.Actual < 0 || e.Actual >= MaxMoney {
+		return fmt.Errorf("limiter: finish %s: actual cost %d out of range [0, 2^53)", e.ID, e.Actual)
+	}
+	for i, u := range e.Used {
+		if u.Units < 0 || u.Units > maxUnits {
+			return fmt.Errorf("limiter: finish %s: pool %s used %d units, out of range", e.ID, u.Pool, u.Units)
+		}
+		for _, v := range e.Used[:i] {
+			if v.Pool == u.Pool {
+				return fmt.Errorf("limiter: finish %s: pool %s named twice", e.ID, u.Pool)
+			}
+		}
+	}
+	adj := make([]Adjustment, len(e.Throttles))
+	for i, t := range e.Throttles {
+		adj[i] = t.Adjustment()
+	}
+	return ValidateAdjustments(adj)
+}
+
+// Finisher ends reservations in one atomic step (one round trip for a
+// remote store), honouring ctx. Ending an unknown id returns
+// ErrUnknownReservation (the throttles are still applied); ending one that
+// already ended returns its first Settlement with Repeat set.
+type Finisher interface {
+	Finish(ctx context.Context, e Ending) (Settlement, error)
+}
