@@ -334,3 +334,79 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// The readers below are the one way a policy section is walked: open a
+// mapping, let the section's read function ask for the fields it knows, then
+// refuse every field it did not ask for (with a did-you-mean). Each section
+// states only its fields; the walking, paths and lines live here once.
+//
+// The order in which a read function asks for fields is the order the
+// "allowed:" hint of an unknown field lists them, so keep it stable.
+
+// readMapping opens n as the mapping at path and reads it with read. ok is
+// false (after recording why) when n is not a mapping.
+func readMapping[T any](d *decoder, n *yaml.Node, path string, read func(m *mapNode) T) (v T, ok bool) {
+	m := d.mapping(n, path)
+	if m == nil {
+		return v, false
+	}
+	v = read(m)
+	m.close()
+	return v, true
+}
+
+// readSection reads parent's key as a section of named entries, such as
+// pools: {name: {fields}}, calling read for each entry in file order with the
+// entry's name and the line of that name. A missing section reads as empty.
+func readSection[T any](parent *mapNode, key string, read func(m *mapNode, name string, line int) T) []T {
+	v := parent.get(key)
+	if v == nil {
+		return nil
+	}
+	path := join(parent.path, key)
+	sm := parent.d.mapping(v, path)
+	if sm == nil {
+		return nil
+	}
+	var out []T
+	sm.each(func(name string, k, v *yaml.Node) {
+		e, ok := readMapping(parent.d, v, path+"."+name, func(m *mapNode) T { return read(m, name, k.Line) })
+		if ok {
+			out = append(out, e)
+		}
+	})
+	return out
+}
+
+// readBlock reads parent's key as one mapping of settings, such as defaults:
+// or queue:, calling read with the line of its value. ok is false when the
+// key is absent or not a mapping.
+func readBlock[T any](parent *mapNode, key string, read func(m *mapNode, line int) T) (v T, ok bool) {
+	n := parent.get(key)
+	if n == nil {
+		return v, false
+	}
+	return readMapping(parent.d, n, join(parent.path, key), func(m *mapNode) T { return read(m, m.n.Line) })
+}
+
+// readList reads parent's key as a list of mappings, calling read for each
+// item with its line; what names the items for the error when the value is
+// not a list. line is that of the value, 0 when the key is absent.
+func readList[T any](parent *mapNode, key, what string, read func(m *mapNode, line int) T) (items []T, line int) {
+	n := deref(parent.get(key))
+	if n == nil {
+		return nil, 0
+	}
+	path := join(parent.path, key)
+	if n.Kind != yaml.SequenceNode {
+		parent.d.fail(n, path, "must be a list of %s, got %s", what, kindName(n))
+		return nil, n.Line
+	}
+	for i, item := range n.Content {
+		e, ok := readMapping(parent.d, item, fmt.Sprintf("%s[%d]", path, i), func(m *mapNode) T { return read(m, m.n.Line) })
+		if ok {
+			items = append(items, e)
+		}
+	}
+	return items, n.Line
+}

@@ -250,167 +250,105 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 	if top == nil {
 		return
 	}
-	if v := top.get("defaults"); v != nil {
-		if m := d.mapping(v, "defaults"); m != nil {
-			var ad *adaptiveDoc
-			if av := m.get("adaptive"); av != nil {
-				if am := d.mapping(av, "defaults.adaptive"); am != nil {
-					ad = &adaptiveDoc{line: deref(av).Line, percentile: am.int("percentile"), minPercent: am.int("min_percent"),
-						maxPercent: am.int("max_percent"), window: am.int("window"), warmup: am.int("min_samples")}
-					am.close()
-				}
-			}
-			ds.defaults = append(ds.defaults, defaultsDoc{
-				adaptive: ad,
-				file:     d.file, line: deref(v).Line,
-				unknownClient:    m.str("unknown_client"),
-				unmatchedRoute:   m.str("unmatched_route"),
-				invalidReqest:    m.str("invalid_request"),
-				shadow:           m.bool("shadow"),
-				storeUnavailable: m.str("store_unavailable"),
-				timezone:         m.str("timezone"),
-				reservationTTL:   m.str("reservation_ttl"),
-				reservation:      m.str("reservation"),
-			})
-			m.close()
-		}
+	// This order is the order "allowed:" lists the top-level keys in.
+	if def, ok := readBlock(top, "defaults", readDefaults); ok {
+		ds.defaults = append(ds.defaults, def)
 	}
-	if v := top.get("pools"); v != nil {
-		if pm := d.mapping(v, "pools"); pm != nil {
-			pm.each(func(name string, k, v *yaml.Node) {
-				m := d.mapping(v, "pools."+name)
-				if m == nil {
-					return
-				}
-				ds.pools = append(ds.pools, poolDoc{
-					file: d.file, name: name, line: k.Line,
-					unit: m.str("unit"), capacity: m.int("capacity"), refill: m.int("refill_per_second"),
-					price: m.scalarText("price"), shadow: m.bool("shadow"),
-				})
-				m.close()
-			})
-		}
+	ds.pools = append(ds.pools, readSection(top, "pools", readPool)...)
+	ds.routes = append(ds.routes, readSection(top, "routes", readRoute)...)
+	ds.tiers = append(ds.tiers, readSection(top, "tiers", readTier)...)
+	if q, ok := readBlock(top, "queue", readQueue); ok {
+		ds.queues = append(ds.queues, q)
 	}
-	if v := top.get("routes"); v != nil {
-		if rm := d.mapping(v, "routes"); rm != nil {
-			rm.each(func(name string, k, v *yaml.Node) {
-				m := d.mapping(v, "routes."+name)
-				if m == nil {
-					return
-				}
-				ds.routes = append(ds.routes, routeDoc{
-					file: d.file, name: name, line: k.Line,
-					host: m.str("host"), prefix: m.str("path_prefix"), models: m.strs("models"),
-					provider: m.str("provider"), pools: m.strs("pools"), defaultMaxTokens: m.int("default_max_tokens"),
-					class: m.str("class"),
-				})
-				m.close()
-			})
-		}
-	}
-	if v := top.get("tiers"); v != nil {
-		if tm := d.mapping(v, "tiers"); tm != nil {
-			tm.each(func(name string, k, v *yaml.Node) {
-				m := d.mapping(v, "tiers."+name)
-				if m == nil {
-					return
-				}
-				t := tierDoc{
-					file: d.file, name: name, line: k.Line,
-					priority: m.int("priority"), maxConcurrent: m.int("max_concurrent"), budget: m.scalarText("monthly_budget"),
-					maxClass: m.str("max_class"),
-				}
-				if lv := m.get("client_limits"); lv != nil {
-					if lm := d.mapping(lv, "tiers."+name+".client_limits"); lm != nil {
-						lm.each(func(pool string, k, v *yaml.Node) {
-							m := d.mapping(v, "tiers."+name+".client_limits."+pool)
-							if m == nil {
-								return
-							}
-							t.limits = append(t.limits, limitDoc{pool: pool, line: k.Line, capacity: m.int("capacity"), refill: m.int("refill_per_second")})
-							m.close()
-						})
-					}
-				}
-				ds.tiers = append(ds.tiers, t)
-				m.close()
-			})
-		}
-	}
-	if v := top.get("queue"); v != nil {
-		if qm := d.mapping(v, "queue"); qm != nil {
-			ds.queues = append(ds.queues, readQueue(d, qm, deref(v).Line))
-			qm.close()
-		}
-	}
-	if v := top.get("models"); v != nil {
-		if mm := d.mapping(v, "models"); mm != nil {
-			mm.each(func(name string, k, v *yaml.Node) {
-				m := d.mapping(v, "models."+name)
-				if m == nil {
-					return
-				}
-				ds.models = append(ds.models, modelDoc{
-					file: d.file, name: name, line: k.Line,
-					input: m.scalarText("input"), output: m.scalarText("output"),
-					cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"), cacheWrite: m.scalarText("cache_write"), audio: m.scalarText("audio"),
-					maxOutput: m.int("max_output_tokens"),
-				})
-				m.close()
-			})
-		}
-	}
-	if v := top.get("clients"); v != nil {
-		if cm := d.mapping(v, "clients"); cm != nil {
-			cm.each(func(id string, k, v *yaml.Node) {
-				m := d.mapping(v, "clients."+id)
-				if m == nil {
-					return
-				}
-				ds.clients = append(ds.clients, clientDoc{
-					file: d.file, id: id, line: k.Line, tier: m.str("tier"), budget: m.scalarText("monthly_budget"),
-					parent: m.str("parent"),
-				})
-				m.close()
-			})
-		}
-	}
+	ds.models = append(ds.models, readSection(top, "models", readModel)...)
+	ds.clients = append(ds.clients, readSection(top, "clients", readClient)...)
 	top.close()
 }
 
-func readQueue(d *decoder, qm *mapNode, line int) queueDoc {
-	q := queueDoc{file: d.file, line: line, header: qm.str("priority_header"), horizon: qm.str("wait_horizon"),
-		fairness: qm.str("fairness_window"), starvation: qm.str("starvation_alert")}
-	if cv := qm.get("classes"); cv != nil {
-		if cm := d.mapping(cv, "queue.classes"); cm != nil {
-			cm.each(func(name string, k, v *yaml.Node) {
-				m := d.mapping(v, "queue.classes."+name)
-				if m == nil {
-					return
-				}
-				q.classes = append(q.classes, classDoc{name: name, line: k.Line, maxWait: m.str("max_wait"),
-					maxDepth: m.int("max_depth"), urgency: m.int("urgency")})
-				m.close()
-			})
-		}
+func readDefaults(m *mapNode, line int) defaultsDoc {
+	var ad *adaptiveDoc
+	if a, ok := readBlock(m, "adaptive", readAdaptive); ok {
+		ad = &a
 	}
-	if wv := deref(qm.get("off_peak")); wv != nil {
-		q.windowsAt = wv.Line
-		if wv.Kind != yaml.SequenceNode {
-			d.fail(wv, "queue.off_peak", "must be a list of windows such as - {start: \"22:00\", end: \"06:00\"}, got %s", kindName(wv))
-		} else {
-			for i, item := range wv.Content {
-				m := d.mapping(item, fmt.Sprintf("queue.off_peak[%d]", i))
-				if m == nil {
-					continue
-				}
-				q.windows = append(q.windows, windowDoc{line: deref(item).Line, start: m.str("start"), end: m.str("end"),
-					zone: m.str("timezone"), days: m.strs("days")})
-				m.close()
-			}
-		}
+	return defaultsDoc{
+		adaptive: ad,
+		file:     m.d.file, line: line,
+		unknownClient:    m.str("unknown_client"),
+		unmatchedRoute:   m.str("unmatched_route"),
+		invalidReqest:    m.str("invalid_request"),
+		shadow:           m.bool("shadow"),
+		storeUnavailable: m.str("store_unavailable"),
+		timezone:         m.str("timezone"),
+		reservationTTL:   m.str("reservation_ttl"),
+		reservation:      m.str("reservation"),
 	}
+}
+
+func readAdaptive(m *mapNode, line int) adaptiveDoc {
+	return adaptiveDoc{line: line, percentile: m.int("percentile"), minPercent: m.int("min_percent"),
+		maxPercent: m.int("max_percent"), window: m.int("window"), warmup: m.int("min_samples")}
+}
+
+func readPool(m *mapNode, name string, line int) poolDoc {
+	return poolDoc{
+		file: m.d.file, name: name, line: line,
+		unit: m.str("unit"), capacity: m.int("capacity"), refill: m.int("refill_per_second"),
+		price: m.scalarText("price"), shadow: m.bool("shadow"),
+	}
+}
+
+func readRoute(m *mapNode, name string, line int) routeDoc {
+	return routeDoc{
+		file: m.d.file, name: name, line: line,
+		host: m.str("host"), prefix: m.str("path_prefix"), models: m.strs("models"),
+		provider: m.str("provider"), pools: m.strs("pools"), defaultMaxTokens: m.int("default_max_tokens"),
+		class: m.str("class"),
+	}
+}
+
+func readTier(m *mapNode, name string, line int) tierDoc {
+	return tierDoc{
+		file: m.d.file, name: name, line: line,
+		priority: m.int("priority"), maxConcurrent: m.int("max_concurrent"), budget: m.scalarText("monthly_budget"),
+		maxClass: m.str("max_class"),
+		limits:   readSection(m, "client_limits", readLimit),
+	}
+}
+
+func readLimit(m *mapNode, pool string, line int) limitDoc {
+	return limitDoc{pool: pool, line: line, capacity: m.int("capacity"), refill: m.int("refill_per_second")}
+}
+
+func readModel(m *mapNode, name string, line int) modelDoc {
+	return modelDoc{
+		file: m.d.file, name: name, line: line,
+		input: m.scalarText("input"), output: m.scalarText("output"),
+		cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"), cacheWrite: m.scalarText("cache_write"), audio: m.scalarText("audio"),
+		maxOutput: m.int("max_output_tokens"),
+	}
+}
+
+func readClient(m *mapNode, id string, line int) clientDoc {
+	return clientDoc{
+		file: m.d.file, id: id, line: line, tier: m.str("tier"), budget: m.scalarText("monthly_budget"),
+		parent: m.str("parent"),
+	}
+}
+
+func readQueue(m *mapNode, line int) queueDoc {
+	q := queueDoc{file: m.d.file, line: line, header: m.str("priority_header"), horizon: m.str("wait_horizon"),
+		fairness: m.str("fairness_window"), starvation: m.str("starvation_alert")}
+	q.classes = readSection(m, "classes", readClass)
+	q.windows, q.windowsAt = readList(m, "off_peak", `windows such as - {start: "22:00", end: "06:00"}`, readWindow)
 	return q
+}
+
+func readClass(m *mapNode, name string, line int) classDoc {
+	return classDoc{name: name, line: line, maxWait: m.str("max_wait"), maxDepth: m.int("max_depth"), urgency: m.int("urgency")}
+}
+
+func readWindow(m *mapNode, line int) windowDoc {
+	return windowDoc{line: line, start: m.str("start"), end: m.str("end"), zone: m.str("timezone"), days: m.strs("days")}
 }
 
 // Compile decodes, merges, validates and compiles policy sources into a Set.
