@@ -393,6 +393,7 @@ func lineOr[T any](a at[T], fallback int) int {
 	return fallback
 }
 
+// place is where something was first defined, for "already defined at".
 type place struct {
 	file string
 	line int
@@ -400,445 +401,537 @@ type place struct {
 
 func (p place) String() string { return p.file + ":" + strconv.Itoa(p.line) }
 
+// onceOnly remembers where each setting of a block (defaults, queue) was
+// first given. Policies merge across files, and a second file must not
+// silently override what the first one said.
+type onceOnly struct {
+	el    *errList
+	block string
+	seen  map[string]place
+}
+
+func newOnceOnly(el *errList, block string) *onceOnly {
+	return &onceOnly{el: el, block: block, seen: map[string]place{}}
+}
+
+// first reports whether key is given here for the first time, and records a
+// problem when it is not.
+func (o *onceOnly) first(file string, line int, key string) bool {
+	if p, dup := o.seen[key]; dup {
+		o.el.add(file, line, o.block+"."+key, "is already set at %s", p)
+		return false
+	}
+	o.seen[key] = place{file, line}
+	return true
+}
+
+// compiler builds one Set from the documents of every file, collecting every
+// problem on the way rather than stopping at the first.
+type compiler struct {
+	errList
+	set     *Set
+	defined map[string]place // by kind and name, for duplicates across files
+}
+
+// unique reports whether name is the first of its kind, and records a
+// problem when it is not.
+func (c *compiler) unique(kind, name, file string, line int) bool {
+	key := kind + "\x00" + name
+	if p, dup := c.defined[key]; dup {
+		c.add(file, line, kind+"s."+name, "%s %q is already defined at %s", kind, name, p)
+		return false
+	}
+	c.defined[key] = place{file, line}
+	return true
+}
+
+// compile runs one step per concern. The order matters: routes and tiers
+// name pools, clients and defaults name tiers, and the queue's windows
+// default to the policy's time zone.
 func (ds *docs) compile() (*Set, []error) {
-	var el errList
-	s := &Set{Pools: map[string]*Pool{}, Tiers: map[string]*Tier{}, Clients: map[string]*Client{}}
-	seen := map[string]place{}
-	unique := func(kind, name, file string, line int) bool {
-		key := kind + "\x00" + name
-		if p, dup := seen[key]; dup {
-			el.add(file, line, kind+"s."+name, "%s %q is already defined at %s", kind, name, p)
-			return false
-		}
-		seen[key] = place{file, line}
-		return true
+	c := &compiler{
+		set:     &Set{Pools: map[string]*Pool{}, Tiers: map[string]*Tier{}, Clients: map[string]*Client{}},
+		defined: map[string]place{},
 	}
-
-	for _, p := range ds.pools {
-		path := "pools." + p.name
-		if !unique("pool", p.name, p.file, p.line) {
-			continue
-		}
-		pool := &Pool{Name: p.name, Unit: Unit(p.unit.v), Shadow: p.shadow.v}
-		if p.unit.missing() {
-			el.add(p.file, p.line, path+".unit", "is required (one of %s)", joinNames(units))
-		} else if p.unit.set && !slices.Contains(units, pool.Unit) {
-			el.add(p.file, p.unit.line, path+".unit", "unknown unit %q (one of %s)", p.unit.v, joinNames(units))
-		}
-		pool.Limit = checkLimit(&el, p.file, p.line, path, p.capacity, p.refill)
-		if p.price.set {
-			pr, err := ParsePrice(p.price.v)
-			if err != nil {
-				el.add(p.file, p.price.line, path+".price", "%v", err)
-			}
-			pool.Price = pr
-		}
-		s.Pools[p.name] = pool
-	}
+	c.pools(ds.pools)
 	if len(ds.pools) == 0 && !ds.readFailed {
-		el.add(ds.first, 0, "pools", "the policy defines no pools; at least one is needed")
+		c.add(ds.first, 0, "pools", "the policy defines no pools; at least one is needed")
 	}
+	c.routes(ds.routes)
+	c.tiers(ds.tiers)
+	c.clients(ds.clients)
+	c.models(ds.models)
+	c.defaults(ds.defaults)
+	c.queue(ds.queues)
+	return c.set, c.errs
+}
 
-	for _, r := range ds.routes {
-		path := "routes." + r.name
-		if !unique("route", r.name, r.file, r.line) {
+func (c *compiler) pools(docs []poolDoc) {
+	for _, p := range docs {
+		if !c.unique("pool", p.name, p.file, p.line) {
 			continue
 		}
-		rt := &Route{Name: r.name, Host: strings.ToLower(r.host.v), PathPrefix: r.prefix.v, Models: r.models.v,
-			Provider: Provider(r.provider.v), DefaultMaxTokens: r.defaultMaxTokens.v}
-		if rt.PathPrefix == "" {
-			rt.PathPrefix = "/"
-		} else if !strings.HasPrefix(rt.PathPrefix, "/") {
-			el.add(r.file, r.prefix.line, path+".path_prefix", "must start with /, got %q", rt.PathPrefix)
-		}
-		if msg := checkHost(rt.Host); msg != "" {
-			el.add(r.file, r.host.line, path+".host", "%s, got %q", msg, r.host.v)
-		}
-		rt.Host = strings.TrimSuffix(strings.TrimPrefix(rt.Host, "["), "]")
-		if rt.Provider == "" {
-			rt.Provider = ProviderGeneric
-		} else if !slices.Contains(providers, rt.Provider) {
-			el.add(r.file, r.provider.line, path+".provider", "unknown provider %q (one of %s)", r.provider.v, joinNames(providers))
-		}
-		switch {
-		case r.defaultMaxTokens.set && rt.DefaultMaxTokens <= 0:
-			el.add(r.file, r.defaultMaxTokens.line, path+".default_max_tokens", "must be positive, got %d", rt.DefaultMaxTokens)
-		case !r.defaultMaxTokens.set:
-			rt.DefaultMaxTokens = DefaultMaxTokens
-		}
-		rt.Class = Normal
-		if r.class.set {
-			if c, ok := ParseClass(r.class.v); ok {
-				rt.Class = c
-			} else {
-				el.add(r.file, r.class.line, path+".class", "unknown class %q (one of %s)", r.class.v, strings.Join(classNames[:], ", "))
-			}
-		}
-		for i, m := range rt.Models {
-			if m == "" || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
-				el.add(r.file, r.models.line, fmt.Sprintf("%s.models[%d]", path, i), "must be a model name or a prefix ending in *, got %q", m)
-			}
-		}
-		if len(r.pools.v) == 0 && !r.pools.bad {
-			el.add(r.file, lineOr(r.pools, r.line), path+".pools", "a route needs at least one pool")
-		}
-		for _, name := range r.pools.v {
-			p, ok := s.Pools[name]
-			if !ok {
-				el.add(r.file, r.pools.line, path+".pools", "pool %q does not exist%s", name, known(s.Pools))
-				continue
-			}
-			if slices.Contains(rt.Pools, p) {
-				el.add(r.file, r.pools.line, path+".pools", "pool %q is listed twice", name)
-				continue
-			}
-			rt.Pools = append(rt.Pools, p)
-		}
-		s.Routes = append(s.Routes, rt)
+		c.set.Pools[p.name] = c.pool(p)
 	}
-	sortRoutes(s.Routes)
+}
 
-	for _, t := range ds.tiers {
-		path := "tiers." + t.name
-		if !unique("tier", t.name, t.file, t.line) {
+func (c *compiler) pool(p poolDoc) *Pool {
+	path := "pools." + p.name
+	pool := &Pool{Name: p.name, Unit: Unit(p.unit.v), Shadow: p.shadow.v}
+	if p.unit.missing() {
+		c.add(p.file, p.line, path+".unit", "is required (one of %s)", joinNames(units))
+	} else if p.unit.set && !slices.Contains(units, pool.Unit) {
+		c.add(p.file, p.unit.line, path+".unit", "unknown unit %q (one of %s)", p.unit.v, joinNames(units))
+	}
+	pool.Limit = c.limit(p.file, p.line, path, p.capacity, p.refill)
+	if p.price.set {
+		pr, err := ParsePrice(p.price.v)
+		if err != nil {
+			c.add(p.file, p.price.line, path+".price", "%v", err)
+		}
+		pool.Price = pr
+	}
+	return pool
+}
+
+func (c *compiler) routes(docs []routeDoc) {
+	for _, r := range docs {
+		if !c.unique("route", r.name, r.file, r.line) {
 			continue
 		}
-		tier := &Tier{Name: t.name, Priority: int(t.priority.v), MaxConcurrent: t.maxConcurrent.v, ClientLimits: map[string]Limit{}, MaxClass: Immediate}
-		if t.maxClass.set {
-			if c, ok := ParseClass(t.maxClass.v); ok {
-				tier.MaxClass = c
-			} else {
-				el.add(t.file, t.maxClass.line, path+".max_class", "unknown class %q (one of %s)", t.maxClass.v, strings.Join(classNames[:], ", "))
-			}
-		}
-		if t.priority.missing() {
-			el.add(t.file, t.line, path+".priority", "is required (0 to 40 points)")
-		} else if t.priority.set && (t.priority.v < 0 || t.priority.v > 40) {
-			el.add(t.file, t.priority.line, path+".priority", "must be between 0 and 40, got %d", t.priority.v)
-		}
-		if t.maxConcurrent.missing() {
-			el.add(t.file, t.line, path+".max_concurrent", "is required (calls in flight per client)")
-		} else if t.maxConcurrent.set && t.maxConcurrent.v <= 0 {
-			el.add(t.file, t.maxConcurrent.line, path+".max_concurrent", "must be positive, got %d", t.maxConcurrent.v)
-		}
-		if t.budget.set && !strings.EqualFold(t.budget.v, "custom") {
-			m, err := ParseMoney(t.budget.v)
-			switch {
-			case err != nil:
-				el.add(t.file, t.budget.line, path+".monthly_budget", "%v (or \"custom\" for a per-client budget)", err)
-			case m < 0:
-				el.add(t.file, t.budget.line, path+".monthly_budget", "must not be negative, got %s", t.budget.v)
-			case m > MaxBudget:
-				el.add(t.file, t.budget.line, path+".monthly_budget", "must be at most $%s, got %s", MaxBudget, t.budget.v)
-			}
-			tier.MonthlyBudget, tier.Budgeted = m, true
-		}
-		for _, l := range t.limits {
-			lp := path + ".client_limits." + l.pool
-			if _, ok := s.Pools[l.pool]; !ok {
-				el.add(t.file, l.line, lp, "pool %q does not exist%s", l.pool, known(s.Pools))
-				continue
-			}
-			tier.ClientLimits[l.pool] = checkLimit(&el, t.file, l.line, lp, l.capacity, l.refill)
-		}
-		s.Tiers[t.name] = tier
+		c.set.Routes = append(c.set.Routes, c.route(r))
 	}
+	sortRoutes(c.set.Routes)
+}
 
-	for _, c := range ds.clients {
-		path := "clients." + c.id
-		if !unique("client", c.id, c.file, c.line) {
+func (c *compiler) route(r routeDoc) *Route {
+	path := "routes." + r.name
+	rt := &Route{Name: r.name, Host: strings.ToLower(r.host.v), PathPrefix: r.prefix.v, Models: r.models.v,
+		Provider: Provider(r.provider.v), DefaultMaxTokens: r.defaultMaxTokens.v}
+	if rt.PathPrefix == "" {
+		rt.PathPrefix = "/"
+	} else if !strings.HasPrefix(rt.PathPrefix, "/") {
+		c.add(r.file, r.prefix.line, path+".path_prefix", "must start with /, got %q", rt.PathPrefix)
+	}
+	if msg := checkHost(rt.Host); msg != "" {
+		c.add(r.file, r.host.line, path+".host", "%s, got %q", msg, r.host.v)
+	}
+	rt.Host = strings.TrimSuffix(strings.TrimPrefix(rt.Host, "["), "]")
+	if rt.Provider == "" {
+		rt.Provider = ProviderGeneric
+	} else if !slices.Contains(providers, rt.Provider) {
+		c.add(r.file, r.provider.line, path+".provider", "unknown provider %q (one of %s)", r.provider.v, joinNames(providers))
+	}
+	switch {
+	case r.defaultMaxTokens.set && rt.DefaultMaxTokens <= 0:
+		c.add(r.file, r.defaultMaxTokens.line, path+".default_max_tokens", "must be positive, got %d", rt.DefaultMaxTokens)
+	case !r.defaultMaxTokens.set:
+		rt.DefaultMaxTokens = DefaultMaxTokens
+	}
+	rt.Class = c.class(r.file, path+".class", r.class, Normal)
+	for i, m := range rt.Models {
+		if m == "" || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
+			c.add(r.file, r.models.line, fmt.Sprintf("%s.models[%d]", path, i), "must be a model name or a prefix ending in *, got %q", m)
+		}
+	}
+	rt.Pools = c.routePools(r, path)
+	return rt
+}
+
+// routePools resolves a route's pool names, each at most once.
+func (c *compiler) routePools(r routeDoc, path string) []*Pool {
+	if len(r.pools.v) == 0 && !r.pools.bad {
+		c.add(r.file, lineOr(r.pools, r.line), path+".pools", "a route needs at least one pool")
+	}
+	var pools []*Pool
+	for _, name := range r.pools.v {
+		p, ok := c.set.Pools[name]
+		if !ok {
+			c.add(r.file, r.pools.line, path+".pools", "pool %q does not exist%s", name, known(c.set.Pools))
 			continue
 		}
-		cl := &Client{ID: c.id}
-		if c.tier.missing() {
-			el.add(c.file, c.line, path+".tier", "is required%s", known(s.Tiers))
-		} else if !c.tier.set {
-		} else if t, ok := s.Tiers[c.tier.v]; ok {
-			cl.Tier = t
-		} else {
-			el.add(c.file, c.tier.line, path+".tier", "tier %q does not exist%s", c.tier.v, known(s.Tiers))
-		}
-		if c.budget.set {
-			m, err := ParseMoney(c.budget.v)
-			switch {
-			case err != nil:
-				el.add(c.file, c.budget.line, path+".monthly_budget", "%v", err)
-			case m < 0:
-				el.add(c.file, c.budget.line, path+".monthly_budget", "must not be negative, got %s", c.budget.v)
-			case m > MaxBudget:
-				el.add(c.file, c.budget.line, path+".monthly_budget", "must be at most $%s, got %s", MaxBudget, c.budget.v)
-			}
-			cl.MonthlyBudget, cl.Budgeted = m, true
-		}
-		s.Clients[c.id] = cl
-	}
-
-	for _, c := range ds.clients {
-		cl := s.Clients[c.id]
-		if !c.parent.set || cl == nil {
+		if slices.Contains(pools, p) {
+			c.add(r.file, r.pools.line, path+".pools", "pool %q is listed twice", name)
 			continue
 		}
-		p, ok := s.Clients[c.parent.v]
-		switch {
-		case !ok:
-			el.add(c.file, c.parent.line, "clients."+c.id+".parent", "client %q does not exist%s", c.parent.v, known(s.Clients))
-		case p == cl:
-			el.add(c.file, c.parent.line, "clients."+c.id+".parent", "a client cannot be its own parent")
-		default:
-			cl.Parent = p
-		}
+		pools = append(pools, p)
 	}
-	for _, c := range ds.clients { // a cycle would make a budget chain endless
-		cl := s.Clients[c.id]
-		if cl == nil || cl.Parent == nil {
+	return pools
+}
+
+// class reads a class name, or returns def when none is given.
+func (c *compiler) class(file, path string, v at[string], def Class) Class {
+	if !v.set {
+		return def
+	}
+	cls, ok := ParseClass(v.v)
+	if !ok {
+		c.add(file, v.line, path, "unknown class %q (one of %s)", v.v, strings.Join(classNames[:], ", "))
+		return def
+	}
+	return cls
+}
+
+// budget reads a monthly budget; hint follows a parse error, to say what
+// else the field accepts.
+func (c *compiler) budget(file, path string, v at[string], hint string) Money {
+	m, err := ParseMoney(v.v)
+	switch {
+	case err != nil:
+		c.add(file, v.line, path, "%v%s", err, hint)
+	case m < 0:
+		c.add(file, v.line, path, "must not be negative, got %s", v.v)
+	case m > MaxBudget:
+		c.add(file, v.line, path, "must be at most $%s, got %s", MaxBudget, v.v)
+	}
+	return m
+}
+
+func (c *compiler) tiers(docs []tierDoc) {
+	for _, t := range docs {
+		if !c.unique("tier", t.name, t.file, t.line) {
 			continue
 		}
-		seen := map[*Client]bool{cl: true}
-		for p := cl.Parent; p != nil; p = p.Parent {
-			if seen[p] {
-				el.add(c.file, c.parent.line, "clients."+c.id+".parent", "the parent chain loops back to %q", p.ID)
-				cl.Parent = nil // break the loop so nothing walks it forever
-				break
-			}
-			seen[p] = true
-		}
+		c.set.Tiers[t.name] = c.tier(t)
 	}
+}
 
-	s.Models = map[string]*Model{}
-	for _, md := range ds.models {
-		path := "models." + md.name
-		if !unique("model", md.name, md.file, md.line) {
+func (c *compiler) tier(t tierDoc) *Tier {
+	path := "tiers." + t.name
+	tier := &Tier{Name: t.name, Priority: int(t.priority.v), MaxConcurrent: t.maxConcurrent.v, ClientLimits: map[string]Limit{}}
+	tier.MaxClass = c.class(t.file, path+".max_class", t.maxClass, Immediate)
+	if t.priority.missing() {
+		c.add(t.file, t.line, path+".priority", "is required (0 to 40 points)")
+	} else if t.priority.set && (t.priority.v < 0 || t.priority.v > 40) {
+		c.add(t.file, t.priority.line, path+".priority", "must be between 0 and 40, got %d", t.priority.v)
+	}
+	if t.maxConcurrent.missing() {
+		c.add(t.file, t.line, path+".max_concurrent", "is required (calls in flight per client)")
+	} else if t.maxConcurrent.set && t.maxConcurrent.v <= 0 {
+		c.add(t.file, t.maxConcurrent.line, path+".max_concurrent", "must be positive, got %d", t.maxConcurrent.v)
+	}
+	if t.budget.set && !strings.EqualFold(t.budget.v, "custom") {
+		tier.MonthlyBudget = c.budget(t.file, path+".monthly_budget", t.budget, " (or \"custom\" for a per-client budget)")
+		tier.Budgeted = true
+	}
+	for _, l := range t.limits {
+		lp := path + ".client_limits." + l.pool
+		if _, ok := c.set.Pools[l.pool]; !ok {
+			c.add(t.file, l.line, lp, "pool %q does not exist%s", l.pool, known(c.set.Pools))
+			continue
+		}
+		tier.ClientLimits[l.pool] = c.limit(t.file, l.line, lp, l.capacity, l.refill)
+	}
+	return tier
+}
+
+// clients compiles the clients, then links each to its parent: a parent
+// may be defined after its child, in any file.
+func (c *compiler) clients(docs []clientDoc) {
+	for _, d := range docs {
+		if !c.unique("client", d.id, d.file, d.line) {
+			continue
+		}
+		c.set.Clients[d.id] = c.client(d)
+	}
+	for _, d := range docs {
+		c.linkParent(d)
+	}
+	for _, d := range docs {
+		c.breakParentLoop(d)
+	}
+}
+
+func (c *compiler) client(d clientDoc) *Client {
+	path := "clients." + d.id
+	cl := &Client{ID: d.id}
+	switch t, ok := c.set.Tiers[d.tier.v]; {
+	case d.tier.missing():
+		c.add(d.file, d.line, path+".tier", "is required%s", known(c.set.Tiers))
+	case !d.tier.set: // present but unreadable, already reported
+	case ok:
+		cl.Tier = t
+	default:
+		c.add(d.file, d.tier.line, path+".tier", "tier %q does not exist%s", d.tier.v, known(c.set.Tiers))
+	}
+	if d.budget.set {
+		cl.MonthlyBudget, cl.Budgeted = c.budget(d.file, path+".monthly_budget", d.budget, ""), true
+	}
+	return cl
+}
+
+func (c *compiler) linkParent(d clientDoc) {
+	cl := c.set.Clients[d.id]
+	if !d.parent.set || cl == nil {
+		return
+	}
+	path := "clients." + d.id + ".parent"
+	p, ok := c.set.Clients[d.parent.v]
+	switch {
+	case !ok:
+		c.add(d.file, d.parent.line, path, "client %q does not exist%s", d.parent.v, known(c.set.Clients))
+	case p == cl:
+		c.add(d.file, d.parent.line, path, "a client cannot be its own parent")
+	default:
+		cl.Parent = p
+	}
+}
+
+// breakParentLoop refuses a parent chain that loops: a budget chain would be
+// endless.
+func (c *compiler) breakParentLoop(d clientDoc) {
+	cl := c.set.Clients[d.id]
+	if cl == nil || cl.Parent == nil {
+		return
+	}
+	seen := map[*Client]bool{cl: true}
+	for p := cl.Parent; p != nil; p = p.Parent {
+		if seen[p] {
+			c.add(d.file, d.parent.line, "clients."+d.id+".parent", "the parent chain loops back to %q", p.ID)
+			cl.Parent = nil // break the loop so nothing walks it forever
+			return
+		}
+		seen[p] = true
+	}
+}
+
+func (c *compiler) models(docs []modelDoc) {
+	c.set.Models = map[string]*Model{}
+	for _, md := range docs {
+		if !c.unique("model", md.name, md.file, md.line) {
 			continue
 		}
 		if md.name != "*" && (md.name == "" || strings.Contains(strings.TrimSuffix(md.name, "*"), "*")) {
-			el.add(md.file, md.line, path, "a model is a name, a prefix ending in *, or \"*\" for every other model")
+			c.add(md.file, md.line, "models."+md.name, "a model is a name, a prefix ending in *, or \"*\" for every other model")
 			continue
 		}
-		m := &Model{Name: md.name, MaxOutputTokens: md.maxOutput.v}
-		for _, f := range []struct {
-			key string
-			v   at[string]
-			dst *Price
-			req bool
-		}{{"input", md.input, &m.Input, true}, {"output", md.output, &m.Output, true},
-			{"cached_input", md.cachedInput, &m.CachedInput, false}, {"cache_write", md.cacheWrite, &m.CacheWrite, false},
-			{"image", md.image, &m.Image, false}, {"audio", md.audio, &m.Audio, false}} {
-			switch {
-			case f.v.missing() && f.req:
-				el.add(md.file, md.line, path+"."+f.key, "is required (a price such as \"2.50/1M\")")
-			case f.v.set:
-				pr, err := ParsePrice(f.v.v)
-				if err != nil {
-					el.add(md.file, f.v.line, path+"."+f.key, "%v", err)
-				}
-				*f.dst = pr
-			}
-		}
-		if md.cachedInput.missing() {
-			m.CachedInput = m.Input // no discount stated: cached tokens cost full price
-		}
-		if md.cacheWrite.missing() {
-			m.CacheWrite = m.Input // no surcharge stated: cache writes cost the input price
-		}
-		if md.maxOutput.set && md.maxOutput.v <= 0 {
-			el.add(md.file, md.maxOutput.line, path+".max_output_tokens", "must be positive, got %d", md.maxOutput.v)
-		}
-		s.Models[md.name] = m
+		c.set.Models[md.name] = c.model(md)
 	}
-
-	s.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative,
-		Adaptive: DefaultAdaptive()}
-	var defSeen = map[string]place{}
-	setOnce := func(d defaultsDoc, key string, line int) bool {
-		if p, dup := defSeen[key]; dup {
-			el.add(d.file, line, "defaults."+key, "is already set at %s", p)
-			return false
-		}
-		defSeen[key] = place{d.file, line}
-		return true
-	}
-	for _, d := range ds.defaults {
-		if d.unknownClient.set && setOnce(d, "unknown_client", d.unknownClient.line) {
-			if d.unknownClient.v != string(Deny) {
-				if t, ok := s.Tiers[d.unknownClient.v]; ok {
-					s.Defaults.UnknownClientTier = t
-				} else {
-					el.add(d.file, d.unknownClient.line, "defaults.unknown_client", "must be a tier name or \"deny\"; tier %q does not exist%s", d.unknownClient.v, known(s.Tiers))
-				}
-			}
-		}
-		for _, a := range []struct {
-			key string
-			v   at[string]
-			dst *Action
-		}{{"unmatched_route", d.unmatchedRoute, &s.Defaults.UnmatchedRoute}, {"invalid_request", d.invalidReqest, &s.Defaults.InvalidRequest}} {
-			if !a.v.set || !setOnce(d, a.key, a.v.line) {
-				continue
-			}
-			if act := Action(a.v.v); act == Allow || act == Deny {
-				*a.dst = act
-			} else {
-				el.add(d.file, a.v.line, "defaults."+a.key, "must be \"allow\" or \"deny\", got %q", a.v.v)
-			}
-		}
-		if d.shadow.set && setOnce(d, "shadow", d.shadow.line) {
-			s.Defaults.Shadow = d.shadow.v
-		}
-		if d.storeUnavailable.set && setOnce(d, "store_unavailable", d.storeUnavailable.line) {
-			if act := Action(d.storeUnavailable.v); act == Allow || act == Deny {
-				s.Defaults.StoreUnavailable = act
-			} else {
-				el.add(d.file, d.storeUnavailable.line, "defaults.store_unavailable", "must be \"allow\" (fail open) or \"deny\" (fail closed), got %q", d.storeUnavailable.v)
-			}
-		}
-		if d.timezone.set && setOnce(d, "timezone", d.timezone.line) {
-			if loc, err := time.LoadLocation(d.timezone.v); err != nil || d.timezone.v == "" {
-				el.add(d.file, d.timezone.line, "defaults.timezone", "unknown time zone %q (an IANA name such as UTC or America/New_York)", d.timezone.v)
-			} else {
-				s.Defaults.Location = loc
-			}
-		}
-		if d.reservation.set && setOnce(d, "reservation", d.reservation.line) {
-			if st := Strategy(d.reservation.v); slices.Contains(strategies, st) {
-				s.Defaults.Reservation = st
-			} else {
-				el.add(d.file, d.reservation.line, "defaults.reservation", "unknown strategy %q (one of %s)", d.reservation.v, joinNames(strategies))
-			}
-		}
-		if a := d.adaptive; a != nil && setOnce(d, "adaptive", a.line) {
-			s.Defaults.Adaptive = compileAdaptive(&el, d.file, a)
-		}
-		if d.reservationTTL.set && setOnce(d, "reservation_ttl", d.reservationTTL.line) {
-			ttl, err := time.ParseDuration(d.reservationTTL.v)
-			switch {
-			case err != nil:
-				el.add(d.file, d.reservationTTL.line, "defaults.reservation_ttl", "must be a duration such as 10m or 90s, got %q", d.reservationTTL.v)
-			case ttl < time.Second || ttl > 24*time.Hour:
-				el.add(d.file, d.reservationTTL.line, "defaults.reservation_ttl", "must be between 1s and 24h, got %v", ttl)
-			default:
-				s.Defaults.ReservationTTL = ttl
-			}
-		}
-	}
-	s.Queue = compileQueue(&el, ds.queues, s.Defaults.Location)
-	return s, el.errs
 }
 
-// compileQueue reads the queue blocks over DefaultQueue. Each setting may
-// be given once across the files; windows are in their own time zone, else
-// the policy's.
-func compileQueue(el *errList, qs []queueDoc, loc *time.Location) Queue {
-	out := DefaultQueue()
-	seen := map[string]place{}
-	once := func(file string, line int, key string) bool {
-		if p, dup := seen[key]; dup {
-			el.add(file, line, "queue."+key, "is already set at %s", p)
-			return false
-		}
-		seen[key] = place{file, line}
-		return true
-	}
-	duration := func(file, key string, v at[string], lo, hi time.Duration, dst *time.Duration) {
-		if !v.set || !once(file, v.line, key) {
-			return
-		}
-		d, err := time.ParseDuration(v.v)
+func (c *compiler) model(md modelDoc) *Model {
+	path := "models." + md.name
+	m := &Model{Name: md.name, MaxOutputTokens: md.maxOutput.v}
+	for _, f := range []struct {
+		key string
+		v   at[string]
+		dst *Price
+		req bool
+	}{{"input", md.input, &m.Input, true}, {"output", md.output, &m.Output, true},
+		{"cached_input", md.cachedInput, &m.CachedInput, false}, {"cache_write", md.cacheWrite, &m.CacheWrite, false},
+		{"image", md.image, &m.Image, false}, {"audio", md.audio, &m.Audio, false}} {
 		switch {
-		case err != nil:
-			el.add(file, v.line, "queue."+key, "must be a duration such as 10s or 5m, got %q", v.v)
-		case d < lo || d > hi:
-			el.add(file, v.line, "queue."+key, "must be between %v and %v, got %v", lo, hi, d)
-		default:
-			*dst = d
+		case f.v.missing() && f.req:
+			c.add(md.file, md.line, path+"."+f.key, "is required (a price such as \"2.50/1M\")")
+		case f.v.set:
+			pr, err := ParsePrice(f.v.v)
+			if err != nil {
+				c.add(md.file, f.v.line, path+"."+f.key, "%v", err)
+			}
+			*f.dst = pr
 		}
 	}
+	if md.cachedInput.missing() {
+		m.CachedInput = m.Input // no discount stated: cached tokens cost full price
+	}
+	if md.cacheWrite.missing() {
+		m.CacheWrite = m.Input // no surcharge stated: cache writes cost the input price
+	}
+	if md.maxOutput.set && md.maxOutput.v <= 0 {
+		c.add(md.file, md.maxOutput.line, path+".max_output_tokens", "must be positive, got %d", md.maxOutput.v)
+	}
+	return m
+}
+
+// defaults reads the defaults blocks over the built-in answers. Each setting
+// may be given once across the files.
+func (c *compiler) defaults(docs []defaultsDoc) {
+	c.set.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative,
+		Adaptive: DefaultAdaptive()}
+	once := newOnceOnly(&c.errList, "defaults")
+	for _, d := range docs {
+		c.defaultsBlock(d, once)
+	}
+}
+
+func (c *compiler) defaultsBlock(d defaultsDoc, once *onceOnly) {
+	out := &c.set.Defaults
+	if d.unknownClient.set && once.first(d.file, d.unknownClient.line, "unknown_client") && d.unknownClient.v != string(Deny) {
+		if t, ok := c.set.Tiers[d.unknownClient.v]; ok {
+			out.UnknownClientTier = t
+		} else {
+			c.add(d.file, d.unknownClient.line, "defaults.unknown_client", "must be a tier name or \"deny\"; tier %q does not exist%s", d.unknownClient.v, known(c.set.Tiers))
+		}
+	}
+	for _, a := range []struct {
+		key string
+		v   at[string]
+		dst *Action
+	}{{"unmatched_route", d.unmatchedRoute, &out.UnmatchedRoute}, {"invalid_request", d.invalidReqest, &out.InvalidRequest}} {
+		if !a.v.set || !once.first(d.file, a.v.line, a.key) {
+			continue
+		}
+		if act := Action(a.v.v); act == Allow || act == Deny {
+			*a.dst = act
+		} else {
+			c.add(d.file, a.v.line, "defaults."+a.key, "must be \"allow\" or \"deny\", got %q", a.v.v)
+		}
+	}
+	if d.shadow.set && once.first(d.file, d.shadow.line, "shadow") {
+		out.Shadow = d.shadow.v
+	}
+	if d.storeUnavailable.set && once.first(d.file, d.storeUnavailable.line, "store_unavailable") {
+		if act := Action(d.storeUnavailable.v); act == Allow || act == Deny {
+			out.StoreUnavailable = act
+		} else {
+			c.add(d.file, d.storeUnavailable.line, "defaults.store_unavailable", "must be \"allow\" (fail open) or \"deny\" (fail closed), got %q", d.storeUnavailable.v)
+		}
+	}
+	if d.timezone.set && once.first(d.file, d.timezone.line, "timezone") {
+		if loc, err := time.LoadLocation(d.timezone.v); err != nil || d.timezone.v == "" {
+			c.add(d.file, d.timezone.line, "defaults.timezone", "unknown time zone %q (an IANA name such as UTC or America/New_York)", d.timezone.v)
+		} else {
+			out.Location = loc
+		}
+	}
+	if d.reservation.set && once.first(d.file, d.reservation.line, "reservation") {
+		if st := Strategy(d.reservation.v); slices.Contains(strategies, st) {
+			out.Reservation = st
+		} else {
+			c.add(d.file, d.reservation.line, "defaults.reservation", "unknown strategy %q (one of %s)", d.reservation.v, joinNames(strategies))
+		}
+	}
+	if a := d.adaptive; a != nil && once.first(d.file, a.line, "adaptive") {
+		out.Adaptive = c.adaptive(d.file, a)
+	}
+	if d.reservationTTL.set && once.first(d.file, d.reservationTTL.line, "reservation_ttl") {
+		c.reservationTTL(d.file, d.reservationTTL)
+	}
+}
+
+func (c *compiler) reservationTTL(file string, v at[string]) {
+	ttl, err := time.ParseDuration(v.v)
+	switch {
+	case err != nil:
+		c.add(file, v.line, "defaults.reservation_ttl", "must be a duration such as 10m or 90s, got %q", v.v)
+	case ttl < time.Second || ttl > 24*time.Hour:
+		c.add(file, v.line, "defaults.reservation_ttl", "must be between 1s and 24h, got %v", ttl)
+	default:
+		c.set.Defaults.ReservationTTL = ttl
+	}
+}
+
+// queue reads the queue blocks over DefaultQueue. Each setting may be given
+// once across the files; windows are in their own time zone, else the
+// policy's, so this runs after defaults.
+func (c *compiler) queue(qs []queueDoc) {
+	out := DefaultQueue()
+	once := newOnceOnly(&c.errList, "queue")
 	for _, q := range qs {
-		if q.header.set && once(q.file, q.header.line, "priority_header") {
+		if q.header.set && once.first(q.file, q.header.line, "priority_header") {
 			h := strings.ToLower(q.header.v)
 			if h == "" || strings.ContainsAny(h, " :") {
-				el.add(q.file, q.header.line, "queue.priority_header", "must be a header name, got %q", q.header.v)
+				c.add(q.file, q.header.line, "queue.priority_header", "must be a header name, got %q", q.header.v)
 			} else {
 				out.PriorityHeader = h
 			}
 		}
-		duration(q.file, "wait_horizon", q.horizon, time.Second, 24*time.Hour, &out.WaitHorizon)
-		duration(q.file, "fairness_window", q.fairness, time.Second, 24*time.Hour, &out.FairnessWindow)
-		duration(q.file, "starvation_alert", q.starvation, time.Second, 7*24*time.Hour, &out.StarvationAlert)
-		for _, c := range q.classes {
-			compileClass(el, q.file, c, &out, once)
+		c.queueDuration(once, q.file, "wait_horizon", q.horizon, time.Second, 24*time.Hour, &out.WaitHorizon)
+		c.queueDuration(once, q.file, "fairness_window", q.fairness, time.Second, 24*time.Hour, &out.FairnessWindow)
+		c.queueDuration(once, q.file, "starvation_alert", q.starvation, time.Second, 7*24*time.Hour, &out.StarvationAlert)
+		for _, cd := range q.classes {
+			c.queueClass(once, q.file, cd, &out)
 		}
-		if q.windowsAt > 0 && once(q.file, q.windowsAt, "off_peak") {
+		if q.windowsAt > 0 && once.first(q.file, q.windowsAt, "off_peak") {
 			for i, w := range q.windows {
-				out.Windows = append(out.Windows, compileWindow(el, q.file, fmt.Sprintf("queue.off_peak[%d]", i), w, loc))
+				out.Windows = append(out.Windows, c.window(q.file, fmt.Sprintf("queue.off_peak[%d]", i), w))
 			}
 		}
 	}
-	return out
+	c.set.Queue = out
 }
 
-func compileClass(el *errList, file string, c classDoc, out *Queue, once func(string, int, string) bool) {
-	path := "queue.classes." + c.name
-	cls, ok := ParseClass(c.name)
-	if !ok {
-		el.add(file, c.line, path, "unknown class %q (one of %s)", c.name, strings.Join(classNames[:], ", "))
+// queueDuration reads one of the queue's durations into dst, within [lo, hi].
+func (c *compiler) queueDuration(once *onceOnly, file, key string, v at[string], lo, hi time.Duration, dst *time.Duration) {
+	if !v.set || !once.first(file, v.line, key) {
 		return
 	}
-	if !once(file, c.line, "classes."+c.name) {
+	d, err := time.ParseDuration(v.v)
+	switch {
+	case err != nil:
+		c.add(file, v.line, "queue."+key, "must be a duration such as 10s or 5m, got %q", v.v)
+	case d < lo || d > hi:
+		c.add(file, v.line, "queue."+key, "must be between %v and %v, got %v", lo, hi, d)
+	default:
+		*dst = d
+	}
+}
+
+func (c *compiler) queueClass(once *onceOnly, file string, cd classDoc, out *Queue) {
+	path := "queue.classes." + cd.name
+	cls, ok := ParseClass(cd.name)
+	if !ok {
+		c.add(file, cd.line, path, "unknown class %q (one of %s)", cd.name, strings.Join(classNames[:], ", "))
+		return
+	}
+	if !once.first(file, cd.line, "classes."+cd.name) {
 		return
 	}
 	cp := &out.Classes[cls]
-	if c.maxWait.set {
-		d, err := time.ParseDuration(c.maxWait.v)
+	if cd.maxWait.set {
+		d, err := time.ParseDuration(cd.maxWait.v)
 		switch {
 		case err != nil:
-			el.add(file, c.maxWait.line, path+".max_wait", "must be a duration such as 10s, got %q", c.maxWait.v)
+			c.add(file, cd.maxWait.line, path+".max_wait", "must be a duration such as 10s, got %q", cd.maxWait.v)
 		case cls == Immediate && d != 0:
-			el.add(file, c.maxWait.line, path+".max_wait", "an immediate call is never held; it must be 0")
+			c.add(file, cd.maxWait.line, path+".max_wait", "an immediate call is never held; it must be 0")
 		case d < 0 || d > 24*time.Hour:
-			el.add(file, c.maxWait.line, path+".max_wait", "must be between 0s and 24h, got %v", d)
+			c.add(file, cd.maxWait.line, path+".max_wait", "must be between 0s and 24h, got %v", d)
 		default:
 			cp.MaxWait = d
 		}
 	}
-	if c.maxDepth.set {
-		if c.maxDepth.v < 0 || c.maxDepth.v > 10_000_000 {
-			el.add(file, c.maxDepth.line, path+".max_depth", "must be between 0 and 10000000, got %d", c.maxDepth.v)
+	if cd.maxDepth.set {
+		if cd.maxDepth.v < 0 || cd.maxDepth.v > 10_000_000 {
+			c.add(file, cd.maxDepth.line, path+".max_depth", "must be between 0 and 10000000, got %d", cd.maxDepth.v)
 		} else {
-			cp.MaxDepth = int(c.maxDepth.v)
+			cp.MaxDepth = int(cd.maxDepth.v)
 		}
 	}
-	if c.urgency.set {
-		if c.urgency.v < 0 || c.urgency.v > 30 {
-			el.add(file, c.urgency.line, path+".urgency", "must be between 0 and 30 points, got %d", c.urgency.v)
+	if cd.urgency.set {
+		if cd.urgency.v < 0 || cd.urgency.v > 30 {
+			c.add(file, cd.urgency.line, path+".urgency", "must be between 0 and 30 points, got %d", cd.urgency.v)
 		} else {
-			cp.Urgency = int(c.urgency.v)
+			cp.Urgency = int(cd.urgency.v)
 		}
 	}
 }
 
-func compileWindow(el *errList, file, path string, w windowDoc, loc *time.Location) Window {
-	win := Window{Location: loc}
+// window compiles one off-peak window, in the policy's time zone unless it
+// names its own.
+func (c *compiler) window(file, path string, w windowDoc) Window {
+	win := Window{Location: c.set.Defaults.Location}
 	for _, f := range []struct {
 		key string
 		v   at[string]
 		dst *time.Duration
 	}{{"start", w.start, &win.Start}, {"end", w.end, &win.End}} {
 		if !f.v.set {
-			el.add(file, w.line, path+"."+f.key, "is required (a time of day such as \"22:00\")")
+			c.add(file, w.line, path+"."+f.key, "is required (a time of day such as \"22:00\")")
 			continue
 		}
 		d, err := parseClock(f.v.v)
 		if err != nil {
-			el.add(file, f.v.line, path+"."+f.key, "%v", err)
+			c.add(file, f.v.line, path+"."+f.key, "%v", err)
 		}
 		*f.dst = d
 	}
 	if w.start.set && win.Start == 24*time.Hour {
-		el.add(file, w.start.line, path+".start", "a window cannot start at 24:00")
+		c.add(file, w.start.line, path+".start", "a window cannot start at 24:00")
 	}
 	if w.zone.set {
 		if l, err := time.LoadLocation(w.zone.v); err != nil || w.zone.v == "" {
-			el.add(file, w.zone.line, path+".timezone", "unknown time zone %q (an IANA name such as UTC or Europe/Berlin)", w.zone.v)
+			c.add(file, w.zone.line, path+".timezone", "unknown time zone %q (an IANA name such as UTC or Europe/Berlin)", w.zone.v)
 		} else {
 			win.Location = l
 		}
@@ -846,7 +939,7 @@ func compileWindow(el *errList, file, path string, w windowDoc, loc *time.Locati
 	for _, day := range w.days.v {
 		wd, ok := weekdays[strings.ToLower(strings.TrimSpace(day))]
 		if !ok {
-			el.add(file, w.days.line, path+".days", "unknown day %q (mon, tue, wed, thu, fri, sat, sun)", day)
+			c.add(file, w.days.line, path+".days", "unknown day %q (mon, tue, wed, thu, fri, sat, sun)", day)
 			continue
 		}
 		win.Days[wd] = true
@@ -854,8 +947,8 @@ func compileWindow(el *errList, file, path string, w windowDoc, loc *time.Locati
 	return win
 }
 
-// compileAdaptive reads defaults.adaptive over DefaultAdaptive.
-func compileAdaptive(el *errList, file string, a *adaptiveDoc) AdaptiveConfig {
+// adaptive reads defaults.adaptive over DefaultAdaptive.
+func (c *compiler) adaptive(file string, a *adaptiveDoc) AdaptiveConfig {
 	out := DefaultAdaptive()
 	for _, f := range []struct {
 		key      string
@@ -873,21 +966,23 @@ func compileAdaptive(el *errList, file string, a *adaptiveDoc) AdaptiveConfig {
 			continue
 		}
 		if f.v.v < f.min || f.v.v > f.max {
-			el.add(file, f.v.line, "defaults.adaptive."+f.key, "must be between %d and %d, got %d", f.min, f.max, f.v.v)
+			c.add(file, f.v.line, "defaults.adaptive."+f.key, "must be between %d and %d, got %d", f.min, f.max, f.v.v)
 			continue
 		}
 		*f.dst = f.v.v
 	}
 	if out.MinPercent > out.MaxPercent {
-		el.add(file, a.line, "defaults.adaptive", "min_percent (%d) is above max_percent (%d)", out.MinPercent, out.MaxPercent)
+		c.add(file, a.line, "defaults.adaptive", "min_percent (%d) is above max_percent (%d)", out.MinPercent, out.MaxPercent)
 	}
 	if out.MinSamples > out.Window {
-		el.add(file, a.line, "defaults.adaptive", "min_samples (%d) is above window (%d): it would never learn", out.MinSamples, out.Window)
+		c.add(file, a.line, "defaults.adaptive", "min_samples (%d) is above window (%d): it would never learn", out.MinSamples, out.Window)
 	}
 	return out
 }
 
-func checkLimit(el *errList, file string, line int, path string, capacity, refill at[int64]) Limit {
+// limit checks a bucket's shape (a pool's, or a tier's limit per client);
+// line is the owner's, for a field that is missing.
+func (c *compiler) limit(file string, line int, path string, capacity, refill at[int64]) Limit {
 	for _, f := range []struct {
 		key string
 		v   at[int64]
@@ -895,11 +990,11 @@ func checkLimit(el *errList, file string, line int, path string, capacity, refil
 		switch {
 		case f.v.bad:
 		case !f.v.set:
-			el.add(file, line, path+"."+f.key, "is required")
+			c.add(file, line, path+"."+f.key, "is required")
 		case f.v.v <= 0:
-			el.add(file, f.v.line, path+"."+f.key, "must be positive, got %d", f.v.v)
+			c.add(file, f.v.line, path+"."+f.key, "must be positive, got %d", f.v.v)
 		case f.v.v > MaxCapacity:
-			el.add(file, f.v.line, path+"."+f.key, "must be at most %d, got %d", MaxCapacity, f.v.v)
+			c.add(file, f.v.line, path+"."+f.key, "must be at most %d, got %d", MaxCapacity, f.v.v)
 		}
 	}
 	return Limit{Capacity: capacity.v, RefillPerSecond: refill.v}
