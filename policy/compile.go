@@ -60,6 +60,7 @@ func (c *compiler) class(file, path string, v at[string], def Class) Class {
 	return cls
 }
 
+// errList collects the problems compile finds, each located.
 type errList struct{ errs []error }
 
 func (l *errList) add(file string, line int, path, format string, args ...any) {
@@ -106,6 +107,12 @@ func (o *onceOnly) first(file string, line int, key string) bool {
 	return true
 }
 
+// setOnce reports whether v is given, for the first time across the files.
+func setOnce[T any](o *onceOnly, file, key string, v at[T]) bool {
+	return v.set && o.first(file, v.line, key)
+}
+
+// joinNames lists the allowed values for an error message.
 func joinNames[T ~string](xs []T) string {
 	s := make([]string, len(xs))
 	for i, x := range xs {
@@ -114,6 +121,7 @@ func joinNames[T ~string](xs []T) string {
 	return strings.Join(s, ", ")
 }
 
+// known lists the names a reference could have meant, for an error message.
 func known[T any](m map[string]T) string {
 	if len(m) == 0 {
 		return " (none are defined)"

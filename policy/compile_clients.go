@@ -6,6 +6,7 @@ import "strings"
 // money in Lua numbers, exact below 2^53 nano-dollars.
 const MaxBudget = 9_000_000 * NanosPerDollar
 
+// tierDoc is a tiers: entry as written.
 type tierDoc struct {
 	file, name    string
 	line          int
@@ -16,12 +17,14 @@ type tierDoc struct {
 	limits        []limitDoc
 }
 
+// limitDoc is a tier's client_limits: entry, keyed by pool.
 type limitDoc struct {
 	pool             string
 	line             int
 	capacity, refill at[int64]
 }
 
+// clientDoc is a clients: entry as written.
 type clientDoc struct {
 	file, id string
 	line     int

@@ -9,6 +9,8 @@ import (
 // before its reservation is committed at its estimate.
 const DefaultReservationTTL = 10 * time.Minute
 
+// defaultsDoc is a defaults: block as written; several files may each
+// give some of its settings.
 type defaultsDoc struct {
 	file                                         string
 	line                                         int
@@ -19,11 +21,13 @@ type defaultsDoc struct {
 	adaptive                                     *adaptiveDoc
 }
 
+// adaptiveDoc is defaults.adaptive as written.
 type adaptiveDoc struct {
 	line                                               int
 	percentile, minPercent, maxPercent, window, warmup at[int64]
 }
 
+// readDefaults reads adaptive first: that order shows in the "allowed:" hint.
 func readDefaults(m *mapNode, line int) defaultsDoc {
 	var ad *adaptiveDoc
 	if a, ok := readBlock(m, "adaptive", readAdaptive); ok {
@@ -59,21 +63,25 @@ func (c *compiler) defaults(docs []defaultsDoc) {
 	}
 }
 
+// defaultsBlock compiles one file's defaults block, setting by setting in a
+// fixed order (so errors on one line come out in a stable order).
 func (c *compiler) defaultsBlock(d defaultsDoc, once *onceOnly) {
+	c.defaultAnswers(d, once)
+	c.defaultAccounting(d, once)
+}
+
+// defaultAnswers compiles what to do with calls the policy does not cover.
+func (c *compiler) defaultAnswers(d defaultsDoc, once *onceOnly) {
 	out := &c.set.Defaults
-	if d.unknownClient.set && once.first(d.file, d.unknownClient.line, "unknown_client") && d.unknownClient.v != string(Deny) {
-		if t, ok := c.set.Tiers[d.unknownClient.v]; ok {
-			out.UnknownClientTier = t
-		} else {
-			c.add(d.file, d.unknownClient.line, "defaults.unknown_client", "must be a tier name or \"deny\"; tier %q does not exist%s", d.unknownClient.v, known(c.set.Tiers))
-		}
+	if setOnce(once, d.file, "unknown_client", d.unknownClient) && d.unknownClient.v != string(Deny) {
+		c.unknownClient(d.file, d.unknownClient)
 	}
 	for _, a := range []struct {
 		key string
 		v   at[string]
 		dst *Action
 	}{{"unmatched_route", d.unmatchedRoute, &out.UnmatchedRoute}, {"invalid_request", d.invalidReqest, &out.InvalidRequest}} {
-		if !a.v.set || !once.first(d.file, a.v.line, a.key) {
+		if !setOnce(once, d.file, a.key, a.v) {
 			continue
 		}
 		if act := Action(a.v.v); act == Allow || act == Deny {
@@ -82,24 +90,39 @@ func (c *compiler) defaultsBlock(d defaultsDoc, once *onceOnly) {
 			c.add(d.file, a.v.line, "defaults."+a.key, "must be \"allow\" or \"deny\", got %q", a.v.v)
 		}
 	}
-	if d.shadow.set && once.first(d.file, d.shadow.line, "shadow") {
+	if setOnce(once, d.file, "shadow", d.shadow) {
 		out.Shadow = d.shadow.v
 	}
-	if d.storeUnavailable.set && once.first(d.file, d.storeUnavailable.line, "store_unavailable") {
+	if setOnce(once, d.file, "store_unavailable", d.storeUnavailable) {
 		if act := Action(d.storeUnavailable.v); act == Allow || act == Deny {
 			out.StoreUnavailable = act
 		} else {
 			c.add(d.file, d.storeUnavailable.line, "defaults.store_unavailable", "must be \"allow\" (fail open) or \"deny\" (fail closed), got %q", d.storeUnavailable.v)
 		}
 	}
-	if d.timezone.set && once.first(d.file, d.timezone.line, "timezone") {
+}
+
+// unknownClient sets the tier a client not listed gets.
+func (c *compiler) unknownClient(file string, v at[string]) {
+	if t, ok := c.set.Tiers[v.v]; ok {
+		c.set.Defaults.UnknownClientTier = t
+		return
+	}
+	c.add(file, v.line, "defaults.unknown_client", "must be a tier name or \"deny\"; tier %q does not exist%s", v.v, known(c.set.Tiers))
+}
+
+// defaultAccounting compiles how calls are charged: the budget calendar's
+// time zone and how much an admission reserves, and for how long.
+func (c *compiler) defaultAccounting(d defaultsDoc, once *onceOnly) {
+	out := &c.set.Defaults
+	if setOnce(once, d.file, "timezone", d.timezone) {
 		if loc, err := time.LoadLocation(d.timezone.v); err != nil || d.timezone.v == "" {
 			c.add(d.file, d.timezone.line, "defaults.timezone", "unknown time zone %q (an IANA name such as UTC or America/New_York)", d.timezone.v)
 		} else {
 			out.Location = loc
 		}
 	}
-	if d.reservation.set && once.first(d.file, d.reservation.line, "reservation") {
+	if setOnce(once, d.file, "reservation", d.reservation) {
 		if st := Strategy(d.reservation.v); slices.Contains(strategies, st) {
 			out.Reservation = st
 		} else {
@@ -109,7 +132,7 @@ func (c *compiler) defaultsBlock(d defaultsDoc, once *onceOnly) {
 	if a := d.adaptive; a != nil && once.first(d.file, a.line, "adaptive") {
 		out.Adaptive = c.adaptive(d.file, a)
 	}
-	if d.reservationTTL.set && once.first(d.file, d.reservationTTL.line, "reservation_ttl") {
+	if setOnce(once, d.file, "reservation_ttl", d.reservationTTL) {
 		c.reservationTTL(d.file, d.reservationTTL)
 	}
 }

@@ -2,6 +2,7 @@ package policy
 
 import "strings"
 
+// modelDoc is a models: entry as written.
 type modelDoc struct {
 	file, name                        string
 	line                              int
@@ -19,6 +20,8 @@ func readModel(m *mapNode, name string, line int) modelDoc {
 	}
 }
 
+// models compiles the price list; a name is exact, a prefix ending in *, or
+// "*" for every other model.
 func (c *compiler) models(docs []modelDoc) {
 	c.set.Models = map[string]*Model{}
 	for _, md := range docs {

@@ -7,6 +7,7 @@ import "slices"
 // Lua numbers (2^53).
 const MaxCapacity = 1_000_000_000
 
+// poolDoc is a pools: entry as written.
 type poolDoc struct {
 	file, name       string
 	line             int
@@ -24,6 +25,7 @@ func readPool(m *mapNode, name string, line int) poolDoc {
 	}
 }
 
+// pools compiles the pools first: routes and tiers name them.
 func (c *compiler) pools(docs []poolDoc) {
 	for _, p := range docs {
 		if !c.unique("pool", p.name, p.file, p.line) {

@@ -6,6 +6,8 @@ import (
 	"time"
 )
 
+// queueDoc is a queue: block as written; several files may each give some
+// of its settings.
 type queueDoc struct {
 	file                                  string
 	line                                  int
@@ -15,6 +17,7 @@ type queueDoc struct {
 	windowsAt                             int // line of off_peak, 0 when absent
 }
 
+// classDoc is a queue.classes: entry, keyed by class name.
 type classDoc struct {
 	name              string
 	line              int
@@ -22,6 +25,7 @@ type classDoc struct {
 	maxDepth, urgency at[int64]
 }
 
+// windowDoc is one item of queue.off_peak.
 type windowDoc struct {
 	line             int
 	start, end, zone at[string]
@@ -51,7 +55,7 @@ func (c *compiler) queue(qs []queueDoc) {
 	out := DefaultQueue()
 	once := newOnceOnly(&c.errList, "queue")
 	for _, q := range qs {
-		if q.header.set && once.first(q.file, q.header.line, "priority_header") {
+		if setOnce(once, q.file, "priority_header", q.header) {
 			h := strings.ToLower(q.header.v)
 			if h == "" || strings.ContainsAny(h, " :") {
 				c.add(q.file, q.header.line, "queue.priority_header", "must be a header name, got %q", q.header.v)
@@ -76,7 +80,7 @@ func (c *compiler) queue(qs []queueDoc) {
 
 // queueDuration reads one of the queue's durations into dst, within [lo, hi].
 func (c *compiler) queueDuration(once *onceOnly, file, key string, v at[string], lo, hi time.Duration, dst *time.Duration) {
-	if !v.set || !once.first(file, v.line, key) {
+	if !setOnce(once, file, key, v) {
 		return
 	}
 	d, err := time.ParseDuration(v.v)
@@ -90,6 +94,8 @@ func (c *compiler) queueDuration(once *onceOnly, file, key string, v at[string],
 	}
 }
 
+// queueClass compiles one class's policy over its default; a class may be
+// given once across the files.
 func (c *compiler) queueClass(once *onceOnly, file string, cd classDoc, out *Queue) {
 	path := "queue.classes." + cd.name
 	cls, ok := ParseClass(cd.name)
@@ -102,17 +108,7 @@ func (c *compiler) queueClass(once *onceOnly, file string, cd classDoc, out *Que
 	}
 	cp := &out.Classes[cls]
 	if cd.maxWait.set {
-		d, err := time.ParseDuration(cd.maxWait.v)
-		switch {
-		case err != nil:
-			c.add(file, cd.maxWait.line, path+".max_wait", "must be a duration such as 10s, got %q", cd.maxWait.v)
-		case cls == Immediate && d != 0:
-			c.add(file, cd.maxWait.line, path+".max_wait", "an immediate call is never held; it must be 0")
-		case d < 0 || d > 24*time.Hour:
-			c.add(file, cd.maxWait.line, path+".max_wait", "must be between 0s and 24h, got %v", d)
-		default:
-			cp.MaxWait = d
-		}
+		c.maxWait(file, path+".max_wait", cls, cd.maxWait, &cp.MaxWait)
 	}
 	if cd.maxDepth.set {
 		if cd.maxDepth.v < 0 || cd.maxDepth.v > 10_000_000 {
@@ -127,6 +123,22 @@ func (c *compiler) queueClass(once *onceOnly, file string, cd classDoc, out *Que
 		} else {
 			cp.Urgency = int(cd.urgency.v)
 		}
+	}
+}
+
+// maxWait reads how long a class may be held into dst; an immediate call is
+// never held.
+func (c *compiler) maxWait(file, path string, cls Class, v at[string], dst *time.Duration) {
+	d, err := time.ParseDuration(v.v)
+	switch {
+	case err != nil:
+		c.add(file, v.line, path, "must be a duration such as 10s, got %q", v.v)
+	case cls == Immediate && d != 0:
+		c.add(file, v.line, path, "an immediate call is never held; it must be 0")
+	case d < 0 || d > 24*time.Hour:
+		c.add(file, v.line, path, "must be between 0s and 24h, got %v", d)
+	default:
+		*dst = d
 	}
 }
 

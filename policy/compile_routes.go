@@ -11,6 +11,7 @@ import (
 // DefaultMaxTokens is the output allowance of an LLM route that states none.
 const DefaultMaxTokens = 1024
 
+// routeDoc is a routes: entry as written.
 type routeDoc struct {
 	file, name       string
 	line             int
@@ -30,6 +31,7 @@ func readRoute(m *mapNode, name string, line int) routeDoc {
 	}
 }
 
+// routes compiles the routes in match order.
 func (c *compiler) routes(docs []routeDoc) {
 	for _, r := range docs {
 		if !c.unique("route", r.name, r.file, r.line) {
@@ -115,6 +117,9 @@ func checkHost(h string) string {
 	return ""
 }
 
+// sortRoutes puts the most specific route first (exact host, then wildcard,
+// then any; longer path prefix; with models before without), so the first
+// match is the best one whatever the order of the files.
 func sortRoutes(rs []*Route) {
 	hostRank := func(h string) int {
 		switch {

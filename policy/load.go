@@ -132,6 +132,8 @@ func Compile(srcs ...Source) (*Set, error) {
 	return s, nil
 }
 
+// docs are the sections of every file as written, in file order, before
+// the cross-checks of compile (a route may name a pool of another file).
 type docs struct {
 	readFailed bool   // some file had errors: don't pile on "no pools"
 	first      string // the first file read, for errors that belong to no line
@@ -144,8 +146,11 @@ type docs struct {
 	queues     []queueDoc
 }
 
+// yamlLine picks the line out of a yaml.v3 syntax error, so that it is
+// reported like every other problem.
 var yamlLine = regexp.MustCompile(`line (\d+): (.*)`)
 
+// read adds the sections of every YAML document in src.
 func (ds *docs) read(src Source) []error {
 	d := &decoder{file: src.Name}
 	if ds.first == "" {
@@ -174,6 +179,7 @@ func (ds *docs) read(src Source) []error {
 	return d.errs
 }
 
+// readRoot reads one document's top-level sections.
 func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 	top := d.mapping(n, "")
 	if top == nil {
