@@ -215,126 +215,6 @@ func (m *mapNode) each(fn func(name string, key, val *yaml.Node)) {
 	}
 }
 
-func (m *mapNode) str(key string) at[string] {
-	n := deref(m.get(key))
-	if n == nil {
-		return at[string]{}
-	}
-	p := join(m.path, key)
-	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" || n.Tag == "!!bool" {
-		m.d.fail(n, p, "must be text, got %s", kindName(n))
-		return at[string]{line: n.Line, bad: true}
-	}
-	return at[string]{v: n.Value, line: n.Line, set: true}
-}
-
-func (m *mapNode) int(key string) at[int64] {
-	n := deref(m.get(key))
-	if n == nil {
-		return at[int64]{}
-	}
-	p := join(m.path, key)
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
-		m.d.fail(n, p, "must be a whole number, got %s", kindName(n))
-		return at[int64]{line: n.Line, bad: true}
-	}
-	v, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
-	if err != nil {
-		m.d.fail(n, p, "%q is not a whole number that fits in 64 bits", n.Value)
-		return at[int64]{line: n.Line, bad: true}
-	}
-	return at[int64]{v: v, line: n.Line, set: true}
-}
-
-func (m *mapNode) bool(key string) at[bool] {
-	n := deref(m.get(key))
-	if n == nil {
-		return at[bool]{}
-	}
-	p := join(m.path, key)
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-		m.d.fail(n, p, "must be true or false, got %s", kindName(n))
-		return at[bool]{line: n.Line, bad: true}
-	}
-	v, err := strconv.ParseBool(strings.ToLower(n.Value))
-	if err != nil {
-		m.d.fail(n, p, "must be true or false, got %q", n.Value)
-		return at[bool]{line: n.Line, bad: true}
-	}
-	return at[bool]{v: v, line: n.Line, set: true}
-}
-
-// scalarText returns the literal text of a number or string scalar, for
-// values (money, prices) that must never pass through float64.
-func (m *mapNode) scalarText(key string) at[string] {
-	n := deref(m.get(key))
-	if n == nil {
-		return at[string]{}
-	}
-	p := join(m.path, key)
-	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!str") {
-		m.d.fail(n, p, "must be an amount such as \"1000\" or \"0.03/1K\", got %s", kindName(n))
-		return at[string]{line: n.Line, bad: true}
-	}
-	return at[string]{v: n.Value, line: n.Line, set: true}
-}
-
-func (m *mapNode) strs(key string) at[[]string] {
-	n := deref(m.get(key))
-	if n == nil {
-		return at[[]string]{}
-	}
-	p := join(m.path, key)
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" { // a single name is a list of one
-		return at[[]string]{v: []string{n.Value}, line: n.Line, set: true}
-	}
-	if n.Kind != yaml.SequenceNode {
-		m.d.fail(n, p, "must be a list of names, got %s", kindName(n))
-		return at[[]string]{line: n.Line, bad: true}
-	}
-	out := make([]string, 0, len(n.Content))
-	for i, c := range n.Content {
-		c = deref(c)
-		if c.Kind != yaml.ScalarNode || c.Tag == "!!null" || c.Tag == "!!bool" {
-			m.d.fail(c, fmt.Sprintf("%s[%d]", p, i), "must be a name, got %s", kindName(c))
-			continue
-		}
-		out = append(out, c.Value)
-	}
-	return at[[]string]{v: out, line: n.Line, set: true}
-}
-
-// suggest returns the known key closest to k when it is a likely typo.
-func suggest(k string, known []string) string {
-	best, bestD := "", 3
-	for _, c := range known {
-		if d := editDistance(k, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
-
 // The readers below are the one way a policy section is walked: open a
 // mapping, let the section's read function ask for the fields it knows, then
 // refuse every field it did not ask for (with a did-you-mean). Each section
@@ -409,4 +289,126 @@ func readList[T any](parent *mapNode, key, what string, read func(m *mapNode, li
 		}
 	}
 	return items, n.Line
+}
+
+// field reads key's value with conv, which records why a value is wrong and
+// returns ok false. The result carries the value's line either way, and
+// marks a wrong value bad so that compile does not also call it missing.
+func field[T any](m *mapNode, key string, conv func(n *yaml.Node, path string) (v T, ok bool)) at[T] {
+	n := deref(m.get(key))
+	if n == nil {
+		return at[T]{}
+	}
+	v, ok := conv(n, join(m.path, key))
+	if !ok {
+		return at[T]{line: n.Line, bad: true}
+	}
+	return at[T]{v: v, line: n.Line, set: true}
+}
+
+func (m *mapNode) str(key string) at[string] {
+	return field(m, key, func(n *yaml.Node, path string) (string, bool) {
+		if n.Kind != yaml.ScalarNode || n.Tag == "!!null" || n.Tag == "!!bool" {
+			m.d.fail(n, path, "must be text, got %s", kindName(n))
+			return "", false
+		}
+		return n.Value, true
+	})
+}
+
+func (m *mapNode) int(key string) at[int64] {
+	return field(m, key, func(n *yaml.Node, path string) (int64, bool) {
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+			m.d.fail(n, path, "must be a whole number, got %s", kindName(n))
+			return 0, false
+		}
+		v, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
+		if err != nil {
+			m.d.fail(n, path, "%q is not a whole number that fits in 64 bits", n.Value)
+			return 0, false
+		}
+		return v, true
+	})
+}
+
+func (m *mapNode) bool(key string) at[bool] {
+	return field(m, key, func(n *yaml.Node, path string) (bool, bool) {
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+			m.d.fail(n, path, "must be true or false, got %s", kindName(n))
+			return false, false
+		}
+		v, err := strconv.ParseBool(strings.ToLower(n.Value))
+		if err != nil {
+			m.d.fail(n, path, "must be true or false, got %q", n.Value)
+			return false, false
+		}
+		return v, true
+	})
+}
+
+// scalarText returns the literal text of a number or string scalar, for
+// values (money, prices) that must never pass through float64.
+func (m *mapNode) scalarText(key string) at[string] {
+	return field(m, key, func(n *yaml.Node, path string) (string, bool) {
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!str") {
+			m.d.fail(n, path, "must be an amount such as \"1000\" or \"0.03/1K\", got %s", kindName(n))
+			return "", false
+		}
+		return n.Value, true
+	})
+}
+
+// strs reads a list of names; a single name is a list of one. A wrong item
+// is reported and skipped, so the rest can still be checked.
+func (m *mapNode) strs(key string) at[[]string] {
+	return field(m, key, func(n *yaml.Node, path string) ([]string, bool) {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
+			return []string{n.Value}, true
+		}
+		if n.Kind != yaml.SequenceNode {
+			m.d.fail(n, path, "must be a list of names, got %s", kindName(n))
+			return nil, false
+		}
+		out := make([]string, 0, len(n.Content))
+		for i, c := range n.Content {
+			c = deref(c)
+			if c.Kind != yaml.ScalarNode || c.Tag == "!!null" || c.Tag == "!!bool" {
+				m.d.fail(c, fmt.Sprintf("%s[%d]", path, i), "must be a name, got %s", kindName(c))
+				continue
+			}
+			out = append(out, c.Value)
+		}
+		return out, true
+	})
+}
+
+// suggest returns the known key closest to k when it is a likely typo.
+func suggest(k string, known []string) string {
+	best, bestD := "", 3
+	for _, c := range known {
+		if d := editDistance(k, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
