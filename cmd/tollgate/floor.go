@@ -278,6 +278,10 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	if err != nil {
 		return win, err
 	}
+	busy0, err := machineCPU()
+	if err != nil {
+		return win, err
+	}
 	var denied, errs, msgs atomic.Int64
 	var firstErr atomic.Value
 	lat := make([][]time.Duration, st.callers)
@@ -332,6 +336,10 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	if err != nil {
 		return win, err
 	}
+	busy1, err := machineCPU()
+	if err != nil {
+		return win, err
+	}
 	if err := ctx.Err(); err != nil {
 		return win, fmt.Errorf("floor: %s %s: %w", s.name, st.mode, err)
 	}
@@ -347,6 +355,7 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 		win.FirstError = e
 	}
 	win.ServerCPU, win.DriverCPU = cpu1-cpu0, self1-self0
+	win.OtherCPU = max(0, busy1-busy0-win.ServerCPU-win.DriverCPU)
 	if n := len(all); n > 0 {
 		win.PerSecond = float64(n) / win.Elapsed.Seconds()
 		win.P50, win.P99 = all[min(n-1, n/2)], all[min(n-1, n*99/100)]
@@ -382,6 +391,30 @@ func procCPU(pid string) (time.Duration, error) {
 		return 0, fmt.Errorf("floor: server CPU: /proc/%s/stat: %w", pid, err)
 	}
 	return time.Duration(utime+stime) * time.Second / userHZ, nil
+}
+
+// machineCPU is the CPU time all processes have used so far, from the
+// first line of /proc/stat: everything but idle and iowait (guest time is
+// already in user).
+func machineCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("floor: machine CPU: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fs := strings.Fields(line)
+	if len(fs) < 9 || fs[0] != "cpu" {
+		return 0, fmt.Errorf("floor: machine CPU: /proc/stat: unexpected %q", line)
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
+		n, err := strconv.ParseInt(fs[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("floor: machine CPU: /proc/stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
 // freeLoopbackAddr asks the kernel for a free port on 127.0.0.1.

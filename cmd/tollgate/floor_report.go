@@ -61,6 +61,9 @@ type floorWindow struct {
 	ServerCPU    time.Duration `json:"server_cpu_ns"` // utime+stime, 10 ms resolution
 	CPUPerCall   time.Duration `json:"server_cpu_per_call_ns"`
 	DriverCPU    time.Duration `json:"driver_cpu_ns"` // the callers' own process, for context
+	// OtherCPU is what the rest of the machine used meanwhile: on a shared
+	// machine, the noise a window ran under.
+	OtherCPU time.Duration `json:"other_cpu_ns"`
 }
 
 // floorRatio is Tollgate over bare for one mode; nil when the bare
@@ -164,7 +167,7 @@ func (r *floorReport) write(w io.Writer) {
 	fmt.Fprintf(w, "body %s (%d B), response %s (%d B), policy %s\n", c.Body, c.BodyBytes, c.Response, c.ResponseBytes, c.Policy)
 	fmt.Fprintf(w, "ext_proc as %s configures it: %s; allow_mode_override %v\n\n", c.EnvoyConfig, c.ProcessingMode, c.AllowModeOverride)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tcallers\tserver\tsettle\tcalls\tcalls/s\tp50\tp99\tserver CPU/call\tdriver CPU\text_proc msgs/call\terrors\t")
+	fmt.Fprintln(tw, "mode\tcallers\tserver\tsettle\tcalls\tcalls/s\tp50\tp99\tserver CPU/call\tdriver CPU\tothers' CPU\text_proc msgs/call\terrors\t")
 	for _, x := range r.Windows {
 		settle := x.Settle
 		if settle == "" {
@@ -174,9 +177,9 @@ func (r *floorReport) write(w io.Writer) {
 		if x.Mode == modeWhole && x.Calls > 0 {
 			msgs = fmt.Sprintf("%.1f", float64(x.ProcMessages)/float64(x.Calls))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%.0f\t%v\t%v\t%v\t%.0f%%\t%s\t%d\t\n", x.Mode, x.Callers, x.Server, settle, x.Calls,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%.0f\t%v\t%v\t%v\t%.0f%%\t%.0f%%\t%s\t%d\t\n", x.Mode, x.Callers, x.Server, settle, x.Calls,
 			x.PerSecond, roundDur(x.P50), roundDur(x.P99), roundDur(x.CPUPerCall),
-			100*x.DriverCPU.Seconds()/max(x.Elapsed.Seconds(), 1e-9), msgs, x.Errors+x.Denied)
+			share(x.DriverCPU, x.Elapsed), share(x.OtherCPU, x.Elapsed), msgs, x.Errors+x.Denied)
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
@@ -186,7 +189,13 @@ func (r *floorReport) write(w io.Writer) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\n", x.Mode, x.Callers, fmtRatio(x.Throughput), fmtRatio(x.CPUPerCall), fmtRatio(x.P50), fmtRatio(x.P99))
 	}
 	_ = tw.Flush()
-	fmt.Fprintln(w, "\n(server CPU is the process's utime+stime, read to 10 ms; driver CPU is the callers' share of one core.)")
+	fmt.Fprintln(w, "\n(server CPU is the process's utime+stime, read to 10 ms; driver and others' CPU, in % of one core, are the\n"+
+		"callers' process and the rest of the machine meanwhile: what others use is the noise a window ran under.)")
+}
+
+// share is cpu as a percentage of one core over elapsed.
+func share(cpu, elapsed time.Duration) float64 {
+	return 100 * cpu.Seconds() / max(elapsed.Seconds(), 1e-9)
 }
 
 func roundDur(d time.Duration) string {
