@@ -32,6 +32,7 @@ type floorFlags struct {
 	clients, concurrency  int
 	conns                 int
 	duration, warmup      time.Duration
+	slices                int
 	json                  bool
 	revision              string
 	startTimeout, timeout time.Duration
@@ -48,7 +49,7 @@ func floorCmd() *cobra.Command {
 			"Tollgate/bare. Check: ext_authz Check alone (Tollgate with --settle immediate, as without ext_proc).\n" +
 			"Whole call: Check, then the ext_proc stream Envoy runs with --envoy-config's ext_proc filter,\n" +
 			"ending with --response (Tollgate with --settle deferred). Then Check at one caller. Windows\n" +
-			"alternate between the servers, each after a warm-up; server CPU is the process's utime+stime.\n" +
+			"take turns between the servers in slices, after a warm-up; server CPU is the process's utime+stime.\n" +
 			"It stops the servers when done, on any error, and on a signal. Paths default to the repository's.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -68,7 +69,8 @@ func floorCmd() *cobra.Command {
 	fl.IntVar(&f.concurrency, "concurrency", 64, "concurrent callers (a second Check window always runs at one)")
 	fl.IntVar(&f.conns, "conns", 2, "gRPC connections to each server, shared by the callers (Envoy opens one per worker thread)")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "each measured window")
-	fl.DurationVar(&f.warmup, "warmup", 2*time.Second, "the warm-up before each measured window (not measured)")
+	fl.DurationVar(&f.warmup, "warmup", 2*time.Second, "the warm-up of each server before each mode's windows (not measured)")
+	fl.IntVar(&f.slices, "slices", 5, "cut each window in this many slices, taking turns between the servers")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
 	fl.StringVar(&f.revision, "revision", "", "the source revision measured, for the report (default: the one built into this binary, if any)")
 	fl.DurationVar(&f.startTimeout, "start-timeout", 30*time.Second, "how long a server may take to report SERVING on grpc.health.v1")
@@ -88,8 +90,8 @@ type floorStep struct {
 }
 
 func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
-	if f.clients <= 0 || f.concurrency <= 0 || f.conns <= 0 || f.duration <= 0 || f.warmup < 0 {
-		return errors.New("floor: --clients, --concurrency, --conns and --duration must be positive, --warmup not negative")
+	if f.clients <= 0 || f.concurrency <= 0 || f.conns <= 0 || f.slices <= 0 || f.duration <= 0 || f.warmup < 0 {
+		return errors.New("floor: --clients, --concurrency, --conns, --slices and --duration must be positive, --warmup not negative")
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -154,26 +156,37 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 	}
 
 	for i, st := range steps {
-		order := []*floorServer{servers["bare"], servers[st.mode]}
-		if i%2 == 1 { // alternate who goes first, so a drift in the machine hits both
-			slices.Reverse(order)
-		}
-		for _, s := range order {
-			label := fmt.Sprintf("%s %s ×%d", s.name, st.mode, st.callers)
-			if f.warmup > 0 {
-				fmt.Fprintf(progress, "floor: %s: warm-up %v\n", label, f.warmup)
-				if w, err := s.measure(ctx, work, st, f.warmup); err != nil {
+		pair := []*floorServer{servers["bare"], servers[st.mode]}
+		if f.warmup > 0 {
+			for _, s := range pair {
+				fmt.Fprintf(progress, "floor: %s %s ×%d: warm-up %v\n", s.name, st.mode, st.callers, f.warmup)
+				if smp, err := s.measure(ctx, work, st, f.warmup); err != nil {
 					return err
-				} else if w.Errors > 0 {
-					return fmt.Errorf("floor: %s: warm-up: %d errors, the first: %s", label, w.Errors, w.FirstError)
+				} else if smp.errs > 0 {
+					return fmt.Errorf("floor: %s %s ×%d: warm-up: %d errors, the first: %s", s.name, st.mode, st.callers, smp.errs, smp.firstErr)
 				}
 			}
-			fmt.Fprintf(progress, "floor: %s: measuring %v\n", label, f.duration)
-			w, err := s.measure(ctx, work, st, f.duration)
-			if err != nil {
-				return err
+		}
+		// The window is cut in slices that take turns, the first of each
+		// pair alternating, so that a burst of other work on the machine
+		// falls on both servers rather than on one window.
+		fmt.Fprintf(progress, "floor: %s ×%d: measuring %v on each, in %d alternating slices\n", st.mode, st.callers, f.duration, f.slices)
+		samples := make([][]floorSample, len(pair))
+		for k := range f.slices {
+			order := []int{0, 1}
+			if (i+k)%2 == 1 {
+				order = []int{1, 0}
 			}
-			rep.Windows = append(rep.Windows, w)
+			for _, j := range order {
+				smp, err := pair[j].measure(ctx, work, st, f.duration/time.Duration(f.slices))
+				if err != nil {
+					return err
+				}
+				samples[j] = append(samples[j], smp)
+			}
+		}
+		for j, s := range pair {
+			rep.Windows = append(rep.Windows, s.window(st, samples[j]))
 		}
 	}
 	rep.ratios()
@@ -265,22 +278,30 @@ func (s *floorServer) stop() {
 	}
 }
 
-// measure runs st's calls on s for d and reports them. Callers start no
-// call after d; calls in flight then finish and count, so none is cut off.
-func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d time.Duration) (floorWindow, error) {
-	win := floorWindow{Mode: st.mode, Callers: st.callers, Server: s.name, Settle: s.settle}
-	pid := s.cmd.Process.Pid
-	cpu0, err := procCPU(strconv.Itoa(pid))
+// floorSample is what one slice of a window measured on one server.
+type floorSample struct {
+	lat                         []time.Duration // of answered calls, denials included
+	denied, errs, msgs          int64
+	firstErr                    string
+	elapsed, server, driver, by time.Duration // by: the rest of the machine
+}
+
+// measure runs st's calls on s for d. Callers start no call after d;
+// calls in flight then finish and count, so none is cut off.
+func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d time.Duration) (floorSample, error) {
+	var smp floorSample
+	pid := strconv.Itoa(s.cmd.Process.Pid)
+	cpu0, err := procCPU(pid)
 	if err != nil {
-		return win, err
+		return smp, err
 	}
 	self0, err := procCPU("self")
 	if err != nil {
-		return win, err
+		return smp, err
 	}
 	busy0, err := machineCPU()
 	if err != nil {
-		return win, err
+		return smp, err
 	}
 	var denied, errs, msgs atomic.Int64
 	var firstErr atomic.Value
@@ -327,41 +348,62 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 		})
 	}
 	wg.Wait()
-	win.Elapsed = time.Since(start)
-	cpu1, err := procCPU(strconv.Itoa(pid))
+	smp.elapsed = time.Since(start)
+	cpu1, err := procCPU(pid)
 	if err != nil {
-		return win, err
+		return smp, err
 	}
 	self1, err := procCPU("self")
 	if err != nil {
-		return win, err
+		return smp, err
 	}
 	busy1, err := machineCPU()
 	if err != nil {
-		return win, err
+		return smp, err
 	}
 	if err := ctx.Err(); err != nil {
-		return win, fmt.Errorf("floor: %s %s: %w", s.name, st.mode, err)
+		return smp, fmt.Errorf("floor: %s %s: %w", s.name, st.mode, err)
 	}
 	select {
 	case <-s.exited:
-		return win, fmt.Errorf("floor: %s exited during the run (%v); its output:\n%s", s.name, s.cmd.ProcessState, s.stderr)
+		return smp, fmt.Errorf("floor: %s exited during the run (%v); its output:\n%s", s.name, s.cmd.ProcessState, s.stderr)
 	default:
 	}
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	win.Calls, win.Denied, win.Errors, win.ProcMessages = int64(len(all)), denied.Load(), errs.Load(), msgs.Load()
+	smp.lat = slices.Concat(lat...)
+	smp.denied, smp.errs, smp.msgs = denied.Load(), errs.Load(), msgs.Load()
 	if e, ok := firstErr.Load().(string); ok {
-		win.FirstError = e
+		smp.firstErr = e
 	}
-	win.ServerCPU, win.DriverCPU = cpu1-cpu0, self1-self0
-	win.OtherCPU = max(0, busy1-busy0-win.ServerCPU-win.DriverCPU)
+	smp.server, smp.driver = cpu1-cpu0, self1-self0
+	smp.by = max(0, busy1-busy0-smp.server-smp.driver)
+	return smp, nil
+}
+
+// window sums a window's slices.
+func (s *floorServer) window(st floorStep, smps []floorSample) floorWindow {
+	win := floorWindow{Mode: st.mode, Callers: st.callers, Server: s.name, Settle: s.settle}
+	var all []time.Duration
+	for _, smp := range smps {
+		all = append(all, smp.lat...)
+		win.Denied += smp.denied
+		win.Errors += smp.errs
+		win.ProcMessages += smp.msgs
+		if win.FirstError == "" {
+			win.FirstError = smp.firstErr
+		}
+		win.Elapsed += smp.elapsed
+		win.ServerCPU += smp.server
+		win.DriverCPU += smp.driver
+		win.OtherCPU += smp.by
+	}
+	slices.Sort(all)
+	win.Calls = int64(len(all))
 	if n := len(all); n > 0 {
 		win.PerSecond = float64(n) / win.Elapsed.Seconds()
 		win.P50, win.P99 = all[min(n-1, n/2)], all[min(n-1, n*99/100)]
 		win.CPUPerCall = win.ServerCPU / time.Duration(n)
 	}
-	return win, nil
+	return win
 }
 
 // userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,

@@ -31,6 +31,7 @@ type floorConfig struct {
 	Conns             int           `json:"conns_per_server"`
 	Duration          time.Duration `json:"window_ns"`
 	Warmup            time.Duration `json:"warmup_ns"`
+	Slices            int           `json:"slices"`
 	Policy            string        `json:"policy"`
 	Body              string        `json:"body"`
 	BodyBytes         int           `json:"body_bytes"`
@@ -82,7 +83,7 @@ func newFloorReport(f floorFlags, w *floorWork, proc envoyProc) *floorReport {
 	m := proc.mode
 	r := &floorReport{Started: time.Now().UTC(), Config: floorConfig{
 		Bin: f.bin, BareBin: f.bareBin, CPUs: runtime.NumCPU(),
-		Clients: f.clients, Concurrency: f.concurrency, Conns: f.conns, Duration: f.duration, Warmup: f.warmup,
+		Clients: f.clients, Concurrency: f.concurrency, Conns: f.conns, Duration: f.duration, Warmup: f.warmup, Slices: f.slices,
 		Policy: f.policy, Body: f.body, BodyBytes: len(h.GetRawBody()),
 		Response: f.response, ResponseBytes: len(w.respBody.GetResponseBody().GetBody()),
 		EnvoyConfig: f.envoyConfig, AllowModeOverride: proc.allowOverride,
@@ -162,8 +163,8 @@ func (r *floorReport) write(w io.Writer) {
 	if rev == "" {
 		rev = "unknown revision"
 	}
-	fmt.Fprintf(w, "floor, %s, %d CPUs: %d clients, %d callers over %d connections per server, %v windows after %v of warm-up\n",
-		rev, c.CPUs, c.Clients, c.Concurrency, c.Conns, c.Duration, c.Warmup)
+	fmt.Fprintf(w, "floor, %s, %d CPUs: %d clients, %d callers over %d connections per server, %v windows in %d slices taking turns, after %v of warm-up\n",
+		rev, c.CPUs, c.Clients, c.Concurrency, c.Conns, c.Duration, c.Slices, c.Warmup)
 	fmt.Fprintf(w, "body %s (%d B), response %s (%d B), policy %s\n", c.Body, c.BodyBytes, c.Response, c.ResponseBytes, c.Policy)
 	fmt.Fprintf(w, "ext_proc as %s configures it: %s; allow_mode_override %v\n\n", c.EnvoyConfig, c.ProcessingMode, c.AllowModeOverride)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
