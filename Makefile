@@ -8,7 +8,7 @@ FUZZTIME ?= 5s
 # new one can never be left out.
 FUZZ_PACKAGES = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
 
-.PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster lint vet fmt clean
+.PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor lint vet fmt clean
 
 all: build
 
@@ -64,6 +64,20 @@ bench-go:
 
 bench-load: build ## throughput and p50/p99/p999 of Check over loopback gRPC (in-process server)
 	./$(BIN) load --duration 10s --concurrency 32 --policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json
+
+# The yardstick of issue 10: Tollgate against a bare ext_authz + ext_proc
+# server, each in its own process, in one run (about 80 s with the defaults).
+# FLOOR_FLAGS=--json prints the report as JSON.
+FLOOR_DURATION    ?= 10s
+FLOOR_WARMUP      ?= 2s
+FLOOR_CONCURRENCY ?= 64
+FLOOR_CLIENTS     ?= 1000
+FLOOR_FLAGS       ?=
+bench-floor: build ## Tollgate/bare ratios of throughput, p50/p99 and server CPU per call: Check-only, whole call, one caller
+	./$(BIN) floor --duration $(FLOOR_DURATION) --warmup $(FLOOR_WARMUP) --concurrency $(FLOOR_CONCURRENCY) \
+		--clients $(FLOOR_CLIENTS) --policy testdata/good/bench.yaml --envoy-config envoy/sidecar.yaml \
+		--body testdata/bodies/openai-chat-1k.json --response testdata/responses/openai-chat.json \
+		--revision "$$(git describe --always --dirty 2>/dev/null)" $(FLOOR_FLAGS)
 
 REDIS_BENCH_PORT ?= 16399
 bench-load-redis: build deps ## the same load on a Redis store (a throwaway redis-server on REDIS_BENCH_PORT)

@@ -1,0 +1,499 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+type floorFlags struct {
+	bin, bareBin          string
+	policy, envoyConfig   string
+	body, response, url   string
+	clientHeader          string
+	clients, concurrency  int
+	conns                 int
+	duration, warmup      time.Duration
+	slices                int
+	json                  bool
+	revision              string
+	startTimeout, timeout time.Duration
+}
+
+func floorCmd() *cobra.Command {
+	f := floorFlags{}
+	cmd := &cobra.Command{
+		Use:   "floor",
+		Short: "Measure Tollgate against a bare ext_authz + ext_proc server, each in a process of its own",
+		Long: "floor starts a bare gRPC server (decode, answer OK, encode: nothing else) and `tollgate serve`\n" +
+			"on the memory store as child processes on loopback, drives both with the same calls in two\n" +
+			"modes, and reports throughput, p50/p99 latency and server CPU per call of each, and the ratios\n" +
+			"Tollgate/bare. Check: ext_authz Check alone (Tollgate with --settle immediate, as without ext_proc).\n" +
+			"Whole call: Check, then the ext_proc stream Envoy runs with --envoy-config's ext_proc filter,\n" +
+			"ending with --response (Tollgate with --settle deferred). Then Check at one caller. Windows\n" +
+			"take turns between the servers in slices, after a warm-up; server CPU is the process's utime+stime.\n" +
+			"It stops the servers when done, on any error, and on a signal. Paths default to the repository's.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return floor(cmd.Context(), f, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.bin, "bin", "", "the tollgate binary to measure, run as `BIN serve` (default: this one)")
+	fl.StringVar(&f.bareBin, "bare-bin", "", "the binary whose hidden `bare-floor` command is the bare server (default: this one)")
+	fl.StringVar(&f.policy, "policy", "testdata/good/bench.yaml", "Tollgate's policy: every client must be allowed")
+	fl.StringVar(&f.envoyConfig, "envoy-config", "envoy/sidecar.yaml", "Envoy config whose ext_proc filter (processing_mode, allow_mode_override) shapes the whole call")
+	fl.StringVar(&f.body, "body", "testdata/bodies/openai-chat-1k.json", "request body of every call")
+	fl.StringVar(&f.response, "response", "testdata/responses/openai-chat.json", "the upstream's recorded response body, played through ext_proc")
+	fl.StringVar(&f.url, "url", "https://api.openai.com/v1/chat/completions", "the upstream URL of every call")
+	fl.StringVar(&f.clientHeader, "client-header", "x-tollgate-client", "header that carries the client id")
+	fl.IntVar(&f.clients, "clients", 1000, "distinct client ids, spread over the calls")
+	fl.IntVar(&f.concurrency, "concurrency", 64, "concurrent callers (a second Check window always runs at one)")
+	fl.IntVar(&f.conns, "conns", 2, "gRPC connections to each server, shared by the callers (Envoy opens one per worker thread)")
+	fl.DurationVar(&f.duration, "duration", 10*time.Second, "each measured window")
+	fl.DurationVar(&f.warmup, "warmup", 2*time.Second, "the warm-up of each server before each mode's windows (not measured)")
+	fl.IntVar(&f.slices, "slices", 5, "cut each window in this many slices, taking turns between the servers")
+	fl.BoolVar(&f.json, "json", false, "print the report as JSON")
+	fl.StringVar(&f.revision, "revision", "", "the source revision measured, for the report (default: the one built into this binary, if any)")
+	fl.DurationVar(&f.startTimeout, "start-timeout", 30*time.Second, "how long a server may take to report SERVING on grpc.health.v1")
+	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (default: twice the windows plus the start timeout)")
+	return cmd
+}
+
+// The modes a window measures.
+const (
+	modeCheck = "check"
+	modeWhole = "whole_call"
+)
+
+type floorStep struct {
+	mode    string
+	callers int
+}
+
+func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
+	if f.clients <= 0 || f.concurrency <= 0 || f.conns <= 0 || f.slices <= 0 || f.duration <= 0 || f.warmup < 0 {
+		return errors.New("floor: --clients, --concurrency, --conns, --slices and --duration must be positive, --warmup not negative")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	if f.bin == "" {
+		f.bin = self
+	}
+	if f.bareBin == "" {
+		f.bareBin = self
+	}
+	proc, err := loadEnvoyProc(f.envoyConfig)
+	if err != nil {
+		return err
+	}
+	work, err := newFloorWork(f, proc)
+	if err != nil {
+		return err
+	}
+	steps := []floorStep{{modeCheck, f.concurrency}, {modeWhole, f.concurrency}}
+	if f.concurrency > 1 {
+		steps = append(steps, floorStep{modeCheck, 1})
+	}
+	windows := time.Duration(2*len(steps)) * (f.warmup + f.duration)
+	if f.timeout <= 0 {
+		f.timeout = 3*f.startTimeout + 2*windows
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+
+	rep := newFloorReport(f, work, proc)
+	// Check-only is a deployment without ext_proc, which settles at
+	// admission; the whole call is the shipped one, settled by ext_proc.
+	servers := map[string]*floorServer{}
+	defer func() {
+		for _, s := range servers {
+			s.stop()
+		}
+	}()
+	for _, s := range []struct{ key, name, settle string }{
+		{"bare", "bare", ""}, {modeCheck, "tollgate", "immediate"}, {modeWhole, "tollgate", "deferred"},
+	} {
+		fmt.Fprintf(progress, "floor: starting %s\n", s.key)
+		var args []string
+		if s.name == "bare" {
+			args = []string{"bare-floor"}
+		} else {
+			args = []string{"serve", "--store", "memory", "--policy", f.policy, "--settle", s.settle,
+				"--http-addr", "127.0.0.1:0", "--log-level", "warn", "--drain-delay", "0s"}
+		}
+		bin := f.bin
+		if s.name == "bare" {
+			bin = f.bareBin
+		}
+		srv, err := startFloorServer(ctx, s.name, s.settle, bin, args, f)
+		if srv != nil {
+			servers[s.key] = srv
+		}
+		if err != nil {
+			return err
+		}
+	}
+
+	for i, st := range steps {
+		pair := []*floorServer{servers["bare"], servers[st.mode]}
+		if f.warmup > 0 {
+			for _, s := range pair {
+				fmt.Fprintf(progress, "floor: %s %s ×%d: warm-up %v\n", s.name, st.mode, st.callers, f.warmup)
+				if smp, err := s.measure(ctx, work, st, f.warmup); err != nil {
+					return err
+				} else if smp.errs > 0 {
+					return fmt.Errorf("floor: %s %s ×%d: warm-up: %d errors, the first: %s", s.name, st.mode, st.callers, smp.errs, smp.firstErr)
+				}
+			}
+		}
+		// The window is cut in slices that take turns, the first of each
+		// pair alternating, so that a burst of other work on the machine
+		// falls on both servers rather than on one window.
+		fmt.Fprintf(progress, "floor: %s ×%d: measuring %v on each, in %d alternating slices\n", st.mode, st.callers, f.duration, f.slices)
+		samples := make([][]floorSample, len(pair))
+		for k := range f.slices {
+			order := []int{0, 1}
+			if (i+k)%2 == 1 {
+				order = []int{1, 0}
+			}
+			for _, j := range order {
+				smp, err := pair[j].measure(ctx, work, st, f.duration/time.Duration(f.slices))
+				if err != nil {
+					return err
+				}
+				samples[j] = append(samples[j], smp)
+			}
+		}
+		for j, s := range pair {
+			rep.Windows = append(rep.Windows, s.window(st, samples[j]))
+		}
+	}
+	rep.ratios()
+	if f.json {
+		err = rep.writeJSON(out)
+	} else {
+		rep.write(out)
+	}
+	if err != nil {
+		return err
+	}
+	return rep.check()
+}
+
+// floorServer is one server under measure: a child process on loopback
+// and the connections the callers share.
+type floorServer struct {
+	name, settle string
+	cmd          *exec.Cmd
+	stderr       *tailBuffer
+	exited       chan struct{} // closed once the process has been waited for
+	conns        []*grpc.ClientConn
+	auth         []authv3.AuthorizationClient
+	proc         []extprocv3.ExternalProcessorClient
+}
+
+// startFloorServer starts bin with args and a free loopback --grpc-addr,
+// and waits until it reports SERVING. The server it returns (even with an
+// error) must be stopped.
+func startFloorServer(ctx context.Context, name, settle, bin string, args []string, f floorFlags) (*floorServer, error) {
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return nil, err
+	}
+	s := &floorServer{name: name, settle: settle, stderr: &tailBuffer{max: 8 << 10}, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, append(args, "--grpc-addr", addr)...)
+	s.cmd.Env = childEnv(os.Environ())
+	s.cmd.Stdout, s.cmd.Stderr = s.stderr, s.stderr
+	// The child dies with the driver even if the driver is killed outright.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("floor: start %s: %w", name, err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.exited) }()
+	for range f.conns {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return s, fmt.Errorf("floor: %s: %w", name, err)
+		}
+		s.conns = append(s.conns, conn)
+		s.auth = append(s.auth, authv3.NewAuthorizationClient(conn))
+		s.proc = append(s.proc, extprocv3.NewExternalProcessorClient(conn))
+	}
+	return s, s.waitServing(ctx, f.startTimeout)
+}
+
+func (s *floorServer) waitServing(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	hc := healthpb.NewHealthClient(s.conns[0])
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, time.Second)
+		r, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
+		ccancel()
+		if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("floor: %s exited before serving (%v); its output:\n%s", s.name, s.cmd.ProcessState, s.stderr)
+		case <-ctx.Done():
+			return fmt.Errorf("floor: %s not serving after %v (last: %v); its output:\n%s", s.name, timeout, err, s.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// stop kills the process and waits for it: a measuring instrument has
+// nothing to drain.
+func (s *floorServer) stop() {
+	for _, c := range s.conns {
+		_ = c.Close()
+	}
+	select {
+	case <-s.exited:
+	default:
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+// floorSample is what one slice of a window measured on one server.
+type floorSample struct {
+	lat                         []time.Duration // of answered calls, denials included
+	denied, errs, msgs          int64
+	firstErr                    string
+	elapsed, server, driver, by time.Duration // by: the rest of the machine
+}
+
+// measure runs st's calls on s for d. Callers start no call after d;
+// calls in flight then finish and count, so none is cut off.
+func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d time.Duration) (floorSample, error) {
+	var smp floorSample
+	pid := strconv.Itoa(s.cmd.Process.Pid)
+	cpu0, err := procCPU(pid)
+	if err != nil {
+		return smp, err
+	}
+	self0, err := procCPU("self")
+	if err != nil {
+		return smp, err
+	}
+	busy0, err := machineCPU()
+	if err != nil {
+		return smp, err
+	}
+	var denied, errs, msgs atomic.Int64
+	var firstErr atomic.Value
+	lat := make([][]time.Duration, st.callers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	end := start.Add(d)
+	for c := range st.callers {
+		wg.Go(func() {
+			auth, proc := s.auth[c%len(s.auth)], s.proc[c%len(s.proc)]
+			mine := make([]time.Duration, 0, 1<<12)
+			for i := c; ctx.Err() == nil && time.Now().Before(end); i += st.callers {
+				client := i % len(w.checks)
+				t0 := time.Now()
+				var err error
+				if st.mode == modeCheck {
+					_, err = w.check(ctx, auth, client)
+				} else {
+					var finish func() error
+					var n int
+					finish, n, err = w.wholeCall(ctx, auth, proc, client)
+					msgs.Add(int64(n))
+					if err == nil {
+						took := time.Since(t0)
+						if err = finish(); err == nil {
+							mine = append(mine, took)
+							continue
+						}
+					}
+				}
+				took := time.Since(t0)
+				switch {
+				case err == nil:
+					mine = append(mine, took)
+				case errors.Is(err, errDenied):
+					denied.Add(1)
+					mine = append(mine, took)
+				default:
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+			lat[c] = mine
+		})
+	}
+	wg.Wait()
+	smp.elapsed = time.Since(start)
+	cpu1, err := procCPU(pid)
+	if err != nil {
+		return smp, err
+	}
+	self1, err := procCPU("self")
+	if err != nil {
+		return smp, err
+	}
+	busy1, err := machineCPU()
+	if err != nil {
+		return smp, err
+	}
+	if err := ctx.Err(); err != nil {
+		return smp, fmt.Errorf("floor: %s %s: %w", s.name, st.mode, err)
+	}
+	select {
+	case <-s.exited:
+		return smp, fmt.Errorf("floor: %s exited during the run (%v); its output:\n%s", s.name, s.cmd.ProcessState, s.stderr)
+	default:
+	}
+	smp.lat = slices.Concat(lat...)
+	smp.denied, smp.errs, smp.msgs = denied.Load(), errs.Load(), msgs.Load()
+	if e, ok := firstErr.Load().(string); ok {
+		smp.firstErr = e
+	}
+	smp.server, smp.driver = cpu1-cpu0, self1-self0
+	smp.by = max(0, busy1-busy0-smp.server-smp.driver)
+	return smp, nil
+}
+
+// window sums a window's slices.
+func (s *floorServer) window(st floorStep, smps []floorSample) floorWindow {
+	win := floorWindow{Mode: st.mode, Callers: st.callers, Server: s.name, Settle: s.settle}
+	var all []time.Duration
+	for _, smp := range smps {
+		all = append(all, smp.lat...)
+		win.Denied += smp.denied
+		win.Errors += smp.errs
+		win.ProcMessages += smp.msgs
+		if win.FirstError == "" {
+			win.FirstError = smp.firstErr
+		}
+		win.Elapsed += smp.elapsed
+		win.ServerCPU += smp.server
+		win.DriverCPU += smp.driver
+		win.OtherCPU += smp.by
+	}
+	slices.Sort(all)
+	win.Calls = int64(len(all))
+	if n := len(all); n > 0 {
+		win.PerSecond = float64(n) / win.Elapsed.Seconds()
+		win.P50, win.P99 = all[min(n-1, n/2)], all[min(n-1, n*99/100)]
+		win.CPUPerCall = win.ServerCPU / time.Duration(n)
+	}
+	return win
+}
+
+// userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
+// which Linux fixes at 100 for user space on every architecture.
+const userHZ = 100
+
+// procCPU is a process's user plus system CPU time so far, from
+// /proc/<pid>/stat (pid may be "self"), to the nearest 10 ms.
+func procCPU(pid string) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("floor: server CPU: %w", err)
+	}
+	// The command name (field 2) may hold spaces and parentheses: the
+	// fields that follow start after its last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	var fs []string
+	if i >= 0 {
+		fs = strings.Fields(string(b[i+1:]))
+	}
+	if len(fs) < 13 {
+		return 0, fmt.Errorf("floor: server CPU: /proc/%s/stat: unexpected %q", pid, b)
+	}
+	utime, err1 := strconv.ParseInt(fs[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(fs[12], 10, 64) // field 15
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("floor: server CPU: /proc/%s/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * time.Second / userHZ, nil
+}
+
+// machineCPU is the CPU time all processes have used so far, from the
+// first line of /proc/stat: everything but idle and iowait (guest time is
+// already in user).
+func machineCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("floor: machine CPU: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fs := strings.Fields(line)
+	if len(fs) < 9 || fs[0] != "cpu" {
+		return 0, fmt.Errorf("floor: machine CPU: /proc/stat: unexpected %q", line)
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
+		n, err := strconv.ParseInt(fs[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("floor: machine CPU: /proc/stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// freeLoopbackAddr asks the kernel for a free port on 127.0.0.1.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("floor: %w", err)
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
+}
+
+// childEnv is the driver's environment without TOLLGATE_* variables,
+// which would otherwise set the servers' flags behind the driver's back.
+func childEnv(env []string) []string {
+	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool { return strings.HasPrefix(kv, "TOLLGATE_") })
+}
+
+// tailBuffer keeps the last max bytes written to it, for an error message.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - t.max; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
