@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/limiter"
 )
@@ -65,7 +66,7 @@ const expiredMetric = "tollgate_authz_reservations_expired_total"
 // settlement.
 func startDeferred(tb testing.TB, defaults string) *testServer {
 	tb.Helper()
-	return startServer(tb, serverOpts{policy: apiPolicy(defaults), config: func(c *authz.Config) { c.Settlement = authz.SettleDeferred }})
+	return startServer(tb, serverOpts{policy: apiPolicy(defaults), config: func(c *authz.Config) { c.Settlement = admission.SettleDeferred }})
 }
 
 // admit sends one check for client over gRPC, requires it allowed, and
@@ -97,11 +98,11 @@ func (ts *testServer) post(tb testing.TB, path, body string) (int, string) {
 }
 
 // usageOf GETs /api/usage/{client}, requires 200, and decodes the report.
-func (ts *testServer) usageOf(tb testing.TB, escapedClient string) authz.UsageReport {
+func (ts *testServer) usageOf(tb testing.TB, escapedClient string) admission.UsageReport {
 	tb.Helper()
 	sc, body := ts.get(tb, "/api/usage/"+escapedClient)
 	require.Equal(tb, http.StatusOK, sc, body)
-	var rep authz.UsageReport
+	var rep admission.UsageReport
 	require.NoError(tb, json.Unmarshal([]byte(body), &rep), body)
 	return rep
 }
@@ -134,7 +135,7 @@ func TestUsageAPI(t *testing.T) {
 	// The period ends at midnight UTC on the first of the next month.
 	assert.Equal(t, rep.Period, rep.PeriodEnds.Add(-time.Nanosecond).UTC().Format("2006-01"))
 	assert.Equal(t, 1, rep.PeriodEnds.Day())
-	assert.Equal(t, []authz.UsageBudget{
+	assert.Equal(t, []admission.UsageBudget{
 		{Owner: "acme", Limit: "1", Spent: "0", Reserved: "0.0306", Remaining: "0.9694"},
 		{Owner: "acme-group", Limit: "100", Spent: "0", Reserved: "0.0306", Remaining: "99.9694"},
 	}, rep.Budgets)
@@ -144,7 +145,7 @@ func TestUsageAPI(t *testing.T) {
 	rep = ts.usageOf(t, "acme%2Fmarketing")
 	assert.Equal(t, "acme/marketing", rep.Client)
 	assert.Equal(t, int64(1), rep.InFlight, "slots are the client's own")
-	assert.Equal(t, []authz.UsageBudget{
+	assert.Equal(t, []admission.UsageBudget{
 		{Owner: "acme/marketing", Limit: "1000", Spent: "0", Reserved: "0.0102", Remaining: "999.9898"},
 		{Owner: "acme", Limit: "1", Spent: "0", Reserved: "0.0408", Remaining: "0.9592"},
 		{Owner: "acme-group", Limit: "100", Spent: "0", Reserved: "0.0408", Remaining: "99.9592"},
@@ -177,11 +178,11 @@ func TestUsageAPIUnknownClient(t *testing.T) {
 				assert.JSONEq(t, tc.wantBody, body)
 				return
 			}
-			var rep authz.UsageReport
+			var rep admission.UsageReport
 			require.NoError(t, json.Unmarshal([]byte(body), &rep), body)
 			assert.False(t, rep.Known)
 			assert.Equal(t, "team", rep.Tier)
-			assert.Equal(t, []authz.UsageBudget{{Owner: "stranger", Limit: "1000", Spent: "0", Reserved: "0", Remaining: "1000"}}, rep.Budgets)
+			assert.Equal(t, []admission.UsageBudget{{Owner: "stranger", Limit: "1000", Spent: "0", Reserved: "0", Remaining: "1000"}}, rep.Budgets)
 		})
 	}
 }
@@ -218,7 +219,7 @@ func TestSettleAPI(t *testing.T) {
 
 	rep := ts.usageOf(t, "acme")
 	assert.Zero(t, rep.InFlight)
-	assert.Equal(t, authz.UsageBudget{Owner: "acme", Limit: "1", Spent: "0.0012", Reserved: "0", Remaining: "0.9988"}, rep.Budgets[0])
+	assert.Equal(t, admission.UsageBudget{Owner: "acme", Limit: "1", Spent: "0.0012", Reserved: "0", Remaining: "0.9988"}, rep.Budgets[0])
 
 	// Spending more than the estimate is charged in full.
 	id2 := ts.admit(t, "acme")
@@ -234,7 +235,7 @@ func TestSettleAPI(t *testing.T) {
 	assert.JSONEq(t, fmt.Sprintf(`{"id":%q,"outcome":"released","estimated_usd":"0.0102","spent_usd":"0","repeat":false}`, id3), body)
 	rep = ts.usageOf(t, "acme")
 	assert.Zero(t, rep.InFlight)
-	assert.Equal(t, authz.UsageBudget{Owner: "acme", Limit: "1", Spent: "0.5012", Reserved: "0", Remaining: "0.4988"}, rep.Budgets[0])
+	assert.Equal(t, admission.UsageBudget{Owner: "acme", Limit: "1", Spent: "0.5012", Reserved: "0", Remaining: "0.4988"}, rep.Budgets[0])
 }
 
 // TestSettleAPIUnknownReservation: ending an id that was never held is 404.
@@ -284,7 +285,7 @@ func TestSettleAPIBadBody(t *testing.T) {
 	}
 	rep := ts.usageOf(t, "acme")
 	assert.Equal(t, int64(1), rep.InFlight, "still held")
-	assert.Equal(t, authz.UsageBudget{Owner: "acme", Limit: "1", Spent: "0", Reserved: "0.0102", Remaining: "0.9898"}, rep.Budgets[0])
+	assert.Equal(t, admission.UsageBudget{Owner: "acme", Limit: "1", Spent: "0", Reserved: "0.0102", Remaining: "0.9898"}, rep.Budgets[0])
 }
 
 // TestExpiryLoop: a reservation never settled is committed at its estimate
@@ -294,7 +295,7 @@ func TestExpiryLoop(t *testing.T) {
 	ts := startServer(t, serverOpts{
 		policy: apiPolicy("  reservation_ttl: 1s"),
 		store:  newMemStore(t, limiter.SystemClock{}),
-		config: func(c *authz.Config) { c.Settlement, c.ExpireEvery = authz.SettleDeferred, 10*time.Millisecond },
+		config: func(c *authz.Config) { c.Settlement, c.ExpireEvery = admission.SettleDeferred, 10*time.Millisecond },
 	})
 	id := ts.admit(t, "acme")
 
@@ -308,7 +309,7 @@ tollgate_authz_reservations_expired_total 1
 
 	rep := ts.usageOf(t, "acme")
 	assert.Zero(t, rep.InFlight)
-	assert.Equal(t, []authz.UsageBudget{
+	assert.Equal(t, []admission.UsageBudget{
 		{Owner: "acme", Limit: "1", Spent: "0.0102", Reserved: "0", Remaining: "0.9898"},
 		{Owner: "acme-group", Limit: "100", Spent: "0.0102", Reserved: "0", Remaining: "99.9898"},
 	}, rep.Budgets)
@@ -321,16 +322,18 @@ tollgate_authz_reservations_expired_total 1
 	requireLint(t, ts.reg)
 }
 
-// TestAPIWithoutLedger: a store that keeps no budgets answers the API with
-// clear errors rather than wrong numbers.
-func TestAPIWithoutLedger(t *testing.T) {
+// TestAPIStoreDown: a store that cannot answer gives the API clear errors
+// rather than wrong numbers. (A store without a ledger can no longer be
+// wired at all: admission.Store requires one, so that case fails to
+// compile instead of answering 501 at run time.)
+func TestAPIStoreDown(t *testing.T) {
 	ts := startServer(t, serverOpts{policy: apiPolicy(""), store: failingStore{err: errStoreDown}})
 	sc, body := ts.get(t, "/api/usage/acme")
 	assert.Equal(t, http.StatusServiceUnavailable, sc)
-	assert.JSONEq(t, `{"error":"the limiter store keeps no budgets"}`, body)
+	assert.JSONEq(t, `{"error":"store unreachable"}`, body)
 	sc, body = ts.post(t, "/api/reservations/abc/settle", `{"actual_cost_usd":"0.0012"}`)
-	assert.Equal(t, http.StatusNotImplemented, sc)
-	assert.JSONEq(t, `{"error":"the limiter store keeps no reservations"}`, body)
+	assert.Equal(t, http.StatusServiceUnavailable, sc)
+	assert.JSONEq(t, `{"error":"store unreachable"}`, body)
 }
 
 // TestReadyzChecks: /readyz runs every dependency check, each under a
@@ -386,7 +389,7 @@ func TestReadyzChecks(t *testing.T) {
 			cfg := authz.DefaultConfig()
 			cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
 			srv, err := authz.New(cfg, authz.Deps{
-				Policies: authz.StaticPolicy{Set: compilePolicy(t, serverPolicy)},
+				Policies: admission.StaticPolicy{Set: compilePolicy(t, serverPolicy)},
 				Store:    newMemStore(t, limiter.SystemClock{}),
 				Registry: prometheus.NewRegistry(),
 				Checks:   tc.checks,

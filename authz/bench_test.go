@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
@@ -47,8 +48,8 @@ func BenchmarkDecide(b *testing.B) {
 	body := kiloChatBody("gpt-4")
 	ctx := context.Background()
 
-	newDecider := func(b *testing.B, set *policy.Set, clk limiter.Clock) *authz.Decider {
-		return authz.NewDecider(authz.StaticPolicy{Set: set}, newMemStore(b, clk), prometheus.NewRegistry(), nil)
+	newDecider := func(b *testing.B, set *policy.Set, clk limiter.Clock) *Decider {
+		return newTestDecider(b, set, newMemStore(b, clk), prometheus.NewRegistry(), nil)
 	}
 	cases := map[string]struct {
 		set     func(b *testing.B) *policy.Set
@@ -62,7 +63,7 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	for _, name := range []string{"allowed", "denied"} {
 		tc := cases[name]
-		prepare := func(b *testing.B) *authz.Decider {
+		prepare := func(b *testing.B) *Decider {
 			// Allowed: the wall clock, as a large pool refills faster than
 			// any benchmark drains it. Denied: a clock that never moves, so
 			// the drained pool stays drained however long the run.
@@ -116,7 +117,7 @@ func BenchmarkCheckGRPC(b *testing.B) {
 	start := func(b *testing.B) *testServer {
 		// Immediate settlement: Check alone, with nothing left to settle.
 		return startServer(b, serverOpts{policy: largePoolPolicy(b), store: newMemStore(b, limiter.SystemClock{}),
-			config: func(c *authz.Config) { c.Settlement = authz.SettleImmediate }})
+			config: func(c *authz.Config) { c.Settlement = admission.SettleImmediate }})
 	}
 
 	b.Run("serial", func(b *testing.B) {
@@ -164,7 +165,7 @@ func BenchmarkSettleGRPC(b *testing.B) {
 		a := ss.admit(b, "acme", body)
 		ss.process(b, a, body, resp)
 	}
-	if n := ss.srv.Decider().Pending(); n != 0 {
+	if n := ss.srv.Service().Pending(); n != 0 {
 		b.Fatalf("%d calls left unsettled", n)
 	}
 }

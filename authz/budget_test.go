@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
@@ -92,14 +93,14 @@ var reservationID = regexp.MustCompile(`^[0-9a-f]{32}$`)
 // budgetDecider is a Decider whose budget periods and store share one fake
 // clock.
 type budgetDecider struct {
-	*authz.Decider
+	*Decider
 	set   *policy.Set
 	reg   *prometheus.Registry
 	clk   *fakeclock.Clock
-	store limiter.Backend
+	store admission.Store
 }
 
-func newBudgetDecider(tb testing.TB, yaml string, start string, s authz.Settlement) *budgetDecider {
+func newBudgetDecider(tb testing.TB, yaml string, start string, s admission.Settlement) *budgetDecider {
 	tb.Helper()
 	at, err := time.Parse(time.RFC3339Nano, start)
 	require.NoError(tb, err)
@@ -108,13 +109,13 @@ func newBudgetDecider(tb testing.TB, yaml string, start string, s authz.Settleme
 	set := compilePolicy(tb, yaml)
 	reg := prometheus.NewRegistry()
 	return &budgetDecider{
-		Decider: authz.NewDecider(authz.StaticPolicy{Set: set}, store, reg, nil, authz.WithClock(clk), authz.WithSettlement(s)),
+		Decider: newTestDecider(tb, set, store, reg, nil, withClock(clk), withSettlement(s)),
 		set:     set, reg: reg, clk: clk, store: store,
 	}
 }
 
 // call decides one small OpenAI call by client.
-func (d *budgetDecider) call(client string) authz.Verdict {
+func (d *budgetDecider) call(client string) authz.Answer {
 	return d.Decide(context.Background(), openAIRequest(client, chatBody("gpt-4o-mini", 16, "hi")))
 }
 
@@ -128,7 +129,7 @@ func (d *budgetDecider) usageIn(tb testing.TB, client, period string) limiter.Us
 	tb.Helper()
 	c, ok := d.set.Clients[client]
 	require.True(tb, ok, "client %q", client)
-	u, err := d.store.Usage(context.Background(), period, authz.Chain(c), time.Time{})
+	u, err := d.store.Usage(context.Background(), period, admission.Chain(c), time.Time{})
 	require.NoError(tb, err)
 	return u
 }
@@ -149,7 +150,7 @@ func TestChain(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			assert.Equal(t, tc.want, authz.Chain(set.Clients[tc.client]))
+			assert.Equal(t, tc.want, admission.Chain(set.Clients[tc.client]))
 		})
 	}
 	t.Run("an unbudgeted level is tracked, not capped", func(t *testing.T) {
@@ -165,7 +166,7 @@ clients:
   leaf: {tier: free, parent: root, monthly_budget: "5"}
 `)
 		assert.Equal(t, []limiter.Budget{{Owner: "leaf", Limit: 5 * policy.NanosPerDollar}, {Owner: "root", Limit: limiter.Unlimited}},
-			authz.Chain(set.Clients["leaf"]))
+			admission.Chain(set.Clients["leaf"]))
 	})
 }
 
@@ -173,12 +174,12 @@ clients:
 // call's estimate is spent at once, on the client and on every parent, and
 // nothing is left to settle.
 func TestBudgetImmediateCommitsAlongChain(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy(""), midNovember, authz.SettleImmediate)
-	require.Equal(t, authz.SettleImmediate, d.Settlement())
+	d := newBudgetDecider(t, budgetPolicy(""), midNovember, admission.SettleImmediate)
+	require.Equal(t, admission.SettleImmediate, d.Settlement())
 
 	v := d.call("marketing")
 	require.True(t, v.Allowed, v.Message)
-	assert.Equal(t, authz.OutcomeAllowed, v.Outcome)
+	assert.Equal(t, admission.OutcomeAllowed, v.Outcome)
 	assert.Empty(t, v.Reservation, "nothing to settle")
 	assert.Equal(t, callCost, v.Estimate.Cost)
 	// The tightest budget of the chain is the parent's $0.03.
@@ -202,7 +203,7 @@ func TestBudgetImmediateCommitsAlongChain(t *testing.T) {
 // admitted call holds its estimate along the chain and a slot under a fresh
 // reservation id until the call is settled.
 func TestBudgetDeferredHoldsUnderReservation(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy(""), midNovember, authz.SettleDeferred)
+	d := newBudgetDecider(t, budgetPolicy(""), midNovember, admission.SettleDeferred)
 	ctx := context.Background()
 
 	v1 := d.call("marketing")
@@ -233,18 +234,18 @@ func TestBudgetDeferredHoldsUnderReservation(t *testing.T) {
 // caller; immediate settlement sends none.
 func TestReservationHeaderOverGRPC(t *testing.T) {
 	tests := map[string]struct {
-		settle     authz.Settlement
+		settle     admission.Settlement
 		wantHeader bool
 	}{
-		"deferred":  {settle: authz.SettleDeferred, wantHeader: true},
-		"immediate": {settle: authz.SettleImmediate},
+		"deferred":  {settle: admission.SettleDeferred, wantHeader: true},
+		"immediate": {settle: admission.SettleImmediate},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			clk := fakeclock.New(epoch)
 			store := newMemStore(t, clk)
 			ts := startServer(t, serverOpts{clk: clk, store: store, config: func(c *authz.Config) { c.Settlement = tc.settle }})
-			require.Equal(t, tc.settle, ts.srv.Decider().Settlement())
+			require.Equal(t, tc.settle, ts.srv.Service().Settlement())
 
 			resp, err := ts.auth.Check(context.Background(), chatCheck("team-a", chatBody("gpt-4", 10, "hi")))
 			require.NoError(t, err)
@@ -299,7 +300,7 @@ func TestBudgetExhausted(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			d := newBudgetDecider(t, budgetPolicy(""), tc.now, authz.SettleImmediate)
+			d := newBudgetDecider(t, budgetPolicy(""), tc.now, admission.SettleImmediate)
 			require.Equal(t, "2026-11", d.set.Defaults.Period(d.clk.Now()))
 			for range 2 {
 				v := d.call("acme")
@@ -309,7 +310,7 @@ func TestBudgetExhausted(t *testing.T) {
 			require.Equal(t, 2*callCost, before.Budgets[0].Spent)
 
 			v := d.call("acme")
-			assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: string(limiter.ReasonBudgetExceeded), Status: http.StatusTooManyRequests,
+			assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: string(limiter.ReasonBudgetExceeded), Status: http.StatusTooManyRequests,
 				Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls", RetryAfter: tc.retryAfter}, gistOf(v))
 			const msg = `Monthly budget of "acme" is exhausted: $0.0204 spent and $0 held of $0.03; this call needs about $0.0102.`
 			assert.Equal(t, msg, v.Message)
@@ -334,8 +335,8 @@ func TestBudgetExhausted(t *testing.T) {
 			assert.JSONEq(t, string(want), string(body))
 
 			assert.Equal(t, before, d.usage(t, "acme"), "a denied call holds and spends nothing")
-			assert.Equal(t, 2.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeAllowed, "")))
-			assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeDenied, "budget_exceeded")))
+			assert.Equal(t, 2.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", admission.OutcomeAllowed, "")))
+			assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", admission.OutcomeDenied, "budget_exceeded")))
 			assert.Equal(t, 0.0, metricValue(t, d.reg, storeErrorsMetric, nil))
 			requireLint(t, d.reg)
 		})
@@ -345,7 +346,7 @@ func TestBudgetExhausted(t *testing.T) {
 // TestBudgetNewMonthInPolicyZone: the budget resets when the month turns in
 // the policy's time zone, not in UTC.
 func TestBudgetNewMonthInPolicyZone(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy(""), "2026-12-01T03:30:00Z", authz.SettleImmediate)
+	d := newBudgetDecider(t, budgetPolicy(""), "2026-12-01T03:30:00Z", admission.SettleImmediate)
 	for range 2 {
 		require.True(t, d.call("acme").Allowed)
 	}
@@ -367,7 +368,7 @@ func TestBudgetNewMonthInPolicyZone(t *testing.T) {
 // children are denied even though their own budgets have room; clients
 // outside the family are not.
 func TestBudgetParentBlocksChild(t *testing.T) {
-	for _, settle := range []authz.Settlement{authz.SettleImmediate, authz.SettleDeferred} {
+	for _, settle := range []admission.Settlement{admission.SettleImmediate, admission.SettleDeferred} {
 		t.Run(settle.String(), func(t *testing.T) {
 			d := newBudgetDecider(t, budgetPolicy(""), midNovember, settle)
 			ctx := context.Background()
@@ -390,7 +391,7 @@ func TestBudgetParentBlocksChild(t *testing.T) {
 			// The store says which level of the chain blocked: the parent.
 			c := d.set.Clients["marketing"]
 			dec, err := d.store.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{
-				Period: d.set.Defaults.Period(d.clk.Now()), Cost: callCost, Budgets: authz.Chain(c), Commit: true,
+				Period: d.set.Defaults.Period(d.clk.Now()), Cost: callCost, Budgets: admission.Chain(c), Commit: true,
 			}})
 			require.NoError(t, err)
 			require.False(t, dec.Allowed)
@@ -408,7 +409,7 @@ func TestBudgetParentBlocksChild(t *testing.T) {
 			}
 			assert.True(t, d.call("beta").Allowed)
 
-			assert.Equal(t, 3.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeDenied, "budget_exceeded")))
+			assert.Equal(t, 3.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", admission.OutcomeDenied, "budget_exceeded")))
 			requireLint(t, d.reg)
 		})
 	}
@@ -418,7 +419,7 @@ func TestBudgetParentBlocksChild(t *testing.T) {
 // is denied with Retry-After 1 until one of the two ends, and a lapsed
 // reservation frees its slot too.
 func TestConcurrencyDeferred(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy(""), midNovember, authz.SettleDeferred)
+	d := newBudgetDecider(t, budgetPolicy(""), midNovember, admission.SettleDeferred)
 	ctx := context.Background()
 
 	v1, v2 := d.call("beta"), d.call("beta")
@@ -428,7 +429,7 @@ func TestConcurrencyDeferred(t *testing.T) {
 	require.Equal(t, int64(2), before.InFlight)
 
 	v := d.call("beta")
-	assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: string(limiter.ReasonConcurrency), Status: http.StatusTooManyRequests,
+	assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: string(limiter.ReasonConcurrency), Status: http.StatusTooManyRequests,
 		Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls", RetryAfter: time.Second}, gistOf(v))
 	assert.Equal(t, `Client "beta" has 2 calls in flight, the most its tier team allows.`, v.Message)
 	assert.Empty(t, v.Reservation)
@@ -462,14 +463,14 @@ func TestConcurrencyDeferred(t *testing.T) {
 		{Owner: "beta", Limit: tierLimit, Spent: 2 * holdCost, Reserved: holdCost},
 	}}, d.usage(t, "beta"))
 
-	assert.Equal(t, 2.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeDenied, "concurrency")))
+	assert.Equal(t, 2.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", admission.OutcomeDenied, "concurrency")))
 	requireLint(t, d.reg)
 }
 
 // TestConcurrencyImmediateIgnored: immediate settlement never learns when a
 // call ends, so it cannot and does not cap calls in flight.
 func TestConcurrencyImmediateIgnored(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy(""), midNovember, authz.SettleImmediate)
+	d := newBudgetDecider(t, budgetPolicy(""), midNovember, admission.SettleImmediate)
 	for i := range 5 {
 		v := d.call("beta")
 		require.True(t, v.Allowed, "call %d: %s", i, v.Message)
@@ -477,7 +478,7 @@ func TestConcurrencyImmediateIgnored(t *testing.T) {
 	}
 	assert.Equal(t, limiter.Usage{Budgets: []limiter.BudgetState{{Owner: "beta", Limit: tierLimit, Spent: 5 * callCost}}},
 		d.usage(t, "beta"))
-	assert.Zero(t, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeDenied, "concurrency")))
+	assert.Zero(t, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", admission.OutcomeDenied, "concurrency")))
 }
 
 // TestStoreUnavailable: a store failure follows the policy's
@@ -488,28 +489,28 @@ func TestStoreUnavailable(t *testing.T) {
 	down := failingStore{err: errStoreDown}
 	tests := map[string]struct {
 		defaults        string
-		store           limiter.Store // nil: a working memory store
+		store           admission.Store // nil: a working memory store
 		cancelled       bool
 		want            gist
 		wantStoreErrors float64
 	}{
 		"store down, policy fails open": {
 			defaults: "  store_unavailable: allow", store: down,
-			want:            gist{Allowed: true, Outcome: authz.OutcomeFailOpen, Reason: authz.ReasonStoreError, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
+			want:            gist{Allowed: true, Outcome: admission.OutcomeFailOpen, Reason: admission.ReasonStoreError, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
 			wantStoreErrors: 1,
 		},
 		"store down, policy fails closed (the default)": {
 			store:           down,
-			want:            gist{Outcome: authz.OutcomeError, Reason: authz.ReasonStoreError, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
+			want:            gist{Outcome: admission.OutcomeError, Reason: admission.ReasonStoreError, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
 			wantStoreErrors: 1,
 		},
 		"cancelled check, fail-open policy": {
 			defaults: "  store_unavailable: allow", cancelled: true,
-			want: gist{Outcome: authz.OutcomeError, Reason: authz.ReasonCancelled, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
+			want: gist{Outcome: admission.OutcomeError, Reason: admission.ReasonCancelled, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
 		},
 		"cancelled check while the store is down, fail-open policy": {
 			defaults: "  store_unavailable: allow", store: down, cancelled: true,
-			want: gist{Outcome: authz.OutcomeError, Reason: authz.ReasonCancelled, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
+			want: gist{Outcome: admission.OutcomeError, Reason: admission.ReasonCancelled, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai", Tier: "team", Pool: "calls"},
 		},
 	}
 	for name, tc := range tests {
@@ -522,8 +523,8 @@ func TestStoreUnavailable(t *testing.T) {
 				store = newMemStore(t, clk)
 			}
 			reg := prometheus.NewRegistry()
-			d := authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(t, budgetPolicy(tc.defaults))}, store, reg, nil,
-				authz.WithClock(clk), authz.WithSettlement(authz.SettleDeferred))
+			d := newTestDecider(t, compilePolicy(t, budgetPolicy(tc.defaults)), store, reg, nil,
+				withClock(clk), withSettlement(admission.SettleDeferred))
 			ctx, cancel := context.WithCancel(context.Background())
 			if tc.cancelled {
 				cancel()
@@ -547,25 +548,25 @@ func TestStoreUnavailable(t *testing.T) {
 // reported, budget and concurrency ones too; the store took nothing, so the
 // passed call is not charged.
 func TestGlobalShadowCoversBudgets(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy("  shadow: true"), midNovember, authz.SettleImmediate)
+	d := newBudgetDecider(t, budgetPolicy("  shadow: true"), midNovember, admission.SettleImmediate)
 	for range 2 {
 		require.True(t, d.call("acme").Allowed)
 	}
 	v := d.call("acme")
 	assert.True(t, v.Allowed, "shadow mode never denies")
-	assert.Equal(t, authz.OutcomeShadowDenied, v.Outcome)
+	assert.Equal(t, admission.OutcomeShadowDenied, v.Outcome)
 	assert.Equal(t, string(limiter.ReasonBudgetExceeded), v.Reason)
-	assert.Contains(t, v.Shadow, "reason=budget_exceeded")
+	assert.Contains(t, v.ShadowDecision, "reason=budget_exceeded")
 	assert.Zero(t, v.Status)
 	assert.Equal(t, 2*callCost, d.usage(t, "acme").Budgets[0].Spent, "the shadow-passed call is not charged")
-	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", authz.OutcomeShadowDenied, "budget_exceeded")))
+	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("calls", "team", admission.OutcomeShadowDenied, "budget_exceeded")))
 }
 
 // TestInlineExpiryIsCounted: lapsed holds the store commits while deciding
 // a later call count in tollgate_authz_reservations_expired_total, as those
 // the server's sweep commits do.
 func TestInlineExpiryIsCounted(t *testing.T) {
-	d := newBudgetDecider(t, budgetPolicy("  reservation_ttl: 1s"), midNovember, authz.SettleDeferred)
+	d := newBudgetDecider(t, budgetPolicy("  reservation_ttl: 1s"), midNovember, admission.SettleDeferred)
 	require.True(t, d.call("marketing").Allowed)
 	d.clk.Advance(time.Second)
 	require.True(t, d.call("marketing").Allowed)

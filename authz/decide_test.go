@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
@@ -115,27 +116,27 @@ var (
 	emailClientLimit = policy.Limit{Capacity: 2, RefillPerSecond: 1}
 )
 
-func openAIRequest(client string, body []byte) *authz.Request {
-	return &authz.Request{ID: "req-1", Client: client, Method: http.MethodPost, Host: "api.openai.com",
+func openAIRequest(client string, body []byte) *admission.Request {
+	return &admission.Request{ID: "req-1", Client: client, Method: http.MethodPost, Host: "api.openai.com",
 		Path: "/v1/chat/completions", Body: body, BodySize: int64(len(body))}
 }
 
-func smsRequest(client string) *authz.Request {
+func smsRequest(client string) *admission.Request {
 	body := []byte("To=%2B15558675310&From=%2B15017122661&Body=Hello")
-	return &authz.Request{Client: client, Method: http.MethodPost, Host: "api.twilio.com",
+	return &admission.Request{Client: client, Method: http.MethodPost, Host: "api.twilio.com",
 		Path: "/2010-04-01/Accounts/AC123/Messages.json", Body: body, BodySize: int64(len(body))}
 }
 
-func mailRequest(client string) *authz.Request {
+func mailRequest(client string) *admission.Request {
 	body := []byte(`{"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"}`)
-	return &authz.Request{Client: client, Method: http.MethodPost, Host: "api.sendgrid.com",
+	return &admission.Request{Client: client, Method: http.MethodPost, Host: "api.sendgrid.com",
 		Path: "/v3/mail/send", Body: body, BodySize: int64(len(body))}
 }
 
 // gist is the part of a Verdict a table compares.
 type gist struct {
 	Allowed    bool
-	Outcome    authz.Outcome
+	Outcome    admission.Outcome
 	Reason     string
 	Status     int
 	Provider   policy.Provider
@@ -145,7 +146,7 @@ type gist struct {
 	RetryAfter time.Duration
 }
 
-func gistOf(v authz.Verdict) gist {
+func gistOf(v authz.Answer) gist {
 	return gist{v.Allowed, v.Outcome, v.Reason, v.Status, v.Provider, v.Route, v.Tier, v.Pool, v.RetryAfter}
 }
 
@@ -167,83 +168,83 @@ func TestDecideOneCall(t *testing.T) {
 	gpt4 := chatBody("gpt-4", 50, "hello")
 	tests := map[string]struct {
 		defaults string
-		store    limiter.Store // nil: the memory store
-		req      *authz.Request
+		store    admission.Store // nil: the memory store
+		req      *admission.Request
 		want     gist
 		// metricPool is the decision's pool label ("none" without a route).
 		metricPool string
 	}{
 		"allowed on the model's route": {
 			req:        openAIRequest("a", gpt4),
-			want:       gist{Allowed: true, Outcome: authz.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
 			metricPool: "gpt-4",
 		},
 		"another model takes the model-less route": {
 			req:        openAIRequest("a", chatBody("gpt-3.5-turbo", 50, "hello")),
-			want:       gist{Allowed: true, Outcome: authz.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-other", Tier: "metered", Pool: "chat"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-other", Tier: "metered", Pool: "chat"},
 			metricPool: "chat",
 		},
 		"model names match exactly, not by prefix": {
 			req:        openAIRequest("a", chatBody("gpt-4o", 50, "hello")),
-			want:       gist{Allowed: true, Outcome: authz.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-other", Tier: "metered", Pool: "chat"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-other", Tier: "metered", Pool: "chat"},
 			metricPool: "chat",
 		},
 		"a call without a body takes the model-less route": {
-			req:        &authz.Request{Client: "a", Method: http.MethodGet, Host: "api.openai.com", Path: "/v1/models"},
-			want:       gist{Allowed: true, Outcome: authz.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-other", Tier: "metered", Pool: "chat"},
+			req:        &admission.Request{Client: "a", Method: http.MethodGet, Host: "api.openai.com", Path: "/v1/models"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-other", Tier: "metered", Pool: "chat"},
 			metricPool: "chat",
 		},
 		"host matching ignores case and port": {
-			req: func() *authz.Request {
+			req: func() *admission.Request {
 				r := openAIRequest("a", gpt4)
 				r.Host = "API.OpenAI.com:443"
 				return r
 			}(),
-			want:       gist{Allowed: true, Outcome: authz.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
 			metricPool: "gpt-4",
 		},
 		"unknown client gets the default tier": {
 			req:        openAIRequest("stranger", gpt4),
-			want:       gist{Allowed: true, Outcome: authz.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "basic", Pool: "gpt-4"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "basic", Pool: "gpt-4"},
 			metricPool: "gpt-4",
 		},
 		"unknown client denied when the policy says so": {
 			defaults:   "  unknown_client: deny",
 			req:        openAIRequest("stranger", gpt4),
-			want:       gist{Outcome: authz.OutcomeDenied, Reason: authz.ReasonUnknownClient, Status: http.StatusForbidden, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4"},
+			want:       gist{Outcome: admission.OutcomeDenied, Reason: admission.ReasonUnknownClient, Status: http.StatusForbidden, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4"},
 			metricPool: "none",
 		},
 		"unmatched route passes and is counted": {
-			req:        &authz.Request{Client: "a", Method: http.MethodPost, Host: "api.example.com", Path: "/v1/things"},
-			want:       gist{Allowed: true, Outcome: authz.OutcomeUnmatched, Reason: authz.ReasonUnmatchedRoute, Provider: policy.ProviderGeneric},
+			req:        &admission.Request{Client: "a", Method: http.MethodPost, Host: "api.example.com", Path: "/v1/things"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeUnmatched, Reason: admission.ReasonUnmatchedRoute, Provider: policy.ProviderGeneric},
 			metricPool: "none",
 		},
 		"unmatched route denied when the policy says so": {
 			defaults:   "  unmatched_route: deny",
-			req:        &authz.Request{Client: "a", Method: http.MethodPost, Host: "api.example.com", Path: "/v1/things"},
-			want:       gist{Outcome: authz.OutcomeUnmatched, Reason: authz.ReasonUnmatchedRoute, Status: http.StatusForbidden, Provider: policy.ProviderGeneric},
+			req:        &admission.Request{Client: "a", Method: http.MethodPost, Host: "api.example.com", Path: "/v1/things"},
+			want:       gist{Outcome: admission.OutcomeUnmatched, Reason: admission.ReasonUnmatchedRoute, Status: http.StatusForbidden, Provider: policy.ProviderGeneric},
 			metricPool: "none",
 		},
 		"invalid request denied by default": {
-			req:        &authz.Request{Invalid: "the check names no host"},
-			want:       gist{Outcome: authz.OutcomeInvalid, Reason: authz.ReasonInvalidRequest, Status: http.StatusBadRequest, Provider: policy.ProviderGeneric},
+			req:        &admission.Request{Invalid: "the check names no host"},
+			want:       gist{Outcome: admission.OutcomeInvalid, Reason: admission.ReasonInvalidRequest, Status: http.StatusBadRequest, Provider: policy.ProviderGeneric},
 			metricPool: "none",
 		},
 		"invalid request passes when the policy allows it": {
 			defaults:   "  invalid_request: allow",
-			req:        &authz.Request{Invalid: "the check names no host"},
-			want:       gist{Allowed: true, Outcome: authz.OutcomeInvalid, Reason: authz.ReasonInvalidRequest, Provider: policy.ProviderGeneric},
+			req:        &admission.Request{Invalid: "the check names no host"},
+			want:       gist{Allowed: true, Outcome: admission.OutcomeInvalid, Reason: admission.ReasonInvalidRequest, Provider: policy.ProviderGeneric},
 			metricPool: "none",
 		},
 		"max_tokens above the pool's capacity can never pass": {
 			req:        openAIRequest("a", chatBody("gpt-4", 5000, "hello")),
-			want:       gist{Outcome: authz.OutcomeDenied, Reason: string(limiter.ReasonExceedsCapacity), Status: http.StatusTooManyRequests, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
+			want:       gist{Outcome: admission.OutcomeDenied, Reason: string(limiter.ReasonExceedsCapacity), Status: http.StatusTooManyRequests, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
 			metricPool: "gpt-4",
 		},
 		"a failing store gives 503": {
 			store:      failingStore{err: errStoreDown},
 			req:        openAIRequest("a", gpt4),
-			want:       gist{Outcome: authz.OutcomeError, Reason: authz.ReasonStoreError, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
+			want:       gist{Outcome: admission.OutcomeError, Reason: admission.ReasonStoreError, Status: http.StatusServiceUnavailable, Provider: policy.ProviderOpenAI, Route: "openai-gpt-4", Tier: "metered", Pool: "gpt-4"},
 			metricPool: "gpt-4",
 		},
 	}
@@ -254,7 +255,7 @@ func TestDecideOneCall(t *testing.T) {
 			if store == nil {
 				store = newMemStore(t, fakeclock.New(epoch))
 			}
-			d := authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(t, testPolicy(tc.defaults, false))}, store, reg, nil)
+			d := newTestDecider(t, compilePolicy(t, testPolicy(tc.defaults, false)), store, reg, nil)
 
 			v := d.Decide(context.Background(), tc.req)
 			assert.Equal(t, tc.want, gistOf(v))
@@ -273,7 +274,7 @@ func TestDecideOneCall(t *testing.T) {
 			}
 			assert.Equal(t, 1.0, metricValue(t, reg, decisionsMetric, decisionLabels(tc.metricPool, tierLabel, tc.want.Outcome, tc.want.Reason)))
 			wantStoreErrors := 0.0
-			if tc.want.Outcome == authz.OutcomeError {
+			if tc.want.Outcome == admission.OutcomeError {
 				wantStoreErrors = 1
 			}
 			assert.Equal(t, wantStoreErrors, metricValue(t, reg, storeErrorsMetric, nil))
@@ -343,7 +344,7 @@ func TestDecideEstimate(t *testing.T) {
 
 			// Refilling 10 a second, each token takes 100 ms to come back.
 			reset := time.Duration(tc.want) * 100 * time.Millisecond
-			assert.Equal(t, &authz.RateLimit{Pool: "gpt-4", Unit: policy.UnitToken, Limit: 1000, Remaining: 1000 - tc.want, Reset: reset}, v.RateLimit)
+			assert.Equal(t, &admission.RateLimit{Pool: "gpt-4", Unit: policy.UnitToken, Limit: 1000, Remaining: 1000 - tc.want, Reset: reset}, v.RateLimit)
 			assert.Equal(t, map[string]string{
 				"x-ratelimit-limit":     "1000",
 				"x-ratelimit-remaining": fmt.Sprint(1000 - tc.want),
@@ -370,7 +371,7 @@ func TestDecideRateLimitedThenRefilled(t *testing.T) {
 	}
 
 	v := d.Decide(ctx, smsRequest("a"))
-	assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
+	assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
 		Provider: policy.ProviderTwilio, Route: "twilio-sms", Tier: "metered", Pool: "sms", RetryAfter: 500 * time.Millisecond}, gistOf(v))
 	assert.Equal(t, "Rate limit reached for pool sms: limit 3 segments, refilling 2 per second; this request needs 1. Please try again in 1s.", v.Message)
 	assert.Equal(t, map[string]string{
@@ -412,10 +413,10 @@ func TestDecidePerClientIsolation(t *testing.T) {
 		require.True(t, v.Allowed, v.Message)
 	}
 	v := d.Decide(ctx, mailRequest("a"))
-	assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
+	assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
 		Provider: policy.ProviderSendGrid, Route: "sendgrid-mail", Tier: "metered", Pool: "email", RetryAfter: time.Second}, gistOf(v))
 	assert.Contains(t, v.Message, `client "a" in pool email`)
-	assert.Equal(t, &authz.RateLimit{Pool: "email", Unit: policy.UnitEmail, Limit: 2, Remaining: 0, Reset: 2 * time.Second}, v.RateLimit,
+	assert.Equal(t, &admission.RateLimit{Pool: "email", Unit: policy.UnitEmail, Limit: 2, Remaining: 0, Reset: 2 * time.Second}, v.RateLimit,
 		"the headers report the client's bucket, which denied")
 
 	v = d.Decide(ctx, mailRequest("b"))
@@ -425,8 +426,8 @@ func TestDecidePerClientIsolation(t *testing.T) {
 	assert.Equal(t, int64(0), d.remaining(t, limiter.Key{Pool: "email", Client: "a"}, emailClientLimit))
 	assert.Equal(t, int64(1), d.remaining(t, limiter.Key{Pool: "email", Client: "b"}, emailClientLimit))
 
-	assert.Equal(t, 3.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("email", "metered", authz.OutcomeAllowed, "")))
-	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("email", "metered", authz.OutcomeDenied, "rate_limited")))
+	assert.Equal(t, 3.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("email", "metered", admission.OutcomeAllowed, "")))
+	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("email", "metered", admission.OutcomeDenied, "rate_limited")))
 }
 
 // TestDecideShadow: in shadow mode a call that would be denied passes, says
@@ -451,20 +452,20 @@ func TestDecideShadow(t *testing.T) {
 				require.True(t, d.Decide(ctx, smsRequest("a")).Allowed)
 			}
 			v := d.Decide(ctx, smsRequest("a"))
-			assert.Equal(t, gist{Allowed: true, Outcome: authz.OutcomeShadowDenied, Reason: "rate_limited",
+			assert.Equal(t, gist{Allowed: true, Outcome: admission.OutcomeShadowDenied, Reason: "rate_limited",
 				Provider: policy.ProviderTwilio, Route: "twilio-sms", Tier: "metered", Pool: "sms"}, gistOf(v))
-			assert.Equal(t, "denied; reason=rate_limited; pool=sms; retry_after=1", v.Shadow)
+			assert.Equal(t, "denied; reason=rate_limited; pool=sms; retry_after=1", v.ShadowDecision)
 			hs := headerMap(t, authz.ResponseHeaders(&v))
-			assert.Equal(t, v.Shadow, hs["x-tollgate-shadow-decision"])
+			assert.Equal(t, v.ShadowDecision, hs["x-tollgate-shadow-decision"])
 			assert.NotContains(t, hs, "retry-after")
-			assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("sms", "metered", authz.OutcomeShadowDenied, "rate_limited")))
+			assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("sms", "metered", admission.OutcomeShadowDenied, "rate_limited")))
 
 			// The short bucket was not charged: half a second later one
 			// segment is back and a call passes for real.
 			d.clk.Advance(500 * time.Millisecond)
 			v = d.Decide(ctx, smsRequest("a"))
-			assert.Equal(t, authz.OutcomeAllowed, v.Outcome)
-			assert.Empty(t, v.Shadow)
+			assert.Equal(t, admission.OutcomeAllowed, v.Outcome)
+			assert.Empty(t, v.ShadowDecision)
 
 			// A pool not in shadow still denies.
 			for range 2 {
@@ -473,11 +474,11 @@ func TestDecideShadow(t *testing.T) {
 			v = d.Decide(ctx, mailRequest("a"))
 			if tc.emailShadowed {
 				assert.True(t, v.Allowed)
-				assert.Equal(t, authz.OutcomeShadowDenied, v.Outcome)
-				assert.Equal(t, "denied; reason=rate_limited; pool=email; retry_after=1", v.Shadow)
+				assert.Equal(t, admission.OutcomeShadowDenied, v.Outcome)
+				assert.Equal(t, "denied; reason=rate_limited; pool=email; retry_after=1", v.ShadowDecision)
 			} else {
 				assert.False(t, v.Allowed)
-				assert.Equal(t, authz.OutcomeDenied, v.Outcome)
+				assert.Equal(t, admission.OutcomeDenied, v.Outcome)
 				assert.Equal(t, http.StatusTooManyRequests, v.Status)
 			}
 			requireLint(t, d.reg)
@@ -491,25 +492,25 @@ func TestDecideShadowExceedsCapacity(t *testing.T) {
 	d := newDecider(t, testPolicy("  shadow: true", false))
 	v := d.Decide(context.Background(), openAIRequest("a", chatBody("gpt-4", 5000, "hello")))
 	assert.True(t, v.Allowed)
-	assert.Equal(t, authz.OutcomeShadowDenied, v.Outcome)
+	assert.Equal(t, admission.OutcomeShadowDenied, v.Outcome)
 	assert.Equal(t, "exceeds_capacity", v.Reason)
-	assert.Equal(t, "denied; reason=exceeds_capacity; pool=gpt-4; retry_after=0", v.Shadow)
+	assert.Equal(t, "denied; reason=exceeds_capacity; pool=gpt-4; retry_after=0", v.ShadowDecision)
 	assert.Equal(t, int64(1000), d.remaining(t, limiter.Key{Pool: "gpt-4"}, gpt4Limit))
-	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("gpt-4", "metered", authz.OutcomeShadowDenied, "exceeds_capacity")))
+	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("gpt-4", "metered", admission.OutcomeShadowDenied, "exceeds_capacity")))
 }
 
 // TestDecideStoreErrorIsCounted: every failing Reserve is one store error
 // and one decision with reason store_error.
 func TestDecideStoreErrorIsCounted(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	d := authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(t, testPolicy("", false))}, failingStore{err: errStoreDown}, reg, nil)
+	d := newTestDecider(t, compilePolicy(t, testPolicy("", false)), failingStore{err: errStoreDown}, reg, nil)
 	for range 3 {
 		v := d.Decide(context.Background(), smsRequest("a"))
 		require.Equal(t, http.StatusServiceUnavailable, v.Status)
 		require.Equal(t, policy.ProviderTwilio, v.Provider, "the denial keeps the provider's shape")
 	}
 	assert.Equal(t, 3.0, metricValue(t, reg, storeErrorsMetric, nil))
-	assert.Equal(t, 3.0, metricValue(t, reg, decisionsMetric, decisionLabels("sms", "metered", authz.OutcomeError, authz.ReasonStoreError)))
+	assert.Equal(t, 3.0, metricValue(t, reg, decisionsMetric, decisionLabels("sms", "metered", admission.OutcomeError, admission.ReasonStoreError)))
 	requireLint(t, reg)
 }
 
@@ -522,8 +523,8 @@ func TestDecideCancelledIsNotAStoreError(t *testing.T) {
 	cancel()
 	v := d.Decide(ctx, smsRequest("a"))
 	assert.False(t, v.Allowed)
-	assert.Equal(t, authz.OutcomeError, v.Outcome)
-	assert.Equal(t, authz.ReasonCancelled, v.Reason)
+	assert.Equal(t, admission.OutcomeError, v.Outcome)
+	assert.Equal(t, admission.ReasonCancelled, v.Reason)
 	assert.Equal(t, 0.0, metricValue(t, d.reg, storeErrorsMetric, nil))
-	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("sms", "metered", authz.OutcomeError, authz.ReasonCancelled)))
+	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("sms", "metered", admission.OutcomeError, admission.ReasonCancelled)))
 }

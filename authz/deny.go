@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -15,7 +16,7 @@ type Header struct{ Name, Value string }
 // ResponseHeaders are the headers a caller sees on the response: the
 // x-ratelimit-* trio on every routed call, and on a denial Retry-After and
 // Tollgate's reason.
-func ResponseHeaders(v *Verdict) []Header {
+func ResponseHeaders(v *Answer) []Header {
 	var hs []Header
 	if rl := v.RateLimit; rl != nil {
 		hs = append(hs,
@@ -24,7 +25,7 @@ func ResponseHeaders(v *Verdict) []Header {
 			Header{"x-ratelimit-reset", strconv.FormatInt(ceilSeconds(rl.Reset), 10)},
 		)
 	}
-	if v.Allowed && v.Route != "" && (v.Outcome == OutcomeAllowed || v.Outcome == OutcomeShadowDenied) {
+	if v.Allowed && v.Route != "" && (v.Outcome == admission.OutcomeAllowed || v.Outcome == admission.OutcomeShadowDenied) {
 		hs = append(hs, Header{HeaderEstimatedCost, v.Estimate.Cost.String()})
 		remaining := "unlimited"
 		if v.Budget != nil {
@@ -41,8 +42,8 @@ func ResponseHeaders(v *Verdict) []Header {
 		}
 		hs = append(hs, Header{"x-tollgate-reason", v.Reason})
 	}
-	if v.Shadow != "" {
-		hs = append(hs, Header{"x-tollgate-shadow-decision", v.Shadow})
+	if v.ShadowDecision != "" {
+		hs = append(hs, Header{"x-tollgate-shadow-decision", v.ShadowDecision})
 	}
 	return hs
 }
@@ -50,7 +51,7 @@ func ResponseHeaders(v *Verdict) []Header {
 // DenialBody renders a denial in the shape of the upstream provider's own
 // error, so that the provider's SDK classifies it (and retries a 429) as it
 // would the real thing.
-func DenialBody(v *Verdict) (contentType string, body []byte) {
+func DenialBody(v *Answer) (contentType string, body []byte) {
 	var doc any
 	switch v.Provider {
 	case policy.ProviderOpenAI:

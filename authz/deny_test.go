@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -18,18 +19,17 @@ import (
 // that the provider's SDK classifies and retries it as the real thing.
 func TestDenialBody(t *testing.T) {
 	const msg = "Rate limit reached for pool gpt-4: please try again in 2s."
-	tokens := &authz.RateLimit{Pool: "gpt-4", Unit: policy.UnitToken, Limit: 1000}
-	requests := &authz.RateLimit{Pool: "rpm", Unit: policy.UnitRequest, Limit: 60}
-	limited := func(p policy.Provider, rl *authz.RateLimit) authz.Verdict {
-		return authz.Verdict{Outcome: authz.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
-			Message: msg, Provider: p, RateLimit: rl, RetryAfter: 1200 * time.Millisecond}
+	tokens := &admission.RateLimit{Pool: "gpt-4", Unit: policy.UnitToken, Limit: 1000}
+	requests := &admission.RateLimit{Pool: "rpm", Unit: policy.UnitRequest, Limit: 60}
+	limited := func(p policy.Provider, rl *admission.RateLimit) authz.Answer {
+		return authz.Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Provider: p, RateLimit: rl, RetryAfter: 1200 * time.Millisecond}, Status: http.StatusTooManyRequests, Message: msg}
 	}
-	denied := func(p policy.Provider, status int, reason string) authz.Verdict {
-		return authz.Verdict{Outcome: authz.OutcomeDenied, Reason: reason, Status: status, Message: msg, Provider: p}
+	denied := func(p policy.Provider, status int, reason string) authz.Answer {
+		return authz.Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: reason, Provider: p}, Status: status, Message: msg}
 	}
 
 	tests := map[string]struct {
-		v    authz.Verdict
+		v    authz.Answer
 		want any // the body as encoding/json decodes it into an any
 	}{
 		"openai 429 on a token pool": {
@@ -41,7 +41,7 @@ func TestDenialBody(t *testing.T) {
 			want: map[string]any{"error": map[string]any{"message": msg, "type": "requests", "param": nil, "code": "rate_limit_exceeded"}},
 		},
 		"openai 403": {
-			v:    denied(policy.ProviderOpenAI, http.StatusForbidden, authz.ReasonUnknownClient),
+			v:    denied(policy.ProviderOpenAI, http.StatusForbidden, admission.ReasonUnknownClient),
 			want: map[string]any{"error": map[string]any{"message": msg, "type": "invalid_request_error", "param": nil, "code": "unknown_client"}},
 		},
 		"anthropic 429": {
@@ -49,11 +49,11 @@ func TestDenialBody(t *testing.T) {
 			want: map[string]any{"type": "error", "error": map[string]any{"type": "rate_limit_error", "message": msg}},
 		},
 		"anthropic 403": {
-			v:    denied(policy.ProviderAnthropic, http.StatusForbidden, authz.ReasonUnknownClient),
+			v:    denied(policy.ProviderAnthropic, http.StatusForbidden, admission.ReasonUnknownClient),
 			want: map[string]any{"type": "error", "error": map[string]any{"type": "permission_error", "message": msg}},
 		},
 		"anthropic 503": {
-			v:    denied(policy.ProviderAnthropic, http.StatusServiceUnavailable, authz.ReasonStoreError),
+			v:    denied(policy.ProviderAnthropic, http.StatusServiceUnavailable, admission.ReasonStoreError),
 			want: map[string]any{"type": "error", "error": map[string]any{"type": "api_error", "message": msg}},
 		},
 		"twilio 429": {
@@ -61,7 +61,7 @@ func TestDenialBody(t *testing.T) {
 			want: map[string]any{"code": 20429.0, "message": msg, "more_info": "https://www.twilio.com/docs/errors/20429", "status": 429.0},
 		},
 		"twilio 403": {
-			v:    denied(policy.ProviderTwilio, http.StatusForbidden, authz.ReasonUnknownClient),
+			v:    denied(policy.ProviderTwilio, http.StatusForbidden, admission.ReasonUnknownClient),
 			want: map[string]any{"code": 20403.0, "message": msg, "more_info": "https://www.twilio.com/docs/errors/20403", "status": 403.0},
 		},
 		"sendgrid 429": {
@@ -73,11 +73,11 @@ func TestDenialBody(t *testing.T) {
 			want: map[string]any{"error": map[string]any{"code": "rate_limited", "message": msg, "retry_after_seconds": 2.0}},
 		},
 		"generic 403 has no retry": {
-			v:    denied(policy.ProviderGeneric, http.StatusForbidden, authz.ReasonUnmatchedRoute),
+			v:    denied(policy.ProviderGeneric, http.StatusForbidden, admission.ReasonUnmatchedRoute),
 			want: map[string]any{"error": map[string]any{"code": "unmatched_route", "message": msg}},
 		},
 		"an unknown provider is generic": {
-			v:    denied("", http.StatusBadRequest, authz.ReasonInvalidRequest),
+			v:    denied("", http.StatusBadRequest, admission.ReasonInvalidRequest),
 			want: map[string]any{"error": map[string]any{"code": "invalid_request", "message": msg}},
 		},
 	}
@@ -99,7 +99,7 @@ func TestDenialBodyEscapes(t *testing.T) {
 	msg := "no route for \"api.example.com\"/v1/\x00\n\xff\xfe</script>"
 	for _, p := range []policy.Provider{policy.ProviderGeneric, policy.ProviderOpenAI, policy.ProviderAnthropic, policy.ProviderTwilio, policy.ProviderSendGrid} {
 		t.Run(string(p), func(t *testing.T) {
-			v := authz.Verdict{Status: http.StatusForbidden, Reason: authz.ReasonUnmatchedRoute, Message: msg, Provider: p}
+			v := authz.Answer{Verdict: admission.Verdict{Reason: admission.ReasonUnmatchedRoute, Provider: p}, Status: http.StatusForbidden, Message: msg}
 			_, body := authz.DenialBody(&v)
 			require.True(t, json.Valid(body), "%q", body)
 		})

@@ -12,6 +12,8 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+
+	"github.com/tollgate/tollgate/admission"
 )
 
 // ContextUpstreamHost is the ext_authz context extension that names the
@@ -22,8 +24,8 @@ const ContextUpstreamHost = "upstream_host"
 // fromCheckRequest reads a CheckRequest into a Request. It never fails: a
 // request it cannot read comes back with Invalid set, for the policy to
 // judge.
-func fromCheckRequest(cr *authv3.CheckRequest, clientHeader string) *Request {
-	r := &Request{}
+func fromCheckRequest(cr *authv3.CheckRequest, clientHeader string) *admission.Request {
+	r := &admission.Request{}
 	h := cr.GetAttributes().GetRequest().GetHttp()
 	if h == nil {
 		r.Invalid = "the check carries no HTTP request attributes"
@@ -94,13 +96,13 @@ var grpcCodeOf = map[int]code.Code{
 // toCheckResponse renders a Verdict for Envoy: OK with the rate-limit
 // headers on the response (and the shadow decision on the request), or a
 // denial carrying the provider-shaped body.
-func toCheckResponse(v *Verdict) *authv3.CheckResponse {
+func toCheckResponse(v *Answer) *authv3.CheckResponse {
 	hs := ResponseHeaders(v)
 	if v.Allowed {
 		ok := &authv3.OkHttpResponse{ResponseHeadersToAdd: headerOptions(hs)}
 		var up []Header
-		if v.Shadow != "" {
-			up = append(up, Header{"x-tollgate-shadow-decision", v.Shadow})
+		if v.ShadowDecision != "" {
+			up = append(up, Header{"x-tollgate-shadow-decision", v.ShadowDecision})
 		}
 		// Only Tollgate names reservations and routes: a worker's own
 		// headers must not reach the settler, where they could end someone

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
@@ -39,23 +40,23 @@ func TestFromCheckRequest(t *testing.T) {
 	tests := map[string]struct {
 		cr           *authv3.CheckRequest
 		clientHeader string // "": testClientHeader
-		want         *Request
+		want         *admission.Request
 	}{
 		"nil request": {
 			cr:   nil,
-			want: &Request{Invalid: noAttrs},
+			want: &admission.Request{Invalid: noAttrs},
 		},
 		"nil attributes": {
 			cr:   &authv3.CheckRequest{},
-			want: &Request{Invalid: noAttrs},
+			want: &admission.Request{Invalid: noAttrs},
 		},
 		"nil request attribute": {
 			cr:   &authv3.CheckRequest{Attributes: &authv3.AttributeContext{}},
-			want: &Request{Invalid: noAttrs},
+			want: &admission.Request{Invalid: noAttrs},
 		},
 		"nil http": {
 			cr:   &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{}}},
-			want: &Request{Invalid: noAttrs},
+			want: &admission.Request{Invalid: noAttrs},
 		},
 		"an OpenAI chat call": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
@@ -66,7 +67,7 @@ func TestFromCheckRequest(t *testing.T) {
 				},
 				RawBody: []byte(chat),
 			}, nil),
-			want: &Request{
+			want: &admission.Request{
 				ID: "req-42", Client: "team-a", Method: "POST", Host: "api.openai.com", Path: "/v1/chat/completions",
 				Headers: map[string]string{
 					":authority": "api.openai.com", "content-type": "application/json",
@@ -77,36 +78,36 @@ func TestFromCheckRequest(t *testing.T) {
 		},
 		"the request's id when there is no x-request-id header": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Id: "envoy-id", Host: "h", Path: "/"}, nil),
-			want: &Request{ID: "envoy-id", Host: "h", Path: "/", Headers: map[string]string{}},
+			want: &admission.Request{ID: "envoy-id", Host: "h", Path: "/", Headers: map[string]string{}},
 		},
 		"upstream_host extension overrides the authority": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Host: "127.0.0.1:10000", Path: "/v1/chat/completions",
 				Headers: map[string]string{":authority": "127.0.0.1:10000"},
 			}, map[string]string{ContextUpstreamHost: "api.openai.com"}),
-			want: &Request{Host: "api.openai.com", Path: "/v1/chat/completions", Headers: map[string]string{":authority": "127.0.0.1:10000"}},
+			want: &admission.Request{Host: "api.openai.com", Path: "/v1/chat/completions", Headers: map[string]string{":authority": "127.0.0.1:10000"}},
 		},
 		"an empty upstream_host extension is ignored": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{Host: "api.twilio.com", Path: "/"},
 				map[string]string{ContextUpstreamHost: ""}),
-			want: &Request{Host: "api.twilio.com", Path: "/", Headers: map[string]string{}},
+			want: &admission.Request{Host: "api.twilio.com", Path: "/", Headers: map[string]string{}},
 		},
 		"host falls back to the :authority header": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Path: "/v1/models", Headers: map[string]string{":authority": "api.openai.com"},
 			}, nil),
-			want: &Request{Host: "api.openai.com", Path: "/v1/models", Headers: map[string]string{":authority": "api.openai.com"}},
+			want: &admission.Request{Host: "api.openai.com", Path: "/v1/models", Headers: map[string]string{":authority": "api.openai.com"}},
 		},
 		"query string and fragment are stripped from the path": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Host: "h", Path: "/v1/files?purpose=batch&limit=10#top"}, nil),
-			want: &Request{Host: "h", Path: "/v1/files", Headers: map[string]string{}},
+			want: &admission.Request{Host: "h", Path: "/v1/files", Headers: map[string]string{}},
 		},
 		"header names are lower-cased": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Host: "h", Path: "/",
 				Headers: map[string]string{"X-Tollgate-Client": "Team-A", "Content-Type": "text/plain", "X-Request-ID": "R1"},
 			}, nil),
-			want: &Request{ID: "R1", Client: "Team-A", Host: "h", Path: "/",
+			want: &admission.Request{ID: "R1", Client: "Team-A", Host: "h", Path: "/",
 				Headers: map[string]string{"x-tollgate-client": "Team-A", "content-type": "text/plain", "x-request-id": "R1"}},
 		},
 		"header_map from encode_raw_headers, raw_value and value": {
@@ -118,54 +119,54 @@ func TestFromCheckRequest(t *testing.T) {
 					{Key: "Content-Length", Value: "12"},
 				}},
 			}, nil),
-			want: &Request{ID: "raw-id", Client: "team-raw", Host: "h", Path: "/", BodySize: 12,
+			want: &admission.Request{ID: "raw-id", Client: "team-raw", Host: "h", Path: "/", BodySize: 12,
 				Headers: map[string]string{"x-tollgate-client": "team-raw", "x-request-id": "raw-id", "content-length": "12"}},
 		},
 		"raw_body is preferred over body": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Host: "h", Path: "/", RawBody: []byte("raw bytes"), Body: "text"}, nil),
-			want: &Request{Host: "h", Path: "/", Headers: map[string]string{}, Body: []byte("raw bytes"), BodySize: 9},
+			want: &admission.Request{Host: "h", Path: "/", Headers: map[string]string{}, Body: []byte("raw bytes"), BodySize: 9},
 		},
 		"body is read when raw_body is empty": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Host: "h", Path: "/", Body: "To=%2B1555&Body=hi"}, nil),
-			want: &Request{Host: "h", Path: "/", Headers: map[string]string{}, Body: []byte("To=%2B1555&Body=hi"), BodySize: 18},
+			want: &admission.Request{Host: "h", Path: "/", Headers: map[string]string{}, Body: []byte("To=%2B1555&Body=hi"), BodySize: 18},
 		},
 		"content-length larger than the body Envoy sent is the body size": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Host: "h", Path: "/", RawBody: []byte(`{"model":`), Headers: map[string]string{"content-length": "5000"},
 			}, nil),
-			want: &Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "5000"}, Body: []byte(`{"model":`), BodySize: 5000},
+			want: &admission.Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "5000"}, Body: []byte(`{"model":`), BodySize: 5000},
 		},
 		"content-length smaller than the body, or unreadable, is ignored": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Host: "h", Path: "/", RawBody: []byte("0123456789"),
 				HeaderMap: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "content-length", RawValue: []byte("3")}}},
 			}, nil),
-			want: &Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "3"}, Body: []byte("0123456789"), BodySize: 10},
+			want: &admission.Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "3"}, Body: []byte("0123456789"), BodySize: 10},
 		},
 		"junk content-length is ignored": {
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Host: "h", Path: "/", RawBody: []byte("0123"), Headers: map[string]string{"content-length": "lots"},
 			}, nil),
-			want: &Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "lots"}, Body: []byte("0123"), BodySize: 4},
+			want: &admission.Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "lots"}, Body: []byte("0123"), BodySize: 4},
 		},
 		"client from the configured header": {
 			clientHeader: "x-team",
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
 				Host: "h", Path: "/", Headers: map[string]string{"x-team": "billing", "x-tollgate-client": "other"},
 			}, nil),
-			want: &Request{Client: "billing", Host: "h", Path: "/", Headers: map[string]string{"x-team": "billing", "x-tollgate-client": "other"}},
+			want: &admission.Request{Client: "billing", Host: "h", Path: "/", Headers: map[string]string{"x-team": "billing", "x-tollgate-client": "other"}},
 		},
 		"no host is invalid": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Method: "GET", Path: "/v1/models"}, nil),
-			want: &Request{Method: "GET", Path: "/v1/models", Headers: map[string]string{}, Invalid: "the check names no host"},
+			want: &admission.Request{Method: "GET", Path: "/v1/models", Headers: map[string]string{}, Invalid: "the check names no host"},
 		},
 		"a path that is not absolute is invalid": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Method: "OPTIONS", Host: "h", Path: "*"}, nil),
-			want: &Request{Method: "OPTIONS", Host: "h", Path: "*", Headers: map[string]string{}, Invalid: "the check names no path"},
+			want: &admission.Request{Method: "OPTIONS", Host: "h", Path: "*", Headers: map[string]string{}, Invalid: "the check names no path"},
 		},
 		"no path is invalid": {
 			cr:   checkOf(&authv3.AttributeContext_HttpRequest{Host: "h", Path: "?q=1"}, nil),
-			want: &Request{Host: "h", Path: "", Headers: map[string]string{}, Invalid: "the check names no path"},
+			want: &admission.Request{Host: "h", Path: "", Headers: map[string]string{}, Invalid: "the check names no path"},
 		},
 	}
 	for name, tc := range tests {
@@ -197,7 +198,7 @@ func requireProtoEqual(t *testing.T, want, got proto.Message) {
 }
 
 func TestToCheckResponse(t *testing.T) {
-	rl := &RateLimit{Pool: "gpt-4", Unit: policy.UnitToken, Limit: 1000, Remaining: 900, Reset: 1500 * time.Millisecond}
+	rl := &admission.RateLimit{Pool: "gpt-4", Unit: policy.UnitToken, Limit: 1000, Remaining: 900, Reset: 1500 * time.Millisecond}
 	limitHeaders := []*corev3.HeaderValueOption{
 		hvo("x-ratelimit-limit", "1000"), hvo("x-ratelimit-remaining", "900"), hvo("x-ratelimit-reset", "2"),
 	}
@@ -214,12 +215,11 @@ func TestToCheckResponse(t *testing.T) {
 	}
 
 	tests := map[string]struct {
-		v    Verdict
+		v    Answer
 		want *authv3.CheckResponse
 	}{
 		"allowed: OK, rate-limit and spend headers on the response, the route upstream": {
-			v: Verdict{Allowed: true, Outcome: OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai", RateLimit: rl,
-				Estimate: costing.Estimate{Cost: 1_250_000}, Budget: &limiter.BudgetState{Limit: 100 * policy.NanosPerDollar, Spent: 2_500_000_000, Reserved: 1_500_000}},
+			v: Answer{Verdict: admission.Verdict{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai", RateLimit: rl, Estimate: costing.Estimate{Cost: 1_250_000}, Budget: &limiter.BudgetState{Limit: 100 * policy.NanosPerDollar, Spent: 2_500_000_000, Reserved: 1_500_000}}},
 			want: &authv3.CheckResponse{
 				Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
@@ -231,7 +231,7 @@ func TestToCheckResponse(t *testing.T) {
 			},
 		},
 		"allowed with a reservation: its id upstream too": {
-			v: Verdict{Allowed: true, Outcome: OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai", Reservation: "r1"},
+			v: Answer{Verdict: admission.Verdict{Allowed: true, Outcome: admission.OutcomeAllowed, Provider: policy.ProviderOpenAI, Route: "openai", Reservation: "r1"}},
 			want: &authv3.CheckResponse{
 				Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
@@ -241,14 +241,14 @@ func TestToCheckResponse(t *testing.T) {
 			},
 		},
 		"allowed without a route: OK and nothing to add": {
-			v: Verdict{Allowed: true, Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute},
+			v: Answer{Verdict: admission.Verdict{Allowed: true, Outcome: admission.OutcomeUnmatched, Reason: admission.ReasonUnmatchedRoute}},
 			want: &authv3.CheckResponse{
 				Status:       &rpcstatus.Status{Code: int32(code.Code_OK)},
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{ResponseHeadersToAdd: []*corev3.HeaderValueOption{}, HeadersToRemove: []string{HeaderReservation, HeaderRoute}}},
 			},
 		},
 		"shadow denial: OK, the decision on the request and the response": {
-			v: Verdict{Allowed: true, Outcome: OutcomeShadowDenied, Reason: "rate_limited", RateLimit: rl, Shadow: shadow},
+			v: Answer{Verdict: admission.Verdict{Allowed: true, Outcome: admission.OutcomeShadowDenied, Reason: "rate_limited", RateLimit: rl}, ShadowDecision: shadow},
 			want: &authv3.CheckResponse{
 				Status: &rpcstatus.Status{Code: int32(code.Code_OK)},
 				HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
@@ -259,39 +259,34 @@ func TestToCheckResponse(t *testing.T) {
 			},
 		},
 		"429: RESOURCE_EXHAUSTED, Retry-After in whole seconds rounded up, provider body": {
-			v: Verdict{Outcome: OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests, Message: "slow down",
-				Provider: policy.ProviderOpenAI, RateLimit: rl, RetryAfter: 1200 * time.Millisecond},
+			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Provider: policy.ProviderOpenAI, RateLimit: rl, RetryAfter: 1200 * time.Millisecond}, Status: http.StatusTooManyRequests, Message: "slow down"},
 			want: denied(code.Code_RESOURCE_EXHAUSTED, "rate_limited", typev3.StatusCode_TooManyRequests, openAI429,
 				append(append([]*corev3.HeaderValueOption{}, limitHeaders...),
 					hvo("retry-after", "2"), hvo("x-tollgate-reason", "rate_limited"), hvo("content-type", "application/json"))...),
 		},
 		"429 that can never pass: no Retry-After": {
-			v: Verdict{Outcome: OutcomeDenied, Reason: "exceeds_capacity", Status: http.StatusTooManyRequests, Message: "too big",
-				Provider: policy.ProviderGeneric},
+			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: "exceeds_capacity", Provider: policy.ProviderGeneric}, Status: http.StatusTooManyRequests, Message: "too big"},
 			want: denied(code.Code_RESOURCE_EXHAUSTED, "exceeds_capacity", typev3.StatusCode_TooManyRequests,
 				`{"error":{"code":"exceeds_capacity","message":"too big"}}`,
 				hvo("x-tollgate-reason", "exceeds_capacity"), hvo("content-type", "application/json")),
 		},
 		"403: PERMISSION_DENIED": {
-			v: Verdict{Outcome: OutcomeDenied, Reason: ReasonUnknownClient, Status: http.StatusForbidden, Message: "who?",
-				Provider: policy.ProviderAnthropic},
-			want: denied(code.Code_PERMISSION_DENIED, ReasonUnknownClient, typev3.StatusCode_Forbidden,
+			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: admission.ReasonUnknownClient, Provider: policy.ProviderAnthropic}, Status: http.StatusForbidden, Message: "who?"},
+			want: denied(code.Code_PERMISSION_DENIED, admission.ReasonUnknownClient, typev3.StatusCode_Forbidden,
 				`{"error":{"message":"who?","type":"permission_error"},"type":"error"}`,
-				hvo("x-tollgate-reason", ReasonUnknownClient), hvo("content-type", "application/json")),
+				hvo("x-tollgate-reason", admission.ReasonUnknownClient), hvo("content-type", "application/json")),
 		},
 		"400: INVALID_ARGUMENT": {
-			v: Verdict{Outcome: OutcomeInvalid, Reason: ReasonInvalidRequest, Status: http.StatusBadRequest, Message: "unreadable",
-				Provider: policy.ProviderGeneric},
-			want: denied(code.Code_INVALID_ARGUMENT, ReasonInvalidRequest, typev3.StatusCode_BadRequest,
+			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeInvalid, Reason: admission.ReasonInvalidRequest, Provider: policy.ProviderGeneric}, Status: http.StatusBadRequest, Message: "unreadable"},
+			want: denied(code.Code_INVALID_ARGUMENT, admission.ReasonInvalidRequest, typev3.StatusCode_BadRequest,
 				`{"error":{"code":"invalid_request","message":"unreadable"}}`,
-				hvo("x-tollgate-reason", ReasonInvalidRequest), hvo("content-type", "application/json")),
+				hvo("x-tollgate-reason", admission.ReasonInvalidRequest), hvo("content-type", "application/json")),
 		},
 		"503: UNAVAILABLE": {
-			v: Verdict{Outcome: OutcomeError, Reason: ReasonStoreError, Status: http.StatusServiceUnavailable, Message: "store down",
-				Provider: policy.ProviderSendGrid},
-			want: denied(code.Code_UNAVAILABLE, ReasonStoreError, typev3.StatusCode_ServiceUnavailable,
+			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeError, Reason: admission.ReasonStoreError, Provider: policy.ProviderSendGrid}, Status: http.StatusServiceUnavailable, Message: "store down"},
+			want: denied(code.Code_UNAVAILABLE, admission.ReasonStoreError, typev3.StatusCode_ServiceUnavailable,
 				`{"errors":[{"field":null,"message":"store down"}]}`,
-				hvo("x-tollgate-reason", ReasonStoreError), hvo("content-type", "application/json")),
+				hvo("x-tollgate-reason", admission.ReasonStoreError), hvo("content-type", "application/json")),
 		},
 	}
 	for name, tc := range tests {

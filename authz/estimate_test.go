@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/admission"
 )
 
 func TestEstimateAPI(t *testing.T) {
@@ -33,19 +33,19 @@ func TestEstimateAPI(t *testing.T) {
 	body := string(chatBody("gpt-4o", 100, "What is the capital of France?"))
 	sc, out := post("https://api.openai.com/v1/chat/completions", "application/json", body)
 	require.Equal(t, http.StatusOK, sc, out)
-	var rep authz.EstimateReport
+	var rep admission.EstimateReport
 	require.NoError(t, json.Unmarshal([]byte(out), &rep))
 	in := tokens(0, []byte(body))
 	// in × $2.50/1M + 100 × $10/1M
-	assert.Equal(t, authz.EstimateReport{
+	assert.Equal(t, admission.EstimateReport{
 		Route: "openai", Provider: "openai", Model: "gpt-4o", PriceEntry: "gpt-4o*", ModelKnown: true, Kind: "chat", Exact: true,
 		InputTokens: in, OutputTokens: 100, Segments: 1, Recipients: 1,
-		Pools:     []authz.EstimatePool{{Pool: "gpt", Unit: "token", Units: in + 100}},
+		Pools:     []admission.EstimatePool{{Pool: "gpt", Unit: "token", Units: in + 100}},
 		Cost:      moneyString(in*2500 + 1_000_000),
-		Breakdown: authz.EstimateBreakdown{Input: moneyString(in * 2500), Output: "0.001", Images: "0", Audio: "0", Units: "0"},
+		Breakdown: admission.EstimateBreakdown{Input: moneyString(in * 2500), Output: "0.001", Images: "0", Audio: "0", Units: "0"},
 		Strategy:  "conservative", ReservePercent: 120, Reserve: moneyString((in*2500 + 1_000_000) * 120 / 100),
 	}, rep)
-	assert.Zero(t, ts.srv.Decider().Pending(), "an estimate reserves nothing")
+	assert.Zero(t, ts.srv.Service().Pending(), "an estimate reserves nothing")
 
 	for name, tc := range map[string]struct {
 		target, body string

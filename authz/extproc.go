@@ -8,6 +8,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tollgate/tollgate/admission"
 )
 
 // procServer is envoy.service.ext_proc.v3.ExternalProcessor: one stream per
@@ -15,7 +17,8 @@ import (
 // response ends or, failing that, when the stream does.
 type procServer struct {
 	extprocv3.UnimplementedExternalProcessorServer
-	d *Decider
+	svc *admission.Service
+	m   *metrics
 }
 
 var _ extprocv3.ExternalProcessorServer = (*procServer)(nil)
@@ -26,7 +29,7 @@ var _ extprocv3.ExternalProcessorServer = (*procServer)(nil)
 // still settled (at its estimate if the response never came).
 func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
-	var c *Call
+	var c *admission.Call
 	defer func() {
 		if c != nil {
 			c.End(ctx)
@@ -53,7 +56,7 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 		case *extprocv3.ProcessingRequest_RequestHeaders:
 			phase = "request_headers"
 			hs := procHeaders(r.RequestHeaders.GetHeaders())
-			c = s.d.Follow(hs[HeaderReservation], hs[HeaderRoute], hs[":method"])
+			c = s.svc.Follow(hs[HeaderReservation], hs[HeaderRoute], hs[":method"])
 			switch {
 			case !c.Tracked():
 				resp = requestHeadersResponse(untrackedMode)
@@ -99,7 +102,7 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 		if err := stream.Send(resp); err != nil {
 			return nil // the deferred End settles
 		}
-		s.d.m.processLatency.WithLabelValues(phase).Observe(time.Since(start).Seconds())
+		s.m.processLatency.WithLabelValues(phase).Observe(time.Since(start).Seconds())
 		if end {
 			c.End(ctx) // after the answer: settling never delays the response
 		}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/internal/redistest"
@@ -72,25 +73,25 @@ type settleServer struct {
 	*testServer
 	proc  extprocv3.ExternalProcessorClient
 	clk   *fakeclock.Clock
-	store limiter.Store
+	store admission.Store
 }
 
 // storeKinds are the stores the settling tests run on: the memory store on
 // the fake clock, and Redis (its own TIME; its own key prefix per test).
-var storeKinds = map[string]func(tb testing.TB, clk *fakeclock.Clock) limiter.Store{
-	"memory": func(tb testing.TB, clk *fakeclock.Clock) limiter.Store { return newMemStore(tb, clk) },
-	"redis": func(tb testing.TB, _ *fakeclock.Clock) limiter.Store {
+var storeKinds = map[string]func(tb testing.TB, clk *fakeclock.Clock) admission.Store{
+	"memory": func(tb testing.TB, clk *fakeclock.Clock) admission.Store { return newMemStore(tb, clk) },
+	"redis": func(tb testing.TB, _ *fakeclock.Clock) admission.Store {
 		s, err := redisstore.New(redisSrv.Client(tb), redisstore.Config{Prefix: redistest.Prefix(tb)})
 		require.NoError(tb, err)
 		return s
 	},
 }
 
-func startSettle(tb testing.TB, newStore func(testing.TB, *fakeclock.Clock) limiter.Store, yaml string) *settleServer {
+func startSettle(tb testing.TB, newStore func(testing.TB, *fakeclock.Clock) admission.Store, yaml string) *settleServer {
 	tb.Helper()
 	clk := fakeclock.New(epoch)
 	store := newStore(tb, clk)
-	ts := startServer(tb, serverOpts{policy: yaml, clk: clk, store: store, config: func(c *authz.Config) { c.Settlement = authz.SettleDeferred }})
+	ts := startServer(tb, serverOpts{policy: yaml, clk: clk, store: store, config: func(c *authz.Config) { c.Settlement = admission.SettleDeferred }})
 	conn, err := grpc.NewClient(ts.srv.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(tb, err)
 	tb.Cleanup(func() { assert.NoError(tb, conn.Close()) })
@@ -218,7 +219,7 @@ func (ss *settleServer) process(tb testing.TB, a admitted, reqBody []byte, up up
 // usage returns acme's budget this period.
 func (ss *settleServer) usage(tb testing.TB) limiter.BudgetState {
 	tb.Helper()
-	rep, err := ss.srv.Decider().Usage(context.Background(), "acme")
+	rep, err := ss.srv.Service().Usage(context.Background(), "acme")
 	require.NoError(tb, err)
 	require.Len(tb, rep.Budgets, 1)
 	b := rep.Budgets[0]
@@ -266,7 +267,7 @@ func TestSettleEndToEnd(t *testing.T) {
 			u = ss.usage(t)
 			assert.Equal(t, spent, u.Spent, "the budget holds exactly the actual cost")
 			assert.Zero(t, u.Reserved, "nothing left held")
-			assert.Zero(t, ss.srv.Decider().Pending())
+			assert.Zero(t, ss.srv.Service().Pending())
 
 			// 2. A stream that did not ask for its usage: Tollgate asks for it,
 			// reads it (19 in, 10 out), and strips it again for the worker.
@@ -307,7 +308,7 @@ func TestSettleEndToEnd(t *testing.T) {
 			require.NoError(t, err)
 			cancel()
 			spent += est
-			require.Eventually(t, func() bool { return ss.srv.Decider().Pending() == 0 }, 10*time.Second, 5*time.Millisecond)
+			require.Eventually(t, func() bool { return ss.srv.Service().Pending() == 0 }, 10*time.Second, 5*time.Millisecond)
 			u = ss.usage(t)
 			assert.Equal(t, spent, u.Spent, "a reset stream is committed at its estimate")
 			assert.Zero(t, u.Reserved)
@@ -358,8 +359,7 @@ func TestSettleRefundsUnusedTokens(t *testing.T) {
 			a := ss.admit(t, "acme", body)
 			charged := tokens(5000, body)
 			ss.process(t, a, body, upstream{status: 200, headers: []string{"content-type", "application/json"}, body: recorded(t, "openai-chat.json")})
-			adj := ss.store.(limiter.Adjuster)
-			st, err := adj.Adjust(context.Background(), []limiter.Adjustment{{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 100000, RefillPerSecond: 1000}, Cap: limiter.NoCap}}, time.Time{})
+			st, err := ss.store.Throttle(context.Background(), []limiter.Throttle{{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 100000, RefillPerSecond: 1000}, Cap: limiter.NoCap}}, time.Time{})
 			require.NoError(t, err)
 			// 1163 used of the charge; Redis may have refilled a little since.
 			assert.GreaterOrEqual(t, st[0].Remaining, int64(100000-1163))

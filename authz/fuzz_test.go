@@ -16,6 +16,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/policy"
@@ -131,7 +132,7 @@ func fuzzSeeds() []*authv3.CheckRequest {
 
 type fuzzDecider struct {
 	name string
-	d    *Decider
+	d    *admission.Service
 }
 
 func newFuzzDeciders(f *testing.F) []fuzzDecider {
@@ -142,7 +143,10 @@ func newFuzzDeciders(f *testing.F) []fuzzDecider {
 		store, err := memstore.New(memstore.Config{Clock: fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))})
 		require.NoError(f, err)
 		f.Cleanup(func() { require.NoError(f, store.Close()) })
-		out = append(out, fuzzDecider{name, NewDecider(StaticPolicy{Set: set}, store, prometheus.NewRegistry(), nil)})
+		svc, err := admission.New(admission.Config{}, admission.Deps{Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry()})
+		require.NoError(f, err)
+		f.Cleanup(func() { require.NoError(f, svc.Close()) })
+		out = append(out, fuzzDecider{name, svc})
 	}
 	return out
 }
@@ -178,7 +182,7 @@ func FuzzCheckRequest(f *testing.F) {
 		}
 
 		for _, fd := range deciders {
-			v := fd.d.Decide(context.Background(), r)
+			v := Render(fd.d.Decide(context.Background(), r))
 			if v.Allowed {
 				require.Zero(t, v.Status, "%s: allowed with a status", fd.name)
 			} else {

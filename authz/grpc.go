@@ -5,12 +5,14 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/tollgate/tollgate/admission"
 )
 
 // authServer is envoy.service.auth.v3.Authorization.
 type authServer struct {
 	authv3.UnimplementedAuthorizationServer
-	d            *Decider
+	svc          *admission.Service
 	clientHeader string
 	m            *metrics
 }
@@ -23,8 +25,8 @@ var _ authv3.AuthorizationServer = (*authServer)(nil)
 func (s *authServer) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	r := fromCheckRequest(cr, s.clientHeader)
-	v := s.d.Decide(ctx, r)
-	resp := toCheckResponse(&v)
+	a := Render(s.svc.Decide(ctx, r))
+	resp := toCheckResponse(&a)
 	s.m.checkLatency.WithLabelValues("ext_authz").Observe(time.Since(start).Seconds())
 	return resp, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/internal/fakeclock"
@@ -43,9 +45,42 @@ func newMemStore(tb testing.TB, clk limiter.Clock) *memstore.Store {
 	return s
 }
 
+// Decider is admission's service as the transport renders its answers:
+// what these tests assert on (statuses, messages, headers).
+type Decider struct{ *admission.Service }
+
+// Decide decides r and renders the verdict.
+func (d *Decider) Decide(ctx context.Context, r *admission.Request) authz.Answer {
+	return authz.Render(d.Service.Decide(ctx, r))
+}
+
+type deciderOpt func(*admission.Config, *admission.Deps)
+
+func withClock(c limiter.Clock) deciderOpt {
+	return func(_ *admission.Config, d *admission.Deps) { d.Clock = c }
+}
+
+func withSettlement(s admission.Settlement) deciderOpt {
+	return func(c *admission.Config, _ *admission.Deps) { c.Settlement = s }
+}
+
+// newTestDecider builds an admission service on set and store, with its
+// metrics in reg (immediate settlement and the system clock unless opts
+// say otherwise).
+func newTestDecider(tb testing.TB, set *policy.Set, store admission.Store, reg prometheus.Registerer, log *slog.Logger, opts ...deciderOpt) *Decider {
+	tb.Helper()
+	cfg, deps := admission.Config{}, admission.Deps{Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: reg, Logger: log}
+	for _, o := range opts {
+		o(&cfg, &deps)
+	}
+	s, err := admission.New(cfg, deps)
+	require.NoError(tb, err)
+	return &Decider{Service: s}
+}
+
 // decider is a Decider on a fresh registry, a fake clock and a memory store.
 type decider struct {
-	*authz.Decider
+	*Decider
 	reg   *prometheus.Registry
 	clk   *fakeclock.Clock
 	store *memstore.Store
@@ -57,7 +92,7 @@ func newDecider(tb testing.TB, yaml string) *decider {
 	store := newMemStore(tb, clk)
 	reg := prometheus.NewRegistry()
 	d := &decider{
-		Decider: authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(tb, yaml)}, store, reg, nil, authz.WithClock(clk)),
+		Decider: newTestDecider(tb, compilePolicy(tb, yaml), store, reg, nil, withClock(clk)),
 		reg:     reg, clk: clk, store: store,
 	}
 	tb.Cleanup(func() { require.NoError(tb, d.Close()) })
@@ -111,7 +146,7 @@ func labelsEqual(got []*dto.LabelPair, want map[string]string) bool {
 }
 
 // decisionLabels are the labels of tollgate_authz_decisions_total.
-func decisionLabels(pool, tier string, outcome authz.Outcome, reason string) map[string]string {
+func decisionLabels(pool, tier string, outcome admission.Outcome, reason string) map[string]string {
 	return map[string]string{"pool": pool, "tier": tier, "outcome": string(outcome), "reason": reason}
 }
 
@@ -154,31 +189,47 @@ func kiloChatBody(model string) []byte {
 	return chatBody(model, 256, prompt)
 }
 
-// failingStore is a limiter.Store whose every call fails.
+// failingStore is a store whose every call fails.
 type failingStore struct{ err error }
 
-var _ limiter.Store = failingStore{}
+var _ admission.Store = failingStore{}
 
 func (s failingStore) Reserve(context.Context, limiter.Request) (limiter.Decision, error) {
 	return limiter.Decision{}, s.err
 }
-
+func (s failingStore) Settle(context.Context, string, policy.Money) (limiter.Settlement, error) {
+	return limiter.Settlement{}, s.err
+}
+func (s failingStore) Release(context.Context, string) (limiter.Settlement, error) {
+	return limiter.Settlement{}, s.err
+}
+func (s failingStore) Finish(context.Context, limiter.Ending) (limiter.Settlement, error) {
+	return limiter.Settlement{}, s.err
+}
+func (s failingStore) Expire(context.Context, time.Time, int) (int, error) { return 0, s.err }
+func (s failingStore) Usage(context.Context, string, []limiter.Budget, time.Time) (limiter.Usage, error) {
+	return limiter.Usage{}, s.err
+}
+func (s failingStore) Refund(context.Context, []limiter.Refund, time.Time) ([]limiter.BucketState, error) {
+	return nil, s.err
+}
+func (s failingStore) Throttle(context.Context, []limiter.Throttle, time.Time) ([]limiter.BucketState, error) {
+	return nil, s.err
+}
 func (failingStore) Close() error { return nil }
 
-// blockingStore is a limiter.Store whose Reserve announces itself on entered
-// and then waits for release (or ctx) before asking next. Safe for
-// concurrent use.
+// blockingStore is a store whose Reserve announces itself on entered and
+// then waits for release (or ctx) before asking next. Safe for concurrent
+// use.
 type blockingStore struct {
-	next      limiter.Store
+	admission.Store
 	entered   chan struct{}
 	release   chan struct{}
 	closeOnce sync.Once
 }
 
-var _ limiter.Store = (*blockingStore)(nil)
-
-func newBlockingStore(next limiter.Store) *blockingStore {
-	return &blockingStore{next: next, entered: make(chan struct{}, 16), release: make(chan struct{})}
+func newBlockingStore(next admission.Store) *blockingStore {
+	return &blockingStore{Store: next, entered: make(chan struct{}, 16), release: make(chan struct{})}
 }
 
 func (s *blockingStore) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
@@ -191,13 +242,13 @@ func (s *blockingStore) Reserve(ctx context.Context, req limiter.Request) (limit
 	case <-ctx.Done():
 		return limiter.Decision{}, ctx.Err()
 	}
-	return s.next.Reserve(ctx, req)
+	return s.Store.Reserve(ctx, req)
 }
 
-// Release lets every Reserve, present and future, through.
-func (s *blockingStore) Release() { s.closeOnce.Do(func() { close(s.release) }) }
+// Unblock lets every Reserve, present and future, through.
+func (s *blockingStore) Unblock() { s.closeOnce.Do(func() { close(s.release) }) }
 
-func (s *blockingStore) Close() error { s.Release(); return nil }
+func (s *blockingStore) Close() error { s.Unblock(); return s.Store.Close() }
 
 // errStoreDown is what failingStore returns in tests.
 var errStoreDown = errors.New("store unreachable")

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/code"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
@@ -62,7 +63,7 @@ queue:
 `
 
 // queueRequest is a call of client asking for class (none: the route's).
-func queueRequest(id, client, class string) *authz.Request {
+func queueRequest(id, client, class string) *admission.Request {
 	r := openAIRequest(client, chatBody("gpt-4o", 5, "hi"))
 	r.ID = id
 	if class != "" {
@@ -76,8 +77,8 @@ func queueRequest(id, client, class string) *authz.Request {
 
 // decideAsync runs Decide in a goroutine; the verdict arrives on the
 // returned channel.
-func decideAsync(ctx context.Context, d *authz.Decider, r *authz.Request) <-chan authz.Verdict {
-	ch := make(chan authz.Verdict, 1)
+func decideAsync(ctx context.Context, d *Decider, r *admission.Request) <-chan authz.Answer {
+	ch := make(chan authz.Answer, 1)
 	go func() { ch <- d.Decide(ctx, r) }()
 	return ch
 }
@@ -90,7 +91,7 @@ func (d *decider) held(tb testing.TB, n int) {
 }
 
 // noAnswer requires that ch has no verdict yet.
-func noAnswer(tb testing.TB, ch <-chan authz.Verdict) {
+func noAnswer(tb testing.TB, ch <-chan authz.Answer) {
 	tb.Helper()
 	select {
 	case v := <-ch:
@@ -126,7 +127,7 @@ func TestQueueRefusals(t *testing.T) {
 		d := newDecider(t, queuePolicy)
 		require.True(t, d.Decide(ctx, queueRequest("w", "warmup", "")).Allowed)
 		v := d.Decide(ctx, queueRequest("r", "g", "immediate"))
-		assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
+		assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
 			Provider: policy.ProviderOpenAI, Route: "openai", Tier: "gold", Pool: "one", RetryAfter: time.Second}, gistOf(v))
 		assert.Zero(t, d.QueueStatus().Total)
 	})
@@ -135,7 +136,7 @@ func TestQueueRefusals(t *testing.T) {
 		// turn is at 5 s, which is its deadline.
 		d := newDecider(t, queuePolicy)
 		require.True(t, d.Decide(ctx, queueRequest("w", "warmup", "")).Allowed)
-		var chs []<-chan authz.Verdict
+		var chs []<-chan authz.Answer
 		for i := range 4 {
 			chs = append(chs, decideAsync(ctx, d.Decider, queueRequest(fmt.Sprint("n", i), "s", "normal")))
 			d.held(t, i+1) // in this order: ties go to the earliest
@@ -151,12 +152,12 @@ func TestQueueRefusals(t *testing.T) {
 		noAnswer(t, late)
 		d.clk.Advance(time.Second) // t=5: its deadline
 		v := recv(t, late)
-		assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: authz.ReasonQueueTimeout, Status: http.StatusTooManyRequests,
+		assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: admission.ReasonQueueTimeout, Status: http.StatusTooManyRequests,
 			Provider: policy.ProviderOpenAI, Route: "openai", Tier: "silver", Pool: "one", RetryAfter: time.Second}, gistOf(v))
 		assert.Contains(t, v.Message, "Held 5.0s in the normal queue for pool one")
 		hs := headerMap(t, authz.ResponseHeaders(&v))
 		assert.Equal(t, "1", hs["retry-after"])
-		assert.Equal(t, authz.ReasonQueueTimeout, hs["x-tollgate-reason"])
+		assert.Equal(t, admission.ReasonQueueTimeout, hs["x-tollgate-reason"])
 		_, body := authz.DenialBody(&v)
 		assert.Contains(t, string(body), `"code":"rate_limit_exceeded"`, "the provider's own 429 shape")
 		assert.Zero(t, d.QueueStatus().Total)
@@ -165,10 +166,10 @@ func TestQueueRefusals(t *testing.T) {
 	t.Run("a wait longer than the class's is refused at once", func(t *testing.T) {
 		d := newDecider(t, queuePolicy)
 		one := limiter.Limit{Capacity: 1, RefillPerSecond: 1}
-		_, err := d.store.Adjust(ctx, []limiter.Adjustment{{Key: limiter.Key{Pool: "one"}, Limit: one, Refund: -5, Cap: limiter.NoCap}}, time.Time{})
+		_, err := d.store.Refund(ctx, []limiter.Refund{{Key: limiter.Key{Pool: "one"}, Limit: one, Units: -5}}, time.Time{})
 		require.NoError(t, err) // four requests in debt: the next one is 5 s away
 		v := d.Decide(ctx, queueRequest("hopeless", "s", "fast"))
-		assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
+		assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
 			Provider: policy.ProviderOpenAI, Route: "openai", Tier: "silver", Pool: "one", RetryAfter: 5 * time.Second}, gistOf(v),
 			"fast may wait 3 s: not held, told when to come back")
 		assert.Zero(t, v.QueueWait)
@@ -185,7 +186,7 @@ func TestQueueRefusals(t *testing.T) {
 		b := decideAsync(ctx, d.Decider, queueRequest("b", "s", "fast"))
 		d.held(t, 2)
 		v := d.Decide(ctx, queueRequest("c", "g", "fast"))
-		assert.Equal(t, authz.ReasonQueueFull, v.Reason)
+		assert.Equal(t, admission.ReasonQueueFull, v.Reason)
 		assert.Equal(t, http.StatusTooManyRequests, v.Status)
 		assert.Contains(t, v.Message, "The fast queue for pool one is full (2 calls)")
 		assert.Equal(t, 1.0, metricValue(t, d.reg, "tollgate_queue_exits_total", map[string]string{"class": "fast", "outcome": "full"}))
@@ -213,7 +214,7 @@ func TestQueueRefusals(t *testing.T) {
 		d.held(t, 1)
 		cancel()
 		v := recv(t, ch)
-		assert.Equal(t, authz.ReasonCancelled, v.Reason)
+		assert.Equal(t, admission.ReasonCancelled, v.Reason)
 		assert.Zero(t, d.QueueStatus().Total)
 		d.clk.Advance(time.Second)
 		assert.Equal(t, int64(1), d.remaining(t, limiter.Key{Pool: "one"}, policy.Limit{Capacity: 1, RefillPerSecond: 1}),
@@ -232,7 +233,7 @@ func TestQueueDeferred(t *testing.T) {
 		d := newDecider(t, queuePolicy)
 		d.clk.Set(time.Date(2026, 12, 1, 15, 0, 0, 0, ny))
 		v := d.Decide(ctx, queueRequest("r", "s", "deferred"))
-		assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: authz.ReasonOffPeak, Status: http.StatusTooManyRequests,
+		assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: admission.ReasonOffPeak, Status: http.StatusTooManyRequests,
 			Provider: policy.ProviderOpenAI, Route: "openai", Tier: "silver", Pool: "one", RetryAfter: 7 * time.Hour}, gistOf(v))
 		assert.Equal(t, strconv.Itoa(7*3600), headerMap(t, authz.ResponseHeaders(&v))["retry-after"])
 		assert.Contains(t, v.Message, "2026-12-01T22:00:00-05:00")
@@ -262,8 +263,8 @@ func TestQueueDeferred(t *testing.T) {
 func TestQueueConcurrency(t *testing.T) {
 	clk := fakeclock.New(epoch)
 	ctx := context.Background()
-	dd := authz.NewDecider(authz.StaticPolicy{Set: compilePolicy(t, queuePolicy)}, newMemStore(t, clk), prometheus.NewRegistry(), nil,
-		authz.WithSettlement(authz.SettleDeferred), authz.WithClock(clk))
+	dd := newTestDecider(t, compilePolicy(t, queuePolicy), newMemStore(t, clk), prometheus.NewRegistry(), nil,
+		withSettlement(admission.SettleDeferred), withClock(clk))
 	t.Cleanup(func() { require.NoError(t, dd.Close()) })
 	first := dd.Decide(ctx, queueRequest("first", "c", "batch")) // tier capped: one call in flight
 	require.True(t, first.Allowed)
@@ -278,7 +279,7 @@ func TestQueueConcurrency(t *testing.T) {
 	// The first call ends through ext_proc (or the API): its slot frees.
 	c := dd.Follow(first.Reservation, first.Route, "POST")
 	c.ResponseHeaders(ctx, 500, nil)
-	assert.Equal(t, authz.SettledReleased, c.End(ctx))
+	assert.Equal(t, admission.SettledReleased, c.End(ctx))
 	v := recv(t, ch)
 	require.True(t, v.Allowed, v.Message)
 }
@@ -300,11 +301,11 @@ func TestQueueAPI(t *testing.T) {
 			}
 		}()
 	}
-	require.Eventually(t, func() bool { return ts.srv.Decider().QueueStatus().Total == 2 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return ts.srv.Service().QueueStatus().Total == 2 }, 10*time.Second, time.Millisecond)
 
 	sc, body := ts.get(t, "/api/queue/status")
 	require.Equal(t, http.StatusOK, sc)
-	var st authz.QueueStatus
+	var st admission.QueueStatus
 	require.NoError(t, json.Unmarshal([]byte(body), &st), body)
 	assert.Equal(t, 2, st.Total)
 	require.Len(t, st.Lines, 1)
@@ -428,18 +429,18 @@ queue:
 			answers <- answer{call: c, ok: resp.GetStatus().GetCode() == int32(code.Code_OK), at: clk.Now().Sub(start)}
 		})
 	}
-	require.Eventually(t, func() bool { return ts.srv.Decider().QueueStatus().Total == len(calls) }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return ts.srv.Service().QueueStatus().Total == len(calls) }, 10*time.Second, time.Millisecond)
 
 	var got []answer
 	for len(got) < len(calls) {
 		require.Eventually(t, func() bool { return clk.Pending() > 0 }, 10*time.Second, time.Millisecond)
 		clk.Step(time.Second)
 		left := len(calls) - len(got)
-		require.Eventually(t, func() bool { return ts.srv.Decider().QueueStatus().Total < left }, 10*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return ts.srv.Service().QueueStatus().Total < left }, 10*time.Second, time.Millisecond)
 		// Every line has acted on the second (its refill, its deadlines)
 		// before the clock moves on.
-		require.Eventually(t, func() bool { return ts.srv.Decider().QueueBusy() == 0 }, 10*time.Second, time.Millisecond)
-		held := ts.srv.Decider().QueueStatus().Total
+		require.Eventually(t, func() bool { return ts.srv.Service().QueueBusy() == 0 }, 10*time.Second, time.Millisecond)
+		held := ts.srv.Service().QueueStatus().Total
 		for len(got) < len(calls)-held { // every call out of the queue answers before the clock moves on
 			got = append(got, <-answers)
 		}

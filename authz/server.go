@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/limiter"
 )
 
@@ -38,7 +39,7 @@ type Config struct {
 	// accepting calls, so that Envoy and Kubernetes notice first.
 	DrainDelay time.Duration
 	// Settlement picks how admitted calls are booked.
-	Settlement Settlement
+	Settlement admission.Settlement
 	// ExpireEvery is how often reservations past their TTL are committed at
 	// their estimate (when the store keeps reservations).
 	ExpireEvery time.Duration
@@ -47,7 +48,7 @@ type Config struct {
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
 	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", ClientHeader: "x-tollgate-client",
-		DrainDelay: time.Second, Settlement: SettleDeferred, ExpireEvery: time.Second}
+		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second}
 }
 
 // Validate reports a configuration that cannot work.
@@ -74,8 +75,8 @@ func (c Config) Validate() error {
 // Deps are the collaborators a Server uses; Server does not own them (the
 // caller closes the store).
 type Deps struct {
-	Policies PolicySource
-	Store    limiter.Store
+	Policies admission.PolicySource
+	Store    admission.Store
 	// Registry receives the server's metrics and is served on /metrics.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
@@ -98,7 +99,8 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	deps     Deps
-	decider  *Decider
+	svc      *admission.Service
+	m        *metrics
 	grpc     *grpc.Server
 	health   *health.Server
 	http     *http.Server
@@ -142,15 +144,22 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
 	}
 
-	opts := []Option{WithSettlement(cfg.Settlement)}
-	if deps.Clock != nil {
-		opts = append(opts, WithClock(deps.Clock))
+	closeListeners := func(err error) error {
+		return errors.Join(err, s.grpcLis.Close(), s.httpLis.Close())
 	}
-	s.decider = NewDecider(deps.Policies, deps.Store, deps.Registry, deps.Logger, opts...)
+	if s.m, err = newMetrics(deps.Registry); err != nil {
+		return nil, closeListeners(err)
+	}
+	s.svc, err = admission.New(admission.Config{Settlement: cfg.Settlement}, admission.Deps{Policies: deps.Policies,
+		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock})
+	if err != nil {
+		s.m.set.Unregister(deps.Registry)
+		return nil, closeListeners(err)
+	}
 
 	s.grpc = grpc.NewServer()
-	authv3.RegisterAuthorizationServer(s.grpc, &authServer{d: s.decider, clientHeader: cfg.ClientHeader, m: s.decider.m})
-	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{d: s.decider})
+	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clientHeader: cfg.ClientHeader, m: s.m})
+	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -162,8 +171,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	return s, nil
 }
 
-// Decider returns the admission pipeline the server uses.
-func (s *Server) Decider() *Decider { return s.decider }
+// Service returns the admission service the server uses.
+func (s *Server) Service() *admission.Service { return s.svc }
 
 // GRPCAddr is the bound gRPC address (useful with port 0).
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
@@ -221,7 +230,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// Held calls are answered now (503 shutting_down) rather than at
 		// their deadline, which could outlast the shutdown timeout.
 		var errs []error
-		if err := s.decider.Close(); err != nil {
+		if err := s.svc.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("authz: close the queue: %w", err))
 		}
 		stopped := make(chan struct{})
@@ -259,8 +268,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // expireLoop commits lapsed reservations at their estimate until Shutdown.
 func (s *Server) expireLoop(ctx context.Context) {
 	defer close(s.expiryDone)
-	l, ok := s.deps.Store.(limiter.Ledger)
-	if !ok || s.cfg.ExpireEvery <= 0 || s.cfg.Settlement == SettleImmediate {
+	if s.cfg.ExpireEvery <= 0 || s.cfg.Settlement == admission.SettleImmediate {
 		<-s.stopExpiry
 		return
 	}
@@ -271,16 +279,13 @@ func (s *Server) expireLoop(ctx context.Context) {
 		case <-s.stopExpiry:
 			return
 		case <-t.C:
-			s.decider.SweepPending()
 			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ExpireEvery)
-			n, err := l.Expire(ectx, time.Time{}, 10_000)
+			n, err := s.svc.Expire(ectx, 10_000)
 			cancel()
 			switch {
 			case err != nil:
 				s.log.Warn("expiring reservations failed", slog.Any("error", err))
 			case n > 0:
-				s.decider.m.expired.Add(float64(n))
-				s.decider.queue.KickAll() // lapsed reservations gave slots back
 				s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
 			}
 		}

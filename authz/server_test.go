@@ -30,10 +30,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/internal/redistest"
-	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -89,7 +89,7 @@ type testServer struct {
 
 type serverOpts struct {
 	policy string              // "": serverPolicy
-	store  limiter.Store       // nil: a memory store on clk
+	store  admission.Store       // nil: a memory store on clk
 	clk    *fakeclock.Clock    // nil: a fresh one at epoch
 	config func(*authz.Config) // adjusts the loopback config
 }
@@ -115,7 +115,7 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 	}
 	reg := prometheus.NewRegistry()
 	srv, err := authz.New(cfg, authz.Deps{
-		Policies: authz.StaticPolicy{Set: compilePolicy(tb, o.policy)},
+		Policies: admission.StaticPolicy{Set: compilePolicy(tb, o.policy)},
 		Store:    o.store,
 		Registry: reg,
 		Clock:    o.clk,
@@ -255,8 +255,8 @@ func TestCheckOverGRPC(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int32(code.Code_OK), resp.GetStatus().GetCode())
 
-	assert.Equal(t, float64(calls+1), metricValue(t, ts.reg, decisionsMetric, decisionLabels("gpt-4", "basic", authz.OutcomeAllowed, "")))
-	assert.Equal(t, 2.0, metricValue(t, ts.reg, decisionsMetric, decisionLabels("gpt-4", "basic", authz.OutcomeDenied, "rate_limited")))
+	assert.Equal(t, float64(calls+1), metricValue(t, ts.reg, decisionsMetric, decisionLabels("gpt-4", "basic", admission.OutcomeAllowed, "")))
+	assert.Equal(t, 2.0, metricValue(t, ts.reg, decisionsMetric, decisionLabels("gpt-4", "basic", admission.OutcomeDenied, "rate_limited")))
 	requireLint(t, ts.reg)
 }
 
@@ -384,7 +384,7 @@ func TestShutdownWaitsForInFlightCheck(t *testing.T) {
 	clk := fakeclock.New(epoch)
 	store := newBlockingStore(newMemStore(t, clk))
 	ts := startServer(t, serverOpts{clk: clk, store: store})
-	t.Cleanup(store.Release) // never leave a handler blocked, even on failure
+	t.Cleanup(store.Unblock) // never leave a handler blocked, even on failure
 
 	type answer struct {
 		resp *authv3.CheckResponse
@@ -418,7 +418,7 @@ func TestShutdownWaitsForInFlightCheck(t *testing.T) {
 	default:
 	}
 
-	store.Release()
+	store.Unblock()
 	a := recv(t, answered)
 	require.NoError(t, a.err)
 	assert.Equal(t, int32(code.Code_OK), a.resp.GetStatus().GetCode())
@@ -430,7 +430,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	good.GRPCAddr, good.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	deps := func(tb testing.TB) authz.Deps {
 		return authz.Deps{
-			Policies: authz.StaticPolicy{Set: compilePolicy(tb, serverPolicy)},
+			Policies: admission.StaticPolicy{Set: compilePolicy(tb, serverPolicy)},
 			Store:    failingStore{err: errStoreDown},
 			Registry: prometheus.NewRegistry(),
 		}
@@ -484,7 +484,7 @@ func TestNewPortInUse(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			deps := authz.Deps{
-				Policies: authz.StaticPolicy{Set: compilePolicy(t, serverPolicy)},
+				Policies: admission.StaticPolicy{Set: compilePolicy(t, serverPolicy)},
 				Store:    failingStore{err: errStoreDown},
 				Registry: prometheus.NewRegistry(),
 			}

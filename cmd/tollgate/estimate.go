@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/policy"
@@ -68,7 +69,7 @@ func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writ
 			ct = "application/x-www-form-urlencoded"
 		}
 	}
-	var rep authz.EstimateReport
+	var rep admission.EstimateReport
 	if f.addr != "" {
 		rep, err = remoteEstimate(ctx, f.addr, f.rawURL, ct, body)
 	} else {
@@ -86,51 +87,51 @@ func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writ
 	return nil
 }
 
-func localEstimate(policyPath, rawURL, ct string, body []byte) (authz.EstimateReport, error) {
+func localEstimate(policyPath, rawURL, ct string, body []byte) (admission.EstimateReport, error) {
 	set := policy.Default()
 	if policyPath != "" {
 		var err error
 		if set, err = policy.Load(policyPath); err != nil {
-			return authz.EstimateReport{}, err
+			return admission.EstimateReport{}, err
 		}
 	}
 	tok, err := costing.SharedTokenizer()
 	if err != nil {
-		return authz.EstimateReport{}, err
+		return admission.EstimateReport{}, err
 	}
-	return authz.EstimateCall(set, costing.Estimator{Tok: tok}, rawURL, ct, body)
+	return admission.EstimateCall(set, costing.Estimator{Tok: tok}, rawURL, ct, body)
 }
 
-func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (authz.EstimateReport, error) {
+func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (admission.EstimateReport, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/estimate?url="+url.QueryEscape(rawURL), bytes.NewReader(body))
 	if err != nil {
-		return authz.EstimateReport{}, err
+		return admission.EstimateReport{}, err
 	}
 	req.Header.Set("Content-Type", ct)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return authz.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+		return admission.EstimateReport{}, fmt.Errorf("estimate: %w", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return authz.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+		return admission.EstimateReport{}, fmt.Errorf("estimate: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		_ = json.Unmarshal(b, &e)
-		return authz.EstimateReport{}, fmt.Errorf("estimate: HTTP %d: %s", resp.StatusCode, e.Error)
+		return admission.EstimateReport{}, fmt.Errorf("estimate: HTTP %d: %s", resp.StatusCode, e.Error)
 	}
-	var rep authz.EstimateReport
+	var rep admission.EstimateReport
 	if err := json.Unmarshal(b, &rep); err != nil {
-		return authz.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+		return admission.EstimateReport{}, fmt.Errorf("estimate: %w", err)
 	}
 	return rep, nil
 }
 
-func printEstimate(out io.Writer, r authz.EstimateReport) {
+func printEstimate(out io.Writer, r admission.EstimateReport) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "route\t%s (%s)\n", r.Route, r.Provider)
 	if r.Model != "" || r.InputTokens > 0 {

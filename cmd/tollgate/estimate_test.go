@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 )
 
@@ -33,7 +34,7 @@ func TestEstimateCommand(t *testing.T) {
 
 	local, err := runEstimate("", "--url", "https://api.openai.com/v1/chat/completions", "--body", chat, "--json")
 	require.NoError(t, err)
-	var l authz.EstimateReport
+	var l admission.EstimateReport
 	require.NoError(t, json.Unmarshal([]byte(local), &l), local)
 	assert.True(t, l.Exact)
 	assert.True(t, l.Stream)
@@ -43,14 +44,14 @@ func TestEstimateCommand(t *testing.T) {
 	startRun(t, noEnv, httpAddr, serveArgs(grpcAddr, httpAddr)...)
 	remote, err := runEstimate("", "--url", "https://api.openai.com/v1/chat/completions", "--body", chat, "--json", "--addr", httpAddr)
 	require.NoError(t, err)
-	var r authz.EstimateReport
+	var r admission.EstimateReport
 	require.NoError(t, json.Unmarshal([]byte(remote), &r))
 	assert.Equal(t, l, r, "the server's estimate is the same as the local one")
 
 	sms, err := runEstimate("", "--url", "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json",
 		"--body", "../../testdata/bodies/twilio/sms-ucs2-emoji.txt", "--json")
 	require.NoError(t, err)
-	var s authz.EstimateReport
+	var s admission.EstimateReport
 	require.NoError(t, json.Unmarshal([]byte(sms), &s))
 	assert.Equal(t, "twilio-sms", s.Route)
 	assert.Equal(t, "segment", string(s.Pools[0].Unit))

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/limiter/redisstore"
@@ -311,11 +312,11 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		}
 		cfg := authz.DefaultConfig()
 		cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
-		if cfg.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
+		if cfg.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 			p.stop()
 			return nil, errors.Join(err, st.close())
 		}
-		srv, err := authz.New(cfg, authz.Deps{Policies: authz.StaticPolicy{Set: set}, Store: st.store, Registry: reg, Logger: log})
+		srv, err := authz.New(cfg, authz.Deps{Policies: admission.StaticPolicy{Set: set}, Store: st.store, Registry: reg, Logger: log})
 		if err != nil {
 			p.stop()
 			return nil, errors.Join(err, st.close())

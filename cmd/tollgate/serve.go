@@ -13,8 +13,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/cluster"
+	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
@@ -79,21 +81,19 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		collectors.NewBuildInfoCollector(),
-	)
+	reg, err := newRegistry()
+	if err != nil {
+		return err
+	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	var policies authz.PolicySource
+	var policies admission.PolicySource
 	if f.policyPath == "" {
-		policies = authz.StaticPolicy{Set: policy.Default()}
+		policies = admission.StaticPolicy{Set: policy.Default()}
 		log.Info("using the bundled default policy", slog.String("policy", "bundled"))
 	} else {
 		w, err := watch.New(watch.DefaultConfig(f.policyPath), reg, log)
@@ -106,7 +106,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		log.Info("policy loaded; watching for changes", slog.String("policy", f.policyPath))
 	}
 
-	if f.authz.Settlement, err = authz.ParseSettlement(f.settle); err != nil {
+	if f.authz.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 		return err
 	}
 	st, err := openStore(ctx, f, reg, log)
@@ -141,7 +141,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 // openedStore is the limiter store the flags ask for, what /readyz and
 // /api/cluster report of it, and how it is released.
 type openedStore struct {
-	store    limiter.Backend
+	store    admission.Store
 	redis    redis.UniversalClient // nil for the memory store
 	fleet    *cluster.Fleet        // nil outside a fleet
 	checks   map[string]func(context.Context) error
@@ -208,4 +208,16 @@ type redisLog struct{ l *slog.Logger }
 
 func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
 	r.l.DebugContext(ctx, fmt.Sprintf(format, v...))
+}
+
+// newRegistry is the registry serve exposes on /metrics, with the Go,
+// process and build-info collectors; every component registers its own
+// metrics in it, all or none, returning an error rather than panicking.
+func newRegistry() (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	var base metricset.Set
+	metricset.Add(&base, collectors.NewGoCollector())
+	metricset.Add(&base, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metricset.Add(&base, collectors.NewBuildInfoCollector())
+	return reg, base.Register("serve", reg)
 }

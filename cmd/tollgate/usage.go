@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 )
 
@@ -56,7 +57,7 @@ func usage(ctx context.Context, addr, client string, asJSON bool, out io.Writer)
 		_, err := out.Write(body)
 		return err
 	}
-	var rep authz.UsageReport
+	var rep admission.UsageReport
 	if err := json.Unmarshal(body, &rep); err != nil {
 		return fmt.Errorf("usage: reply: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 )
 
@@ -43,7 +44,7 @@ func TestUsageCommand(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, string(direct), out)
 
-		var rep authz.UsageReport
+		var rep admission.UsageReport
 		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
 		assert.Equal(t, int64(1), rep.InFlight)
 		assert.Equal(t, "0.012", rep.Budgets[0].Reserved, "a deferred hold is 120% of the $0.01 estimate")

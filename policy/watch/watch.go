@@ -16,8 +16,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -68,19 +68,32 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Watcher, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	f := promauto.With(reg)
+	var f metricset.Set
 	w := &Watcher{cfg: cfg, log: log, m: metrics{
-		reloads: f.NewCounterVec(prometheus.CounterOpts{
+		reloads: f.CounterVec(prometheus.CounterOpts{
 			Name: "tollgate_policy_reloads_total",
 			Help: "Policy reloads after a file change, by result (success, failure).",
 		}, []string{"result"}),
-		lastSuccess: f.NewGauge(prometheus.GaugeOpts{
+		lastSuccess: f.Gauge(prometheus.GaugeOpts{
 			Name: "tollgate_policy_last_reload_success_timestamp_seconds",
 			Help: "When the policy in force was loaded.",
 		}),
 	}}
 	w.m.reloads.WithLabelValues("success")
 	w.m.reloads.WithLabelValues("failure")
+	if err := f.Register("watch", reg); err != nil {
+		return nil, err
+	}
+	w, err := w.start()
+	if err != nil {
+		f.Unregister(reg)
+	}
+	return w, err
+}
+
+// start watches the policy's directories and loads it.
+func (w *Watcher) start() (*Watcher, error) {
+	cfg := w.cfg
 	fsw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("watch: %w", err)

@@ -1,11 +1,7 @@
-// Package authz is Tollgate's front door: the Envoy-facing gRPC services
-// (ext_authz today) and the admin HTTP server, the admission pipeline they
-// share (Decider), and the translation between Envoy's messages and
-// Tollgate's plain types. Envoy types stay in the envoy_*.go files; nothing
-// below this package sees them.
-package authz
+package admission
 
-// Request is one outbound call as Tollgate sees it, free of any Envoy type.
+// Request is one outbound call as Tollgate sees it, free of any Envoy type:
+// the transport (authz) builds it from an ext_authz check or the JSON API.
 type Request struct {
 	// ID identifies the call in logs (Envoy's x-request-id when present).
 	ID     string

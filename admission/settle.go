@@ -1,4 +1,4 @@
-package authz
+package admission
 
 import (
 	"context"
@@ -15,25 +15,18 @@ import (
 )
 
 // Settling: what happens to an admitted call once Envoy has sent it. The
-// ext_proc service (envoy_extproc.go and extproc.go) follows each call's
-// request and response and drives a Call; nothing here sees an Envoy type.
-
-// HeaderRoute carries an admitted call's route upstream (to ext_proc), so
-// that the upstream's rate-limit headers reach the right pools even when the
-// call holds no reservation.
-const HeaderRoute = "x-tollgate-route"
-
-// Response headers an admitted call carries back to the worker.
-const (
-	HeaderEstimatedCost   = "x-tollgate-estimated-cost"
-	HeaderBudgetRemaining = "x-tollgate-budget-remaining"
-)
+// transport follows each call's request and response (ext_proc) and drives
+// a Call, which ends the call's reservation in one store step (limiter.
+// Finisher): the money it really cost, the bucket units it did not use,
+// its concurrency slot, and the upstream's rate-limit signal.
 
 // settleTimeout bounds the store calls that end one call.
 const settleTimeout = 2 * time.Second
 
-// pendingCall is what Check learned of an admitted call, kept until its
-// response settles it (or its reservation lapses).
+// pendingCall is what admission learned of a call it admitted, kept until
+// its response settles it (or its reservation lapses): what pricing its
+// usage needs. What the admission charged each bucket is recorded with the
+// reservation in the store, so refunds never depend on this table.
 type pendingCall struct {
 	id      string
 	set     *policy.Set // the policy the call was admitted under
@@ -41,7 +34,7 @@ type pendingCall struct {
 	client  string
 	tier    string
 	est     costing.Estimate
-	charged []limiter.Take // the buckets the admission charged
+	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
 	expires time.Time
 }
 
@@ -121,12 +114,27 @@ const (
 	settleNone       = "none"
 )
 
-// Call follows one admitted call through Envoy's ext_proc: its request body
-// (to ask a stream for its usage), its response headers (the upstream's rate
-// limits) and its response body (the usage), and settles it once. It is not
-// safe for concurrent use: one ext_proc stream drives it.
+// settler is what settling needs, named: the store, the table of pending
+// calls, the policy, the clock, metrics, the adaptive learner and a way to
+// wake held calls.
+type settler struct {
+	store    Store
+	pending  *pendingTable
+	policies PolicySource
+	clock    limiter.Clock
+	m        *metrics
+	learner  *costing.Learner
+	log      *slog.Logger
+	kick     func(lines ...string)
+	kickAll  func()
+}
+
+// Call follows one admitted call: its request body (to ask a stream for
+// its usage), its response headers (the upstream's rate limits) and its
+// response body (the usage), and settles it once. It is not safe for
+// concurrent use: one ext_proc stream drives it.
 type Call struct {
-	d           *Decider
+	s           *settler
 	p           *pendingCall
 	set         *policy.Set
 	route       *policy.Route
@@ -136,22 +144,22 @@ type Call struct {
 	injected bool // Tollgate asked the stream for its usage: strip that chunk
 	status   int  // upstream status, 0 until the response headers came
 	reader   *costing.ResponseReader
-	touched  map[string]bool // pools the upstream's own headers adjusted
+	signal   costing.Signal // the upstream's rate-limit headers
 	ended    bool
 	outcome  SettleOutcome
 }
 
 // Follow starts following the call whose request carries reservation and
 // route (the headers Check set; either may be empty) and method.
-func (d *Decider) Follow(reservation, route, method string) *Call {
-	c := &Call{d: d, reservation: reservation, method: strings.ToUpper(method)}
+func (s *Service) Follow(reservation, route, method string) *Call {
+	c := &Call{s: s.settler, reservation: reservation, method: strings.ToUpper(method)}
 	if reservation != "" {
-		c.p = d.pending.peek(reservation)
+		c.p = s.pending.peek(reservation)
 	}
 	if c.p != nil {
 		c.set, c.route = c.p.set, c.p.route
 	} else if route != "" {
-		c.set = d.policies.Policy()
+		c.set = s.policies.Policy()
 		c.route = c.set.Route(route)
 	}
 	return c
@@ -187,7 +195,9 @@ func (c *Call) RequestBody(body []byte) (out []byte, changed bool) {
 }
 
 // ResponseHeaders reads the upstream's status and headers (lower-case
-// names): its rate-limit headers lower or pause the route's pools at once.
+// names). Their rate-limit signal goes to the store with the call's
+// settlement, in the same step; a call that holds no reservation applies it
+// at once.
 func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[string]string) {
 	c.status = status
 	if c.route == nil {
@@ -195,16 +205,29 @@ func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[stri
 	}
 	sse := strings.HasPrefix(strings.ToLower(strings.TrimSpace(headers["content-type"])), "text/event-stream")
 	c.reader = costing.NewResponseReader(c.route.Provider, sse, c.injected)
-	c.feedback(ctx, costing.ParseSignal(c.route.Provider, status, headers, c.d.clock.Now()))
+	c.signal = costing.ParseSignal(c.route.Provider, status, headers, c.s.clock.Now())
+	if c.reservation == "" {
+		if th := c.throttles(); len(th) > 0 {
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+			defer cancel()
+			if _, err := c.s.store.Throttle(actx, th, time.Time{}); err != nil {
+				c.s.m.settleErrors.WithLabelValues("adjust").Inc()
+				c.s.log.LogAttrs(ctx, slog.LevelWarn, "upstream rate limits not applied", slog.String("route", c.route.Name), slog.Any("error", err))
+				return
+			}
+			c.applied(ctx, th)
+		}
+	}
 }
 
-// feedback applies an upstream signal to the route's pools.
-func (c *Call) feedback(ctx context.Context, s costing.Signal) {
-	a, ok := c.d.store.(limiter.Adjuster)
-	if !ok || !s.Known() {
-		return
+// throttles turns the upstream's signal into one throttle per pool of the
+// route it speaks of.
+func (c *Call) throttles() []limiter.Throttle {
+	s := c.signal
+	if c.route == nil || c.status == 0 || !s.Known() { // no response headers: the upstream said nothing
+		return nil
 	}
-	var adj []limiter.Adjustment
+	var out []limiter.Throttle
 	for _, p := range c.route.Pools {
 		capTo := int64(limiter.NoCap)
 		switch p.Unit {
@@ -216,32 +239,23 @@ func (c *Call) feedback(ctx context.Context, s costing.Signal) {
 		if capTo < 0 && s.Pause <= 0 {
 			continue
 		}
-		adj = append(adj, limiter.Adjustment{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.Limit), Refund: 0, Cap: capTo, Pause: s.Pause})
+		out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.Limit), Cap: capTo, Pause: s.Pause})
 	}
-	if len(adj) == 0 {
-		return
-	}
-	if c.touched == nil {
-		c.touched = map[string]bool{}
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-	defer cancel()
-	if _, err := a.Adjust(actx, adj, time.Time{}); err != nil {
-		c.d.m.settleErrors.WithLabelValues("adjust").Inc()
-		c.d.log.LogAttrs(ctx, slog.LevelWarn, "upstream rate limits not applied", slog.String("route", c.route.Name), slog.Any("error", err))
-		return
-	}
-	for _, x := range adj {
-		c.touched[x.Key.Pool] = true
+	return out
+}
+
+// applied counts and logs throttles the store took.
+func (c *Call) applied(ctx context.Context, th []limiter.Throttle) {
+	for _, t := range th {
 		kind := "remaining"
-		if x.Pause > 0 {
+		if t.Pause > 0 {
 			kind = "pause"
 		}
-		c.d.m.upstreamSignals.WithLabelValues(x.Key.Pool, kind).Inc()
+		c.s.m.upstreamSignals.WithLabelValues(t.Key.Pool, kind).Inc()
 	}
-	if s.Pause > 0 {
-		c.d.log.LogAttrs(ctx, slog.LevelInfo, "upstream asked to back off; pools paused", slog.String("route", c.route.Name),
-			slog.Int("status", c.status), slog.Duration("pause", s.Pause))
+	if c.signal.Pause > 0 {
+		c.s.log.LogAttrs(ctx, slog.LevelInfo, "upstream asked to back off; pools paused", slog.String("route", c.route.Name),
+			slog.Int("status", c.status), slog.Duration("pause", c.signal.Pause))
 	}
 }
 
@@ -279,116 +293,158 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 	if c.reservation == "" {
 		return c.count(SettledUntracked, settleNone)
 	}
-	p := c.d.pending.take(c.reservation)
-	if p == nil {
-		// Admitted by an earlier process, or settled already: the store's
-		// TTL commits it at its estimate.
-		return c.count(SettledUntracked, settleUnknown)
-	}
-	l, ok := c.d.store.(limiter.Ledger)
-	if !ok {
-		return c.count(SettledUntracked, settleNone)
-	}
 	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
-
+	p := c.s.pending.take(c.reservation)
+	e := limiter.Ending{ID: c.reservation, Throttles: c.throttles()}
 	var (
 		outcome SettleOutcome
 		reason  string
-		cost    = p.est.Cost
-		refunds []limiter.Adjustment
+		a       costing.Actual
+		u       costing.Usage
 	)
 	switch {
+	case p == nil:
+		// Admitted by an earlier process (or settled through the API
+		// already): what the response says can still be priced from the
+		// route and the usage, and the store knows what was charged.
+		outcome, reason = c.recover(&e)
+		if outcome == SettledUntracked && len(e.Throttles) == 0 {
+			return c.count(outcome, reason)
+		}
 	case c.status == 0:
+		e.Outcome, e.Actual = limiter.OutcomeSettled, p.est.Cost
 		outcome, reason = SettledEstimate, settleNoResponse
 	case c.status >= http.StatusBadRequest:
+		e.Outcome, e.Used = limiter.OutcomeReleased, unused(p.route)
 		outcome, reason = SettledReleased, settleUpstream
-		refunds = c.refunds(p, nil)
 	case c.method == http.MethodGet || c.method == http.MethodHead || c.method == http.MethodOptions:
+		e.Outcome, e.Used = limiter.OutcomeReleased, unused(p.route)
 		outcome, reason = SettledReleased, settleFree
-		refunds = c.refunds(p, nil)
 	default:
+		e.Outcome, e.Actual = limiter.OutcomeSettled, p.est.Cost
 		outcome, reason = SettledEstimate, settleNoUsage
 		if c.reader != nil {
-			u, found, complete := c.reader.Usage()
+			var found, complete bool
+			u, found, complete = c.reader.Usage()
 			switch {
 			case found && complete:
-				a := costing.Price(p.set, p.route, p.est, u)
-				outcome, reason, cost = SettledActual, settleUsage, a.Cost
-				refunds = c.refunds(p, &a)
-				c.d.observe(p, u, a)
+				a = costing.Price(p.set, p.route, p.est, u)
+				e.Actual, e.Used = a.Cost, used(a)
+				outcome, reason = SettledActual, settleUsage
 			case !complete:
 				reason = settleIncomplete
 			}
 		}
 	}
-
-	var err error
-	if outcome == SettledReleased {
-		_, err = l.Release(ctx, p.id)
-	} else {
-		_, err = l.Settle(ctx, p.id, cost)
+	if e.Outcome == "" { // nothing to end: only the upstream's signal to apply
+		if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {
+			c.applied(ctx, e.Throttles)
+		}
+		return c.count(outcome, reason)
 	}
+	st, err := c.s.store.Finish(ctx, e)
 	if err != nil && !errors.Is(err, limiter.ErrUnknownReservation) {
-		c.d.m.settleErrors.WithLabelValues("ledger").Inc()
-		c.d.log.LogAttrs(ctx, slog.LevelWarn, "settling failed; the reservation lapses at its estimate",
-			slog.String("reservation", p.id), slog.Any("error", err))
+		c.s.m.settleErrors.WithLabelValues("ledger").Inc()
+		c.s.log.LogAttrs(ctx, slog.LevelWarn, "settling failed; the reservation lapses at its estimate",
+			slog.String("reservation", c.reservation), slog.Any("error", err))
 		return c.count(SettledFailed, reason)
 	}
-	if a, ok := c.d.store.(limiter.Adjuster); ok && len(refunds) > 0 {
-		if _, err := a.Adjust(ctx, refunds, time.Time{}); err != nil {
-			c.d.m.settleErrors.WithLabelValues("adjust").Inc()
-			c.d.log.LogAttrs(ctx, slog.LevelWarn, "unused units not returned", slog.String("reservation", p.id), slog.Any("error", err))
+	c.applied(ctx, e.Throttles) // an unknown reservation's throttles are applied all the same
+	if p == nil {
+		if err != nil || st.Repeat { // settled already (the API), or lapsed
+			return c.count(SettledUntracked, settleUnknown)
 		}
+		c.s.kickAll()
+		return c.count(outcome, reason)
 	}
-	c.d.kickSettled(p) // its slot, and any units it gave back, may let a held call go
+	if outcome == SettledActual {
+		c.s.observe(p, u, a)
+	}
+	c.s.kickSettled(p) // its slot, and any units it gave back, may let a held call go
 	return c.count(outcome, reason)
 }
 
-func (c *Call) count(o SettleOutcome, reason string) SettleOutcome {
-	c.d.m.settled.WithLabelValues(string(o), reason).Inc()
-	return o
-}
-
-// refunds returns, for every bucket the admission charged, what it gets
-// back: all of it when a is nil (the call consumed nothing: no tokens, no
-// segments, no e-mails), else the estimate's units less those measured
-// (negative: a charge). A request pool gets nothing back: the request did
-// reach the upstream. Pools the upstream's own headers just set are left as
-// the upstream said.
-func (c *Call) refunds(p *pendingCall, a *costing.Actual) []limiter.Adjustment {
-	var out []limiter.Adjustment
-	for _, t := range p.charged {
-		if pool := p.set.Pools[t.Key.Pool]; c.touched[t.Key.Pool] || pool == nil || pool.Unit == policy.UnitRequest {
-			continue
-		}
-		back := t.Cost
-		if a != nil {
-			back = 0
-			for i, pc := range a.Pools {
-				if pc.Pool.Name == t.Key.Pool && a.Measured[i] {
-					back = p.est.Pools[i].Units - pc.Units
-				}
+// recover fills e for a call whose admission this process does not
+// remember: released when the upstream refused it or it was free; settled
+// at its measured price when its route prices by the model and its
+// response reported usage; else left to lapse at its estimate (untracked).
+func (c *Call) recover(e *limiter.Ending) (SettleOutcome, string) {
+	switch {
+	case c.route == nil:
+	case c.status >= http.StatusBadRequest:
+		e.Outcome, e.Used = limiter.OutcomeReleased, unused(c.route)
+		return SettledReleased, settleUpstream
+	case c.method == http.MethodGet || c.method == http.MethodHead || c.method == http.MethodOptions:
+		e.Outcome, e.Used = limiter.OutcomeReleased, unused(c.route)
+		return SettledReleased, settleFree
+	case c.reader != nil && c.route.LLM():
+		if u, found, complete := c.reader.Usage(); found && complete {
+			est := costing.Estimate{Pools: make([]costing.PoolCost, len(c.route.Pools))}
+			for i, p := range c.route.Pools {
+				est.Pools[i] = costing.PoolCost{Pool: p}
+			}
+			a := costing.Price(c.set, c.route, est, u)
+			if a.Cost > 0 || u.Tokens() == 0 {
+				e.Outcome, e.Actual, e.Used = limiter.OutcomeSettled, a.Cost, used(a)
+				return SettledActual, settleUsage
 			}
 		}
-		if back != 0 {
-			back = max(min(back, maxRefund), -maxRefund)
-			out = append(out, limiter.Adjustment{Key: t.Key, Limit: t.Limit, Refund: back, Cap: limiter.NoCap})
+	}
+	return SettledUntracked, settleUnknown
+}
+
+// unused names every pool of route whose units a call that consumed
+// nothing gets back: all but request pools (the request did reach the
+// upstream).
+func unused(route *policy.Route) []limiter.PoolUse {
+	var out []limiter.PoolUse
+	for _, p := range route.Pools {
+		if p.Unit != policy.UnitRequest {
+			out = append(out, limiter.PoolUse{Pool: p.Name})
 		}
 	}
 	return out
 }
 
-// maxRefund bounds one refund or after-the-fact charge (limiter's range).
-const maxRefund = 1_000_000_000
+// used names the pools whose units the response measured, with what it
+// measured (the others keep their charge).
+func used(a costing.Actual) []limiter.PoolUse {
+	var out []limiter.PoolUse
+	for i, pc := range a.Pools {
+		if a.Measured[i] && pc.Pool.Unit != policy.UnitRequest {
+			out = append(out, limiter.PoolUse{Pool: pc.Pool.Name, Units: min(max(pc.Units, 0), maxUnits)})
+		}
+	}
+	return out
+}
+
+// maxUnits bounds what one call is said to have used of a pool (the
+// limiter's range).
+const maxUnits = 1_000_000_000
+
+func (c *Call) count(o SettleOutcome, reason string) SettleOutcome {
+	c.s.m.settled.WithLabelValues(string(o), reason).Inc()
+	return o
+}
+
+// kickSettled tells the lines of a settled call's resources that capacity
+// may be back.
+func (s *settler) kickSettled(p *pendingCall) {
+	lines := []string{slotLine(p.client)}
+	for _, t := range p.charged {
+		lines = append(lines, bucketLine(t.Key))
+	}
+	s.kick(lines...)
+}
 
 // observe feeds a settled call to the metrics and the adaptive learner.
-func (d *Decider) observe(p *pendingCall, u costing.Usage, a costing.Actual) {
+func (s *settler) observe(p *pendingCall, u costing.Usage, a costing.Actual) {
 	model := p.est.PriceEntry
 	if model == "" {
 		model = "unpriced"
 	}
-	m := d.m
+	m := s.m
 	m.estimatedDollars.WithLabelValues(model).Add(dollars(p.est.Cost))
 	m.actualDollars.WithLabelValues(model).Add(dollars(a.Cost))
 	if p.route.LLM() {
@@ -401,7 +457,7 @@ func (d *Decider) observe(p *pendingCall, u costing.Usage, a costing.Actual) {
 		// A ratio for a histogram: converted from integers at exposition.
 		m.estimateRatio.WithLabelValues(model).Observe(float64(a.Cost) / float64(p.est.Cost))
 	}
-	d.est.Learner.Observe(costing.LearnKey(p.route, p.est.PriceEntry), p.est.Cost, a.Cost, p.set.Defaults.Adaptive.Window)
+	s.learner.Observe(costing.LearnKey(p.route, p.est.PriceEntry), p.est.Cost, a.Cost, p.set.Defaults.Adaptive.Window)
 }
 
 // dollars converts nano-dollars for exposition.

@@ -1,0 +1,260 @@
+package admission
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/queue"
+	"github.com/tollgate/tollgate/policy"
+)
+
+// Holding: a call that cannot be admitted now, and whose class may wait,
+// waits in the line of whatever blocks it (a pool's bucket, its client's
+// bucket, its client's concurrency slots) until the line lets it go. The
+// queue (limiter/queue) orders and wakes; this file decides who waits, and
+// makes each attempt on the waiter's behalf.
+
+// attempt is what one try at admission found.
+type attempt struct {
+	dec limiter.Decision
+	err error
+}
+
+// bucketLine names the line of a bucket; slotLine the line of a client's
+// concurrency slots. Both are parsed back by lineLabel.
+func bucketLine(k limiter.Key) string { return "b:" + k.String() }
+func slotLine(client string) string   { return "c:" + client }
+
+// lineLabel turns a line's key into its bounded metric label (the pool, or
+// "concurrency") and its description for people.
+func LineLabel(key string) (pool, desc string) {
+	switch {
+	case strings.HasPrefix(key, "c:"):
+		return "concurrency", fmt.Sprintf("concurrency slots of client %q", key[2:])
+	case strings.HasPrefix(key, "b:"):
+		p, c, ok := splitKey(key[2:])
+		if !ok {
+			return "unknown", key
+		}
+		if c != "" {
+			return p, fmt.Sprintf("pool %s, client %q", p, c)
+		}
+		return p, "pool " + p
+	}
+	return "unknown", key
+}
+
+// splitKey reverses limiter.Key.String ("len:pool:len:client").
+func splitKey(s string) (pool, client string, ok bool) {
+	part := func(s string) (string, string, bool) {
+		n, rest, found := strings.Cut(s, ":")
+		var k int
+		if _, err := fmt.Sscanf(n, "%d", &k); err != nil || !found || k < 0 || k > len(rest) {
+			return "", "", false
+		}
+		return rest[:k], strings.TrimPrefix(rest[k:], ":"), true
+	}
+	pool, rest, ok := part(s)
+	if !ok {
+		return "", "", false
+	}
+	client, _, ok = part(rest)
+	return pool, client, ok
+}
+
+// firstLine is the line a call held for the off-peak window joins: its
+// first bucket's.
+func firstLine(req limiter.Request) string {
+	if len(req.Takes) > 0 {
+		return bucketLine(req.Takes[0].Key)
+	}
+	if h := req.Hold; h != nil && h.Slot != nil {
+		return slotLine(h.Slot.Client)
+	}
+	return "none"
+}
+
+// unitsFor is what a call takes from line's resource, for fairness.
+func unitsFor(line string, takes []limiter.Take) int64 {
+	for _, t := range takes {
+		if bucketLine(t.Key) == line {
+			return t.Cost
+		}
+	}
+	return 1
+}
+
+// waitable reports whether a denial may be waited out.
+func waitable(dec limiter.Decision) bool {
+	return dec.Reason == limiter.ReasonRateLimited || dec.Reason == limiter.ReasonConcurrency
+}
+
+// lineOf is the line a denial waits in.
+func lineOf(dec limiter.Decision, req limiter.Request) string {
+	if dec.Reason == limiter.ReasonConcurrency && req.Hold != nil && req.Hold.Slot != nil {
+		return slotLine(req.Hold.Slot.Client)
+	}
+	if dec.Blocking >= 0 && dec.Blocking < len(req.Takes) {
+		return bucketLine(req.Takes[dec.Blocking].Key)
+	}
+	return ""
+}
+
+// busyLine returns the first line, among those of the call's buckets and
+// slots, that holds waiters: the call queues behind them instead of trying
+// first, so that it cannot take what a better waiter is waiting for.
+func (s *Service) busyLine(req limiter.Request) string {
+	for _, t := range req.Takes {
+		if k := bucketLine(t.Key); s.queue.Busy(k) {
+			return k
+		}
+	}
+	if h := req.Hold; h != nil && h.Slot != nil && !h.Commit {
+		if k := slotLine(h.Slot.Client); s.queue.Busy(k) {
+			return k
+		}
+	}
+	return ""
+}
+
+// held is what a wait in the queue came to.
+type held struct {
+	res  queue.Result[attempt]
+	line string
+}
+
+// hold waits in line for p's request to be admitted, trying on the
+// waiter's behalf.
+func (s *Service) hold(ctx context.Context, line string, r *Request, client *policy.Client, p *plan, units int64) held {
+	req := p.req
+	w := &queue.Waiter[attempt]{
+		ID: r.ID, Client: client.ID, Class: p.class, Points: client.Tier.Priority + p.cp.Urgency, Units: units,
+		Deadline: p.deadline, NotBefore: p.notBefore, MaxDepth: p.cp.MaxDepth,
+		Try: func(ctx context.Context) queue.Attempt[attempt] {
+			dec, err := s.store.Reserve(ctx, req)
+			a := queue.Attempt[attempt]{Value: attempt{dec, err}}
+			switch {
+			case err != nil:
+				a.Final = true
+			case dec.Allowed:
+				a.Granted = true
+			case waitable(dec):
+				a.Key, a.RetryAfter = lineOf(dec, req), dec.RetryAfter
+				if dec.Reason == limiter.ReasonConcurrency {
+					a.RetryAfter = 0 // until a slot is given back
+				}
+			default:
+				a.Final = true
+			}
+			return a
+		},
+		Undo: func(ctx context.Context, a attempt) { s.undo(ctx, req, a.dec) },
+	}
+	return held{res: s.queue.Wait(ctx, line, w), line: line}
+}
+
+// undo gives back what a grant took for a call that is gone: its hold (its
+// budgets' reservation and its slot) and its buckets' units.
+func (s *Service) undo(ctx context.Context, req limiter.Request, dec limiter.Decision) {
+	ctx = context.WithoutCancel(ctx)
+	var lines []string
+	for _, t := range req.Takes {
+		lines = append(lines, bucketLine(t.Key))
+	}
+	if h := req.Hold; h != nil && !h.Commit {
+		// One step: the money and slot back, and every bucket's units (the
+		// store recorded what the grant charged; the call never went out).
+		e := limiter.Ending{ID: h.ID, Outcome: limiter.OutcomeReleased}
+		for _, t := range req.Takes {
+			if !slices.ContainsFunc(e.Used, func(u limiter.PoolUse) bool { return u.Pool == t.Key.Pool }) {
+				e.Used = append(e.Used, limiter.PoolUse{Pool: t.Key.Pool})
+			}
+		}
+		if _, err := s.store.Finish(ctx, e); err != nil {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "a grant for a call that left was not released; it lapses at its TTL",
+				slog.String("reservation", h.ID), slog.Any("error", err))
+		}
+		if h.Slot != nil {
+			lines = append(lines, slotLine(h.Slot.Client))
+		}
+	} else {
+		back := make([]limiter.Refund, 0, len(req.Takes))
+		for _, c := range limiter.Charged(req.Takes, dec) {
+			if c.Units > 0 {
+				back = append(back, limiter.Refund{Key: c.Key, Limit: c.Limit, Units: c.Units})
+			}
+		}
+		if len(back) > 0 {
+			if _, err := s.store.Refund(ctx, back, time.Time{}); err != nil {
+				s.log.LogAttrs(ctx, slog.LevelWarn, "units of a call that left were not returned", slog.Any("error", err))
+			}
+		}
+	}
+	s.queue.Kick(lines...)
+}
+
+// recordGrant feeds a grant to the queue's fairness: what the client took
+// from each pool.
+func (s *Service) recordGrant(client string, req limiter.Request) {
+	for _, t := range req.Takes {
+		if t.Key.Client == "" && t.Cost > 0 {
+			s.queue.Record(bucketLine(t.Key), client, t.Cost)
+		}
+	}
+}
+
+// kickSettled tells the lines of a settled call's resources that capacity
+// may be back.
+func (s *Service) kickSettled(p *pendingCall) {
+	lines := []string{slotLine(p.client)}
+	for _, t := range p.charged {
+		lines = append(lines, bucketLine(t.Key))
+	}
+	s.queue.Kick(lines...)
+}
+
+// QueueLine is one line in GET /api/queue/status.
+type QueueLine struct {
+	Queue   string                      `json:"queue"`
+	Pool    string                      `json:"pool"`
+	Classes map[string]queue.ClassStats `json:"classes"`
+}
+
+// QueueStatus answers GET /api/queue/status.
+type QueueStatus struct {
+	Total  int         `json:"total"`
+	Parked int         `json:"parked_for_off_peak"`
+	Lines  []QueueLine `json:"lines"`
+}
+
+// QueueStatus describes the hold queue now.
+func (s *Service) QueueStatus() QueueStatus {
+	st := s.queue.Status()
+	out := QueueStatus{Total: st.Total, Parked: st.Parked, Lines: []QueueLine{}}
+	for _, l := range st.Lines {
+		pool, desc := LineLabel(l.Key)
+		out.Lines = append(out.Lines, QueueLine{Queue: desc, Pool: pool, Classes: l.Classes})
+	}
+	return out
+}
+
+// QueuePosition reports where the held call with request id stands.
+func (s *Service) QueuePosition(id string) (queue.Position, bool) {
+	p, ok := s.queue.Position(id)
+	if ok {
+		_, p.Key = LineLabel(p.Key)
+	}
+	return p, ok
+}
+
+// QueueRemove takes the held call with request id out of the queue (it is
+// refused with removed_from_queue); false when no such call is held.
+func (s *Service) QueueRemove(id string) bool { return s.queue.Remove(id) }
+
+// QueueBusy is how many of the queue's lines are letting waiters go now.
+func (s *Service) QueueBusy() int { return s.queue.Dispatching() }

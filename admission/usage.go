@@ -1,0 +1,90 @@
+package admission
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
+)
+
+// UsageBudget is one budget of a client's chain. Money is a decimal string
+// of dollars ("0.0125"), never a JSON number, so no float touches it.
+type UsageBudget struct {
+	Owner     string `json:"owner"`
+	Limit     string `json:"limit_usd"` // "unlimited" when not capped
+	Spent     string `json:"spent_usd"`
+	Reserved  string `json:"reserved_usd"`
+	Remaining string `json:"remaining_usd"`
+}
+
+// UsageReport answers GET /api/usage/{client}.
+type UsageReport struct {
+	Client        string        `json:"client"`
+	Known         bool          `json:"known"`
+	Tier          string        `json:"tier"`
+	Period        string        `json:"period"`
+	PeriodEnds    time.Time     `json:"period_ends"`
+	InFlight      int64         `json:"in_flight"`
+	MaxConcurrent int64         `json:"max_concurrent"`
+	Budgets       []UsageBudget `json:"budgets"`
+}
+
+// ErrUnknownClient is returned for a client the policy does not know and
+// does not let in.
+var ErrUnknownClient = errors.New("unknown client, and the policy denies unknown clients")
+
+// Usage reports a client's spend this period along its parent chain.
+func (s *Service) Usage(ctx context.Context, clientID string) (UsageReport, error) {
+	set := s.policies.Policy()
+	c, ok := set.Client(clientID)
+	if !ok {
+		return UsageReport{}, ErrUnknownClient
+	}
+	now := s.clock.Now()
+	_, known := set.Clients[clientID]
+	rep := UsageReport{Client: clientID, Known: known, Tier: c.Tier.Name, Period: set.Defaults.Period(now),
+		PeriodEnds: set.Defaults.PeriodEnd(now), MaxConcurrent: c.Tier.MaxConcurrent}
+	u, err := s.store.Usage(ctx, rep.Period, Chain(c), time.Time{})
+	if err != nil {
+		return UsageReport{}, err
+	}
+	rep.InFlight = u.InFlight
+	for _, b := range u.Budgets {
+		ub := UsageBudget{Owner: b.Owner, Limit: "unlimited", Spent: b.Spent.String(), Reserved: b.Reserved.String(), Remaining: "unlimited"}
+		if b.Limit >= 0 {
+			ub.Limit, ub.Remaining = b.Limit.String(), b.Remaining().String()
+		}
+		rep.Budgets = append(rep.Budgets, ub)
+	}
+	return rep, nil
+}
+
+// Settle ends a reservation at its actual cost, for a caller that learned
+// it outside Envoy (the JSON API). The store keeps what the admission
+// charged each bucket; those units stay spent.
+func (s *Service) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+	return s.end(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeSettled, Actual: actual})
+}
+
+// Release ends a reservation with nothing spent.
+func (s *Service) Release(ctx context.Context, id string) (limiter.Settlement, error) {
+	return s.end(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeReleased})
+}
+
+func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
+	// A settle must land even if the caller hangs up.
+	st, err := s.store.Finish(context.WithoutCancel(ctx), e)
+	if err != nil {
+		return st, err
+	}
+	// The call is over: ext_proc has nothing left to settle, and its slot
+	// may let a held call go.
+	if p := s.pending.take(st.ID); p != nil {
+		s.settler.kickSettled(p)
+	} else {
+		s.queue.KickAll()
+	}
+	return st, nil
+}

@@ -1,0 +1,138 @@
+package authz
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/limiter"
+)
+
+// Rendering: admission answers in codes and numbers; this file turns a
+// Verdict into what a worker reads: the HTTP status and the sentence that
+// says why. deny.go shapes the headers and the provider's error body.
+
+// Headers Tollgate sets. Reservation and route travel upstream from Check
+// to ext_proc (Tollgate strips a worker's own); the others come back to the
+// worker on the response.
+const (
+	HeaderReservation     = "x-tollgate-reservation"
+	HeaderRoute           = "x-tollgate-route"
+	HeaderEstimatedCost   = "x-tollgate-estimated-cost"
+	HeaderBudgetRemaining = "x-tollgate-budget-remaining"
+	HeaderQueueWait       = "x-tollgate-queue-wait"
+)
+
+// Answer is a Verdict rendered for HTTP.
+type Answer struct {
+	admission.Verdict
+	// Status is the HTTP status a denied call gets (429, 403, 400, 503);
+	// zero for an allowed call.
+	Status  int
+	Message string
+	// ShadowDecision is the x-tollgate-shadow-decision header of a denial
+	// shadow mode let through, e.g. "denied; reason=rate_limited;
+	// pool=gpt-4; retry_after=2"; empty otherwise.
+	ShadowDecision string
+}
+
+// statusOf maps a refusal's reason to its HTTP status.
+func statusOf(reason string) int {
+	switch reason {
+	case admission.ReasonInvalidRequest:
+		return http.StatusBadRequest
+	case admission.ReasonUnmatchedRoute, admission.ReasonUnknownClient:
+		return http.StatusForbidden
+	case admission.ReasonStoreError, admission.ReasonCancelled, admission.ReasonShuttingDown:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusTooManyRequests
+}
+
+// Render turns a Verdict into an Answer.
+func Render(v admission.Verdict) Answer {
+	a := Answer{Verdict: v}
+	if v.Shadow != nil {
+		a.ShadowDecision = shadowHeader(v.Shadow)
+	}
+	if v.Allowed {
+		return a
+	}
+	a.Status = statusOf(v.Reason)
+	a.Message = message(&v)
+	return a
+}
+
+// message is the sentence a refusal carries.
+func message(v *admission.Verdict) string {
+	switch v.Reason {
+	case admission.ReasonInvalidRequest:
+		return "Tollgate could not read this request: " + v.Invalid
+	case admission.ReasonUnmatchedRoute:
+		return fmt.Sprintf("Tollgate has no route for %s%s and the policy denies unmatched calls", v.Host, v.Path)
+	case admission.ReasonUnknownClient:
+		return fmt.Sprintf("client %q is not known to Tollgate and the policy denies unknown clients", v.Client)
+	case admission.ReasonStoreError:
+		return "Tollgate could not reach its limiter store"
+	case admission.ReasonCancelled:
+		return "the check was cancelled before Tollgate could answer"
+	case admission.ReasonOffPeak:
+		return fmt.Sprintf("Deferred calls go in the off-peak window, which opens at %s; please try again then.", v.OpensAt.Format(time.RFC3339))
+	case admission.ReasonQueueTimeout:
+		if h := v.Held; h != nil {
+			return fmt.Sprintf("Held %.1fs in the %s queue for %s, the most its class may wait; please try again in %ds.",
+				h.Waited.Seconds(), v.Class, h.Line, ceilSeconds(v.RetryAfter))
+		}
+	case admission.ReasonQueueFull:
+		if h := v.Held; h != nil {
+			return fmt.Sprintf("The %s queue for %s is full (%d calls); please try again in %ds.", v.Class, h.Line, h.MaxDepth, ceilSeconds(v.RetryAfter))
+		}
+	case admission.ReasonQueueRemoved:
+		return "An operator removed this call from Tollgate's queue."
+	case admission.ReasonShuttingDown:
+		return "Tollgate is shutting down; please try again."
+	case string(limiter.ReasonBudgetExceeded):
+		if b := v.Budget; b != nil {
+			return fmt.Sprintf("Monthly budget of %q is exhausted: $%s spent and $%s held of $%s; this call needs about $%s.",
+				b.Owner, b.Spent, b.Reserved, b.Limit, v.Need)
+		}
+	case string(limiter.ReasonConcurrency):
+		return fmt.Sprintf("Client %q has %d calls in flight, the most its tier %s allows.", v.Client, v.InFlight, v.Tier)
+	}
+	if b := v.Blocked; b != nil {
+		return blockedMessage(b, v.Reason)
+	}
+	return "Tollgate denied the call: " + v.Reason
+}
+
+func blockedMessage(bl *admission.Blocked, reason string) string {
+	b := bl.Bucket
+	scope := "pool " + b.Key.Pool
+	if b.Key.Client != "" {
+		scope = fmt.Sprintf("client %q in pool %s", b.Key.Client, b.Key.Pool)
+	}
+	if reason == string(limiter.ReasonExceedsCapacity) {
+		return fmt.Sprintf("Request too large for %s: it needs %d %ss but the limit is %d. Reduce the request (e.g. max_tokens).",
+			scope, bl.Need, bl.Unit, b.Limit.Capacity)
+	}
+	return fmt.Sprintf("Rate limit reached for %s: limit %d %ss, refilling %d per second; this request needs %d. Please try again in %ds.",
+		scope, b.Limit.Capacity, bl.Unit, b.Limit.RefillPerSecond, bl.Need, ceilSeconds(b.RetryAfter))
+}
+
+// shadowHeader renders a denial shadow mode let through, e.g.
+// "denied; reason=rate_limited; pool=gpt-4; retry_after=2".
+func shadowHeader(s *admission.Shadow) string {
+	if s.Pool == "" {
+		return fmt.Sprintf("denied; reason=%s; retry_after=%d", s.Reason, ceilSeconds(s.RetryAfter))
+	}
+	return fmt.Sprintf("denied; reason=%s; pool=%s; retry_after=%d", s.Reason, s.Pool, ceilSeconds(s.RetryAfter))
+}
+
+// ceilSeconds rounds a duration up to whole seconds, as Retry-After wants.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}

@@ -1,0 +1,99 @@
+// Package layers holds the test that enforces Tollgate's layering (see
+// DESIGN.md "Folders" and STYLE.md §1): a package imports only packages of
+// a lower layer, and nothing below authz sees an Envoy type.
+package layers
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const module = "github.com/tollgate/tollgate/"
+
+// layerOf ranks every package of the module: an import must point to a
+// strictly lower layer. The helpers under internal/ are shared and import
+// nothing of the module above them. A new package must be placed here.
+var layerOf = map[string]int{
+	"internal/fakeclock": 0,
+	"internal/metricset": 0,
+	"policy":             1,
+	"costing":            2,
+	"costing/optimize":   3,
+	"limiter":            3,
+	"policy/watch":       3,
+	"limiter/memstore":   4,
+	"limiter/redisstore": 4,
+	"limiter/queue":      4,
+	"internal/redistest": 4,
+	"limiter/storetest":  5,
+	"cluster":            6,
+	"admission":          7,
+	"authz":              8,
+	"cmd/tollgate":       9,
+	"cmd/fakeapi":        9,
+	"cmd/barefloor":      9,
+	// Packages of tests and configs only.
+	"envoy":  9,
+	"deploy": 9,
+	"docs":   9,
+}
+
+// envoyFree are the packages that must not import go-control-plane: all
+// but the transport and the binaries.
+func envoyFree(pkg string) bool {
+	return layerOf[pkg] < layerOf["authz"]
+}
+
+type listed struct {
+	ImportPath string
+	Imports    []string
+}
+
+func TestLayering(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json", module+"...").Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		t.Fatalf("go list: %v: %s", err, ee.Stderr)
+	}
+	require.NoError(t, err)
+	dec := json.NewDecoder(bytes.NewReader(out))
+	seen := 0
+	for {
+		var p listed
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		name := strings.TrimPrefix(p.ImportPath, module)
+		if name == "internal/layers" {
+			continue
+		}
+		seen++
+		layer, ok := layerOf[name]
+		if !assert.True(t, ok, "package %s has no layer: place it in layerOf", name) {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if strings.HasPrefix(imp, "github.com/envoyproxy/go-control-plane") && envoyFree(name) {
+				t.Errorf("%s imports %s: nothing below authz sees an Envoy type", name, imp)
+			}
+			dep, ok := strings.CutPrefix(imp, module)
+			if !ok {
+				continue
+			}
+			if l, known := layerOf[dep]; known && l >= layer {
+				t.Errorf("%s (layer %d) imports %s (layer %d): an import must point down", name, layer, dep, l)
+			}
+		}
+	}
+	require.Greater(t, seen, 10, "go list found the module's packages")
+}
