@@ -177,17 +177,17 @@ func (d *Decider) undo(ctx context.Context, req limiter.Request, dec limiter.Dec
 			}
 		}
 	}
-	var back []limiter.Adjustment
+	var back []limiter.Refund
 	var lines []string
 	for i, t := range req.Takes {
 		if t.Cost == 0 || (t.Shadow && i < len(dec.Buckets) && dec.Buckets[i].Short) {
 			continue
 		}
-		back = append(back, limiter.Adjustment{Key: t.Key, Limit: t.Limit, Refund: t.Cost, Cap: limiter.NoCap})
+		back = append(back, limiter.Refund{Key: t.Key, Limit: t.Limit, Units: t.Cost})
 		lines = append(lines, bucketLine(t.Key))
 	}
 	if a, ok := d.store.(limiter.Adjuster); ok && len(back) > 0 {
-		if _, err := a.Adjust(ctx, back, time.Time{}); err != nil {
+		if _, err := a.Refund(ctx, back, time.Time{}); err != nil {
 			d.log.LogAttrs(ctx, slog.LevelWarn, "units of a call that left were not returned", slog.Any("error", err))
 		}
 	}

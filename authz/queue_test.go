@@ -165,7 +165,7 @@ func TestQueueRefusals(t *testing.T) {
 	t.Run("a wait longer than the class's is refused at once", func(t *testing.T) {
 		d := newDecider(t, queuePolicy)
 		one := limiter.Limit{Capacity: 1, RefillPerSecond: 1}
-		_, err := d.store.Adjust(ctx, []limiter.Adjustment{{Key: limiter.Key{Pool: "one"}, Limit: one, Refund: -5, Cap: limiter.NoCap}}, time.Time{})
+		_, err := d.store.Refund(ctx, []limiter.Refund{{Key: limiter.Key{Pool: "one"}, Limit: one, Units: -5}}, time.Time{})
 		require.NoError(t, err) // four requests in debt: the next one is 5 s away
 		v := d.Decide(ctx, queueRequest("hopeless", "s", "fast"))
 		assert.Equal(t, gist{Outcome: authz.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,

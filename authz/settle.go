@@ -204,7 +204,7 @@ func (c *Call) feedback(ctx context.Context, s costing.Signal) {
 	if !ok || !s.Known() {
 		return
 	}
-	var adj []limiter.Adjustment
+	var adj []limiter.Throttle
 	for _, p := range c.route.Pools {
 		capTo := int64(limiter.NoCap)
 		switch p.Unit {
@@ -216,7 +216,7 @@ func (c *Call) feedback(ctx context.Context, s costing.Signal) {
 		if capTo < 0 && s.Pause <= 0 {
 			continue
 		}
-		adj = append(adj, limiter.Adjustment{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.Limit), Refund: 0, Cap: capTo, Pause: s.Pause})
+		adj = append(adj, limiter.Throttle{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.Limit), Cap: capTo, Pause: s.Pause})
 	}
 	if len(adj) == 0 {
 		return
@@ -226,7 +226,7 @@ func (c *Call) feedback(ctx context.Context, s costing.Signal) {
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
-	if _, err := a.Adjust(actx, adj, time.Time{}); err != nil {
+	if _, err := a.Throttle(actx, adj, time.Time{}); err != nil {
 		c.d.m.settleErrors.WithLabelValues("adjust").Inc()
 		c.d.log.LogAttrs(ctx, slog.LevelWarn, "upstream rate limits not applied", slog.String("route", c.route.Name), slog.Any("error", err))
 		return
@@ -296,7 +296,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		outcome SettleOutcome
 		reason  string
 		cost    = p.est.Cost
-		refunds []limiter.Adjustment
+		refunds []limiter.Refund
 	)
 	switch {
 	case c.status == 0:
@@ -336,7 +336,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		return c.count(SettledFailed, reason)
 	}
 	if a, ok := c.d.store.(limiter.Adjuster); ok && len(refunds) > 0 {
-		if _, err := a.Adjust(ctx, refunds, time.Time{}); err != nil {
+		if _, err := a.Refund(ctx, refunds, time.Time{}); err != nil {
 			c.d.m.settleErrors.WithLabelValues("adjust").Inc()
 			c.d.log.LogAttrs(ctx, slog.LevelWarn, "unused units not returned", slog.String("reservation", p.id), slog.Any("error", err))
 		}
@@ -356,8 +356,8 @@ func (c *Call) count(o SettleOutcome, reason string) SettleOutcome {
 // (negative: a charge). A request pool gets nothing back: the request did
 // reach the upstream. Pools the upstream's own headers just set are left as
 // the upstream said.
-func (c *Call) refunds(p *pendingCall, a *costing.Actual) []limiter.Adjustment {
-	var out []limiter.Adjustment
+func (c *Call) refunds(p *pendingCall, a *costing.Actual) []limiter.Refund {
+	var out []limiter.Refund
 	for _, t := range p.charged {
 		if pool := p.set.Pools[t.Key.Pool]; c.touched[t.Key.Pool] || pool == nil || pool.Unit == policy.UnitRequest {
 			continue
@@ -373,7 +373,7 @@ func (c *Call) refunds(p *pendingCall, a *costing.Actual) []limiter.Adjustment {
 		}
 		if back != 0 {
 			back = max(min(back, maxRefund), -maxRefund)
-			out = append(out, limiter.Adjustment{Key: t.Key, Limit: t.Limit, Refund: back, Cap: limiter.NoCap})
+			out = append(out, limiter.Refund{Key: t.Key, Limit: t.Limit, Units: back})
 		}
 	}
 	return out

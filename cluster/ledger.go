@@ -218,12 +218,37 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	return u, nil
 }
 
-// Adjust corrects buckets. Refunds and charges after the fact go to this
-// member's lease of the bucket while it has one (the units come back
-// where they were spent); the upstream's own signals (a cap, a pause) go
-// to the shared bucket, empty this member's lease of it, and are gossiped
-// so that every member stops leasing it.
-func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+// Refund gives units back to buckets, or charges more: to this member's
+// lease of the bucket while it has one (the units come back where they
+// were spent), else to the shared bucket.
+func (s *Store) Refund(ctx context.Context, refunds []limiter.Refund, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.RefundAdjustments(refunds), now, func(ctx context.Context, idx []int) ([]limiter.BucketState, error) {
+		remote := make([]limiter.Refund, len(idx))
+		for j, i := range idx {
+			remote[j] = refunds[i]
+		}
+		return s.shared.Refund(ctx, remote, now)
+	})
+}
+
+// Throttle applies the upstream's own signals (a cap, a pause): they go to
+// the shared bucket, empty this member's lease of it, and are gossiped so
+// that every member stops leasing it.
+func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.ThrottleAdjustments(throttles), now, func(ctx context.Context, idx []int) ([]limiter.BucketState, error) {
+		remote := make([]limiter.Throttle, len(idx))
+		for j, i := range idx {
+			remote[j] = throttles[i]
+		}
+		return s.shared.Throttle(ctx, remote, now)
+	})
+}
+
+// adjust corrects buckets (Refund's and Throttle's common part): what can
+// be applied here is, and shared applies the rest (the adjustments at idx)
+// in the shared store, in one call.
+func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time,
+	shared func(ctx context.Context, idx []int) ([]limiter.BucketState, error)) ([]limiter.BucketState, error) {
 	if err := limiter.ValidateAdjustments(adj); err != nil {
 		return nil, err
 	}
@@ -271,7 +296,7 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	if outage || len(remote) == 0 {
 		return out, nil
 	}
-	st, err := s.shared.Adjust(ctx, remote, now)
+	st, err := shared(ctx, remoteIdx)
 	if err != nil {
 		if s.unreachable(ctx, err) {
 			s.mu.Lock()

@@ -214,7 +214,7 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 	if len(back) == 0 {
 		return
 	}
-	if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+	if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
 		if s.unreachable(ctx, err) {
 			s.mu.Lock()
 			s.returning = append(back, s.returning...) // given back when the store is
@@ -225,7 +225,16 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 	}
 }
 
-// mergeRefunds sums refunds by bucket (Adjust wants each once).
+// refundsOf converts merged lease give-backs for the shared store.
+func refundsOf(adj []limiter.Adjustment) []limiter.Refund {
+	out := make([]limiter.Refund, len(adj))
+	for i, a := range adj {
+		out[i] = limiter.Refund{Key: a.Key, Limit: a.Limit, Units: a.Refund}
+	}
+	return out
+}
+
+// mergeRefunds sums refunds by bucket (Refund wants each once).
 func mergeRefunds(adj []limiter.Adjustment) []limiter.Adjustment {
 	idx := map[limiter.Key]int{}
 	var out []limiter.Adjustment
@@ -353,7 +362,7 @@ func (s *Store) handBack(ctx context.Context) error {
 	}
 	var firstErr error
 	if back = mergeRefunds(back); len(back) > 0 {
-		if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+		if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
 			firstErr = err
 		}
 	}

@@ -372,8 +372,18 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	return u, nil
 }
 
-// Adjust corrects buckets after the fact in one script call.
-func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+// Refund gives units back to buckets, or charges more, in one script call.
+func (s *Store) Refund(ctx context.Context, refunds []limiter.Refund, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.RefundAdjustments(refunds), now)
+}
+
+// Throttle applies upstream signals to buckets in one script call.
+func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.ThrottleAdjustments(throttles), now)
+}
+
+// adjust corrects buckets after the fact in one script call.
+func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
