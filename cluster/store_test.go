@@ -346,15 +346,15 @@ func (g *gate) Reserve(ctx context.Context, req limiter.Request) (limiter.Decisi
 	return d, err
 }
 
-func (g *gate) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+func (g *gate) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
 	g.mu.Lock()
-	if g.refuseSettl > 0 {
+	if g.refuseSettl > 0 && e.Outcome == limiter.OutcomeSettled {
 		g.refuseSettl--
 		g.mu.Unlock()
 		return limiter.Settlement{}, errors.New("memstore: busy")
 	}
 	g.mu.Unlock()
-	return g.Store.Settle(ctx, id, actual)
+	return g.Store.Finish(ctx, e)
 }
 
 // named is a fleet of one that has a name of its own (so two share a

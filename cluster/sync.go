@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // loop syncs with the shared store every SyncEvery until Close.
@@ -156,13 +157,7 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 	var keep []pendingEnd
 	var away error
 	for i, e := range todo {
-		var st limiter.Settlement
-		var err error
-		if e.outcome == limiter.OutcomeSettled {
-			st, err = s.shared.Settle(bctx, e.id, e.actual)
-		} else {
-			st, err = s.shared.Release(bctx, e.id)
-		}
+		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used})
 		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
 			keep, away = append(keep, todo[i:]...), err
 			break
@@ -240,14 +235,20 @@ func mergeRefunds(adj []limiter.Adjustment) []limiter.Adjustment {
 	var out []limiter.Adjustment
 	for _, a := range adj {
 		if i, ok := idx[a.Key]; ok {
-			out[i].Refund = min(out[i].Refund+a.Refund, a.Limit.Capacity)
+			out[i].Refund = clampRefund(out[i].Refund+a.Refund, a.Limit)
 			continue
 		}
 		idx[a.Key] = len(out)
-		a.Refund = min(a.Refund, a.Limit.Capacity)
+		a.Refund = clampRefund(a.Refund, a.Limit)
 		out = append(out, a)
 	}
 	return out
+}
+
+// clampRefund bounds a merged refund to what one may be: never past the
+// capacity, a charge no deeper than the largest capacity.
+func clampRefund(units int64, l limiter.Limit) int64 {
+	return max(min(units, l.Capacity), -policy.MaxCapacity)
 }
 
 // renewSlots keeps leased slots while they are used and gives them back
