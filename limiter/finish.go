@@ -76,6 +76,7 @@ type Charge struct {
 
 // MaxCharges bounds the buckets one held admission may charge (and so the
 // size of a reservation's record of them); Request.Validate refuses more.
+// It bounds an Ending's Used and Throttles alike.
 const MaxCharges = 64
 
 // maxChargedKey bounds the length of a charged bucket's key (Key.String),
@@ -154,6 +155,9 @@ func (e Ending) Validate() error {
 	}
 	if e.Actual < 0 || e.Actual >= MaxMoney {
 		return fmt.Errorf("limiter: finish %s: actual cost %d out of range [0, 2^53)", e.ID, e.Actual)
+	}
+	if len(e.Used) > MaxCharges || len(e.Throttles) > MaxCharges {
+		return fmt.Errorf("limiter: finish %s: %d pools used and %d throttles, more than %d", e.ID, len(e.Used), len(e.Throttles), MaxCharges)
 	}
 	for i, u := range e.Used {
 		if u.Units < 0 || u.Units > maxUnits {

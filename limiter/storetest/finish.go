@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -331,20 +332,25 @@ func testFinishInvalid(t *testing.T, h *finishHarness) {
 	ok := limiter.Ending{ID: "v", Outcome: limiter.OutcomeSettled, Actual: 100, Used: []limiter.PoolUse{used("gpt", 100)},
 		Throttles: []limiter.Throttle{{Key: smsPool, Limit: smsLimit, Cap: 10}}}
 	tests := map[string]func(e *limiter.Ending){
-		"empty id":              func(e *limiter.Ending) { e.ID = "" },
-		"id with a space":       func(e *limiter.Ending) { e.ID = "v w" },
-		"expired outcome":       func(e *limiter.Ending) { e.Outcome = limiter.OutcomeExpired },
-		"unknown outcome":       func(e *limiter.Ending) { e.Outcome = "done" },
-		"negative actual":       func(e *limiter.Ending) { e.Actual = -1 },
-		"actual out of range":   func(e *limiter.Ending) { e.Actual = limiter.MaxMoney },
-		"negative use":          func(e *limiter.Ending) { e.Used[0].Units = -1 },
-		"use out of range":      func(e *limiter.Ending) { e.Used[0].Units = 1 << 40 },
-		"pool named twice":      func(e *limiter.Ending) { e.Used = append(e.Used, used("gpt", 1)) },
-		"throttle no capacity":  func(e *limiter.Ending) { e.Throttles[0].Limit = lim(0, 1) },
-		"throttle long pause":   func(e *limiter.Ending) { e.Throttles[0].Pause = 25 * time.Hour },
-		"throttle twice":        func(e *limiter.Ending) { e.Throttles = append(e.Throttles, e.Throttles[0]) },
-		"throttle huge cap":     func(e *limiter.Ending) { e.Throttles[0].Cap = 1 << 40 },
-		"throttle negative pau": func(e *limiter.Ending) { e.Throttles[0].Pause = -time.Second },
+		"empty id":                func(e *limiter.Ending) { e.ID = "" },
+		"id with a space":         func(e *limiter.Ending) { e.ID = "v w" },
+		"expired outcome":         func(e *limiter.Ending) { e.Outcome = limiter.OutcomeExpired },
+		"unknown outcome":         func(e *limiter.Ending) { e.Outcome = "done" },
+		"negative actual":         func(e *limiter.Ending) { e.Actual = -1 },
+		"actual out of range":     func(e *limiter.Ending) { e.Actual = limiter.MaxMoney },
+		"negative use":            func(e *limiter.Ending) { e.Used[0].Units = -1 },
+		"use out of range":        func(e *limiter.Ending) { e.Used[0].Units = 1 << 40 },
+		"pool named twice":        func(e *limiter.Ending) { e.Used = append(e.Used, used("gpt", 1)) },
+		"throttle no capacity":    func(e *limiter.Ending) { e.Throttles[0].Limit = lim(0, 1) },
+		"throttle long pause":     func(e *limiter.Ending) { e.Throttles[0].Pause = 25 * time.Hour },
+		"throttle twice":          func(e *limiter.Ending) { e.Throttles = append(e.Throttles, e.Throttles[0]) },
+		"throttle huge cap":       func(e *limiter.Ending) { e.Throttles[0].Cap = 1 << 40 },
+		"throttle negative pause": func(e *limiter.Ending) { e.Throttles[0].Pause = -time.Second },
+		"too many throttles": func(e *limiter.Ending) {
+			for i := range limiter.MaxCharges {
+				e.Throttles = append(e.Throttles, limiter.Throttle{Key: client("many", strconv.Itoa(i)), Limit: smsLimit, Cap: 1})
+			}
+		},
 	}
 	for name, spoil := range tests {
 		e := ok
