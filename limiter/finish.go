@@ -106,7 +106,10 @@ func Charged(takes []Take, d Decision) []Charge {
 // not named keeps its charge. Stores apply them as Refund adjustments (see
 // ApplyAdjust); the Redis store's finish.lua follows this line for line.
 func (e Ending) Refunds(charges []Charge) []Refund {
-	var out []Refund
+	if len(e.Used) == 0 {
+		return nil
+	}
+	out := make([]Refund, 0, len(charges))
 	for _, c := range charges {
 		for _, u := range e.Used {
 			if u.Pool == c.Key.Pool {
@@ -169,8 +172,15 @@ func (e Ending) Validate() error {
 			}
 		}
 	}
-	if err := ValidateAdjustments(ThrottleAdjustments(e.Throttles)); err != nil {
-		return fmt.Errorf("limiter: finish %s: throttles: %w", e.ID, err)
+	for i, t := range e.Throttles {
+		if err := t.Adjustment().Validate(); err != nil {
+			return fmt.Errorf("limiter: finish %s: throttles: %w", e.ID, err)
+		}
+		for _, u := range e.Throttles[:i] {
+			if u.Key == t.Key {
+				return fmt.Errorf("limiter: finish %s: throttles: bucket %s named twice", e.ID, t.Key)
+			}
+		}
 	}
 	return nil
 }

@@ -53,7 +53,8 @@ var errChanged = errors.New("memstore: reservation changed while finishing")
 // finishLocked runs Finish's step under its locks, or returns errChanged,
 // having done nothing, when the reservation is no longer peek.
 func (s *Store) finishLocked(e limiter.Ending, peek *reservation, refunds, throttles []limiter.Adjustment, at int64) (limiter.Settlement, error) {
-	idx := make([]int, 0, len(refunds)+len(throttles))
+	var stack [8]int
+	idx := stack[:0]
 	for _, a := range refunds {
 		idx = append(idx, s.shardOf(a.Key))
 	}
