@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/storetest"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -183,4 +184,44 @@ func TestFinish(t *testing.T) {
 			assert.Equal(t, tc.level, g[0].Remaining, "the shared bucket")
 		})
 	}
+}
+
+// TestFinishConformance runs the Finish suite on a fleet of one over a
+// memory store, configured so that every hold is decided by the shared
+// store (near-limit at 100%: no budget slice is ever taken), as near a
+// limit in production. Reopen is a second member on the same shared store
+// (a sidecar that restarted); levels are read from the shared store, since
+// a member reports leased buckets only approximately. Local reservations'
+// refunds are TestFinish's.
+func TestFinishConformance(t *testing.T) {
+	var shared sync.Map // *cluster.Store → *memstore.Store
+	open := func(t *testing.T, clock limiter.Clock, mem *memstore.Store) *cluster.Store {
+		cfg := cluster.DefaultConfig()
+		cfg.Clock, cfg.SyncEvery, cfg.NearLimitPercent = clock, time.Hour, 100
+		s, err := cluster.NewStore(cfg, mem, nil, prometheus.NewRegistry())
+		require.NoError(t, err)
+		shared.Store(s, mem)
+		return s
+	}
+	storetest.RunFinish(t, func(t *testing.T, clock limiter.Clock) storetest.FinishBackend {
+		mem, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		t.Cleanup(func() { assert.NoError(t, mem.Close()) })
+		return open(t, clock, mem)
+	}, storetest.FinishConfig{
+		Reopen: func(t *testing.T, clock limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
+			mem, ok := shared.Load(b)
+			require.True(t, ok)
+			s := open(t, clock, mem.(*memstore.Store))
+			t.Cleanup(func() { assert.NoError(t, s.Close()) })
+			return s
+		},
+		Level: func(t *testing.T, b storetest.FinishBackend, k limiter.Key, l limiter.Limit, now time.Time) int64 {
+			mem, ok := shared.Load(b)
+			require.True(t, ok)
+			d, err := mem.(*memstore.Store).Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: k, Limit: l}}, Now: now})
+			require.NoError(t, err)
+			return d.Buckets[0].Remaining
+		},
+	})
 }

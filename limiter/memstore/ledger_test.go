@@ -39,5 +39,5 @@ func TestFinishConformance(t *testing.T) {
 		s, err := memstore.New(memstore.Config{Clock: clock})
 		require.NoError(t, err)
 		return s
-	}, nil)
+	}, storetest.FinishConfig{})
 }

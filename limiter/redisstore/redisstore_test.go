@@ -105,11 +105,11 @@ func TestFinishConformance(t *testing.T) {
 		require.NoError(t, err)
 		prefixes.Store(s, p)
 		return s
-	}, func(t *testing.T, _ limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
+	}, storetest.FinishConfig{Reopen: func(t *testing.T, _ limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
 		p, ok := prefixes.Load(b)
 		require.True(t, ok)
 		s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p.(string)})
 		require.NoError(t, err)
 		return s
-	})
+	}})
 }

@@ -24,21 +24,31 @@ type FinishBackend interface {
 	limiter.Finisher
 }
 
+// FinishConfig tells RunFinish how to reach a store's state beyond the
+// store itself.
+type FinishConfig struct {
+	// Reopen returns a second store over the same state as b, as a sidecar
+	// that restarted (or a new client of the same Redis and prefix) would
+	// see it; the suite finishes through it a reservation held through b,
+	// which proves that refunds do not depend on the memory of the process
+	// that admitted the call. Nil means b itself (a store whose state is
+	// its own memory).
+	Reopen func(t *testing.T, clock limiter.Clock, b FinishBackend) FinishBackend
+	// Level reads a bucket's whole units at now where b keeps it. Nil reads
+	// through b with a zero-cost take; a store that reports levels from
+	// local leases (cluster) reads them from its shared store instead.
+	Level func(t *testing.T, b FinishBackend, k limiter.Key, l limiter.Limit, now time.Time) int64
+}
+
 // RunFinish runs the conformance suite of limiter.Finisher (ending a
 // reservation with its refunds and the upstream's throttles in one step)
-// against backends made by newBackend (same contract as Run's newStore).
-//
-// reopen returns a second store over the same state as b, as a sidecar
-// that restarted (or a new client of the same Redis and prefix) would see
-// it; the suite finishes through it a reservation held through b, which
-// proves that refunds do not depend on the memory of the process that
-// admitted the call. A store whose state is its own memory passes b back.
+// against backends made by newBackend (same contract as Run's newStore),
+// reaching their state as cfg says.
 //
 // Every Reserve and Finish carries the fake clock's time; the buckets
 // never refill (their levels are exact whatever time a store reads).
 // Expected numbers follow limiter.Ending.Refunds and limiter.ApplyAdjust.
-func RunFinish(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) FinishBackend,
-	reopen func(t *testing.T, clock limiter.Clock, b FinishBackend) FinishBackend) {
+func RunFinish(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) FinishBackend, cfg FinishConfig) {
 	for name, test := range map[string]func(*testing.T, *finishHarness){
 		"settle refunds each charged bucket":     testFinishSettle,
 		"release refunds what was not used":      testFinishRelease,
@@ -61,11 +71,12 @@ func RunFinish(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) 
 			require.NotNil(t, h.b)
 			t.Cleanup(func() { assert.NoError(t, h.b.Close()) })
 			h.reopen = func(t *testing.T) FinishBackend {
-				if reopen == nil {
+				if cfg.Reopen == nil {
 					return h.b
 				}
-				return reopen(t, h.clock, h.b)
+				return cfg.Reopen(t, h.clock, h.b)
 			}
+			h.read = cfg.Level
 			test(t, h)
 		})
 	}
@@ -75,6 +86,7 @@ type finishHarness struct {
 	clock  *fakeclock.Clock
 	b      FinishBackend
 	reopen func(t *testing.T) FinishBackend
+	read   func(t *testing.T, b FinishBackend, k limiter.Key, l limiter.Limit, now time.Time) int64
 }
 
 // The buckets of a call to a chat pool (pool-wide and the client's) and an
@@ -111,9 +123,13 @@ func (h *finishHarness) finish(t *testing.T, e limiter.Ending) limiter.Settlemen
 	return st
 }
 
-// level reads a bucket's whole units through b (a zero-cost take).
+// level reads a bucket's whole units (through b with a zero-cost take,
+// unless the config says otherwise).
 func (h *finishHarness) level(t *testing.T, k limiter.Key, l limiter.Limit) int64 {
 	t.Helper()
+	if h.read != nil {
+		return h.read(t, h.b, k, l, h.clock.Now())
+	}
 	d, err := h.b.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{take(k, l, 0)}, Now: h.clock.Now()})
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
