@@ -89,7 +89,7 @@ type testServer struct {
 
 type serverOpts struct {
 	policy string              // "": serverPolicy
-	store  admission.Store       // nil: a memory store on clk
+	store  admission.Store     // nil: a memory store on clk
 	clk    *fakeclock.Clock    // nil: a fresh one at epoch
 	config func(*authz.Config) // adjusts the loopback config
 }

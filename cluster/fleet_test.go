@@ -447,7 +447,7 @@ func TestFleetBackoff(t *testing.T) {
 			require.True(t, d.Allowed)
 		}
 	}
-	_, err := ms[0].Store.Adjust(ctx, []limiter.Adjustment{{Key: gpt, Limit: lim, Cap: limiter.NoCap, Pause: 30 * time.Second}}, time.Time{})
+	_, err := ms[0].Store.Throttle(ctx, []limiter.Throttle{{Key: gpt, Limit: lim, Cap: limiter.NoCap, Pause: 30 * time.Second}}, time.Time{})
 	require.NoError(t, err)
 	for i, m := range ms {
 		require.Eventually(t, func() bool {

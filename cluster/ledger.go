@@ -2,7 +2,8 @@ package cluster
 
 import (
 	"context"
-	"fmt"
+	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
@@ -18,48 +19,63 @@ const (
 	maxDone       = 100_000
 )
 
-// Settle commits a reservation at its actual cost: a local one here (the
-// difference from its estimate is booked), a shared one in the shared
-// store (or, while it is unreachable, when it returns).
+// Settle commits a reservation at its actual cost (Finish without refunds
+// or throttles).
 func (s *Store) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
-	if actual < 0 || actual >= limiter.MaxMoney {
-		return limiter.Settlement{}, fmt.Errorf("cluster: settle %q: cost %d out of range", id, actual)
-	}
-	return s.end(ctx, id, limiter.OutcomeSettled, actual)
+	return s.Finish(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeSettled, Actual: actual})
 }
 
-// Release returns a reservation whole.
+// Release returns a reservation whole (Finish without refunds or
+// throttles).
 func (s *Store) Release(ctx context.Context, id string) (limiter.Settlement, error) {
-	return s.end(ctx, id, limiter.OutcomeReleased, 0)
+	return s.Finish(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeReleased})
 }
 
-func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual policy.Money) (limiter.Settlement, error) {
+// Finish ends a reservation. One decided here ends here (the difference
+// from its estimate is booked, its slot freed); its refunds go back to this
+// member's leases, or are queued for the shared store as the units of
+// lapsed leases are; its throttles go to the shared store and are gossiped
+// (see Throttle). One the shared store holds (or an id unknown here) ends
+// there, refunds and throttles with it, in one shared Finish; the throttles
+// also reach this member's leases and the fleet. While the shared store is
+// unreachable, the end is told when it returns (ending is idempotent by
+// id) and the throttles apply to this member's shares.
+//
+// Once the reservation has ended, a failure to apply the throttles is
+// logged, not returned: the settlement stands.
+func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Settlement{}, err
 	}
-	now := s.cfg.Clock.Now()
+	if err := e.Validate(); err != nil {
+		return limiter.Settlement{}, err
+	}
+	now := e.Now
+	if now.IsZero() {
+		now = s.cfg.Clock.Now()
+	}
 	s.mu.Lock()
-	if st, ok := s.done[id]; ok {
+	if st, ok := s.done[e.ID]; ok {
 		s.mu.Unlock()
 		st.Repeat = true
+		s.throttleAfter(ctx, e)
 		return st, nil
 	}
-	if r := s.resv[id]; r != nil {
-		st := s.finishLocked(id, r, o, actual, now)
+	if r := s.resv[e.ID]; r != nil {
+		st := s.finishLocked(e.ID, r, e.Outcome, e.Actual, now)
+		s.refundLocked(r, e.Refunds(r.charges), now)
 		s.mu.Unlock()
+		s.throttleAfter(ctx, e)
 		return st, nil
 	}
 	outage := s.outage
 	s.mu.Unlock()
 	if !outage {
-		var st limiter.Settlement
-		var err error
-		if o == limiter.OutcomeSettled {
-			st, err = s.shared.Settle(ctx, id, actual)
-		} else {
-			st, err = s.shared.Release(ctx, id)
-		}
+		st, err := s.shared.Finish(ctx, e)
 		if err == nil || !s.unreachable(ctx, err) {
+			if err == nil || errors.Is(err, limiter.ErrUnknownReservation) {
+				s.signalled(limiter.ThrottleAdjustments(e.Throttles), now)
+			}
 			return st, err
 		}
 		s.mu.Lock()
@@ -67,11 +83,73 @@ func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual po
 		s.mu.Unlock()
 	}
 	// The shared store holds the reservation and cannot be told now: tell
-	// it when it returns (ending a reservation is idempotent by id).
+	// it when it returns.
 	s.mu.Lock()
-	s.ends = append(s.ends, pendingEnd{id: id, outcome: o, actual: actual})
+	s.ends = append(s.ends, pendingEnd{id: e.ID, outcome: e.Outcome, actual: e.Actual, used: e.Used})
 	s.mu.Unlock()
-	return limiter.Settlement{ID: id, Outcome: o, Spent: actual}, nil
+	s.throttleAfter(ctx, e)
+	return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Spent: e.Actual}, nil
+}
+
+// throttleAfter applies an ending's throttles once the reservation's end is
+// settled here (see Throttle), logging a failure.
+func (s *Store) throttleAfter(ctx context.Context, e limiter.Ending) {
+	if len(e.Throttles) == 0 {
+		return
+	}
+	if _, err := s.Throttle(ctx, e.Throttles, e.Now); err != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "upstream throttles of a finished call not applied", slog.String("id", e.ID), slog.Any("error", err))
+	}
+}
+
+// refundLocked gives a local reservation's refunds back: to this member's
+// lease of each bucket while it can take them, else to the shared store
+// at the next sync (as a lapsed lease's units). A reservation decided in
+// outage mode was charged to this member's share of the bucket: its refunds
+// go back there, or nowhere once outage mode (and the share) is over.
+// s.mu is held.
+func (s *Store) refundLocked(r *localResv, refunds []limiter.Refund, now time.Time) {
+	for _, f := range refunds {
+		switch l := s.leases[f.Key]; {
+		case f.Units == 0:
+		case r.outage:
+			if b := s.outBkt[f.Key]; s.outage && b != nil {
+				lim := s.outLimit[f.Key]
+				*b = limiter.ApplyAdjust(b.Advance(lim, limiter.Micros(now)), limiter.Refund{Key: f.Key, Limit: lim, Units: f.Units}.Adjustment())
+			}
+		case l != nil && now.Before(l.exp) && !now.Before(l.pausedUntil) && l.units+f.Units >= 0:
+			l.units = min(l.units+f.Units, f.Limit.Capacity)
+		default:
+			s.returning = append(s.returning, f.Adjustment())
+		}
+	}
+}
+
+// signalled applies throttles the shared store has applied to this
+// member's leases, and tells the fleet of those it must hear.
+func (s *Store) signalled(adj []limiter.Adjustment, now time.Time) {
+	if len(adj) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, a := range adj {
+		if l := s.leases[a.Key]; l != nil && (a.Cap >= 0 || a.Pause > 0) {
+			s.signalLocked(l, a.Pause, a.Cap, now)
+		}
+	}
+	s.mu.Unlock()
+	for _, a := range adj {
+		s.gossip(a)
+	}
+}
+
+// gossip tells the fleet of a signal the shared store has taken: pauses,
+// and reports near the limit (far from it, each member's own responses
+// keep it in line).
+func (s *Store) gossip(a limiter.Adjustment) {
+	if a.Key.Client == "" && (a.Pause > 0 || (a.Cap >= 0 && a.Cap < a.Limit.Capacity*s.cfg.NearLimitPercent/100)) {
+		s.peers.Backoff(a.Key.Pool, a.Pause, a.Cap)
+	}
 }
 
 // finishLocked ends a local reservation: what it spent beyond (or short
@@ -218,12 +296,37 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	return u, nil
 }
 
-// Adjust corrects buckets. Refunds and charges after the fact go to this
-// member's lease of the bucket while it has one (the units come back
-// where they were spent); the upstream's own signals (a cap, a pause) go
-// to the shared bucket, empty this member's lease of it, and are gossiped
-// so that every member stops leasing it.
-func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+// Refund gives units back to buckets, or charges more: to this member's
+// lease of the bucket while it has one (the units come back where they
+// were spent), else to the shared bucket.
+func (s *Store) Refund(ctx context.Context, refunds []limiter.Refund, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.RefundAdjustments(refunds), now, func(ctx context.Context, idx []int) ([]limiter.BucketState, error) {
+		remote := make([]limiter.Refund, len(idx))
+		for j, i := range idx {
+			remote[j] = refunds[i]
+		}
+		return s.shared.Refund(ctx, remote, now)
+	})
+}
+
+// Throttle applies the upstream's own signals (a cap, a pause): they go to
+// the shared bucket, empty this member's lease of it, and are gossiped so
+// that every member stops leasing it.
+func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.ThrottleAdjustments(throttles), now, func(ctx context.Context, idx []int) ([]limiter.BucketState, error) {
+		remote := make([]limiter.Throttle, len(idx))
+		for j, i := range idx {
+			remote[j] = throttles[i]
+		}
+		return s.shared.Throttle(ctx, remote, now)
+	})
+}
+
+// adjust corrects buckets (Refund's and Throttle's common part): what can
+// be applied here is, and shared applies the rest (the adjustments at idx)
+// in the shared store, in one call.
+func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time,
+	shared func(ctx context.Context, idx []int) ([]limiter.BucketState, error)) ([]limiter.BucketState, error) {
 	if err := limiter.ValidateAdjustments(adj); err != nil {
 		return nil, err
 	}
@@ -271,7 +374,7 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	if outage || len(remote) == 0 {
 		return out, nil
 	}
-	st, err := s.shared.Adjust(ctx, remote, now)
+	st, err := shared(ctx, remoteIdx)
 	if err != nil {
 		if s.unreachable(ctx, err) {
 			s.mu.Lock()
@@ -282,12 +385,7 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	}
 	for j, i := range remoteIdx {
 		out[i] = st[j]
-		a := remote[j]
-		// The fleet hears of pauses, and of reports near the limit (far from
-		// it, each member's own responses keep it in line).
-		if a.Key.Client == "" && (a.Pause > 0 || (a.Cap >= 0 && a.Cap < a.Limit.Capacity*s.cfg.NearLimitPercent/100)) {
-			s.peers.Backoff(a.Key.Pool, a.Pause, a.Cap)
-		}
+		s.gossip(remote[j])
 	}
 	return out, nil
 }

@@ -110,7 +110,7 @@ func (s *Store) decideOutage(req limiter.Request, now time.Time) (limiter.Decisi
 	if h != nil {
 		d.Budgets = s.book(h, now)
 		if !h.Commit {
-			r := &localResv{cost: h.Cost, period: h.Period, exp: now.Add(h.TTL)}
+			r := &localResv{cost: h.Cost, period: h.Period, exp: now.Add(h.TTL), charges: limiter.Charged(req.Takes, d), outage: true}
 			for _, b := range h.Budgets {
 				r.owners = append(r.owners, b.Owner)
 			}

@@ -22,6 +22,7 @@ import (
 type Shared interface {
 	limiter.Backend
 	limiter.Adjuster
+	limiter.Finisher
 	limiter.Leaser
 	limiter.SlotLeaser
 	limiter.Booker
@@ -85,6 +86,7 @@ func (c Config) Validate() error {
 var (
 	_ limiter.Backend  = (*Store)(nil)
 	_ limiter.Adjuster = (*Store)(nil)
+	_ limiter.Finisher = (*Store)(nil)
 )
 
 // Store decides admissions locally where it safely can, and asks the
@@ -207,6 +209,11 @@ type localResv struct {
 	slice  *slice // the slice it was spent from, nil when booked
 	client string // whose slot it holds, "" for none
 	exp    time.Time
+	// charges are what its admission took from each bucket (of this
+	// member's leases, or of its shares in outage mode), refunded in part
+	// when it is finished.
+	charges []limiter.Charge
+	outage  bool // decided in outage mode
 }
 
 type doneItem struct {
@@ -225,6 +232,7 @@ type pendingEnd struct {
 	id      string
 	outcome limiter.Outcome
 	actual  policy.Money
+	used    []limiter.PoolUse // refunds the shared store gives from its record
 	// For a slice: its chain (chainKey, and the owners in the period) and
 	// the size reserved.
 	chain  string
@@ -475,7 +483,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 			d.InFlight = sl.inUse
 		}
 		if !h.Commit {
-			r := &localResv{cost: h.Cost, period: h.Period, slice: from, exp: now.Add(h.TTL)}
+			r := &localResv{cost: h.Cost, period: h.Period, slice: from, exp: now.Add(h.TTL), charges: limiter.Charged(req.Takes, d)}
 			for _, b := range h.Budgets {
 				r.owners = append(r.owners, b.Owner)
 			}

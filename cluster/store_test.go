@@ -266,7 +266,7 @@ func TestBackoffSignal(t *testing.T) {
 	}
 	// The upstream said 429 with Retry-After: 30 (the shared bucket pauses;
 	// a peer would gossip it, this member applies it to its own lease).
-	_, err := s.Adjust(ctx, []limiter.Adjustment{{Key: pool, Limit: lim, Cap: limiter.NoCap, Pause: 30 * time.Second}}, time.Time{})
+	_, err := s.Throttle(ctx, []limiter.Throttle{{Key: pool, Limit: lim, Cap: limiter.NoCap, Pause: 30 * time.Second}}, time.Time{})
 	require.NoError(t, err)
 	d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
 	require.NoError(t, err)
@@ -274,7 +274,7 @@ func TestBackoffSignal(t *testing.T) {
 	assert.InDelta(t, 30*time.Second+10*time.Millisecond, d.RetryAfter, float64(time.Millisecond))
 	// A call that cost less than it held gives units back: they go to the
 	// shared bucket, not to a lease that must not be spent now.
-	_, err = s.Adjust(ctx, []limiter.Adjustment{{Key: pool, Limit: lim, Refund: 5, Cap: limiter.NoCap}}, time.Time{})
+	_, err = s.Refund(ctx, []limiter.Refund{{Key: pool, Limit: lim, Units: 5}}, time.Time{})
 	require.NoError(t, err)
 	d, err = s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
 	require.NoError(t, err)
@@ -346,15 +346,15 @@ func (g *gate) Reserve(ctx context.Context, req limiter.Request) (limiter.Decisi
 	return d, err
 }
 
-func (g *gate) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+func (g *gate) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
 	g.mu.Lock()
-	if g.refuseSettl > 0 {
+	if g.refuseSettl > 0 && e.Outcome == limiter.OutcomeSettled {
 		g.refuseSettl--
 		g.mu.Unlock()
 		return limiter.Settlement{}, errors.New("memstore: busy")
 	}
 	g.mu.Unlock()
-	return g.Store.Settle(ctx, id, actual)
+	return g.Store.Finish(ctx, e)
 }
 
 // named is a fleet of one that has a name of its own (so two share a

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // loop syncs with the shared store every SyncEvery until Close.
@@ -156,13 +157,7 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 	var keep []pendingEnd
 	var away error
 	for i, e := range todo {
-		var st limiter.Settlement
-		var err error
-		if e.outcome == limiter.OutcomeSettled {
-			st, err = s.shared.Settle(bctx, e.id, e.actual)
-		} else {
-			st, err = s.shared.Release(bctx, e.id)
-		}
+		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used})
 		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
 			keep, away = append(keep, todo[i:]...), err
 			break
@@ -214,7 +209,7 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 	if len(back) == 0 {
 		return
 	}
-	if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+	if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
 		if s.unreachable(ctx, err) {
 			s.mu.Lock()
 			s.returning = append(back, s.returning...) // given back when the store is
@@ -225,20 +220,35 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 	}
 }
 
-// mergeRefunds sums refunds by bucket (Adjust wants each once).
+// refundsOf converts merged lease give-backs for the shared store.
+func refundsOf(adj []limiter.Adjustment) []limiter.Refund {
+	out := make([]limiter.Refund, len(adj))
+	for i, a := range adj {
+		out[i] = limiter.Refund{Key: a.Key, Limit: a.Limit, Units: a.Refund}
+	}
+	return out
+}
+
+// mergeRefunds sums refunds by bucket (Refund wants each once).
 func mergeRefunds(adj []limiter.Adjustment) []limiter.Adjustment {
 	idx := map[limiter.Key]int{}
 	var out []limiter.Adjustment
 	for _, a := range adj {
 		if i, ok := idx[a.Key]; ok {
-			out[i].Refund = min(out[i].Refund+a.Refund, a.Limit.Capacity)
+			out[i].Refund = clampRefund(out[i].Refund+a.Refund, a.Limit)
 			continue
 		}
 		idx[a.Key] = len(out)
-		a.Refund = min(a.Refund, a.Limit.Capacity)
+		a.Refund = clampRefund(a.Refund, a.Limit)
 		out = append(out, a)
 	}
 	return out
+}
+
+// clampRefund bounds a merged refund to what one may be: never past the
+// capacity, a charge no deeper than the largest capacity.
+func clampRefund(units int64, l limiter.Limit) int64 {
+	return max(min(units, l.Capacity), -policy.MaxCapacity)
 }
 
 // renewSlots keeps leased slots while they are used and gives them back
@@ -353,7 +363,7 @@ func (s *Store) handBack(ctx context.Context) error {
 	}
 	var firstErr error
 	if back = mergeRefunds(back); len(back) > 0 {
-		if _, err := s.shared.Adjust(ctx, back, time.Time{}); err != nil {
+		if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
 			firstErr = err
 		}
 	}

@@ -15,7 +15,8 @@ import (
 const MinLevel = -7_000_000_000_000_000
 
 // Adjustment corrects one bucket after the fact: what a call really used,
-// and what the upstream provider says is left.
+// and what the upstream provider says is left. It is the one form a Refund
+// and a Throttle are both applied as (see ApplyAdjust); the API takes those.
 type Adjustment struct {
 	Key   Key
 	Limit Limit
@@ -82,10 +83,14 @@ func ApplyAdjust(b Bucket, a Adjustment) Bucket {
 
 // Adjuster corrects buckets after admission. It is an extension of Store:
 // both stores implement it. One call is atomic (one round trip for a remote
-// store) and honours ctx; now zero means the store's clock. It returns one
-// state per adjustment, in order.
+// store) and honours ctx; now zero means the store's clock. Each method
+// returns one state per element, in order, and refuses a batch that names a
+// bucket twice.
 type Adjuster interface {
-	Adjust(ctx context.Context, adj []Adjustment, now time.Time) ([]BucketState, error)
+	// Refund gives units back to buckets, or charges more (see Refund).
+	Refund(ctx context.Context, refunds []Refund, now time.Time) ([]BucketState, error)
+	// Throttle applies upstream signals to buckets (see Throttle).
+	Throttle(ctx context.Context, throttles []Throttle, now time.Time) ([]BucketState, error)
 }
 
 // ValidateAdjustments refuses a batch no store can apply, including a

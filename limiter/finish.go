@@ -48,6 +48,79 @@ func (t Throttle) Adjustment() Adjustment {
 	return Adjustment{Key: t.Key, Limit: t.Limit, Cap: t.Cap, Pause: t.Pause}
 }
 
+// RefundAdjustments converts refunds to the form stores apply.
+func RefundAdjustments(refunds []Refund) []Adjustment {
+	adj := make([]Adjustment, len(refunds))
+	for i, r := range refunds {
+		adj[i] = r.Adjustment()
+	}
+	return adj
+}
+
+// ThrottleAdjustments converts throttles to the form stores apply.
+func ThrottleAdjustments(throttles []Throttle) []Adjustment {
+	adj := make([]Adjustment, len(throttles))
+	for i, t := range throttles {
+		adj[i] = t.Adjustment()
+	}
+	return adj
+}
+
+// Charge is what an admission took from one bucket, as its reservation
+// records it.
+type Charge struct {
+	Key   Key
+	Limit Limit
+	Units int64
+}
+
+// MaxCharges bounds the buckets one held admission may charge (and so the
+// size of a reservation's record of them); Request.Validate refuses more.
+// It bounds an Ending's Used and Throttles alike.
+const MaxCharges = 64
+
+// maxChargedKey bounds the length of a charged bucket's key (Key.String),
+// for the same reason.
+const maxChargedKey = 1024
+
+// Charged lists what a granted admission of takes charged (d is its
+// decision): every take, in order, except a shadow bucket that was short
+// (left untouched, see ApplyHold). A denied admission charged nothing.
+func Charged(takes []Take, d Decision) []Charge {
+	if !d.Allowed {
+		return nil
+	}
+	out := make([]Charge, 0, len(takes))
+	for i, t := range takes {
+		if i < len(d.Buckets) && d.Buckets[i].Short {
+			continue
+		}
+		out = append(out, Charge{Key: t.Key, Limit: t.Limit, Units: t.Cost})
+	}
+	return out
+}
+
+// Refunds is what ending a reservation that recorded charges gives back:
+// for every charge whose pool Used names, the units charged less those
+// used (negative: a charge after the fact), in the charges' order. A pool
+// not named keeps its charge. Stores apply them as Refund adjustments (see
+// ApplyAdjust); the Redis store's finish.lua follows this line for line.
+func (e Ending) Refunds(charges []Charge) []Refund {
+	if len(e.Used) == 0 {
+		return nil
+	}
+	out := make([]Refund, 0, len(charges))
+	for _, c := range charges {
+		for _, u := range e.Used {
+			if u.Pool == c.Key.Pool {
+				out = append(out, Refund{Key: c.Key, Limit: c.Limit, Units: c.Units - u.Units})
+				break
+			}
+		}
+	}
+	return out
+}
+
 // PoolUse is what a finished call really used of one pool.
 type PoolUse struct {
 	Pool  string
@@ -86,6 +159,9 @@ func (e Ending) Validate() error {
 	if e.Actual < 0 || e.Actual >= MaxMoney {
 		return fmt.Errorf("limiter: finish %s: actual cost %d out of range [0, 2^53)", e.ID, e.Actual)
 	}
+	if len(e.Used) > MaxCharges || len(e.Throttles) > MaxCharges {
+		return fmt.Errorf("limiter: finish %s: %d pools used and %d throttles, more than %d", e.ID, len(e.Used), len(e.Throttles), MaxCharges)
+	}
 	for i, u := range e.Used {
 		if u.Units < 0 || u.Units > maxUnits {
 			return fmt.Errorf("limiter: finish %s: pool %s used %d units, out of range", e.ID, u.Pool, u.Units)
@@ -96,11 +172,17 @@ func (e Ending) Validate() error {
 			}
 		}
 	}
-	adj := make([]Adjustment, len(e.Throttles))
 	for i, t := range e.Throttles {
-		adj[i] = t.Adjustment()
+		if err := t.Adjustment().Validate(); err != nil {
+			return fmt.Errorf("limiter: finish %s: throttles: %w", e.ID, err)
+		}
+		for _, u := range e.Throttles[:i] {
+			if u.Key == t.Key {
+				return fmt.Errorf("limiter: finish %s: throttles: bucket %s named twice", e.ID, t.Key)
+			}
+		}
 	}
-	return ValidateAdjustments(adj)
+	return nil
 }
 
 // Finisher ends reservations in one atomic step (one round trip for a

@@ -74,7 +74,8 @@ type Request struct {
 // Validate refuses a request no store can decide: a bucket named twice
 // (stores read every bucket before writing any, so it would be charged once
 // for both costs), a negative cost, a bucket with no capacity, a hold without an id or TTL (unless it commits at
-// once), or amounts the Redis scripts cannot keep exact.
+// once), a hold that would charge more than MaxCharges buckets, or amounts
+// the Redis scripts cannot keep exact.
 func (r Request) Validate() error {
 	for i, t := range r.Takes {
 		for _, u := range r.Takes[:i] {
@@ -96,6 +97,17 @@ func (r Request) Validate() error {
 	}
 	if !h.Commit && (h.ID == "" || h.TTL <= 0 || strings.ContainsAny(h.ID, " \n")) {
 		return fmt.Errorf("limiter: a hold needs an id without spaces and a positive TTL")
+	}
+	if !h.Commit {
+		// The reservation records what it charged: keep that record small.
+		if len(r.Takes) > MaxCharges {
+			return fmt.Errorf("limiter: hold %s charges %d buckets, more than %d", h.ID, len(r.Takes), MaxCharges)
+		}
+		for _, t := range r.Takes {
+			if n := len(t.Key.Pool) + len(t.Key.Client); n > maxChargedKey {
+				return fmt.Errorf("limiter: hold %s: bucket key of %d bytes, more than %d", h.ID, n, maxChargedKey)
+			}
+		}
 	}
 	for _, b := range h.Budgets {
 		if b.Limit >= MaxMoney {

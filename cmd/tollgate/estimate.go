@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/admission"
-	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/policy"
 )

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/admission"
-	"github.com/tollgate/tollgate/authz"
 )
 
 func runEstimate(stdin string, args ...string) (string, error) {

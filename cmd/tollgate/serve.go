@@ -17,7 +17,6 @@ import (
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/metricset"
-	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/policy"

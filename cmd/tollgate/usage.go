@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/admission"
-	"github.com/tollgate/tollgate/authz"
 )
 
 func usageCmd() *cobra.Command {

@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/admission"
-	"github.com/tollgate/tollgate/authz"
 )
 
 // TestUsageCommand: `tollgate usage` against a memory-store server in

@@ -9,9 +9,19 @@ import (
 
 var _ limiter.Adjuster = (*Store)(nil)
 
-// Adjust corrects buckets after the fact (see limiter.ApplyAdjust), all under
-// their shard locks at once.
-func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+// Refund gives units back to buckets, or charges more, all under their
+// shard locks at once (see limiter.ApplyAdjust).
+func (s *Store) Refund(ctx context.Context, refunds []limiter.Refund, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.RefundAdjustments(refunds), now)
+}
+
+// Throttle applies upstream signals to buckets, all under their shard
+// locks at once (see limiter.ApplyAdjust).
+func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.ThrottleAdjustments(throttles), now)
+}
+
+func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
 	if err := s.usable(ctx); err != nil {
 		return nil, err
 	}
@@ -29,16 +39,22 @@ func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	defer s.unlockShards(s.lockShards(idx))
 	out := make([]limiter.BucketState, len(adj))
 	for i, a := range adj {
-		m := s.shards[idx[i]].buckets
-		e := s.entryAt(idx[i], a.Key, a.Limit, at)
-		e.b = limiter.ApplyAdjust(e.b, a)
-		if e.b.Level >= a.Limit.Capacity*limiter.Micro {
-			delete(m, a.Key) // a full bucket is as good as none
-		} else {
-			m[a.Key] = e
-		}
-		out[i] = limiter.BucketState{Key: a.Key, Limit: a.Limit}
-		out[i].Remaining, out[i].ResetAfter = e.b.State(a.Limit)
+		out[i] = s.adjustLocked(idx[i], a, at)
 	}
 	return out, nil
+}
+
+// adjustLocked applies a to its bucket in shard i, which is locked.
+func (s *Store) adjustLocked(i int, a limiter.Adjustment, at int64) limiter.BucketState {
+	m := s.shards[i].buckets
+	e := s.entryAt(i, a.Key, a.Limit, at)
+	e.b = limiter.ApplyAdjust(e.b, a)
+	if e.b.Level >= a.Limit.Capacity*limiter.Micro {
+		delete(m, a.Key) // a full bucket is as good as none
+	} else {
+		m[a.Key] = e
+	}
+	st := limiter.BucketState{Key: a.Key, Limit: a.Limit}
+	st.Remaining, st.ResetAfter = e.b.State(a.Limit)
+	return st
 }

@@ -27,6 +27,9 @@ type reservation struct {
 	owners []string
 	slot   string // client whose slot it holds, "" for none
 	exp    int64  // Unix µs
+	// charges are what its admission took from each bucket, given back
+	// (in part) when it is finished (see limiter.Ending.Refunds).
+	charges []limiter.Charge
 }
 
 type ended struct {
@@ -103,8 +106,8 @@ func (l *ledger) commit(h *limiter.Hold) {
 	}
 }
 
-func (l *ledger) hold(h *limiter.Hold, now int64) {
-	r := &reservation{cost: h.Cost, period: h.Period, exp: now + h.TTL.Microseconds()}
+func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) {
+	r := &reservation{cost: h.Cost, period: h.Period, exp: now + h.TTL.Microseconds(), charges: charges}
 	for _, b := range h.Budgets {
 		l.budget(b.Owner, h.Period).reserved += h.Cost
 		r.owners = append(r.owners, b.Owner)
@@ -121,7 +124,8 @@ func (l *ledger) hold(h *limiter.Hold, now int64) {
 }
 
 // finish ends reservation id: spend is what is committed (the estimate on
-// expiry, the actual on settle, nothing on release).
+// expiry, the actual on settle, nothing on release). It is the one end of
+// a reservation (Finish adds the refunds of its charges).
 func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money, now int64) (limiter.Settlement, error) {
 	if e, ok := l.done[id]; ok {
 		s := e.s
@@ -182,29 +186,6 @@ func (l *ledger) expire(now int64, max int) int {
 		l.batchQ = append(l.batchQ[:0:0], l.batchQ[k:]...)
 	}
 	return n
-}
-
-// Settle commits a reservation at its actual cost.
-func (s *Store) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
-	if actual < 0 {
-		return limiter.Settlement{}, fmt.Errorf("memstore: settle %q: negative cost %d", id, actual)
-	}
-	return s.end(ctx, id, limiter.OutcomeSettled, actual)
-}
-
-// Release returns a reservation whole.
-func (s *Store) Release(ctx context.Context, id string) (limiter.Settlement, error) {
-	return s.end(ctx, id, limiter.OutcomeReleased, 0)
-}
-
-func (s *Store) end(ctx context.Context, id string, o limiter.Outcome, actual policy.Money) (limiter.Settlement, error) {
-	if err := s.usable(ctx); err != nil {
-		return limiter.Settlement{}, err
-	}
-	now := limiter.Micros(s.clock.Now())
-	s.ledgerMu.Lock()
-	defer s.ledgerMu.Unlock()
-	return s.ledger.finish(id, o, actual, now)
 }
 
 // Expire commits lapsed reservations at their estimate.

@@ -33,3 +33,11 @@ func TestLeaseConformance(t *testing.T) {
 		return s
 	})
 }
+
+func TestFinishConformance(t *testing.T) {
+	storetest.RunFinish(t, func(t *testing.T, clock limiter.Clock) storetest.FinishBackend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	}, storetest.FinishConfig{})
+}

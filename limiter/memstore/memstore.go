@@ -186,7 +186,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		case d.Allowed && h.Commit:
 			s.ledger.commit(h)
 		case d.Allowed:
-			s.ledger.hold(h, at)
+			s.ledger.hold(h, limiter.Charged(req.Takes, d), at)
 		}
 	} else {
 		d = limiter.Apply(buckets, req.Takes)

@@ -98,7 +98,7 @@ func (b *bucket) try(cost int64) func(context.Context) queue.Attempt[limiter.Dec
 
 func (b *bucket) undo(cost int64) func(context.Context, limiter.Decision) {
 	return func(ctx context.Context, _ limiter.Decision) {
-		_, err := b.r.store.Adjust(ctx, []limiter.Adjustment{{Key: b.key, Limit: b.limit, Refund: cost, Cap: limiter.NoCap}}, time.Time{})
+		_, err := b.r.store.Refund(ctx, []limiter.Refund{{Key: b.key, Limit: b.limit, Units: cost}}, time.Time{})
 		assert.NoError(b.r.t, err)
 		b.r.undone.Add(cost)
 		b.r.mu.Lock()

@@ -156,6 +156,19 @@ func BenchmarkScripts(b *testing.B) {
 				must(b, err)
 			}
 		}},
+		{"finish", func(b *testing.B, fresh func() limiter.Backend) { // settle, refund both buckets, cap the pool
+			var s limiter.Backend
+			e := limiter.Ending{Outcome: limiter.OutcomeSettled, Actual: 600, Used: []limiter.PoolUse{{Pool: "bench", Units: 0}},
+				Throttles: []limiter.Throttle{{Key: pool[0].Key, Limit: big, Cap: big.Capacity - 1000}}}
+			for i := 0; b.Loop(); i++ {
+				if i%holdBatch == 0 {
+					untimed(b, func() { s = held(b, fresh) })
+				}
+				e.ID = admissions[i%holdBatch].Hold.ID
+				_, err := s.(limiter.Finisher).Finish(ctx, e)
+				must(b, err)
+			}
+		}},
 		{"expire", func(b *testing.B, fresh func() limiter.Backend) { // nothing is due
 			s := fresh()
 			for b.Loop() {

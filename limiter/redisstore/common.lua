@@ -70,17 +70,76 @@ local function save_bucket(key, lvl, at, rate, reset)
   end
 end
 
+-- apply_adjust applies an adjustment to a stored bucket and writes it back
+-- (limiter.ApplyAdjust, line for line): the refund (clamped to [MIN_LEVEL,
+-- capacity]), then the cap (capto, -1: none), then the pause (µs). It
+-- returns the bucket's whole units remaining and its reset µs.
+local MIN_LEVEL = -7000000000000000
+local function apply_adjust(key, cap, rate, refund, capto, pause, now)
+  local lvl, at, full = load_bucket(key, cap, rate, now)
+  lvl = math.min(math.max(lvl + refund * MICRO, MIN_LEVEL), full)
+  if capto >= 0 then lvl = math.min(lvl, math.min(capto, cap) * MICRO) end
+  if pause > 0 then
+    local debt = 0
+    if rate > 0 then
+      debt = -MIN_LEVEL
+      -- floor(a / b) is exact for integers below 2^53: a quotient's distance to
+      -- the next integer (at least 1/b) exceeds half its ulp
+      if pause < math.floor(-MIN_LEVEL / rate) then debt = pause * rate end
+    end
+    lvl = math.min(lvl, -debt)
+  end
+  local reset = refill_us(lvl, cap, rate)
+  if lvl >= full then
+    redis.call('DEL', key) -- a full bucket is as good as none
+  else
+    save_bucket(key, lvl, at, rate, reset)
+  end
+  return math.floor(math.max(lvl, 0) / MICRO), reset
+end
+
+-- A reservation records what its admission charged (limiter.Charge), back
+-- to back in its 'charges' field: "capacity refill units n:key" per bucket,
+-- key being the n bytes of the bucket's key after the prefix's "k:"
+-- (limiter.Key.String). Lengths, not separators, delimit it: a key may hold
+-- any byte.
+local function charge_record(cap, rate, units, key)
+  return int(cap) .. ' ' .. int(rate) .. ' ' .. int(units) .. ' ' .. #key .. ':' .. key
+end
+
+-- charges_of reads a 'charges' field back into {key, cap, rate, units}
+-- entries; it stops at anything malformed.
+local function charges_of(s)
+  local out, pos = {}, 1
+  while pos <= #s do
+    local cap, rate, units, n, p = string.match(s, '^(%d+) (%d+) (%d+) (%d+):()', pos)
+    if not p then break end
+    n = tonumber(n)
+    out[#out + 1] = {key = string.sub(s, p, p + n - 1), cap = tonumber(cap), rate = tonumber(rate), units = tonumber(units)}
+    pos = p + n
+  end
+  return out
+end
+
+-- pool_of is the pool a bucket key names ("n:pool:m:client").
+local function pool_of(key)
+  local n, p = string.match(key, '^(%d+):()')
+  if not p then return nil end
+  return string.sub(key, p, p + tonumber(n) - 1)
+end
+
 -- finish ends reservation id (see limiter.Ledger): spend is the actual
 -- cost when settled, nothing when released, the estimate when expired.
--- It returns {repeat (0/1), "outcome estimated spent"} or nil when the id
--- is unknown. Keys it touches come from the reservation record and share
--- its hash tag, so they live in the same slot.
+-- It returns {repeat (0/1), "outcome estimated spent", charges} (charges
+-- only the first time) or nil when the id is unknown. Keys it touches come
+-- from the reservation record and share its hash tag, so they live in the
+-- same slot.
 local function finish(P, id, outcome, actual)
   local dk = P .. 'd:' .. id
   local prev = redis.call('GET', dk)
-  if prev then return {1, prev} end
+  if prev then return {1, prev, ''} end
   local rk = P .. 'r:' .. id
-  local r = redis.call('HMGET', rk, 'cost', 'budgets', 'slot')
+  local r = redis.call('HMGET', rk, 'cost', 'budgets', 'slot', 'charges')
   if not r[1] then return nil end
   local est = tonumber(r[1])
   local spend = est
@@ -95,7 +154,7 @@ local function finish(P, id, outcome, actual)
   redis.call('ZREM', P .. 'exp', id)
   local rec = outcome .. ' ' .. int(est) .. ' ' .. int(spend)
   redis.call('SET', dk, rec, 'EX', DONE_TTL)
-  return {0, rec}
+  return {0, rec, r[4] or ''}
 end
 
 -- expire_due commits up to max lapsed reservations at their estimate and

@@ -1,5 +1,36 @@
--- finish: settle, release or (on demand) expire one reservation.
--- KEYS[1] expiry index, KEYS[2] record, KEYS[3] ended marker
--- ARGV[1] prefix {P}:  ARGV[2] id  ARGV[3] outcome (settled|released)  ARGV[4] actual nano-$
+-- finish: end one reservation in one step (limiter.Finisher): settle or
+-- release it (finish, the one end of a reservation), give the buckets it
+-- charged back what the call did not use (limiter.Ending.Refunds, the first
+-- time only), then apply the upstream's throttles, whether or not the id is
+-- known or still open.
+--
+-- KEYS[1] expiry index, KEYS[2] record, KEYS[3] ended marker,
+-- KEYS[4..3+nt] the throttled buckets. The charged buckets' keys come from
+-- the record (the prefix's hash tag: the same slot).
+-- ARGV[1] prefix {P}:  ARGV[2] id  ARGV[3] outcome (settled|released)
+-- ARGV[4] actual nano-$  ARGV[5] now µs (0 = TIME)  ARGV[6] nu  ARGV[7] nt
+-- ARGV[8..] nu × (pool, units used), then nt × (capacity, refill/s,
+--           cap (-1: none), pause µs)
+--
 -- Returns {repeat, "outcome estimated spent"} or nil for an unknown id.
-return finish(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+
+local P = ARGV[1]
+local now = now_us(ARGV[5])
+local nu, nt = tonumber(ARGV[6]), tonumber(ARGV[7])
+local used = {}
+for i = 1, nu do used[ARGV[6 + 2 * i]] = tonumber(ARGV[7 + 2 * i]) end
+
+local r = finish(P, ARGV[2], ARGV[3], tonumber(ARGV[4]))
+if r and r[1] == 0 then
+  for _, c in ipairs(charges_of(r[3])) do
+    local u = used[pool_of(c.key)]
+    if u then apply_adjust(P .. 'k:' .. c.key, c.cap, c.rate, c.units - u, -1, 0, now) end
+  end
+end
+local t0 = 7 + 2 * nu
+for j = 1, nt do
+  local a = t0 + (j - 1) * 4
+  apply_adjust(KEYS[3 + j], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), 0, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), now)
+end
+if not r then return nil end
+return {r[1], r[2]}

@@ -27,6 +27,7 @@ import (
 var (
 	_ limiter.Backend    = (*Store)(nil)
 	_ limiter.Adjuster   = (*Store)(nil)
+	_ limiter.Finisher   = (*Store)(nil)
 	_ limiter.Leaser     = (*Store)(nil)
 	_ limiter.SlotLeaser = (*Store)(nil)
 	_ limiter.Booker     = (*Store)(nil)
@@ -275,24 +276,41 @@ func (r *reply) str(i int) string {
 	return ""
 }
 
-// Settle commits the reservation at its actual cost.
+// Settle commits the reservation at its actual cost (Finish without
+// refunds or throttles).
 func (s *Store) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
-	if actual < 0 || actual >= limiter.MaxMoney {
-		return limiter.Settlement{}, fmt.Errorf("redisstore: settle %q: cost %d out of range", id, actual)
-	}
-	return s.finish(ctx, id, limiter.OutcomeSettled, actual)
+	return s.Finish(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeSettled, Actual: actual})
 }
 
-// Release returns the reservation whole.
+// Release returns the reservation whole (Finish without refunds or
+// throttles).
 func (s *Store) Release(ctx context.Context, id string) (limiter.Settlement, error) {
-	return s.finish(ctx, id, limiter.OutcomeReleased, 0)
+	return s.Finish(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeReleased})
 }
 
-func (s *Store) finish(ctx context.Context, id string, o limiter.Outcome, actual policy.Money) (limiter.Settlement, error) {
+// Finish ends a reservation in one script call: settled or released, its
+// slot freed, the buckets it charged refunded from its record in Redis
+// (so a sidecar that restarted refunds them too), then the throttles.
+func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Settlement{}, err
 	}
-	res, err := finishScript.Run(ctx, s.c, []string{s.expiryKey(), s.recordKey(id), s.doneKey(id)}, s.p, id, string(o), int64(actual)).Slice()
+	if err := e.Validate(); err != nil {
+		return limiter.Settlement{}, err
+	}
+	id, o := e.ID, e.Outcome
+	keys := make([]string, 0, 3+len(e.Throttles))
+	keys = append(keys, s.expiryKey(), s.recordKey(id), s.doneKey(id))
+	args := make([]any, 0, 7+2*len(e.Used)+4*len(e.Throttles))
+	args = append(args, s.p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
+	for _, u := range e.Used {
+		args = append(args, u.Pool, u.Units)
+	}
+	for _, t := range e.Throttles {
+		keys = append(keys, s.bucketKey(t.Key))
+		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cap, t.Pause.Microseconds())
+	}
+	res, err := finishScript.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
@@ -372,8 +390,18 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	return u, nil
 }
 
-// Adjust corrects buckets after the fact in one script call.
-func (s *Store) Adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+// Refund gives units back to buckets, or charges more, in one script call.
+func (s *Store) Refund(ctx context.Context, refunds []limiter.Refund, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.RefundAdjustments(refunds), now)
+}
+
+// Throttle applies upstream signals to buckets in one script call.
+func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now time.Time) ([]limiter.BucketState, error) {
+	return s.adjust(ctx, limiter.ThrottleAdjustments(throttles), now)
+}
+
+// adjust corrects buckets after the fact in one script call.
+func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"context"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,4 +93,23 @@ func TestExpireMax(t *testing.T) {
 			assert.Equal(t, tc.want, n)
 		})
 	}
+}
+
+func TestFinishConformance(t *testing.T) {
+	// reopen makes a new client and store on the same server and prefix:
+	// what a restarted sidecar would see.
+	var prefixes sync.Map // store → prefix
+	storetest.RunFinish(t, func(t *testing.T, _ limiter.Clock) storetest.FinishBackend {
+		p := redistest.Prefix(t)
+		s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p})
+		require.NoError(t, err)
+		prefixes.Store(s, p)
+		return s
+	}, storetest.FinishConfig{Reopen: func(t *testing.T, _ limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
+		p, ok := prefixes.Load(b)
+		require.True(t, ok)
+		s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p.(string)})
+		require.NoError(t, err)
+		return s
+	}})
 }

@@ -116,7 +116,14 @@ elseif hold and allowed == 1 then
     in_flight = in_flight + 1
     sk = slot_key
   end
-  redis.call('HSET', KEYS[2], 'cost', int(cost), 'period', period, 'budgets', table.concat(keys, '\n'), 'slot', sk, 'exp', int(exp))
+  -- What the admission charged (limiter.Charged), refunded in part when the
+  -- reservation is finished.
+  local charged = {}
+  for i = 1, nb do
+    if b[i].short == 0 then charged[#charged + 1] = charge_record(b[i].cap, b[i].rate, b[i].c, string.sub(KEYS[3 + i], #P + 3)) end
+  end
+  redis.call('HSET', KEYS[2], 'cost', int(cost), 'period', period, 'budgets', table.concat(keys, '\n'), 'slot', sk, 'exp', int(exp),
+    'charges', table.concat(charged))
   -- Outlive the TTL: the expiry sweep must still find the record to commit it.
   redis.call('PEXPIRE', KEYS[2], math.floor(ttl / 1000) + DONE_TTL * 1000)
   redis.call('ZADD', KEYS[1], int(exp), id)

@@ -12,8 +12,9 @@ import (
 	"github.com/tollgate/tollgate/limiter"
 )
 
-// RunAdjust runs the conformance suite of limiter.Adjuster (refunds,
-// charges after the fact, upstream caps and pauses) against stores made by
+// RunAdjust runs the conformance suite of limiter.Adjuster (refunds and
+// charges after the fact with Refund, upstream caps and pauses with
+// Throttle) against stores made by
 // newStore (same contract as Run's). Every call carries the fake clock's
 // time. Expected numbers follow limiter.ApplyAdjust.
 func RunAdjust(t *testing.T, newStore func(t *testing.T, clock limiter.Clock) limiter.Store) {
@@ -46,31 +47,55 @@ type adjustHarness struct {
 	a limiter.Adjuster
 }
 
-func (h *adjustHarness) adjust(t *testing.T, adj ...limiter.Adjustment) []limiter.BucketState {
+// refund applies refunds at the fake clock's time.
+func (h *adjustHarness) refund(t *testing.T, refunds ...limiter.Refund) []limiter.BucketState {
 	t.Helper()
-	st, err := h.a.Adjust(context.Background(), adj, h.clock.Now())
+	st, err := h.a.Refund(context.Background(), refunds, h.clock.Now())
 	require.NoError(t, err)
-	require.Len(t, st, len(adj), "one state per adjustment")
-	for i := range adj {
-		assert.Equal(t, adj[i].Key, st[i].Key)
-		assert.Equal(t, adj[i].Limit, st[i].Limit)
+	require.Len(t, st, len(refunds), "one state per refund")
+	for i := range refunds {
+		assert.Equal(t, refunds[i].Key, st[i].Key)
+		assert.Equal(t, refunds[i].Limit, st[i].Limit)
 	}
 	return st
 }
 
-func refund(k limiter.Key, l limiter.Limit, units int64) limiter.Adjustment {
-	return limiter.Adjustment{Key: k, Limit: l, Refund: units, Cap: limiter.NoCap}
+// throttle applies throttles at the fake clock's time.
+func (h *adjustHarness) throttle(t *testing.T, throttles ...limiter.Throttle) []limiter.BucketState {
+	t.Helper()
+	st, err := h.a.Throttle(context.Background(), throttles, h.clock.Now())
+	require.NoError(t, err)
+	require.Len(t, st, len(throttles), "one state per throttle")
+	for i := range throttles {
+		assert.Equal(t, throttles[i].Key, st[i].Key)
+		assert.Equal(t, throttles[i].Limit, st[i].Limit)
+	}
+	return st
+}
+
+func refund(k limiter.Key, l limiter.Limit, units int64) limiter.Refund {
+	return limiter.Refund{Key: k, Limit: l, Units: units}
+}
+
+// capTo is an upstream's report of units left.
+func capTo(k limiter.Key, l limiter.Limit, units int64) limiter.Throttle {
+	return limiter.Throttle{Key: k, Limit: l, Cap: units}
+}
+
+// pause is an upstream's 429 with its Retry-After.
+func pause(k limiter.Key, l limiter.Limit, d time.Duration) limiter.Throttle {
+	return limiter.Throttle{Key: k, Limit: l, Cap: limiter.NoCap, Pause: d}
 }
 
 func testRefund(t *testing.T, h *adjustHarness) {
 	k, l := pool("refund"), lim(100, 1)
 	granted(t, h.reserve(t, take(k, l, 80)))
-	st := h.adjust(t, refund(k, l, 30))
+	st := h.refund(t, refund(k, l, 30))
 	assert.Equal(t, int64(50), st[0].Remaining)
 	assert.Equal(t, 50*time.Second, st[0].ResetAfter)
 	assert.Equal(t, int64(50), h.remaining(t, k, l))
 
-	st = h.adjust(t, refund(k, l, 1000))
+	st = h.refund(t, refund(k, l, 1000))
 	assert.Equal(t, int64(100), st[0].Remaining, "never past capacity")
 	assert.Zero(t, st[0].ResetAfter)
 	granted(t, h.reserve(t, take(k, l, 100)))
@@ -79,7 +104,7 @@ func testRefund(t *testing.T, h *adjustHarness) {
 func testCharge(t *testing.T, h *adjustHarness) {
 	k, l := pool("charge"), lim(10, 2) // 2 units a second
 	granted(t, h.reserve(t, take(k, l, 10)))
-	st := h.adjust(t, refund(k, l, -4)) // the call used 4 more than it reserved
+	st := h.refund(t, refund(k, l, -4)) // the call used 4 more than it reserved
 	assert.Zero(t, st[0].Remaining, "a debt reads as nothing left")
 	assert.Equal(t, 7*time.Second, st[0].ResetAfter, "14 units to refill at 2/s")
 
@@ -94,22 +119,22 @@ func testCharge(t *testing.T, h *adjustHarness) {
 func testCap(t *testing.T, h *adjustHarness) {
 	k, l := pool("cap"), lim(100, 10)
 	granted(t, h.reserve(t, take(k, l, 20))) // 80 left
-	st := h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: 30})
+	st := h.throttle(t, capTo(k, l, 30))
 	assert.Equal(t, int64(30), st[0].Remaining)
 	assert.Equal(t, 7*time.Second, st[0].ResetAfter)
 
-	st = h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: 60})
+	st = h.throttle(t, capTo(k, l, 60))
 	assert.Equal(t, int64(30), st[0].Remaining, "a cap above the level changes nothing")
-	st = h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: 0})
+	st = h.throttle(t, capTo(k, l, 0))
 	assert.Zero(t, st[0].Remaining)
 	denied(t, h.reserve(t, take(k, l, 5)), limiter.ReasonRateLimited, 0, 500*time.Millisecond)
-	st = h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: 1_000_000})
+	st = h.throttle(t, capTo(k, l, 1_000_000))
 	assert.Zero(t, st[0].Remaining, "a cap above capacity is no cap")
 }
 
 func testPause(t *testing.T, h *adjustHarness) {
 	k, l := pool("pause"), lim(100, 10) // 100 ms a unit
-	st := h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: limiter.NoCap, Pause: 30 * time.Second})
+	st := h.throttle(t, pause(k, l, 30*time.Second))
 	assert.Zero(t, st[0].Remaining)
 	assert.Equal(t, 40*time.Second, st[0].ResetAfter, "30 s of pause, then 10 s to refill 100 units")
 
@@ -121,14 +146,14 @@ func testPause(t *testing.T, h *adjustHarness) {
 	granted(t, h.reserve(t, take(k, l, 1)))
 
 	// A shorter pause never shortens a longer one in force.
-	h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: limiter.NoCap, Pause: 10 * time.Second})
-	st = h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: limiter.NoCap, Pause: time.Second})
+	h.throttle(t, pause(k, l, 10*time.Second))
+	st = h.throttle(t, pause(k, l, time.Second))
 	assert.Equal(t, 20*time.Second, st[0].ResetAfter)
 }
 
 func testPauseNoRefill(t *testing.T, h *adjustHarness) {
 	k, l := pool("quota"), lim(5, 0)
-	st := h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Cap: limiter.NoCap, Pause: time.Minute})
+	st := h.throttle(t, pause(k, l, time.Minute))
 	assert.Zero(t, st[0].Remaining)
 	assert.Zero(t, st[0].ResetAfter, "a bucket that never refills has no reset")
 	d := h.reserve(t, take(k, l, 1))
@@ -140,10 +165,12 @@ func testAdjustOrder(t *testing.T, h *adjustHarness) {
 	k, l := pool("order"), lim(100, 10)
 	granted(t, h.reserve(t, take(k, l, 50)))
 	// Refund 40 (→ 90), cap at 70 (→ 70): the cap is applied after the refund.
-	st := h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Refund: 40, Cap: 70})
+	h.refund(t, refund(k, l, 40))
+	st := h.throttle(t, limiter.Throttle{Key: k, Limit: l, Cap: 70})
 	assert.Equal(t, int64(70), st[0].Remaining)
 	// Refund 10 and pause 1 s: the pause wins.
-	st = h.adjust(t, limiter.Adjustment{Key: k, Limit: l, Refund: 10, Cap: limiter.NoCap, Pause: time.Second})
+	h.refund(t, refund(k, l, 10))
+	st = h.throttle(t, limiter.Throttle{Key: k, Limit: l, Cap: limiter.NoCap, Pause: time.Second})
 	assert.Zero(t, st[0].Remaining)
 	assert.Equal(t, 11*time.Second, st[0].ResetAfter)
 }
@@ -151,21 +178,21 @@ func testAdjustOrder(t *testing.T, h *adjustHarness) {
 func testDebtFloor(t *testing.T, h *adjustHarness) {
 	k, l := pool("floor"), lim(1_000_000_000, 1_000_000_000)
 	for range 10 {
-		h.adjust(t, refund(k, l, -1_000_000_000))
+		h.refund(t, refund(k, l, -1_000_000_000))
 	}
-	st := h.adjust(t, refund(k, l, 0))
+	st := h.refund(t, refund(k, l, 0))
 	// The floor is MinLevel: (capacity·Micro − MinLevel) / refill µs to full.
 	full := int64(1_000_000_000) * limiter.Micro
 	assert.Equal(t, time.Duration((full-limiter.MinLevel)/1_000_000_000)*time.Microsecond, st[0].ResetAfter)
 	// A pause longer than the floor allows is cut to it.
 	k2 := pool("floor-pause")
-	st = h.adjust(t, limiter.Adjustment{Key: k2, Limit: l, Cap: limiter.NoCap, Pause: time.Hour})
+	st = h.throttle(t, pause(k2, l, time.Hour))
 	assert.Equal(t, time.Duration((full-limiter.MinLevel)/1_000_000_000)*time.Microsecond, st[0].ResetAfter)
 }
 
 func testAdjustFresh(t *testing.T, h *adjustHarness) {
 	k, l := pool("fresh"), lim(10, 1)
-	st := h.adjust(t, refund(k, l, -3))
+	st := h.refund(t, refund(k, l, -3))
 	assert.Equal(t, int64(7), st[0].Remaining, "a bucket never used is full before the charge")
 	assert.Equal(t, int64(7), h.remaining(t, k, l))
 }
@@ -173,24 +200,37 @@ func testAdjustFresh(t *testing.T, h *adjustHarness) {
 func testAdjustInvalid(t *testing.T, h *adjustHarness) {
 	k, l := pool("invalid"), lim(10, 1)
 	granted(t, h.reserve(t, take(k, l, 4)))
-	for name, adj := range map[string][]limiter.Adjustment{
+	for name, refunds := range map[string][]limiter.Refund{
 		"twice the same bucket": {refund(k, l, 1), refund(k, l, 1)},
 		"zero capacity":         {refund(k, lim(0, 1), 1)},
 		"huge refund":           {refund(k, l, 1<<40)},
-		"negative pause":        {{Key: k, Limit: l, Cap: limiter.NoCap, Pause: -time.Second}},
-		"pause over a day":      {{Key: k, Limit: l, Cap: limiter.NoCap, Pause: 25 * time.Hour}},
 	} {
-		_, err := h.a.Adjust(context.Background(), adj, h.clock.Now())
+		_, err := h.a.Refund(context.Background(), refunds, h.clock.Now())
+		assert.Error(t, err, name)
+	}
+	for name, throttles := range map[string][]limiter.Throttle{
+		"twice the same bucket": {capTo(k, l, 1), pause(k, l, time.Second)},
+		"zero capacity":         {capTo(k, lim(0, 1), 1)},
+		"cap out of range":      {capTo(k, l, 1<<40)},
+		"negative pause":        {pause(k, l, -time.Second)},
+		"pause over a day":      {pause(k, l, 25*time.Hour)},
+	} {
+		_, err := h.a.Throttle(context.Background(), throttles, h.clock.Now())
 		assert.Error(t, err, name)
 	}
 	assert.Equal(t, int64(6), h.remaining(t, k, l), "a refused batch changes nothing")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := h.a.Adjust(ctx, []limiter.Adjustment{refund(k, l, 1)}, h.clock.Now())
+	_, err := h.a.Refund(ctx, []limiter.Refund{refund(k, l, 1)}, h.clock.Now())
+	assert.ErrorIs(t, err, context.Canceled)
+	_, err = h.a.Throttle(ctx, []limiter.Throttle{capTo(k, l, 1)}, h.clock.Now())
 	assert.ErrorIs(t, err, context.Canceled)
 
-	st, err := h.a.Adjust(context.Background(), nil, h.clock.Now())
+	st, err := h.a.Refund(context.Background(), nil, h.clock.Now())
+	require.NoError(t, err)
+	assert.Empty(t, st)
+	st, err = h.a.Throttle(context.Background(), nil, h.clock.Now())
 	require.NoError(t, err)
 	assert.Empty(t, st)
 }
@@ -198,7 +238,7 @@ func testAdjustInvalid(t *testing.T, h *adjustHarness) {
 func testAdjustBatch(t *testing.T, h *adjustHarness) {
 	p, c, l := pool("batch"), client("batch", "acme"), lim(100, 1)
 	granted(t, h.reserve(t, take(p, l, 60), take(c, l, 60)))
-	st := h.adjust(t, refund(p, l, 50), refund(c, l, -10))
+	st := h.refund(t, refund(p, l, 50), refund(c, l, -10))
 	assert.Equal(t, int64(90), st[0].Remaining)
 	assert.Equal(t, int64(30), st[1].Remaining)
 	assert.Equal(t, int64(90), h.remaining(t, p, l))

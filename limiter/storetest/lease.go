@@ -112,7 +112,7 @@ func testLeaseShared(t *testing.T, h *leaseHarness) {
 	assert.False(t, d.Allowed, "6 of 10 leased: 5 more do not fit")
 	assert.Equal(t, time.Second, d.RetryAfter)
 	// The lease's unused units come back with a refund.
-	st, err := h.b.Adjust(context.Background(), []limiter.Adjustment{{Key: k, Limit: l, Refund: 4, Cap: limiter.NoCap}}, h.clock.Now())
+	st, err := h.b.Refund(context.Background(), []limiter.Refund{{Key: k, Limit: l, Units: 4}}, h.clock.Now())
 	require.NoError(t, err)
 	assert.Equal(t, int64(8), st[0].Remaining)
 }
