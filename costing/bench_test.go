@@ -116,3 +116,33 @@ func BenchmarkSettle(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEstimate is what a decision spends on the body of a model-routed
+// chat call: read its model for routing, then estimate it.
+func BenchmarkEstimate(b *testing.B) {
+	set, err := policy.Compile(policy.Source{Name: "e.yaml", Data: []byte(estimatePolicy)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := set.Route("openai")
+	est := costing.Estimator{Tok: tokenizer(b)}
+	for _, file := range []string{"openai-chat-1k.json", filepath.Join("openai", "chat-4kb.json")} {
+		body, err := os.ReadFile(filepath.Join(bodiesDir, file))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(filepath.Base(file), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if m, _ := costing.ParseLLMBody(body); m.Model == "" {
+					b.Fatal("no model")
+				}
+				e := est.Estimate(set, r, costing.Call{Path: "/v1/chat/completions", Body: body, BodySize: int64(len(body))})
+				if !e.Exact {
+					b.Fatal("inexact")
+				}
+			}
+		})
+	}
+}
