@@ -2,6 +2,7 @@ package costing
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/dlclark/regexp2"
 	"github.com/pkoukk/tiktoken-go"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
+
+	"github.com/tollgate/tollgate/policy"
 )
 
 // The references the tokenizer is tested against, kept out of the binary:
@@ -122,3 +125,68 @@ func Pieces(t *Tokenizer, encoding, text string) (regex, split []string, err err
 
 // SmallPiece is the longest piece the rescan merge takes.
 const SmallPiece = smallPiece
+
+// WholeDecodes returns how many times c's body was decoded whole so far
+// (0 for a Call that has not attached a decode).
+func WholeDecodes(c *Call) int {
+	if c.parsed == nil {
+		return 0
+	}
+	return int(c.parsed.decodes.Load())
+}
+
+// RepeatsKey reports whether body repeats a key the parsers read, which
+// has it decoded whole by each of them.
+func RepeatsKey(body []byte) bool {
+	p := newParsedBody(body)
+	p.decoded()
+	return p.whole
+}
+
+// wholeBody is a body decoded the way the parsers did before parsedBody:
+// whole into each parser's struct, as a body with a repeated key still is.
+func wholeBody(body []byte) *parsedBody {
+	p := newParsedBody(body)
+	p.once.Do(func() { p.whole = true })
+	return p
+}
+
+// The parsers as they were, each decoding the body whole into its struct:
+// the reference the one-decode path is held to.
+func ParseOpenAIWhole(path string, body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+	return parseOpenAI(path, wholeBody(body), tok)
+}
+
+func ParseAnthropicWhole(body []byte, tok *Tokenizer) (AnthropicRequest, error) {
+	return parseAnthropic(wholeBody(body), tok)
+}
+
+func ParseLLMBodyWhole(body []byte) (LLMBody, error) { return wholeBody(body).llmBody() }
+
+// ParserFields returns the JSON names of bodyFields and of each parser
+// struct's fields, for TestBodyFieldsCoverParsers.
+func ParserFields() (union []string, parsers map[string][]string) {
+	names := func(v any) []string {
+		var out []string
+		t := reflect.TypeOf(v)
+		for i := range t.NumField() {
+			out = append(out, strings.Split(t.Field(i).Tag.Get("json"), ",")[0])
+		}
+		return out
+	}
+	return names(bodyFields{}), map[string][]string{
+		"llmFields":          names(llmFields{}),
+		"chatRequest":        names(chatRequest{}),
+		"responsesRequest":   names(responsesRequest{}),
+		"embeddingsRequest":  names(embeddingsRequest{}),
+		"completionsRequest": names(completionsRequest{}),
+		"anthropicRequest":   names(anthropicRequest{}),
+	}
+}
+
+// EstimateWhole is Estimate with c's body read by the parsers as they were
+// (ParseOpenAIWhole, ParseAnthropicWhole, ParseLLMBodyWhole).
+func EstimateWhole(e Estimator, set *policy.Set, r *policy.Route, c Call) Estimate {
+	c.parsed = wholeBody(c.Body)
+	return e.Estimate(set, r, c)
+}

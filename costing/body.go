@@ -1,0 +1,260 @@
+package costing
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+)
+
+// A call's body is decoded once, whoever reads it: routing (its model), the
+// provider's parser (ParseOpenAI, ParseAnthropic) and the size-based
+// fallback all read the same parsedBody. The one whole-body decode keeps
+// each top-level field the parsers know as its raw JSON (a sub-slice of the
+// body, nothing copied); a parser then decodes only the fields it reads,
+// into the same types it always has. encoding/json matches keys to fields
+// the same way whichever struct holds them, so a field means the same here
+// as in each parser's own struct, and a field fails to decode here exactly
+// when it would have failed there.
+//
+// One difference would remain: a key given twice (or twice under two
+// spellings encoding/json folds together) keeps only its last value here,
+// where decoding into the parser's struct also reports a type error in the
+// first. A body that repeats a key is therefore decoded the old way, whole
+// into each parser's struct, so its result never depends on this file.
+type parsedBody struct {
+	body []byte
+
+	once   sync.Once
+	fields bodyFields
+	err    error // the body is not JSON, or neither an object nor null
+	whole  bool  // a key repeats: decode the body whole into each parser's struct
+
+	llmOnce sync.Once
+	llm     LLMBody
+	llmErr  error
+
+	decodes atomic.Int32 // whole-body decodes, for the tests
+}
+
+func newParsedBody(body []byte) *parsedBody { return &parsedBody{body: body} }
+
+// rawField is one top-level field, undecoded. encoding/json calls
+// UnmarshalJSON once for each occurrence of its key, with a sub-slice of the
+// body given to json.Unmarshal; the body is never changed, so keeping the
+// slice is safe and saves a copy.
+type rawField struct {
+	raw  []byte
+	seen uint8
+}
+
+func (f *rawField) UnmarshalJSON(b []byte) error {
+	f.raw = b
+	if f.seen < 2 {
+		f.seen++
+	}
+	return nil
+}
+
+// bodyFields holds every top-level field that ParseLLMBody or one of the
+// provider parsers reads. Keep it in step with llmFields, chatRequest,
+// responsesRequest, embeddingsRequest, completionsRequest and
+// anthropicRequest: TestBodyFieldsCoverParsers checks that it is.
+type bodyFields struct {
+	Model               rawField `json:"model"`
+	Messages            rawField `json:"messages"`
+	System              rawField `json:"system"`
+	Tools               rawField `json:"tools"`
+	Functions           rawField `json:"functions"`
+	ResponseFormat      rawField `json:"response_format"`
+	MaxCompletionTokens rawField `json:"max_completion_tokens"`
+	MaxTokens           rawField `json:"max_tokens"`
+	MaxOutputTokens     rawField `json:"max_output_tokens"`
+	N                   rawField `json:"n"`
+	BestOf              rawField `json:"best_of"`
+	Stream              rawField `json:"stream"`
+	StreamOptions       rawField `json:"stream_options"`
+	Input               rawField `json:"input"`
+	Instructions        rawField `json:"instructions"`
+	Text                rawField `json:"text"`
+	Prompt              rawField `json:"prompt"`
+	Suffix              rawField `json:"suffix"`
+}
+
+func (f *bodyFields) repeated() bool {
+	for _, r := range [...]*rawField{&f.Model, &f.Messages, &f.System, &f.Tools, &f.Functions, &f.ResponseFormat,
+		&f.MaxCompletionTokens, &f.MaxTokens, &f.MaxOutputTokens, &f.N, &f.BestOf, &f.Stream, &f.StreamOptions,
+		&f.Input, &f.Instructions, &f.Text, &f.Prompt, &f.Suffix} {
+		if r.seen > 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// decoded returns the body's fields, decoding the body on first use.
+func (p *parsedBody) decoded() (*bodyFields, error) {
+	p.once.Do(func() {
+		p.decodes.Add(1)
+		p.err = json.Unmarshal(p.body, &p.fields)
+		p.whole = p.err == nil && p.fields.repeated()
+	})
+	return &p.fields, p.err
+}
+
+// fromFields is a parser's request struct, filled field by field.
+type fromFields interface {
+	fromFields(f *bodyFields) error
+}
+
+// decode fills v from the body's fields; as json.Unmarshal(body, v) would,
+// but without decoding the body again.
+func (p *parsedBody) decode(v fromFields) error {
+	f, err := p.decoded()
+	if err != nil {
+		return err
+	}
+	if p.whole {
+		p.decodes.Add(1)
+		return json.Unmarshal(p.body, v)
+	}
+	return v.fromFields(f)
+}
+
+// llmBody is ParseLLMBody's answer for the body, computed once.
+func (p *parsedBody) llmBody() (LLMBody, error) {
+	p.llmOnce.Do(func() {
+		var f llmFields
+		if err := p.decode(&f); err != nil {
+			p.llmErr = err
+			return
+		}
+		p.llm = LLMBody{Model: f.Model}
+		for _, v := range []*int64{f.MaxCompletionTokens, f.MaxTokens, f.MaxOutputTokens} {
+			if v != nil && *v > 0 {
+				p.llm.MaxTokens = *v
+				break
+			}
+		}
+	})
+	return p.llm, p.llmErr
+}
+
+// fieldDecoder decodes the fields of one request struct, naming a field
+// that fails as encoding/json would have named it in that struct.
+type fieldDecoder struct {
+	strct string // the struct's type name, as a type error names it
+	err   error
+}
+
+// field decodes raw into dst, as decoding the whole body into the struct
+// would have decoded that field; an absent field leaves dst alone. After a
+// failure it does nothing: the first error stands.
+func field[T any](d *fieldDecoder, name string, raw rawField, dst *T) {
+	if d.err != nil || raw.raw == nil {
+		return
+	}
+	switch p := any(dst).(type) {
+	case *json.RawMessage: // what its UnmarshalJSON would keep, without the copy
+		*p = raw.raw
+		return
+	case *string:
+		if v, ok := plainString(raw.raw); ok {
+			*p = v
+			return
+		}
+	}
+	err := json.Unmarshal(raw.raw, dst)
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field == "" {
+			te.Struct, te.Field = d.strct, name
+		} else {
+			te.Field = name + "." + te.Field
+		}
+	}
+	d.err = err
+}
+
+// plainString returns the value of a JSON string that has no escapes, the
+// common case, without encoding/json's reflection. A string with escapes or
+// invalid UTF-8 (which encoding/json replaces) gives ok == false.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	in := raw[1 : len(raw)-1]
+	if bytes.IndexByte(in, '\\') >= 0 || !utf8.Valid(in) {
+		return "", false
+	}
+	return string(in), true // raw came from a valid document: no bare quote or control byte
+}
+
+func (l *llmFields) fromFields(f *bodyFields) error {
+	d := fieldDecoder{strct: "llmFields"}
+	field(&d, "model", f.Model, &l.Model)
+	field(&d, "max_tokens", f.MaxTokens, &l.MaxTokens)
+	field(&d, "max_completion_tokens", f.MaxCompletionTokens, &l.MaxCompletionTokens)
+	field(&d, "max_output_tokens", f.MaxOutputTokens, &l.MaxOutputTokens)
+	return d.err
+}
+
+func (b *chatRequest) fromFields(f *bodyFields) error {
+	d := fieldDecoder{strct: "chatRequest"}
+	field(&d, "model", f.Model, &b.Model)
+	field(&d, "messages", f.Messages, &b.Messages)
+	field(&d, "tools", f.Tools, &b.Tools)
+	field(&d, "functions", f.Functions, &b.Functions)
+	field(&d, "response_format", f.ResponseFormat, &b.ResponseFormat)
+	field(&d, "max_completion_tokens", f.MaxCompletionTokens, &b.MaxCompletionTokens)
+	field(&d, "max_tokens", f.MaxTokens, &b.MaxTokens)
+	field(&d, "n", f.N, &b.N)
+	field(&d, "stream", f.Stream, &b.Stream)
+	field(&d, "stream_options", f.StreamOptions, &b.StreamOptions)
+	return d.err
+}
+
+func (b *responsesRequest) fromFields(f *bodyFields) error {
+	d := fieldDecoder{strct: "responsesRequest"}
+	field(&d, "model", f.Model, &b.Model)
+	field(&d, "input", f.Input, &b.Input)
+	field(&d, "instructions", f.Instructions, &b.Instructions)
+	field(&d, "tools", f.Tools, &b.Tools)
+	field(&d, "text", f.Text, &b.Text)
+	field(&d, "max_output_tokens", f.MaxOutputTokens, &b.MaxOutputTokens)
+	field(&d, "stream", f.Stream, &b.Stream)
+	return d.err
+}
+
+func (b *embeddingsRequest) fromFields(f *bodyFields) error {
+	d := fieldDecoder{strct: "embeddingsRequest"}
+	field(&d, "model", f.Model, &b.Model)
+	field(&d, "input", f.Input, &b.Input)
+	return d.err
+}
+
+func (b *completionsRequest) fromFields(f *bodyFields) error {
+	d := fieldDecoder{strct: "completionsRequest"}
+	field(&d, "model", f.Model, &b.Model)
+	field(&d, "prompt", f.Prompt, &b.Prompt)
+	field(&d, "suffix", f.Suffix, &b.Suffix)
+	field(&d, "max_tokens", f.MaxTokens, &b.MaxTokens)
+	field(&d, "n", f.N, &b.N)
+	field(&d, "best_of", f.BestOf, &b.BestOf)
+	field(&d, "stream", f.Stream, &b.Stream)
+	field(&d, "stream_options", f.StreamOptions, &b.StreamOptions)
+	return d.err
+}
+
+func (b *anthropicRequest) fromFields(f *bodyFields) error {
+	d := fieldDecoder{strct: "anthropicRequest"}
+	field(&d, "model", f.Model, &b.Model)
+	field(&d, "system", f.System, &b.System)
+	field(&d, "messages", f.Messages, &b.Messages)
+	field(&d, "tools", f.Tools, &b.Tools)
+	field(&d, "max_tokens", f.MaxTokens, &b.MaxTokens)
+	field(&d, "stream", f.Stream, &b.Stream)
+	return d.err
+}
