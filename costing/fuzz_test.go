@@ -213,3 +213,50 @@ func FuzzSplit(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseOnce holds the one-decode path (NewCall, Model, the parsers
+// reading parsedBody) to the parsers as they were, decoding the body whole
+// into each of their structs: the same results, errors of the same kind,
+// the same route and the same estimate, and one whole-body decode for a
+// body that repeats no key.
+func FuzzParseOnce(f *testing.F) {
+	for _, provider := range []string{"openai", "anthropic"} {
+		recorded := bodies(f, provider)
+		for _, file := range sortedKeys(recorded) {
+			f.Add("/v1/chat/completions", recorded[file], uint16(0))
+		}
+	}
+	for _, name := range sortedKeys(parseCases) {
+		for _, p := range append(openAIPaths, "/v1/messages") {
+			f.Add(p, []byte(parseCases[name]), uint16(0))
+		}
+	}
+	f.Add("/v1/chat/completions", []byte(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]} `), uint16(1))
+	tok := tokenizer(f)
+	set := routedSet(f)
+	f.Fuzz(func(t *testing.T, path string, body []byte, cut uint16) {
+		sameParse(t, tok, path, body, false)
+
+		sent := body // cut > 0: only the body's first bytes reached us
+		if int(cut) < len(body) && cut > 0 {
+			sent = body[:len(body)-int(cut)]
+		}
+		for _, host := range []string{"api.openai.com", "api.anthropic.com"} {
+			c := costing.NewCall(path, "application/json", sent, int64(len(body)))
+			r := routeCall(set, host, &c)
+			old, _ := costing.ParseLLMBodyWhole(sent)
+			want := set.MatchRoute(host, path, old.Model)
+			require.Equal(t, want, r, "%s %q", host, sent)
+			if r == nil {
+				continue
+			}
+			for _, est := range []costing.Estimator{{Tok: tok}, {}} {
+				require.Equal(t, costing.EstimateWhole(est, set, r, costing.Call{Path: path, Body: sent, BodySize: int64(len(body))}),
+					est.Estimate(set, r, c), "%s %q", host, sent)
+			}
+			if !costing.RepeatsKey(sent) { // such a body is decoded whole by each reader, the old way
+				require.Equal(t, 1, costing.WholeDecodes(&c), "%q", sent)
+			}
+		}
+	})
+}
