@@ -118,31 +118,62 @@ func BenchmarkSettle(b *testing.B) {
 }
 
 // BenchmarkEstimate is what a decision spends on the body of a model-routed
-// chat call: read its model for routing, then estimate it.
+// chat call: read its model for routing, then estimate it. "parse-twice"
+// is the way callers did it before NewCall (ParseLLMBody, then Estimate of
+// a Call literal); "parse-once" shares one decode through NewCall.
 func BenchmarkEstimate(b *testing.B) {
-	set, err := policy.Compile(policy.Source{Name: "e.yaml", Data: []byte(estimatePolicy)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	r := set.Route("openai")
+	set := routedSet(b)
 	est := costing.Estimator{Tok: tokenizer(b)}
 	for _, file := range []string{"openai-chat-1k.json", filepath.Join("openai", "chat-4kb.json")} {
 		body, err := os.ReadFile(filepath.Join(bodiesDir, file))
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Run(filepath.Base(file), func(b *testing.B) {
+		const host, path = "api.openai.com", "/v1/chat/completions"
+		b.Run(filepath.Base(file)+"/parse-twice", func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
-				if m, _ := costing.ParseLLMBody(body); m.Model == "" {
-					b.Fatal("no model")
+				m, _ := costing.ParseLLMBody(body)
+				r := set.MatchRoute(host, path, m.Model)
+				if e := est.Estimate(set, r, costing.Call{Path: path, Body: body, BodySize: int64(len(body))}); !e.Exact {
+					b.Fatal("inexact")
 				}
-				e := est.Estimate(set, r, costing.Call{Path: "/v1/chat/completions", Body: body, BodySize: int64(len(body))})
-				if !e.Exact {
+			}
+		})
+		b.Run(filepath.Base(file)+"/parse-once", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				c := costing.NewCall(path, "application/json", body, int64(len(body)))
+				if e := est.Estimate(set, routeCall(set, host, &c), c); !e.Exact {
 					b.Fatal("inexact")
 				}
 			}
 		})
 	}
+}
+
+// BenchmarkParseBody is the decode alone: ParseLLMBody as routing used it,
+// and the one decode a Call makes (of which Model reads a field).
+func BenchmarkParseBody(b *testing.B) {
+	body, err := os.ReadFile(filepath.Join(bodiesDir, "openai-chat-1k.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("ParseLLMBody", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(body)))
+		for b.Loop() {
+			costing.ParseLLMBody(body)
+		}
+	})
+	b.Run("Call.Model", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(body)))
+		for b.Loop() {
+			c := costing.NewCall("/v1/chat/completions", "", body, int64(len(body)))
+			c.Model()
+		}
+	})
 }
