@@ -1,6 +1,7 @@
 package costing_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -176,4 +177,42 @@ func BenchmarkParseBody(b *testing.B) {
 			c.Model()
 		}
 	})
+}
+
+// BenchmarkCountCache compares counting a text (off) with finding its
+// count (hit) and with counting and storing it (miss: texts that rotate
+// through a cache of one set), by length: below CacheMinLen a lookup would
+// save little.
+func BenchmarkCountCache(b *testing.B) {
+	tok := tokenizer(b)
+	off := costing.ShareEncoders(tok, costing.TokenizerConfig{})
+	prose := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 100)
+	for _, n := range []int{4, 8, 16, 32, 64, 256, 4096} {
+		texts := make([]string, 1024)
+		for i := range texts {
+			texts[i] = fmt.Sprintf("%04d", i) + prose[:n-4]
+		}
+		b.Run(fmt.Sprintf("len-%d/off", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				off.Count(costing.EncodingO200K, texts[0])
+			}
+		})
+		b.Run(fmt.Sprintf("len-%d/hit", n), func(b *testing.B) {
+			on := costing.ShareEncoders(tok, costing.TokenizerConfig{CacheEntries: 1 << 16, CacheBytes: 1 << 20, CacheMinLen: 1})
+			b.ReportAllocs()
+			for b.Loop() {
+				on.Count(costing.EncodingO200K, texts[0])
+			}
+		})
+		b.Run(fmt.Sprintf("len-%d/miss", n), func(b *testing.B) {
+			tiny := costing.ShareEncoders(tok, costing.TokenizerConfig{CacheEntries: 4, CacheBytes: 64, CacheMinLen: 1})
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				tiny.Count(costing.EncodingO200K, texts[i%len(texts)])
+				i++
+			}
+		})
+	}
 }

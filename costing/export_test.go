@@ -190,3 +190,15 @@ func EstimateWhole(e Estimator, set *policy.Set, r *policy.Route, c Call) Estima
 	c.parsed = wholeBody(c.Body)
 	return e.Estimate(set, r, c)
 }
+
+// ShareEncoders returns a Tokenizer with t's loaded encoders (immutable,
+// tens of MB each) and a cache of its own as cfg asks, so tests and
+// benchmarks compare caches without loading the ranks again.
+func ShareEncoders(t *Tokenizer, cfg TokenizerConfig) *Tokenizer {
+	n := &Tokenizer{cache: newCountCache(cfg)}
+	for _, e := range [][2]*lazyEncoder{{&n.o200k, &t.o200k}, {&n.cl100k, &t.cl100k}} {
+		dst, src := e[0], e[1]
+		dst.once.Do(func() { dst.bpe, dst.err = src.bpe, src.err })
+	}
+	return n
+}

@@ -260,3 +260,23 @@ func FuzzParseOnce(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCountCache checks that a cache never changes a count: counted twice
+// (a miss, then a hit), through a cache that keeps it and through one of a
+// single set that another text may have evicted it from.
+func FuzzCountCache(f *testing.F) {
+	for _, s := range []string{"", "a", "tiktoken is great!", "お誕生日おめでとう", "ab\xffcd", strings.Repeat("x", 100)} {
+		f.Add(s, "other text")
+	}
+	off, on, tiny := tokenizers(f)
+	f.Fuzz(func(t *testing.T, text, other string) {
+		for _, enc := range encodings {
+			want := off.Count(enc, text)
+			for range 2 {
+				require.Equal(t, want, on.Count(enc, text), "%s %q", enc, text)
+				require.Equal(t, want, tiny.Count(enc, text), "%s %q", enc, text)
+				require.Equal(t, off.Count(enc, other), tiny.Count(enc, other), "%s %q", enc, other)
+			}
+		}
+	})
+}

@@ -14,12 +14,15 @@ const (
 )
 
 // Tokenizer counts tokens with OpenAI's BPE encodings. It caches one encoder
-// per encoding, built on first use (or up front by NewTokenizer). It is safe
-// for concurrent use. Its zero value is ready to use but builds lazily; prefer
-// NewTokenizer at startup, which pays the load (a few hundred ms and some tens
-// of MB per encoding) before traffic arrives and reports a broken build.
+// per encoding, built on first use (or up front by NewTokenizer), and the
+// counts of texts it has seen (see TokenizerConfig). It is safe for
+// concurrent use. Its zero value is ready to use but builds lazily and
+// caches no counts; prefer NewTokenizer at startup, which pays the load (a
+// few hundred ms and some tens of MB per encoding) before traffic arrives
+// and reports a broken build.
 type Tokenizer struct {
 	o200k, cl100k lazyEncoder
+	cache         *countCache // nil: every text is counted
 }
 
 type lazyEncoder struct {
@@ -38,9 +41,18 @@ func (l *lazyEncoder) get(name string) (*lazyEncoder, error) {
 }
 
 // NewTokenizer returns a Tokenizer with both encodings loaded from the
-// embedded ranks.
+// embedded ranks, and DefaultTokenizerConfig's cache.
 func NewTokenizer() (*Tokenizer, error) {
-	t := &Tokenizer{}
+	return NewTokenizerWith(DefaultTokenizerConfig())
+}
+
+// NewTokenizerWith returns a Tokenizer with both encodings loaded and the
+// cache cfg asks for.
+func NewTokenizerWith(cfg TokenizerConfig) (*Tokenizer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Tokenizer{cache: newCountCache(cfg)}
 	_, err1 := t.o200k.get(EncodingO200K)
 	_, err2 := t.cl100k.get(EncodingCL100K)
 	if err := errors.Join(err1, err2); err != nil {
@@ -64,6 +76,9 @@ func (t *Tokenizer) encoder(encoding string) (*lazyEncoder, error) {
 // so only a broken build can do that, and NewTokenizer reports it), it
 // returns len(text), an upper bound since every token covers at least one
 // byte.
+//
+// A text of CacheMinLen bytes or more is looked up in the cache first; the
+// count is the same either way.
 func (t *Tokenizer) Count(encoding, text string) int64 {
 	if text == "" {
 		return 0
@@ -72,8 +87,22 @@ func (t *Tokenizer) Count(encoding, text string) int64 {
 	if err != nil {
 		return int64(len(text))
 	}
+	if t.cache.takes(len(text)) {
+		return t.cache.count(t.cacheIndex(e), text, e.bpe.count)
+	}
 	return int64(e.bpe.count(text))
 }
+
+// cacheIndex names e's seed in the cache.
+func (t *Tokenizer) cacheIndex(e *lazyEncoder) int {
+	if e == &t.cl100k {
+		return 1
+	}
+	return 0
+}
+
+// CacheStats returns the cache's hits and misses so far, for a metric.
+func (t *Tokenizer) CacheStats() CacheStats { return t.cache.snapshot() }
 
 // EncodingFor names the encoding a model tokenizes with. tiktoken-go's
 // EncodingForModel fails for newer names (gpt-5, o3-mini, gpt-4.1-nano...),
