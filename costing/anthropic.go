@@ -42,15 +42,17 @@ func ParseAnthropic(body []byte, tok *Tokenizer) (AnthropicRequest, error) {
 }
 
 type anthropicRequest struct {
-	Model    string          `json:"model"`
-	System   json.RawMessage `json:"system"`
-	Messages []struct {
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
-	} `json:"messages"`
-	Tools     json.RawMessage `json:"tools"`
-	MaxTokens json.RawMessage `json:"max_tokens"`
-	Stream    bool            `json:"stream"`
+	Model     string             `json:"model"`
+	System    json.RawMessage    `json:"system"`
+	Messages  []anthropicMessage `json:"messages"`
+	Tools     json.RawMessage    `json:"tools"`
+	MaxTokens json.RawMessage    `json:"max_tokens"`
+	Stream    bool               `json:"stream"`
+}
+
+type anthropicMessage struct {
+	Role    string          `json:"role"`
+	Content json.RawMessage `json:"content"`
 }
 
 func parseAnthropic(p *parsedBody, tok *Tokenizer) (AnthropicRequest, error) {

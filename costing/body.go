@@ -13,17 +13,21 @@ import (
 // provider's parser (ParseOpenAI, ParseAnthropic) and the size-based
 // fallback all read the same parsedBody. The one whole-body decode keeps
 // each top-level field the parsers know as its raw JSON (a sub-slice of the
-// body, nothing copied); a parser then decodes only the fields it reads,
-// into the same types it always has. encoding/json matches keys to fields
-// the same way whichever struct holds them, so a field means the same here
-// as in each parser's own struct, and a field fails to decode here exactly
-// when it would have failed there.
+// body, nothing copied), and walks into messages, which both chat and
+// Anthropic read, keeping each message's fields raw as well. A parser then
+// decodes only the fields it reads, into the same types it always has.
+// encoding/json matches keys to fields the same way whichever struct holds
+// them, so a field means the same here as in each parser's own struct, and
+// a field fails to decode here exactly when it would have failed there.
 //
-// One difference would remain: a key given twice (or twice under two
-// spellings encoding/json folds together) keeps only its last value here,
-// where decoding into the parser's struct also reports a type error in the
-// first. A body that repeats a key is therefore decoded the old way, whole
-// into each parser's struct, so its result never depends on this file.
+// Two cases are decoded the old way instead, whole into each parser's
+// struct, so that their results never depend on this file:
+//   - a body that repeats a key (or gives it twice under two spellings that
+//     encoding/json folds together): here only its last value is kept,
+//     where decoding into a parser's struct also reports a type error in
+//     the first;
+//   - for the parsers that read messages, a body whose messages are not an
+//     array of objects (or null): the error then names the parser's types.
 type parsedBody struct {
 	body []byte
 
@@ -31,6 +35,9 @@ type parsedBody struct {
 	fields bodyFields
 	err    error // the body is not JSON, or neither an object nor null
 	whole  bool  // a key repeats: decode the body whole into each parser's struct
+	// badMessages: messages is not an array of objects; the parsers that
+	// read it decode the body whole, to fail as they did.
+	badMessages bool
 
 	llmOnce sync.Once
 	llm     LLMBody
@@ -63,28 +70,48 @@ func (f *rawField) UnmarshalJSON(b []byte) error {
 // responsesRequest, embeddingsRequest, completionsRequest and
 // anthropicRequest: TestBodyFieldsCoverParsers checks that it is.
 type bodyFields struct {
-	Model               rawField `json:"model"`
-	Messages            rawField `json:"messages"`
-	System              rawField `json:"system"`
-	Tools               rawField `json:"tools"`
-	Functions           rawField `json:"functions"`
-	ResponseFormat      rawField `json:"response_format"`
-	MaxCompletionTokens rawField `json:"max_completion_tokens"`
-	MaxTokens           rawField `json:"max_tokens"`
-	MaxOutputTokens     rawField `json:"max_output_tokens"`
-	N                   rawField `json:"n"`
-	BestOf              rawField `json:"best_of"`
-	Stream              rawField `json:"stream"`
-	StreamOptions       rawField `json:"stream_options"`
-	Input               rawField `json:"input"`
-	Instructions        rawField `json:"instructions"`
-	Text                rawField `json:"text"`
-	Prompt              rawField `json:"prompt"`
-	Suffix              rawField `json:"suffix"`
+	Model               rawField     `json:"model"`
+	Messages            []rawMessage `json:"messages"`
+	System              rawField     `json:"system"`
+	Tools               rawField     `json:"tools"`
+	Functions           rawField     `json:"functions"`
+	ResponseFormat      rawField     `json:"response_format"`
+	MaxCompletionTokens rawField     `json:"max_completion_tokens"`
+	MaxTokens           rawField     `json:"max_tokens"`
+	MaxOutputTokens     rawField     `json:"max_output_tokens"`
+	N                   rawField     `json:"n"`
+	BestOf              rawField     `json:"best_of"`
+	Stream              rawField     `json:"stream"`
+	StreamOptions       rawField     `json:"stream_options"`
+	Input               rawField     `json:"input"`
+	Instructions        rawField     `json:"instructions"`
+	Text                rawField     `json:"text"`
+	Prompt              rawField     `json:"prompt"`
+	Suffix              rawField     `json:"suffix"`
+}
+
+// rawMessage is one element of messages, with the fields of chatMessage and
+// of Anthropic's messages.
+type rawMessage struct {
+	Role         rawField `json:"role"`
+	Content      rawField `json:"content"`
+	Name         rawField `json:"name"`
+	Refusal      rawField `json:"refusal"`
+	ToolCalls    rawField `json:"tool_calls"`
+	FunctionCall rawField `json:"function_call"`
+	Audio        rawField `json:"audio"`
 }
 
 func (f *bodyFields) repeated() bool {
-	for _, r := range [...]*rawField{&f.Model, &f.Messages, &f.System, &f.Tools, &f.Functions, &f.ResponseFormat,
+	for i := range f.Messages {
+		m := &f.Messages[i]
+		for _, r := range [...]*rawField{&m.Role, &m.Content, &m.Name, &m.Refusal, &m.ToolCalls, &m.FunctionCall, &m.Audio} {
+			if r.seen > 1 {
+				return true
+			}
+		}
+	}
+	for _, r := range [...]*rawField{&f.Model, &f.System, &f.Tools, &f.Functions, &f.ResponseFormat,
 		&f.MaxCompletionTokens, &f.MaxTokens, &f.MaxOutputTokens, &f.N, &f.BestOf, &f.Stream, &f.StreamOptions,
 		&f.Input, &f.Instructions, &f.Text, &f.Prompt, &f.Suffix} {
 		if r.seen > 1 {
@@ -99,6 +126,13 @@ func (p *parsedBody) decoded() (*bodyFields, error) {
 	p.once.Do(func() {
 		p.decodes.Add(1)
 		p.err = json.Unmarshal(p.body, &p.fields)
+		// Every field but messages takes any JSON value, so a type error
+		// with a field named is messages' (the decode went on past it);
+		// one with none is the body's own.
+		var te *json.UnmarshalTypeError
+		if errors.As(p.err, &te) && te.Field != "" {
+			p.err, p.badMessages = nil, true
+		}
 		p.whole = p.err == nil && p.fields.repeated()
 	})
 	return &p.fields, p.err
@@ -109,6 +143,13 @@ type fromFields interface {
 	fromFields(f *bodyFields) error
 }
 
+// readsMessages is implemented by the request structs with a messages
+// field.
+type readsMessages interface{ readsMessages() }
+
+func (*chatRequest) readsMessages()      {}
+func (*anthropicRequest) readsMessages() {}
+
 // decode fills v from the body's fields; as json.Unmarshal(body, v) would,
 // but without decoding the body again.
 func (p *parsedBody) decode(v fromFields) error {
@@ -116,7 +157,7 @@ func (p *parsedBody) decode(v fromFields) error {
 	if err != nil {
 		return err
 	}
-	if p.whole {
+	if _, ok := v.(readsMessages); p.whole || ok && p.badMessages {
 		p.decodes.Add(1)
 		return json.Unmarshal(p.body, v)
 	}
@@ -204,7 +245,23 @@ func (l *llmFields) fromFields(f *bodyFields) error {
 func (b *chatRequest) fromFields(f *bodyFields) error {
 	d := fieldDecoder{strct: "chatRequest"}
 	field(&d, "model", f.Model, &b.Model)
-	field(&d, "messages", f.Messages, &b.Messages)
+	if f.Messages != nil {
+		b.Messages = make([]chatMessage, len(f.Messages))
+	}
+	md := fieldDecoder{strct: "chatMessage"}
+	for i := range f.Messages {
+		m, to := &f.Messages[i], &b.Messages[i]
+		field(&md, "messages.role", m.Role, &to.Role)
+		field(&md, "messages.content", m.Content, &to.Content)
+		field(&md, "messages.name", m.Name, &to.Name)
+		field(&md, "messages.refusal", m.Refusal, &to.Refusal)
+		field(&md, "messages.tool_calls", m.ToolCalls, &to.ToolCalls)
+		field(&md, "messages.function_call", m.FunctionCall, &to.FunctionCall)
+		field(&md, "messages.audio", m.Audio, &to.Audio)
+	}
+	if d.err == nil {
+		d.err = md.err
+	}
 	field(&d, "tools", f.Tools, &b.Tools)
 	field(&d, "functions", f.Functions, &b.Functions)
 	field(&d, "response_format", f.ResponseFormat, &b.ResponseFormat)
@@ -252,7 +309,18 @@ func (b *anthropicRequest) fromFields(f *bodyFields) error {
 	d := fieldDecoder{strct: "anthropicRequest"}
 	field(&d, "model", f.Model, &b.Model)
 	field(&d, "system", f.System, &b.System)
-	field(&d, "messages", f.Messages, &b.Messages)
+	if f.Messages != nil {
+		b.Messages = make([]anthropicMessage, len(f.Messages))
+	}
+	md := fieldDecoder{strct: "anthropicMessage"}
+	for i := range f.Messages {
+		m, to := &f.Messages[i], &b.Messages[i]
+		field(&md, "messages.role", m.Role, &to.Role)
+		field(&md, "messages.content", m.Content, &to.Content)
+	}
+	if d.err == nil {
+		d.err = md.err
+	}
 	field(&d, "tools", f.Tools, &b.Tools)
 	field(&d, "max_tokens", f.MaxTokens, &b.MaxTokens)
 	field(&d, "stream", f.Stream, &b.Stream)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -66,6 +67,7 @@ func TestCallDecodesOnce(t *testing.T) {
 		"anthropic, no tokenizer":        {"api.anthropic.com", "/v1/messages", claude, 0, nil, "claude", false, 1},
 		"a repeated key: decoded whole":  {"api.openai.com", "/v1/chat/completions", []byte(`{"model":"gpt-4o-mini","model":"gpt-4o-mini","messages":[]}`), 0, tok, "mini", true, 3},
 		"not JSON: one failed decode":    {"api.openai.com", "/v1/chat/completions", []byte(`{"model":`), 0, tok, "openai", false, 1},
+		"bad messages: decoded whole":    {"api.openai.com", "/v1/chat/completions", []byte(`{"model":"gpt-4o","messages":[5]}`), 0, tok, "openai", false, 2},
 		"unrouted path: decoded for est": {"api.openai.com", "/v1/embeddings", []byte(`{"model":"gpt-4o","input":"hi"}`), 0, tok, "openai", true, 1},
 	}
 	for name, tc := range tests {
@@ -107,9 +109,10 @@ func TestCallLiteral(t *testing.T) {
 }
 
 func TestBodyFieldsCoverParsers(t *testing.T) {
-	union, parsers := costing.ParserFields()
-	for name, fields := range parsers {
-		assert.Subset(t, union, fields, "bodyFields lacks a field of %s", name)
+	for kept, parsers := range costing.ParserFields() {
+		for name, fields := range parsers {
+			assert.Subset(t, strings.Fields(kept), fields, "parsedBody does not keep every field of %s", name)
+		}
 	}
 }
 
@@ -126,6 +129,12 @@ var parseCases = map[string]string{
 	"repeated, bad first":    `{"messages":5,"messages":[{"role":"user","content":"x"}]}`,
 	"repeated under a fold":  `{"model":"a","Model":"gpt-4o"}`,
 	"repeated in a message":  `{"messages":[{"role":5,"role":"user"}]}`,
+	"messages given twice":   `{"messages":[{"role":"a","name":5}],"messages":[{"content":"x"}]}`,
+	"a message not object":   `{"messages":[{"role":"user","content":"x"},5]}`,
+	"a null message":         `{"messages":[null,{"role":"user","content":"x"}]}`,
+	"tool_calls wrong":       `{"messages":[{"tool_calls":[{"function":{"name":5}}]}]}`,
+	"function_call wrong":    `{"messages":[{"function_call":{"arguments":[]}}]}`,
+	"messages an object":     `{"model":"claude-x","messages":{"role":"user"}}`,
 	"escapes":                `{"model":"gpt-\u0034o","messages":[{"role":"us\u0065r","content":"a\nb\"c"}]}`,
 	"invalid UTF-8":          "{\"model\":\"gpt-4o\xff\",\"messages\":[{\"role\":\"user\",\"content\":\"h\xffi\"}]}",
 	"null":                   `null`,

@@ -135,12 +135,12 @@ func WholeDecodes(c *Call) int {
 	return int(c.parsed.decodes.Load())
 }
 
-// RepeatsKey reports whether body repeats a key the parsers read, which
-// has it decoded whole by each of them.
-func RepeatsKey(body []byte) bool {
+// DecodedAgain reports whether some parser decodes body whole again: when
+// it repeats a key, or its messages are not an array of objects.
+func DecodedAgain(body []byte) bool {
 	p := newParsedBody(body)
 	p.decoded()
-	return p.whole
+	return p.whole || p.badMessages
 }
 
 // wholeBody is a body decoded the way the parsers did before parsedBody:
@@ -163,9 +163,10 @@ func ParseAnthropicWhole(body []byte, tok *Tokenizer) (AnthropicRequest, error) 
 
 func ParseLLMBodyWhole(body []byte) (LLMBody, error) { return wholeBody(body).llmBody() }
 
-// ParserFields returns the JSON names of bodyFields and of each parser
-// struct's fields, for TestBodyFieldsCoverParsers.
-func ParserFields() (union []string, parsers map[string][]string) {
+// ParserFields returns, for TestBodyFieldsCoverParsers, the JSON names of
+// the fields of each parser struct, under the names of the fields that
+// parsedBody keeps for it (bodyFields, or rawMessage for a message).
+func ParserFields() map[string]map[string][]string {
 	names := func(v any) []string {
 		var out []string
 		t := reflect.TypeOf(v)
@@ -174,13 +175,19 @@ func ParserFields() (union []string, parsers map[string][]string) {
 		}
 		return out
 	}
-	return names(bodyFields{}), map[string][]string{
-		"llmFields":          names(llmFields{}),
-		"chatRequest":        names(chatRequest{}),
-		"responsesRequest":   names(responsesRequest{}),
-		"embeddingsRequest":  names(embeddingsRequest{}),
-		"completionsRequest": names(completionsRequest{}),
-		"anthropicRequest":   names(anthropicRequest{}),
+	return map[string]map[string][]string{
+		strings.Join(names(bodyFields{}), " "): {
+			"llmFields":          names(llmFields{}),
+			"chatRequest":        names(chatRequest{}),
+			"responsesRequest":   names(responsesRequest{}),
+			"embeddingsRequest":  names(embeddingsRequest{}),
+			"completionsRequest": names(completionsRequest{}),
+			"anthropicRequest":   names(anthropicRequest{}),
+		},
+		strings.Join(names(rawMessage{}), " "): {
+			"chatMessage":      names(chatMessage{}),
+			"anthropicMessage": names(anthropicMessage{}),
+		},
 	}
 }
 

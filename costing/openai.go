@@ -183,9 +183,11 @@ func (t *tally) content(field string, raw json.RawMessage) error {
 	}
 	switch raw[0] {
 	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return malformed("%s: %v", field, err)
+		s, ok := plainString(raw)
+		if !ok {
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return malformed("%s: %v", field, err)
+			}
 		}
 		t.text(s)
 		return nil
