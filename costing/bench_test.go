@@ -121,36 +121,56 @@ func BenchmarkSettle(b *testing.B) {
 // BenchmarkEstimate is what a decision spends on the body of a model-routed
 // chat call: read its model for routing, then estimate it. "parse-twice"
 // is the way callers did it before NewCall (ParseLLMBody, then Estimate of
-// a Call literal); "parse-once" shares one decode through NewCall.
+// a Call literal); "parse-once" shares one decode through NewCall. "cold"
+// counts every text (no cache); "warm" sends the same body again, as a
+// worker resending its system prompt and history does, and finds every
+// count in the cache.
 func BenchmarkEstimate(b *testing.B) {
 	set := routedSet(b)
-	est := costing.Estimator{Tok: tokenizer(b)}
+	tok := tokenizer(b)
+	cold := costing.Estimator{Tok: costing.ShareEncoders(tok, costing.TokenizerConfig{})}
+	warm := costing.Estimator{Tok: costing.ShareEncoders(tok, costing.DefaultTokenizerConfig())}
 	for _, file := range []string{"openai-chat-1k.json", filepath.Join("openai", "chat-4kb.json")} {
 		body, err := os.ReadFile(filepath.Join(bodiesDir, file))
 		if err != nil {
 			b.Fatal(err)
 		}
 		const host, path = "api.openai.com", "/v1/chat/completions"
-		b.Run(filepath.Base(file)+"/parse-twice", func(b *testing.B) {
+		b.Run(filepath.Base(file)+"/parse-twice/cold", func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
 				m, _ := costing.ParseLLMBody(body)
 				r := set.MatchRoute(host, path, m.Model)
-				if e := est.Estimate(set, r, costing.Call{Path: path, Body: body, BodySize: int64(len(body))}); !e.Exact {
+				if e := cold.Estimate(set, r, costing.Call{Path: path, Body: body, BodySize: int64(len(body))}); !e.Exact {
 					b.Fatal("inexact")
 				}
 			}
 		})
-		b.Run(filepath.Base(file)+"/parse-once", func(b *testing.B) {
+		for name, est := range map[string]costing.Estimator{"cold": cold, "warm": warm} {
+			b.Run(filepath.Base(file)+"/parse-once/"+name, func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(len(body)))
+				for b.Loop() {
+					c := costing.NewCall(path, "application/json", body, int64(len(body)))
+					if e := est.Estimate(set, routeCall(set, host, &c), c); !e.Exact {
+						b.Fatal("inexact")
+					}
+				}
+			})
+		}
+		b.Run(filepath.Base(file)+"/parse-once/warm-parallel", func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body)))
-			for b.Loop() {
-				c := costing.NewCall(path, "application/json", body, int64(len(body)))
-				if e := est.Estimate(set, routeCall(set, host, &c), c); !e.Exact {
-					b.Fatal("inexact")
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					c := costing.NewCall(path, "application/json", body, int64(len(body)))
+					if e := warm.Estimate(set, routeCall(set, host, &c), c); !e.Exact {
+						b.Error("inexact")
+						return
+					}
 				}
-			}
+			})
 		})
 	}
 }

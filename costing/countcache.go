@@ -72,7 +72,7 @@ const (
 	maxCachedLen  = 1 << 30        // so length and count (at most 3 a byte) fit 32 bits each
 )
 
-// countCache is a fixed table of token counts, set-associative: a text's
+// countCache is a fixed table of token counts, set-associative: a key's
 // hash picks a set of four slots, and a miss replaces an empty slot or else
 // one at random. It takes no lock. Each slot is two atomic words, the value
 // (length<<32 | count) and check = hash ^ value; a lookup takes a slot's
@@ -83,7 +83,7 @@ const (
 // replaced. Either way a count is only ever one that was computed for a
 // text of that hash and length.
 type countCache struct {
-	seeds  [2]maphash.Seed // o200k, cl100k: one table serves both
+	seeds  [numKeys]maphash.Seed // one table serves every kind of key
 	sets   [][cacheWays]cacheSlot
 	mask   uint64
 	minLen int
@@ -104,36 +104,52 @@ func newCountCache(cfg TokenizerConfig) *countCache {
 		return nil
 	}
 	sets = 1 << (bits.Len(uint(sets)) - 1) // a power of two, so a mask picks the set
-	return &countCache{
-		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+	c := &countCache{
 		sets:   make([][cacheWays]cacheSlot, sets),
 		mask:   uint64(sets - 1),
 		minLen: max(cfg.CacheMinLen, 1),
 	}
+	for i := range c.seeds {
+		c.seeds[i] = maphash.MakeSeed()
+	}
+	return c
 }
 
-// takes reports whether the cache looks a text of n bytes up.
+// takes reports whether the cache looks a key of n bytes up.
 func (c *countCache) takes(n int) bool {
 	return c != nil && n >= c.minLen && n <= maxCachedLen
 }
 
-// count returns the tokens of text under encoding enc (0 o200k, 1 cl100k),
-// from the cache or else from counter, storing what it counts.
-func (c *countCache) count(enc int, text string, counter func(string) int) int64 {
-	h := maphash.String(c.seeds[enc], text)
+// Keys name what was counted: a text, or the compact form of a raw JSON
+// value (keyed by its raw bytes, to spare compacting it again), under each
+// encoding. Each has its own seed, so their hashes are unrelated.
+const (
+	keyText = iota // + encoder index (0 o200k, 1 cl100k)
+	_
+	keyCompactJSON
+	_
+	numKeys
+)
+
+// get returns the count stored for hash h of a key of n bytes.
+func (c *countCache) get(h uint64, n int) (int64, bool) {
 	set := &c.sets[h&c.mask]
-	stripe := &c.stats[h%statStripes]
-	n := uint64(len(text))
 	for i := range set {
 		v := set[i].value.Load()
-		if set[i].check.Load()^v == h && v>>32 == n {
-			stripe.hits.Add(1)
-			return int64(uint32(v))
+		if set[i].check.Load()^v == h && v>>32 == uint64(n) {
+			c.stats[h%statStripes].hits.Add(1)
+			return int64(uint32(v)), true
 		}
 	}
-	tokens := counter(text)
-	stripe.misses.Add(1)
-	v := n<<32 | uint64(uint32(tokens))
+	return 0, false
+}
+
+// put stores tokens for hash h of a key of n bytes, in an empty slot of its
+// set or else in one picked at random.
+func (c *countCache) put(h uint64, n int, tokens int) {
+	c.stats[h%statStripes].misses.Add(1)
+	set := &c.sets[h&c.mask]
+	v := uint64(n)<<32 | uint64(uint32(tokens))
 	way := -1
 	for i := range set {
 		if set[i].value.Load() == 0 { // never used: a stored value has a length
@@ -146,7 +162,6 @@ func (c *countCache) count(enc int, text string, counter func(string) int) int64
 	}
 	set[way].value.Store(v)
 	set[way].check.Store(h ^ v)
-	return int64(tokens)
 }
 
 func (c *countCache) snapshot() CacheStats {

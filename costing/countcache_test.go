@@ -161,3 +161,35 @@ func TestCountCacheConcurrent(t *testing.T) {
 		assert.Positive(t, st.Hits)
 	}
 }
+
+// TestCountCacheParsers checks that the parsers count the same with a
+// cache as without, on every recorded body, sent three times.
+func TestCountCacheParsers(t *testing.T) {
+	off, on, tiny := tokenizers(t)
+	for _, provider := range []string{"openai", "anthropic"} {
+		for file, body := range bodies(t, provider) {
+			t.Run(provider+"/"+file, func(t *testing.T) {
+				for range 3 {
+					for _, p := range openAIPaths {
+						sameCached(t, off, on, p, body)
+						sameCached(t, off, tiny, p, body)
+					}
+				}
+			})
+		}
+	}
+}
+
+// sameCached requires tokenizer tok to parse body as off, which has no
+// cache, does.
+func sameCached(t *testing.T, off, tok *costing.Tokenizer, path string, body []byte) {
+	t.Helper()
+	want, wantErr := costing.ParseOpenAI(path, body, off)
+	got, err := costing.ParseOpenAI(path, body, tok)
+	require.Equal(t, want, got, "%s %q", path, body)
+	require.Equal(t, wantErr, err)
+	wantA, wantErr := costing.ParseAnthropic(body, off)
+	gotA, err := costing.ParseAnthropic(body, tok)
+	require.Equal(t, wantA, gotA, "%q", body)
+	require.Equal(t, wantErr, err)
+}

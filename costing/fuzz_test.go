@@ -217,7 +217,8 @@ func FuzzSplit(f *testing.F) {
 // FuzzParseOnce holds the one-decode path (NewCall, Model, the parsers
 // reading parsedBody) to the parsers as they were, decoding the body whole
 // into each of their structs: the same results, errors of the same kind,
-// the same route and the same estimate, and one whole-body decode unless the
+// the same route and the same estimate, the same counts with the cache as
+// without, and one whole-body decode unless the
 // body repeats a key or its messages are not an array of objects.
 func FuzzParseOnce(f *testing.F) {
 	for _, provider := range []string{"openai", "anthropic"} {
@@ -233,9 +234,11 @@ func FuzzParseOnce(f *testing.F) {
 	}
 	f.Add("/v1/chat/completions", []byte(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]} `), uint16(1))
 	tok := tokenizer(f)
+	off := costing.ShareEncoders(tok, costing.TokenizerConfig{})
 	set := routedSet(f)
 	f.Fuzz(func(t *testing.T, path string, body []byte, cut uint16) {
 		sameParse(t, tok, path, body, false)
+		sameCached(t, off, tok, path, body)
 
 		sent := body // cut > 0: only the body's first bytes reached us
 		if int(cut) < len(body) && cut > 0 {

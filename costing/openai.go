@@ -149,12 +149,7 @@ func (t *tally) json(raw json.RawMessage) {
 	if isNull(raw) {
 		return
 	}
-	t.compact.Reset()
-	if err := json.Compact(&t.compact, raw); err != nil {
-		t.text(string(raw)) // unreachable: raw came from a successful decode
-		return
-	}
-	t.text(t.compact.String())
+	t.tokens += t.tok.countJSON(t.enc, raw, &t.compact)
 }
 
 // message adds one message's wrapping: 3 tokens plus its role, plus 1 and

@@ -1,8 +1,11 @@
 package costing
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 )
@@ -87,14 +90,50 @@ func (t *Tokenizer) Count(encoding, text string) int64 {
 	if err != nil {
 		return int64(len(text))
 	}
-	if t.cache.takes(len(text)) {
-		return t.cache.count(t.cacheIndex(e), text, e.bpe.count)
+	if !t.cache.takes(len(text)) {
+		return int64(e.bpe.count(text))
 	}
-	return int64(e.bpe.count(text))
+	h := maphash.String(t.cache.seeds[keyText+t.index(e)], text)
+	if n, ok := t.cache.get(h, len(text)); ok {
+		return n
+	}
+	n := e.bpe.count(text)
+	t.cache.put(h, len(text), n)
+	return int64(n)
 }
 
-// cacheIndex names e's seed in the cache.
-func (t *Tokenizer) cacheIndex(e *lazyEncoder) int {
+// countJSON returns Count of raw's compact form (raw a valid JSON value),
+// compacting it into buf. The cache keys it by raw itself, so that tool
+// definitions sent again cost neither compacting nor counting.
+func (t *Tokenizer) countJSON(encoding string, raw []byte, buf *bytes.Buffer) int64 {
+	e, err := t.encoder(encoding)
+	if err != nil || !t.cache.takes(len(raw)) {
+		return t.Count(encoding, compact(raw, buf))
+	}
+	h := maphash.Bytes(t.cache.seeds[keyCompactJSON+t.index(e)], raw)
+	if n, ok := t.cache.get(h, len(raw)); ok {
+		return n
+	}
+	text := compact(raw, buf)
+	n := 0
+	if text != "" {
+		n = e.bpe.count(text)
+	}
+	t.cache.put(h, len(raw), n)
+	return int64(n)
+}
+
+// compact returns raw in compact form, using buf.
+func compact(raw []byte, buf *bytes.Buffer) string {
+	buf.Reset()
+	if err := json.Compact(buf, raw); err != nil {
+		return string(raw) // unreachable: raw came from a successful decode
+	}
+	return buf.String()
+}
+
+// index is e's place among the encoders, for its seeds in the cache.
+func (t *Tokenizer) index(e *lazyEncoder) int {
 	if e == &t.cl100k {
 		return 1
 	}
