@@ -48,21 +48,26 @@ type parsedBody struct {
 
 func newParsedBody(body []byte) *parsedBody { return &parsedBody{body: body} }
 
-// rawField is one top-level field, undecoded. encoding/json calls
-// UnmarshalJSON once for each occurrence of its key, with a sub-slice of the
-// body given to json.Unmarshal; the body is never changed, so keeping the
-// slice is safe and saves a copy.
-type rawField struct {
-	raw  []byte
-	seen uint8
-}
+// rawField is one field, undecoded. encoding/json calls UnmarshalJSON once
+// for each occurrence of its key, with a sub-slice of the body given to
+// json.Unmarshal; the body is never changed, so keeping the slice is safe
+// and saves a copy. A key met twice leaves repeatedKey, and the body is
+// decoded whole (see parsedBody).
+type rawField struct{ raw []byte }
+
+var repeatedKey = []byte("repeated")
 
 func (f *rawField) UnmarshalJSON(b []byte) error {
-	f.raw = b
-	if f.seen < 2 {
-		f.seen++
+	if f.raw != nil {
+		f.raw = repeatedKey
+		return nil
 	}
+	f.raw = b
 	return nil
+}
+
+func (f *rawField) repeated() bool {
+	return len(f.raw) == len(repeatedKey) && &f.raw[0] == &repeatedKey[0]
 }
 
 // bodyFields holds every top-level field that ParseLLMBody or one of the
@@ -106,7 +111,7 @@ func (f *bodyFields) repeated() bool {
 	for i := range f.Messages {
 		m := &f.Messages[i]
 		for _, r := range [...]*rawField{&m.Role, &m.Content, &m.Name, &m.Refusal, &m.ToolCalls, &m.FunctionCall, &m.Audio} {
-			if r.seen > 1 {
+			if r.repeated() {
 				return true
 			}
 		}
@@ -114,7 +119,7 @@ func (f *bodyFields) repeated() bool {
 	for _, r := range [...]*rawField{&f.Model, &f.System, &f.Tools, &f.Functions, &f.ResponseFormat,
 		&f.MaxCompletionTokens, &f.MaxTokens, &f.MaxOutputTokens, &f.N, &f.BestOf, &f.Stream, &f.StreamOptions,
 		&f.Input, &f.Instructions, &f.Text, &f.Prompt, &f.Suffix} {
-		if r.seen > 1 {
+		if r.repeated() {
 			return true
 		}
 	}
@@ -125,6 +130,11 @@ func (f *bodyFields) repeated() bool {
 func (p *parsedBody) decoded() (*bodyFields, error) {
 	p.once.Do(func() {
 		p.decodes.Add(1)
+		// encoding/json appends messages to the slice it finds: sized by
+		// the roles in sight, it need not grow (a guess, not a bound).
+		if n := bytes.Count(p.body, []byte(`"role"`)); n > 0 {
+			p.fields.Messages = make([]rawMessage, 0, n)
+		}
 		p.err = json.Unmarshal(p.body, &p.fields)
 		// Every field but messages takes any JSON value, so a type error
 		// with a field named is messages' (the decode went on past it);

@@ -146,9 +146,9 @@ type Estimator struct {
 	Learner *Learner
 }
 
-// Estimate prices call c on route r under policy set. It reads c's body
-// through the decode c carries (see NewCall), never decoding it twice. Token pools are
-// charged input plus output tokens: counted with the model's tokenizer and
+// Estimate prices call c on route r under policy set, reading c's body
+// through the decode c carries (see NewCall). Token pools are charged
+// input plus output tokens: counted with the model's tokenizer and
 // the provider's message rules, the output being the body's allowance
 // (times n) or else the model's or route's default; when the body cannot be
 // read (truncated, not JSON) one token per BytesPerToken bytes stands in for
