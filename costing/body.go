@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
@@ -179,16 +180,18 @@ func (p *parsedBody) llmBody() (LLMBody, error) {
 	p.llmOnce.Do(func() {
 		var f llmFields
 		if err := p.decode(&f); err != nil {
+			// A body that is no object fails as it would have failed
+			// to decode into llmFields.
+			var te *json.UnmarshalTypeError
+			if errors.As(err, &te) && te.Field == "" {
+				named := *te
+				named.Type = reflect.TypeFor[llmFields]()
+				err = &named
+			}
 			p.llmErr = err
 			return
 		}
-		p.llm = LLMBody{Model: f.Model}
-		for _, v := range []*int64{f.MaxCompletionTokens, f.MaxTokens, f.MaxOutputTokens} {
-			if v != nil && *v > 0 {
-				p.llm.MaxTokens = *v
-				break
-			}
-		}
+		p.llm = f.body()
 	})
 	return p.llm, p.llmErr
 }

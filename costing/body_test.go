@@ -192,10 +192,13 @@ func sameParse(t *testing.T, tok *costing.Tokenizer, path string, body []byte, s
 	require.Equal(t, aw, a, "%q", body)
 	sameErr(t, awErr, aErr, body, sameText)
 
-	l, lErr := costing.ParseLLMBody(body)
-	lw, lwErr := costing.ParseLLMBodyWhole(body)
+	l, lErr := costing.LLMBodyOnce(body)
+	lw, lwErr := costing.ParseLLMBody(body)
 	require.Equal(t, lw, l, "%q", body)
 	require.Equal(t, lwErr == nil, lErr == nil, "%q: %v, want %v", body, lErr, lwErr)
+	if sameText && lwErr != nil {
+		require.EqualError(t, lErr, lwErr.Error(), "%q", body)
+	}
 }
 
 func sameErr(t *testing.T, want, got error, body []byte, sameText bool) {

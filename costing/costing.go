@@ -4,6 +4,7 @@
 package costing
 
 import (
+	"encoding/json"
 	"math"
 	"sync"
 
@@ -36,7 +37,22 @@ type llmFields struct {
 // A caller that also estimates the call should build it with NewCall and
 // read its Model instead: the body is then decoded once for both.
 func ParseLLMBody(body []byte) (LLMBody, error) {
-	return newParsedBody(body).llmBody()
+	var f llmFields
+	if err := json.Unmarshal(body, &f); err != nil {
+		return LLMBody{}, err
+	}
+	return f.body(), nil
+}
+
+func (f *llmFields) body() LLMBody {
+	out := LLMBody{Model: f.Model}
+	for _, v := range []*int64{f.MaxCompletionTokens, f.MaxTokens, f.MaxOutputTokens} {
+		if v != nil && *v > 0 {
+			out.MaxTokens = *v
+			break
+		}
+	}
+	return out
 }
 
 // PoolCost is one pool's share of an estimate: the units its bucket is

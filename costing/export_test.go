@@ -161,7 +161,9 @@ func ParseAnthropicWhole(body []byte, tok *Tokenizer) (AnthropicRequest, error) 
 	return parseAnthropic(wholeBody(body), tok)
 }
 
-func ParseLLMBodyWhole(body []byte) (LLMBody, error) { return wholeBody(body).llmBody() }
+// LLMBodyOnce is what Call.Model reads: ParseLLMBody's answer from the
+// one decode.
+func LLMBodyOnce(body []byte) (LLMBody, error) { return newParsedBody(body).llmBody() }
 
 // ParserFields returns, for TestBodyFieldsCoverParsers, the JSON names of
 // the fields of each parser struct, under the names of the fields that
@@ -192,7 +194,7 @@ func ParserFields() map[string]map[string][]string {
 }
 
 // EstimateWhole is Estimate with c's body read by the parsers as they were
-// (ParseOpenAIWhole, ParseAnthropicWhole, ParseLLMBodyWhole).
+// (ParseOpenAIWhole, ParseAnthropicWhole, and ParseLLMBody's decode).
 func EstimateWhole(e Estimator, set *policy.Set, r *policy.Route, c Call) Estimate {
 	c.parsed = wholeBody(c.Body)
 	return e.Estimate(set, r, c)

@@ -247,7 +247,7 @@ func FuzzParseOnce(f *testing.F) {
 		for _, host := range []string{"api.openai.com", "api.anthropic.com"} {
 			c := costing.NewCall(path, "application/json", sent, int64(len(body)))
 			r := routeCall(set, host, &c)
-			old, _ := costing.ParseLLMBodyWhole(sent)
+			old, _ := costing.ParseLLMBody(sent)
 			want := set.MatchRoute(host, path, old.Model)
 			require.Equal(t, want, r, "%s %q", host, sent)
 			if r == nil {
