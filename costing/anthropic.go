@@ -38,24 +38,32 @@ const maxBlockDepth = 4
 // and settles the difference. Images and documents are counted, not
 // tokenized, for the policy to price.
 func ParseAnthropic(body []byte, tok *Tokenizer) (AnthropicRequest, error) {
+	return parseAnthropic(newParsedBody(body), tok)
+}
+
+type anthropicRequest struct {
+	Model     string             `json:"model"`
+	System    json.RawMessage    `json:"system"`
+	Messages  []anthropicMessage `json:"messages"`
+	Tools     json.RawMessage    `json:"tools"`
+	MaxTokens json.RawMessage    `json:"max_tokens"`
+	Stream    bool               `json:"stream"`
+}
+
+type anthropicMessage struct {
+	Role    string          `json:"role"`
+	Content json.RawMessage `json:"content"`
+}
+
+func parseAnthropic(p *parsedBody, tok *Tokenizer) (AnthropicRequest, error) {
 	if tok == nil {
 		return AnthropicRequest{}, ErrNilTokenizer
 	}
-	if !isObject(body) {
+	if !isObject(p.body) {
 		return AnthropicRequest{}, malformed("anthropic: not a JSON object")
 	}
-	var b struct {
-		Model    string          `json:"model"`
-		System   json.RawMessage `json:"system"`
-		Messages []struct {
-			Role    string          `json:"role"`
-			Content json.RawMessage `json:"content"`
-		} `json:"messages"`
-		Tools     json.RawMessage `json:"tools"`
-		MaxTokens json.RawMessage `json:"max_tokens"`
-		Stream    bool            `json:"stream"`
-	}
-	if err := json.Unmarshal(body, &b); err != nil {
+	var b anthropicRequest
+	if err := p.decode(&b); err != nil {
 		return AnthropicRequest{}, fmt.Errorf("anthropic: %w", malformed("%v", err))
 	}
 	t := tally{tok: tok, enc: EncodingCL100K}

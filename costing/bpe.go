@@ -14,22 +14,29 @@ import (
 // request. It only counts: it never builds the token list. It is immutable
 // and safe for concurrent use.
 type bpeCounter struct {
-	split func(string, func(string))
-	ranks map[string]int
+	cl100k bool // else o200k
+	ranks  map[string]int
 }
 
 // newBPECounter loads the encoding's ranks from those embedded in
 // tiktoken-go-loader: nothing is downloaded at run time.
 func newBPECounter(encoding string) (*bpeCounter, error) {
-	split := splitO200K
-	if encoding == EncodingCL100K {
-		split = splitCL100K
-	}
 	ranks, err := tiktoken_loader.NewOfflineLoader().LoadTiktokenBpe(encoding + ".tiktoken")
 	if err != nil {
 		return nil, err
 	}
-	return &bpeCounter{split: split, ranks: ranks}, nil
+	return &bpeCounter{cl100k: encoding == EncodingCL100K, ranks: ranks}, nil
+}
+
+// split calls yield with each piece of text (valid UTF-8), as the
+// encoding's pre-tokenizer cuts it. A direct call, not a func field, so
+// that yield and what it captures stay on the caller's stack.
+func (c *bpeCounter) split(text string, yield func(string)) {
+	if c.cl100k {
+		splitCL100K(text, yield)
+	} else {
+		splitO200K(text, yield)
+	}
 }
 
 // count returns the number of tokens of text. Text that is not valid UTF-8

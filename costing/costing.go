@@ -33,11 +33,18 @@ type llmFields struct {
 // ParseLLMBody reads model and output allowance from a JSON request body
 // (OpenAI chat/completions/responses, Anthropic messages). A body that is
 // not a JSON object is an error; the caller may still estimate from its size.
+//
+// A caller that also estimates the call should build it with NewCall and
+// read its Model instead: the body is then decoded once for both.
 func ParseLLMBody(body []byte) (LLMBody, error) {
 	var f llmFields
 	if err := json.Unmarshal(body, &f); err != nil {
 		return LLMBody{}, err
 	}
+	return f.body(), nil
+}
+
+func (f *llmFields) body() LLMBody {
 	out := LLMBody{Model: f.Model}
 	for _, v := range []*int64{f.MaxCompletionTokens, f.MaxTokens, f.MaxOutputTokens} {
 		if v != nil && *v > 0 {
@@ -45,7 +52,7 @@ func ParseLLMBody(body []byte) (LLMBody, error) {
 			break
 		}
 	}
-	return out, nil
+	return out
 }
 
 // PoolCost is one pool's share of an estimate: the units its bucket is
@@ -56,6 +63,14 @@ type PoolCost struct {
 }
 
 // Call is the part of a request an estimate reads.
+//
+// Build it with NewCall to have its body decoded at most once: Model, for
+// routing, and every Estimate of the call (copies included) then share one
+// decode. A Call written as a literal works too; its first Model call (on
+// an addressable Call) attaches the decode, else each Estimate decodes the
+// body anew. Body must not change once read: a Body replaced by another
+// slice is decoded afresh, but bytes changed in place are not noticed.
+// After NewCall, Model and Estimate are safe for concurrent use.
 type Call struct {
 	Path        string
 	ContentType string
@@ -64,6 +79,37 @@ type Call struct {
 	// sent only its first bytes, which cannot be parsed; such a call is
 	// estimated from its size.
 	BodySize int64
+
+	parsed *parsedBody // shared by copies of the Call
+}
+
+// NewCall returns the call to path with body, of which size bytes were sent
+// in all (size may exceed len(body) when body is only their beginning), set
+// up to decode its body at most once.
+func NewCall(path, contentType string, body []byte, size int64) Call {
+	return Call{Path: path, ContentType: contentType, Body: body, BodySize: size, parsed: newParsedBody(body)}
+}
+
+// Model returns the body's "model" field, as ParseLLMBody reads it: "" when
+// the body has none or cannot be read (not JSON, truncated, a field of the
+// wrong type). Routing by model calls it before the route is known; the
+// decode it makes is the one Estimate uses.
+func (c *Call) Model() string {
+	b, _ := c.body().llmBody()
+	return b.Model
+}
+
+// body returns the Call's decode, attaching one if it has none for Body.
+func (c *Call) body() *parsedBody {
+	if c.parsed == nil || !sameSlice(c.parsed.body, c.Body) {
+		c.parsed = newParsedBody(c.Body)
+	}
+	return c.parsed
+}
+
+// sameSlice reports whether a and b are the same bytes of memory.
+func sameSlice(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // Estimate is the expected cost of one call.
@@ -116,8 +162,9 @@ type Estimator struct {
 	Learner *Learner
 }
 
-// Estimate prices call c on route r under policy set. Token pools are
-// charged input plus output tokens: counted with the model's tokenizer and
+// Estimate prices call c on route r under policy set, reading c's body
+// through the decode c carries (see NewCall). Token pools are charged
+// input plus output tokens: counted with the model's tokenizer and
 // the provider's message rules, the output being the body's allowance
 // (times n) or else the model's or route's default; when the body cannot be
 // read (truncated, not JSON) one token per BytesPerToken bytes stands in for
@@ -130,15 +177,16 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 	size := max(c.BodySize, int64(len(c.Body)))
 	whole := size <= int64(len(c.Body))
 	llm := r.LLM()
+	p := c.body()
 	if whole {
 		switch r.Provider {
 		case policy.ProviderOpenAI:
-			if q, err := ParseOpenAI(c.Path, c.Body, e.Tok); err == nil && e.Tok != nil {
+			if q, err := parseOpenAI(c.Path, p, e.Tok); err == nil && e.Tok != nil {
 				est.Model, est.InputTokens, est.OutputTokens, est.Images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
 				est.Kind, est.Stream, est.IncludeUsage, est.AudioParts, est.N = q.Kind, q.Stream, q.IncludeUsage, q.AudioParts, max(q.N, 1)
 			}
 		case policy.ProviderAnthropic:
-			if q, err := ParseAnthropic(c.Body, e.Tok); err == nil && e.Tok != nil {
+			if q, err := parseAnthropic(p, e.Tok); err == nil && e.Tok != nil {
 				est.Model, est.InputTokens, est.OutputTokens, est.Images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
 				est.Stream, est.IncludeUsage = q.Stream, q.Stream // message_start and message_delta carry usage
 			}
@@ -156,7 +204,7 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 	var model *policy.Model
 	if llm {
 		if !est.Exact {
-			b, _ := ParseLLMBody(c.Body) // a body that is not JSON is estimated by its size
+			b, _ := p.llmBody() // a body that is not JSON is estimated by its size
 			est.Model, est.OutputTokens = b.Model, b.MaxTokens
 			est.InputTokens = ceilDiv(size, BytesPerToken)
 		}

@@ -2,6 +2,7 @@ package costing
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/dlclark/regexp2"
 	"github.com/pkoukk/tiktoken-go"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
+
+	"github.com/tollgate/tollgate/policy"
 )
 
 // The references the tokenizer is tested against, kept out of the binary:
@@ -122,3 +125,89 @@ func Pieces(t *Tokenizer, encoding, text string) (regex, split []string, err err
 
 // SmallPiece is the longest piece the rescan merge takes.
 const SmallPiece = smallPiece
+
+// WholeDecodes returns how many times c's body was decoded whole so far
+// (0 for a Call that has not attached a decode).
+func WholeDecodes(c *Call) int {
+	if c.parsed == nil {
+		return 0
+	}
+	return int(c.parsed.decodes.Load())
+}
+
+// DecodedAgain reports whether some parser decodes body whole again: when
+// it repeats a key, or its messages are not an array of objects.
+func DecodedAgain(body []byte) bool {
+	p := newParsedBody(body)
+	p.decoded()
+	return p.whole || p.badMessages
+}
+
+// wholeBody is a body decoded the way the parsers did before parsedBody:
+// whole into each parser's struct, as a body with a repeated key still is.
+func wholeBody(body []byte) *parsedBody {
+	p := newParsedBody(body)
+	p.once.Do(func() { p.whole = true })
+	return p
+}
+
+// The parsers as they were, each decoding the body whole into its struct:
+// the reference the one-decode path is held to.
+func ParseOpenAIWhole(path string, body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+	return parseOpenAI(path, wholeBody(body), tok)
+}
+
+func ParseAnthropicWhole(body []byte, tok *Tokenizer) (AnthropicRequest, error) {
+	return parseAnthropic(wholeBody(body), tok)
+}
+
+// LLMBodyOnce is what Call.Model reads: ParseLLMBody's answer from the
+// one decode.
+func LLMBodyOnce(body []byte) (LLMBody, error) { return newParsedBody(body).llmBody() }
+
+// ParserFields returns, for TestBodyFieldsCoverParsers, the JSON names of
+// the fields of each parser struct, under the names of the fields that
+// parsedBody keeps for it (bodyFields, or rawMessage for a message).
+func ParserFields() map[string]map[string][]string {
+	names := func(v any) []string {
+		var out []string
+		t := reflect.TypeOf(v)
+		for i := range t.NumField() {
+			out = append(out, strings.Split(t.Field(i).Tag.Get("json"), ",")[0])
+		}
+		return out
+	}
+	return map[string]map[string][]string{
+		strings.Join(names(bodyFields{}), " "): {
+			"llmFields":          names(llmFields{}),
+			"chatRequest":        names(chatRequest{}),
+			"responsesRequest":   names(responsesRequest{}),
+			"embeddingsRequest":  names(embeddingsRequest{}),
+			"completionsRequest": names(completionsRequest{}),
+			"anthropicRequest":   names(anthropicRequest{}),
+		},
+		strings.Join(names(rawMessage{}), " "): {
+			"chatMessage":      names(chatMessage{}),
+			"anthropicMessage": names(anthropicMessage{}),
+		},
+	}
+}
+
+// EstimateWhole is Estimate with c's body read by the parsers as they were
+// (ParseOpenAIWhole, ParseAnthropicWhole, and ParseLLMBody's decode).
+func EstimateWhole(e Estimator, set *policy.Set, r *policy.Route, c Call) Estimate {
+	c.parsed = wholeBody(c.Body)
+	return e.Estimate(set, r, c)
+}
+
+// ShareEncoders returns a Tokenizer with t's loaded encoders (immutable,
+// tens of MB each) and a cache of its own as cfg asks, so tests and
+// benchmarks compare caches without loading the ranks again.
+func ShareEncoders(t *Tokenizer, cfg TokenizerConfig) *Tokenizer {
+	n := &Tokenizer{cache: newCountCache(cfg)}
+	for _, e := range [][2]*lazyEncoder{{&n.o200k, &t.o200k}, {&n.cl100k, &t.cl100k}} {
+		dst, src := e[0], e[1]
+		dst.once.Do(func() { dst.bpe, dst.err = src.bpe, src.err })
+	}
+	return n
+}

@@ -213,3 +213,73 @@ func FuzzSplit(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseOnce holds the one-decode path (NewCall, Model, the parsers
+// reading parsedBody) to the parsers as they were, decoding the body whole
+// into each of their structs: the same results, errors of the same kind,
+// the same route and the same estimate, the same counts with the cache as
+// without, and one whole-body decode unless the
+// body repeats a key or its messages are not an array of objects.
+func FuzzParseOnce(f *testing.F) {
+	for _, provider := range []string{"openai", "anthropic"} {
+		recorded := bodies(f, provider)
+		for _, file := range sortedKeys(recorded) {
+			f.Add("/v1/chat/completions", recorded[file], uint16(0))
+		}
+	}
+	for _, name := range sortedKeys(parseCases) {
+		for _, p := range append(openAIPaths, "/v1/messages") {
+			f.Add(p, []byte(parseCases[name]), uint16(0))
+		}
+	}
+	f.Add("/v1/chat/completions", []byte(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]} `), uint16(1))
+	tok := tokenizer(f)
+	off := costing.ShareEncoders(tok, costing.TokenizerConfig{})
+	set := routedSet(f)
+	f.Fuzz(func(t *testing.T, path string, body []byte, cut uint16) {
+		sameParse(t, tok, path, body, false)
+		sameCached(t, off, tok, path, body)
+
+		sent := body // cut > 0: only the body's first bytes reached us
+		if int(cut) < len(body) && cut > 0 {
+			sent = body[:len(body)-int(cut)]
+		}
+		for _, host := range []string{"api.openai.com", "api.anthropic.com"} {
+			c := costing.NewCall(path, "application/json", sent, int64(len(body)))
+			r := routeCall(set, host, &c)
+			old, _ := costing.ParseLLMBody(sent)
+			want := set.MatchRoute(host, path, old.Model)
+			require.Equal(t, want, r, "%s %q", host, sent)
+			if r == nil {
+				continue
+			}
+			for _, est := range []costing.Estimator{{Tok: tok}, {}} {
+				require.Equal(t, costing.EstimateWhole(est, set, r, costing.Call{Path: path, Body: sent, BodySize: int64(len(body))}),
+					est.Estimate(set, r, c), "%s %q", host, sent)
+			}
+			if !costing.DecodedAgain(sent) { // else decoded whole by some parser, the old way
+				require.Equal(t, 1, costing.WholeDecodes(&c), "%q", sent)
+			}
+		}
+	})
+}
+
+// FuzzCountCache checks that a cache never changes a count: counted twice
+// (a miss, then a hit), through a cache that keeps it and through one of a
+// single set that another text may have evicted it from.
+func FuzzCountCache(f *testing.F) {
+	for _, s := range []string{"", "a", "tiktoken is great!", "お誕生日おめでとう", "ab\xffcd", strings.Repeat("x", 100)} {
+		f.Add(s, "other text")
+	}
+	off, on, tiny := tokenizers(f)
+	f.Fuzz(func(t *testing.T, text, other string) {
+		for _, enc := range encodings {
+			want := off.Count(enc, text)
+			for range 2 {
+				require.Equal(t, want, on.Count(enc, text), "%s %q", enc, text)
+				require.Equal(t, want, tiny.Count(enc, text), "%s %q", enc, text)
+				require.Equal(t, off.Count(enc, other), tiny.Count(enc, other), "%s %q", enc, other)
+			}
+		}
+	})
+}

@@ -78,6 +78,10 @@ const (
 // negative allowance gives ErrMalformedBody; an unknown path gives
 // ErrUnknownEndpoint.
 func ParseOpenAI(path string, body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+	return parseOpenAI(path, newParsedBody(body), tok)
+}
+
+func parseOpenAI(path string, p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 	kind, ok := openAIKind(path)
 	if !ok {
 		return OpenAIRequest{}, fmt.Errorf("%w: %.100q", ErrUnknownEndpoint, path)
@@ -85,7 +89,7 @@ func ParseOpenAI(path string, body []byte, tok *Tokenizer) (OpenAIRequest, error
 	if tok == nil {
 		return OpenAIRequest{}, ErrNilTokenizer
 	}
-	if !isObject(body) {
+	if !isObject(p.body) {
 		return OpenAIRequest{}, malformed("%s: not a JSON object", kind)
 	}
 	var (
@@ -94,13 +98,13 @@ func ParseOpenAI(path string, body []byte, tok *Tokenizer) (OpenAIRequest, error
 	)
 	switch kind {
 	case KindChat:
-		r, err = parseChat(body, tok)
+		r, err = parseChat(p, tok)
 	case KindResponses:
-		r, err = parseResponses(body, tok)
+		r, err = parseResponses(p, tok)
 	case KindEmbeddings:
-		r, err = parseEmbeddings(body, tok)
+		r, err = parseEmbeddings(p, tok)
 	default:
-		r, err = parseCompletions(body, tok)
+		r, err = parseCompletions(p, tok)
 	}
 	if err != nil {
 		return OpenAIRequest{}, fmt.Errorf("openai %s: %w", kind, err)
@@ -145,12 +149,7 @@ func (t *tally) json(raw json.RawMessage) {
 	if isNull(raw) {
 		return
 	}
-	t.compact.Reset()
-	if err := json.Compact(&t.compact, raw); err != nil {
-		t.text(string(raw)) // unreachable: raw came from a successful decode
-		return
-	}
-	t.text(t.compact.String())
+	t.tokens += t.tok.countJSON(t.enc, raw, &t.compact)
 }
 
 // message adds one message's wrapping: 3 tokens plus its role, plus 1 and
@@ -179,9 +178,11 @@ func (t *tally) content(field string, raw json.RawMessage) error {
 	}
 	switch raw[0] {
 	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return malformed("%s: %v", field, err)
+		s, ok := plainString(raw)
+		if !ok {
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return malformed("%s: %v", field, err)
+			}
 		}
 		t.text(s)
 		return nil
@@ -330,9 +331,9 @@ func (t *tally) schema(f *schemaFormat) {
 	t.json(f.Schema)
 }
 
-func parseChat(body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+func parseChat(p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 	var b chatRequest
-	if err := json.Unmarshal(body, &b); err != nil {
+	if err := p.decode(&b); err != nil {
 		return OpenAIRequest{}, malformed("%v", err)
 	}
 	t := tally{tok: tok, enc: EncodingFor(b.Model)}
@@ -433,9 +434,9 @@ type responsesItem struct {
 	} `json:"summary"`
 }
 
-func parseResponses(body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+func parseResponses(p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 	var b responsesRequest
-	if err := json.Unmarshal(body, &b); err != nil {
+	if err := p.decode(&b); err != nil {
 		return OpenAIRequest{}, malformed("%v", err)
 	}
 	t := tally{tok: tok, enc: EncodingFor(b.Model)}
@@ -515,9 +516,9 @@ type embeddingsRequest struct {
 	Input json.RawMessage `json:"input"`
 }
 
-func parseEmbeddings(body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+func parseEmbeddings(p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 	var b embeddingsRequest
-	if err := json.Unmarshal(body, &b); err != nil {
+	if err := p.decode(&b); err != nil {
 		return OpenAIRequest{}, malformed("%v", err)
 	}
 	t := tally{tok: tok, enc: EncodingFor(b.Model)}
@@ -542,9 +543,9 @@ type completionsRequest struct {
 // gets max(n, best_of) completions of up to max_tokens each, all billed.
 // The API's own default of 16 max_tokens is left to the policy, like every
 // other absent allowance.
-func parseCompletions(body []byte, tok *Tokenizer) (OpenAIRequest, error) {
+func parseCompletions(p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 	var b completionsRequest
-	if err := json.Unmarshal(body, &b); err != nil {
+	if err := p.decode(&b); err != nil {
 		return OpenAIRequest{}, malformed("%v", err)
 	}
 	t := tally{tok: tok, enc: EncodingFor(b.Model)}

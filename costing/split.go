@@ -229,7 +229,8 @@ func cl100kWord(s string, i int) int {
 //	|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?
 //	|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
 func splitO200K(s string, yield func(string)) {
-	var offs []int
+	var buf [32]int // o200kLower's scratch: a run of more capital letters grows it on the heap
+	offs := buf[:0]
 	for i := 0; i < len(s); {
 		var j int
 		j, offs = o200kLower(s, i, offs)

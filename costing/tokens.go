@@ -1,8 +1,11 @@
 package costing
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 )
@@ -14,12 +17,15 @@ const (
 )
 
 // Tokenizer counts tokens with OpenAI's BPE encodings. It caches one encoder
-// per encoding, built on first use (or up front by NewTokenizer). It is safe
-// for concurrent use. Its zero value is ready to use but builds lazily; prefer
-// NewTokenizer at startup, which pays the load (a few hundred ms and some tens
-// of MB per encoding) before traffic arrives and reports a broken build.
+// per encoding, built on first use (or up front by NewTokenizer), and the
+// counts of texts it has seen (see TokenizerConfig). It is safe for
+// concurrent use. Its zero value is ready to use but builds lazily and
+// caches no counts; prefer NewTokenizer at startup, which pays the load (a
+// few hundred ms and some tens of MB per encoding) before traffic arrives
+// and reports a broken build.
 type Tokenizer struct {
 	o200k, cl100k lazyEncoder
+	cache         *countCache // nil: every text is counted
 }
 
 type lazyEncoder struct {
@@ -38,9 +44,18 @@ func (l *lazyEncoder) get(name string) (*lazyEncoder, error) {
 }
 
 // NewTokenizer returns a Tokenizer with both encodings loaded from the
-// embedded ranks.
+// embedded ranks, and DefaultTokenizerConfig's cache.
 func NewTokenizer() (*Tokenizer, error) {
-	t := &Tokenizer{}
+	return NewTokenizerWith(DefaultTokenizerConfig())
+}
+
+// NewTokenizerWith returns a Tokenizer with both encodings loaded and the
+// cache cfg asks for.
+func NewTokenizerWith(cfg TokenizerConfig) (*Tokenizer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &Tokenizer{cache: newCountCache(cfg)}
 	_, err1 := t.o200k.get(EncodingO200K)
 	_, err2 := t.cl100k.get(EncodingCL100K)
 	if err := errors.Join(err1, err2); err != nil {
@@ -64,6 +79,9 @@ func (t *Tokenizer) encoder(encoding string) (*lazyEncoder, error) {
 // so only a broken build can do that, and NewTokenizer reports it), it
 // returns len(text), an upper bound since every token covers at least one
 // byte.
+//
+// A text of CacheMinLen bytes or more is looked up in the cache first; the
+// count is the same either way.
 func (t *Tokenizer) Count(encoding, text string) int64 {
 	if text == "" {
 		return 0
@@ -72,8 +90,58 @@ func (t *Tokenizer) Count(encoding, text string) int64 {
 	if err != nil {
 		return int64(len(text))
 	}
-	return int64(e.bpe.count(text))
+	if !t.cache.takes(len(text)) {
+		return int64(e.bpe.count(text))
+	}
+	h := maphash.String(t.cache.seeds[keyText+t.index(e)], text)
+	if n, ok := t.cache.get(h, len(text)); ok {
+		return n
+	}
+	n := e.bpe.count(text)
+	t.cache.put(h, len(text), n)
+	return int64(n)
 }
+
+// countJSON returns Count of raw's compact form (raw a valid JSON value),
+// compacting it into buf. The cache keys it by raw itself, so that tool
+// definitions sent again cost neither compacting nor counting.
+func (t *Tokenizer) countJSON(encoding string, raw []byte, buf *bytes.Buffer) int64 {
+	e, err := t.encoder(encoding)
+	if err != nil || !t.cache.takes(len(raw)) {
+		return t.Count(encoding, compact(raw, buf))
+	}
+	h := maphash.Bytes(t.cache.seeds[keyCompactJSON+t.index(e)], raw)
+	if n, ok := t.cache.get(h, len(raw)); ok {
+		return n
+	}
+	text := compact(raw, buf)
+	n := 0
+	if text != "" {
+		n = e.bpe.count(text)
+	}
+	t.cache.put(h, len(raw), n)
+	return int64(n)
+}
+
+// compact returns raw in compact form, using buf.
+func compact(raw []byte, buf *bytes.Buffer) string {
+	buf.Reset()
+	if err := json.Compact(buf, raw); err != nil {
+		return string(raw) // unreachable: raw came from a successful decode
+	}
+	return buf.String()
+}
+
+// index is e's place among the encoders, for its seeds in the cache.
+func (t *Tokenizer) index(e *lazyEncoder) int {
+	if e == &t.cl100k {
+		return 1
+	}
+	return 0
+}
+
+// CacheStats returns the cache's hits and misses so far, for a metric.
+func (t *Tokenizer) CacheStats() CacheStats { return t.cache.snapshot() }
 
 // EncodingFor names the encoding a model tokenizes with. tiktoken-go's
 // EncodingForModel fails for newer names (gpt-5, o3-mini, gpt-4.1-nano...),
