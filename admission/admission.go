@@ -161,7 +161,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 			qm.wait.WithLabelValues(class.String(), string(o)).Observe(waited.Seconds())
 		},
 	})
-	if s.m, qm, err = newMetrics(deps.Registerer, s.queue); err != nil {
+	if s.m, qm, err = newMetrics(deps.Registerer, s.queue, tok); err != nil {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,

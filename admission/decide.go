@@ -55,8 +55,9 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Allowed = set.Defaults.InvalidRequest == policy.Allow
 		return v
 	}
-	call := costing.Call{Path: r.Path, ContentType: r.Headers["content-type"], Body: r.Body, BodySize: r.BodySize}
-	route := matchRoute(set, r.Host, r.Path, call)
+	// One parse of the body serves routing (the model) and the estimate.
+	call := costing.NewCall(r.Path, r.Headers["content-type"], r.Body, r.BodySize)
+	route := matchRoute(set, r.Host, r.Path, &call)
 	if route == nil {
 		v := Verdict{Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute, Provider: policy.ProviderGeneric, Host: r.Host, Path: r.Path}
 		v.Allowed = set.Defaults.UnmatchedRoute == policy.Allow

@@ -63,8 +63,8 @@ func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType st
 	if path == "" {
 		path = "/"
 	}
-	call := costing.Call{Path: path, ContentType: contentType, Body: body, BodySize: int64(len(body))}
-	route := matchRoute(set, u.Host, path, call)
+	call := costing.NewCall(path, contentType, body, int64(len(body)))
+	route := matchRoute(set, u.Host, path, &call)
 	if route == nil {
 		return EstimateReport{}, fmt.Errorf("%w %s%s", ErrNoRoute, u.Host, path)
 	}
@@ -87,11 +87,10 @@ func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType st
 
 // matchRoute is the route Check picks: by host and path, and by the body's
 // model when some route tells models apart.
-func matchRoute(set *policy.Set, host, path string, call costing.Call) *policy.Route {
+func matchRoute(set *policy.Set, host, path string, call *costing.Call) *policy.Route {
 	var model string
 	if set.RouteWantsModel(host, path) {
-		b, _ := costing.ParseLLMBody(call.Body) // unreadable: matched as having no model
-		model = b.Model
+		model = call.Model() // unreadable: matched as having no model; the estimate reuses the decode
 	}
 	return set.MatchRoute(host, path, model)
 }

@@ -3,6 +3,7 @@ package admission
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter/queue"
 	"github.com/tollgate/tollgate/policy"
@@ -27,8 +28,18 @@ type metrics struct {
 
 // newMetrics makes the service's metrics and the hold queue's, and
 // registers them all or none.
-func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt]) (*metrics, *queueMetrics, error) {
+func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer) (*metrics, *queueMetrics, error) {
 	var f metricset.Set
+	if tok != nil {
+		f.CounterFunc(prometheus.CounterOpts{
+			Name: "tollgate_costing_token_cache_hits_total",
+			Help: "Texts whose token count came from the count cache (a repeated system prompt, message or tool definition) instead of the tokenizer.",
+		}, func() float64 { return float64(tok.CacheStats().Hits) })
+		f.CounterFunc(prometheus.CounterOpts{
+			Name: "tollgate_costing_token_cache_misses_total",
+			Help: "Texts the tokenizer counted because the count cache did not have them.",
+		}, func() float64 { return float64(tok.CacheStats().Misses) })
+	}
 	m := &metrics{
 		decisions: f.CounterVec(prometheus.CounterOpts{
 			Name: "tollgate_authz_decisions_total",
@@ -81,7 +92,10 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt]) (*metrics, *
 		}, []string{"model"}),
 	}
 	qm := newQueueMetrics(&f)
-	metricset.Add(&f, newQueueCollector(q))
+	qc := newQueueCollector(q)
+	metricset.Add(&f, qc,
+		metricset.Spec{Name: "tollgate_queue_depth", Type: "gauge", Labels: []string{"pool", "class"}, Help: queueDepthHelp},
+		metricset.Spec{Name: "tollgate_queue_oldest_wait_seconds", Type: "gauge", Labels: []string{"pool", "class"}, Help: queueOldestHelp})
 	if err := f.Register("admission", reg); err != nil {
 		return nil, nil, err
 	}
@@ -114,6 +128,11 @@ func newQueueMetrics(f *metricset.Set) *queueMetrics {
 	return m
 }
 
+const (
+	queueDepthHelp  = "Calls held, by pool (or concurrency) and class; deferred calls waiting for the off-peak window are under pool \"off_peak\"."
+	queueOldestHelp = "How long the oldest call held has waited, by pool (or concurrency) and class."
+)
+
 // queueCollector reports depth and oldest wait per line and class when
 // scraped.
 type queueCollector struct {
@@ -124,8 +143,8 @@ type queueCollector struct {
 
 func newQueueCollector(q *queue.Queue[attempt]) *queueCollector {
 	return &queueCollector{q: q,
-		depth:  prometheus.NewDesc("tollgate_queue_depth", "Calls held, by pool (or concurrency) and class; deferred calls waiting for the off-peak window are under pool \"off_peak\".", []string{"pool", "class"}, nil),
-		oldest: prometheus.NewDesc("tollgate_queue_oldest_wait_seconds", "How long the oldest call held has waited, by pool (or concurrency) and class.", []string{"pool", "class"}, nil),
+		depth:  prometheus.NewDesc("tollgate_queue_depth", queueDepthHelp, []string{"pool", "class"}, nil),
+		oldest: prometheus.NewDesc("tollgate_queue_oldest_wait_seconds", queueOldestHelp, []string{"pool", "class"}, nil),
 	}
 }
 

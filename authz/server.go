@@ -23,6 +23,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter"
 )
 
@@ -77,8 +78,9 @@ func (c Config) Validate() error {
 type Deps struct {
 	Policies admission.PolicySource
 	Store    admission.Store
-	// Registry receives the server's metrics and is served on /metrics.
-	Registry *prometheus.Registry
+	// Registry receives the server's metrics and is served on /metrics; a
+	// *metricset.Registry also serves its catalog on /debug/metrics.
+	Registry Registry
 	Logger   *slog.Logger
 	// Checks are readiness probes by component ("redis"); /readyz fails
 	// while any fails.
@@ -92,6 +94,13 @@ type Deps struct {
 	// Clock picks budget periods and dates reservations; nil is the
 	// system clock.
 	Clock limiter.Clock
+}
+
+// Registry is where metrics are registered and gathered from:
+// *prometheus.Registry or *metricset.Registry.
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
 }
 
 // Server serves Envoy's gRPC services and the admin HTTP endpoints.
@@ -300,6 +309,11 @@ func (s *Server) adminMux() *http.ServeMux {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry}))
+	if c, ok := s.deps.Registry.(interface{ Catalog() []metricset.Spec }); ok {
+		mux.HandleFunc("GET /debug/metrics", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, c.Catalog())
+		})
+	}
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
 	s.apiRoutes(mux)
 	s.estimateRoute(mux)

@@ -212,8 +212,8 @@ func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
 // newRegistry is the registry serve exposes on /metrics, with the Go,
 // process and build-info collectors; every component registers its own
 // metrics in it, all or none, returning an error rather than panicking.
-func newRegistry() (*prometheus.Registry, error) {
-	reg := prometheus.NewRegistry()
+func newRegistry() (*metricset.Registry, error) {
+	reg := metricset.NewRegistry()
 	var base metricset.Set
 	metricset.Add(&base, collectors.NewGoCollector())
 	metricset.Add(&base, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

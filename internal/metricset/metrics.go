@@ -8,6 +8,9 @@ package metricset
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -15,52 +18,75 @@ import (
 // Set collects collectors to register together. The zero value is ready
 // to use; a Set is not safe for concurrent use while it is being filled.
 type Set struct {
-	all []prometheus.Collector
+	all   []prometheus.Collector
+	specs []Spec
 }
 
-// Add keeps c to be registered with the others and returns it.
-func Add[C prometheus.Collector](s *Set, c C) C {
+// Spec describes one metric a Set makes: what the operations docs list.
+type Spec struct {
+	Name   string   `json:"name"`
+	Type   string   `json:"type"` // counter, gauge, histogram
+	Labels []string `json:"labels"`
+	Help   string   `json:"help"`
+}
+
+// Add keeps c to be registered with the others and returns it; specs
+// describe the metrics of a collector the Set did not make itself.
+func Add[C prometheus.Collector](s *Set, c C, specs ...Spec) C {
 	s.all = append(s.all, c)
+	s.specs = append(s.specs, specs...)
 	return c
+}
+
+func (s *Set) spec(typ, name, help string, labels []string) {
+	s.specs = append(s.specs, Spec{Name: name, Type: typ, Labels: append([]string{}, labels...), Help: help})
 }
 
 // Counter makes a counter.
 func (s *Set) Counter(o prometheus.CounterOpts) prometheus.Counter {
+	s.spec("counter", o.Name, o.Help, nil)
 	return Add(s, prometheus.NewCounter(o))
 }
 
 // CounterVec makes a counter vector.
 func (s *Set) CounterVec(o prometheus.CounterOpts, labels []string) *prometheus.CounterVec {
+	s.spec("counter", o.Name, o.Help, labels)
 	return Add(s, prometheus.NewCounterVec(o, labels))
 }
 
 // Gauge makes a gauge.
 func (s *Set) Gauge(o prometheus.GaugeOpts) prometheus.Gauge {
+	s.spec("gauge", o.Name, o.Help, nil)
 	return Add(s, prometheus.NewGauge(o))
 }
 
 // GaugeVec makes a gauge vector.
 func (s *Set) GaugeVec(o prometheus.GaugeOpts, labels []string) *prometheus.GaugeVec {
+	s.spec("gauge", o.Name, o.Help, labels)
 	return Add(s, prometheus.NewGaugeVec(o, labels))
 }
 
 // GaugeFunc makes a gauge read from fn at each scrape.
 func (s *Set) GaugeFunc(o prometheus.GaugeOpts, fn func() float64) prometheus.GaugeFunc {
+	s.spec("gauge", o.Name, o.Help, nil)
 	return Add(s, prometheus.NewGaugeFunc(o, fn))
 }
 
 // CounterFunc makes a counter read from fn at each scrape.
 func (s *Set) CounterFunc(o prometheus.CounterOpts, fn func() float64) prometheus.CounterFunc {
+	s.spec("counter", o.Name, o.Help, nil)
 	return Add(s, prometheus.NewCounterFunc(o, fn))
 }
 
 // Histogram makes a histogram.
 func (s *Set) Histogram(o prometheus.HistogramOpts) prometheus.Histogram {
+	s.spec("histogram", o.Name, o.Help, nil)
 	return Add(s, prometheus.NewHistogram(o))
 }
 
 // HistogramVec makes a histogram vector.
 func (s *Set) HistogramVec(o prometheus.HistogramOpts, labels []string) *prometheus.HistogramVec {
+	s.spec("histogram", o.Name, o.Help, labels)
 	return Add(s, prometheus.NewHistogramVec(o, labels))
 }
 
@@ -83,7 +109,37 @@ func (s *Set) Register(component string, reg prometheus.Registerer) error {
 			return fmt.Errorf("%s: metrics: %w", component, err)
 		}
 	}
+	if c, ok := reg.(*Registry); ok {
+		c.record(s.specs)
+	}
 	return nil
+}
+
+// Registry is a Prometheus registry that also keeps the Spec of every
+// metric registered through a Set: the catalog an admin endpoint serves and
+// a test checks the operations docs against. It is safe for concurrent use.
+type Registry struct {
+	*prometheus.Registry
+	mu      sync.Mutex
+	catalog []Spec
+}
+
+// NewRegistry returns an empty Registry.
+func NewRegistry() *Registry { return &Registry{Registry: prometheus.NewRegistry()} }
+
+func (r *Registry) record(specs []Spec) {
+	r.mu.Lock()
+	r.catalog = append(r.catalog, specs...)
+	r.mu.Unlock()
+}
+
+// Catalog lists the metrics registered through Sets, sorted by name.
+func (r *Registry) Catalog() []Spec {
+	r.mu.Lock()
+	out := slices.Clone(r.catalog)
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b Spec) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Unregister takes every collector of the set off reg again (for a

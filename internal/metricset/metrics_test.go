@@ -42,3 +42,18 @@ func TestRegisterTwiceErrs(t *testing.T) {
 	assert.Contains(t, err.Error(), "second: metrics")
 	require.Error(t, build().Register("nil", nil))
 }
+
+func TestCatalog(t *testing.T) {
+	reg := metricset.NewRegistry()
+	require.NoError(t, build().Register("test", reg))
+	var names []string
+	for _, s := range reg.Catalog() {
+		names = append(names, s.Name+":"+s.Type)
+	}
+	assert.Equal(t, []string{"tollgate_test_a_total:counter", "tollgate_test_b_total:counter", "tollgate_test_c:gauge", "tollgate_test_d_seconds:histogram"}, names)
+	assert.Equal(t, []string{"x"}, reg.Catalog()[1].Labels)
+
+	// A failed set adds nothing to the catalog.
+	require.Error(t, build().Register("again", reg))
+	assert.Len(t, reg.Catalog(), 4)
+}
