@@ -1,10 +1,9 @@
 package cluster
 
 import (
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter"
 )
 
@@ -30,26 +29,25 @@ type metrics struct {
 // newMetrics registers the Store's metrics with reg; a registry that has
 // them already (a second Store on it) is an error, not a panic.
 func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
-	var all []prometheus.Collector
-	f := factory{&all}
-	decisions := f.NewCounterVec(prometheus.CounterOpts{
+	var f metricset.Set
+	decisions := f.CounterVec(prometheus.CounterOpts{
 		Name: "tollgate_cluster_decisions_total",
 		Help: "Decisions by how they were taken: local (from leases, no round trip), lease (after refreshing a lease or slots), shared (by the shared store), outage (on this member's share while the shared store is unreachable); and by result (admitted, denied).",
 	}, []string{"path", "result"})
 	m := &metrics{
-		leases: f.NewCounter(prometheus.CounterOpts{
+		leases: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_cluster_leases_total",
 			Help: "Bucket leases asked of the shared store.",
 		}),
-		slices: f.NewCounter(prometheus.CounterOpts{
+		slices: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_cluster_budget_slices_total",
 			Help: "Slices of budget chains asked of the shared store.",
 		}),
-		booked: f.NewCounter(prometheus.CounterOpts{
+		booked: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_cluster_booked_batches_total",
 			Help: "Batches of locally decided spend booked into the shared store.",
 		}),
-		replayed: f.NewCounter(prometheus.CounterOpts{
+		replayed: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_cluster_queued_ends_total",
 			Help: "Settles told to the shared store by the sync loop: budget slices at what they spent, and the settles and releases of shared reservations that an outage held back.",
 		}),
@@ -58,7 +56,7 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		m.decisions[p][0] = decisions.WithLabelValues(name, "denied")
 		m.decisions[p][1] = decisions.WithLabelValues(name, "admitted")
 	}
-	f.NewGaugeFunc(prometheus.GaugeOpts{
+	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_outage",
 		Help: "1 while the shared store is unreachable and this member decides on its own share, else 0.",
 	}, func() float64 {
@@ -67,11 +65,11 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		}
 		return 0
 	})
-	f.NewGaugeFunc(prometheus.GaugeOpts{
+	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_members",
 		Help: "Live members of the fleet this member sees, itself included.",
 	}, func() float64 { return float64(s.peers.Live()) })
-	f.NewGaugeFunc(prometheus.GaugeOpts{
+	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_unbooked_deltas",
 		Help: "Budget periods with spend decided here and not yet booked into the shared store.",
 	}, func() float64 {
@@ -83,34 +81,10 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		}
 		return float64(n)
 	})
-	for i, c := range all {
-		if err := reg.Register(c); err != nil {
-			for _, done := range all[:i] {
-				reg.Unregister(done)
-			}
-			return nil, fmt.Errorf("cluster: metrics: %w", err)
-		}
+	if err := f.Register("cluster", reg); err != nil {
+		return nil, err
 	}
 	return m, nil
-}
-
-// factory makes collectors and keeps them, to be registered together.
-type factory struct{ all *[]prometheus.Collector }
-
-func (f factory) NewCounter(o prometheus.CounterOpts) prometheus.Counter {
-	c := prometheus.NewCounter(o)
-	*f.all = append(*f.all, c)
-	return c
-}
-
-func (f factory) NewCounterVec(o prometheus.CounterOpts, labels []string) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(o, labels)
-	*f.all = append(*f.all, c)
-	return c
-}
-
-func (f factory) NewGaugeFunc(o prometheus.GaugeOpts, fn func() float64) {
-	*f.all = append(*f.all, prometheus.NewGaugeFunc(o, fn))
 }
 
 // count counts a decision taken on path and hands it on.

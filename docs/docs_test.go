@@ -1,12 +1,11 @@
 // Package docs holds Tollgate's reference pages. Its tests keep them honest:
-// the README stays a short front door, every relative link leads somewhere,
-// and the metrics table in operations.md names exactly the metrics the code
-// defines.
+// the README stays a short front door and every relative link leads
+// somewhere. (The metrics table in operations.md is checked against the
+// live registry of `tollgate serve`, in cmd/tollgate.)
 package docs
 
 import (
 	"bufio"
-	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -99,157 +98,6 @@ func TestSlug(t *testing.T) {
 			assert.Equal(t, tc.want, slug(tc.heading))
 		})
 	}
-}
-
-// TestMetricsTable holds the metrics table of operations.md to the metrics
-// the code defines. definedMetrics is the one place that says what exists;
-// replace it (say, with the names a live registry gathers) without touching
-// the comparison.
-func TestMetricsTable(t *testing.T) {
-	documented := metricsTable(t, filepath.Join(root, "docs", "operations.md"))
-	defined := definedMetrics(t)
-	require.NotEmpty(t, defined, "found no metric definitions in the code")
-	compareMetrics(t, documented, defined)
-}
-
-// compareMetrics asserts that every defined metric (name → where it is
-// defined) has a row and that every row names a defined metric.
-func compareMetrics(t *testing.T, documented map[string]metricRow, defined map[string]string) {
-	t.Helper()
-	for _, name := range sortedKeys(defined) {
-		_, ok := documented[name]
-		assert.True(t, ok, "metric %s (%s) has no row in docs/operations.md", name, defined[name])
-	}
-	for _, name := range sortedKeys(documented) {
-		_, ok := defined[name]
-		assert.True(t, ok, "docs/operations.md has a row for %s, which no code defines", name)
-	}
-}
-
-// metricRow is one row of the metrics table.
-type metricRow struct {
-	Type    string
-	Labels  []string
-	Meaning string
-}
-
-const metricsHeader = "| Metric | Type | Labels | Meaning |"
-
-var (
-	metricName  = regexp.MustCompile("^`(tollgate_[a-z0-9_]+)`$")
-	labelName   = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
-	metricTypes = []string{"counter", "gauge", "histogram", "summary"}
-)
-
-// metricsTable parses the one table under metricsHeader in path, failing
-// on a malformed or repeated row.
-func metricsTable(t *testing.T, path string) map[string]metricRow {
-	t.Helper()
-	lines := readLines(t, path)
-	start := -1
-	for i, l := range lines {
-		if strings.TrimSpace(l) == metricsHeader {
-			require.Equal(t, -1, start, "%s: more than one metrics table", path)
-			start = i
-		}
-	}
-	require.NotEqual(t, -1, start, "%s: no line %q", path, metricsHeader)
-	require.Greater(t, len(lines), start+1, "%s: the metrics table has no separator", path)
-	require.Regexp(t, `^\|(\s*-+\s*\|){4}$`, strings.TrimSpace(lines[start+1]), "%s:%d: the metrics table's separator", path, start+2)
-
-	rows := map[string]metricRow{}
-	for i := start + 2; i < len(lines) && strings.HasPrefix(strings.TrimSpace(lines[i]), "|"); i++ {
-		at := i + 1
-		cells := tableCells(lines[i])
-		if !assert.Len(t, cells, 4, "%s:%d: a metrics row has four cells", path, at) {
-			continue
-		}
-		m := metricName.FindStringSubmatch(cells[0])
-		if !assert.NotNil(t, m, "%s:%d: %q is not a metric name in backticks", path, at, cells[0]) {
-			continue
-		}
-		row := metricRow{Type: cells[1], Meaning: cells[3]}
-		assert.Contains(t, metricTypes, row.Type, "%s:%d: %s: type", path, at, m[1])
-		if cells[2] != "—" {
-			for _, l := range strings.Split(cells[2], ",") {
-				l = strings.TrimSpace(l)
-				assert.Regexp(t, labelName, l, "%s:%d: %s: label", path, at, m[1])
-				row.Labels = append(row.Labels, l)
-			}
-		}
-		assert.NotEmpty(t, row.Meaning, "%s:%d: %s: meaning", path, at, m[1])
-		_, dup := rows[m[1]]
-		assert.False(t, dup, "%s:%d: %s has two rows", path, at, m[1])
-		rows[m[1]] = row
-	}
-	require.NotEmpty(t, rows, "%s: the metrics table is empty", path)
-	return rows
-}
-
-// tableCells splits a Markdown table row into its trimmed cells; "\|" is
-// a pipe inside a cell.
-func tableCells(line string) []string {
-	line = strings.TrimSpace(line)
-	line = strings.TrimPrefix(line, "|")
-	line = strings.TrimSuffix(line, "|")
-	line = strings.ReplaceAll(line, `\|`, "\x00")
-	cells := strings.Split(line, "|")
-	for i, c := range cells {
-		cells[i] = strings.TrimSpace(strings.ReplaceAll(c, "\x00", "|"))
-	}
-	return cells
-}
-
-func TestTableCells(t *testing.T) {
-	tests := map[string]struct {
-		line string
-		want []string
-	}{
-		"plain":        {"| `a` | counter | — | x |", []string{"`a`", "counter", "—", "x"}},
-		"no outer bar": {"`a` | gauge | b, c | y", []string{"`a`", "gauge", "b, c", "y"}},
-		"escaped pipe": {`| a | b \| c |`, []string{"a", "b | c"}},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			assert.Equal(t, tc.want, tableCells(tc.line))
-		})
-	}
-}
-
-// metricDefinition finds a metric name where the code defines one: an
-// Opts literal's Name field, or prometheus.NewDesc's first argument.
-var metricDefinition = regexp.MustCompile(`(?:\bName:\s*|\bNewDesc\(\s*)"(tollgate_[a-zA-Z0-9_]+)"`)
-
-// definedMetrics returns every metric name defined in a non-test Go file
-// of the repository, with the file (and line) that defines it.
-func definedMetrics(t *testing.T) map[string]string {
-	t.Helper()
-	found := map[string]string{}
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if path != root && (d.Name() == ".git" || d.Name() == "node_modules") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		for i, line := range readLines(t, path) {
-			for _, m := range metricDefinition.FindAllStringSubmatch(line, -1) {
-				if _, seen := found[m[1]]; !seen {
-					rel, _ := filepath.Rel(root, path)
-					found[m[1]] = rel + ":" + strconv.Itoa(i+1)
-				}
-			}
-		}
-		return nil
-	})
-	require.NoError(t, err)
-	return found
 }
 
 // link is one Markdown inline link.
