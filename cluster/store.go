@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"sync"
 	"time"
@@ -128,75 +127,6 @@ type Store struct {
 	closeErr  error
 }
 
-type lease struct {
-	limit limiter.Limit
-	units int64 // whole units left to spend here
-	exp   time.Time
-	// left is what the shared bucket held after the last grant (whole units).
-	left   int64
-	leftAt time.Time
-	// shortUntil: the shared bucket said no; until then, calls are refused
-	// here without asking (the short-circuit of a key over its limit).
-	shortUntil time.Time
-	possible   bool
-	// misses counts refusals in a row: members contending for the refill
-	// of an empty bucket ask less often, so that denials stay local.
-	misses int
-	// pausedUntil: the upstream asked to back off; no lease until then.
-	pausedUntil time.Time
-}
-
-type slotLease struct {
-	max, held, inUse int64
-	exp, used        time.Time
-	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
-	call             sync.Mutex // one leaseSlots call at a time
-}
-
-type viewKey struct{ owner, period string }
-
-// view is a budget as this member last saw it: base (spent and reserved)
-// from the shared store at fetched, what is known to have been spent since
-// (here, and elsewhere by gossip), and mine, this member's own part of it.
-// A member spends locally at most its share of what was left above the
-// margin at the fetch; the next fetch starts a new allowance.
-type view struct {
-	limit             policy.Money
-	base, since, mine policy.Money
-	fetched, touch    time.Time
-}
-
-// snap is a view before a read of the shared store: what was spent here
-// meanwhile is added to what the read returns.
-type snap struct {
-	since, mine, unbooked policy.Money
-}
-
-func (s *Store) snapOf(owner, period string) snap {
-	sn := snap{unbooked: s.unbooked(owner, period)}
-	if v := s.views[viewKey{owner, period}]; v != nil {
-		sn.since, sn.mine = v.since, v.mine
-	}
-	return sn
-}
-
-// rebase sets v from a read of the shared store (base: its spent and
-// reserved) taken after sn. What was unbooked at sn may have been booked
-// before the read and so be in base too: counting it twice errs on the
-// safe side until the next read. s.mu is held.
-func (v *view) rebase(base policy.Money, sn snap, now time.Time) {
-	v.since = sn.unbooked + (v.since - sn.since)
-	v.mine = sn.unbooked + (v.mine - sn.mine)
-	v.base, v.fetched = base, now
-}
-
-func (v *view) remaining() policy.Money {
-	if v.limit < 0 {
-		return math.MaxInt64
-	}
-	return v.limit - v.base - v.since
-}
-
 // localResv is a reservation decided here: its estimate is already spent
 // (from a slice, or booked), as a lapsed reservation would be; its slot is
 // counted here.
@@ -212,27 +142,6 @@ type localResv struct {
 type doneItem struct {
 	id  string
 	exp time.Time
-}
-
-type batch struct {
-	id     string
-	deltas []limiter.SpendDelta
-}
-
-// pendingEnd is a settle or release of a reservation the shared store
-// holds, decided while it was unreachable; it is told when it returns.
-type pendingEnd struct {
-	id      string
-	outcome limiter.Outcome
-	actual  policy.Money
-	// For a slice: its chain (chainKey, and the owners in the period) and
-	// the size reserved.
-	chain  string
-	owners []string
-	period string
-	size   policy.Money
-	// tries counts the store's refusals (not outages) so far.
-	tries int
 }
 
 // NewStore wraps shared. peers may be nil (a fleet of one). It starts the
@@ -488,126 +397,6 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 	return d, nil, nil
 }
 
-// book books a hold's cost to its chain's budgets: into the journal (the
-// shared store hears of it at the next sync) and into this member's views.
-// It returns the budgets' states. s.mu is held.
-func (s *Store) book(h *limiter.Hold, now time.Time) []limiter.BudgetState {
-	out := make([]limiter.BudgetState, len(h.Budgets))
-	for i, b := range h.Budgets {
-		s.journal[viewKey{b.Owner, h.Period}] += h.Cost
-		v := s.viewOf(b, h.Period, now)
-		v.since += h.Cost
-		v.mine += h.Cost
-		v.touch = now
-		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: v.base + v.since}
-	}
-	return out
-}
-
-// budgetStates reports a hold's budgets from this member's views (what the
-// shared store held, slices included, and what was booked since). s.mu is
-// held.
-func (s *Store) budgetStates(h *limiter.Hold, now time.Time) []limiter.BudgetState {
-	out := make([]limiter.BudgetState, len(h.Budgets))
-	for i, b := range h.Budgets {
-		v := s.viewOf(b, h.Period, now)
-		v.touch = now
-		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: v.base + v.since}
-	}
-	return out
-}
-
-// viewOf returns the view of a budget, creating an empty one (known to no
-// one yet: base zero, never fetched).
-func (s *Store) viewOf(b limiter.Budget, period string, now time.Time) *view {
-	k := viewKey{b.Owner, period}
-	v := s.views[k]
-	if v == nil {
-		v = &view{limit: b.Limit, touch: now}
-		s.views[k] = v
-	}
-	v.limit = b.Limit
-	return v
-}
-
-// want is the lease to ask for a take: this member's share of a lease
-// period's refill, or the call alone when the bucket is near its limit.
-func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
-	c, r := t.Limit.Capacity, t.Limit.RefillPerSecond
-	near := c * s.cfg.NearLimitPercent / 100
-	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
-		return t.Cost
-	}
-	share := 1 / float64(s.peers.Live())
-	if t.Key.Client == "" {
-		share = s.peers.Share(t.Key.Pool)
-	}
-	w := int64(math.Ceil(share * float64(r) * s.cfg.LeaseTTL.Seconds()))
-	w = min(w, max(c/int64(2*s.peers.Live()), 1)) // never hoard: half the bucket at most, split by members
-	return max(w, t.Cost)
-}
-
-// refilled is what the shared bucket has refilled since the lease last
-// heard its level.
-func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
-	el := now.Sub(l.leftAt)
-	if el <= 0 || lim.RefillPerSecond <= 0 {
-		return 0
-	}
-	if el >= time.Duration(lim.Capacity/lim.RefillPerSecond+1)*time.Second {
-		return lim.Capacity
-	}
-	return lim.RefillPerSecond * int64(el) / int64(time.Second)
-}
-
-// slotWant is how many of a client's slots to hold for inUse calls: those,
-// and as spares the near-limit percent of this member's share of the
-// client's maximum (at most maxSpareSlots), so that the next calls need no
-// round trip. Spares held fleet-wide stay under that percent of the
-// maximum.
-func (s *Store) slotWant(inUse, maxSlots int64) int64 {
-	spare := min(maxSlots*s.cfg.NearLimitPercent/100/int64(s.peers.Live()), maxSpareSlots)
-	return min(inUse+spare, max(maxSlots, inUse), maxSlotLease)
-}
-
-const (
-	maxSpareSlots = 32
-	maxSlotLease  = 1_000_000 // the most one lease may hold (limiter.SlotLease)
-)
-
-// approxState reports a leased bucket for headers: what the shared bucket
-// held at the last grant plus what this member has left of its lease.
-func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, time.Duration) {
-	if l == nil {
-		return 0, 0
-	}
-	rem := min(l.left+l.units, lim.Capacity)
-	var reset time.Duration
-	if lim.RefillPerSecond > 0 {
-		reset = time.Duration((lim.Capacity-rem)*int64(time.Second)/lim.RefillPerSecond) * time.Nanosecond
-	}
-	return rem, reset
-}
-
-// deniedLocally refuses req for take i, whose shared bucket said it is
-// short until l.shortUntil.
-func (s *Store) deniedLocally(req limiter.Request, i int, l *lease, now time.Time) limiter.Decision {
-	d := limiter.Decision{Reason: limiter.ReasonRateLimited, Blocking: i, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
-	if l == nil {
-		l = &lease{possible: true}
-	}
-	d.RetryAfter = max(l.shortUntil.Sub(now), 0)
-	if !l.possible {
-		d.Reason, d.RetryAfter = limiter.ReasonExceedsCapacity, 0
-	}
-	for j, t := range req.Takes {
-		d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
-		d.Buckets[j].Remaining, d.Buckets[j].ResetAfter = s.approxState(s.leases[t.Key], t.Limit, now)
-	}
-	d.Buckets[i].Short, d.Buckets[i].RetryAfter = true, d.RetryAfter
-	return d
-}
-
 // refresh gets what tryLocal lacked (leases, slots, a budget slice), one
 // round trip each, and decides again. ok is false when the shared store
 // must decide. The calls run to their end even if ctx is cancelled: what
@@ -696,37 +485,6 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 	return d, true, nil
 }
 
-// leaseSlots sets this member's leased slots of client to want (worked out
-// under s.mu from the lease as it then is), one call at a time per client
-// so that the last call the store sees is the last one recorded here. A
-// lease that shrinks counts at once: no call is admitted on a slot being
-// given back.
-func (s *Store) leaseSlots(ctx context.Context, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
-	s.mu.Lock()
-	sl := s.slots[client]
-	if sl == nil {
-		sl = &slotLease{}
-		s.slots[client] = sl
-	}
-	sl.busy++
-	s.mu.Unlock()
-	sl.call.Lock()
-	defer sl.call.Unlock()
-	s.mu.Lock()
-	sl.max = maxSlots
-	w := want(sl)
-	sl.held = min(sl.held, w)
-	s.mu.Unlock()
-	held, inFlight, err = s.shared.LeaseSlots(ctx, limiter.SlotLease{Client: client, Max: maxSlots, Holder: s.peers.Name(), Want: w, TTL: s.cfg.SlotTTL}, time.Time{})
-	s.mu.Lock()
-	if err == nil {
-		sl.held, sl.exp = held, s.cfg.Clock.Now().Add(s.cfg.SlotTTL)
-	}
-	sl.busy--
-	s.mu.Unlock()
-	return held, inFlight, err
-}
-
 func indexOf(takes []limiter.Take, k limiter.Key) int {
 	for i, t := range takes {
 		if t.Key == k {
@@ -734,140 +492,6 @@ func indexOf(takes []limiter.Take, k limiter.Key) int {
 		}
 	}
 	return -1
-}
-
-// take adds a grant to its lease. s.mu is held.
-func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
-	l := s.leases[a.Key]
-	if l == nil {
-		l = &lease{}
-		s.leases[a.Key] = l
-	}
-	if !now.Before(l.exp) && l.units > 0 {
-		s.returning = append(s.returning, limiter.Adjustment{Key: a.Key, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
-		l.units = 0
-	}
-	l.limit = a.Limit
-	l.left, l.leftAt, l.possible = g.Remaining, now, g.Possible
-	if g.Granted > 0 {
-		l.units += g.Granted
-		l.exp = now.Add(s.cfg.LeaseTTL)
-		l.shortUntil, l.misses = time.Time{}, 0
-		return
-	}
-	l.misses++
-	wait := g.RetryAfter
-	if l.misses > 1 { // refused again: wait twice as long each time, up to a tenth of a lease
-		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
-	}
-	l.shortUntil = now.Add(wait)
-	if !g.Possible {
-		l.shortUntil = now.Add(s.cfg.LeaseTTL) // ask again now and then: the policy may change
-	}
-}
-
-// snapsOf snaps the views of a hold's budgets. s.mu is held.
-func (s *Store) snapsOf(h *limiter.Hold) []snap {
-	if h == nil {
-		return nil
-	}
-	out := make([]snap, len(h.Budgets))
-	for i, b := range h.Budgets {
-		out[i] = s.snapOf(b.Owner, h.Period)
-	}
-	return out
-}
-
-// flush tells the shared store what this member holds on h's budgets: it
-// settles the chain's open slice (it could not serve the call, and what it
-// has left would stand in the call's way), and books the journal when it
-// holds spend on one of them (at most a few rounds: the batch in flight,
-// then the rest).
-func (s *Store) flush(ctx context.Context, h *limiter.Hold) error {
-	if h == nil {
-		return nil
-	}
-	s.mu.Lock()
-	k := chainKey(h)
-	sl := s.slices[k]
-	if sl != nil {
-		s.closeSlice(k, sl)
-	}
-	s.mu.Unlock()
-	if err := s.replayEnds(ctx, func(e pendingEnd) bool { return e.chain == k }); err != nil {
-		return err
-	}
-	for range 3 {
-		s.mu.Lock()
-		pending := false
-		for _, b := range h.Budgets {
-			if s.unbooked(b.Owner, h.Period) != 0 {
-				pending = true
-			}
-		}
-		s.mu.Unlock()
-		if !pending {
-			return nil
-		}
-		if err := s.bookJournal(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// learn updates views and leases from a decision of the shared store,
-// read after snaps. s.mu is held.
-func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now time.Time) {
-	for i, b := range d.Buckets {
-		if l := s.leases[b.Key]; l != nil {
-			l.left, l.leftAt = b.Remaining, now
-		}
-		if b.Short && !req.Takes[i].Shadow && d.Reason == limiter.ReasonRateLimited && i == d.Blocking {
-			l := s.leases[b.Key]
-			if l == nil {
-				l = &lease{limit: b.Limit}
-				s.leases[b.Key] = l
-			}
-			l.shortUntil, l.possible = now.Add(b.RetryAfter), true
-		}
-	}
-	if h := req.Hold; h != nil {
-		s.learnBudgets(h, d.Budgets, snaps, now) // the answer includes this call's hold when allowed
-	}
-	for _, b := range d.Buckets {
-		if b.Key.Client == "" && d.Allowed {
-			for _, t := range req.Takes {
-				if t.Key == b.Key {
-					s.record(t.Key, t.Cost)
-				}
-			}
-		}
-	}
-}
-
-// learnBudgets rebases the views of h's budgets on the shared store's
-// states of them, read after snaps. s.mu is held.
-func (s *Store) learnBudgets(h *limiter.Hold, states []limiter.BudgetState, snaps []snap, now time.Time) {
-	for i, b := range states {
-		if i < len(snaps) {
-			s.viewOf(limiter.Budget{Owner: b.Owner, Limit: b.Limit}, h.Period, now).rebase(b.Spent+b.Reserved, snaps[i], now)
-		}
-	}
-}
-
-// unbooked is the spend of a budget decided here and not yet booked.
-// s.mu is held.
-func (s *Store) unbooked(owner, period string) policy.Money {
-	sum := s.journal[viewKey{owner, period}]
-	if s.inflight != nil {
-		for _, d := range s.inflight.deltas {
-			if d.Owner == owner && d.Period == period {
-				sum += d.Spent
-			}
-		}
-	}
-	return sum
 }
 
 // Close returns what this member holds (unused leases, leased slots),
@@ -895,44 +519,6 @@ func (s *Store) Kill() {
 }
 
 func errDuplicate(id string) error { return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id) }
-
-// Signals: what peers say, applied to this member's state.
-
-// Spend adds a peer's booked spend to this member's views.
-func (s *Store) Spend(_ string, deltas []limiter.SpendDelta) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, d := range deltas {
-		if v := s.views[viewKey{d.Owner, d.Period}]; v != nil {
-			v.since += d.Spent
-		}
-	}
-}
-
-// Backoff applies what a peer heard from the upstream behind pool: a
-// pause empties this member's lease and stops leasing until it ends; a
-// report of few units left trims the lease to this member's share of them.
-func (s *Store) Backoff(_, pool string, pause time.Duration, remaining int64) {
-	now := s.cfg.Clock.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, l := range s.leases {
-		if k.Pool == pool && k.Client == "" {
-			s.signalLocked(l, pause, remaining, now)
-		}
-	}
-}
-
-// signalLocked applies an upstream signal to a lease. s.mu is held.
-func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now time.Time) {
-	switch {
-	case pause > 0:
-		l.units = 0
-		l.pausedUntil = now.Add(pause)
-	case remaining >= 0:
-		l.units = min(l.units, remaining/int64(s.peers.Live()))
-	}
-}
 
 // MembersChanged is called when a member joins or leaves: shares change.
 func (s *Store) MembersChanged() {}
