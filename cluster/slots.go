@@ -17,7 +17,7 @@ type slotLease struct {
 	max, held, inUse int64
 	exp, used        time.Time
 	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
-	call             sync.Mutex // one leaseSlots call at a time
+	call             sync.Mutex // one leaseSlots call at a time; taken before s.mu, never inside it
 }
 
 // slotWant is how many of a client's slots to hold for inUse calls: those,

@@ -89,6 +89,34 @@ var (
 // Store decides admissions locally where it safely can, and asks the
 // shared store otherwise (see the package comment). It is safe for
 // concurrent use.
+//
+// Locks, in the order they may be taken (a lock is never taken while one
+// later in the list is held):
+//
+//  1. slotLease.call: one LeaseSlots call per client at a time; held across
+//     that round trip, so s.mu is taken and released inside it.
+//  2. s.mu: every field between it and demandMu. It is never held across a
+//     call to the shared store: a decision reads and writes under it, the
+//     round trip happens between two critical sections, and what it brings
+//     back is applied under the second.
+//  3. demandMu: the demand rates (record runs under s.mu; Demand alone).
+//  4. Peers' own locks: Live and Share are called under s.mu (a Node reads
+//     Demand, memberlist's member list and Node.mu, one at a time). So
+//     nothing the Node calls while holding one of its locks may take s.mu:
+//     MembersChanged takes none, and the Node calls Spend and Backoff only
+//     after it has let go of its own.
+//
+// The fields under s.mu stay under one lock because they change together:
+// a local reservation moves from resv to done in the same step that tryLocal
+// checks both for a duplicate id; a snap reads a view and the journal
+// (unbooked) as of one instant, which rebase relies on; a slice moves from
+// slices to ends in the step that Usage reads both; outage mode replaces
+// leases, slots and views with its own buckets at one instant. Giving the
+// journal, the done records or the queued ends a lock of their own would
+// need a second lock taken inside this one at each of those steps, across
+// ledger.go and sync.go, which are being reworked on another branch; it
+// is left for after that lands. No critical section waits on I/O, so the
+// one lock is held for microseconds.
 type Store struct {
 	cfg    Config
 	shared Shared
@@ -96,7 +124,7 @@ type Store struct {
 	log    *slog.Logger
 	m      *metrics
 
-	mu      sync.Mutex
+	mu      sync.Mutex // see above: guards every field down to demandMu
 	leases  map[limiter.Key]*lease
 	slots   map[string]*slotLease
 	slices  map[string]*slice // by budget chain
@@ -118,7 +146,7 @@ type Store struct {
 	outLimit  map[limiter.Key]limiter.Limit
 	outSlots  map[string]int64 // outage mode: this member's calls in flight per client
 
-	demandMu sync.Mutex
+	demandMu sync.Mutex       // taken inside s.mu, or alone
 	demand   map[string]*rate // units a second by pool, this member's
 
 	stop      chan struct{}
@@ -521,4 +549,6 @@ func (s *Store) Kill() {
 func errDuplicate(id string) error { return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id) }
 
 // MembersChanged is called when a member joins or leaves: shares change.
+// The Node calls it holding memberlist's lock, which s.mu may wait for
+// (Peers.Live): it must never take s.mu.
 func (s *Store) MembersChanged() {}
