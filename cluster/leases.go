@@ -17,12 +17,15 @@ type lease struct {
 	limit limiter.Limit
 	units int64 // whole units left to spend here
 	exp   time.Time
-	// left is what the shared bucket held after the last grant (whole units).
+	// left is what the shared bucket held after the last grant (whole units),
+	// and level its level then (micro-units, as its reset time tells it).
 	left   int64
+	level  int64
 	leftAt time.Time
 	// shortUntil: the shared bucket said no; until then, calls are refused
 	// here without asking (the short-circuit of a key over its limit).
 	shortUntil time.Time
+	shortNeed  int64 // what the refused ask needed: a smaller need is asked again
 	possible   bool
 	// misses counts refusals in a row: members contending for the refill
 	// of an empty bucket ask less often, so that denials stay local.
@@ -62,17 +65,26 @@ func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
 }
 
 // approxState reports a leased bucket for headers: what the shared bucket
-// held at the last grant plus what this member has left of its lease.
+// held at the last grant, and has refilled since, plus what this member has
+// left of its lease.
 func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, time.Duration) {
 	if l == nil {
 		return 0, 0
 	}
-	rem := min(l.left+l.units, lim.Capacity)
-	var reset time.Duration
-	if lim.RefillPerSecond > 0 {
-		reset = time.Duration((lim.Capacity-rem)*int64(time.Second)/lim.RefillPerSecond) * time.Nanosecond
+	b := limiter.Bucket{Level: l.level, At: limiter.Micros(l.leftAt)}.Advance(lim, limiter.Micros(now))
+	b.Level = min(b.Level+l.units*limiter.Micro, lim.Capacity*limiter.Micro)
+	return b.State(lim)
+}
+
+// heard records what the shared store said of the bucket at now: whole
+// units remaining, and the time until it is full, which gives its level to
+// within a refill's microsecond.
+func (l *lease) heard(lim limiter.Limit, remaining int64, resetAfter time.Duration, now time.Time) {
+	l.left, l.leftAt = remaining, now
+	l.level = remaining * limiter.Micro
+	if lim.RefillPerSecond > 0 { // at least the whole units it reported, less than one more
+		l.level = min(max(lim.Capacity*limiter.Micro-int64(resetAfter/time.Microsecond)*lim.RefillPerSecond, l.level), l.level+limiter.Micro-1)
 	}
-	return rem, reset
 }
 
 // deniedLocally refuses req for take i, whose shared bucket said it is
@@ -106,7 +118,11 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 		l.units = 0
 	}
 	l.limit = a.Limit
-	l.left, l.leftAt, l.possible = g.Remaining, now, g.Possible
+	l.heard(a.Limit, g.Remaining, g.ResetAfter, now)
+	l.possible = g.Possible
+	if a.Want == 0 {
+		return // a read: nothing was asked, nothing refused
+	}
 	if g.Granted > 0 {
 		l.units += g.Granted
 		l.exp = now.Add(s.cfg.LeaseTTL)
@@ -114,8 +130,9 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 		return
 	}
 	l.misses++
+	l.shortNeed = a.Need
 	wait := g.RetryAfter
-	if l.misses > 1 { // refused again: wait twice as long each time, up to a tenth of a lease
+	if l.misses > 1 && s.peers.Live() > 1 { // refused again while others contend: wait twice as long each time, up to a tenth of a lease
 		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
 	}
 	l.shortUntil = now.Add(wait)
@@ -129,7 +146,7 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now time.Time) {
 	for i, b := range d.Buckets {
 		if l := s.leases[b.Key]; l != nil {
-			l.left, l.leftAt = b.Remaining, now
+			l.heard(b.Limit, b.Remaining, b.ResetAfter, now)
 		}
 		if b.Short && !req.Takes[i].Shadow && d.Reason == limiter.ReasonRateLimited && i == d.Blocking {
 			l := s.leases[b.Key]
@@ -177,4 +194,15 @@ func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now
 	case remaining >= 0:
 		l.units = min(l.units, remaining/int64(s.peers.Live()))
 	}
+}
+
+// shortWait is how long until a bucket known to be short could cover need
+// units: until l.shortUntil for the need that was refused, and what more
+// takes to refill beyond it.
+func (s *Store) shortWait(l *lease, need int64, now time.Time) time.Duration {
+	w := max(l.shortUntil.Sub(now), 0)
+	if more := need - l.shortNeed; more > 0 && l.limit.RefillPerSecond > 0 {
+		w += time.Duration((more*limiter.Micro+l.limit.RefillPerSecond-1)/l.limit.RefillPerSecond) * time.Microsecond
+	}
+	return w
 }

@@ -41,6 +41,12 @@ const (
 // lease that shrinks counts at once: no call is admitted on a slot being
 // given back.
 func (s *Store) leaseSlots(ctx context.Context, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
+	return s.leaseSlotsAt(ctx, time.Time{}, client, maxSlots, want)
+}
+
+// leaseSlotsAt is leaseSlots at the time of a request that names one (zero:
+// the shared store's clock, and this member's for the lease's life).
+func (s *Store) leaseSlotsAt(ctx context.Context, at time.Time, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
 	s.mu.Lock()
 	sl := s.slots[client]
 	if sl == nil {
@@ -56,10 +62,13 @@ func (s *Store) leaseSlots(ctx context.Context, client string, maxSlots int64, w
 	w := want(sl)
 	sl.held = min(sl.held, w)
 	s.mu.Unlock()
-	held, inFlight, err = s.shared.LeaseSlots(ctx, limiter.SlotLease{Client: client, Max: maxSlots, Holder: s.peers.Name(), Want: w, TTL: s.cfg.SlotTTL}, time.Time{})
+	held, inFlight, err = s.shared.LeaseSlots(ctx, limiter.SlotLease{Client: client, Max: maxSlots, Holder: s.peers.Name(), Want: w, TTL: s.cfg.SlotTTL}, at)
 	s.mu.Lock()
 	if err == nil {
-		sl.held, sl.exp = held, s.cfg.Clock.Now().Add(s.cfg.SlotTTL)
+		if at.IsZero() {
+			at = s.cfg.Clock.Now()
+		}
+		sl.held, sl.exp = held, at.Add(s.cfg.SlotTTL)
 	}
 	sl.busy--
 	s.mu.Unlock()

@@ -124,14 +124,19 @@ type Store struct {
 	log    *slog.Logger
 	m      *metrics
 
-	mu      sync.Mutex // see above: guards every field down to demandMu
-	leases  map[limiter.Key]*lease
-	slots   map[string]*slotLease
-	slices  map[string]*slice // by budget chain
-	views   map[viewKey]*view
-	resv    map[string]*localResv
-	done    map[string]limiter.Settlement
-	doneQ   []doneItem
+	mu     sync.Mutex // see above: guards every field down to demandMu
+	leases map[limiter.Key]*lease
+	slots  map[string]*slotLease
+	slices map[string]*slice // by budget chain
+	views  map[viewKey]*view
+	resv   map[string]*localResv
+	done   map[string]limiter.Settlement
+	doneQ  []doneItem
+	// remote holds the ids of the reservations the shared store made for
+	// calls this member sent it, until well after they end: a hold that
+	// reuses one is refused here as the shared store would refuse it.
+	remote  map[string]struct{}
+	remoteQ []doneItem
 	journal map[viewKey]policy.Money // decided, not yet booked, by budget period
 	// returning holds the unused units of lapsed leases, given back at the
 	// next sync.
@@ -195,7 +200,7 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	}
 	s := &Store{cfg: cfg, shared: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
-		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
 	var err error
@@ -238,7 +243,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		s.mu.Unlock()
 		return s.m.count(pathOutage, d, err)
 	}
-	d, need, err := s.tryLocal(req, now)
+	d, need, err := s.tryLocal(req, now, readZeroCost)
 	s.mu.Unlock()
 	if err != nil {
 		return limiter.Decision{}, err
@@ -255,6 +260,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			return s.failover(ctx, req, now, err)
 		}
 		if ok {
+			d.Expired += need.expired
 			return s.m.count(pathLease, d, nil)
 		}
 	}
@@ -272,7 +278,11 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	}
 	s.mu.Lock()
 	s.learn(req, d2, snaps, now)
+	if h := req.Hold; h != nil && !h.Commit && d2.Allowed {
+		s.remember(h.ID, now, now.Add(h.TTL+doneRetention))
+	}
 	s.mu.Unlock()
+	d2.Expired += need.expired
 	return s.m.count(pathShared, d2, nil)
 }
 
@@ -316,49 +326,109 @@ func background(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), backgroundTimeout)
 }
 
+// zeroCost says whether tryLocal reads the buckets of zero-cost takes
+// (readZeroCost) or they were just read (zeroCostRead).
+type zeroCost uint8
+
+const (
+	readZeroCost zeroCost = iota
+	zeroCostRead
+)
+
 // need is what a local decision lacked.
 type need struct {
-	asks   []limiter.LeaseAsk
-	slot   *limiter.SlotLease
-	slice  policy.Money      // the size of a budget slice to take, or 0
-	strict bool              // only the shared store can decide it
-	denied *limiter.Decision // refused here, by a key known to be short
+	asks    []limiter.LeaseAsk
+	slot    *limiter.SlotLease
+	slice   policy.Money      // the size of a budget slice to take, or 0
+	strict  bool              // only the shared store can decide it
+	expired int               // local reservations ended at their estimate on the way
+	denied  *limiter.Decision // refused here, by a key known to be short
 }
 
 // tryLocal decides req from leases and views, or says what it needs. s.mu
 // is held.
-func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, *need, error) {
+func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limiter.Decision, *need, error) {
 	var n need
+	// A cost above a bucket's capacity never fits, whatever is leased: it
+	// is refused here, and before any other reason (as ApplyHold ranks).
+	for i, t := range req.Takes {
+		if !t.Shadow && t.Cost > t.Limit.Capacity && s.leases[t.Key] != nil { // unknown: asked, to report its state
+			d := s.deniedLocally(req, i, &lease{}, now)
+			n.denied = &d
+			return limiter.Decision{}, &n, nil
+		}
+	}
+	read := req.Hold == nil
+	for _, t := range req.Takes {
+		read = read && t.Cost == 0
+	}
 	short := make([]bool, len(req.Takes))
+	shortest := -1 // of the takes known to be short here, the one with the longest wait
+	shortNeeds := make([]int64, len(req.Takes))
+	exceeds := false // a take asked of the shared store can never fit: that is the reason to give
 	for i, t := range req.Takes {
 		l := s.leases[t.Key]
 		if t.Cost == 0 {
+			// A zero-cost take asks for the bucket's state. A request that
+			// takes nothing is a read: it reads the shared store (a lease
+			// of nothing) and reports what it holds with what is leased
+			// here. Beside takes that cost, a bucket known here is reported
+			// from what was last heard of it, without a round trip; one
+			// never heard of is read, rather than reported empty.
+			if zc == readZeroCost && (l == nil || read) {
+				n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit})
+			}
 			continue
 		}
 		paused := l != nil && now.Before(l.pausedUntil)
-		if l != nil && l.units >= t.Cost && now.Before(l.exp) && !paused {
+		live := l != nil && now.Before(l.exp) && !paused
+		if live && l.units >= t.Cost {
 			continue
 		}
-		if t.Shadow {
-			short[i] = true // a shadow bucket never denies; it is only reported
+		// What the lease still holds counts toward the call: ask only for
+		// the rest, so that the shared bucket's answer (and its wait) is
+		// the one a single store would give.
+		need := t.Cost
+		if live {
+			need -= l.units
+		}
+		// A shadow bucket never denies; it is only reported: short when it
+		// is known to be (or can never hold the cost), else leased as any.
+		knownShort := l != nil && now.Before(l.shortUntil) && need >= l.shortNeed
+		if t.Shadow && (paused || knownShort || t.Cost > t.Limit.Capacity) {
+			short[i] = true
 			continue
 		}
 		if paused {
 			n.strict = true // the upstream asked to pause: the shared bucket says until when
 			continue
 		}
-		if l != nil && now.Before(l.shortUntil) {
-			d := s.deniedLocally(req, i, l, now)
-			n.denied = &d
-			return limiter.Decision{}, &n, nil
+		if knownShort {
+			if shortest < 0 || s.shortWait(l, need, now) > s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now) {
+				shortest = i
+			}
+			shortNeeds[i] = need
+			continue
 		}
-		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: t.Cost})
+		if t.Cost > t.Limit.Capacity {
+			exceeds = true
+		}
+		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: need})
+	}
+	if shortest >= 0 && !exceeds {
+		d := s.deniedLocally(req, shortest, s.leases[req.Takes[shortest].Key], now)
+		d.RetryAfter = s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now)
+		d.Buckets[shortest].RetryAfter = d.RetryAfter
+		n.denied = &d
+		return limiter.Decision{}, &n, nil
 	}
 	h := req.Hold
+	expired := 0
 	if h != nil {
 		if !h.Commit {
 			_, live := s.resv[h.ID]
-			if _, ended := s.done[h.ID]; live || ended {
+			_, remote := s.remote[h.ID]
+			if _, ended := s.done[h.ID]; live || ended || remote {
 				return limiter.Decision{}, nil, errDuplicate(h.ID)
 			}
 		}
@@ -372,6 +442,9 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 		}
 		if h.Slot != nil && !h.Commit {
 			sl := s.slots[h.Slot.Client]
+			if sl != nil && sl.inUse >= sl.held {
+				expired = s.expireSlots(h.Slot.Client, now)
+			}
 			if sl == nil || !now.Before(sl.exp) || sl.inUse >= sl.held || sl.max != h.Slot.Max {
 				inUse := int64(0)
 				if sl != nil {
@@ -381,15 +454,19 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 			}
 		}
 	}
+	n.expired = expired
 	if n.strict || len(n.asks) > 0 || n.slot != nil || n.slice > 0 {
 		return limiter.Decision{}, &n, nil
 	}
 	// Everything is here: take it.
-	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
+	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes)), Expired: expired}
 	for i, t := range req.Takes {
 		st := &d.Buckets[i]
 		st.Key, st.Limit, st.Short = t.Key, t.Limit, short[i]
 		l := s.leases[t.Key]
+		if short[i] && l != nil && l.possible && t.Cost <= t.Limit.Capacity {
+			st.RetryAfter = s.shortWait(l, t.Cost, now)
+		}
 		if !short[i] && t.Cost > 0 {
 			l.units -= t.Cost
 			s.record(t.Key, t.Cost)
@@ -433,7 +510,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 	bctx, cancel := background(ctx)
 	defer cancel()
 	if len(n.asks) > 0 {
-		grants, err := s.shared.Lease(bctx, n.asks, time.Time{})
+		grants, err := s.shared.Lease(bctx, n.asks, req.Now) // the request's time, if it names one
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}
@@ -441,14 +518,31 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 			return limiter.Decision{}, false, fmt.Errorf("cluster: %d lease grants for %d asks", len(grants), len(n.asks))
 		}
 		s.m.leases.Add(float64(len(grants)))
-		var denied *limiter.Decision
+		// Of the buckets refused, the one to blame is the one ApplyHold
+		// would: a cost that can never fit, else the longest wait, the
+		// first on a tie.
+		blame, blameAsk := -1, -1
 		s.mu.Lock()
 		for i, a := range n.asks {
 			s.take(a, grants[i], now)
-			if idx := indexOf(req.Takes, a.Key); denied == nil && grants[i].Granted == 0 && a.Need > 0 && idx >= 0 {
-				d := s.deniedLocally(req, idx, s.leases[a.Key], now)
-				denied = &d
+			g := grants[i]
+			if g.Granted > 0 || a.Need == 0 {
+				continue
 			}
+			if idx := indexOf(req.Takes, a.Key); idx >= 0 && req.Takes[idx].Shadow {
+				continue // reported short by tryLocal, never to blame
+			}
+			if blame < 0 || (!g.Possible && grants[blameAsk].Possible) ||
+				(g.Possible == grants[blameAsk].Possible && g.Possible && g.RetryAfter > grants[blameAsk].RetryAfter) {
+				if idx := indexOf(req.Takes, a.Key); idx >= 0 {
+					blame, blameAsk = idx, i
+				}
+			}
+		}
+		var denied *limiter.Decision
+		if blame >= 0 {
+			d := s.deniedLocally(req, blame, s.leases[req.Takes[blame].Key], now)
+			denied = &d
 		}
 		s.mu.Unlock()
 		if denied != nil {
@@ -456,20 +550,26 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slot != nil {
-		held, inFlight, err := s.leaseSlots(bctx, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
+		held, inFlight, err := s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}
 		s.mu.Lock()
-		full := s.slots[n.slot.Client].inUse >= held
-		s.mu.Unlock()
-		if full {
+		var denied *limiter.Decision
+		if s.slots[n.slot.Client].inUse >= held {
+			// Refused as the shared store would: every bucket and budget
+			// reported (one state each), nothing taken.
 			d := limiter.Decision{Reason: limiter.ReasonConcurrency, Blocking: -1, BudgetBlocking: -1, InFlight: inFlight,
-				Buckets: make([]limiter.BucketState, len(req.Takes))}
+				Buckets: make([]limiter.BucketState, len(req.Takes)), Budgets: s.budgetStates(req.Hold, now)}
 			for j, t := range req.Takes {
 				d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
+				d.Buckets[j].Remaining, d.Buckets[j].ResetAfter = s.approxState(s.leases[t.Key], t.Limit, now)
 			}
-			return d, true, nil
+			denied = &d
+		}
+		s.mu.Unlock()
+		if denied != nil {
+			return *denied, true, nil
 		}
 	}
 	if n.slice > 0 {
@@ -478,13 +578,20 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		id, snaps := s.nextSliceID(), s.snapsOf(h)
 		s.mu.Unlock()
 		d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
-			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}})
+			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}, Now: req.Now})
 		if err != nil {
 			// It may have been reserved without an answer: release it once
 			// the store answers (releasing an unknown id does nothing).
 			s.mu.Lock()
 			s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
 			s.mu.Unlock()
+			if errors.Is(err, limiter.ErrDuplicateReservation) {
+				// The id is new: only this call's own first attempt can
+				// have used it (a client that retried a request whose
+				// answer was lost). No slice, then: the shared store
+				// decides the call.
+				return limiter.Decision{}, false, nil
+			}
 			return limiter.Decision{}, false, err
 		}
 		s.m.slices.Inc()
@@ -499,7 +606,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	s.mu.Lock()
-	d, again, err := s.tryLocal(req, now)
+	d, again, err := s.tryLocal(req, now, zeroCostRead)
 	s.mu.Unlock()
 	if err != nil {
 		return limiter.Decision{}, false, err
@@ -544,6 +651,37 @@ func (s *Store) Kill() {
 		close(s.stop)
 		<-s.loopDone
 	})
+}
+
+// expireSlots ends, at their estimate, the local reservations of client
+// past their TTL, so that their slots are free for the call at hand (a
+// caller that died never settles), as the shared store does before it
+// decides; it returns how many it ended. s.mu is held.
+func (s *Store) expireSlots(client string, now time.Time) int {
+	n := 0
+	for id, r := range s.resv {
+		if r.client == client && !now.Before(r.exp) {
+			s.finishLocked(id, r, limiter.OutcomeExpired, 0, now)
+			n++
+		}
+	}
+	return n
+}
+
+// remember notes the id of a reservation the shared store holds, until
+// forget, and forgets the oldest ones past theirs at now (at most maxDone
+// are kept). s.mu is held.
+func (s *Store) remember(id string, now, forget time.Time) {
+	s.remote[id] = struct{}{}
+	s.remoteQ = append(s.remoteQ, doneItem{id: id, exp: forget})
+	k := 0
+	for k < len(s.remoteQ) && (len(s.remoteQ)-k > maxDone || !now.Before(s.remoteQ[k].exp)) {
+		delete(s.remote, s.remoteQ[k].id)
+		k++
+	}
+	if k > 0 {
+		s.remoteQ = append(s.remoteQ[:0:0], s.remoteQ[k:]...)
+	}
 }
 
 func errDuplicate(id string) error { return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id) }
