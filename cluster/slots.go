@@ -74,3 +74,18 @@ func (s *Store) leaseSlotsAt(ctx context.Context, at time.Time, client string, m
 	s.mu.Unlock()
 	return held, inFlight, err
 }
+
+// expireSlots ends, at their estimate, the local reservations of client
+// past their TTL, so that their slots are free for the call at hand (a
+// caller that died never settles), as the shared store does before it
+// decides; it returns how many it ended. s.mu is held.
+func (s *Store) expireSlots(client string, now time.Time) int {
+	n := 0
+	for id, r := range s.resv {
+		if r.client == client && !now.Before(r.exp) {
+			s.finishLocked(id, r, limiter.OutcomeExpired, 0, now)
+			n++
+		}
+	}
+	return n
+}

@@ -653,21 +653,6 @@ func (s *Store) Kill() {
 	})
 }
 
-// expireSlots ends, at their estimate, the local reservations of client
-// past their TTL, so that their slots are free for the call at hand (a
-// caller that died never settles), as the shared store does before it
-// decides; it returns how many it ended. s.mu is held.
-func (s *Store) expireSlots(client string, now time.Time) int {
-	n := 0
-	for id, r := range s.resv {
-		if r.client == client && !now.Before(r.exp) {
-			s.finishLocked(id, r, limiter.OutcomeExpired, 0, now)
-			n++
-		}
-	}
-	return n
-}
-
 // remember notes the id of a reservation the shared store holds, until
 // forget, and forgets the oldest ones past theirs at now (at most maxDone
 // are kept). s.mu is held.
