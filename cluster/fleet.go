@@ -22,6 +22,9 @@ type Fleet struct {
 // decides with leases.
 func Join(ncfg NodeConfig, scfg Config, shared Shared, reg prometheus.Registerer) (*Fleet, error) {
 	fwd := &forward{}
+	if ncfg.Clock == nil {
+		ncfg.Clock = scfg.Clock // one member, one clock
+	}
 	node, err := NewNode(ncfg, fwd.demand, fwd)
 	if err != nil {
 		return nil, err

@@ -102,12 +102,12 @@ type tally struct {
 	admitted, denied, errors atomic.Int64
 	settleErrors             atomic.Int64
 	spent                    atomic.Int64 // nano-dollars the admitted calls spent
-	firstErr                 atomic.Value
+	firstErr                 atomic.Value // the first error's message: a Value holds one type, and errors come in many
 }
 
 func (t *tally) fail(err error) {
 	t.errors.Add(1)
-	t.firstErr.CompareAndSwap(nil, err)
+	t.firstErr.CompareAndSwap(nil, err.Error())
 }
 
 // drive runs workers on m until ctx ends, each asking every `every` for
@@ -269,7 +269,7 @@ func TestFleetRedisOutage(t *testing.T) {
 		defer cancel()
 		if _, err := m.Store.Settle(ctx, req.Hold.ID, actual); err != nil {
 			tl.settleErrors.Add(1)
-			tl.firstErr.CompareAndSwap(nil, err)
+			tl.firstErr.CompareAndSwap(nil, err.Error())
 			return
 		}
 		tl.spent.Add(actual)

@@ -70,6 +70,10 @@ type gossip struct {
 	spent   map[string]map[spendKey]heardTotal
 	signals map[string]int64 // sender and pool → the newest signal applied (At)
 	seen    map[string]time.Time
+	// lastAt is the stamp of this member's last back-off signal: each is
+	// later than the one before, so that peers apply every one even when
+	// the clock has not moved (a coarse or a fake clock).
+	lastAt int64
 }
 
 type spendKey struct{ owner, period string }
@@ -105,14 +109,17 @@ func newGossip() gossip {
 // Spend tells the fleet about spend booked here: one message per budget
 // period, carrying this member's running total of it.
 func (n *Node) Spend(deltas []limiter.SpendDelta) {
-	now := time.Now()
+	now := n.now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, d := range deltas {
 		k := spendKey{d.Owner, d.Period}
 		t := n.totals[k]
 		if t == nil {
-			t = &total{gen: now.UnixNano()}
+			// The generation names this count, not a time: it comes from
+			// the wall clock, which differs from one start of the process
+			// to the next, even when the node runs on a fake clock.
+			t = &total{gen: time.Now().UnixNano()}
 			n.totals[k] = t
 		}
 		t.sum += d.Spent
@@ -126,8 +133,8 @@ func (n *Node) Spend(deltas []limiter.SpendDelta) {
 // Backoff tells the fleet that the upstream behind pool asked to pause, or
 // said how many units remain (remaining < 0: not said).
 func (n *Node) Backoff(pool string, pause time.Duration, remaining int64) {
-	now := time.Now()
-	m := message{Kind: kindBackoff, Pool: pool, Cap: max(remaining, -1), At: now.UnixNano()}
+	now := n.now()
+	m := message{Kind: kindBackoff, Pool: pool, Cap: max(remaining, -1)}
 	var until time.Time
 	if pause > 0 {
 		m.Until = now.Add(pause).UnixMilli()
@@ -135,6 +142,8 @@ func (n *Node) Backoff(pool string, pause time.Duration, remaining int64) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	m.At = max(now.UnixNano(), n.lastAt+1)
+	n.lastAt = m.At
 	n.sayLocked(m, kindBackoff+"/"+pool, until)
 }
 
@@ -228,7 +237,7 @@ func (n *Node) receive(b []byte) {
 	if err := json.Unmarshal(b, &m); err != nil || m.From == "" || m.From == n.cfg.Name {
 		return // not ours, or garbled: gossip is authenticated, so a peer's bug
 	}
-	now := time.Now()
+	now := n.now()
 	switch m.Kind {
 	case kindDemand:
 		n.mu.Lock()

@@ -327,6 +327,9 @@ func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now 
 // in the shared store, in one call.
 func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time,
 	shared func(ctx context.Context, idx []int) ([]limiter.BucketState, error)) ([]limiter.BucketState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := limiter.ValidateAdjustments(adj); err != nil {
 		return nil, err
 	}
@@ -355,9 +358,10 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 			if l != nil {
 				s.signalLocked(l, a.Pause, a.Cap, at)
 			}
-			// A report of more units than the shared bucket holds changes
-			// nothing there: skip the round trip (most responses carry one).
-			if a.Pause > 0 || l == nil || a.Cap < l.left+l.refilled(a.Limit, at) {
+			// The cap bounds what is left in all: the shared bucket and the
+			// units leased here. A report of more than that changes nothing:
+			// skip the round trip (most responses carry one).
+			if a.Pause > 0 || l == nil || a.Cap < l.left+l.refilled(a.Limit, at)+max(l.units, 0) {
 				remote, remoteIdx = append(remote, a), append(remoteIdx, i)
 			} else {
 				out[i].Remaining, out[i].ResetAfter = s.approxState(l, a.Limit, at)
@@ -383,8 +387,20 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 		}
 		return nil, err
 	}
+	s.mu.Lock()
 	for j, i := range remoteIdx {
 		out[i] = st[j]
+		// A cap leaves this member at most what the shared bucket does not
+		// hold of it: the units leased here count against the cap too.
+		if a := remote[j]; a.Cap >= 0 && a.Pause <= 0 {
+			if l := s.leases[a.Key]; l != nil && l.units > 0 {
+				l.units = min(l.units, max(a.Cap-st[j].Remaining, 0))
+				out[i].Remaining = min(st[j].Remaining+l.units, a.Limit.Capacity)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for j := range remoteIdx {
 		s.gossip(remote[j])
 	}
 	return out, nil

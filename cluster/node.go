@@ -52,6 +52,11 @@ type NodeConfig struct {
 	// Tune, when set, adjusts memberlist's settings after Tollgate's (tests
 	// use it for shorter probes).
 	Tune func(*memberlist.Config)
+	// Clock is the time the node stamps what it hears and says with: when
+	// a peer's demand goes stale, when a pause it hears of ends (nil: the
+	// system clock). memberlist keeps its own timers, and the demand and
+	// rejoin rounds tick in real time; each round reads this clock.
+	Clock limiter.Clock
 }
 
 // DefaultNodeConfig returns memberlist's LAN settings on port 7946, named
@@ -132,6 +137,9 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = limiter.SystemClock{}
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), sig: sig, mine: mine,
 		demand: map[string]peerDemand{}, gossip: newGossip(), stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
@@ -164,6 +172,15 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 	n.wg.Add(1)
 	go n.loop()
 	return n, nil
+}
+
+// now reads the node's clock (the system clock for a Node built without
+// NewNode, as the fuzz test builds one).
+func (n *Node) now() time.Time {
+	if n.cfg.Clock == nil {
+		return time.Now()
+	}
+	return n.cfg.Clock.Now()
 }
 
 // Addr is where this node gossips.
@@ -217,7 +234,7 @@ func (n *Node) loop() {
 		case <-n.stop:
 			return
 		case <-demand.C:
-			n.tick(time.Now())
+			n.tick(n.now())
 		case <-rejoin.C:
 			if n.Live() <= 1 && (len(n.cfg.Seeds) > 0 || n.cfg.DNS != "") {
 				if joined, err := n.Join(); err == nil && joined > 0 {
@@ -277,7 +294,7 @@ func (n *Node) Share(pool string) float64 {
 	total := mine
 	alive := n.aliveNames() // before n.mu: memberlist calls NotifyLeave holding its own lock
 	n.mu.Lock()
-	stale := time.Now().Add(-3 * n.cfg.DemandEvery)
+	stale := n.now().Add(-3 * n.cfg.DemandEvery)
 	for name, d := range n.demand {
 		if d.at.Before(stale) || !alive[name] {
 			continue
@@ -314,7 +331,7 @@ func (n *Node) Leave(ctx context.Context) error {
 		n.wg.Wait()
 		timeout := 2 * time.Second
 		if dl, ok := ctx.Deadline(); ok {
-			timeout = max(time.Until(dl), 0)
+			timeout = max(time.Until(dl), 0) // a context's deadline is wall-clock time, whatever the node's clock
 		}
 		var errs []error
 		if err := n.ml.Load().Leave(timeout); err != nil {

@@ -87,6 +87,13 @@ type testNode struct {
 // until every one sees all of them.
 func startNodes(t *testing.T, n int) []testNode {
 	t.Helper()
+	return startNodesWith(t, n, nil)
+}
+
+// startNodesWith is startNodes with node i's config and recorder set up by
+// tune (nil: as they are) before it starts.
+func startNodesWith(t *testing.T, n int, tune func(i int, c *cluster.NodeConfig, r *recorder)) []testNode {
+	t.Helper()
 	var nodes []testNode
 	for i := range n {
 		rec := &recorder{demand: map[string]float64{}}
@@ -94,7 +101,11 @@ func startNodes(t *testing.T, n int) []testNode {
 		if i > 0 {
 			seeds = []string{nodes[0].Addr()}
 		}
-		node, err := cluster.NewNode(nodeConfig(fmt.Sprintf("node-%d", i), fleetKey, seeds...), rec.mine, rec)
+		cfg := nodeConfig(fmt.Sprintf("node-%d", i), fleetKey, seeds...)
+		if tune != nil {
+			tune(i, &cfg, rec)
+		}
+		node, err := cluster.NewNode(cfg, rec.mine, rec)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = node.Kill() })
 		nodes = append(nodes, testNode{node, rec})

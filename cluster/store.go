@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"sync"
 	"time"
@@ -92,6 +91,34 @@ var (
 // Store decides admissions locally where it safely can, and asks the
 // shared store otherwise (see the package comment). It is safe for
 // concurrent use.
+//
+// Locks, in the order they may be taken (a lock is never taken while one
+// later in the list is held):
+//
+//  1. slotLease.call: one LeaseSlots call per client at a time; held across
+//     that round trip, so s.mu is taken and released inside it.
+//  2. s.mu: every field between it and demandMu. It is never held across a
+//     call to the shared store: a decision reads and writes under it, the
+//     round trip happens between two critical sections, and what it brings
+//     back is applied under the second.
+//  3. demandMu: the demand rates (record runs under s.mu; Demand alone).
+//  4. Peers' own locks: Live and Share are called under s.mu (a Node reads
+//     Demand, memberlist's member list and Node.mu, one at a time). So
+//     nothing the Node calls while holding one of its locks may take s.mu:
+//     MembersChanged takes none, and the Node calls Spend and Backoff only
+//     after it has let go of its own.
+//
+// The fields under s.mu stay under one lock because they change together:
+// a local reservation moves from resv to done in the same step that tryLocal
+// checks both for a duplicate id; a snap reads a view and the journal
+// (unbooked) as of one instant, which rebase relies on; a slice moves from
+// slices to ends in the step that Usage reads both; outage mode replaces
+// leases, slots and views with its own buckets at one instant. Giving the
+// journal, the done records or the queued ends a lock of their own would
+// need a second lock taken inside this one at each of those steps, across
+// ledger.go and sync.go, which are being reworked on another branch; it
+// is left for after that lands. No critical section waits on I/O, so the
+// one lock is held for microseconds.
 type Store struct {
 	cfg    Config
 	shared Shared
@@ -99,14 +126,19 @@ type Store struct {
 	log    *slog.Logger
 	m      *metrics
 
-	mu      sync.Mutex
-	leases  map[limiter.Key]*lease
-	slots   map[string]*slotLease
-	slices  map[string]*slice // by budget chain
-	views   map[viewKey]*view
-	resv    map[string]*localResv
-	done    map[string]limiter.Settlement
-	doneQ   []doneItem
+	mu     sync.Mutex // see above: guards every field down to demandMu
+	leases map[limiter.Key]*lease
+	slots  map[string]*slotLease
+	slices map[string]*slice // by budget chain
+	views  map[viewKey]*view
+	resv   map[string]*localResv
+	done   map[string]limiter.Settlement
+	doneQ  []doneItem
+	// remote holds the ids of the reservations the shared store made for
+	// calls this member sent it, until well after they end: a hold that
+	// reuses one is refused here as the shared store would refuse it.
+	remote  map[string]struct{}
+	remoteQ []doneItem
 	journal map[viewKey]policy.Money // decided, not yet booked, by budget period
 	// returning holds the unused units of lapsed leases, given back at the
 	// next sync.
@@ -121,82 +153,13 @@ type Store struct {
 	outLimit  map[limiter.Key]limiter.Limit
 	outSlots  map[string]int64 // outage mode: this member's calls in flight per client
 
-	demandMu sync.Mutex
+	demandMu sync.Mutex       // taken inside s.mu, or alone
 	demand   map[string]*rate // units a second by pool, this member's
 
 	stop      chan struct{}
 	loopDone  chan struct{}
 	closeOnce sync.Once
 	closeErr  error
-}
-
-type lease struct {
-	limit limiter.Limit
-	units int64 // whole units left to spend here
-	exp   time.Time
-	// left is what the shared bucket held after the last grant (whole units).
-	left   int64
-	leftAt time.Time
-	// shortUntil: the shared bucket said no; until then, calls are refused
-	// here without asking (the short-circuit of a key over its limit).
-	shortUntil time.Time
-	possible   bool
-	// misses counts refusals in a row: members contending for the refill
-	// of an empty bucket ask less often, so that denials stay local.
-	misses int
-	// pausedUntil: the upstream asked to back off; no lease until then.
-	pausedUntil time.Time
-}
-
-type slotLease struct {
-	max, held, inUse int64
-	exp, used        time.Time
-	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
-	call             sync.Mutex // one leaseSlots call at a time
-}
-
-type viewKey struct{ owner, period string }
-
-// view is a budget as this member last saw it: base (spent and reserved)
-// from the shared store at fetched, what is known to have been spent since
-// (here, and elsewhere by gossip), and mine, this member's own part of it.
-// A member spends locally at most its share of what was left above the
-// margin at the fetch; the next fetch starts a new allowance.
-type view struct {
-	limit             policy.Money
-	base, since, mine policy.Money
-	fetched, touch    time.Time
-}
-
-// snap is a view before a read of the shared store: what was spent here
-// meanwhile is added to what the read returns.
-type snap struct {
-	since, mine, unbooked policy.Money
-}
-
-func (s *Store) snapOf(owner, period string) snap {
-	sn := snap{unbooked: s.unbooked(owner, period)}
-	if v := s.views[viewKey{owner, period}]; v != nil {
-		sn.since, sn.mine = v.since, v.mine
-	}
-	return sn
-}
-
-// rebase sets v from a read of the shared store (base: its spent and
-// reserved) taken after sn. What was unbooked at sn may have been booked
-// before the read and so be in base too: counting it twice errs on the
-// safe side until the next read. s.mu is held.
-func (v *view) rebase(base policy.Money, sn snap, now time.Time) {
-	v.since = sn.unbooked + (v.since - sn.since)
-	v.mine = sn.unbooked + (v.mine - sn.mine)
-	v.base, v.fetched = base, now
-}
-
-func (v *view) remaining() policy.Money {
-	if v.limit < 0 {
-		return math.MaxInt64
-	}
-	return v.limit - v.base - v.since
 }
 
 // localResv is a reservation decided here: its estimate is already spent
@@ -219,28 +182,6 @@ type localResv struct {
 type doneItem struct {
 	id  string
 	exp time.Time
-}
-
-type batch struct {
-	id     string
-	deltas []limiter.SpendDelta
-}
-
-// pendingEnd is a settle or release of a reservation the shared store
-// holds, decided while it was unreachable; it is told when it returns.
-type pendingEnd struct {
-	id      string
-	outcome limiter.Outcome
-	actual  policy.Money
-	used    []limiter.PoolUse // refunds the shared store gives from its record
-	// For a slice: its chain (chainKey, and the owners in the period) and
-	// the size reserved.
-	chain  string
-	owners []string
-	period string
-	size   policy.Money
-	// tries counts the store's refusals (not outages) so far.
-	tries int
 }
 
 // NewStore wraps shared. peers may be nil (a fleet of one). It starts the
@@ -266,7 +207,7 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	}
 	s := &Store{cfg: cfg, shared: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
-		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
 	var err error
@@ -309,7 +250,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		s.mu.Unlock()
 		return s.m.count(pathOutage, d, err)
 	}
-	d, need, err := s.tryLocal(req, now)
+	d, need, err := s.tryLocal(req, now, readZeroCost)
 	s.mu.Unlock()
 	if err != nil {
 		return limiter.Decision{}, err
@@ -326,6 +267,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			return s.failover(ctx, req, now, err)
 		}
 		if ok {
+			d.Expired += need.expired
 			return s.m.count(pathLease, d, nil)
 		}
 	}
@@ -343,7 +285,11 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	}
 	s.mu.Lock()
 	s.learn(req, d2, snaps, now)
+	if h := req.Hold; h != nil && !h.Commit && d2.Allowed {
+		s.remember(h.ID, now, now.Add(h.TTL+doneRetention))
+	}
 	s.mu.Unlock()
+	d2.Expired += need.expired
 	return s.m.count(pathShared, d2, nil)
 }
 
@@ -387,49 +333,109 @@ func background(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), backgroundTimeout)
 }
 
+// zeroCost says whether tryLocal reads the buckets of zero-cost takes
+// (readZeroCost) or they were just read (zeroCostRead).
+type zeroCost uint8
+
+const (
+	readZeroCost zeroCost = iota
+	zeroCostRead
+)
+
 // need is what a local decision lacked.
 type need struct {
-	asks   []limiter.LeaseAsk
-	slot   *limiter.SlotLease
-	slice  policy.Money      // the size of a budget slice to take, or 0
-	strict bool              // only the shared store can decide it
-	denied *limiter.Decision // refused here, by a key known to be short
+	asks    []limiter.LeaseAsk
+	slot    *limiter.SlotLease
+	slice   policy.Money      // the size of a budget slice to take, or 0
+	strict  bool              // only the shared store can decide it
+	expired int               // local reservations ended at their estimate on the way
+	denied  *limiter.Decision // refused here, by a key known to be short
 }
 
 // tryLocal decides req from leases and views, or says what it needs. s.mu
 // is held.
-func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, *need, error) {
+func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limiter.Decision, *need, error) {
 	var n need
+	// A cost above a bucket's capacity never fits, whatever is leased: it
+	// is refused here, and before any other reason (as ApplyHold ranks).
+	for i, t := range req.Takes {
+		if !t.Shadow && t.Cost > t.Limit.Capacity && s.leases[t.Key] != nil { // unknown: asked, to report its state
+			d := s.deniedLocally(req, i, &lease{}, now)
+			n.denied = &d
+			return limiter.Decision{}, &n, nil
+		}
+	}
+	read := req.Hold == nil
+	for _, t := range req.Takes {
+		read = read && t.Cost == 0
+	}
 	short := make([]bool, len(req.Takes))
+	shortest := -1 // of the takes known to be short here, the one with the longest wait
+	shortNeeds := make([]int64, len(req.Takes))
+	exceeds := false // a take asked of the shared store can never fit: that is the reason to give
 	for i, t := range req.Takes {
 		l := s.leases[t.Key]
 		if t.Cost == 0 {
+			// A zero-cost take asks for the bucket's state. A request that
+			// takes nothing is a read: it reads the shared store (a lease
+			// of nothing) and reports what it holds with what is leased
+			// here. Beside takes that cost, a bucket known here is reported
+			// from what was last heard of it, without a round trip; one
+			// never heard of is read, rather than reported empty.
+			if zc == readZeroCost && (l == nil || read) {
+				n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit})
+			}
 			continue
 		}
 		paused := l != nil && now.Before(l.pausedUntil)
-		if l != nil && l.units >= t.Cost && now.Before(l.exp) && !paused {
+		live := l != nil && now.Before(l.exp) && !paused
+		if live && l.units >= t.Cost {
 			continue
 		}
-		if t.Shadow {
-			short[i] = true // a shadow bucket never denies; it is only reported
+		// What the lease still holds counts toward the call: ask only for
+		// the rest, so that the shared bucket's answer (and its wait) is
+		// the one a single store would give.
+		need := t.Cost
+		if live {
+			need -= l.units
+		}
+		// A shadow bucket never denies; it is only reported: short when it
+		// is known to be (or can never hold the cost), else leased as any.
+		knownShort := l != nil && now.Before(l.shortUntil) && need >= l.shortNeed
+		if t.Shadow && (paused || knownShort || t.Cost > t.Limit.Capacity) {
+			short[i] = true
 			continue
 		}
 		if paused {
 			n.strict = true // the upstream asked to pause: the shared bucket says until when
 			continue
 		}
-		if l != nil && now.Before(l.shortUntil) {
-			d := s.deniedLocally(req, i, l, now)
-			n.denied = &d
-			return limiter.Decision{}, &n, nil
+		if knownShort {
+			if shortest < 0 || s.shortWait(l, need, now) > s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now) {
+				shortest = i
+			}
+			shortNeeds[i] = need
+			continue
 		}
-		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: t.Cost})
+		if t.Cost > t.Limit.Capacity {
+			exceeds = true
+		}
+		n.asks = append(n.asks, limiter.LeaseAsk{Key: t.Key, Limit: t.Limit, Want: s.want(t, l, now), Need: need})
+	}
+	if shortest >= 0 && !exceeds {
+		d := s.deniedLocally(req, shortest, s.leases[req.Takes[shortest].Key], now)
+		d.RetryAfter = s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now)
+		d.Buckets[shortest].RetryAfter = d.RetryAfter
+		n.denied = &d
+		return limiter.Decision{}, &n, nil
 	}
 	h := req.Hold
+	expired := 0
 	if h != nil {
 		if !h.Commit {
 			_, live := s.resv[h.ID]
-			if _, ended := s.done[h.ID]; live || ended {
+			_, remote := s.remote[h.ID]
+			if _, ended := s.done[h.ID]; live || ended || remote {
 				return limiter.Decision{}, nil, errDuplicate(h.ID)
 			}
 		}
@@ -443,6 +449,9 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 		}
 		if h.Slot != nil && !h.Commit {
 			sl := s.slots[h.Slot.Client]
+			if sl != nil && sl.inUse >= sl.held {
+				expired = s.expireSlots(h.Slot.Client, now)
+			}
 			if sl == nil || !now.Before(sl.exp) || sl.inUse >= sl.held || sl.max != h.Slot.Max {
 				inUse := int64(0)
 				if sl != nil {
@@ -452,15 +461,19 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 			}
 		}
 	}
+	n.expired = expired
 	if n.strict || len(n.asks) > 0 || n.slot != nil || n.slice > 0 {
 		return limiter.Decision{}, &n, nil
 	}
 	// Everything is here: take it.
-	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
+	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes)), Expired: expired}
 	for i, t := range req.Takes {
 		st := &d.Buckets[i]
 		st.Key, st.Limit, st.Short = t.Key, t.Limit, short[i]
 		l := s.leases[t.Key]
+		if short[i] && l != nil && l.possible && t.Cost <= t.Limit.Capacity {
+			st.RetryAfter = s.shortWait(l, t.Cost, now)
+		}
 		if !short[i] && t.Cost > 0 {
 			l.units -= t.Cost
 			s.record(t.Key, t.Cost)
@@ -496,126 +509,6 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time) (limiter.Decision, 
 	return d, nil, nil
 }
 
-// book books a hold's cost to its chain's budgets: into the journal (the
-// shared store hears of it at the next sync) and into this member's views.
-// It returns the budgets' states. s.mu is held.
-func (s *Store) book(h *limiter.Hold, now time.Time) []limiter.BudgetState {
-	out := make([]limiter.BudgetState, len(h.Budgets))
-	for i, b := range h.Budgets {
-		s.journal[viewKey{b.Owner, h.Period}] += h.Cost
-		v := s.viewOf(b, h.Period, now)
-		v.since += h.Cost
-		v.mine += h.Cost
-		v.touch = now
-		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: v.base + v.since}
-	}
-	return out
-}
-
-// budgetStates reports a hold's budgets from this member's views (what the
-// shared store held, slices included, and what was booked since). s.mu is
-// held.
-func (s *Store) budgetStates(h *limiter.Hold, now time.Time) []limiter.BudgetState {
-	out := make([]limiter.BudgetState, len(h.Budgets))
-	for i, b := range h.Budgets {
-		v := s.viewOf(b, h.Period, now)
-		v.touch = now
-		out[i] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: v.base + v.since}
-	}
-	return out
-}
-
-// viewOf returns the view of a budget, creating an empty one (known to no
-// one yet: base zero, never fetched).
-func (s *Store) viewOf(b limiter.Budget, period string, now time.Time) *view {
-	k := viewKey{b.Owner, period}
-	v := s.views[k]
-	if v == nil {
-		v = &view{limit: b.Limit, touch: now}
-		s.views[k] = v
-	}
-	v.limit = b.Limit
-	return v
-}
-
-// want is the lease to ask for a take: this member's share of a lease
-// period's refill, or the call alone when the bucket is near its limit.
-func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
-	c, r := t.Limit.Capacity, t.Limit.RefillPerSecond
-	near := c * s.cfg.NearLimitPercent / 100
-	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
-		return t.Cost
-	}
-	share := 1 / float64(s.peers.Live())
-	if t.Key.Client == "" {
-		share = s.peers.Share(t.Key.Pool)
-	}
-	w := int64(math.Ceil(share * float64(r) * s.cfg.LeaseTTL.Seconds()))
-	w = min(w, max(c/int64(2*s.peers.Live()), 1)) // never hoard: half the bucket at most, split by members
-	return max(w, t.Cost)
-}
-
-// refilled is what the shared bucket has refilled since the lease last
-// heard its level.
-func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
-	el := now.Sub(l.leftAt)
-	if el <= 0 || lim.RefillPerSecond <= 0 {
-		return 0
-	}
-	if el >= time.Duration(lim.Capacity/lim.RefillPerSecond+1)*time.Second {
-		return lim.Capacity
-	}
-	return lim.RefillPerSecond * int64(el) / int64(time.Second)
-}
-
-// slotWant is how many of a client's slots to hold for inUse calls: those,
-// and as spares the near-limit percent of this member's share of the
-// client's maximum (at most maxSpareSlots), so that the next calls need no
-// round trip. Spares held fleet-wide stay under that percent of the
-// maximum.
-func (s *Store) slotWant(inUse, maxSlots int64) int64 {
-	spare := min(maxSlots*s.cfg.NearLimitPercent/100/int64(s.peers.Live()), maxSpareSlots)
-	return min(inUse+spare, max(maxSlots, inUse), maxSlotLease)
-}
-
-const (
-	maxSpareSlots = 32
-	maxSlotLease  = 1_000_000 // the most one lease may hold (limiter.SlotLease)
-)
-
-// approxState reports a leased bucket for headers: what the shared bucket
-// held at the last grant plus what this member has left of its lease.
-func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, time.Duration) {
-	if l == nil {
-		return 0, 0
-	}
-	rem := min(l.left+l.units, lim.Capacity)
-	var reset time.Duration
-	if lim.RefillPerSecond > 0 {
-		reset = time.Duration((lim.Capacity-rem)*int64(time.Second)/lim.RefillPerSecond) * time.Nanosecond
-	}
-	return rem, reset
-}
-
-// deniedLocally refuses req for take i, whose shared bucket said it is
-// short until l.shortUntil.
-func (s *Store) deniedLocally(req limiter.Request, i int, l *lease, now time.Time) limiter.Decision {
-	d := limiter.Decision{Reason: limiter.ReasonRateLimited, Blocking: i, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
-	if l == nil {
-		l = &lease{possible: true}
-	}
-	d.RetryAfter = max(l.shortUntil.Sub(now), 0)
-	if !l.possible {
-		d.Reason, d.RetryAfter = limiter.ReasonExceedsCapacity, 0
-	}
-	for j, t := range req.Takes {
-		d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
-		d.Buckets[j].Remaining, d.Buckets[j].ResetAfter = s.approxState(s.leases[t.Key], t.Limit, now)
-	}
-	d.Buckets[i].Short, d.Buckets[i].RetryAfter = true, d.RetryAfter
-	return d
-}
-
 // refresh gets what tryLocal lacked (leases, slots, a budget slice), one
 // round trip each, and decides again. ok is false when the shared store
 // must decide. The calls run to their end even if ctx is cancelled: what
@@ -624,7 +517,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 	bctx, cancel := background(ctx)
 	defer cancel()
 	if len(n.asks) > 0 {
-		grants, err := s.shared.Lease(bctx, n.asks, time.Time{})
+		grants, err := s.shared.Lease(bctx, n.asks, req.Now) // the request's time, if it names one
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}
@@ -632,14 +525,31 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 			return limiter.Decision{}, false, fmt.Errorf("cluster: %d lease grants for %d asks", len(grants), len(n.asks))
 		}
 		s.m.leases.Add(float64(len(grants)))
-		var denied *limiter.Decision
+		// Of the buckets refused, the one to blame is the one ApplyHold
+		// would: a cost that can never fit, else the longest wait, the
+		// first on a tie.
+		blame, blameAsk := -1, -1
 		s.mu.Lock()
 		for i, a := range n.asks {
 			s.take(a, grants[i], now)
-			if idx := indexOf(req.Takes, a.Key); denied == nil && grants[i].Granted == 0 && a.Need > 0 && idx >= 0 {
-				d := s.deniedLocally(req, idx, s.leases[a.Key], now)
-				denied = &d
+			g := grants[i]
+			if g.Granted > 0 || a.Need == 0 {
+				continue
 			}
+			if idx := indexOf(req.Takes, a.Key); idx >= 0 && req.Takes[idx].Shadow {
+				continue // reported short by tryLocal, never to blame
+			}
+			if blame < 0 || (!g.Possible && grants[blameAsk].Possible) ||
+				(g.Possible == grants[blameAsk].Possible && g.Possible && g.RetryAfter > grants[blameAsk].RetryAfter) {
+				if idx := indexOf(req.Takes, a.Key); idx >= 0 {
+					blame, blameAsk = idx, i
+				}
+			}
+		}
+		var denied *limiter.Decision
+		if blame >= 0 {
+			d := s.deniedLocally(req, blame, s.leases[req.Takes[blame].Key], now)
+			denied = &d
 		}
 		s.mu.Unlock()
 		if denied != nil {
@@ -647,20 +557,26 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slot != nil {
-		held, inFlight, err := s.leaseSlots(bctx, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
+		held, inFlight, err := s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}
 		s.mu.Lock()
-		full := s.slots[n.slot.Client].inUse >= held
-		s.mu.Unlock()
-		if full {
+		var denied *limiter.Decision
+		if s.slots[n.slot.Client].inUse >= held {
+			// Refused as the shared store would: every bucket and budget
+			// reported (one state each), nothing taken.
 			d := limiter.Decision{Reason: limiter.ReasonConcurrency, Blocking: -1, BudgetBlocking: -1, InFlight: inFlight,
-				Buckets: make([]limiter.BucketState, len(req.Takes))}
+				Buckets: make([]limiter.BucketState, len(req.Takes)), Budgets: s.budgetStates(req.Hold, now)}
 			for j, t := range req.Takes {
 				d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
+				d.Buckets[j].Remaining, d.Buckets[j].ResetAfter = s.approxState(s.leases[t.Key], t.Limit, now)
 			}
-			return d, true, nil
+			denied = &d
+		}
+		s.mu.Unlock()
+		if denied != nil {
+			return *denied, true, nil
 		}
 	}
 	if n.slice > 0 {
@@ -669,13 +585,20 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		id, snaps := s.nextSliceID(), s.snapsOf(h)
 		s.mu.Unlock()
 		d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
-			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}})
+			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}, Now: req.Now})
 		if err != nil {
 			// It may have been reserved without an answer: release it once
 			// the store answers (releasing an unknown id does nothing).
 			s.mu.Lock()
 			s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
 			s.mu.Unlock()
+			if errors.Is(err, limiter.ErrDuplicateReservation) {
+				// The id is new: only this call's own first attempt can
+				// have used it (a client that retried a request whose
+				// answer was lost). No slice, then: the shared store
+				// decides the call.
+				return limiter.Decision{}, false, nil
+			}
 			return limiter.Decision{}, false, err
 		}
 		s.m.slices.Inc()
@@ -690,7 +613,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	s.mu.Lock()
-	d, again, err := s.tryLocal(req, now)
+	d, again, err := s.tryLocal(req, now, zeroCostRead)
 	s.mu.Unlock()
 	if err != nil {
 		return limiter.Decision{}, false, err
@@ -704,37 +627,6 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 	return d, true, nil
 }
 
-// leaseSlots sets this member's leased slots of client to want (worked out
-// under s.mu from the lease as it then is), one call at a time per client
-// so that the last call the store sees is the last one recorded here. A
-// lease that shrinks counts at once: no call is admitted on a slot being
-// given back.
-func (s *Store) leaseSlots(ctx context.Context, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
-	s.mu.Lock()
-	sl := s.slots[client]
-	if sl == nil {
-		sl = &slotLease{}
-		s.slots[client] = sl
-	}
-	sl.busy++
-	s.mu.Unlock()
-	sl.call.Lock()
-	defer sl.call.Unlock()
-	s.mu.Lock()
-	sl.max = maxSlots
-	w := want(sl)
-	sl.held = min(sl.held, w)
-	s.mu.Unlock()
-	held, inFlight, err = s.shared.LeaseSlots(ctx, limiter.SlotLease{Client: client, Max: maxSlots, Holder: s.peers.Name(), Want: w, TTL: s.cfg.SlotTTL}, time.Time{})
-	s.mu.Lock()
-	if err == nil {
-		sl.held, sl.exp = held, s.cfg.Clock.Now().Add(s.cfg.SlotTTL)
-	}
-	sl.busy--
-	s.mu.Unlock()
-	return held, inFlight, err
-}
-
 func indexOf(takes []limiter.Take, k limiter.Key) int {
 	for i, t := range takes {
 		if t.Key == k {
@@ -742,140 +634,6 @@ func indexOf(takes []limiter.Take, k limiter.Key) int {
 		}
 	}
 	return -1
-}
-
-// take adds a grant to its lease. s.mu is held.
-func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
-	l := s.leases[a.Key]
-	if l == nil {
-		l = &lease{}
-		s.leases[a.Key] = l
-	}
-	if !now.Before(l.exp) && l.units > 0 {
-		s.returning = append(s.returning, limiter.Adjustment{Key: a.Key, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
-		l.units = 0
-	}
-	l.limit = a.Limit
-	l.left, l.leftAt, l.possible = g.Remaining, now, g.Possible
-	if g.Granted > 0 {
-		l.units += g.Granted
-		l.exp = now.Add(s.cfg.LeaseTTL)
-		l.shortUntil, l.misses = time.Time{}, 0
-		return
-	}
-	l.misses++
-	wait := g.RetryAfter
-	if l.misses > 1 { // refused again: wait twice as long each time, up to a tenth of a lease
-		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
-	}
-	l.shortUntil = now.Add(wait)
-	if !g.Possible {
-		l.shortUntil = now.Add(s.cfg.LeaseTTL) // ask again now and then: the policy may change
-	}
-}
-
-// snapsOf snaps the views of a hold's budgets. s.mu is held.
-func (s *Store) snapsOf(h *limiter.Hold) []snap {
-	if h == nil {
-		return nil
-	}
-	out := make([]snap, len(h.Budgets))
-	for i, b := range h.Budgets {
-		out[i] = s.snapOf(b.Owner, h.Period)
-	}
-	return out
-}
-
-// flush tells the shared store what this member holds on h's budgets: it
-// settles the chain's open slice (it could not serve the call, and what it
-// has left would stand in the call's way), and books the journal when it
-// holds spend on one of them (at most a few rounds: the batch in flight,
-// then the rest).
-func (s *Store) flush(ctx context.Context, h *limiter.Hold) error {
-	if h == nil {
-		return nil
-	}
-	s.mu.Lock()
-	k := chainKey(h)
-	sl := s.slices[k]
-	if sl != nil {
-		s.closeSlice(k, sl)
-	}
-	s.mu.Unlock()
-	if err := s.replayEnds(ctx, func(e pendingEnd) bool { return e.chain == k }); err != nil {
-		return err
-	}
-	for range 3 {
-		s.mu.Lock()
-		pending := false
-		for _, b := range h.Budgets {
-			if s.unbooked(b.Owner, h.Period) != 0 {
-				pending = true
-			}
-		}
-		s.mu.Unlock()
-		if !pending {
-			return nil
-		}
-		if err := s.bookJournal(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// learn updates views and leases from a decision of the shared store,
-// read after snaps. s.mu is held.
-func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now time.Time) {
-	for i, b := range d.Buckets {
-		if l := s.leases[b.Key]; l != nil {
-			l.left, l.leftAt = b.Remaining, now
-		}
-		if b.Short && !req.Takes[i].Shadow && d.Reason == limiter.ReasonRateLimited && i == d.Blocking {
-			l := s.leases[b.Key]
-			if l == nil {
-				l = &lease{limit: b.Limit}
-				s.leases[b.Key] = l
-			}
-			l.shortUntil, l.possible = now.Add(b.RetryAfter), true
-		}
-	}
-	if h := req.Hold; h != nil {
-		s.learnBudgets(h, d.Budgets, snaps, now) // the answer includes this call's hold when allowed
-	}
-	for _, b := range d.Buckets {
-		if b.Key.Client == "" && d.Allowed {
-			for _, t := range req.Takes {
-				if t.Key == b.Key {
-					s.record(t.Key, t.Cost)
-				}
-			}
-		}
-	}
-}
-
-// learnBudgets rebases the views of h's budgets on the shared store's
-// states of them, read after snaps. s.mu is held.
-func (s *Store) learnBudgets(h *limiter.Hold, states []limiter.BudgetState, snaps []snap, now time.Time) {
-	for i, b := range states {
-		if i < len(snaps) {
-			s.viewOf(limiter.Budget{Owner: b.Owner, Limit: b.Limit}, h.Period, now).rebase(b.Spent+b.Reserved, snaps[i], now)
-		}
-	}
-}
-
-// unbooked is the spend of a budget decided here and not yet booked.
-// s.mu is held.
-func (s *Store) unbooked(owner, period string) policy.Money {
-	sum := s.journal[viewKey{owner, period}]
-	if s.inflight != nil {
-		for _, d := range s.inflight.deltas {
-			if d.Owner == owner && d.Period == period {
-				sum += d.Spent
-			}
-		}
-	}
-	return sum
 }
 
 // Close returns what this member holds (unused leases, leased slots),
@@ -902,45 +660,25 @@ func (s *Store) Kill() {
 	})
 }
 
+// remember notes the id of a reservation the shared store holds, until
+// forget, and forgets the oldest ones past theirs at now (at most maxDone
+// are kept). s.mu is held.
+func (s *Store) remember(id string, now, forget time.Time) {
+	s.remote[id] = struct{}{}
+	s.remoteQ = append(s.remoteQ, doneItem{id: id, exp: forget})
+	k := 0
+	for k < len(s.remoteQ) && (len(s.remoteQ)-k > maxDone || !now.Before(s.remoteQ[k].exp)) {
+		delete(s.remote, s.remoteQ[k].id)
+		k++
+	}
+	if k > 0 {
+		s.remoteQ = append(s.remoteQ[:0:0], s.remoteQ[k:]...)
+	}
+}
+
 func errDuplicate(id string) error { return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id) }
 
-// Signals: what peers say, applied to this member's state.
-
-// Spend adds a peer's booked spend to this member's views.
-func (s *Store) Spend(_ string, deltas []limiter.SpendDelta) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, d := range deltas {
-		if v := s.views[viewKey{d.Owner, d.Period}]; v != nil {
-			v.since += d.Spent
-		}
-	}
-}
-
-// Backoff applies what a peer heard from the upstream behind pool: a
-// pause empties this member's lease and stops leasing until it ends; a
-// report of few units left trims the lease to this member's share of them.
-func (s *Store) Backoff(_, pool string, pause time.Duration, remaining int64) {
-	now := s.cfg.Clock.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, l := range s.leases {
-		if k.Pool == pool && k.Client == "" {
-			s.signalLocked(l, pause, remaining, now)
-		}
-	}
-}
-
-// signalLocked applies an upstream signal to a lease. s.mu is held.
-func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now time.Time) {
-	switch {
-	case pause > 0:
-		l.units = 0
-		l.pausedUntil = now.Add(pause)
-	case remaining >= 0:
-		l.units = min(l.units, remaining/int64(s.peers.Live()))
-	}
-}
-
 // MembersChanged is called when a member joins or leaves: shares change.
+// The Node calls it holding memberlist's lock, which s.mu may wait for
+// (Peers.Live): it must never take s.mu.
 func (s *Store) MembersChanged() {}

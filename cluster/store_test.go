@@ -318,6 +318,7 @@ type gate struct {
 	holdSlots   chan struct{} // when set, the next LeaseSlots waits for it to close
 	entered     chan struct{}
 	loseSlice   bool // the next slice reservation is made, but its answer lost
+	retrySlice  bool // the next slice reservation is made, and sent again (its answer lost to a client's retry)
 	refuseSettl int  // refuse this many settles (the store answers with an error)
 }
 
@@ -342,6 +343,10 @@ func (g *gate) Reserve(ctx context.Context, req limiter.Request) (limiter.Decisi
 	if g.loseSlice && req.Hold != nil && strings.HasPrefix(req.Hold.ID, "slice:") {
 		g.loseSlice = false
 		return limiter.Decision{}, errLost
+	}
+	if g.retrySlice && req.Hold != nil && strings.HasPrefix(req.Hold.ID, "slice:") {
+		g.retrySlice = false
+		return g.Store.Reserve(ctx, req) // the second attempt: the id is taken
 	}
 	return d, err
 }

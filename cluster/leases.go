@@ -1,0 +1,208 @@
+package cluster
+
+import (
+	"math"
+	"time"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+// Bucket leases: a member takes a slice of a shared bucket's units in one
+// call (its share of a lease period's refill, or the call alone near the
+// limit) and spends it here, without a round trip; what it has not spent
+// when the lease lapses goes back at the next sync. A bucket the shared
+// store said is short is refused here until it could cover the call.
+
+type lease struct {
+	limit limiter.Limit
+	units int64 // whole units left to spend here
+	exp   time.Time
+	// left is what the shared bucket held after the last grant (whole units),
+	// and level its level then (micro-units, as its reset time tells it).
+	left   int64
+	level  int64
+	leftAt time.Time
+	// shortUntil: the shared bucket said no; until then, calls are refused
+	// here without asking (the short-circuit of a key over its limit).
+	shortUntil time.Time
+	shortNeed  int64 // what the refused ask needed: a smaller need is asked again
+	possible   bool
+	// misses counts refusals in a row: members contending for the refill
+	// of an empty bucket ask less often, so that denials stay local.
+	misses int
+	// pausedUntil: the upstream asked to back off; no lease until then.
+	pausedUntil time.Time
+}
+
+// want is the lease to ask for a take: this member's share of a lease
+// period's refill, or the call alone when the bucket is near its limit.
+func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
+	c, r := t.Limit.Capacity, t.Limit.RefillPerSecond
+	near := c * s.cfg.NearLimitPercent / 100
+	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
+		return t.Cost
+	}
+	share := 1 / float64(s.peers.Live())
+	if t.Key.Client == "" {
+		share = s.peers.Share(t.Key.Pool)
+	}
+	w := int64(math.Ceil(share * float64(r) * s.cfg.LeaseTTL.Seconds()))
+	w = min(w, max(c/int64(2*s.peers.Live()), 1)) // never hoard: half the bucket at most, split by members
+	return max(w, t.Cost)
+}
+
+// refilled is what the shared bucket has refilled since the lease last
+// heard its level.
+func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
+	el := now.Sub(l.leftAt)
+	if el <= 0 || lim.RefillPerSecond <= 0 {
+		return 0
+	}
+	if el >= time.Duration(lim.Capacity/lim.RefillPerSecond+1)*time.Second {
+		return lim.Capacity
+	}
+	return lim.RefillPerSecond * int64(el) / int64(time.Second)
+}
+
+// approxState reports a leased bucket for headers: what the shared bucket
+// held at the last grant, and has refilled since, plus what this member has
+// left of its lease.
+func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, time.Duration) {
+	if l == nil {
+		return 0, 0
+	}
+	b := limiter.Bucket{Level: l.level, At: limiter.Micros(l.leftAt)}.Advance(lim, limiter.Micros(now))
+	b.Level = min(b.Level+l.units*limiter.Micro, lim.Capacity*limiter.Micro)
+	return b.State(lim)
+}
+
+// heard records what the shared store said of the bucket at now: whole
+// units remaining, and the time until it is full, which gives its level to
+// within a refill's microsecond.
+func (l *lease) heard(lim limiter.Limit, remaining int64, resetAfter time.Duration, now time.Time) {
+	l.left, l.leftAt = remaining, now
+	l.level = remaining * limiter.Micro
+	if lim.RefillPerSecond > 0 { // at least the whole units it reported, less than one more
+		l.level = min(max(lim.Capacity*limiter.Micro-int64(resetAfter/time.Microsecond)*lim.RefillPerSecond, l.level), l.level+limiter.Micro-1)
+	}
+}
+
+// deniedLocally refuses req for take i, whose shared bucket said it is
+// short until l.shortUntil.
+func (s *Store) deniedLocally(req limiter.Request, i int, l *lease, now time.Time) limiter.Decision {
+	d := limiter.Decision{Reason: limiter.ReasonRateLimited, Blocking: i, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
+	if l == nil {
+		l = &lease{possible: true}
+	}
+	d.RetryAfter = max(l.shortUntil.Sub(now), 0)
+	if !l.possible {
+		d.Reason, d.RetryAfter = limiter.ReasonExceedsCapacity, 0
+	}
+	for j, t := range req.Takes {
+		d.Buckets[j] = limiter.BucketState{Key: t.Key, Limit: t.Limit}
+		d.Buckets[j].Remaining, d.Buckets[j].ResetAfter = s.approxState(s.leases[t.Key], t.Limit, now)
+	}
+	d.Buckets[i].Short, d.Buckets[i].RetryAfter = true, d.RetryAfter
+	return d
+}
+
+// take adds a grant to its lease. s.mu is held.
+func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
+	l := s.leases[a.Key]
+	if l == nil {
+		l = &lease{}
+		s.leases[a.Key] = l
+	}
+	if !now.Before(l.exp) && l.units > 0 {
+		s.returning = append(s.returning, limiter.Adjustment{Key: a.Key, Limit: l.limit, Refund: l.units, Cap: limiter.NoCap})
+		l.units = 0
+	}
+	l.limit = a.Limit
+	l.heard(a.Limit, g.Remaining, g.ResetAfter, now)
+	l.possible = g.Possible
+	if a.Want == 0 {
+		return // a read: nothing was asked, nothing refused
+	}
+	if g.Granted > 0 {
+		l.units += g.Granted
+		l.exp = now.Add(s.cfg.LeaseTTL)
+		l.shortUntil, l.misses = time.Time{}, 0
+		return
+	}
+	l.misses++
+	l.shortNeed = a.Need
+	wait := g.RetryAfter
+	if l.misses > 1 && s.peers.Live() > 1 { // refused again while others contend: wait twice as long each time, up to a tenth of a lease
+		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
+	}
+	l.shortUntil = now.Add(wait)
+	if !g.Possible {
+		l.shortUntil = now.Add(s.cfg.LeaseTTL) // ask again now and then: the policy may change
+	}
+}
+
+// learn updates views and leases from a decision of the shared store,
+// read after snaps. s.mu is held.
+func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now time.Time) {
+	for i, b := range d.Buckets {
+		if l := s.leases[b.Key]; l != nil {
+			l.heard(b.Limit, b.Remaining, b.ResetAfter, now)
+		}
+		if b.Short && !req.Takes[i].Shadow && d.Reason == limiter.ReasonRateLimited && i == d.Blocking {
+			l := s.leases[b.Key]
+			if l == nil {
+				l = &lease{limit: b.Limit}
+				s.leases[b.Key] = l
+			}
+			l.shortUntil, l.possible = now.Add(b.RetryAfter), true
+		}
+	}
+	if h := req.Hold; h != nil {
+		s.learnBudgets(h, d.Budgets, snaps, now) // the answer includes this call's hold when allowed
+	}
+	for _, b := range d.Buckets {
+		if b.Key.Client == "" && d.Allowed {
+			for _, t := range req.Takes {
+				if t.Key == b.Key {
+					s.record(t.Key, t.Cost)
+				}
+			}
+		}
+	}
+}
+
+// Backoff applies what a peer heard from the upstream behind pool: a
+// pause empties this member's lease and stops leasing until it ends; a
+// report of few units left trims the lease to this member's share of them.
+func (s *Store) Backoff(_, pool string, pause time.Duration, remaining int64) {
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, l := range s.leases {
+		if k.Pool == pool && k.Client == "" {
+			s.signalLocked(l, pause, remaining, now)
+		}
+	}
+}
+
+// signalLocked applies an upstream signal to a lease. s.mu is held.
+func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now time.Time) {
+	switch {
+	case pause > 0:
+		l.units = 0
+		l.pausedUntil = now.Add(pause)
+	case remaining >= 0:
+		l.units = min(l.units, remaining/int64(s.peers.Live()))
+	}
+}
+
+// shortWait is how long until a bucket known to be short could cover need
+// units: until l.shortUntil for the need that was refused, and what more
+// takes to refill beyond it.
+func (s *Store) shortWait(l *lease, need int64, now time.Time) time.Duration {
+	w := max(l.shortUntil.Sub(now), 0)
+	if more := need - l.shortNeed; more > 0 && l.limit.RefillPerSecond > 0 {
+		w += time.Duration((more*limiter.Micro+l.limit.RefillPerSecond-1)/l.limit.RefillPerSecond) * time.Microsecond
+	}
+	return w
+}
