@@ -187,3 +187,32 @@ func fuzzEnding(idSel, outSel uint8, actual int64, rest []byte) limiter.Ending {
 	}
 	return e
 }
+
+// TestFinishOddKeys: the record of charges is delimited by lengths, so a
+// pool or client name holding digits, colons, spaces, newlines or bytes of
+// any kind is refunded like any other.
+func TestFinishOddKeys(t *testing.T) {
+	tests := map[string]limiter.Key{
+		"colons and digits": {Pool: "3:a:1", Client: "2:b"},
+		"space and newline": {Pool: "p q", Client: "x\n5:y z"},
+		"empty client":      {Pool: "12345"},
+		"binary":            {Pool: "\x00\xff", Client: "\x01:\x02"},
+		"unicode":           {Pool: "gpt-4o", Client: "équipe/東京"},
+	}
+	for name, k := range tests {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			s := newStore(t)
+			other := limiter.Key{Pool: k.Pool + "x", Client: k.Client}
+			d, err := s.Reserve(ctx, limiter.Request{Takes: []limiter.Take{{Key: k, Limit: poolLimit, Cost: 30}, {Key: other, Limit: poolLimit, Cost: 30}},
+				Hold: &limiter.Hold{ID: "odd", TTL: time.Minute, Period: period, Cost: 1}, Now: epoch})
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+			_, err = s.Finish(ctx, limiter.Ending{ID: "odd", Outcome: limiter.OutcomeSettled, Used: []limiter.PoolUse{{Pool: k.Pool, Units: 10}}, Now: epoch})
+			require.NoError(t, err)
+			d, err = s.Reserve(ctx, limiter.Request{Takes: []limiter.Take{{Key: k, Limit: poolLimit}, {Key: other, Limit: poolLimit}}, Now: epoch})
+			require.NoError(t, err)
+			assert.Equal(t, []int64{90, 70}, []int64{d.Buckets[0].Remaining, d.Buckets[1].Remaining}, "20 back to the named pool, none to its neighbour")
+		})
+	}
+}
