@@ -166,3 +166,30 @@ func TestSettleUpstreamRefusal(t *testing.T) {
 		})
 	}
 }
+
+// TestWholeCallRoundTrips: on Redis a whole call costs two round trips, one
+// to admit it and one to settle it (actual cost, refunds, slot and the
+// upstream's signal in one script), counted by a hook on the client once
+// the scripts are loaded.
+func TestWholeCallRoundTrips(t *testing.T) {
+	client := srv.Client(t)
+	var rt redisstore.RoundTrips
+	client.AddHook(&rt)
+	store, err := redisstore.New(client, redisstore.Config{Prefix: redistest.Prefix(t)})
+	require.NoError(t, err)
+	s := newService(t, store, limiter.SystemClock{})
+	call := func() {
+		v := s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`))
+		require.True(t, v.Allowed, v.Reason)
+		c := s.Follow(v.Reservation, v.Route, http.MethodPost)
+		c.ResponseHeaders(context.Background(), 200, map[string]string{"content-type": "application/json", "x-ratelimit-remaining-tokens": "90000"})
+		c.ResponseBody(chatResponse, true)
+		require.Equal(t, admission.SettledActual, c.End(context.Background()))
+	}
+	call() // loads the scripts
+	before := rt.Count()
+	for range 5 {
+		call()
+	}
+	assert.Equal(t, int64(10), rt.Count()-before, "five whole calls, two round trips each")
+}

@@ -136,6 +136,11 @@ func (p *parsedBody) decoded() (*bodyFields, error) {
 		if n := bytes.Count(p.body, []byte(`"role"`)); n > 0 {
 			p.fields.Messages = make([]rawMessage, 0, n)
 		}
+		if decodeFast(p.body, &p.fields) {
+			p.whole = p.fields.repeated()
+			return
+		}
+		p.fields = bodyFields{Messages: p.fields.Messages[:0]}
 		p.err = json.Unmarshal(p.body, &p.fields)
 		// Every field but messages takes any JSON value, so a type error
 		// with a field named is messages' (the decode went on past it);
