@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -166,7 +167,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, closeListeners(err)
 	}
 
-	s.grpc = grpc.NewServer()
+	// Stream workers keep their goroutines (and the stacks an admission grows
+	// them to) from call to call; a call held in the queue occupies one, and
+	// gRPC starts a goroutine of its own when all are busy.
+	s.grpc = grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
 	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clientHeader: cfg.ClientHeader, m: s.m})
 	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
 	s.health = health.NewServer()
