@@ -76,12 +76,14 @@ func fromCheckRequest(cr *authv3.CheckRequest, clientHeader string) *admission.R
 }
 
 func headerOptions(hs []Header) []*corev3.HeaderValueOption {
+	// Three allocations for any number of headers, not two per header.
 	out := make([]*corev3.HeaderValueOption, len(hs))
+	opts := make([]corev3.HeaderValueOption, len(hs))
+	vals := make([]corev3.HeaderValue, len(hs))
 	for i, h := range hs {
-		out[i] = &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-		}
+		vals[i].Key, vals[i].Value = h.Name, h.Value
+		opts[i].Header, opts[i].AppendAction = &vals[i], corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		out[i] = &opts[i]
 	}
 	return out
 }

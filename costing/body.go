@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // A call's body is decoded once, whoever reads it: routing (its model), the
@@ -241,6 +243,14 @@ func field[T any](d *fieldDecoder, name string, raw rawField, dst *T) {
 // common case, without encoding/json's reflection. A string with escapes or
 // invalid UTF-8 (which encoding/json replaces) gives ok == false.
 func plainString(raw []byte) (string, bool) {
+	s, ok := plainStringView(raw)
+	return strings.Clone(s), ok
+}
+
+// plainStringView is plainString without the copy: the string shares the
+// body's bytes, so it is only for text that is counted and dropped while
+// the body lives (a body is never changed once read).
+func plainStringView(raw []byte) (string, bool) {
 	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
 		return "", false
 	}
@@ -248,7 +258,10 @@ func plainString(raw []byte) (string, bool) {
 	if bytes.IndexByte(in, '\\') >= 0 || !utf8.Valid(in) {
 		return "", false
 	}
-	return string(in), true // raw came from a valid document: no bare quote or control byte
+	if len(in) == 0 {
+		return "", true
+	}
+	return unsafe.String(&in[0], len(in)), true // raw came from a valid document: no bare quote or control byte
 }
 
 func (l *llmFields) fromFields(f *bodyFields) error {

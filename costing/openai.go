@@ -178,7 +178,8 @@ func (t *tally) content(field string, raw json.RawMessage) error {
 	}
 	switch raw[0] {
 	case '"':
-		s, ok := plainString(raw)
+		// Counted and dropped: a view of the body's bytes, not a copy.
+		s, ok := plainStringView(raw)
 		if !ok {
 			if err := json.Unmarshal(raw, &s); err != nil {
 				return malformed("%s: %v", field, err)
