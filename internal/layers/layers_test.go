@@ -44,6 +44,12 @@ var layerOf = map[string]int{
 	"envoy":  9,
 	"deploy": 9,
 	"docs":   9,
+
+	// Issue 11's end-to-end test: the provider look-alike, the Envoy
+	// stand-in, and the test that drives the providers' SDKs through them.
+	"internal/fakeapi":  0,
+	"internal/envoysim": 9,
+	"e2e":               10,
 }
 
 // envoyFree are the packages that must not import go-control-plane: all
