@@ -61,9 +61,22 @@ type Server struct {
 	cfg Config
 	mux *http.ServeMux
 
-	mu    sync.Mutex
-	calls map[string]int
-	total int
+	mu     sync.Mutex
+	calls  map[string]int
+	total  int
+	recent []Seen
+}
+
+// keepRecent is how many calls Calls.Recent lists.
+const keepRecent = 64
+
+// Seen is one call as it reached the fake: what a test asks of the proxy
+// in front of it (the host it named, the headers it kept or dropped).
+type Seen struct {
+	Method  string            `json:"method"`
+	Path    string            `json:"path"`
+	Host    string            `json:"host"`
+	Headers map[string]string `json:"headers"` // lower-case names, values joined by ", "
 }
 
 // Calls is the answer of GET /fakeapi/calls: the provider calls received
@@ -71,6 +84,8 @@ type Server struct {
 type Calls struct {
 	Total  int            `json:"total"`
 	ByPath map[string]int `json:"by_path"`
+	// Recent are the last calls, oldest first.
+	Recent []Seen `json:"recent"`
 }
 
 // New builds a Server.
@@ -86,7 +101,7 @@ func New(cfg Config) *Server {
 	})
 	s.mux.HandleFunc("DELETE /fakeapi/calls", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
-		s.calls, s.total = map[string]int{}, 0
+		s.calls, s.total, s.recent = map[string]int{}, 0, nil
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})
@@ -97,7 +112,7 @@ func New(cfg Config) *Server {
 func (s *Server) Calls() Calls {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := Calls{Total: s.total, ByPath: make(map[string]int, len(s.calls))}
+	c := Calls{Total: s.total, ByPath: make(map[string]int, len(s.calls)), Recent: append([]Seen(nil), s.recent...)}
 	for k, v := range s.calls {
 		c.ByPath[k] = v
 	}
@@ -107,9 +122,16 @@ func (s *Server) Calls() Calls {
 // ServeHTTP counts provider calls and serves them.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(r.URL.Path, "/fakeapi/") {
+		seen := Seen{Method: r.Method, Path: r.URL.Path, Host: r.Host, Headers: make(map[string]string, len(r.Header))}
+		for k, vs := range r.Header {
+			seen.Headers[strings.ToLower(k)] = strings.Join(vs, ", ")
+		}
 		s.mu.Lock()
 		s.calls[r.Method+" "+r.URL.Path]++
 		s.total++
+		if s.recent = append(s.recent, seen); len(s.recent) > keepRecent {
+			s.recent = s.recent[1:]
+		}
 		s.mu.Unlock()
 	}
 	s.mux.ServeHTTP(w, r)

@@ -266,6 +266,9 @@ func TestMessagingAndCalls(t *testing.T) {
 	defer r.Body.Close()
 	var calls fakeapi.Calls
 	require.NoError(t, json.NewDecoder(r.Body).Decode(&calls))
-	assert.Equal(t, fakeapi.Calls{Total: 2, ByPath: map[string]int{
-		"POST /2010-04-01/Accounts/AC1/Messages.json": 1, "POST /v3/mail/send": 1}}, calls)
+	assert.Equal(t, 2, calls.Total)
+	assert.Equal(t, map[string]int{"POST /2010-04-01/Accounts/AC1/Messages.json": 1, "POST /v3/mail/send": 1}, calls.ByPath)
+	require.Len(t, calls.Recent, 2)
+	assert.Equal(t, "/v3/mail/send", calls.Recent[1].Path)
+	assert.Equal(t, "application/json", calls.Recent[1].Headers["content-type"])
 }
