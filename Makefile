@@ -8,7 +8,7 @@ FUZZTIME ?= 5s
 # new one can never be left out.
 FUZZ_PACKAGES = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
 
-.PHONY: all build run test deps unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor lint vet fmt clean
+.PHONY: all build run test deps e2e-deps e2e unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor lint vet fmt clean
 
 all: build
 
@@ -18,7 +18,7 @@ build: ## build bin/tollgate
 run: build ## start Tollgate on the embedded default (memory store, bundled policy); POLICY=path to use your own
 	./$(BIN) serve $(if $(POLICY),--policy $(POLICY))
 
-test: deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
+test: deps e2e-deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 
 # Tests start real servers of their own (redis-server on a free loopback
 # port) and check alert rules with promtool; install the Debian packages
@@ -32,6 +32,20 @@ deps: ## install what the tests need (Debian packages)
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# The end-to-end test (e2e/) drives the official provider SDKs from npm with
+# Node: installed from e2e/package-lock.json into e2e/node_modules
+# (git-ignored), again only when the lock changes. Node and npm must be on the
+# machine; only the npm registry is needed.
+E2E_STAMP := e2e/node_modules/.installed
+e2e-deps: $(E2E_STAMP) ## install the SDKs the end-to-end test drives (npm ci into e2e/node_modules)
+$(E2E_STAMP): e2e/package-lock.json e2e/package.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: install Node 20+ (the e2e test runs the providers' SDKs)"; exit 1; }
+	npm ci --prefix e2e --no-audit --no-fund
+	@touch $@
+
+e2e: e2e-deps ## only the end-to-end test: the SDKs through the Envoy stand-in to the fake provider
+	$(GO) test -race -count=1 -v ./e2e/
 
 unit:
 	$(GO) test -race -count=1 ./...

@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/internal/fakeapi"
+)
+
+// Prices of testdata/policy.yaml in nano-dollars per token.
+const (
+	nanoInput, nanoOutput, nanoCached = 100, 400, 25 // gpt-4.1-nano
+	claudeInput, claudeOutput         = 1000, 5000   // claude-haiku-4-5
+	embedInput                        = 20           // text-embedding-3-small
+)
+
+// The fake provider's usage for chatMessages: prompt_tokens is the bytes
+// of message text ("Be brief." 9 + "Say hello." 10), completion_tokens
+// min(max_tokens, 6).
+const promptTokens, replyTokens = 19, 6
+
+var chatMessages = []map[string]string{{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}}
+
+const wholeReply = "Hello from the fake upstream."
+
+func chatParams(model string) map[string]any {
+	return map[string]any{"model": model, "messages": chatMessages, "max_tokens": 100}
+}
+
+func claudeParams() map[string]any {
+	return map[string]any{"model": "claude-haiku-4-5", "max_tokens": 100, "system": "Be brief.",
+		"messages": []map[string]string{{"role": "user", "content": "Say hello."}}}
+}
+
+// TestSDKs runs each case through the whole path, one after the other,
+// on one rig; each case has its own client, so its spend stands alone.
+func TestSDKs(t *testing.T) {
+	r := newRig(t)
+
+	t.Run("openai json", func(t *testing.T) {
+		before := r.calls()
+		res := run(t, sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-openai-json", Params: chatParams("gpt-4.1-nano")})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, wholeReply, res.Text)
+		var got struct{ Usage fakeapi.OpenAIUsage }
+		require.NoError(t, json.Unmarshal(res.Result, &got))
+		assert.EqualValues(t, promptTokens, got.Usage.PromptTokens)
+		assert.EqualValues(t, replyTokens, got.Usage.CompletionTokens)
+		require.Len(t, res.Attempts, 1)
+		assert.Equal(t, "0", res.Attempts[0].RetryCount)
+		assert.Equal(t, before+1, r.calls())
+
+		seen := r.last(t)
+		assert.Equal(t, "api.openai.com", seen.Host, "the route's host rewrite")
+		assert.Equal(t, "Bearer sk-e2e-test", seen.Headers["authorization"], "credentials reach the provider")
+		assert.NotContains(t, seen.Headers, "x-tollgate-client", "the router strips Tollgate's headers")
+		assert.NotContains(t, seen.Headers, "x-tollgate-reservation")
+		t.Logf("the SDK's accept-encoding as the provider got it: %q", seen.Headers["accept-encoding"])
+
+		assert.Equal(t, nanos(promptTokens, nanoInput, replyTokens, nanoOutput), r.settled(t, "e2e-openai-json"),
+			"spend is the usage at the model's prices, to the nano-dollar")
+	})
+
+	t.Run("openai json with cached tokens", func(t *testing.T) {
+		res := run(t, sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-openai-cached",
+			Params: chatParams("gpt-4.1-nano"), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.ScenarioCached}})
+		require.True(t, res.OK, describe(res.Error))
+		var got struct{ Usage fakeapi.OpenAIUsage }
+		require.NoError(t, json.Unmarshal(res.Result, &got))
+		cached := got.Usage.PromptTokensDetails.CachedTokens
+		require.EqualValues(t, promptTokens/2, cached)
+		// OpenAI's prompt_tokens includes the cached ones.
+		assert.Equal(t, nanos(promptTokens-cached, nanoInput, cached, nanoCached, replyTokens, nanoOutput), r.settled(t, "e2e-openai-cached"))
+	})
+
+	t.Run("openai stream without include_usage", func(t *testing.T) {
+		// Tollgate asks the provider for usage (include_usage) and must
+		// hand the worker the stream it asked for.
+		res := run(t, sdkCall{SDK: "openai", Op: "chat-stream", BaseURL: r.openai + "/v1", Client: "e2e-openai-stream",
+			Params: chatParams("gpt-4.1-nano"), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.ScenarioSlow}})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, wholeReply, res.Text)
+		assert.Zero(t, res.TypicalCodeErrors, "no chunk without choices reaches the worker")
+		require.Len(t, res.Chunks, 2+replyTokens, "role, six words, finish: the usage chunk Tollgate asked for is removed")
+		usageFields := 0
+		for i, c := range res.Chunks {
+			var ch map[string]json.RawMessage
+			require.NoError(t, json.Unmarshal(c.Data, &ch))
+			assert.NotEqual(t, "[]", string(ch["choices"]), "chunk %d", i)
+			if u, ok := ch["usage"]; ok {
+				usageFields++
+				assert.Equal(t, "null", string(u), "chunk %d", i)
+			}
+		}
+		// ISSUE 11 #10 (another engineer's item): the worker did not ask for
+		// include_usage, so no chunk should carry a usage field; today each
+		// carries "usage": null. Either state passes (anything else fails);
+		// when the fix lands, tighten this to assert.Zero.
+		if usageFields != 0 {
+			assert.Equal(t, len(res.Chunks), usageFields, "today: every chunk has \"usage\": null")
+			t.Logf("ISSUE 11 #10 still open: %d of %d chunks carry \"usage\": null", usageFields, len(res.Chunks))
+		}
+		// A stream stays a stream: the fake provider spaces its events by
+		// 40 ms, and the SDK got them spaced, not all at once.
+		spread := res.Chunks[len(res.Chunks)-1].At - res.Chunks[0].At
+		assert.Greater(t, spread, 150.0, "chunks arrived over %.0f ms", spread)
+		assert.Equal(t, nanos(promptTokens, nanoInput, replyTokens, nanoOutput), r.settled(t, "e2e-openai-stream"))
+	})
+
+	t.Run("openai stream with include_usage", func(t *testing.T) {
+		p := chatParams("gpt-4.1-nano")
+		p["stream_options"] = map[string]bool{"include_usage": true}
+		res := run(t, sdkCall{SDK: "openai", Op: "chat-stream", BaseURL: r.openai + "/v1", Client: "e2e-openai-stream-usage", Params: p})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, wholeReply, res.Text)
+		require.Len(t, res.Chunks, 3+replyTokens, "the worker asked for the usage chunk: it keeps it")
+		var last struct {
+			Choices []any
+			Usage   fakeapi.OpenAIUsage
+		}
+		require.NoError(t, json.Unmarshal(res.Chunks[len(res.Chunks)-1].Data, &last))
+		assert.Empty(t, last.Choices)
+		assert.EqualValues(t, promptTokens, last.Usage.PromptTokens)
+		assert.Equal(t, 1, res.TypicalCodeErrors, "the worker's own usage chunk has no choices, as with OpenAI")
+		assert.Equal(t, nanos(promptTokens, nanoInput, replyTokens, nanoOutput), r.settled(t, "e2e-openai-stream-usage"))
+	})
+
+	t.Run("openai embeddings", func(t *testing.T) {
+		res := run(t, sdkCall{SDK: "openai", Op: "embeddings", BaseURL: r.openai + "/v1", Client: "e2e-openai-embeddings",
+			Params: map[string]any{"model": "text-embedding-3-small", "input": []string{"abc", "defg"}}})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, nanos(7, embedInput), r.settled(t, "e2e-openai-embeddings"))
+	})
+
+	t.Run("anthropic json", func(t *testing.T) {
+		res := run(t, sdkCall{SDK: "anthropic", Op: "messages", BaseURL: r.anthropic, Client: "e2e-anthropic-json", Params: claudeParams()})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, wholeReply, res.Text)
+		var got struct{ Usage fakeapi.AnthropicUsage }
+		require.NoError(t, json.Unmarshal(res.Result, &got))
+		assert.Equal(t, fakeapi.AnthropicUsage{InputTokens: promptTokens, OutputTokens: replyTokens}, got.Usage)
+		seen := r.last(t)
+		assert.Equal(t, "api.anthropic.com", seen.Host)
+		// @anthropic-ai/sdk 1.x sends its API key as a bearer token, not
+		// x-api-key; either must reach the provider.
+		key := seen.Headers["x-api-key"]
+		if key == "" {
+			key = strings.TrimPrefix(seen.Headers["authorization"], "Bearer ")
+		}
+		assert.Equal(t, "sk-ant-e2e-test", key)
+		assert.Equal(t, nanos(promptTokens, claudeInput, replyTokens, claudeOutput), r.settled(t, "e2e-anthropic-json"))
+	})
+
+	t.Run("anthropic stream", func(t *testing.T) {
+		res := run(t, sdkCall{SDK: "anthropic", Op: "messages-stream", BaseURL: r.anthropic, Client: "e2e-anthropic-stream",
+			Params: claudeParams(), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.ScenarioSlow}})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, wholeReply, res.Text)
+		var types []string
+		for _, c := range res.Chunks {
+			var ev struct{ Type string }
+			require.NoError(t, json.Unmarshal(c.Data, &ev))
+			types = append(types, ev.Type)
+		}
+		// The provider's stream, event for event, less its ping (which the
+		// SDK itself drops).
+		assert.Equal(t, strings.Fields("message_start content_block_start content_block_delta content_block_delta content_block_delta "+
+			"content_block_delta content_block_delta content_block_delta content_block_stop message_delta message_stop"), types)
+		spread := res.Chunks[len(res.Chunks)-1].At - res.Chunks[0].At
+		assert.Greater(t, spread, 150.0, "events arrived over %.0f ms", spread)
+		assert.Equal(t, nanos(promptTokens, claudeInput, replyTokens, claudeOutput), r.settled(t, "e2e-anthropic-stream"))
+	})
+
+	t.Run("budget refusal", func(t *testing.T) {
+		before := r.calls()
+		for _, c := range []sdkCall{
+			{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-broke", Params: chatParams("gpt-4.1-nano")},
+			{SDK: "anthropic", Op: "messages", BaseURL: r.anthropic, Client: "e2e-broke", Params: claudeParams()},
+		} {
+			res := run(t, c)
+			require.False(t, res.OK)
+			require.NotNil(t, res.Error)
+			assert.Equal(t, 429, res.Error.Status)
+			assert.Equal(t, "RateLimitError", res.Error.Class, "a 429 is the SDK's RateLimitError")
+			t.Logf("  %s: type=%v request id=%v retry-after=%q x-should-retry=%q", c.SDK, deref(res.Error.Type), deref(res.Error.RequestID),
+				res.Error.Headers["retry-after"], res.Error.Headers["x-should-retry"])
+			// ISSUE 11 #9 (another engineer's item): a budget refusal can never
+			// pass, so it should carry x-should-retry: false and the SDK make
+			// one attempt. Today the SDK retries it: 1 + maxRetries (2) = 3
+			// attempts. Either state passes; when the header lands, tighten
+			// this to 1.
+			if res.Error.Headers["x-should-retry"] == "false" {
+				assert.Len(t, res.Attempts, 1, "x-should-retry: false stops the SDK's retries")
+			} else {
+				assert.Len(t, res.Attempts, 3, "today: the SDK retries a refusal that cannot pass")
+				t.Logf("ISSUE 11 #9 still open: %s made %d attempts in %.0f ms for a budget refusal", c.SDK, len(res.Attempts), res.ElapsedMs)
+			}
+			for i, a := range res.Attempts {
+				assert.Equal(t, 429, a.Status)
+				assert.Equal(t, itoa(i), a.RetryCount, "x-stainless-retry-count of attempt %d", i)
+			}
+		}
+		assert.Equal(t, before, r.calls(), "no refused call reaches the provider")
+		assert.Zero(t, r.settled(t, "e2e-broke"))
+	})
+
+	t.Run("upstream 429 pauses the pool", func(t *testing.T) {
+		before := r.calls()
+		res := run(t, sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-openai-429", MaxRetries: intp(0),
+			Params: chatParams("gpt-4.1-mini"), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.Scenario429}})
+		require.False(t, res.OK)
+		assert.Equal(t, "RateLimitError", res.Error.Class)
+		assert.Equal(t, "2", res.Error.Headers["retry-after"], "the provider's own 429 reaches the worker")
+		assert.Equal(t, before+1, r.calls())
+		assert.Zero(t, r.settled(t, "e2e-openai-429"), "a call the provider refused costs nothing")
+
+		// Another client on the same pool, at once: Tollgate pauses the pool
+		// for the provider's Retry-After (2 s) and holds the call in its
+		// queue (class normal may wait) until the pause ends, then lets it
+		// go; the SDK sees a slow success, not an error.
+		res = run(t, sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-openai-429-next", MaxRetries: intp(0),
+			Params: chatParams("gpt-4.1-mini")})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Greater(t, res.ElapsedMs, 1000.0, "held for the rest of the provider's pause")
+		assert.Equal(t, before+2, r.calls(), "the held call reached the provider once, after the pause")
+		assert.Equal(t, nanos(promptTokens, 400, replyTokens, 1600), r.settled(t, "e2e-openai-429-next"), "gpt-4.1-mini prices")
+	})
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return "<null>"
+	}
+	return *p
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
