@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -97,14 +98,10 @@ func TestSDKs(t *testing.T) {
 				assert.Equal(t, "null", string(u), "chunk %d", i)
 			}
 		}
-		// ISSUE 11 #10 (another engineer's item): the worker did not ask for
-		// include_usage, so no chunk should carry a usage field; today each
-		// carries "usage": null. Either state passes (anything else fails);
-		// when the fix lands, tighten this to assert.Zero.
-		if usageFields != 0 {
-			assert.Equal(t, len(res.Chunks), usageFields, "today: every chunk has \"usage\": null")
-			t.Logf("ISSUE 11 #10 still open: %d of %d chunks carry \"usage\": null", usageFields, len(res.Chunks))
-		}
+		// The worker did not ask for include_usage, so no chunk should
+		// carry a usage field; today each carries "usage": null.
+		openToday(t, "#10 usage: null on every chunk", usageFields == 0, usageFields == len(res.Chunks),
+			"%d of %d chunks carry \"usage\": null", usageFields, len(res.Chunks))
 		// A stream stays a stream: the fake provider spaces its events by
 		// 40 ms, and the SDK got them spaced, not all at once.
 		spread := res.Chunks[len(res.Chunks)-1].At - res.Chunks[0].At
@@ -187,18 +184,20 @@ func TestSDKs(t *testing.T) {
 			require.NotNil(t, res.Error)
 			assert.Equal(t, 429, res.Error.Status)
 			assert.Equal(t, "RateLimitError", res.Error.Class, "a 429 is the SDK's RateLimitError")
-			t.Logf("  %s: type=%v request id=%v retry-after=%q x-should-retry=%q", c.SDK, deref(res.Error.Type), deref(res.Error.RequestID),
+			t.Logf("  %s: type=%s request id=%s retry-after=%q x-should-retry=%q", c.SDK, deref(res.Error.Type), deref(res.Error.RequestID),
 				res.Error.Headers["retry-after"], res.Error.Headers["x-should-retry"])
-			// ISSUE 11 #9 (another engineer's item): a budget refusal can never
-			// pass, so it should carry x-should-retry: false and the SDK make
-			// one attempt. Today the SDK retries it: 1 + maxRetries (2) = 3
-			// attempts. Either state passes; when the header lands, tighten
-			// this to 1.
-			if res.Error.Headers["x-should-retry"] == "false" {
-				assert.Len(t, res.Attempts, 1, "x-should-retry: false stops the SDK's retries")
-			} else {
-				assert.Len(t, res.Attempts, 3, "today: the SDK retries a refusal that cannot pass")
-				t.Logf("ISSUE 11 #9 still open: %s made %d attempts in %.0f ms for a budget refusal", c.SDK, len(res.Attempts), res.ElapsedMs)
+			// A budget refusal can never pass: with x-should-retry: false the
+			// SDK makes one attempt; today it makes 1 + maxRetries (2).
+			shouldRetry := res.Error.Headers["x-should-retry"]
+			openToday(t, "#9 the SDK retries a budget refusal", shouldRetry == "false" && len(res.Attempts) == 1,
+				shouldRetry == "" && len(res.Attempts) == 3, "%s made %d attempts in %.0f ms", c.SDK, len(res.Attempts), res.ElapsedMs)
+			openToday(t, "#9 a local reply has no request id", res.Error.RequestID != nil, res.Error.RequestID == nil,
+				"%s: error.requestID %s", c.SDK, deref(res.Error.RequestID))
+			if c.SDK == "anthropic" {
+				// Anthropic has its own billing error; today the budget
+				// refusal reads as a rate limit.
+				openToday(t, "#9 an Anthropic budget refusal reads as rate_limit_error", deref(res.Error.Type) != "rate_limit_error",
+					deref(res.Error.Type) == "rate_limit_error", "error type %s", deref(res.Error.Type))
 			}
 			for i, a := range res.Attempts {
 				assert.Equal(t, 429, a.Status)
@@ -226,9 +225,28 @@ func TestSDKs(t *testing.T) {
 		res = run(t, sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-openai-429-next", MaxRetries: intp(0),
 			Params: chatParams("gpt-4.1-mini")})
 		require.True(t, res.OK, describe(res.Error))
-		assert.Greater(t, res.ElapsedMs, 1000.0, "held for the rest of the provider's pause")
 		assert.Equal(t, before+2, r.calls(), "the held call reached the provider once, after the pause")
+		recent := r.fake.Calls().Recent
+		refused, held := recent[len(recent)-2], recent[len(recent)-1]
+		assert.GreaterOrEqual(t, held.At.Sub(refused.At), upstreamRetryAfter-100*time.Millisecond,
+			"the held call reached the provider only when its Retry-After had passed")
+		t.Logf("  the next call was held %.0f ms by the SDK's clock; it reached the provider %v after the 429",
+			res.ElapsedMs, held.At.Sub(refused.At).Round(time.Millisecond))
 		assert.Equal(t, nanos(promptTokens, 400, replyTokens, 1600), r.settled(t, "e2e-openai-429-next"), "gpt-4.1-mini prices")
+
+		// The SDK's own retries of an upstream 429 (maxRetries 2, the
+		// provider's Retry-After of 2 s obeyed): each retry comes after the
+		// pause has run out, so each reaches the provider again.
+		before = r.calls()
+		res = run(t, sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-openai-429-retries",
+			Params: chatParams("gpt-4.1-mini"), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.Scenario429}})
+		require.False(t, res.OK)
+		assert.Equal(t, "RateLimitError", res.Error.Class)
+		require.Len(t, res.Attempts, 3, "1 + maxRetries")
+		t.Logf("  upstream 429 with retries: %d attempts, %d reached the provider, %.0f ms", len(res.Attempts), r.calls()-before, res.ElapsedMs)
+		assert.Equal(t, before+3, r.calls())
+		assert.GreaterOrEqual(t, res.ElapsedMs, 2*float64(upstreamRetryAfter/time.Millisecond)-100, "the SDK waited the provider's Retry-After each time")
+		assert.Zero(t, r.settled(t, "e2e-openai-429-retries"))
 	})
 }
 

@@ -77,6 +77,7 @@ type Seen struct {
 	Path    string            `json:"path"`
 	Host    string            `json:"host"`
 	Headers map[string]string `json:"headers"` // lower-case names, values joined by ", "
+	At      time.Time         `json:"at"`      // when it arrived
 }
 
 // Calls is the answer of GET /fakeapi/calls: the provider calls received
@@ -122,7 +123,7 @@ func (s *Server) Calls() Calls {
 // ServeHTTP counts provider calls and serves them.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.HasPrefix(r.URL.Path, "/fakeapi/") {
-		seen := Seen{Method: r.Method, Path: r.URL.Path, Host: r.Host, Headers: make(map[string]string, len(r.Header))}
+		seen := Seen{Method: r.Method, Path: r.URL.Path, Host: r.Host, Headers: make(map[string]string, len(r.Header)), At: time.Now()}
 		for k, vs := range r.Header {
 			seen.Headers[strings.ToLower(k)] = strings.Join(vs, ", ")
 		}
