@@ -15,6 +15,7 @@ import (
 // compressed. ISSUE 11 #7 (another engineer's item): Tollgate reads usage
 // only from plain bodies today.
 func TestCompressedResponses(t *testing.T) {
+	t.Parallel()
 	r := newRig(t)
 	exact := nanos(promptTokens, nanoInput, replyTokens, nanoOutput)
 
