@@ -47,6 +47,8 @@ type rig struct {
 	tollgate  *authz.Server
 	openai    string // base URL of the openai listener
 	anthropic string
+	twilio    string
+	sendgrid  string
 }
 
 func serveHTTP(t *testing.T, h http.Handler) string {
@@ -106,7 +108,8 @@ func newRig(t *testing.T) *rig {
 	t.Cleanup(func() { require.NoError(t, conn.Close()) })
 	listeners, err := envoysim.Load("../envoy/sidecar.yaml")
 	require.NoError(t, err)
-	for name, base := range map[string]*string{"openai": &r.openai, "anthropic": &r.anthropic} {
+	for name, base := range map[string]*string{"openai": &r.openai, "anthropic": &r.anthropic,
+		"twilio": &r.twilio, "sendgrid": &r.sendgrid} {
 		p, err := envoysim.New(envoysim.Config{Listener: listeners[name], Authz: authv3.NewAuthorizationClient(conn),
 			Proc: extprocv3.NewExternalProcessorClient(conn), Upstream: upstream})
 		require.NoError(t, err)
