@@ -67,7 +67,10 @@ func serveHTTP(t *testing.T, h http.Handler) string {
 	return "http://" + lis.Addr().String()
 }
 
-func newRig(t *testing.T) *rig {
+// rigOption changes how the stand-in reaches Tollgate's ext_proc.
+type rigOption func(extprocv3.ExternalProcessorClient) extprocv3.ExternalProcessorClient
+
+func newRig(t *testing.T, opts ...rigOption) *rig {
 	t.Helper()
 	requireSDKs(t)
 	r := &rig{}
@@ -108,10 +111,14 @@ func newRig(t *testing.T) *rig {
 	t.Cleanup(func() { require.NoError(t, conn.Close()) })
 	listeners, err := envoysim.Load("../envoy/sidecar.yaml")
 	require.NoError(t, err)
+	proc := extprocv3.NewExternalProcessorClient(conn)
+	for _, o := range opts {
+		proc = o(proc)
+	}
 	for name, base := range map[string]*string{"openai": &r.openai, "anthropic": &r.anthropic,
 		"twilio": &r.twilio, "sendgrid": &r.sendgrid} {
 		p, err := envoysim.New(envoysim.Config{Listener: listeners[name], Authz: authv3.NewAuthorizationClient(conn),
-			Proc: extprocv3.NewExternalProcessorClient(conn), Upstream: upstream})
+			Proc: proc, Upstream: upstream})
 		require.NoError(t, err)
 		t.Cleanup(p.Close)
 		*base = serveHTTP(t, p)

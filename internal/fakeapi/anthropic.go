@@ -86,8 +86,7 @@ func (s *Server) anthropicMessages(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	event := func(name string, v any) {
 		b, _ := json.Marshal(v)
-		_, _ = out.Write([]byte("event: " + name + "\ndata: " + string(b) + "\n\n"))
-		flush()
+		s.writeEvent(out, flush, sc, []byte("event: "+name+"\ndata: "+string(b)+"\n\n"))
 		if sc[ScenarioSlow] {
 			time.Sleep(s.cfg.SlowDelay)
 		}

@@ -35,6 +35,9 @@ const (
 	ScenarioSlow = "slow"
 	// ScenarioCached reports half the prompt as cached input.
 	ScenarioCached = "cached"
+	// ScenarioSplit sends each streamed event in two writes, flushed
+	// apart, as a network may cut it: a reader must join the halves.
+	ScenarioSplit = "split"
 )
 
 // Reply is the completion text every model writes, one token per piece;

@@ -116,6 +116,7 @@ func TestOpenAIChatStream(t *testing.T) {
 		"without include_usage": {extra: `,"stream":true`},
 		"with include_usage":    {extra: `,"stream":true,"stream_options":{"include_usage":true}`, usage: true},
 		"deflate":               {extra: `,"stream":true,"stream_options":{"include_usage":true}`, usage: true, scenario: "deflate"},
+		"split events":          {extra: `,"stream":true,"stream_options":{"include_usage":true}`, usage: true, scenario: "split"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			resp := post(t, srv.URL+"/v1/chat/completions", "application/json", chatBody("100", tc.extra),

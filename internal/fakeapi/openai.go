@@ -2,6 +2,7 @@ package fakeapi
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -147,8 +148,7 @@ func (s *Server) openAIChat(w http.ResponseWriter, r *http.Request) {
 			ch["usage"] = usage
 		}
 		b, _ := json.Marshal(ch)
-		_, _ = out.Write(append(append([]byte("data: "), b...), '\n', '\n'))
-		flush()
+		s.writeEvent(out, flush, sc, append(append([]byte("data: "), b...), '\n', '\n'))
 		if sc[ScenarioSlow] {
 			time.Sleep(s.cfg.SlowDelay)
 		}
@@ -209,4 +209,18 @@ func (s *Server) openAIEmbeddings(w http.ResponseWriter, r *http.Request) {
 	body, _ := json.Marshal(map[string]any{"object": "list", "data": data, "model": req.Model,
 		"usage": map[string]any{"prompt_tokens": tokens, "total_tokens": tokens}})
 	writeBody(w, r, sc, http.StatusOK, "application/json", body)
+}
+
+// writeEvent writes one server-sent event and flushes it; under
+// ScenarioSplit in two halves, flushed SlowDelay/2 apart.
+func (s *Server) writeEvent(out io.Writer, flush func(), sc scenario, ev []byte) {
+	if sc[ScenarioSplit] {
+		half := len(ev) / 2
+		_, _ = out.Write(ev[:half])
+		flush()
+		time.Sleep(s.cfg.SlowDelay / 2)
+		ev = ev[half:]
+	}
+	_, _ = out.Write(ev)
+	flush()
 }
