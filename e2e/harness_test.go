@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -117,13 +118,26 @@ func newRig(t *testing.T, opts ...rigOption) *rig {
 	}
 	for name, base := range map[string]*string{"openai": &r.openai, "anthropic": &r.anthropic,
 		"twilio": &r.twilio, "sendgrid": &r.sendgrid} {
+		// What the stand-in logs (an ext_proc message timeout, a failed
+		// check) shows in the test's output: under a loaded machine the
+		// config's 200 ms message timeout can fire, and the call then fails
+		// open as it would with Envoy.
 		p, err := envoysim.New(envoysim.Config{Listener: listeners[name], Authz: authv3.NewAuthorizationClient(conn),
-			Proc: proc, Upstream: upstream})
+			Proc: proc, Upstream: upstream, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
 		require.NoError(t, err)
 		t.Cleanup(p.Close)
 		*base = serveHTTP(t, p)
 	}
 	return r
+}
+
+// testWriter sends log lines to the test's log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
 }
 
 // requireSDKs fails (never skips) when the SDKs are not installed.
