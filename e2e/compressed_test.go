@@ -29,6 +29,17 @@ func TestCompressedResponses(t *testing.T) {
 			"booked $%v for a call whose usage costs $%v", got, exact)
 	})
 
+	t.Run("anthropic json, deflate", func(t *testing.T) {
+		res := run(t, sdkCall{SDK: "anthropic", Op: "messages", BaseURL: r.anthropic, Client: "e2e-anthropic-deflate",
+			Params: claudeParams(), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.ScenarioDeflate}})
+		require.True(t, res.OK, describe(res.Error))
+		assert.Equal(t, wholeReply, res.Text, "the SDK decodes deflate itself")
+		want := nanos(promptTokens, claudeInput, replyTokens, claudeOutput)
+		got := r.settled(t, "e2e-anthropic-deflate")
+		openToday(t, "#7 deflate JSON is billed at its estimate", got == want, got > want,
+			"booked $%v for a call whose usage costs $%v", got, want)
+	})
+
 	t.Run("openai stream, gzip", func(t *testing.T) {
 		res := run(t, sdkCall{SDK: "openai", Op: "chat-stream", BaseURL: r.openai + "/v1", Client: "e2e-openai-gzip-stream",
 			Params: chatParams("gpt-4.1-nano"), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.ScenarioGzip + "," + fakeapi.ScenarioSlow}})

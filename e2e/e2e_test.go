@@ -14,9 +14,9 @@ import (
 
 // Prices of testdata/policy.yaml in nano-dollars per token.
 const (
-	nanoInput, nanoOutput, nanoCached = 100, 400, 25 // gpt-4.1-nano
-	claudeInput, claudeOutput         = 1000, 5000   // claude-haiku-4-5
-	embedInput                        = 20           // text-embedding-3-small
+	nanoInput, nanoOutput, nanoCached       = 100, 400, 25    // gpt-4.1-nano
+	claudeInput, claudeOutput, claudeCached = 1000, 5000, 100 // claude-haiku-4-5
+	embedInput                              = 20              // text-embedding-3-small
 )
 
 // The fake provider's usage for chatMessages: prompt_tokens is the bytes
@@ -152,6 +152,19 @@ func TestSDKs(t *testing.T) {
 		}
 		assert.Equal(t, "sk-ant-e2e-test", key)
 		assert.Equal(t, nanos(promptTokens, claudeInput, replyTokens, claudeOutput), r.settled(t, "e2e-anthropic-json"))
+	})
+
+	t.Run("anthropic json with cache reads", func(t *testing.T) {
+		res := run(t, sdkCall{SDK: "anthropic", Op: "messages", BaseURL: r.anthropic, Client: "e2e-anthropic-cached",
+			Params: claudeParams(), Headers: map[string]string{fakeapi.ScenarioHeader: fakeapi.ScenarioCached}})
+		require.True(t, res.OK, describe(res.Error))
+		var got struct{ Usage fakeapi.AnthropicUsage }
+		require.NoError(t, json.Unmarshal(res.Result, &got))
+		// Anthropic's input_tokens excludes the cache reads.
+		require.Equal(t, fakeapi.AnthropicUsage{InputTokens: promptTokens - promptTokens/2, CacheReadInputTokens: promptTokens / 2,
+			OutputTokens: replyTokens}, got.Usage)
+		assert.Equal(t, nanos(got.Usage.InputTokens, claudeInput, got.Usage.CacheReadInputTokens, claudeCached, replyTokens, claudeOutput),
+			r.settled(t, "e2e-anthropic-cached"))
 	})
 
 	t.Run("anthropic stream", func(t *testing.T) {
