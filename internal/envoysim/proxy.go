@@ -231,7 +231,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var respAdd []*corev3.HeaderValueOption
 	if lis.Authz != nil {
 		var done bool
-		respAdd, done = p.checkAuthz(w, r.Context(), req, body)
+		respAdd, done = p.checkAuthz(r.Context(), w, req, body)
 		if done {
 			return
 		}
@@ -247,11 +247,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.forward(w, r.Context(), pc, req, body, respAdd)
+	p.forward(r.Context(), w, pc, req, body, respAdd)
 }
 
 // checkAuthz runs ext_authz; done says the reply was written.
-func (p *Proxy) checkAuthz(w http.ResponseWriter, ctx context.Context, req *headers, body []byte) ([]*corev3.HeaderValueOption, bool) {
+func (p *Proxy) checkAuthz(ctx context.Context, w http.ResponseWriter, req *headers, body []byte) ([]*corev3.HeaderValueOption, bool) {
 	lis := p.cfg.Listener
 	cfg := lis.Authz
 	withheldAuthz := func(k string) bool { return withheld(k, cfg.GetDisallowedHeaders().GetPatterns()) }
@@ -279,7 +279,7 @@ func (p *Proxy) checkAuthz(w http.ResponseWriter, ctx context.Context, req *head
 		}
 	}
 	creq := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Request:           &authv3.AttributeContext_Request{Time: nil, Http: hr},
+		Request:           &authv3.AttributeContext_Request{Http: hr},
 		ContextExtensions: lis.ContextExtensions,
 	}}
 	cctx, cancel := context.WithTimeout(ctx, lis.authzTimeout())
@@ -338,7 +338,7 @@ func writeLocal(w http.ResponseWriter, status int, h *headers, body []byte) {
 
 // forward sends the call upstream and streams the answer back through
 // ext_proc.
-func (p *Proxy) forward(w http.ResponseWriter, ctx context.Context, pc *procCall, req *headers, body []byte, respAdd []*corev3.HeaderValueOption) {
+func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, pc *procCall, req *headers, body []byte, respAdd []*corev3.HeaderValueOption) {
 	lis := p.cfg.Listener
 	for _, k := range lis.RequestHeadersToRemove {
 		req.del(k)
