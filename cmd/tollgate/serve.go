@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,12 +88,19 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		return err
 	}
 
+	// SIGHUP reloads the policy; caught first, so that one arriving while
+	// the server starts does not kill it (its default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	var policies admission.PolicySource
+	var reload func() error // nil for the bundled policy
 	if f.policyPath == "" {
 		policies = admission.StaticPolicy{Set: policy.Default()}
 		log.Info("using the bundled default policy", slog.String("policy", "bundled"))
@@ -102,8 +112,11 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = w.Run(runCtx) }()
 		policies = w
+		reload = w.Reload
 		log.Info("policy loaded; watching for changes", slog.String("policy", f.policyPath))
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); onHangup(runCtx, hup, reload, log) }()
 
 	if f.authz.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 		return err
@@ -135,6 +148,25 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		log.Info("stopped")
 	}
 	return err
+}
+
+// onHangup reloads the policy on each SIGHUP until ctx ends. A reload that
+// fails is logged and counted by the watcher, and the old policy stays: a
+// hangup never stops the server.
+func onHangup(ctx context.Context, hup <-chan os.Signal, reload func() error, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if reload == nil {
+				log.Info("SIGHUP: nothing to reload: the bundled default policy is in force", slog.String("policy", "bundled"))
+				continue
+			}
+			log.Info("SIGHUP: reloading the policy")
+			_ = reload() // logged and counted by the watcher
+		}
+	}
 }
 
 // openedStore is the limiter store the flags ask for, what /readyz and
