@@ -31,6 +31,7 @@ type serveFlags struct {
 	store           string
 	redis           redisstore.ClientConfig
 	redisPrefix     string
+	ended           memstore.EndedLimits
 	settle          string
 	policyPath      string
 	logLevel        string
@@ -40,7 +41,7 @@ type serveFlags struct {
 }
 
 func serveCmd() *cobra.Command {
-	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig()}
+	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -72,6 +73,9 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&f.redis.ReadTimeout, "redis-read-timeout", f.redis.ReadTimeout, "Redis read timeout")
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
+	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
+	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
+	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
 	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -188,11 +192,17 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 	}
 	switch f.store {
 	case "memory":
-		s, err := memstore.New(memstore.DefaultConfig())
+		cfg := memstore.DefaultConfig()
+		cfg.Ended = f.ended
+		s, err := memstore.New(cfg)
 		if err != nil {
 			return openedStore{}, err
 		}
-		log.Info("limiter store: memory (this process only)")
+		if err := registerEnded(s, reg); err != nil {
+			return openedStore{}, errors.Join(err, s.Close())
+		}
+		log.Info("limiter store: memory (this process only)", slog.Duration("ended_retention", f.ended.Retention),
+			slog.Int("ended_max", f.ended.MaxCount), slog.Int64("ended_max_bytes", f.ended.MaxBytes))
 		return openedStore{store: s, close: s.Close}, nil
 	case "redis":
 		redis.SetLogger(redisLog{log.With(slog.String("component", "redis"))}) // go-redis has only a global logger
@@ -200,7 +210,7 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err != nil {
 			return openedStore{}, err
 		}
-		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix})
+		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention})
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
@@ -231,6 +241,24 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		}, nil
 	}
 	return openedStore{}, fmt.Errorf("store %q: want memory or redis", f.store)
+}
+
+// registerEnded exports what the memory store keeps of ended reservations.
+func registerEnded(s *memstore.Store, reg prometheus.Registerer) error {
+	var set metricset.Set
+	set.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_store_ended_reservations",
+		Help: "Outcomes of ended reservations the memory store keeps for repeated settles.",
+	}, func() float64 { return float64(s.Ended().Kept) })
+	set.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_store_ended_reservations_bytes",
+		Help: "Estimated bytes of the outcomes of ended reservations the memory store keeps.",
+	}, func() float64 { return float64(s.Ended().Bytes) })
+	set.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_store_ended_reservations_evicted_total",
+		Help: "Outcomes of ended reservations forgotten before their retention, to stay within --ended-max and --ended-max-bytes.",
+	}, func() float64 { return float64(s.Ended().Evicted) })
+	return set.Register("memstore", reg)
 }
 
 // redisLog sends go-redis's own messages (dial failures and the like) to

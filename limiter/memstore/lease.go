@@ -116,7 +116,7 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 	for _, d := range deltas {
 		s.ledger.budget(d.Owner, d.Period).spent += d.Spent
 	}
-	exp := at + doneRetention.Microseconds()
+	exp := at + s.ledger.limits.Retention.Microseconds()
 	s.ledger.batches[batch] = exp
 	s.ledger.batchQ = append(s.ledger.batchQ, expiryItem{id: batch, exp: exp})
 	return true, nil

@@ -30,19 +30,40 @@ type Config struct {
 	// SweepInterval is how often buckets that have refilled completely are
 	// forgotten (a full bucket is the same as none). Zero disables sweeping.
 	SweepInterval time.Duration
+	// Ended bounds the outcomes of ended reservations kept so that a
+	// repeated settle is recognised; the zero value means DefaultEnded.
+	Ended EndedLimits
 }
+
+// EndedLimits bound the records of ended reservations: each is kept for
+// Retention, and the oldest are forgotten sooner when there are more than
+// MaxCount of them or they take more than MaxBytes (estimated). A settle
+// of a forgotten reservation finds no reservation.
+type EndedLimits struct {
+	Retention time.Duration
+	MaxCount  int
+	MaxBytes  int64
+}
+
+// DefaultEnded keeps a day of outcomes, at most 200,000 of them and 64 MiB.
+var DefaultEnded = EndedLimits{Retention: 24 * time.Hour, MaxCount: 200_000, MaxBytes: 64 << 20}
 
 // DefaultConfig returns the configuration of the embedded default.
 func DefaultConfig() Config {
-	return Config{Clock: limiter.SystemClock{}, SweepInterval: time.Minute}
+	return Config{Clock: limiter.SystemClock{}, SweepInterval: time.Minute, Ended: DefaultEnded}
 }
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
+	var errs []error
 	if c.SweepInterval < 0 {
-		return fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval)
+		errs = append(errs, fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval))
 	}
-	return nil
+	if e := c.Ended; e != (EndedLimits{}) && (e.Retention <= 0 || e.MaxCount <= 0 || e.MaxBytes <= 0) {
+		errs = append(errs, fmt.Errorf("memstore: ended reservations: retention %v, count %d and bytes %d must all be positive",
+			e.Retention, e.MaxCount, e.MaxBytes))
+	}
+	return errors.Join(errs...)
 }
 
 type entry struct {
@@ -81,7 +102,10 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = limiter.SystemClock{}
 	}
-	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger()}
+	if cfg.Ended == (EndedLimits{}) {
+		cfg.Ended = DefaultEnded
+	}
+	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger(cfg.Ended)}
 	for i := range s.shards {
 		s.shards[i].buckets = make(map[limiter.Key]*entry)
 	}
