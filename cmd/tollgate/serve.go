@@ -32,6 +32,7 @@ type serveFlags struct {
 	redis           redisstore.ClientConfig
 	redisPrefix     string
 	ended           memstore.EndedLimits
+	stateDir        string
 	settle          string
 	policyPath      string
 	logLevel        string
@@ -76,6 +77,7 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
 	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
+	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
 	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -187,16 +189,26 @@ type openedStore struct {
 
 // openStore builds the limiter store the flags ask for.
 func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
+	if f.stateDir != "" && f.store != "memory" {
+		return openedStore{}, errors.New("--state-dir is for --store memory: Redis keeps its own state")
+	}
 	if f.cluster.enabled && f.store != "redis" {
 		return openedStore{}, errors.New("--cluster needs --store redis: the fleet shares its limits in Redis")
 	}
 	switch f.store {
 	case "memory":
 		cfg := memstore.DefaultConfig()
-		cfg.Ended = f.ended
+		cfg.Ended, cfg.StateDir = f.ended, f.stateDir
 		s, err := memstore.New(cfg)
 		if err != nil {
 			return openedStore{}, err
+		}
+		if f.stateDir == "" {
+			log.Info("budgets are kept in this process only: a restart forgets their spend (set --state-dir to keep it)")
+		} else {
+			rep := s.Replayed()
+			log.Info("budgets restored from the state directory", slog.String("state_dir", f.stateDir),
+				slog.Int("budgets", rep.Budgets), slog.Int("committed_in_flight", rep.Committed), slog.Bool("torn_last_line", rep.Torn))
 		}
 		if err := registerEnded(s, reg); err != nil {
 			return openedStore{}, errors.Join(err, s.Close())

@@ -48,6 +48,8 @@ func TestSIGTERM(t *testing.T) {
 }
 
 type process struct {
+	grpc   string // its --grpc-addr
+	http   string // its --http-addr
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	readyz string
@@ -68,6 +70,8 @@ func startBinaryArgs(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
 	grpcAddr, httpAddr := freePort(t), freePort(t)
 	p := &process{
+		grpc:   grpcAddr,
+		http:   httpAddr,
 		cmd:    exec.Command(bin, append([]string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr}, args...)...),
 		stderr: &syncBuffer{},
 		readyz: "http://" + httpAddr + "/readyz",

@@ -63,6 +63,30 @@ type ledger struct {
 	limits    EndedLimits
 	doneBytes int64
 	evicted   uint64
+
+	j *journal // nil: nothing is kept across restarts
+}
+
+// journal appends rec before a change is applied; without a journal it
+// does nothing.
+func (l *ledger) journal(rec journalRecord) error {
+	if l.j == nil {
+		return nil
+	}
+	// Compact first: the state then holds every line written so far, and
+	// rec goes into the new file.
+	if err := l.j.maybeCompact(l); err != nil {
+		return err
+	}
+	return l.j.append(rec)
+}
+
+func owners(bs []limiter.Budget) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = b.Owner
+	}
+	return out
 }
 
 func newLedger(limits EndedLimits) ledger {
@@ -115,13 +139,20 @@ func (l *ledger) budget(owner, period string) *budgetEntry {
 }
 
 // commit spends a Hold's cost at once.
-func (l *ledger) commit(h *limiter.Hold) {
+func (l *ledger) commit(h *limiter.Hold) error {
+	if err := l.journal(journalRecord{Kind: "c", Period: h.Period, Amount: int64(h.Cost), Owners: owners(h.Budgets)}); err != nil {
+		return err
+	}
 	for _, b := range h.Budgets {
 		l.budget(b.Owner, h.Period).spent += h.Cost
 	}
+	return nil
 }
 
-func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) {
+func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) error {
+	if err := l.journal(journalRecord{Kind: "h", ID: h.ID, Period: h.Period, Amount: int64(h.Cost), Owners: owners(h.Budgets)}); err != nil {
+		return err
+	}
 	r := &reservation{cost: h.Cost, period: h.Period, exp: now + h.TTL.Microseconds(), charges: charges}
 	for _, b := range h.Budgets {
 		l.budget(b.Owner, h.Period).reserved += h.Cost
@@ -136,6 +167,7 @@ func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) {
 	}
 	l.resv[h.ID] = r
 	heap.Push(&l.expiry, expiryItem{id: h.ID, exp: r.exp})
+	return nil
 }
 
 // finish ends reservation id: spend is what is committed (the estimate on
@@ -152,6 +184,9 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
 	spend := outcome.Spend(r.cost, actual)
+	if err := l.journal(journalRecord{Kind: "e", ID: id, Amount: int64(spend)}); err != nil {
+		return limiter.Settlement{}, err
+	}
 	for _, owner := range r.owners {
 		e := l.budget(owner, r.period)
 		e.reserved -= r.cost

@@ -33,6 +33,12 @@ type Config struct {
 	// Ended bounds the outcomes of ended reservations kept so that a
 	// repeated settle is recognised; the zero value means DefaultEnded.
 	Ended EndedLimits
+	// StateDir, when set, keeps budgets' spend across restarts in a
+	// journal there (see JournalFile); "" keeps nothing.
+	StateDir string
+	// CompactLines is how many lines the journal may grow by, past its
+	// state, before it is rewritten; zero means 100,000.
+	CompactLines int
 }
 
 // EndedLimits bound the records of ended reservations: each is kept for
@@ -56,6 +62,9 @@ func DefaultConfig() Config {
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
 	var errs []error
+	if c.CompactLines < 0 {
+		errs = append(errs, fmt.Errorf("memstore: journal compaction after %d lines is negative", c.CompactLines))
+	}
 	if c.SweepInterval < 0 {
 		errs = append(errs, fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval))
 	}
@@ -86,6 +95,7 @@ type Store struct {
 
 	ledgerMu sync.Mutex // after any shard locks
 	ledger   ledger
+	replayed Replayed
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -108,6 +118,13 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger(cfg.Ended)}
 	for i := range s.shards {
 		s.shards[i].buckets = make(map[limiter.Key]*entry)
+	}
+	if cfg.StateDir != "" {
+		j, rep, err := openJournal(cfg.StateDir, cfg.CompactLines, &s.ledger)
+		if err != nil {
+			return nil, err
+		}
+		s.ledger.j, s.replayed = j, rep
 	}
 	if cfg.SweepInterval > 0 {
 		s.stop, s.done = make(chan struct{}), make(chan struct{})
@@ -206,11 +223,15 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		}
 		d = limiter.ApplyHold(buckets, req.Takes, h, s.ledger.states(h), inFlight)
 		d.Expired = expired
+		var err error
 		switch {
 		case d.Allowed && h.Commit:
-			s.ledger.commit(h)
+			err = s.ledger.commit(h)
 		case d.Allowed:
-			s.ledger.hold(h, limiter.Charged(req.Takes, d), at)
+			err = s.ledger.hold(h, limiter.Charged(req.Takes, d), at)
+		}
+		if err != nil {
+			return limiter.Decision{}, err
 		}
 	} else {
 		d = limiter.Apply(buckets, req.Takes)
@@ -281,13 +302,19 @@ func (s *Store) sweepLoop(every time.Duration) {
 }
 
 // Close stops the sweeper. It is idempotent; Reserve fails afterwards.
-func (s *Store) Close() error {
+func (s *Store) Close() (err error) {
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		if s.stop != nil {
 			close(s.stop)
 			<-s.done
 		}
+		s.ledgerMu.Lock()
+		err = s.ledger.j.close()
+		s.ledgerMu.Unlock()
 	})
-	return nil
+	return err
 }
+
+// Replayed reports what the journal held when the Store opened.
+func (s *Store) Replayed() Replayed { return s.replayed }
