@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"testing"
@@ -9,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestWrongPort: probe speaks gRPC, usage and estimate speak HTTP; given the
+// TestWrongPort: probe and load speak gRPC, usage and estimate speak HTTP; given the
 // other port, each says so and names the flag to use, instead of
 // "http2: frame too large" or "malformed HTTP response".
 func TestWrongPort(t *testing.T) {
@@ -24,6 +26,14 @@ func TestWrongPort(t *testing.T) {
 		"probe on the HTTP port": {
 			run:  func() (string, error) { return probeTour(httpAddr) },
 			want: []string{"probe: " + httpAddr + " looks like Tollgate's HTTP port (serve --http-addr)", "probe speaks gRPC", "serve --grpc-addr"},
+		},
+		"load on the HTTP port": {
+			run: func() (string, error) {
+				var out bytes.Buffer
+				err := run(context.Background(), []string{"load", "--addr", httpAddr, "--requests", "1"}, noEnv, &out, io.Discard)
+				return out.String(), err
+			},
+			want: []string{"load: " + httpAddr + " looks like Tollgate's HTTP port (serve --http-addr)", "load speaks gRPC", "serve --grpc-addr"},
 		},
 		"usage on the gRPC port": {
 			run:  func() (string, error) { return runUsage("acme", "--addr", grpcAddr) },
