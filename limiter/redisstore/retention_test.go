@@ -2,13 +2,13 @@ package redisstore_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/internal/redistest"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 )
@@ -33,7 +33,7 @@ func TestDoneRetention(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			c := srv.Client(t)
-			prefix := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+			prefix := redistest.Prefix(t)
 			s, err := redisstore.New(c, redisstore.Config{Prefix: prefix, DoneRetention: tc.retention})
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
