@@ -181,7 +181,7 @@ func (s *Service) reserveOrHold(ctx context.Context, r *Request, set *policy.Set
 		return dec, err, false, false
 	}
 	h := s.hold(ctx, line, r, client, p, unitsFor(line, p.req.Takes))
-	v.QueueWait = h.res.Waited
+	v.QueueWait, v.QueueID = h.res.Waited, h.res.QueueID
 	pool, desc := LineLabel(h.line)
 	if pool == "concurrency" {
 		pool = route.Pools[0].Name

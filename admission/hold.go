@@ -243,7 +243,21 @@ func (s *Service) QueueStatus() QueueStatus {
 	return out
 }
 
-// QueuePosition reports where the held call with request id stands.
+// QueueEntry is one held call in GET /api/queue.
+type QueueEntry = queue.Entry
+
+// QueueList lists every held call, line by line, each line best first;
+// lines are named for people.
+func (s *Service) QueueList() []QueueEntry {
+	list := s.queue.List()
+	for i := range list {
+		_, list[i].Key = LineLabel(list[i].Key)
+	}
+	return list
+}
+
+// QueuePosition reports where the held call with id stands: its queue id,
+// or a request id (then the earliest held call with it).
 func (s *Service) QueuePosition(id string) (queue.Position, bool) {
 	p, ok := s.queue.Position(id)
 	if ok {
@@ -252,8 +266,9 @@ func (s *Service) QueuePosition(id string) (queue.Position, bool) {
 	return p, ok
 }
 
-// QueueRemove takes the held call with request id out of the queue (it is
-// refused with removed_from_queue); false when no such call is held.
+// QueueRemove takes the held call with id (a queue id, or a request id: then
+// the earliest held call with it) out of the queue (it is refused with
+// removed_from_queue); false when no such call is held.
 func (s *Service) QueueRemove(id string) bool { return s.queue.Remove(id) }
 
 // QueueBusy is how many of the queue's lines are letting waiters go now.

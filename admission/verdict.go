@@ -94,6 +94,8 @@ type Verdict struct {
 	// Class is the call's priority class; QueueWait how long it was held.
 	Class     policy.Class
 	QueueWait time.Duration
+	// QueueID is the call's unique id in the hold queue, when it was held.
+	QueueID string
 
 	// What a refusal's explanation needs; each is set only by the reason
 	// it belongs to.

@@ -89,22 +89,29 @@ func (s *Server) queueRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/queue/status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.svc.QueueStatus())
 	})
-	mux.HandleFunc("GET /api/queue/position/{requestId}", func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.svc.QueuePosition(r.PathValue("requestId"))
+	mux.HandleFunc("GET /api/queue", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"held": s.svc.QueueList()})
+	})
+	// {id} is a queue id (x-tollgate-queue-id, GET /api/queue) or a request
+	// id; several calls may share a request id, and then the earliest held
+	// one is meant.
+	mux.HandleFunc("GET /api/queue/position/{id}", func(w http.ResponseWriter, r *http.Request) {
+		p, ok := s.svc.QueuePosition(r.PathValue("id"))
 		if !ok {
-			writeJSON(w, http.StatusNotFound, apiError{"no call with that request id is held"})
+			writeJSON(w, http.StatusNotFound, apiError{"no call with that queue id or request id is held"})
 			return
 		}
 		writeJSON(w, http.StatusOK, p)
 	})
-	mux.HandleFunc("DELETE /api/queue/{requestId}", func(w http.ResponseWriter, r *http.Request) {
-		id := r.PathValue("requestId")
-		if !s.svc.QueueRemove(id) {
-			writeJSON(w, http.StatusNotFound, apiError{"no call with that request id is held"})
+	mux.HandleFunc("DELETE /api/queue/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		p, ok := s.svc.QueuePosition(id)
+		if !ok || !s.svc.QueueRemove(p.QueueID) {
+			writeJSON(w, http.StatusNotFound, apiError{"no call with that queue id or request id is held"})
 			return
 		}
-		s.log.LogAttrs(r.Context(), slog.LevelInfo, "call removed from the queue", slog.String("request_id", id))
-		writeJSON(w, http.StatusOK, map[string]string{"request_id": id, "outcome": "removed"})
+		s.log.LogAttrs(r.Context(), slog.LevelInfo, "call removed from the queue", slog.String("request_id", p.ID), slog.String("queue_id", p.QueueID))
+		writeJSON(w, http.StatusOK, map[string]string{"queue_id": p.QueueID, "request_id": p.ID, "outcome": "removed"})
 	})
 }
 

@@ -36,6 +36,9 @@ func ResponseHeaders(v *Answer) []Header {
 			hs = append(hs, Header{HeaderQueueWait, strconv.FormatFloat(v.QueueWait.Seconds(), 'f', 3, 64)})
 		}
 	}
+	if v.QueueID != "" {
+		hs = append(hs, Header{HeaderQueueID, v.QueueID})
+	}
 	if !v.Allowed {
 		if v.RetryAfter > 0 {
 			hs = append(hs, Header{"retry-after", strconv.FormatInt(ceilSeconds(v.RetryAfter), 10)})

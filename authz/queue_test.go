@@ -464,3 +464,111 @@ queue:
 	assert.Greater(t, len(admitted), 10, "most are admitted")
 	t.Logf("%d of %d admitted; the rest refused at their deadline", len(admitted), len(calls))
 }
+
+// TestQueueSharedRequestID: held calls sharing an x-request-id are listed by
+// GET /api/queue, each with its own queue id, and each can be removed (by
+// queue id, or by request id one after the other); each refusal names its
+// queue id in x-tollgate-queue-id, and so does an admission after a hold.
+func TestQueueSharedRequestID(t *testing.T) {
+	clk := fakeclock.New(epoch)
+	ts := startServer(t, serverOpts{policy: queuePolicy, clk: clk})
+	ctx := context.Background()
+	resp, err := ts.auth.Check(ctx, checkFor("warmup", "", "w"))
+	require.NoError(t, err)
+	require.Equal(t, int32(code.Code_OK), resp.GetStatus().GetCode())
+	type answer struct {
+		client, code, queueID string
+	}
+	answers := make(chan answer, 3)
+	for _, client := range []string{"s", "c", "g"} {
+		go func() {
+			resp, err := ts.auth.Check(ctx, checkFor(client, "batch", "dup"))
+			if err != nil {
+				return
+			}
+			a := answer{client: client, code: code.Code(resp.GetStatus().GetCode()).String()}
+			hs := append(resp.GetDeniedResponse().GetHeaders(), resp.GetOkResponse().GetResponseHeadersToAdd()...)
+			for _, h := range hs {
+				if h.GetHeader().GetKey() == authz.HeaderQueueID {
+					a.queueID = h.GetHeader().GetValue()
+				}
+			}
+			answers <- a
+		}()
+	}
+	require.Eventually(t, func() bool { return ts.srv.Service().QueueStatus().Total == 3 }, 10*time.Second, time.Millisecond)
+
+	sc, body := ts.get(t, "/api/queue")
+	require.Equal(t, http.StatusOK, sc, body)
+	var list struct {
+		Held []struct {
+			QueueID   string  `json:"queue_id"`
+			RequestID string  `json:"request_id"`
+			Client    string  `json:"client"`
+			Class     string  `json:"class"`
+			Line      string  `json:"queue"`
+			Position  int     `json:"position"`
+			Score     float64 `json:"score"`
+			Waited    float64 `json:"waited_seconds"`
+		} `json:"held"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(body), &list), body)
+	require.Len(t, list.Held, 3, body)
+	byClient := map[string]string{}
+	for i, h := range list.Held {
+		assert.Equal(t, "dup", h.RequestID)
+		assert.Equal(t, "batch", h.Class)
+		assert.Equal(t, "pool one", h.Line)
+		assert.Equal(t, i+1, h.Position, "best first")
+		assert.NotEmpty(t, h.QueueID)
+		byClient[h.Client] = h.QueueID
+	}
+	require.Len(t, byClient, 3)
+	assert.Equal(t, "g", list.Held[0].Client, "gold first")
+	assert.InDelta(t, 40+10+10, list.Held[0].Score, 1e-9)
+
+	del := func(id string) int {
+		req, err := http.NewRequest(http.MethodDelete, ts.base+"/api/queue/"+id, nil)
+		require.NoError(t, err)
+		resp, err := ts.http.Do(req)
+		require.NoError(t, err)
+		require.NoError(t, resp.Body.Close())
+		return resp.StatusCode
+	}
+	// The calls arrived in goroutine order: the earliest of g and s is the
+	// one with the smaller queue id.
+	earliest, last := "g", "s"
+	if seqOf(t, byClient["s"]) < seqOf(t, byClient["g"]) {
+		earliest, last = "s", "g"
+	}
+	tests := []struct {
+		name, id, want string
+	}{
+		{"by queue id", byClient["c"], "c"},
+		{"by request id: the earliest of the rest", "dup", earliest},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sc, body := ts.get(t, "/api/queue/position/"+tc.id)
+			require.Equal(t, http.StatusOK, sc, body)
+			assert.Contains(t, body, `"queue_id": "`+byClient[tc.want]+`"`)
+			require.Equal(t, http.StatusOK, del(tc.id))
+			a := recv(t, answers)
+			assert.Equal(t, answer{client: tc.want, code: "RESOURCE_EXHAUSTED", queueID: byClient[tc.want]}, a)
+		})
+	}
+	assert.Equal(t, http.StatusNotFound, del(byClient["c"]), "gone")
+
+	require.Eventually(t, func() bool { return clk.Pending() > 0 }, 10*time.Second, time.Millisecond)
+	clk.Advance(time.Second)
+	assert.Equal(t, answer{client: last, code: "OK", queueID: byClient[last]}, recv(t, answers), "admitted after a hold: the header names it too")
+}
+
+// seqOf is the arrival number in a queue id "q-N".
+func seqOf(t *testing.T, queueID string) int {
+	t.Helper()
+	var n int
+	_, err := fmt.Sscanf(queueID, "q-%d", &n)
+	require.NoError(t, err, queueID)
+	return n
+}

@@ -22,6 +22,7 @@ const (
 	HeaderEstimatedCost   = "x-tollgate-estimated-cost"
 	HeaderBudgetRemaining = "x-tollgate-budget-remaining"
 	HeaderQueueWait       = "x-tollgate-queue-wait"
+	HeaderQueueID         = "x-tollgate-queue-id"
 )
 
 // Answer is a Verdict rendered for HTTP.

@@ -43,7 +43,7 @@ func readTier(m *mapNode, name string, line int) tierDoc {
 }
 
 func readLimit(m *mapNode, pool string, line int) limitDoc {
-	return limitDoc{pool: pool, line: line, capacity: m.int("capacity"), refill: m.int("refill_per_second")}
+	return limitDoc{pool: pool, line: line, capacity: m.int("capacity"), refill: m.refill()}
 }
 
 func readClient(m *mapNode, id string, line int) clientDoc {

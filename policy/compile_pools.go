@@ -20,7 +20,7 @@ type poolDoc struct {
 func readPool(m *mapNode, name string, line int) poolDoc {
 	return poolDoc{
 		file: m.d.file, name: name, line: line,
-		unit: m.str("unit"), capacity: m.int("capacity"), refill: m.int("refill_per_second"),
+		unit: m.str("unit"), capacity: m.int("capacity"), refill: m.refill(),
 		price: m.scalarText("price"), shadow: m.bool("shadow"),
 	}
 }

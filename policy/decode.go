@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -318,6 +319,11 @@ func (m *mapNode) str(key string) at[string] {
 
 func (m *mapNode) int(key string) at[int64] {
 	return field(m, key, func(n *yaml.Node, path string) (int64, bool) {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!float" && wholeDigits(n.Value) {
+			// YAML makes a whole number too large for 64 bits a float.
+			m.d.fail(n, path, "%s is too large for a whole number (at most %d)", n.Value, int64(math.MaxInt64))
+			return 0, false
+		}
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
 			m.d.fail(n, path, "must be a whole number, got %s", kindName(n))
 			return 0, false
@@ -411,4 +417,11 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// wholeDigits reports whether s is written as a whole number: an optional
+// sign, then digits (and underscores).
+func wholeDigits(s string) bool {
+	s = strings.TrimLeft(s, "+-")
+	return s != "" && strings.Trim(s, "0123456789_") == ""
 }

@@ -62,7 +62,7 @@ func TestCompileRefusals(t *testing.T) {
 		"unknown client_limits key": {
 			src: withPool(append(tierT, "    client_limits:", "      p:", "        capacity: 1",
 				"        refill_per_second: 1", "        burst: 1")...),
-			want: wantErr{line: 14, path: "tiers.t.client_limits.p", msg: `unknown field "burst" (allowed: capacity, refill_per_second)`},
+			want: wantErr{line: 14, path: "tiers.t.client_limits.p", msg: `unknown field "burst" (allowed: capacity, refill_per_second, refill)`},
 		},
 
 		// Wrong types.
@@ -147,6 +147,35 @@ func TestCompileRefusals(t *testing.T) {
 		"refill over MaxCapacity": {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 10", "    refill_per_second: 0x7fffffff"),
 			want: wantErr{line: 5, path: "pools.p.refill_per_second", msg: "must be at most 1000000000, got 2147483647"},
+		},
+		"refill per minute that is no whole rate a second": {
+			src:  lines("pools:", "  p:", "    unit: token", "    capacity: 10000", "    refill: 10000/min"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "10000/min" is 166.67 units a second, and the limiter refills whole units a second, so it cannot be kept exactly: write 9960/min (166/s) or 10020/min (167/s)`},
+		},
+		"refill per hour below one a second": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 100/h"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "100/h" is 0.03 units a second, and the limiter refills whole units a second, so it cannot be kept exactly: write 3600/h (1/s)`},
+		},
+		"refill with an unknown period": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 100/week"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `unknown period "week" (use s, min, h or d, as in 10000/min)`},
+		},
+		"refill too large": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 99999999999999999999/s"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `99999999999999999999 is too large (at most 1000000000)`},
+		},
+		"refill and refill_per_second": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 60/min", "    refill_per_second: 1"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: "set refill or refill_per_second, not both"},
+		},
+		"refill_per_second too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill_per_second: 99999999999999999999"),
+			want: wantErr{line: 5, path: "pools.p.refill_per_second", msg: "99999999999999999999 is too large for a whole number (at most 9223372036854775807)"},
+		},
+		"client limit refill per hour": {
+			src: withPool(append(tierT, "    client_limits:", "      p:", "        capacity: 10",
+				"        refill: 10/h")...),
+			want: wantErr{line: 13, path: "tiers.t.client_limits.p.refill", msg: `rate "10/h" is 0.00 units a second`},
 		},
 		"missing capacity": {
 			src:  lines("pools:", "  p:", "    unit: request", "    refill_per_second: 1"),

@@ -111,7 +111,7 @@ func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (
 	req.Header.Set("Content-Type", ct)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return admission.EstimateReport{}, fmt.Errorf("estimate: %w", err)
+		return admission.EstimateReport{}, wrongPort(ctx, "estimate", addr, protoHTTP, "--http-addr", "127.0.0.1:8080", fmt.Errorf("estimate: %w", err))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))

@@ -144,9 +144,9 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		}
 	}
 	first := time.Now() // an overshoot counts from the first check: the warm-up ones take from the bucket too
-	for _, c := range clients {
+	for i, c := range clients {
 		if _, err := c.Check(ctx, reqs[0]); err != nil { // fail fast, and warm the connection
-			return fmt.Errorf("load: first check: %w", err)
+			return wrongPort(ctx, "load", addrs[i], protoGRPC, "--grpc-addr", "127.0.0.1:8081", fmt.Errorf("load: first check: %w", err))
 		}
 	}
 	var trips0 int64

@@ -83,7 +83,7 @@ func probe(ctx context.Context, f probeFlags, out io.Writer) error {
 	defer cancel()
 	resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, cr)
 	if err != nil {
-		return fmt.Errorf("probe: check %s: %w", f.addr, err)
+		return wrongPort(ctx, "probe", f.addr, protoGRPC, "--grpc-addr", "127.0.0.1:8081", fmt.Errorf("probe: check %s: %w", f.addr, err))
 	}
 	if err := printCheckResponse(out, resp); err != nil || !f.respond {
 		return err

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +31,8 @@ type serveFlags struct {
 	store           string
 	redis           redisstore.ClientConfig
 	redisPrefix     string
+	ended           memstore.EndedLimits
+	stateDir        string
 	settle          string
 	policyPath      string
 	logLevel        string
@@ -37,7 +42,7 @@ type serveFlags struct {
 }
 
 func serveCmd() *cobra.Command {
-	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig()}
+	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -69,6 +74,10 @@ func serveCmd() *cobra.Command {
 	fl.DurationVar(&f.redis.ReadTimeout, "redis-read-timeout", f.redis.ReadTimeout, "Redis read timeout")
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
+	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
+	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
+	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
+	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
 	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -85,12 +94,19 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		return err
 	}
 
+	// SIGHUP reloads the policy; caught first, so that one arriving while
+	// the server starts does not kill it (its default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	var policies admission.PolicySource
+	var reload func() error // nil for the bundled policy
 	if f.policyPath == "" {
 		policies = admission.StaticPolicy{Set: policy.Default()}
 		log.Info("using the bundled default policy", slog.String("policy", "bundled"))
@@ -102,8 +118,11 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = w.Run(runCtx) }()
 		policies = w
+		reload = w.Reload
 		log.Info("policy loaded; watching for changes", slog.String("policy", f.policyPath))
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); onHangup(runCtx, hup, reload, log) }()
 
 	if f.authz.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 		return err
@@ -137,6 +156,25 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	return err
 }
 
+// onHangup reloads the policy on each SIGHUP until ctx ends. A reload that
+// fails is logged and counted by the watcher, and the old policy stays: a
+// hangup never stops the server.
+func onHangup(ctx context.Context, hup <-chan os.Signal, reload func() error, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if reload == nil {
+				log.Info("SIGHUP: nothing to reload: the bundled default policy is in force", slog.String("policy", "bundled"))
+				continue
+			}
+			log.Info("SIGHUP: reloading the policy")
+			_ = reload() // logged and counted by the watcher
+		}
+	}
+}
+
 // openedStore is the limiter store the flags ask for, what /readyz and
 // /api/cluster report of it, and how it is released.
 type openedStore struct {
@@ -151,16 +189,32 @@ type openedStore struct {
 
 // openStore builds the limiter store the flags ask for.
 func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
+	if f.stateDir != "" && f.store != "memory" {
+		return openedStore{}, errors.New("--state-dir is for --store memory: Redis keeps its own state")
+	}
 	if f.cluster.enabled && f.store != "redis" {
 		return openedStore{}, errors.New("--cluster needs --store redis: the fleet shares its limits in Redis")
 	}
 	switch f.store {
 	case "memory":
-		s, err := memstore.New(memstore.DefaultConfig())
+		cfg := memstore.DefaultConfig()
+		cfg.Ended, cfg.StateDir = f.ended, f.stateDir
+		s, err := memstore.New(cfg)
 		if err != nil {
 			return openedStore{}, err
 		}
-		log.Info("limiter store: memory (this process only)")
+		if f.stateDir == "" {
+			log.Info("budgets are kept in this process only: a restart forgets their spend (set --state-dir to keep it)")
+		} else {
+			rep := s.Replayed()
+			log.Info("budgets restored from the state directory", slog.String("state_dir", f.stateDir),
+				slog.Int("budgets", rep.Budgets), slog.Int("committed_in_flight", rep.Committed), slog.Bool("torn_last_line", rep.Torn))
+		}
+		if err := registerEnded(s, reg); err != nil {
+			return openedStore{}, errors.Join(err, s.Close())
+		}
+		log.Info("limiter store: memory (this process only)", slog.Duration("ended_retention", f.ended.Retention),
+			slog.Int("ended_max", f.ended.MaxCount), slog.Int64("ended_max_bytes", f.ended.MaxBytes))
 		return openedStore{store: s, close: s.Close}, nil
 	case "redis":
 		redis.SetLogger(redisLog{log.With(slog.String("component", "redis"))}) // go-redis has only a global logger
@@ -168,7 +222,7 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err != nil {
 			return openedStore{}, err
 		}
-		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix})
+		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention})
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
@@ -199,6 +253,24 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		}, nil
 	}
 	return openedStore{}, fmt.Errorf("store %q: want memory or redis", f.store)
+}
+
+// registerEnded exports what the memory store keeps of ended reservations.
+func registerEnded(s *memstore.Store, reg prometheus.Registerer) error {
+	var set metricset.Set
+	set.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_store_ended_reservations",
+		Help: "Outcomes of ended reservations the memory store keeps for repeated settles.",
+	}, func() float64 { return float64(s.Ended().Kept) })
+	set.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_store_ended_reservations_bytes",
+		Help: "Estimated bytes of the outcomes of ended reservations the memory store keeps.",
+	}, func() float64 { return float64(s.Ended().Bytes) })
+	set.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_store_ended_reservations_evicted_total",
+		Help: "Outcomes of ended reservations forgotten before their retention, to stay within --ended-max and --ended-max-bytes.",
+	}, func() float64 { return float64(s.Ended().Evicted) })
+	return set.Register("memstore", reg)
 }
 
 // redisLog sends go-redis's own messages (dial failures and the like) to

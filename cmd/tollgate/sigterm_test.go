@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -47,6 +48,8 @@ func TestSIGTERM(t *testing.T) {
 }
 
 type process struct {
+	grpc   string // its --grpc-addr
+	http   string // its --http-addr
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	readyz string
@@ -58,10 +61,18 @@ type process struct {
 // running.
 func startBinary(t *testing.T, bin, drainDelay string) *process {
 	t.Helper()
+	return startBinaryArgs(t, bin, "--drain-delay", drainDelay, "--policy", tourPolicy)
+}
+
+// startBinaryArgs starts `bin serve` on free ports with more flags and
+// waits until it is ready.
+func startBinaryArgs(t *testing.T, bin string, args ...string) *process {
+	t.Helper()
 	grpcAddr, httpAddr := freePort(t), freePort(t)
 	p := &process{
-		cmd: exec.Command(bin, "serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
-			"--drain-delay", drainDelay, "--policy", tourPolicy),
+		grpc:   grpcAddr,
+		http:   httpAddr,
+		cmd:    exec.Command(bin, append([]string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr}, args...)...),
 		stderr: &syncBuffer{},
 		readyz: "http://" + httpAddr + "/readyz",
 		exited: make(chan error, 1),
@@ -106,5 +117,47 @@ func (p *process) wait(t *testing.T) error {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("process did not exit; stderr:\n%s", p.stderr)
 		return nil
+	}
+}
+
+// TestSIGHUP sends SIGHUP to a real `tollgate serve`: the policy is reloaded
+// (or, with the bundled policy, there is nothing to reload), it is logged,
+// and the process keeps serving; SIGTERM then stops it cleanly.
+func TestSIGHUP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "tollgate")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+
+	tests := map[string]struct {
+		args []string
+		want string
+	}{
+		"policy file is reloaded":       {args: []string{"--policy", tourPolicy}, want: "policy reloaded"},
+		"bundled policy: nothing to do": {want: "nothing to reload"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			p := startBinaryArgs(t, bin, tc.args...)
+			for i := 1; i <= 2; i++ { // one at a time: pending signals coalesce
+				require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+				require.Eventually(t, func() bool {
+					return strings.Count(p.stderr.String(), "SIGHUP") >= i
+				}, 10*time.Second, 5*time.Millisecond, "stderr:\n%s", p.stderr)
+			}
+			require.Eventually(t, func() bool { return strings.Contains(p.stderr.String(), tc.want) },
+				10*time.Second, 5*time.Millisecond, "stderr:\n%s", p.stderr)
+			assert.Equal(t, http.StatusOK, httpStatus(p.readyz), "still serving after SIGHUP")
+			select {
+			case err := <-p.exited:
+				t.Fatalf("exited on SIGHUP: %v; stderr:\n%s", err, p.stderr)
+			default:
+			}
+			require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+			require.NoError(t, p.wait(t), "stderr:\n%s", p.stderr)
+			assert.Equal(t, 0, p.cmd.ProcessState.ExitCode())
+		})
 	}
 }

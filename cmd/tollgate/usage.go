@@ -40,7 +40,7 @@ func usage(ctx context.Context, addr, client string, asJSON bool, out io.Writer)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("usage: %w", err)
+		return wrongPort(ctx, "usage", addr, protoHTTP, "--http-addr", "127.0.0.1:8080", fmt.Errorf("usage: %w", err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))

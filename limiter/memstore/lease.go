@@ -114,9 +114,12 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 		return false, nil
 	}
 	for _, d := range deltas {
+		if err := s.ledger.journal(journalRecord{Kind: "c", Period: d.Period, Amount: int64(d.Spent), Owners: []string{d.Owner}}); err != nil {
+			return false, err
+		}
 		s.ledger.budget(d.Owner, d.Period).spent += d.Spent
 	}
-	exp := at + doneRetention.Microseconds()
+	exp := at + s.ledger.limits.Retention.Microseconds()
 	s.ledger.batches[batch] = exp
 	s.ledger.batchQ = append(s.ledger.batchQ, expiryItem{id: batch, exp: exp})
 	return true, nil

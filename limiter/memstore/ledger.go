@@ -13,9 +13,19 @@ import (
 
 var _ limiter.Backend = (*Store)(nil)
 
-// doneRetention is how long the outcome of an ended reservation is kept, so
-// that a repeated Settle or Release is recognised (idempotency).
-const doneRetention = 24 * time.Hour
+// endedOverhead is the estimated bytes of one ended record besides its id
+// (twice: the map key and the queue): map slot, settlement, queue item.
+const endedOverhead = 160
+
+// endedBytes estimates the memory of the record of id.
+func endedBytes(id string) int64 { return endedOverhead + 2*int64(len(id)) }
+
+// EndedStats describes the records of ended reservations a Store keeps.
+type EndedStats struct {
+	Kept    int
+	Bytes   int64
+	Evicted uint64 // forgotten before their retention, for the bounds
+}
 
 type budgetID struct{ owner, period string }
 
@@ -49,10 +59,39 @@ type ledger struct {
 	expiry  expiryHeap
 	batches map[string]int64 // booked batch ids → forget after (Unix µs)
 	batchQ  []expiryItem
+
+	limits    EndedLimits
+	doneBytes int64
+	evicted   uint64
+
+	j *journal // nil: nothing is kept across restarts
 }
 
-func newLedger() ledger {
+// journal appends rec before a change is applied; without a journal it
+// does nothing.
+func (l *ledger) journal(rec journalRecord) error {
+	if l.j == nil {
+		return nil
+	}
+	// Compact first: the state then holds every line written so far, and
+	// rec goes into the new file.
+	if err := l.j.maybeCompact(l); err != nil {
+		return err
+	}
+	return l.j.append(rec)
+}
+
+func owners(bs []limiter.Budget) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = b.Owner
+	}
+	return out
+}
+
+func newLedger(limits EndedLimits) ledger {
 	return ledger{
+		limits:  limits,
 		budgets: map[budgetID]*budgetEntry{},
 		slots:   map[string]map[string]int64{},
 		resv:    map[string]*reservation{},
@@ -100,13 +139,20 @@ func (l *ledger) budget(owner, period string) *budgetEntry {
 }
 
 // commit spends a Hold's cost at once.
-func (l *ledger) commit(h *limiter.Hold) {
+func (l *ledger) commit(h *limiter.Hold) error {
+	if err := l.journal(journalRecord{Kind: "c", Period: h.Period, Amount: int64(h.Cost), Owners: owners(h.Budgets)}); err != nil {
+		return err
+	}
 	for _, b := range h.Budgets {
 		l.budget(b.Owner, h.Period).spent += h.Cost
 	}
+	return nil
 }
 
-func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) {
+func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) error {
+	if err := l.journal(journalRecord{Kind: "h", ID: h.ID, Period: h.Period, Amount: int64(h.Cost), Owners: owners(h.Budgets)}); err != nil {
+		return err
+	}
 	r := &reservation{cost: h.Cost, period: h.Period, exp: now + h.TTL.Microseconds(), charges: charges}
 	for _, b := range h.Budgets {
 		l.budget(b.Owner, h.Period).reserved += h.Cost
@@ -121,6 +167,7 @@ func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) {
 	}
 	l.resv[h.ID] = r
 	heap.Push(&l.expiry, expiryItem{id: h.ID, exp: r.exp})
+	return nil
 }
 
 // finish ends reservation id: spend is what is committed (the estimate on
@@ -137,6 +184,9 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
 	spend := outcome.Spend(r.cost, actual)
+	if err := l.journal(journalRecord{Kind: "e", ID: id, Amount: int64(spend)}); err != nil {
+		return limiter.Settlement{}, err
+	}
 	for _, owner := range r.owners {
 		e := l.budget(owner, r.period)
 		e.reserved -= r.cost
@@ -150,10 +200,37 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 	}
 	delete(l.resv, id)
 	s := limiter.Settlement{ID: id, Outcome: outcome, Estimated: r.cost, Spent: spend}
-	exp := now + doneRetention.Microseconds()
+	exp := now + l.limits.Retention.Microseconds()
 	l.done[id] = ended{s: s, exp: exp}
 	l.doneQ = append(l.doneQ, expiryItem{id: id, exp: exp})
+	l.doneBytes += endedBytes(id)
+	// Over a bound: forget the oldest now, before their retention.
+	k := 0
+	for k < len(l.doneQ)-1 && (len(l.done) > l.limits.MaxCount || l.doneBytes > l.limits.MaxBytes) {
+		l.forgetDone(l.doneQ[k].id)
+		l.evicted++
+		k++
+	}
+	l.dropDoneQ(k)
 	return s, nil
+}
+
+func (l *ledger) forgetDone(id string) {
+	delete(l.done, id)
+	l.doneBytes -= endedBytes(id)
+}
+
+// dropDoneQ drops the first k items of doneQ, copying the rest when it is
+// worth it so the array does not grow for ever.
+func (l *ledger) dropDoneQ(k int) {
+	if k == 0 {
+		return
+	}
+	if k >= len(l.doneQ)/2 {
+		l.doneQ = append(l.doneQ[:0:0], l.doneQ[k:]...)
+	} else {
+		l.doneQ = l.doneQ[k:]
+	}
 }
 
 // expire ends up to max lapsed reservations at their estimate, and forgets
@@ -171,12 +248,10 @@ func (l *ledger) expire(now int64, max int) int {
 	// written: forget from the front, never scanning the rest.
 	k := 0
 	for k < len(l.doneQ) && l.doneQ[k].exp <= now {
-		delete(l.done, l.doneQ[k].id)
+		l.forgetDone(l.doneQ[k].id)
 		k++
 	}
-	if k > 0 {
-		l.doneQ = append(l.doneQ[:0:0], l.doneQ[k:]...)
-	}
+	l.dropDoneQ(k)
 	k = 0
 	for k < len(l.batchQ) && l.batchQ[k].exp <= now {
 		delete(l.batches, l.batchQ[k].id)
@@ -235,4 +310,11 @@ func (h *expiryHeap) Pop() any {
 	it := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return it
+}
+
+// Ended reports the records of ended reservations kept now.
+func (s *Store) Ended() EndedStats {
+	s.ledgerMu.Lock()
+	defer s.ledgerMu.Unlock()
+	return EndedStats{Kept: len(s.ledger.done), Bytes: s.ledger.doneBytes, Evicted: s.ledger.evicted}
 }

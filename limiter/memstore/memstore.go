@@ -30,19 +30,49 @@ type Config struct {
 	// SweepInterval is how often buckets that have refilled completely are
 	// forgotten (a full bucket is the same as none). Zero disables sweeping.
 	SweepInterval time.Duration
+	// Ended bounds the outcomes of ended reservations kept so that a
+	// repeated settle is recognised; the zero value means DefaultEnded.
+	Ended EndedLimits
+	// StateDir, when set, keeps budgets' spend across restarts in a
+	// journal there (see JournalFile); "" keeps nothing.
+	StateDir string
+	// CompactLines is how many lines the journal may grow by, past its
+	// state, before it is rewritten; zero means 100,000.
+	CompactLines int
 }
+
+// EndedLimits bound the records of ended reservations: each is kept for
+// Retention, and the oldest are forgotten sooner when there are more than
+// MaxCount of them or they take more than MaxBytes (estimated). A settle
+// of a forgotten reservation finds no reservation.
+type EndedLimits struct {
+	Retention time.Duration
+	MaxCount  int
+	MaxBytes  int64
+}
+
+// DefaultEnded keeps a day of outcomes, at most 200,000 of them and 64 MiB.
+var DefaultEnded = EndedLimits{Retention: 24 * time.Hour, MaxCount: 200_000, MaxBytes: 64 << 20}
 
 // DefaultConfig returns the configuration of the embedded default.
 func DefaultConfig() Config {
-	return Config{Clock: limiter.SystemClock{}, SweepInterval: time.Minute}
+	return Config{Clock: limiter.SystemClock{}, SweepInterval: time.Minute, Ended: DefaultEnded}
 }
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
-	if c.SweepInterval < 0 {
-		return fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval)
+	var errs []error
+	if c.CompactLines < 0 {
+		errs = append(errs, fmt.Errorf("memstore: journal compaction after %d lines is negative", c.CompactLines))
 	}
-	return nil
+	if c.SweepInterval < 0 {
+		errs = append(errs, fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval))
+	}
+	if e := c.Ended; e != (EndedLimits{}) && (e.Retention <= 0 || e.MaxCount <= 0 || e.MaxBytes <= 0) {
+		errs = append(errs, fmt.Errorf("memstore: ended reservations: retention %v, count %d and bytes %d must all be positive",
+			e.Retention, e.MaxCount, e.MaxBytes))
+	}
+	return errors.Join(errs...)
 }
 
 type entry struct {
@@ -65,6 +95,7 @@ type Store struct {
 
 	ledgerMu sync.Mutex // after any shard locks
 	ledger   ledger
+	replayed Replayed
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -81,9 +112,19 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = limiter.SystemClock{}
 	}
-	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger()}
+	if cfg.Ended == (EndedLimits{}) {
+		cfg.Ended = DefaultEnded
+	}
+	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger(cfg.Ended)}
 	for i := range s.shards {
 		s.shards[i].buckets = make(map[limiter.Key]*entry)
+	}
+	if cfg.StateDir != "" {
+		j, rep, err := openJournal(cfg.StateDir, cfg.CompactLines, &s.ledger)
+		if err != nil {
+			return nil, err
+		}
+		s.ledger.j, s.replayed = j, rep
 	}
 	if cfg.SweepInterval > 0 {
 		s.stop, s.done = make(chan struct{}), make(chan struct{})
@@ -182,11 +223,15 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		}
 		d = limiter.ApplyHold(buckets, req.Takes, h, s.ledger.states(h), inFlight)
 		d.Expired = expired
+		var err error
 		switch {
 		case d.Allowed && h.Commit:
-			s.ledger.commit(h)
+			err = s.ledger.commit(h)
 		case d.Allowed:
-			s.ledger.hold(h, limiter.Charged(req.Takes, d), at)
+			err = s.ledger.hold(h, limiter.Charged(req.Takes, d), at)
+		}
+		if err != nil {
+			return limiter.Decision{}, err
 		}
 	} else {
 		d = limiter.Apply(buckets, req.Takes)
@@ -257,13 +302,19 @@ func (s *Store) sweepLoop(every time.Duration) {
 }
 
 // Close stops the sweeper. It is idempotent; Reserve fails afterwards.
-func (s *Store) Close() error {
+func (s *Store) Close() (err error) {
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		if s.stop != nil {
 			close(s.stop)
 			<-s.done
 		}
+		s.ledgerMu.Lock()
+		err = s.ledger.j.close()
+		s.ledgerMu.Unlock()
 	})
-	return nil
+	return err
 }
+
+// Replayed reports what the journal held when the Store opened.
+func (s *Store) Replayed() Replayed { return s.replayed }

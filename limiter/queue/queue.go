@@ -20,7 +20,9 @@ package queue
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,7 +77,8 @@ type Attempt[V any] struct {
 
 // Waiter is one call to hold. The caller fills it before Submit.
 type Waiter[V any] struct {
-	// ID names the call for Position and Remove (Envoy's request id).
+	// ID is the caller's name for the call (Envoy's request id). Several
+	// waiters may share one; each also gets a unique queue id (QueueID).
 	ID     string
 	Client string
 	Class  policy.Class
@@ -98,6 +101,7 @@ type Waiter[V any] struct {
 
 	// set by the queue
 	q        *Queue[V]
+	qid      string // unique in this queue
 	key      string // the line it was submitted to
 	seq      uint64
 	arrival  int64 // Unix µs
@@ -132,6 +136,8 @@ type Result[V any] struct {
 	// RetryAfter is the last attempt's wait, a hint for the refusal.
 	RetryAfter time.Duration
 	Waited     time.Duration
+	// QueueID is the waiter's unique queue id ("" when it never queued).
+	QueueID string
 }
 
 // Config configures a Queue.
@@ -155,7 +161,8 @@ type Queue[V any] struct {
 
 	mu      sync.Mutex
 	lines   map[string]*line[V]
-	byID    map[string]*Waiter[V]
+	byQID   map[string]*Waiter[V]   // every waiting waiter, by queue id
+	byID    map[string][]*Waiter[V] // and by request id, in arrival order
 	parked  parkHeap[V]
 	unpark  func() bool // the timer for the earliest parked waiter
 	parkAt  int64
@@ -181,7 +188,8 @@ func New[V any](cfg Config) *Queue[V] {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 2 * time.Second
 	}
-	return &Queue[V]{cfg: cfg, lines: map[string]*line[V]{}, byID: map[string]*Waiter[V]{}, usage: map[string]*usage{}}
+	return &Queue[V]{cfg: cfg, lines: map[string]*line[V]{},
+		byQID: map[string]*Waiter[V]{}, byID: map[string][]*Waiter[V]{}, usage: map[string]*usage{}}
 }
 
 func micros(t time.Time) int64 { return t.UnixMicro() }
@@ -209,10 +217,10 @@ func (q *Queue[V]) Submit(key string, w *Waiter[V], done func(Result[V])) {
 	w.q, w.done, w.state, w.key = q, done, waiting, key
 	q.seq++
 	w.seq, w.arrival = q.seq, micros(now)
+	w.qid = "q-" + strconv.FormatUint(w.seq, 10)
+	q.byQID[w.qid] = w
 	if w.ID != "" {
-		if _, dup := q.byID[w.ID]; !dup {
-			q.byID[w.ID] = w
-		}
+		q.byID[w.ID] = append(q.byID[w.ID], w)
 	}
 	if w.NotBefore.After(now) {
 		w.parked, w.parkKey = true, key
@@ -273,11 +281,24 @@ func (q *Queue[V]) Wait(ctx context.Context, key string, w *Waiter[V]) Result[V]
 	}
 }
 
-// Remove takes the waiter with id out of its line; it is told Removed. It
+// lookupLocked finds a waiting waiter by its queue id, else the earliest
+// waiting one with that request id.
+func (q *Queue[V]) lookupLocked(id string) *Waiter[V] {
+	if w := q.byQID[id]; w != nil {
+		return w
+	}
+	if ws := q.byID[id]; len(ws) > 0 {
+		return ws[0]
+	}
+	return nil
+}
+
+// Remove takes the waiter with id (a queue id, or a request id: then the
+// earliest waiting call with it) out of its line; it is told Removed. It
 // reports whether there was such a waiter.
 func (q *Queue[V]) Remove(id string) bool {
 	q.mu.Lock()
-	w := q.byID[id]
+	w := q.lookupLocked(id)
 	q.mu.Unlock()
 	return w != nil && q.leave(w, Removed)
 }
@@ -321,9 +342,15 @@ func (q *Queue[V]) finishLocked(w *Waiter[V], r Result[V], now time.Time) {
 		r.Value, r.Tried, r.RetryAfter = w.lastTry.Value, true, w.lastTry.RetryAfter
 	}
 	r.Waited = time.Duration(micros(now)-w.arrival) * time.Microsecond
+	r.QueueID = w.qid
 	w.result = r
-	if w.ID != "" && q.byID[w.ID] == w {
-		delete(q.byID, w.ID)
+	delete(q.byQID, w.qid)
+	if ws := q.byID[w.ID]; len(ws) > 0 {
+		if ws = slices.DeleteFunc(ws, func(o *Waiter[V]) bool { return o == w }); len(ws) == 0 {
+			delete(q.byID, w.ID)
+		} else {
+			q.byID[w.ID] = ws
+		}
 	}
 }
 
@@ -717,6 +744,7 @@ func (q *Queue[V]) Status() Status {
 
 // Position is where one waiter stands.
 type Position struct {
+	QueueID  string  `json:"queue_id"`
 	ID       string  `json:"request_id"`
 	Key      string  `json:"queue"`
 	Class    string  `json:"class"`
@@ -727,19 +755,25 @@ type Position struct {
 	Parked   bool    `json:"parked,omitempty"`
 }
 
-// Position reports where the waiter with id stands now.
+// Position reports where the waiter with id (a queue id, or a request id:
+// then the earliest waiting call with it) stands now.
 func (q *Queue[V]) Position(id string) (Position, bool) {
 	now := micros(q.cfg.Clock.Now())
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	w := q.byID[id]
+	w := q.lookupLocked(id)
 	if w == nil || w.state != waiting {
 		return Position{}, false
 	}
-	p := Position{ID: id, Class: w.Class.String(), Waited: float64(now-w.arrival) / 1e6, Parked: w.parked}
+	return q.positionLocked(w, now), true
+}
+
+// positionLocked is where w stands at now; q.mu is held.
+func (q *Queue[V]) positionLocked(w *Waiter[V], now int64) Position {
+	p := Position{QueueID: w.qid, ID: w.ID, Class: w.Class.String(), Waited: float64(now-w.arrival) / 1e6, Parked: w.parked}
 	if w.parked {
 		p.Key = w.parkKey
-		return p, true
+		return p
 	}
 	l := w.line
 	p.Key, p.Depth = l.key, l.len()
@@ -751,5 +785,36 @@ func (q *Queue[V]) Position(id string) (Position, bool) {
 			p.Position++
 		}
 	}
-	return p, true
+	return p
+}
+
+// Entry is one held call in List.
+type Entry struct {
+	Position
+	Client string `json:"client"`
+}
+
+// List reports every held call, line by line (parked ones first, under the
+// line they will join), each line best first.
+func (q *Queue[V]) List() []Entry {
+	now := micros(q.cfg.Clock.Now())
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]Entry, 0, len(q.byQID))
+	for _, w := range q.byQID {
+		if w.state == waiting {
+			out = append(out, Entry{Position: q.positionLocked(w, now), Client: w.Client})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Key != b.Key {
+			return a.Key < b.Key
+		}
+		if a.Position.Position != b.Position.Position {
+			return a.Position.Position < b.Position.Position
+		}
+		return a.QueueID < b.QueueID
+	})
+	return out
 }

@@ -533,3 +533,62 @@ func TestClose(t *testing.T) {
 	assert.Equal(t, queue.Closed, recv(t, out).r.Outcome)
 	assert.Zero(t, r.clk.Pending(), "no timer left behind")
 }
+
+// TestSharedRequestID: calls sharing a request id each get their own queue
+// id; each can be found, listed and removed by it, and by the request id
+// one after the other (earliest first).
+func TestSharedRequestID(t *testing.T) {
+	r := newRig(t, nil)
+	b := r.bucket("gpt", 1, 1)
+	require.True(t, b.take(1).Allowed)
+	out := make(chan ended, 4)
+	ws := []*queue.Waiter[limiter.Decision]{
+		b.submit(out, "same", "a", policy.Batch, 20, 1),
+		b.submit(out, "same", "b", policy.Fast, 70, 1),
+		b.submit(out, "same", "c", policy.Normal, 40, 1),
+		b.submit(out, "other", "d", policy.Normal, 10, 1),
+	}
+	r.settle(1)
+
+	list := r.q.List()
+	require.Len(t, list, len(ws))
+	ids := map[string]string{} // client → queue id
+	for i, e := range list {
+		assert.Equal(t, i+1, e.Position.Position, "listed best first")
+		assert.Equal(t, b.key.String(), e.Key)
+		assert.Regexp(t, `^q-\d+$`, e.QueueID)
+		ids[e.Client] = e.QueueID
+	}
+	require.Len(t, ids, 4, "queue ids are unique")
+	assert.Equal(t, []string{"b", "c", "a", "d"}, []string{list[0].Client, list[1].Client, list[2].Client, list[3].Client})
+	assert.Equal(t, "fast", list[0].Class)
+	assert.Equal(t, "same", list[0].ID)
+
+	tests := map[string]struct {
+		remove     string
+		wantClient string
+	}{
+		"by queue id, the middle one": {remove: ids["c"], wantClient: "c"},
+		"by request id, the earliest": {remove: "same", wantClient: "a"},
+		"by request id, the next":     {remove: "same", wantClient: "b"},
+	}
+	for _, name := range []string{"by queue id, the middle one", "by request id, the earliest", "by request id, the next"} {
+		tc := tests[name]
+		t.Run(name, func(t *testing.T) {
+			p, ok := r.q.Position(tc.remove)
+			require.True(t, ok)
+			require.True(t, r.q.Remove(tc.remove))
+			e := recv(t, out)
+			assert.Equal(t, queue.Removed, e.r.Outcome)
+			assert.Equal(t, ids[tc.wantClient], e.r.QueueID, "the result names its queue id")
+			assert.Equal(t, p.QueueID, e.r.QueueID, "Position found the one Remove took")
+			_, ok = r.q.Position(e.r.QueueID)
+			assert.False(t, ok, "gone")
+		})
+	}
+	assert.False(t, r.q.Remove("same"), "none left with that request id")
+	list = r.q.List()
+	require.Len(t, list, 1)
+	assert.Equal(t, "d", list[0].Client)
+	assert.Equal(t, 1, list[0].Position.Position)
+}

@@ -53,19 +53,46 @@ var (
 	//go:embed book.lua
 	bookLua string
 
-	reserveScript = redis.NewScript(commonLua + reserveLua)
-	finishScript  = redis.NewScript(commonLua + finishLua)
-	expireScript  = redis.NewScript(commonLua + expireLua)
-	usageScript   = redis.NewScript(commonLua + usageLua)
-	adjustScript  = redis.NewScript(commonLua + adjustLua)
-	leaseScript   = redis.NewScript(commonLua + leaseLua)
-	slotsScript   = redis.NewScript(commonLua + slotsLua)
-	bookScript    = redis.NewScript(commonLua + bookLua)
+	defaultScripts = newScripts(commonLua)
 )
 
-// Scripts lists the embedded scripts, for loading ahead of use.
-var Scripts = map[string]*redis.Script{"reserve": reserveScript, "finish": finishScript, "expire": expireScript, "usage": usageScript, "adjust": adjustScript,
-	"lease": leaseScript, "slots": slotsScript, "book": bookScript}
+// scripts are the Lua scripts of one Store, each prepended with common.lua
+// (whose DONE_TTL follows Config.DoneRetention).
+type scripts struct {
+	reserve, finish, expire, usage, adjust, lease, slots, book *redis.Script
+}
+
+func newScripts(common string) scripts {
+	return scripts{
+		reserve: redis.NewScript(common + reserveLua),
+		finish:  redis.NewScript(common + finishLua),
+		expire:  redis.NewScript(common + expireLua),
+		usage:   redis.NewScript(common + usageLua),
+		adjust:  redis.NewScript(common + adjustLua),
+		lease:   redis.NewScript(common + leaseLua),
+		slots:   redis.NewScript(common + slotsLua),
+		book:    redis.NewScript(common + bookLua),
+	}
+}
+
+func (sc scripts) byName() map[string]*redis.Script {
+	return map[string]*redis.Script{"reserve": sc.reserve, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
+		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book}
+}
+
+// Scripts lists the embedded scripts (with the default retention), for
+// loading ahead of use.
+var Scripts = defaultScripts.byName()
+
+// Retention of ended reservations' outcomes (and booked batch ids): long
+// enough for a late settle to be recognised, never unbounded.
+const (
+	DefaultDoneRetention = 24 * time.Hour
+	MaxDoneRetention     = 7 * 24 * time.Hour
+)
+
+// doneTTLLine is the line of common.lua that Config.DoneRetention replaces.
+const doneTTLLine = "local DONE_TTL = 86400 "
 
 // Config configures a Store.
 type Config struct {
@@ -73,24 +100,34 @@ type Config struct {
 	// one prefix lives in one Redis Cluster slot. Fleets that must not
 	// share state use distinct prefixes.
 	Prefix string
+	// DoneRetention is how long the outcome of an ended reservation (a key
+	// per call) is kept, so a repeated settle is recognised; a settle
+	// later than that finds no reservation. Zero means
+	// DefaultDoneRetention; whole seconds, at most MaxDoneRetention.
+	DoneRetention time.Duration
 }
 
-// DefaultConfig returns the prefix "tollgate".
-func DefaultConfig() Config { return Config{Prefix: "tollgate"} }
+// DefaultConfig returns the prefix "tollgate" and a day's retention.
+func DefaultConfig() Config { return Config{Prefix: "tollgate", DoneRetention: DefaultDoneRetention} }
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
+	var errs []error
 	if c.Prefix == "" || strings.ContainsAny(c.Prefix, "{}\n ") {
-		return fmt.Errorf("redisstore: prefix %q must be non-empty, without braces, spaces or newlines", c.Prefix)
+		errs = append(errs, fmt.Errorf("redisstore: prefix %q must be non-empty, without braces, spaces or newlines", c.Prefix))
 	}
-	return nil
+	if c.DoneRetention != 0 && (c.DoneRetention < time.Second || c.DoneRetention > MaxDoneRetention || c.DoneRetention%time.Second != 0) {
+		errs = append(errs, fmt.Errorf("redisstore: retention of ended reservations %v must be whole seconds from 1s to %v", c.DoneRetention, MaxDoneRetention))
+	}
+	return errors.Join(errs...)
 }
 
 // Store is the Redis Backend. It does not own the client; the caller closes
 // it (Close is a no-op kept for the interface).
 type Store struct {
-	c redis.UniversalClient
-	p string // "{prefix}:"
+	c  redis.UniversalClient
+	p  string // "{prefix}:"
+	sc scripts
 }
 
 // New returns a Store using client c.
@@ -101,7 +138,11 @@ func New(c redis.UniversalClient, cfg Config) (*Store, error) {
 	if c == nil {
 		return nil, errors.New("redisstore: nil client")
 	}
-	return &Store{c: c, p: "{" + cfg.Prefix + "}:"}, nil
+	sc := defaultScripts
+	if r := cfg.DoneRetention; r != 0 && r != DefaultDoneRetention {
+		sc = newScripts(strings.Replace(commonLua, doneTTLLine, fmt.Sprintf("local DONE_TTL = %d ", int64(r/time.Second)), 1))
+	}
+	return &Store{c: c, p: "{" + cfg.Prefix + "}:", sc: sc}, nil
 }
 
 // Load puts the scripts into Redis's script cache, so the first admission
@@ -109,7 +150,7 @@ func New(c redis.UniversalClient, cfg Config) (*Store, error) {
 // themselves on NOSCRIPT.
 func (s *Store) Load(ctx context.Context) error {
 	var errs []error
-	for name, sc := range Scripts {
+	for name, sc := range s.sc.byName() {
 		if err := sc.Load(ctx, s.c).Err(); err != nil {
 			errs = append(errs, fmt.Errorf("redisstore: load %s: %w", name, err))
 		}
@@ -188,7 +229,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			keys = append(keys, s.slotKey(h.Slot.Client))
 		}
 	}
-	res, err := reserveScript.Run(ctx, s.c, keys, args...).Slice()
+	res, err := s.sc.reserve.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
 		if strings.Contains(err.Error(), "DUPLICATE") {
 			return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
@@ -310,7 +351,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 		keys = append(keys, s.bucketKey(t.Key))
 		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cap, t.Pause.Microseconds())
 	}
-	res, err := finishScript.Run(ctx, s.c, keys, args...).Slice()
+	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
@@ -351,7 +392,7 @@ func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error)
 	if max <= 0 {
 		return 0, nil // Redis reads LIMIT 0 -1 as no limit at all
 	}
-	n, err := expireScript.Run(ctx, s.c, []string{s.expiryKey()}, s.p, micros(now), max).Int()
+	n, err := s.sc.expire.Run(ctx, s.c, []string{s.expiryKey()}, s.p, micros(now), max).Int()
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: expire: %w", err)
 	}
@@ -372,7 +413,7 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 		owner = budgets[0].Owner
 	}
 	keys = append(keys, s.slotKey(owner))
-	res, err := usageScript.Run(ctx, s.c, keys, micros(now), len(budgets)).Slice()
+	res, err := s.sc.usage.Run(ctx, s.c, keys, micros(now), len(budgets)).Slice()
 	if err != nil {
 		return limiter.Usage{}, fmt.Errorf("redisstore: usage: %w", err)
 	}
@@ -418,7 +459,7 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 		keys[i] = s.bucketKey(a.Key)
 		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Refund, a.Cap, a.Pause.Microseconds())
 	}
-	res, err := adjustScript.Run(ctx, s.c, keys, args...).Slice()
+	res, err := s.sc.adjust.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: adjust: %w", err)
 	}
@@ -465,7 +506,7 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 	if len(asks) == 0 {
 		return []limiter.LeaseGrant{}, nil
 	}
-	res, err := leaseScript.Run(ctx, s.c, keys, args...).Slice()
+	res, err := s.sc.lease.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: lease: %w", err)
 	}
@@ -502,7 +543,7 @@ func (s *Store) LeaseSlots(ctx context.Context, l limiter.SlotLease, now time.Ti
 	if err := l.Validate(); err != nil {
 		return 0, 0, err
 	}
-	res, err := slotsScript.Run(ctx, s.c, []string{s.slotKey(l.Client)}, micros(now), l.Holder, l.Want, l.Max, l.TTL.Microseconds()).Slice()
+	res, err := s.sc.slots.Run(ctx, s.c, []string{s.slotKey(l.Client)}, micros(now), l.Holder, l.Want, l.Max, l.TTL.Microseconds()).Slice()
 	if err != nil {
 		return 0, 0, fmt.Errorf("redisstore: lease slots: %w", err)
 	}
@@ -536,7 +577,7 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 		keys = append(keys, s.budgetKey(d.Owner, d.Period))
 		args = append(args, int64(d.Spent))
 	}
-	n, err := bookScript.Run(ctx, s.c, keys, args...).Int()
+	n, err := s.sc.book.Run(ctx, s.c, keys, args...).Int()
 	if err != nil {
 		return false, fmt.Errorf("redisstore: book %s: %w", batch, err)
 	}
