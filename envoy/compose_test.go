@@ -187,6 +187,18 @@ func TestComposeMatchesSidecar(t *testing.T) {
 		assert.Contains(t, published, httpPort)
 	})
 
+	t.Run("tollgate's API is on loopback and never published", func(t *testing.T) {
+		apiHost, apiPort := flagAddr(t, tollgate.Command, "api-addr")
+		assert.Equal(t, "127.0.0.1", apiHost)
+		assert.NotContains(t, published, apiPort)
+	})
+
+	t.Run("tollgate's ports are published on the host's loopback only", func(t *testing.T) {
+		for _, spec := range tollgate.Ports {
+			assert.True(t, strings.HasPrefix(spec, "127.0.0.1:"), "port %q would be open to the host's network", spec)
+		}
+	})
+
 	t.Run("every published port has something behind it", func(t *testing.T) {
 		// Docker forwards to the container's interface, so only a socket
 		// bound to all interfaces receives published traffic.
@@ -401,6 +413,12 @@ func TestComposeFleet(t *testing.T) {
 				}
 			}
 			assert.Len(t, envoys, 1, "one Envoy in %s's namespace", name)
+
+			apiHost, _ := flagAddr(t, cmd, "api-addr")
+			assert.Equal(t, "127.0.0.1", apiHost, "the API is never published")
+			for _, spec := range s.Ports {
+				assert.True(t, strings.HasPrefix(spec, "127.0.0.1:"), "port %q would be open to the host's network", spec)
+			}
 
 			published := publishedPorts(t, s.Ports)
 			for _, l := range b.GetStaticResources().GetListeners() {

@@ -60,7 +60,7 @@ func startBinary(t *testing.T, bin, drainDelay string) *process {
 	t.Helper()
 	grpcAddr, httpAddr := freePort(t), freePort(t)
 	p := &process{
-		cmd: exec.Command(bin, "serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr,
+		cmd: exec.Command(bin, "serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--api-addr", freePort(t),
 			"--drain-delay", drainDelay, "--policy", tourPolicy),
 		stderr: &syncBuffer{},
 		readyz: "http://" + httpAddr + "/readyz",
