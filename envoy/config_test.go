@@ -372,6 +372,18 @@ func TestSidecarAdminIsLoopbackOnly(t *testing.T) {
 // TestSidecarListenersAreLoopbackOnly: bound to 0.0.0.0, the listeners
 // would let any pod that can reach this one send calls on its budget and
 // its credentials (an open egress proxy).
+// TestSidecarNormalizesPaths: every listener normalizes paths, merges
+// slashes and refuses escaped slashes, so that no spelling of a metered
+// path dodges its route (issue 11).
+func TestSidecarNormalizesPaths(t *testing.T) {
+	for _, l := range sidecar(t).GetStaticResources().GetListeners() {
+		hcm := connectionManager(t, l)
+		assert.True(t, hcm.GetNormalizePath().GetValue(), "listener %s: normalize_path", l.GetName())
+		assert.True(t, hcm.GetMergeSlashes(), "listener %s: merge_slashes", l.GetName())
+		assert.Equal(t, hcmv3.HttpConnectionManager_REJECT_REQUEST, hcm.GetPathWithEscapedSlashesAction(), "listener %s: escaped slashes", l.GetName())
+	}
+}
+
 func TestSidecarListenersAreLoopbackOnly(t *testing.T) {
 	for _, l := range sidecar(t).GetStaticResources().GetListeners() {
 		assert.Equal(t, "127.0.0.1", l.GetAddress().GetSocketAddress().GetAddress(), "listener %s", l.GetName())

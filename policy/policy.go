@@ -190,6 +190,20 @@ func (s *Set) MatchRoute(host, path, model string) *Route {
 	return nil
 }
 
+// MatchRouteFold returns the first route whose host matches and whose path
+// prefix matches path when letter case is ignored (models aside), or nil.
+// A path that matches no route but this one names a metered route in the
+// wrong case.
+func (s *Set) MatchRouteFold(host, path string) *Route {
+	host = stripPort(strings.ToLower(host))
+	for _, r := range s.Routes {
+		if hostMatches(r.Host, host) && len(path) >= len(r.PathPrefix) && strings.EqualFold(path[:len(r.PathPrefix)], r.PathPrefix) {
+			return r
+		}
+	}
+	return nil
+}
+
 // Route returns the route named name, or nil.
 func (s *Set) Route(name string) *Route {
 	for _, r := range s.Routes {
