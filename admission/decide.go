@@ -77,6 +77,16 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		return v
 	}
 	v := Verdict{Provider: route.Provider, Route: route.Name, Client: r.Client}
+	switch {
+	case r.Client == "" && set.Defaults.MissingClient == policy.Deny:
+		v.Outcome, v.Reason = OutcomeDenied, ReasonMissingClient
+		return v
+	case r.Client != "":
+		if err := ValidClientID(r.Client); err != nil {
+			v.Client, v.Outcome, v.Reason, v.Invalid = "", OutcomeInvalid, ReasonInvalidClient, err.Error()
+			return v
+		}
+	}
 	client, ok := set.Client(r.Client)
 	if !ok {
 		v.Outcome, v.Reason = OutcomeDenied, ReasonUnknownClient

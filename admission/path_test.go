@@ -80,3 +80,29 @@ func FuzzCanonicalPath(f *testing.F) {
 		}
 	})
 }
+
+func TestValidClientID(t *testing.T) {
+	tests := map[string]struct {
+		id, wantErr string
+	}{
+		"simple":          {id: "team-a"},
+		"every character": {id: "AZaz09._:-/"},
+		"128 bytes":       {id: strings.Repeat("x", 128)},
+		"129 bytes":       {id: strings.Repeat("x", 129), wantErr: "129 bytes long, over the 128 allowed"},
+		"empty":           {id: "", wantErr: "empty"},
+		"space":           {id: "a b", wantErr: `holds " " at byte 1`},
+		"newline":         {id: "a\nb", wantErr: `holds "\n"`},
+		"non-ASCII":       {id: "café", wantErr: "only A-Z a-z 0-9"},
+		"at sign":         {id: "a@b", wantErr: "only A-Z"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			err := admission.ValidClientID(tc.id)
+			if tc.wantErr == "" {
+				assert.NoError(t, err)
+				return
+			}
+			assert.ErrorContains(t, err, tc.wantErr)
+		})
+	}
+}

@@ -45,6 +45,9 @@ type Config struct {
 	APIToken Secret
 	// ClientHeader names the request header that identifies the client.
 	ClientHeader string
+	// Client, when set, is the client of every call (serve --client): the
+	// header and the context extension are ignored.
+	Client string
 	// DrainDelay is how long Shutdown reports NOT_SERVING before it stops
 	// accepting calls, so that Envoy and Kubernetes notice first.
 	DrainDelay time.Duration
@@ -78,6 +81,11 @@ func (c Config) Validate() error {
 	}
 	if c.ClientHeader == "" || c.ClientHeader != strings.ToLower(c.ClientHeader) || strings.ContainsAny(c.ClientHeader, " :") {
 		errs = append(errs, fmt.Errorf("authz: client header %q must be a lower-case header name", c.ClientHeader))
+	}
+	if c.Client != "" {
+		if err := admission.ValidClientID(c.Client); err != nil {
+			errs = append(errs, fmt.Errorf("authz: client %w", err))
+		}
 	}
 	if c.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("authz: drain delay %v is negative", c.DrainDelay))
@@ -190,7 +198,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// them to) from call to call; a call held in the queue occupies one, and
 	// gRPC starts a goroutine of its own when all are busy.
 	s.grpc = grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
-	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clientHeader: cfg.ClientHeader, m: s.m})
+	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clientSource{header: cfg.ClientHeader, pinned: cfg.Client}, m: s.m})
 	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)

@@ -332,6 +332,10 @@ func TestCompileRefusals(t *testing.T) {
 			src:  withPool("defaults:", "  unmatched_route: block"),
 			want: wantErr{line: 7, path: "defaults.unmatched_route", msg: `must be "allow" or "deny", got "block"`},
 		},
+		"missing_client neither allow nor deny": {
+			src:  withPool("defaults:", "  missing_client: required"),
+			want: wantErr{line: 7, path: "defaults.missing_client", msg: `must be "allow" or "deny", got "required"`},
+		},
 		"invalid_request neither allow nor deny": {
 			src:  withPool("defaults:", "  invalid_request: Deny"),
 			want: wantErr{line: 7, path: "defaults.invalid_request", msg: `must be "allow" or "deny", got "Deny"`},

@@ -134,8 +134,12 @@ type Defaults struct {
 	// UnknownClientTier is the tier given to a client not listed; nil means
 	// unknown clients are denied.
 	UnknownClientTier *Tier
-	UnmatchedRoute    Action
-	InvalidRequest    Action
+	// MissingClient is what happens to a call that names no client: Allow
+	// treats it as the client "" (so unknown_client decides), Deny refuses
+	// it (missing_client).
+	MissingClient  Action
+	UnmatchedRoute Action
+	InvalidRequest Action
 	// StoreUnavailable is what happens when the limiter store cannot be
 	// asked: Deny fails closed (503), Allow fails open.
 	StoreUnavailable Action

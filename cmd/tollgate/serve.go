@@ -58,6 +58,7 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.authz.APIAddr, "api-addr", f.authz.APIAddr, "JSON API listen address, every endpoint behind the API token: /api/... /debug/...")
 	apiTokenFlag(fl, &f.apiTokenFile, "the API requires (without one the API refuses every call)")
 	fl.StringVar(&f.authz.ClientHeader, "client-header", f.authz.ClientHeader, "request header that identifies the client")
+	fl.StringVar(&f.authz.Client, "client", "", "pin the client id of every call (the header and Envoy's context extension are ignored): one sidecar per worker")
 	fl.DurationVar(&f.authz.DrainDelay, "drain-delay", f.authz.DrainDelay, "on shutdown, report NOT_SERVING this long before refusing new checks")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "on shutdown, wait this long for in-flight checks")
 	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy); reloaded on change")
