@@ -82,7 +82,7 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Outcome, v.Reason = OutcomeDenied, ReasonMissingClient
 		return v
 	case r.Client != "":
-		if err := ValidClientID(r.Client); err != nil {
+		if err := policy.ValidClientID(r.Client); err != nil {
 			v.Client, v.Outcome, v.Reason, v.Invalid = "", OutcomeInvalid, ReasonInvalidClient, err.Error()
 			return v
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/policy"
 )
 
 func TestCanonicalPath(t *testing.T) {
@@ -97,7 +98,7 @@ func TestValidClientID(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			err := admission.ValidClientID(tc.id)
+			err := policy.ValidClientID(tc.id)
 			if tc.wantErr == "" {
 				assert.NoError(t, err)
 				return

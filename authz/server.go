@@ -26,6 +26,7 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // Config configures a Server.
@@ -83,7 +84,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("authz: client header %q must be a lower-case header name", c.ClientHeader))
 	}
 	if c.Client != "" {
-		if err := admission.ValidClientID(c.Client); err != nil {
+		if err := policy.ValidClientID(c.Client); err != nil {
 			errs = append(errs, fmt.Errorf("authz: client %w", err))
 		}
 	}

@@ -1,4 +1,4 @@
-package admission
+package policy
 
 import (
 	"fmt"
@@ -9,9 +9,10 @@ import (
 const MaxClientIDLen = 128
 
 // ValidClientID reports whether id may name a client: 1 to 128 of
-// A-Z a-z 0-9 . _ : - and /, the last for the policy's sub-clients
-// (acme/marketing). Anything else, whoever set it, is refused with
-// invalid_client: an id is a budget key, a log field and a URL segment.
+// A-Z a-z 0-9 . _ : - and /, the last for sub-clients (acme/marketing).
+// A call naming anything else, whoever set it, is refused (invalid_client):
+// an id is a budget key, a log field and a URL segment. The policy's own
+// clients are held to it too, or they could never be matched.
 func ValidClientID(id string) error {
 	if id == "" {
 		return fmt.Errorf("id is empty")
