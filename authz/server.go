@@ -271,8 +271,10 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		defer close(s.done)
-		s.draining.Store(true)
+		// gRPC health first, so that whoever sees /readyz say draining
+		// also sees NOT_SERVING.
 		s.health.Shutdown()
+		s.draining.Store(true)
 		if s.cfg.DrainDelay > 0 {
 			t := time.NewTimer(s.cfg.DrainDelay)
 			select {
