@@ -2,6 +2,7 @@ package admission
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -55,15 +56,37 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Allowed = set.Defaults.InvalidRequest == policy.Allow
 		return v
 	}
+	// Routes match the canonical path. A path that cannot be made
+	// canonical, or that names a route in the wrong letter case, is
+	// refused whatever invalid_request and unmatched_route say: letting it
+	// pass would let any caller skip metering by spelling a path oddly.
+	path, err := CanonicalPath(r.Path)
+	if err != nil {
+		return Verdict{Outcome: OutcomeInvalid, Reason: ReasonInvalidRequest, Provider: policy.ProviderGeneric, Invalid: err.Error()}
+	}
 	// One parse of the body serves routing (the model) and the estimate.
-	call := costing.NewCall(r.Path, r.Headers["content-type"], r.Body, r.BodySize)
-	route := matchRoute(set, r.Host, r.Path, &call)
+	call := costing.NewCall(path, r.Headers["content-type"], r.Body, r.BodySize)
+	route := matchRoute(set, r.Host, path, &call)
 	if route == nil {
-		v := Verdict{Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute, Provider: policy.ProviderGeneric, Host: r.Host, Path: r.Path}
+		if fold := set.MatchRouteFold(r.Host, path); fold != nil {
+			return Verdict{Outcome: OutcomeInvalid, Reason: ReasonInvalidRequest, Provider: fold.Provider,
+				Invalid: fmt.Sprintf("the path %q differs from route %s's prefix %q only in letter case; paths are case-sensitive", path, fold.Name, fold.PathPrefix)}
+		}
+		v := Verdict{Outcome: OutcomeUnmatched, Reason: ReasonUnmatchedRoute, Provider: policy.ProviderGeneric, Host: r.Host, Path: path}
 		v.Allowed = set.Defaults.UnmatchedRoute == policy.Allow
 		return v
 	}
 	v := Verdict{Provider: route.Provider, Route: route.Name, Client: r.Client}
+	switch {
+	case r.Client == "" && set.Defaults.MissingClient == policy.Deny:
+		v.Outcome, v.Reason = OutcomeDenied, ReasonMissingClient
+		return v
+	case r.Client != "":
+		if err := policy.ValidClientID(r.Client); err != nil {
+			v.Client, v.Outcome, v.Reason, v.Invalid = "", OutcomeInvalid, ReasonInvalidClient, err.Error()
+			return v
+		}
+	}
 	client, ok := set.Client(r.Client)
 	if !ok {
 		v.Outcome, v.Reason = OutcomeDenied, ReasonUnknownClient

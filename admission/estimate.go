@@ -63,6 +63,9 @@ func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType st
 	if path == "" {
 		path = "/"
 	}
+	if path, err = CanonicalPath(path); err != nil {
+		return EstimateReport{}, fmt.Errorf("url %q: %w", rawURL, err)
+	}
 	call := costing.NewCall(path, contentType, body, int64(len(body)))
 	route := matchRoute(set, u.Host, path, &call)
 	if route == nil {

@@ -63,8 +63,12 @@ func (s *Service) Usage(ctx context.Context, clientID string) (UsageReport, erro
 
 // Settle ends a reservation at its actual cost, for a caller that learned
 // it outside Envoy (the JSON API). The store keeps what the admission
-// charged each bucket; those units stay spent.
+// charged each bucket; those units stay spent. A cost above SettleBound is
+// refused with a *SettleBoundError and changes nothing.
 func (s *Service) Settle(ctx context.Context, id string, actual policy.Money) (limiter.Settlement, error) {
+	if bound, basis := s.SettleBound(id); actual > bound {
+		return limiter.Settlement{ID: id}, &SettleBoundError{Actual: actual, Bound: bound, Basis: basis}
+	}
 	return s.end(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeSettled, Actual: actual})
 }
 

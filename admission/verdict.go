@@ -27,6 +27,8 @@ const (
 // snake_case and double as the metric's reason label.
 const (
 	ReasonUnknownClient  = "unknown_client"
+	ReasonMissingClient  = "missing_client" // no id, and the policy requires one
+	ReasonInvalidClient  = "invalid_client" // an id too long or with characters outside [A-Za-z0-9._:/-]
 	ReasonUnmatchedRoute = "unmatched_route"
 	ReasonInvalidRequest = "invalid_request"
 	ReasonStoreError     = "store_error"

@@ -77,6 +77,11 @@ func (s *Server) endReservation(w http.ResponseWriter, r *http.Request, end func
 	switch {
 	case errors.Is(err, limiter.ErrUnknownReservation):
 		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+	case errors.Is(err, admission.ErrSettleTooLarge):
+		s.m.settleRefused.Inc()
+		s.log.LogAttrs(r.Context(), slog.LevelWarn, "settle refused: cost above what the reservation could cost",
+			slog.String("reservation", r.PathValue("id")), slog.Any("error", err))
+		writeJSON(w, http.StatusUnprocessableEntity, apiError{err.Error()})
 	case err != nil:
 		s.log.Error("ending a reservation failed", slog.String("reservation", r.PathValue("id")), slog.Any("error", err))
 		writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})

@@ -387,7 +387,7 @@ func TestReadyzChecks(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			cfg := authz.DefaultConfig()
-			cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
+			cfg.GRPCAddr, cfg.HTTPAddr, cfg.APIAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", 0
 			srv, err := authz.New(cfg, authz.Deps{
 				Policies: admission.StaticPolicy{Set: compilePolicy(t, serverPolicy)},
 				Store:    newMemStore(t, limiter.SystemClock{}),
@@ -403,8 +403,7 @@ func TestReadyzChecks(t *testing.T) {
 				assert.NoError(t, recv(t, served))
 			}()
 
-			ts := &testServer{srv: srv, base: "http://" + srv.HTTPAddr().String(),
-				http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}
+			ts := &testServer{srv: srv, base: "http://" + srv.HTTPAddr().String(), http: apiClient(srv, "")}
 			sc, body := ts.get(t, "/readyz")
 			assert.Equal(t, tc.wantStatus, sc)
 			assert.JSONEq(t, tc.wantBody, body)

@@ -21,10 +21,22 @@ import (
 // (the shipped Envoy config sets it per route).
 const ContextUpstreamHost = "upstream_host"
 
+// ContextClient is the ext_authz context extension that pins the client id
+// for a listener or route: the operator's word, set in Envoy's config, so
+// it wins over the header the worker writes.
+const ContextClient = "client"
+
+// clientSource says where a check's client id comes from: pinned (serve
+// --client) beats the context extension, which beats header.
+type clientSource struct {
+	header string // request header the worker writes
+	pinned string // the operator's id for every call, or ""
+}
+
 // fromCheckRequest reads a CheckRequest into a Request. It never fails: a
 // request it cannot read comes back with Invalid set, for the policy to
 // judge.
-func fromCheckRequest(cr *authv3.CheckRequest, clientHeader string) *admission.Request {
+func fromCheckRequest(cr *authv3.CheckRequest, ids clientSource) *admission.Request {
 	r := &admission.Request{}
 	h := cr.GetAttributes().GetRequest().GetHttp()
 	if h == nil {
@@ -57,7 +69,14 @@ func fromCheckRequest(cr *authv3.CheckRequest, clientHeader string) *admission.R
 	if i := strings.IndexAny(r.Path, "?#"); i >= 0 {
 		r.Path = r.Path[:i]
 	}
-	r.Client = r.Headers[clientHeader]
+	switch {
+	case ids.pinned != "":
+		r.Client = ids.pinned
+	case cr.GetAttributes().GetContextExtensions()[ContextClient] != "":
+		r.Client = cr.GetAttributes().GetContextExtensions()[ContextClient]
+	default:
+		r.Client = r.Headers[ids.header]
+	}
 	r.Body = h.GetRawBody()
 	if len(r.Body) == 0 && h.GetBody() != "" {
 		r.Body = []byte(h.GetBody())

@@ -40,6 +40,7 @@ func TestFromCheckRequest(t *testing.T) {
 	tests := map[string]struct {
 		cr           *authv3.CheckRequest
 		clientHeader string // "": testClientHeader
+		pinned       string // serve --client
 		want         *admission.Request
 	}{
 		"nil request": {
@@ -149,6 +150,19 @@ func TestFromCheckRequest(t *testing.T) {
 			}, nil),
 			want: &admission.Request{Host: "h", Path: "/", Headers: map[string]string{"content-length": "lots"}, Body: []byte("0123"), BodySize: 4},
 		},
+		"the context extension beats the header": {
+			cr: checkOf(&authv3.AttributeContext_HttpRequest{
+				Host: "h", Path: "/", Headers: map[string]string{"x-tollgate-client": "claimed"},
+			}, map[string]string{ContextClient: "pinned-by-envoy"}),
+			want: &admission.Request{Client: "pinned-by-envoy", Host: "h", Path: "/", Headers: map[string]string{"x-tollgate-client": "claimed"}},
+		},
+		"serve --client beats both": {
+			pinned: "the-worker",
+			cr: checkOf(&authv3.AttributeContext_HttpRequest{
+				Host: "h", Path: "/", Headers: map[string]string{"x-tollgate-client": "claimed"},
+			}, map[string]string{ContextClient: "pinned-by-envoy"}),
+			want: &admission.Request{Client: "the-worker", Host: "h", Path: "/", Headers: map[string]string{"x-tollgate-client": "claimed"}},
+		},
 		"client from the configured header": {
 			clientHeader: "x-team",
 			cr: checkOf(&authv3.AttributeContext_HttpRequest{
@@ -175,7 +189,7 @@ func TestFromCheckRequest(t *testing.T) {
 			if ch == "" {
 				ch = testClientHeader
 			}
-			assert.Equal(t, tc.want, fromCheckRequest(tc.cr, ch))
+			assert.Equal(t, tc.want, fromCheckRequest(tc.cr, clientSource{header: ch, pinned: tc.pinned}))
 		})
 	}
 }

@@ -170,7 +170,7 @@ func FuzzCheckRequest(f *testing.F) {
 		if err := proto.Unmarshal(data, &cr); err != nil {
 			t.Skip()
 		}
-		r := fromCheckRequest(&cr, "x-tollgate-client")
+		r := fromCheckRequest(&cr, clientSource{header: "x-tollgate-client"})
 		if r.Invalid == "" {
 			require.NotEmpty(t, r.Host)
 			require.True(t, strings.HasPrefix(r.Path, "/"), "path %q", r.Path)

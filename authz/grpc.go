@@ -12,9 +12,9 @@ import (
 // authServer is envoy.service.auth.v3.Authorization.
 type authServer struct {
 	authv3.UnimplementedAuthorizationServer
-	svc          *admission.Service
-	clientHeader string
-	m            *metrics
+	svc     *admission.Service
+	clients clientSource
+	m       *metrics
 }
 
 var _ authv3.AuthorizationServer = (*authServer)(nil)
@@ -24,7 +24,7 @@ var _ authv3.AuthorizationServer = (*authServer)(nil)
 // fails when the caller has gone away.
 func (s *authServer) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	r := fromCheckRequest(cr, s.clientHeader)
+	r := fromCheckRequest(cr, s.clients)
 	a := Render(s.svc.Decide(ctx, r))
 	resp := toCheckResponse(&a)
 	s.m.checkLatency.WithLabelValues("ext_authz").Observe(time.Since(start).Seconds())

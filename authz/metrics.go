@@ -12,6 +12,10 @@ type metrics struct {
 	set            metricset.Set
 	checkLatency   *prometheus.HistogramVec
 	processLatency *prometheus.HistogramVec
+	// apiUnauthorized counts API calls refused for a missing or wrong token.
+	apiUnauthorized prometheus.Counter
+	// settleRefused counts API settles above what the reservation could cost.
+	settleRefused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -27,6 +31,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to answer one ext_proc message, by phase (request_headers, request_body, response_headers, response_body).",
 			Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
 		}, []string{"phase"}),
+		apiUnauthorized: f.Counter(prometheus.CounterOpts{
+			Name: "tollgate_authz_api_unauthorized_total",
+			Help: "API calls refused for a missing or wrong bearer token (401).",
+		}),
+		settleRefused: f.Counter(prometheus.CounterOpts{
+			Name: "tollgate_authz_api_settle_refused_total",
+			Help: "API settles refused because the cost exceeds what the reservation could cost (422).",
+		}),
 	}
 	m.set = f
 	if err := f.Register("authz", reg); err != nil {

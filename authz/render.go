@@ -41,9 +41,9 @@ type Answer struct {
 // statusOf maps a refusal's reason to its HTTP status.
 func statusOf(reason string) int {
 	switch reason {
-	case admission.ReasonInvalidRequest:
+	case admission.ReasonInvalidRequest, admission.ReasonInvalidClient:
 		return http.StatusBadRequest
-	case admission.ReasonUnmatchedRoute, admission.ReasonUnknownClient:
+	case admission.ReasonUnmatchedRoute, admission.ReasonUnknownClient, admission.ReasonMissingClient:
 		return http.StatusForbidden
 	case admission.ReasonStoreError, admission.ReasonCancelled, admission.ReasonShuttingDown:
 		return http.StatusServiceUnavailable
@@ -74,6 +74,10 @@ func message(v *admission.Verdict) string {
 		return fmt.Sprintf("Tollgate has no route for %s%s and the policy denies unmatched calls", v.Host, v.Path)
 	case admission.ReasonUnknownClient:
 		return fmt.Sprintf("client %q is not known to Tollgate and the policy denies unknown clients", v.Client)
+	case admission.ReasonMissingClient:
+		return "the call names no client and the policy requires one (defaults.missing_client: deny)"
+	case admission.ReasonInvalidClient:
+		return "Tollgate refuses this client id: " + v.Invalid
 	case admission.ReasonStoreError:
 		return "Tollgate could not reach its limiter store"
 	case admission.ReasonCancelled:

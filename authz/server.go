@@ -26,6 +26,7 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // Config configures a Server.
@@ -33,10 +34,21 @@ type Config struct {
 	// GRPCAddr is where Envoy's services listen: "host:port" or
 	// "unix:///path".
 	GRPCAddr string
-	// HTTPAddr serves /healthz, /readyz, /metrics and /debug/policy.
+	// HTTPAddr serves /healthz, /readyz and /metrics, open to anyone who
+	// can reach it (probes and Prometheus).
 	HTTPAddr string
+	// APIAddr serves the JSON API (/api/...) and /debug/..., every endpoint
+	// behind APIToken.
+	APIAddr string
+	// APIToken is the bearer token the API requires. Empty: the API refuses
+	// every call that needs it (403, saying how to set one), so that an
+	// unconfigured sidecar never lets anyone settle or read spend.
+	APIToken Secret
 	// ClientHeader names the request header that identifies the client.
 	ClientHeader string
+	// Client, when set, is the client of every call (serve --client): the
+	// header and the context extension are ignored.
+	Client string
 	// DrainDelay is how long Shutdown reports NOT_SERVING before it stops
 	// accepting calls, so that Envoy and Kubernetes notice first.
 	DrainDelay time.Duration
@@ -49,7 +61,7 @@ type Config struct {
 
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
-	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", ClientHeader: "x-tollgate-client",
+	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", APIAddr: "127.0.0.1:8082", ClientHeader: "x-tollgate-client",
 		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second}
 }
 
@@ -62,8 +74,19 @@ func (c Config) Validate() error {
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("authz: HTTP address is empty"))
 	}
+	if c.APIAddr == "" {
+		errs = append(errs, errors.New("authz: API address is empty"))
+	}
+	if err := c.APIToken.validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.ClientHeader == "" || c.ClientHeader != strings.ToLower(c.ClientHeader) || strings.ContainsAny(c.ClientHeader, " :") {
 		errs = append(errs, fmt.Errorf("authz: client header %q must be a lower-case header name", c.ClientHeader))
+	}
+	if c.Client != "" {
+		if err := policy.ValidClientID(c.Client); err != nil {
+			errs = append(errs, fmt.Errorf("authz: client %w", err))
+		}
 	}
 	if c.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("authz: drain delay %v is negative", c.DrainDelay))
@@ -114,8 +137,10 @@ type Server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	http     *http.Server
+	api      *http.Server
 	grpcLis  net.Listener
 	httpLis  net.Listener
+	apiLis   net.Listener
 	draining atomic.Bool
 
 	shutdownOnce sync.Once
@@ -129,7 +154,7 @@ type Server struct {
 	stopped bool // Shutdown began: Serve must not start loops
 }
 
-// New validates cfg, builds the services and binds both listeners, so that an
+// New validates cfg, builds the services and binds its listeners, so that an
 // address in use fails here and not later.
 func New(cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
@@ -153,9 +178,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if s.httpLis, err = listen(cfg.HTTPAddr); err != nil {
 		return nil, errors.Join(fmt.Errorf("authz: HTTP listener: %w", err), s.grpcLis.Close())
 	}
+	if s.apiLis, err = listen(cfg.APIAddr); err != nil {
+		return nil, errors.Join(fmt.Errorf("authz: API listener: %w", err), s.grpcLis.Close(), s.httpLis.Close())
+	}
 
 	closeListeners := func(err error) error {
-		return errors.Join(err, s.grpcLis.Close(), s.httpLis.Close())
+		return errors.Join(err, s.grpcLis.Close(), s.httpLis.Close(), s.apiLis.Close())
 	}
 	if s.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, closeListeners(err)
@@ -171,7 +199,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// them to) from call to call; a call held in the queue occupies one, and
 	// gRPC starts a goroutine of its own when all are busy.
 	s.grpc = grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
-	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clientHeader: cfg.ClientHeader, m: s.m})
+	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clientSource{header: cfg.ClientHeader, pinned: cfg.Client}, m: s.m})
 	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -180,7 +208,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 
-	s.http = &http.Server{Handler: s.adminMux(), ReadHeaderTimeout: 5 * time.Second}
+	s.http = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 5 * time.Second}
+	s.api = &http.Server{Handler: s.apiMux(), ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
 }
 
@@ -190,13 +219,16 @@ func (s *Server) Service() *admission.Service { return s.svc }
 // GRPCAddr is the bound gRPC address (useful with port 0).
 func (s *Server) GRPCAddr() net.Addr { return s.grpcLis.Addr() }
 
-// HTTPAddr is the bound admin HTTP address.
+// HTTPAddr is the bound health and metrics address.
 func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
+
+// APIAddr is the bound API address.
+func (s *Server) APIAddr() net.Addr { return s.apiLis.Addr() }
 
 // Serve serves until Shutdown completes or a listener fails. It returns nil
 // after a clean Shutdown.
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	s.mu.Lock()
 	if !s.stopped {
 		s.started = true
@@ -204,16 +236,25 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
-	go func() {
-		if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-			return
-		}
-		errc <- nil
-	}()
-	s.log.LogAttrs(ctx, slog.LevelInfo, "serving", slog.String("grpc", s.GRPCAddr().String()), slog.String("http", s.HTTPAddr().String()))
+	for _, hs := range []struct {
+		srv *http.Server
+		lis net.Listener
+	}{{s.http, s.httpLis}, {s.api, s.apiLis}} {
+		go func() {
+			if err := hs.srv.Serve(hs.lis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+				return
+			}
+			errc <- nil
+		}()
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "serving", slog.String("grpc", s.GRPCAddr().String()), slog.String("http", s.HTTPAddr().String()),
+		slog.String("api", s.APIAddr().String()), slog.Bool("api_token", !s.cfg.APIToken.empty()))
+	if s.cfg.APIToken.empty() {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "no API token: the API refuses every call (set --api-token-file or TOLLGATE_API_TOKEN)")
+	}
 	var first error
-	for range 2 {
+	for range 3 {
 		if err := <-errc; err != nil && first == nil && !errors.Is(err, grpc.ErrServerStopped) {
 			first = err
 			go func() { _ = s.Shutdown(context.WithoutCancel(ctx)) }() // one server failed: stop the other
@@ -230,8 +271,10 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		defer close(s.done)
-		s.draining.Store(true)
+		// gRPC health first, so that whoever sees /readyz say draining
+		// also sees NOT_SERVING.
 		s.health.Shutdown()
+		s.draining.Store(true)
 		if s.cfg.DrainDelay > 0 {
 			t := time.NewTimer(s.cfg.DrainDelay)
 			select {
@@ -258,6 +301,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("authz: HTTP shutdown: %w", err))
 		}
+		if err := s.api.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("authz: API shutdown: %w", err))
+		}
 		s.mu.Lock()
 		s.stopped = true
 		started := s.started
@@ -268,7 +314,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		// Serve closes the listeners it ran; these closes free them when it
 		// never ran.
-		for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+		for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.apiLis} {
 			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 				errs = append(errs, fmt.Errorf("authz: close %s: %w", l.Addr(), err))
 			}
@@ -305,7 +351,9 @@ func (s *Server) expireLoop(ctx context.Context) {
 	}
 }
 
-func (s *Server) adminMux() *http.ServeMux {
+// healthMux serves what probes and Prometheus need, to anyone: nothing
+// there changes state or names a client.
+func (s *Server) healthMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -313,6 +361,14 @@ func (s *Server) adminMux() *http.ServeMux {
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry}))
+	return mux
+}
+
+// apiMux serves the JSON API and the debug views, every one behind the
+// token: they settle, release and dequeue calls, or show a client's spend,
+// the queue, the fleet and the policy (its clients and budgets).
+func (s *Server) apiMux() http.Handler {
+	mux := http.NewServeMux()
 	if c, ok := s.deps.Registry.(interface{ Catalog() []metricset.Spec }); ok {
 		mux.HandleFunc("GET /debug/metrics", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, c.Catalog())
@@ -327,7 +383,7 @@ func (s *Server) adminMux() *http.ServeMux {
 			writeJSON(w, http.StatusOK, s.deps.Cluster())
 		})
 	}
-	return mux
+	return s.requireToken(mux)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

@@ -82,9 +82,39 @@ type testServer struct {
 	reg    *prometheus.Registry
 	auth   authv3.AuthorizationClient
 	health healthpb.HealthClient
-	http   *http.Client
-	base   string // http://host:port of the admin server
+	http   *http.Client // sends /api/ and /debug/ paths to the API listener, with the token
+	base   string       // http://host:port of the health and metrics server
 	served chan error
+}
+
+// testToken is the API token test servers require.
+const testToken = "test-token-0123456789abcdef"
+
+// apiTransport sends requests for /api/... and /debug/... to the API
+// listener with the bearer token (unless the request carries its own
+// Authorization), and everything else where it was addressed: the tests
+// keep naming paths, as an operator's scripts do.
+type apiTransport struct {
+	api   string // host:port of the API listener
+	token string
+	next  http.RoundTripper
+}
+
+func (t apiTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/") {
+		r = r.Clone(r.Context())
+		r.URL.Host, r.Host = t.api, t.api
+		if r.Header.Get("Authorization") == "" && t.token != "" {
+			r.Header.Set("Authorization", "Bearer "+t.token)
+		}
+	}
+	return t.next.RoundTrip(r)
+}
+
+// apiClient is an HTTP client for srv (see apiTransport).
+func apiClient(srv *authz.Server, token string) *http.Client {
+	return &http.Client{Transport: apiTransport{api: srv.APIAddr().String(), token: token,
+		next: &http.Transport{DisableKeepAlives: true}}}
 }
 
 type serverOpts struct {
@@ -109,7 +139,8 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		o.store = newMemStore(tb, o.clk)
 	}
 	cfg := authz.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.APIAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", 0
+	cfg.APIToken = testToken
 	if o.config != nil {
 		o.config(&cfg)
 	}
@@ -124,7 +155,7 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 
 	ts := &testServer{srv: srv, reg: reg, served: make(chan error, 1),
 		base: "http://" + srv.HTTPAddr().String(),
-		http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}},
+		http: apiClient(srv, string(cfg.APIToken)),
 	}
 	go func() { ts.served <- srv.Serve(context.Background()) }()
 
@@ -427,7 +458,7 @@ func TestShutdownWaitsForInFlightCheck(t *testing.T) {
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	good := authz.DefaultConfig()
-	good.GRPCAddr, good.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	good.GRPCAddr, good.HTTPAddr, good.APIAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	deps := func(tb testing.TB) authz.Deps {
 		return authz.Deps{
 			Policies: admission.StaticPolicy{Set: compilePolicy(tb, serverPolicy)},
@@ -442,6 +473,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}{
 		"empty gRPC address":       {cfg: func(c *authz.Config) { c.GRPCAddr = "" }, wantErr: "gRPC address is empty"},
 		"empty HTTP address":       {cfg: func(c *authz.Config) { c.HTTPAddr = "" }, wantErr: "HTTP address is empty"},
+		"empty API address":        {cfg: func(c *authz.Config) { c.APIAddr = "" }, wantErr: "API address is empty"},
+		"short API token":          {cfg: func(c *authz.Config) { c.APIToken = "secret" }, wantErr: "API token must be at least 16 characters"},
+		"API token with a space":   {cfg: func(c *authz.Config) { c.APIToken = "0123456789 abcdef" }, wantErr: "printable ASCII without spaces"},
 		"upper-case header":        {cfg: func(c *authz.Config) { c.ClientHeader = "X-Client" }, wantErr: `client header "X-Client" must be a lower-case header name`},
 		"negative drain delay":     {cfg: func(c *authz.Config) { c.DrainDelay = -time.Second }, wantErr: "drain delay -1s is negative"},
 		"no store":                 {deps: func(d *authz.Deps) { d.Store = nil }, wantErr: "Deps needs Policies, Store and Registry"},
@@ -473,13 +507,14 @@ func TestNewPortInUse(t *testing.T) {
 	defer taken.Close()
 
 	tests := map[string]struct {
-		grpcAddr, httpAddr string
-		wantErr            string
+		grpcAddr, httpAddr, apiAddr string
+		wantErr                     string
 	}{
-		"gRPC": {grpcAddr: taken.Addr().String(), httpAddr: "127.0.0.1:0", wantErr: "authz: gRPC listener: "},
+		"gRPC": {grpcAddr: taken.Addr().String(), httpAddr: "127.0.0.1:0", apiAddr: "127.0.0.1:0", wantErr: "authz: gRPC listener: "},
 		// The gRPC listener is a unix socket here, so that its release
 		// shows: closing it removes the file.
-		"HTTP": {grpcAddr: "unix://" + t.TempDir() + "/grpc.sock", httpAddr: taken.Addr().String(), wantErr: "authz: HTTP listener: "},
+		"HTTP": {grpcAddr: "unix://" + t.TempDir() + "/grpc.sock", httpAddr: taken.Addr().String(), apiAddr: "127.0.0.1:0", wantErr: "authz: HTTP listener: "},
+		"API":  {grpcAddr: "unix://" + t.TempDir() + "/grpc.sock", httpAddr: "127.0.0.1:0", apiAddr: taken.Addr().String(), wantErr: "authz: API listener: "},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -489,7 +524,7 @@ func TestNewPortInUse(t *testing.T) {
 				Registry: prometheus.NewRegistry(),
 			}
 			cfg := authz.DefaultConfig()
-			cfg.GRPCAddr, cfg.HTTPAddr = tc.grpcAddr, tc.httpAddr
+			cfg.GRPCAddr, cfg.HTTPAddr, cfg.APIAddr = tc.grpcAddr, tc.httpAddr, tc.apiAddr
 			srv, err := authz.New(cfg, deps)
 			require.ErrorContains(t, err, tc.wantErr)
 			assert.ErrorIs(t, err, syscall.EADDRINUSE)
@@ -507,7 +542,7 @@ func TestNewPortInUse(t *testing.T) {
 			if tc.grpcAddr == taken.Addr().String() {
 				cfg.GRPCAddr = "127.0.0.1:0"
 			}
-			cfg.HTTPAddr = "127.0.0.1:0"
+			cfg.HTTPAddr, cfg.APIAddr = "127.0.0.1:0", "127.0.0.1:0"
 			srv, err = authz.New(cfg, deps)
 			require.NoError(t, err)
 			served := make(chan error, 1)

@@ -4,13 +4,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 )
 
@@ -118,7 +121,6 @@ func publishedPorts(t *testing.T, specs []string) []int {
 func TestComposeMatchesSidecar(t *testing.T) {
 	compose := loadCompose(t)
 	tollgate, envoy, prom := compose.Services["tollgate"], compose.Services["envoy"], compose.Services["prometheus"]
-	b := sidecar(t)
 
 	t.Run("envoy runs sidecar.yaml", func(t *testing.T) {
 		src := mountSource(t, envoy, envoyConfigInImage)
@@ -129,11 +131,22 @@ func TestComposeMatchesSidecar(t *testing.T) {
 		got, err := filepath.Abs(src)
 		require.NoError(t, err)
 		assert.Equal(t, want, got, "compose must mount the sidecar.yaml these tests validate")
+	})
 
-		i := slices.Index(envoy.Command, "-c")
-		require.NotEqual(t, -1, i, "envoy command lacks -c: %v", envoy.Command)
-		require.Less(t, i+1, len(envoy.Command))
-		assert.Equal(t, envoyConfigInImage, envoy.Command[i+1], "envoy must load the mounted file")
+	// What Envoy really runs in the demo: sidecar.yaml with its listeners
+	// rewritten to 0.0.0.0 by the command's sed expression.
+	b := composeEnvoy(t, envoy)
+
+	t.Run("the demo rewrite opens the listeners and nothing else", func(t *testing.T) {
+		for _, l := range sidecar(t).GetStaticResources().GetListeners() {
+			assert.Equal(t, "127.0.0.1", l.GetAddress().GetSocketAddress().GetAddress(), "sidecar.yaml listener %s binds loopback", l.GetName())
+		}
+		assert.Equal(t, "127.0.0.1", b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(), "the admin API stays on loopback")
+		want := sidecar(t)
+		for _, l := range want.GetStaticResources().GetListeners() {
+			l.GetAddress().GetSocketAddress().Address = "0.0.0.0"
+		}
+		assert.True(t, proto.Equal(want, b), "the rewrite changes only the listener addresses")
 	})
 
 	t.Run("envoy shares tollgate's network namespace", func(t *testing.T) {
@@ -172,6 +185,18 @@ func TestComposeMatchesSidecar(t *testing.T) {
 
 	t.Run("tollgate's HTTP port is published", func(t *testing.T) {
 		assert.Contains(t, published, httpPort)
+	})
+
+	t.Run("tollgate's API is on loopback and never published", func(t *testing.T) {
+		apiHost, apiPort := flagAddr(t, tollgate.Command, "api-addr")
+		assert.Equal(t, "127.0.0.1", apiHost)
+		assert.NotContains(t, published, apiPort)
+	})
+
+	t.Run("tollgate's ports are published on the host's loopback only", func(t *testing.T) {
+		for _, spec := range tollgate.Ports {
+			assert.True(t, strings.HasPrefix(spec, "127.0.0.1:"), "port %q would be open to the host's network", spec)
+		}
 	})
 
 	t.Run("every published port has something behind it", func(t *testing.T) {
@@ -220,6 +245,33 @@ func TestComposeMatchesSidecar(t *testing.T) {
 			assert.NoError(t, err, "rule file %s is mounted from %s", rf, src)
 		}
 	})
+}
+
+// demoRewrite is the envoy services' command in the compose files: a sed
+// expression applied to the mounted sidecar.yaml, then Envoy on the result.
+var demoRewrite = regexp.MustCompile(`^sed -E 's/([^/]*)/([^/]*)/' (\S+) > (\S+) && exec envoy -c (\S+)$`)
+
+// composeEnvoy returns the bootstrap an envoy service of the compose files
+// runs: its command must be ["/bin/sh", "-c", <demoRewrite>], and the test
+// applies the same substitution to sidecar.yaml (Go's RE2 reads the POSIX
+// ERE used there the same way), then validates the result deeply.
+func composeEnvoy(t *testing.T, s composeService) *bootstrapv3.Bootstrap {
+	t.Helper()
+	require.Len(t, s.Command, 3, "envoy command: %v", s.Command)
+	require.Equal(t, []string{"/bin/sh", "-c"}, s.Command[:2])
+	m := demoRewrite.FindStringSubmatch(s.Command[2])
+	require.NotNil(t, m, "envoy script %q is not the demo rewrite", s.Command[2])
+	pattern, repl, in, out, config := m[1], m[2], m[3], m[4], m[5]
+	assert.Equal(t, envoyConfigInImage, in, "the rewrite reads the mounted sidecar.yaml")
+	assert.Equal(t, out, config, "envoy runs the rewritten file")
+	re, err := regexp.Compile(pattern)
+	require.NoError(t, err)
+	repl = regexp.MustCompile(`\\([0-9])`).ReplaceAllString(repl, "$${$1}")
+	data := re.ReplaceAll(readFile(t, sidecarPath), []byte(repl))
+	require.NoError(t, checkConfig(data))
+	b, err := loadBootstrap(data)
+	require.NoError(t, err)
+	return b
 }
 
 // mergeCompose layers override on base as `docker compose -f base -f
@@ -354,9 +406,19 @@ func TestComposeFleet(t *testing.T) {
 					want, err := filepath.Abs(sidecarPath)
 					require.NoError(t, err)
 					assert.Equal(t, want, src, "%s runs sidecar.yaml", en)
+					rewritten := composeEnvoy(t, e)
+					for _, l := range rewritten.GetStaticResources().GetListeners() {
+						assert.Equal(t, "0.0.0.0", l.GetAddress().GetSocketAddress().GetAddress(), "%s: listener %s is reachable through the published port", en, l.GetName())
+					}
 				}
 			}
 			assert.Len(t, envoys, 1, "one Envoy in %s's namespace", name)
+
+			apiHost, _ := flagAddr(t, cmd, "api-addr")
+			assert.Equal(t, "127.0.0.1", apiHost, "the API is never published")
+			for _, spec := range s.Ports {
+				assert.True(t, strings.HasPrefix(spec, "127.0.0.1:"), "port %q would be open to the host's network", spec)
+			}
 
 			published := publishedPorts(t, s.Ports)
 			for _, l := range b.GetStaticResources().GetListeners() {

@@ -369,6 +369,27 @@ func TestSidecarAdminIsLoopbackOnly(t *testing.T) {
 	assert.Equal(t, "127.0.0.1", addr.GetAddress(), "the admin API can shut Envoy down; keep it off the network")
 }
 
+// TestSidecarListenersAreLoopbackOnly: bound to 0.0.0.0, the listeners
+// would let any pod that can reach this one send calls on its budget and
+// its credentials (an open egress proxy).
+// TestSidecarNormalizesPaths: every listener normalizes paths, merges
+// slashes and refuses escaped slashes, so that no spelling of a metered
+// path dodges its route (issue 11).
+func TestSidecarNormalizesPaths(t *testing.T) {
+	for _, l := range sidecar(t).GetStaticResources().GetListeners() {
+		hcm := connectionManager(t, l)
+		assert.True(t, hcm.GetNormalizePath().GetValue(), "listener %s: normalize_path", l.GetName())
+		assert.True(t, hcm.GetMergeSlashes(), "listener %s: merge_slashes", l.GetName())
+		assert.Equal(t, hcmv3.HttpConnectionManager_REJECT_REQUEST, hcm.GetPathWithEscapedSlashesAction(), "listener %s: escaped slashes", l.GetName())
+	}
+}
+
+func TestSidecarListenersAreLoopbackOnly(t *testing.T) {
+	for _, l := range sidecar(t).GetStaticResources().GetListeners() {
+		assert.Equal(t, "127.0.0.1", l.GetAddress().GetSocketAddress().GetAddress(), "listener %s", l.GetName())
+	}
+}
+
 func TestSidecarExtAuthzFilter(t *testing.T) {
 	b := sidecar(t)
 	listeners := b.GetStaticResources().GetListeners()
@@ -477,6 +498,31 @@ func TestSidecarTollgateCluster(t *testing.T) {
 
 	opts := unpack(t, c.GetTypedExtensionProtocolOptions()[httpProtoOpts], &upstreamhttpv3.HttpProtocolOptions{})
 	assert.NotNil(t, opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions(), "gRPC needs HTTP/2 to Tollgate")
+
+	t.Run("circuit breakers hold a full queue and the open streams", func(t *testing.T) {
+		// Each held call is an open ext_authz request; each admitted call
+		// in flight keeps an ext_proc stream open. Envoy's defaults (1,024)
+		// would refuse them with 503 long before the queue is full.
+		queued := 0
+		for _, cls := range policy.Default().Queue.Classes {
+			queued += cls.MaxDepth
+		}
+		const openStreams = 10_000 // ext_proc streams and unheld checks in flight
+		var th *clusterv3.CircuitBreakers_Thresholds
+		for _, x := range c.GetCircuitBreakers().GetThresholds() {
+			if x.GetPriority() == corev3.RoutingPriority_DEFAULT {
+				th = x
+			}
+		}
+		require.NotNil(t, th, "the tollgate cluster sets circuit breakers for DEFAULT priority")
+		for name, v := range map[string]uint32{
+			"max_requests":         th.GetMaxRequests().GetValue(),
+			"max_pending_requests": th.GetMaxPendingRequests().GetValue(),
+		} {
+			assert.Greater(t, int(v), queued+openStreams, "%s: the bundled queue holds %d calls", name, queued)
+		}
+		assert.GreaterOrEqual(t, th.GetMaxConnections().GetValue(), uint32(1), "max_connections is set")
+	})
 
 	require.NotNil(t, c.GetConnectTimeout())
 	for _, l := range b.GetStaticResources().GetListeners() {

@@ -113,6 +113,9 @@ func (c *compiler) clients(docs []clientDoc) {
 		if !c.unique("client", d.id, d.file, d.line) {
 			continue
 		}
+		if err := ValidClientID(d.id); err != nil {
+			c.add(d.file, d.line, "clients."+d.id, "%v; a call can never name such a client", err)
+		}
 		c.set.Clients[d.id] = c.client(d)
 	}
 	for _, d := range docs {

@@ -15,6 +15,7 @@ type defaultsDoc struct {
 	file                                         string
 	line                                         int
 	unknownClient, unmatchedRoute, invalidReqest at[string]
+	missingClient                                at[string]
 	storeUnavailable, timezone, reservationTTL   at[string]
 	reservation                                  at[string]
 	shadow                                       at[bool]
@@ -37,6 +38,7 @@ func readDefaults(m *mapNode, line int) defaultsDoc {
 		adaptive: ad,
 		file:     m.d.file, line: line,
 		unknownClient:    m.str("unknown_client"),
+		missingClient:    m.str("missing_client"),
 		unmatchedRoute:   m.str("unmatched_route"),
 		invalidReqest:    m.str("invalid_request"),
 		shadow:           m.bool("shadow"),
@@ -55,7 +57,7 @@ func readAdaptive(m *mapNode, line int) adaptiveDoc {
 // defaults reads the defaults blocks over the built-in answers. Each setting
 // may be given once across the files.
 func (c *compiler) defaults(docs []defaultsDoc) {
-	c.set.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative,
+	c.set.Defaults = Defaults{UnmatchedRoute: Allow, InvalidRequest: Deny, MissingClient: Allow, StoreUnavailable: Deny, Location: time.UTC, ReservationTTL: DefaultReservationTTL, Reservation: Conservative,
 		Adaptive: DefaultAdaptive()}
 	once := newOnceOnly(&c.errList, "defaults")
 	for _, d := range docs {
@@ -80,7 +82,7 @@ func (c *compiler) defaultAnswers(d defaultsDoc, once *onceOnly) {
 		key string
 		v   at[string]
 		dst *Action
-	}{{"unmatched_route", d.unmatchedRoute, &out.UnmatchedRoute}, {"invalid_request", d.invalidReqest, &out.InvalidRequest}} {
+	}{{"unmatched_route", d.unmatchedRoute, &out.UnmatchedRoute}, {"invalid_request", d.invalidReqest, &out.InvalidRequest}, {"missing_client", d.missingClient, &out.MissingClient}} {
 		if !setOnce(once, d.file, a.key, a.v) {
 			continue
 		}

@@ -99,6 +99,7 @@ func TestDefaultDefaults(t *testing.T) {
 	s := policy.Default()
 	assert.Same(t, s.Tiers["basic"], s.Defaults.UnknownClientTier)
 	assert.Equal(t, policy.Allow, s.Defaults.UnmatchedRoute)
+	assert.Equal(t, policy.Allow, s.Defaults.MissingClient, "a call without an id is the client \"\" by default")
 	assert.Equal(t, policy.Deny, s.Defaults.InvalidRequest)
 	assert.False(t, s.Defaults.Shadow)
 	assert.Empty(t, s.Clients)

@@ -120,6 +120,9 @@ func checkSet(t *testing.T, s *policy.Set) {
 	if a := s.Defaults.InvalidRequest; a != policy.Allow && a != policy.Deny {
 		t.Fatalf("invalid_request is %q", a)
 	}
+	if a := s.Defaults.MissingClient; a != policy.Allow && a != policy.Deny {
+		t.Fatalf("missing_client is %q", a)
+	}
 }
 
 // FuzzParsePrice checks that ParsePrice never panics, that what it accepts

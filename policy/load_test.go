@@ -280,6 +280,10 @@ func TestCompileRefusals(t *testing.T) {
 			src:  withPool(append(tierT, "clients:", "  c:", "    tier: gold")...),
 			want: wantErr{line: 12, path: "clients.c.tier", msg: `tier "gold" does not exist (known: t)`},
 		},
+		"client id a call could never carry": {
+			src:  withPool(append(tierT, "clients:", `  "acme corp":`, "    tier: t")...),
+			want: wantErr{line: 11, path: "clients.acme corp", msg: `id "acme corp" holds " " at byte 4: only A-Z a-z 0-9 . _ : - / are allowed; a call can never name such a client`},
+		},
 		"client without tier": {
 			src:  withPool(append(tierT, "clients:", "  c:", `    monthly_budget: "5"`)...),
 			want: wantErr{line: 11, path: "clients.c.tier", msg: "is required (known: t)"},
@@ -360,6 +364,10 @@ func TestCompileRefusals(t *testing.T) {
 		"unmatched_route neither allow nor deny": {
 			src:  withPool("defaults:", "  unmatched_route: block"),
 			want: wantErr{line: 7, path: "defaults.unmatched_route", msg: `must be "allow" or "deny", got "block"`},
+		},
+		"missing_client neither allow nor deny": {
+			src:  withPool("defaults:", "  missing_client: required"),
+			want: wantErr{line: 7, path: "defaults.missing_client", msg: `must be "allow" or "deny", got "required"`},
 		},
 		"invalid_request neither allow nor deny": {
 			src:  withPool("defaults:", "  invalid_request: Deny"),

@@ -134,8 +134,12 @@ type Defaults struct {
 	// UnknownClientTier is the tier given to a client not listed; nil means
 	// unknown clients are denied.
 	UnknownClientTier *Tier
-	UnmatchedRoute    Action
-	InvalidRequest    Action
+	// MissingClient is what happens to a call that names no client: Allow
+	// treats it as the client "" (so unknown_client decides), Deny refuses
+	// it (missing_client).
+	MissingClient  Action
+	UnmatchedRoute Action
+	InvalidRequest Action
 	// StoreUnavailable is what happens when the limiter store cannot be
 	// asked: Deny fails closed (503), Allow fails open.
 	StoreUnavailable Action
@@ -184,6 +188,20 @@ func (s *Set) MatchRoute(host, path, model string) *Route {
 	host = stripPort(strings.ToLower(host))
 	for _, r := range s.Routes {
 		if r.matches(host, path, model) {
+			return r
+		}
+	}
+	return nil
+}
+
+// MatchRouteFold returns the first route whose host matches and whose path
+// prefix matches path when letter case is ignored (models aside), or nil.
+// A path that matches no route but this one names a metered route in the
+// wrong case.
+func (s *Set) MatchRouteFold(host, path string) *Route {
+	host = stripPort(strings.ToLower(host))
+	for _, r := range s.Routes {
+		if hostMatches(r.Host, host) && len(path) >= len(r.PathPrefix) && strings.EqualFold(path[:len(r.PathPrefix)], r.PathPrefix) {
 			return r
 		}
 	}

@@ -50,6 +50,7 @@ type SummaryModel struct {
 // SummaryDefaults mirrors Defaults.
 type SummaryDefaults struct {
 	UnknownClient    string   `json:"unknown_client"`
+	MissingClient    Action   `json:"missing_client"`
 	UnmatchedRoute   Action   `json:"unmatched_route"`
 	InvalidRequest   Action   `json:"invalid_request"`
 	StoreUnavailable Action   `json:"store_unavailable"`
@@ -97,7 +98,7 @@ func (s *Set) Summary() Summary {
 		return Summary{}
 	}
 	sum := Summary{Files: s.Files, Clients: len(s.Clients), Defaults: SummaryDefaults{
-		UnknownClient: string(Deny), UnmatchedRoute: s.Defaults.UnmatchedRoute,
+		UnknownClient: string(Deny), MissingClient: s.Defaults.MissingClient, UnmatchedRoute: s.Defaults.UnmatchedRoute,
 		InvalidRequest: s.Defaults.InvalidRequest, Shadow: s.Defaults.Shadow,
 		StoreUnavailable: s.Defaults.StoreUnavailable, Timezone: s.Defaults.Location.String(),
 		ReservationTTL: s.Defaults.ReservationTTL.String(), Reservation: s.Defaults.Reservation,

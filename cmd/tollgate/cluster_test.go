@@ -231,7 +231,7 @@ func TestComposeCommandsAreServeFlags(t *testing.T) {
 				continue
 			}
 			n++
-			cmd := serveCmd()
+			cmd := serveCmd(noEnv)
 			require.NoError(t, cmd.ParseFlags(s.Command), "%s: %s", file, name)
 			assert.Empty(t, cmd.Flags().Args(), "%s: %s: stray arguments", file, name)
 		}

@@ -16,16 +16,19 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/policy"
 )
 
 type estimateFlags struct {
 	rawURL, bodyFile, contentType, policyPath, addr string
+	tokenFile                                       string
+	token                                           authz.Secret
 	asJSON                                          bool
 }
 
-func estimateCmd() *cobra.Command {
+func estimateCmd(getenv func(string) string) *cobra.Command {
 	f := estimateFlags{}
 	cmd := &cobra.Command{
 		Use:   "estimate --url URL [--body FILE]",
@@ -34,6 +37,10 @@ func estimateCmd() *cobra.Command {
 			"or, with --addr, the policy in force in a running Tollgate (and its learned adaptive ratios).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if f.token, err = apiToken(f.tokenFile, getenv); err != nil {
+				return err
+			}
 			return estimate(cmd.Context(), f, cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}
@@ -42,7 +49,8 @@ func estimateCmd() *cobra.Command {
 	fl.StringVar(&f.bodyFile, "body", "", "file holding the request body (- for stdin)")
 	fl.StringVar(&f.contentType, "content-type", "", "the body's content type (default: form-encoded for Twilio, else JSON)")
 	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy)")
-	fl.StringVar(&f.addr, "addr", "", "ask a running Tollgate's admin HTTP address instead (e.g. 127.0.0.1:8080)")
+	fl.StringVar(&f.addr, "addr", "", "ask a running Tollgate's API address instead (serve --api-addr, e.g. 127.0.0.1:8082)")
+	apiTokenFlag(fl, &f.tokenFile, "serve was given, with --addr")
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON")
 	_ = cmd.MarkFlagRequired("url")
 	return cmd
@@ -70,7 +78,7 @@ func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writ
 	}
 	var rep admission.EstimateReport
 	if f.addr != "" {
-		rep, err = remoteEstimate(ctx, f.addr, f.rawURL, ct, body)
+		rep, err = remoteEstimate(ctx, f.addr, f.token, f.rawURL, ct, body)
 	} else {
 		rep, err = localEstimate(f.policyPath, f.rawURL, ct, body)
 	}
@@ -101,7 +109,7 @@ func localEstimate(policyPath, rawURL, ct string, body []byte) (admission.Estima
 	return admission.EstimateCall(set, costing.Estimator{Tok: tok}, rawURL, ct, body)
 }
 
-func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (admission.EstimateReport, error) {
+func remoteEstimate(ctx context.Context, addr string, tok authz.Secret, rawURL, ct string, body []byte) (admission.EstimateReport, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/api/estimate?url="+url.QueryEscape(rawURL), bytes.NewReader(body))
@@ -109,6 +117,7 @@ func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (
 		return admission.EstimateReport{}, err
 	}
 	req.Header.Set("Content-Type", ct)
+	withToken(req, tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return admission.EstimateReport{}, wrongPort(ctx, "estimate", addr, protoHTTP, "--http-addr", "127.0.0.1:8080", fmt.Errorf("estimate: %w", err))
@@ -121,6 +130,9 @@ func remoteEstimate(ctx context.Context, addr, rawURL, ct string, body []byte) (
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		_ = json.Unmarshal(b, &e)
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			return admission.EstimateReport{}, fmt.Errorf("estimate: HTTP %d: %s (%w)", resp.StatusCode, e.Error, errNoToken)
+		}
 		return admission.EstimateReport{}, fmt.Errorf("estimate: HTTP %d: %s", resp.StatusCode, e.Error)
 	}
 	var rep admission.EstimateReport

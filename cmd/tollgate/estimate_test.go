@@ -16,8 +16,8 @@ import (
 
 func runEstimate(stdin string, args ...string) (string, error) {
 	var out bytes.Buffer
-	cmd := append([]string{"estimate"}, args...)
-	err := runIO(context.Background(), cmd, noEnv, strings.NewReader(stdin), &out, io.Discard)
+	cmd := append([]string{"estimate"}, cliArgs(args)...)
+	err := runIO(context.Background(), cmd, withTestToken(noEnv), strings.NewReader(stdin), &out, io.Discard)
 	return out.String(), err
 }
 

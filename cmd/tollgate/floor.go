@@ -140,7 +140,7 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 			args = []string{"bare-floor"}
 		} else {
 			args = []string{"serve", "--store", "memory", "--policy", f.policy, "--settle", s.settle,
-				"--http-addr", "127.0.0.1:0", "--log-level", "warn", "--drain-delay", "0s"}
+				"--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--log-level", "warn", "--drain-delay", "0s"}
 		}
 		bin := f.bin
 		if s.name == "bare" {

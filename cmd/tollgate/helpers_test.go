@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -78,7 +80,65 @@ func (b *syncBuffer) String() string {
 
 // httpClient keeps no idle connections, so that no transport goroutine
 // outlives a test.
-var httpClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+// It sends /api/ and /debug/ paths addressed to a test server's health
+// listener to its API listener, with the token (see apiTransport).
+var httpClient = &http.Client{Transport: apiTransport{next: &http.Transport{DisableKeepAlives: true}}, Timeout: 5 * time.Second}
+
+// testAPIToken is the API token serve runs started by tests require,
+// unless the test sets TOLLGATE_API_TOKEN itself.
+const testAPIToken = "cmd-test-token-0123456789abcdef"
+
+// apiAddrs maps the --http-addr of each serve started by startRun to the
+// --api-addr it was given, so that tests keep naming one address per
+// server.
+var apiAddrs sync.Map
+
+// apiAddrOf returns the API address of the server whose health address is
+// addr, or addr itself.
+func apiAddrOf(addr string) string {
+	if a, ok := apiAddrs.Load(addr); ok {
+		return a.(string)
+	}
+	return addr
+}
+
+// apiTransport routes /api/ and /debug/ requests to the API listener of
+// the server addressed, adding the test token.
+type apiTransport struct{ next http.RoundTripper }
+
+func (t apiTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if api := apiAddrOf(r.URL.Host); api != r.URL.Host && (strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/")) {
+		r = r.Clone(r.Context())
+		r.URL.Host, r.Host = api, api
+		if r.Header.Get("Authorization") == "" {
+			r.Header.Set("Authorization", "Bearer "+testAPIToken)
+		}
+	}
+	return t.next.RoundTrip(r)
+}
+
+// withTestToken is getenv with TOLLGATE_API_TOKEN defaulting to
+// testAPIToken.
+func withTestToken(getenv func(string) string) func(string) string {
+	return func(k string) string {
+		if v := getenv(k); v != "" || k != apiTokenEnv {
+			return v
+		}
+		return testAPIToken
+	}
+}
+
+// cliArgs is args for a CLI command that talks to the API: an --addr that
+// names a test server's health address names its API address instead.
+func cliArgs(args []string) []string {
+	out := slices.Clone(args)
+	for i := range out {
+		if out[i] == "--addr" && i+1 < len(out) {
+			out[i+1] = apiAddrOf(out[i+1])
+		}
+	}
+	return out
+}
 
 // httpStatus GETs url and returns the status code, or 0 if the server did not
 // answer.
@@ -109,9 +169,20 @@ func startRun(t *testing.T, getenv func(string) string, httpAddr string, args ..
 }
 
 // startRunReady is startRun waiting for /readyz to answer with status
-// ready: 503 for a server that is up but whose store is not.
+// ready: 503 for a server that is up but whose store is not. A serve
+// without --api-addr gets a free one (remembered in apiAddrs), and the
+// test token unless getenv sets one or args name a token file.
 func startRunReady(t *testing.T, getenv func(string) string, httpAddr string, ready int, args ...string) *running {
 	t.Helper()
+	if len(args) > 0 && args[0] == "serve" && !slices.Contains(args, "--api-addr") && getenv("TOLLGATE_API_ADDR") == "" {
+		api := freePort(t)
+		args = append(slices.Clone(args), "--api-addr", api)
+		apiAddrs.Store(httpAddr, api)
+		t.Cleanup(func() { apiAddrs.Delete(httpAddr) })
+	}
+	if !slices.Contains(args, "--api-token-file") {
+		getenv = withTestToken(getenv)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{stderr: &syncBuffer{}, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -222,6 +293,6 @@ func writePolicy(t *testing.T, yaml string) string {
 // runUsage runs `usage args...` and returns what it printed.
 func runUsage(args ...string) (string, error) {
 	var out bytes.Buffer
-	err := run(context.Background(), append([]string{"usage"}, args...), noEnv, &out, io.Discard)
+	err := run(context.Background(), append([]string{"usage"}, cliArgs(args)...), withTestToken(noEnv), &out, io.Discard)
 	return out.String(), err
 }

@@ -311,7 +311,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 			p.seed = st.fleet.Node.Addr()
 		}
 		cfg := authz.DefaultConfig()
-		cfg.GRPCAddr, cfg.HTTPAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
+		cfg.GRPCAddr, cfg.HTTPAddr, cfg.APIAddr, cfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", 0
 		if cfg.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 			p.stop()
 			return nil, errors.Join(err, st.close())

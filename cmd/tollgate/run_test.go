@@ -136,6 +136,10 @@ func TestRunErrors(t *testing.T) {
 			args: []string{"serve", "--http-addr", busy.Addr().String()},
 			want: []string{"HTTP listener", busy.Addr().String()},
 		},
+		"invalid --client": {
+			args: []string{"serve", "--client", "team a", "--api-addr", "127.0.0.1:0"},
+			want: []string{"authz: client id", `"team a"`},
+		},
 		"bad log level": {
 			args: []string{"serve", "--log-level", "loud"},
 			want: []string{"loud"},

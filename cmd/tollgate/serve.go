@@ -39,22 +39,31 @@ type serveFlags struct {
 	logFormat       string
 	shutdownTimeout time.Duration
 	cluster         clusterFlags
+	apiTokenFile    string
 }
 
-func serveCmd() *cobra.Command {
+func serveCmd(getenv func(string) string) *cobra.Command {
 	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			tok, err := apiToken(f.apiTokenFile, getenv)
+			if err != nil {
+				return err
+			}
+			f.authz.APIToken = tok
 			return serve(cmd.Context(), f, cmd.ErrOrStderr())
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.authz.GRPCAddr, "grpc-addr", f.authz.GRPCAddr, "gRPC listen address for Envoy (host:port or unix:///path)")
-	fl.StringVar(&f.authz.HTTPAddr, "http-addr", f.authz.HTTPAddr, "admin HTTP listen address: /healthz /readyz /metrics /debug/policy")
+	fl.StringVar(&f.authz.HTTPAddr, "http-addr", f.authz.HTTPAddr, "health and metrics HTTP listen address, open: /healthz /readyz /metrics")
+	fl.StringVar(&f.authz.APIAddr, "api-addr", f.authz.APIAddr, "JSON API listen address, every endpoint behind the API token: /api/... /debug/...")
+	apiTokenFlag(fl, &f.apiTokenFile, "the API requires (without one the API refuses every call)")
 	fl.StringVar(&f.authz.ClientHeader, "client-header", f.authz.ClientHeader, "request header that identifies the client")
+	fl.StringVar(&f.authz.Client, "client", "", "pin the client id of every call (the header and Envoy's context extension are ignored): one sidecar per worker")
 	fl.DurationVar(&f.authz.DrainDelay, "drain-delay", f.authz.DrainDelay, "on shutdown, report NOT_SERVING this long before refusing new checks")
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "on shutdown, wait this long for in-flight checks")
 	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy); reloaded on change")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -68,15 +69,20 @@ func startBinary(t *testing.T, bin, drainDelay string) *process {
 // waits until it is ready.
 func startBinaryArgs(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
-	grpcAddr, httpAddr := freePort(t), freePort(t)
+	grpcAddr, httpAddr, apiAddr := freePort(t), freePort(t), freePort(t)
 	p := &process{
 		grpc:   grpcAddr,
 		http:   httpAddr,
-		cmd:    exec.Command(bin, append([]string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr}, args...)...),
+		cmd:    exec.Command(bin, append([]string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--api-addr", apiAddr}, args...)...),
 		stderr: &syncBuffer{},
 		readyz: "http://" + httpAddr + "/readyz",
 		exited: make(chan error, 1),
 	}
+	// The API answers the test's token; CLI calls naming the health
+	// address reach it (cliArgs).
+	apiAddrs.Store(httpAddr, apiAddr)
+	t.Cleanup(func() { apiAddrs.Delete(httpAddr) })
+	p.cmd.Env = append(os.Environ(), apiTokenEnv+"="+testAPIToken)
 	p.cmd.Stderr = p.stderr
 	require.NoError(t, p.cmd.Start())
 	go func() { p.exited <- p.cmd.Wait() }()

@@ -13,31 +13,38 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/authz"
 )
 
-func usageCmd() *cobra.Command {
-	var addr string
+func usageCmd(getenv func(string) string) *cobra.Command {
+	var addr, tokenFile string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "usage CLIENT",
 		Short: "Show a client's spend this month, calls in flight, and budget left along its parent chain",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return usage(cmd.Context(), addr, args[0], asJSON, cmd.OutOrStdout())
+			tok, err := apiToken(tokenFile, getenv)
+			if err != nil {
+				return err
+			}
+			return usage(cmd.Context(), addr, tok, args[0], asJSON, cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:8080", "Tollgate's admin HTTP address")
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:8082", "Tollgate's API address (serve --api-addr)")
+	apiTokenFlag(cmd.Flags(), &tokenFile, "serve was given")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the server's JSON as is")
 	return cmd
 }
 
-func usage(ctx context.Context, addr, client string, asJSON bool, out io.Writer) error {
+func usage(ctx context.Context, addr string, tok authz.Secret, client string, asJSON bool, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/usage/"+url.PathEscape(client), nil)
 	if err != nil {
 		return err
 	}
+	withToken(req, tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return wrongPort(ctx, "usage", addr, protoHTTP, "--http-addr", "127.0.0.1:8080", fmt.Errorf("usage: %w", err))
@@ -50,6 +57,9 @@ func usage(ctx context.Context, addr, client string, asJSON bool, out io.Writer)
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		_ = json.Unmarshal(body, &e)
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			return fmt.Errorf("usage %s: HTTP %d: %s (%w)", client, resp.StatusCode, e.Error, errNoToken)
+		}
 		return fmt.Errorf("usage %s: HTTP %d: %s", client, resp.StatusCode, e.Error)
 	}
 	if asJSON {
