@@ -28,6 +28,7 @@ const concurrencyRetry = time.Second
 func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 	set := s.policies.Policy()
 	v := s.decide(ctx, set, r)
+	v.RequestID = r.ID
 	pool, tier := v.Pool, v.Tier
 	if pool == "" {
 		pool = "none"
@@ -227,6 +228,12 @@ func (s *Service) denied(set *policy.Set, client *policy.Client, p *plan, dec li
 	case dec.Blocking >= 0:
 		b := dec.Buckets[dec.Blocking]
 		v.Blocked = &Blocked{Bucket: b, Unit: set.Pools[b.Key.Pool].Unit, Need: p.req.Takes[dec.Blocking].Cost}
+		if dec.Reason == limiter.ReasonRateLimited && b.Key.Client == "" {
+			if left := s.pauses.left(b.Key.Pool, now); left > 0 {
+				v.Blocked.UpstreamPause = left
+				v.RetryAfter = max(v.RetryAfter, left)
+			}
+		}
 	case dec.Reason == limiter.ReasonBudgetExceeded && dec.BudgetBlocking >= 0 && dec.BudgetBlocking < len(dec.Budgets):
 		b := dec.Budgets[dec.BudgetBlocking]
 		v.Budget, v.Need = &b, p.req.Hold.Cost

@@ -127,6 +127,7 @@ type settler struct {
 	log      *slog.Logger
 	kick     func(lines ...string)
 	kickAll  func()
+	pauses   *pauseBook
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -250,6 +251,7 @@ func (c *Call) applied(ctx context.Context, th []limiter.Throttle) {
 		kind := "remaining"
 		if t.Pause > 0 {
 			kind = "pause"
+			c.s.pauses.note(t.Key.Pool, c.s.clock.Now(), t.Pause)
 		}
 		c.s.m.upstreamSignals.WithLabelValues(t.Key.Pool, kind).Inc()
 	}

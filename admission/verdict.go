@@ -52,6 +52,10 @@ type Blocked struct {
 	Bucket limiter.BucketState
 	Unit   policy.Unit
 	Need   int64 // units the call needed
+	// UpstreamPause, when positive, is what is left of a pause the
+	// upstream provider asked for (a 429 with Retry-After) on this pool:
+	// the bucket is empty because the provider said so.
+	UpstreamPause time.Duration
 }
 
 // Held describes a wait in the queue that ended in a refusal.
@@ -73,6 +77,9 @@ type Shadow struct {
 type Verdict struct {
 	Allowed bool
 	Outcome Outcome
+	// RequestID is the call's id (Envoy's x-request-id), empty when the
+	// transport had none.
+	RequestID string
 	// Reason is a snake_case code: the limiter's reason, or one above.
 	Reason string
 

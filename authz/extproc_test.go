@@ -324,6 +324,11 @@ func TestSettleEndToEnd(t *testing.T) {
 			require.Equal(t, int32(code.Code_RESOURCE_EXHAUSTED), resp.GetStatus().GetCode(), "the pool is paused")
 			retry, err := strconv.Atoi(denied.worker["retry-after"])
 			require.NoError(t, err)
+			// The refusal names the provider's pause, and says so in its
+			// reason's sentence, not as a plain local rate limit.
+			assert.Contains(t, resp.GetDeniedResponse().GetBody(), "The upstream provider answered 429 for pool gpt and asked for a pause")
+			assert.NotEmpty(t, denied.worker["x-request-id"], "every local reply names a request id")
+			assert.NotEmpty(t, denied.worker["retry-after-ms"])
 			if name == "memory" {
 				cost := tokens(10, next)
 				// 20 s of pause, then the call's tokens at 1000 a second.
