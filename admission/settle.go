@@ -206,6 +206,14 @@ func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[stri
 	}
 	sse := strings.HasPrefix(strings.ToLower(strings.TrimSpace(headers["content-type"])), "text/event-stream")
 	c.reader = costing.NewResponseReader(c.route.Provider, sse, c.injected)
+	if enc := costing.ParseEncoding(headers["content-encoding"]); enc != costing.EncodingIdentity {
+		// Tollgate asked for identity (ReadsResponse); an upstream that
+		// compressed all the same is read after inflating, and a stream
+		// Tollgate asked for usage keeps that chunk (it cannot be cut out
+		// of compressed bytes).
+		c.reader.SetEncoding(enc)
+		c.s.m.encodedResponses.WithLabelValues(encodingLabel(enc)).Inc()
+	}
 	c.signal = costing.ParseSignal(c.route.Provider, status, headers, c.s.clock.Now())
 	if c.reservation == "" {
 		if th := c.throttles(); len(th) > 0 {
@@ -276,7 +284,28 @@ func (c *Call) ResponseBody(chunk []byte, end bool) []byte {
 }
 
 // Stripping reports whether response chunks are rewritten.
-func (c *Call) Stripping() bool { return c.injected }
+func (c *Call) Stripping() bool {
+	if c.reader != nil {
+		return c.reader.Stripping()
+	}
+	return c.injected
+}
+
+// ReadsResponse reports whether Tollgate reads this call's response (for
+// its usage and the upstream's rate limits). Such a call asks the upstream
+// for an uncompressed answer (accept-encoding: identity), which every HTTP
+// client accepts, so that it is read as it streams and settled exactly.
+func (c *Call) ReadsResponse() bool { return c.route != nil }
+
+func encodingLabel(e costing.Encoding) string {
+	switch e {
+	case costing.EncodingGzip:
+		return "gzip"
+	case costing.EncodingDeflate:
+		return "deflate"
+	}
+	return "other"
+}
 
 // End settles the call once; later calls return the first outcome. It runs
 // at the end of the response, or when the stream ends before it (the worker

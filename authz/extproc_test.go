@@ -149,7 +149,10 @@ type upstream struct {
 type exchange struct {
 	requestBody []byte // the body sent upstream (rewritten or not)
 	setHeaders  map[string]string
-	forwarded   []byte // the response body the worker gets
+	// upstreamHeaders are the request headers set at the request headers
+	// (e.g. accept-encoding).
+	upstreamHeaders map[string]string
+	forwarded       []byte // the response body the worker gets
 }
 
 // process plays one call through ext_proc the way Envoy does (request
@@ -174,6 +177,10 @@ func (ss *settleServer) process(tb testing.TB, a admitted, reqBody []byte, up up
 			"content-type", "application/json", authz.HeaderReservation, a.reservation, authz.HeaderRoute, a.route),
 	}}})
 	require.NotNil(tb, resp.GetRequestHeaders())
+	ex.upstreamHeaders = map[string]string{}
+	for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+		ex.upstreamHeaders[h.GetHeader().GetKey()] = string(h.GetHeader().GetRawValue())
+	}
 	ex.requestBody = reqBody
 	if resp.GetModeOverride() == nil { // the request body is wanted
 		resp = send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: reqBody, EndOfStream: true}}})

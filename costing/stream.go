@@ -47,6 +47,13 @@ type ResponseReader struct {
 	held     []byte // strip: raw bytes of the event being read
 	dropping bool   // strip: the event being read is the usage-only chunk
 
+	// Compressed (gzip, deflate): the raw bytes, inflated and read at the
+	// end; nothing is stripped from a compressed stream.
+	enc      Encoding
+	raw      []byte
+	rawLost  bool // the body outgrew MaxEncodedResponse
+	inflated bool
+
 	usage    Usage
 	found    bool // a usage object was read
 	complete bool // the stream said it ended (or the JSON body parsed whole)
@@ -58,9 +65,33 @@ func NewResponseReader(provider policy.Provider, sse, strip bool) *ResponseReade
 	return &ResponseReader{provider: provider, sse: sse, strip: strip && sse}
 }
 
+// SetEncoding tells the reader the response's Content-Encoding (see
+// ParseEncoding); it must come before the first Write. A compressed
+// response is forwarded untouched, even with Strip set: its bytes cannot
+// be cut without re-encoding them.
+func (r *ResponseReader) SetEncoding(e Encoding) {
+	r.enc = e
+	if e != EncodingIdentity {
+		r.strip = false
+	}
+}
+
+// Stripping reports whether Write may return other bytes than its chunk.
+func (r *ResponseReader) Stripping() bool { return r.strip }
+
 // Write reads the next chunk of the response. It returns the bytes to
 // forward in its place: chunk itself, except with Strip set.
 func (r *ResponseReader) Write(chunk []byte) []byte {
+	if r.enc != EncodingIdentity {
+		if r.enc != EncodingOther && !r.rawLost {
+			if len(r.raw)+len(chunk) > MaxEncodedResponse {
+				r.raw, r.rawLost = nil, true
+			} else {
+				r.raw = append(r.raw, chunk...)
+			}
+		}
+		return chunk
+	}
 	if !r.sse {
 		r.writeJSON(chunk)
 		return chunk
@@ -92,6 +123,9 @@ func (r *ResponseReader) Flush() []byte {
 // (a cut stream, a body too large or unreadable), when the usage, if any,
 // may be partial.
 func (r *ResponseReader) Usage() (u Usage, found, complete bool) {
+	if r.enc != EncodingIdentity {
+		return r.inflatedUsage()
+	}
 	if !r.sse && !r.complete {
 		r.finishJSON()
 	}
@@ -375,4 +409,22 @@ func (r *ResponseReader) anthropicEvent(data []byte) {
 	case "message_stop":
 		r.complete = r.found
 	}
+}
+
+// inflatedUsage decodes a compressed response once and reads it as an
+// identity one would have been read.
+func (r *ResponseReader) inflatedUsage() (u Usage, found, complete bool) {
+	if !r.inflated {
+		r.inflated = true
+		if r.enc == EncodingOther || r.rawLost {
+			return r.usage, r.found, r.complete
+		}
+		body, whole := inflate(r.enc, r.raw)
+		r.raw = nil
+		inner := NewResponseReader(r.provider, r.sse, false)
+		inner.Write(body)
+		r.usage, r.found, r.complete = inner.Usage()
+		r.complete = r.complete && whole
+	}
+	return r.usage, r.found, r.complete
 }
