@@ -266,7 +266,7 @@ func (r *ResponseReader) endLine(out *[]byte) {
 		}
 		if out != nil {
 			if !r.dropping {
-				*out = append(*out, r.held...)
+				*out = append(*out, dropNullUsage(r.held)...)
 			}
 			r.held = r.held[:0]
 		}
@@ -427,4 +427,88 @@ func (r *ResponseReader) inflatedUsage() (u Usage, found, complete bool) {
 		r.complete = r.complete && whole
 	}
 	return r.usage, r.found, r.complete
+}
+
+// dropNullUsage removes a top-level "usage":null member from the JSON
+// object of an event (one data line), with one comma next to it, and
+// leaves every other byte as it was. Once a stream asks for its usage,
+// OpenAI adds "usage":null to every chunk; a worker that did not ask
+// should not see it. An event it cannot read is returned unchanged.
+func dropNullUsage(ev []byte) []byte {
+	i := bytes.IndexByte(ev, '{')
+	if i < 0 || (string(ev[:i]) != "data:" && string(ev[:i]) != "data: ") {
+		return ev
+	}
+	if j := bytes.IndexAny(ev[i:], "\r\n"); j >= 0 && len(bytes.Trim(ev[i+j:], "\r\n")) > 0 {
+		return ev // more than one line
+	}
+	start, end := -1, -1
+	depth, inStr, esc, keyNext := 0, false, false, false
+	for j := i; j < len(ev) && start < 0; j++ {
+		c := ev[j]
+		if inStr {
+			switch {
+			case esc:
+				esc = false
+			case c == '\\':
+				esc = true
+			case c == '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			if depth == 1 && keyNext && bytes.HasPrefix(ev[j:], []byte(`"usage"`)) {
+				k := skipSpace(ev, j+len(`"usage"`))
+				if k < len(ev) && ev[k] == ':' {
+					k = skipSpace(ev, k+1)
+					if bytes.HasPrefix(ev[k:], []byte("null")) {
+						start, end = j, k+len("null")
+						break
+					}
+				}
+			}
+			inStr, keyNext = true, false
+		case '{', '[':
+			depth++
+			keyNext = depth == 1 && c == '{'
+		case '}', ']':
+			depth--
+			if depth <= 0 {
+				return ev
+			}
+		case ',':
+			keyNext = depth == 1
+		}
+	}
+	if start < 0 {
+		return ev
+	}
+	if k := skipSpace(ev, end); k < len(ev) && ev[k] != ',' && ev[k] != '}' {
+		return ev // "nullx": not a null
+	}
+	// One comma goes with the member: the one before it, else the one after.
+	p := start - 1
+	for p > i && isSpace(ev[p]) {
+		p--
+	}
+	out := make([]byte, 0, len(ev))
+	if ev[p] == ',' {
+		out = append(append(out, ev[:p]...), ev[end:]...)
+		return out
+	}
+	if k := skipSpace(ev, end); k < len(ev) && ev[k] == ',' {
+		end = k + 1
+	}
+	return append(append(out, ev[:start]...), ev[end:]...)
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
 }
