@@ -78,6 +78,15 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		s.m.unknownModels.WithLabelValues(route.Name).Inc()
 	}
 
+	// An estimate no store can book (a max_tokens of 1e300) is the
+	// caller's error, not the store's: refuse it here, whatever the
+	// policy says of store failures.
+	if v.Estimate.Cost >= limiter.MaxMoney || v.Estimate.Reserve >= limiter.MaxMoney {
+		v.Outcome, v.Reason, v.Pool = OutcomeDenied, string(limiter.ReasonExceedsCapacity), route.Pools[0].Name
+		v.Oversize = &Oversize{OutputTokens: v.Estimate.OutputTokens, Cost: v.Estimate.Cost, Max: limiter.MaxMoney - 1}
+		return v
+	}
+
 	// Plan.
 	now := s.clock.Now()
 	var envoyDeadline time.Time

@@ -58,6 +58,15 @@ type Blocked struct {
 	UpstreamPause time.Duration
 }
 
+// Oversize is a call whose estimate is beyond what any store can book (a
+// max_tokens such as 1e300 saturates it): refused as exceeds_capacity,
+// never sent to the store, where it would read as a store failure.
+type Oversize struct {
+	OutputTokens int64        // the call's output allowance (max_tokens × n), saturated
+	Cost         policy.Money // its estimated cost, saturated
+	Max          policy.Money // the most a store books for one call
+}
+
 // Held describes a wait in the queue that ended in a refusal.
 type Held struct {
 	Line     string // the resource waited for, for people ("pool gpt-4")
@@ -111,5 +120,6 @@ type Verdict struct {
 	InFlight      int64        // concurrency: the client's calls in flight
 	MaxConcurrent int64        // concurrency: its tier's maximum
 	Held          *Held        // queue_full, queue_timeout: the wait
+	Oversize      *Oversize    // exceeds_capacity: the estimate no store can hold
 	OpensAt       time.Time    // off_peak: when the window opens
 }

@@ -117,6 +117,11 @@ func message(v *admission.Verdict) string {
 			return fmt.Sprintf("Monthly budget of %q is exhausted: $%s spent and $%s held of $%s; this call needs about $%s.",
 				b.Owner, b.Spent, b.Reserved, b.Limit, v.Need)
 		}
+	case string(limiter.ReasonExceedsCapacity):
+		if o := v.Oversize; o != nil {
+			return fmt.Sprintf("Request too large: with max_tokens (times n) of %d output tokens its cost of $%s is beyond the $%s Tollgate can book for one call. Reduce max_tokens.",
+				o.OutputTokens, o.Cost, o.Max)
+		}
 	case string(limiter.ReasonConcurrency):
 		return fmt.Sprintf("Client %q has %d calls in flight, the most its tier %s allows.", v.Client, v.InFlight, v.Tier)
 	}
