@@ -360,7 +360,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			u, found, complete = c.reader.Usage()
 			switch {
 			case found && complete:
+				u = c.bounded(u)
 				a = costing.Price(p.set, p.route, p.est, u)
+				a.Cost = min(a.Cost, limiter.MaxMoney-1) // what a store books; prices of a policy could exceed it
 				e.Actual, e.Used = a.Cost, used(a)
 				outcome, reason = SettledActual, settleUsage
 			case !complete:
@@ -411,11 +413,13 @@ func (c *Call) recover(e *limiter.Ending) (SettleOutcome, string) {
 		return SettledReleased, settleFree
 	case c.reader != nil && c.route.LLM():
 		if u, found, complete := c.reader.Usage(); found && complete {
+			u = c.bounded(u)
 			est := costing.Estimate{Pools: make([]costing.PoolCost, len(c.route.Pools))}
 			for i, p := range c.route.Pools {
 				est.Pools[i] = costing.PoolCost{Pool: p}
 			}
 			a := costing.Price(c.set, c.route, est, u)
+			a.Cost = min(a.Cost, limiter.MaxMoney-1)
 			if a.Cost > 0 || u.Tokens() == 0 {
 				e.Outcome, e.Actual, e.Used = limiter.OutcomeSettled, a.Cost, used(a)
 				return SettledActual, settleUsage
@@ -493,3 +497,17 @@ func (s *settler) observe(p *pendingCall, u costing.Usage, a costing.Actual) {
 
 // dollars converts nano-dollars for exposition.
 func dollars(m policy.Money) float64 { return float64(m) / float64(policy.NanosPerDollar) }
+
+// bounded holds a response's usage to costing's bounds, counting and
+// logging a response that claimed more.
+func (c *Call) bounded(u costing.Usage) costing.Usage {
+	b, cut := u.Bounded()
+	if cut {
+		c.s.m.usageCapped.WithLabelValues(c.route.Name).Inc()
+		c.s.log.LogAttrs(context.Background(), slog.LevelWarn, "response usage beyond bounds; capped",
+			slog.String("route", c.route.Name), slog.String("reservation", c.reservation),
+			slog.Int64("input_tokens", u.InputTokens), slog.Int64("output_tokens", u.OutputTokens),
+			slog.Int64("segments", u.Segments), slog.Int64("price_nanos", int64(u.Price)))
+	}
+	return b
+}

@@ -52,6 +52,7 @@ func FuzzResponseReader(f *testing.F) {
 		f.Add(uint8(24), true, true, uint16(3), rec[name])
 	}
 	f.Add(uint8(1), true, false, uint16(3), []byte("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":-9}}\n\n"))
+	f.Add(uint8(0), false, false, uint16(0), []byte(`{"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":1e300}}`))
 	f.Fuzz(func(t *testing.T, p uint8, sse, strip bool, chunk uint16, body []byte) {
 		provider := fuzzProviders[int(p)%len(fuzzProviders)]
 		r := costing.NewResponseReader(provider, sse, strip)
@@ -93,7 +94,23 @@ func FuzzResponseReader(f *testing.F) {
 		}
 		require.LessOrEqual(t, u.CachedInputTokens, u.InputTokens)
 		require.LessOrEqual(t, u.ReasoningTokens, u.OutputTokens)
+		requireBounded(t, u)
 	})
+}
+
+// requireBounded: Bounded holds every count to its bound, keeps the parts
+// within their wholes, and changes nothing in usage within them.
+func requireBounded(t *testing.T, u costing.Usage) {
+	b, cut := u.Bounded()
+	require.LessOrEqual(t, b.InputTokens, int64(costing.MaxUsageTokens))
+	require.LessOrEqual(t, b.OutputTokens, int64(costing.MaxUsageTokens))
+	require.LessOrEqual(t, b.CachedInputTokens+b.CacheWriteTokens, b.InputTokens)
+	require.LessOrEqual(t, b.ReasoningTokens, b.OutputTokens)
+	require.LessOrEqual(t, b.Segments, int64(costing.MaxUsageSegments))
+	require.LessOrEqual(t, b.Price, costing.MaxUsagePrice)
+	if !cut {
+		require.Equal(t, u, b)
+	}
 }
 
 // isSubsequence reports whether a's bytes appear in b in order.
@@ -127,6 +144,7 @@ func FuzzParseUsage(f *testing.F) {
 		require.GreaterOrEqual(t, u.OutputTokens, u.ReasoningTokens)
 		require.GreaterOrEqual(t, u.CachedInputTokens, int64(0))
 		require.GreaterOrEqual(t, u.Price, policy.Money(0))
+		requireBounded(t, u)
 	})
 }
 
