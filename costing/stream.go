@@ -44,8 +44,16 @@ type ResponseReader struct {
 	event    []byte // the event type of the event being read
 	data     []byte // its data lines, joined by \n
 	hasData  bool
-	held     []byte // strip: raw bytes of the event being read
-	dropping bool   // strip: the event being read is the usage-only chunk
+	held     []byte // strip: raw bytes of the event being held
+	dropping bool   // strip: the event being held is the usage-only chunk
+	// strip: holding says the event being read is held (it follows a
+	// chunk that finished the choice, so it can only be the usage chunk or
+	// [DONE]); every other byte is forwarded at once. inEvent says a byte
+	// of the current event was seen; evOut is where the current event
+	// starts in this Write's output (-1: it began in an earlier chunk).
+	holding bool
+	inEvent bool
+	evOut   int
 
 	// Compressed (gzip, deflate): the raw bytes, inflated and read at the
 	// end; nothing is stripped from a compressed stream.
@@ -104,6 +112,10 @@ func (r *ResponseReader) Write(chunk []byte) []byte {
 		return chunk
 	}
 	var out []byte
+	r.evOut = -1
+	if !r.inEvent {
+		r.evOut = 0
+	}
 	r.scan(chunk, &out)
 	return out
 }
@@ -112,7 +124,7 @@ func (r *ResponseReader) Write(chunk []byte) []byte {
 func (r *ResponseReader) Flush() []byte {
 	out := r.held
 	r.held = nil
-	if r.dropping {
+	if r.dropping || !r.holding {
 		return nil
 	}
 	return out
@@ -241,9 +253,18 @@ func (r *ResponseReader) scan(chunk []byte, out *[]byte) {
 	}
 }
 
+// hold passes b on: held while the event may be the usage chunk, else
+// forwarded at once, so that a lost ext_proc stream (Envoy then passes the
+// rest of the response straight on) never loses bytes the worker needs.
 func (r *ResponseReader) hold(b []byte, out *[]byte) {
-	if out != nil {
+	if out == nil {
+		return
+	}
+	r.inEvent = true
+	if r.holding {
 		r.held = append(r.held, b...)
+	} else {
+		*out = append(*out, b...)
 	}
 }
 
@@ -261,14 +282,28 @@ func (r *ResponseReader) endLine(out *[]byte) {
 	line := r.line
 	r.line = r.line[:0]
 	if len(line) == 0 { // blank line: dispatch
+		finished := false
 		if r.hasData {
 			r.dispatch()
+			finished = r.strip && finishesChoice(r.data)
 		}
 		if out != nil {
-			if !r.dropping {
-				*out = append(*out, dropNullUsage(r.held)...)
+			switch {
+			case r.holding:
+				if !r.dropping {
+					*out = append(*out, dropNullUsage(r.held)...)
+				}
+				r.held = r.held[:0]
+			case r.evOut >= 0 && r.evOut < len(*out):
+				// The whole event came in this chunk and is still in hand:
+				// it loses the "usage":null the worker did not ask for. An
+				// event split across chunks went on as it came.
+				ev := (*out)[r.evOut:]
+				if nv := dropNullUsage(ev); len(nv) != len(ev) {
+					*out = append((*out)[:r.evOut], nv...)
+				}
 			}
-			r.held = r.held[:0]
+			r.holding, r.inEvent, r.evOut = finished, false, len(*out)
 		}
 		r.event, r.data, r.hasData, r.dropping = r.event[:0], r.data[:0], false, false
 		return
@@ -293,7 +328,7 @@ func (r *ResponseReader) endLine(out *[]byte) {
 			r.breakOff(out)
 			return
 		}
-		if r.strip && r.isUsageOnlyChunk() {
+		if r.strip && r.holding && r.isUsageOnlyChunk() {
 			r.dropping = true
 		}
 	}
@@ -511,4 +546,20 @@ func skipSpace(b []byte, i int) int {
 		i++
 	}
 	return i
+}
+
+// finishesChoice is a cheap test that a chunk finishes a choice (a
+// finish_reason other than null): OpenAI sends the usage chunk right after
+// the last such chunk, so the next event is the only one Tollgate holds.
+func finishesChoice(data []byte) bool {
+	i := bytes.Index(data, []byte(`"finish_reason"`))
+	if i < 0 {
+		return false
+	}
+	rest := bytes.TrimLeft(data[i+len(`"finish_reason"`):], " \t")
+	if len(rest) == 0 || rest[0] != ':' {
+		return false
+	}
+	rest = bytes.TrimLeft(rest[1:], " \t")
+	return len(rest) > 0 && rest[0] == '"'
 }
