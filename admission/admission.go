@@ -116,6 +116,7 @@ type Service struct {
 	pending  *pendingTable
 	queue    *queue.Queue[attempt]
 	settler  *settler
+	pauses   *pauseBook
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -136,7 +137,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		deps.Clock = limiter.SystemClock{}
 	}
 	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
-		clock: deps.Clock, newID: newReservationID, pending: newPendingTable()}
+		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook()}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -165,7 +166,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
-		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll}
+		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses}
 	return s, nil
 }
 

@@ -29,6 +29,7 @@ const concurrencyRetry = time.Second
 func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 	set := s.policies.Policy()
 	v := s.decide(ctx, set, r)
+	v.RequestID = r.ID
 	pool, tier := v.Pool, v.Tier
 	if pool == "" {
 		pool = "none"
@@ -98,6 +99,15 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	v.Estimate = s.est.Estimate(set, route, call)
 	if route.LLM() && !v.Estimate.ModelKnown {
 		s.m.unknownModels.WithLabelValues(route.Name).Inc()
+	}
+
+	// An estimate no store can book (a max_tokens of 1e300) is the
+	// caller's error, not the store's: refuse it here, whatever the
+	// policy says of store failures.
+	if v.Estimate.Cost >= limiter.MaxMoney || v.Estimate.Reserve >= limiter.MaxMoney {
+		v.Outcome, v.Reason, v.Pool = OutcomeDenied, string(limiter.ReasonExceedsCapacity), route.Pools[0].Name
+		v.Oversize = &Oversize{OutputTokens: v.Estimate.OutputTokens, Cost: v.Estimate.Cost, Max: limiter.MaxMoney - 1}
+		return v
 	}
 
 	// Plan.
@@ -250,6 +260,12 @@ func (s *Service) denied(set *policy.Set, client *policy.Client, p *plan, dec li
 	case dec.Blocking >= 0:
 		b := dec.Buckets[dec.Blocking]
 		v.Blocked = &Blocked{Bucket: b, Unit: set.Pools[b.Key.Pool].Unit, Need: p.req.Takes[dec.Blocking].Cost}
+		if dec.Reason == limiter.ReasonRateLimited && b.Key.Client == "" {
+			if left := s.pauses.left(b.Key.Pool, now); left > 0 {
+				v.Blocked.UpstreamPause = left
+				v.RetryAfter = max(v.RetryAfter, left)
+			}
+		}
 	case dec.Reason == limiter.ReasonBudgetExceeded && dec.BudgetBlocking >= 0 && dec.BudgetBlocking < len(dec.Budgets):
 		b := dec.Budgets[dec.BudgetBlocking]
 		v.Budget, v.Need = &b, p.req.Hold.Cost

@@ -19,6 +19,8 @@ type metrics struct {
 	settled          *prometheus.CounterVec
 	settleErrors     *prometheus.CounterVec
 	upstreamSignals  *prometheus.CounterVec
+	encodedResponses *prometheus.CounterVec
+	usageCapped      *prometheus.CounterVec
 	estimatedDollars *prometheus.CounterVec
 	actualDollars    *prometheus.CounterVec
 	estimatedTokens  *prometheus.CounterVec
@@ -69,6 +71,14 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Name: "tollgate_upstream_signals_total",
 			Help: "Upstream rate-limit signals applied to a pool, by pool and kind (remaining: the pool lowered to the upstream's count; pause: held empty for its Retry-After).",
 		}, []string{"pool", "kind"}),
+		encodedResponses: f.CounterVec(prometheus.CounterOpts{
+			Name: "tollgate_settle_encoded_responses_total",
+			Help: "Responses of calls Tollgate reads that came compressed although it asked for identity, by encoding (gzip, deflate: inflated and read at the end; other: settled at the estimate).",
+		}, []string{"encoding"}),
+		usageCapped: f.CounterVec(prometheus.CounterOpts{
+			Name: "tollgate_settle_usage_capped_total",
+			Help: "Responses whose usage claimed more than one call can use (over 10M tokens per direction, 10,000 segments or $1,000), held to those bounds, by route.",
+		}, []string{"route"}),
 		estimatedDollars: f.CounterVec(prometheus.CounterOpts{
 			Name: "tollgate_costing_estimated_dollars_total",
 			Help: "Estimated cost of the calls settled from their usage, by model price entry.",

@@ -127,6 +127,7 @@ type settler struct {
 	log      *slog.Logger
 	kick     func(lines ...string)
 	kickAll  func()
+	pauses   *pauseBook
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -205,6 +206,14 @@ func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[stri
 	}
 	sse := strings.HasPrefix(strings.ToLower(strings.TrimSpace(headers["content-type"])), "text/event-stream")
 	c.reader = costing.NewResponseReader(c.route.Provider, sse, c.injected)
+	if enc := costing.ParseEncoding(headers["content-encoding"]); enc != costing.EncodingIdentity {
+		// Tollgate asked for identity (ReadsResponse); an upstream that
+		// compressed all the same is read after inflating, and a stream
+		// Tollgate asked for usage keeps that chunk (it cannot be cut out
+		// of compressed bytes).
+		c.reader.SetEncoding(enc)
+		c.s.m.encodedResponses.WithLabelValues(encodingLabel(enc)).Inc()
+	}
 	c.signal = costing.ParseSignal(c.route.Provider, status, headers, c.s.clock.Now())
 	if c.reservation == "" {
 		if th := c.throttles(); len(th) > 0 {
@@ -250,6 +259,7 @@ func (c *Call) applied(ctx context.Context, th []limiter.Throttle) {
 		kind := "remaining"
 		if t.Pause > 0 {
 			kind = "pause"
+			c.s.pauses.note(t.Key.Pool, c.s.clock.Now(), t.Pause)
 		}
 		c.s.m.upstreamSignals.WithLabelValues(t.Key.Pool, kind).Inc()
 	}
@@ -274,7 +284,28 @@ func (c *Call) ResponseBody(chunk []byte, end bool) []byte {
 }
 
 // Stripping reports whether response chunks are rewritten.
-func (c *Call) Stripping() bool { return c.injected }
+func (c *Call) Stripping() bool {
+	if c.reader != nil {
+		return c.reader.Stripping()
+	}
+	return c.injected
+}
+
+// ReadsResponse reports whether Tollgate reads this call's response (for
+// its usage and the upstream's rate limits). Such a call asks the upstream
+// for an uncompressed answer (accept-encoding: identity), which every HTTP
+// client accepts, so that it is read as it streams and settled exactly.
+func (c *Call) ReadsResponse() bool { return c.route != nil }
+
+func encodingLabel(e costing.Encoding) string {
+	switch e {
+	case costing.EncodingGzip:
+		return "gzip"
+	case costing.EncodingDeflate:
+		return "deflate"
+	}
+	return "other"
+}
 
 // End settles the call once; later calls return the first outcome. It runs
 // at the end of the response, or when the stream ends before it (the worker
@@ -329,7 +360,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			u, found, complete = c.reader.Usage()
 			switch {
 			case found && complete:
+				u = c.bounded(u)
 				a = costing.Price(p.set, p.route, p.est, u)
+				a.Cost = min(a.Cost, limiter.MaxMoney-1) // what a store books; prices of a policy could exceed it
 				e.Actual, e.Used = a.Cost, used(a)
 				outcome, reason = SettledActual, settleUsage
 			case !complete:
@@ -380,11 +413,13 @@ func (c *Call) recover(e *limiter.Ending) (SettleOutcome, string) {
 		return SettledReleased, settleFree
 	case c.reader != nil && c.route.LLM():
 		if u, found, complete := c.reader.Usage(); found && complete {
+			u = c.bounded(u)
 			est := costing.Estimate{Pools: make([]costing.PoolCost, len(c.route.Pools))}
 			for i, p := range c.route.Pools {
 				est.Pools[i] = costing.PoolCost{Pool: p}
 			}
 			a := costing.Price(c.set, c.route, est, u)
+			a.Cost = min(a.Cost, limiter.MaxMoney-1)
 			if a.Cost > 0 || u.Tokens() == 0 {
 				e.Outcome, e.Actual, e.Used = limiter.OutcomeSettled, a.Cost, used(a)
 				return SettledActual, settleUsage
@@ -462,3 +497,17 @@ func (s *settler) observe(p *pendingCall, u costing.Usage, a costing.Actual) {
 
 // dollars converts nano-dollars for exposition.
 func dollars(m policy.Money) float64 { return float64(m) / float64(policy.NanosPerDollar) }
+
+// bounded holds a response's usage to costing's bounds, counting and
+// logging a response that claimed more.
+func (c *Call) bounded(u costing.Usage) costing.Usage {
+	b, cut := u.Bounded()
+	if cut {
+		c.s.m.usageCapped.WithLabelValues(c.route.Name).Inc()
+		c.s.log.LogAttrs(context.Background(), slog.LevelWarn, "response usage beyond bounds; capped",
+			slog.String("route", c.route.Name), slog.String("reservation", c.reservation),
+			slog.Int64("input_tokens", u.InputTokens), slog.Int64("output_tokens", u.OutputTokens),
+			slog.Int64("segments", u.Segments), slog.Int64("price_nanos", int64(u.Price)))
+	}
+	return b
+}

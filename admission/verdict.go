@@ -54,6 +54,19 @@ type Blocked struct {
 	Bucket limiter.BucketState
 	Unit   policy.Unit
 	Need   int64 // units the call needed
+	// UpstreamPause, when positive, is what is left of a pause the
+	// upstream provider asked for (a 429 with Retry-After) on this pool:
+	// the bucket is empty because the provider said so.
+	UpstreamPause time.Duration
+}
+
+// Oversize is a call whose estimate is beyond what any store can book (a
+// max_tokens such as 1e300 saturates it): refused as exceeds_capacity,
+// never sent to the store, where it would read as a store failure.
+type Oversize struct {
+	OutputTokens int64        // the call's output allowance (max_tokens × n), saturated
+	Cost         policy.Money // its estimated cost, saturated
+	Max          policy.Money // the most a store books for one call
 }
 
 // Held describes a wait in the queue that ended in a refusal.
@@ -75,6 +88,9 @@ type Shadow struct {
 type Verdict struct {
 	Allowed bool
 	Outcome Outcome
+	// RequestID is the call's id (Envoy's x-request-id), empty when the
+	// transport had none.
+	RequestID string
 	// Reason is a snake_case code: the limiter's reason, or one above.
 	Reason string
 
@@ -108,5 +124,6 @@ type Verdict struct {
 	InFlight      int64        // concurrency: the client's calls in flight
 	MaxConcurrent int64        // concurrency: its tier's maximum
 	Held          *Held        // queue_full, queue_timeout: the wait
+	Oversize      *Oversize    // exceeds_capacity: the estimate no store can hold
 	OpensAt       time.Time    // off_peak: when the window opens
 }

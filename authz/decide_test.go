@@ -370,16 +370,20 @@ func TestDecideRateLimitedThenRefilled(t *testing.T) {
 		require.Equal(t, want, v.RateLimit.Remaining)
 	}
 
-	v := d.Decide(ctx, smsRequest("a"))
+	r := smsRequest("a")
+	r.ID = "req-1"
+	v := d.Decide(ctx, r)
 	assert.Equal(t, gist{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Status: http.StatusTooManyRequests,
 		Provider: policy.ProviderTwilio, Route: "twilio-sms", Tier: "metered", Pool: "sms", RetryAfter: 500 * time.Millisecond}, gistOf(v))
 	assert.Equal(t, "Rate limit reached for pool sms: limit 3 segments, refilling 2 per second; this request needs 1. Please try again in 1s.", v.Message)
 	assert.Equal(t, map[string]string{
 		"x-ratelimit-limit":     "3",
 		"x-ratelimit-remaining": "0",
-		"x-ratelimit-reset":     "2", // 1.5 s to full, rounded up
-		"retry-after":           "1", // 500 ms, rounded up
+		"x-ratelimit-reset":     "2",   // 1.5 s to full, rounded up
+		"retry-after":           "1",   // 500 ms, rounded up
+		"retry-after-ms":        "512", // 500 ms + the jitter of req-1
 		"x-tollgate-reason":     "rate_limited",
+		"x-request-id":          "req-1",
 	}, headerMap(t, authz.ResponseHeaders(&v)))
 
 	d.clk.Advance(499 * time.Millisecond)

@@ -2,8 +2,10 @@ package authz
 
 import (
 	"encoding/json"
+	"hash/fnv"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/limiter"
@@ -40,15 +42,59 @@ func ResponseHeaders(v *Answer) []Header {
 		hs = append(hs, Header{HeaderQueueID, v.QueueID})
 	}
 	if !v.Allowed {
+		final := neverPasses(v.Reason)
 		if v.RetryAfter > 0 {
 			hs = append(hs, Header{"retry-after", strconv.FormatInt(ceilSeconds(v.RetryAfter), 10)})
+			if !final {
+				ms := (v.RetryAfter + jitter(v.RequestID, v.RetryAfter)).Milliseconds()
+				hs = append(hs, Header{"retry-after-ms", strconv.FormatInt(ms, 10)})
+			}
+		}
+		if final {
+			hs = append(hs, Header{"x-should-retry", "false"})
 		}
 		hs = append(hs, Header{"x-tollgate-reason", v.Reason})
+		if v.RequestID != "" {
+			hs = append(hs, Header{"x-request-id", v.RequestID})
+			if v.Provider == policy.ProviderAnthropic {
+				hs = append(hs, Header{"request-id", v.RequestID})
+			}
+		}
 	}
 	if v.ShadowDecision != "" {
 		hs = append(hs, Header{"x-tollgate-shadow-decision", v.ShadowDecision})
 	}
 	return hs
+}
+
+// neverPasses says whether retrying a refusal as it is cannot help: the
+// budget is spent, the call is larger than its pool, the client is
+// unknown, the request unreadable or unrouted. Such refusals carry
+// x-should-retry: false, which the OpenAI and Anthropic SDKs obey before
+// anything else.
+func neverPasses(reason string) bool {
+	switch reason {
+	case string(limiter.ReasonBudgetExceeded), string(limiter.ReasonExceedsCapacity),
+		admission.ReasonUnknownClient, admission.ReasonInvalidRequest, admission.ReasonUnmatchedRoute:
+		return true
+	}
+	return false
+}
+
+// maxJitter bounds the jitter added to retry-after-ms.
+const maxJitter = 250 * time.Millisecond
+
+// jitter spreads the retries of callers refused together: 0 to 10% of the
+// wait, at most maxJitter, picked by the request id (FNV-1a), so one call
+// always gets the same value and tests can check it.
+func jitter(requestID string, wait time.Duration) time.Duration {
+	span := min(wait/10, maxJitter)
+	if span <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(requestID)) // hash.Hash.Write never fails
+	return time.Duration(h.Sum64() % uint64(span+1))
 }
 
 // DenialBody renders a denial in the shape of the upstream provider's own
@@ -75,6 +121,9 @@ func DenialBody(v *Answer) (contentType string, body []byte) {
 		}
 		doc = map[string]any{"error": map[string]any{"message": v.Message, "type": typ, "param": nil, "code": code}}
 	case policy.ProviderAnthropic:
+		// An exhausted budget is a 400 invalid_request_error, as
+		// Anthropic's own spend limit and credit balance answer
+		// (docs.anthropic.com/en/api/errors), never a rate_limit_error.
 		typ := "invalid_request_error"
 		switch v.Status {
 		case http.StatusTooManyRequests:
@@ -84,15 +133,24 @@ func DenialBody(v *Answer) (contentType string, body []byte) {
 		case http.StatusServiceUnavailable:
 			typ = "api_error"
 		}
-		doc = map[string]any{"type": "error", "error": map[string]any{"type": typ, "message": v.Message}}
+		d := map[string]any{"type": "error", "error": map[string]any{"type": typ, "message": v.Message}}
+		if v.RequestID != "" {
+			d["request_id"] = v.RequestID
+		}
+		doc = d
 	case policy.ProviderTwilio:
 		code := 20403
-		switch v.Status {
-		case http.StatusTooManyRequests:
+		switch {
+		case v.Reason == string(limiter.ReasonBudgetExceeded):
+			// 20005 "Account not active": what Twilio answers an account
+			// that ran out of funds (twilio.com/docs/api/errors/20005);
+			// not 20429, which its SDK and callers treat as retryable.
+			code = 20005
+		case v.Status == http.StatusTooManyRequests:
 			code = 20429
-		case http.StatusBadRequest:
+		case v.Status == http.StatusBadRequest:
 			code = 20001
-		case http.StatusServiceUnavailable:
+		case v.Status == http.StatusServiceUnavailable:
 			code = 20503
 		}
 		doc = map[string]any{"code": code, "message": v.Message, "more_info": "https://www.twilio.com/docs/errors/" + strconv.Itoa(code), "status": v.Status}

@@ -273,28 +273,30 @@ func TestToCheckResponse(t *testing.T) {
 			},
 		},
 		"429: RESOURCE_EXHAUSTED, Retry-After in whole seconds rounded up, provider body": {
-			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Provider: policy.ProviderOpenAI, RateLimit: rl, RetryAfter: 1200 * time.Millisecond}, Status: http.StatusTooManyRequests, Message: "slow down"},
+			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: "rate_limited", Provider: policy.ProviderOpenAI, RateLimit: rl, RetryAfter: 1200 * time.Millisecond, RequestID: "req-1"}, Status: http.StatusTooManyRequests, Message: "slow down"},
 			want: denied(code.Code_RESOURCE_EXHAUSTED, "rate_limited", typev3.StatusCode_TooManyRequests, openAI429,
 				append(append([]*corev3.HeaderValueOption{}, limitHeaders...),
-					hvo("retry-after", "2"), hvo("x-tollgate-reason", "rate_limited"), hvo("content-type", "application/json"))...),
+					// retry-after-ms: 1200 ms + the jitter of req-1 (34 ms, at most 10%)
+					hvo("retry-after", "2"), hvo("retry-after-ms", "1234"), hvo("x-tollgate-reason", "rate_limited"),
+					hvo("x-request-id", "req-1"), hvo("content-type", "application/json"))...),
 		},
-		"429 that can never pass: no Retry-After": {
+		"429 that can never pass: no Retry-After, x-should-retry: false": {
 			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: "exceeds_capacity", Provider: policy.ProviderGeneric}, Status: http.StatusTooManyRequests, Message: "too big"},
 			want: denied(code.Code_RESOURCE_EXHAUSTED, "exceeds_capacity", typev3.StatusCode_TooManyRequests,
 				`{"error":{"code":"exceeds_capacity","message":"too big"}}`,
-				hvo("x-tollgate-reason", "exceeds_capacity"), hvo("content-type", "application/json")),
+				hvo("x-should-retry", "false"), hvo("x-tollgate-reason", "exceeds_capacity"), hvo("content-type", "application/json")),
 		},
 		"403: PERMISSION_DENIED": {
 			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeDenied, Reason: admission.ReasonUnknownClient, Provider: policy.ProviderAnthropic}, Status: http.StatusForbidden, Message: "who?"},
 			want: denied(code.Code_PERMISSION_DENIED, admission.ReasonUnknownClient, typev3.StatusCode_Forbidden,
 				`{"error":{"message":"who?","type":"permission_error"},"type":"error"}`,
-				hvo("x-tollgate-reason", admission.ReasonUnknownClient), hvo("content-type", "application/json")),
+				hvo("x-should-retry", "false"), hvo("x-tollgate-reason", admission.ReasonUnknownClient), hvo("content-type", "application/json")),
 		},
 		"400: INVALID_ARGUMENT": {
 			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeInvalid, Reason: admission.ReasonInvalidRequest, Provider: policy.ProviderGeneric}, Status: http.StatusBadRequest, Message: "unreadable"},
 			want: denied(code.Code_INVALID_ARGUMENT, admission.ReasonInvalidRequest, typev3.StatusCode_BadRequest,
 				`{"error":{"code":"invalid_request","message":"unreadable"}}`,
-				hvo("x-tollgate-reason", admission.ReasonInvalidRequest), hvo("content-type", "application/json")),
+				hvo("x-should-retry", "false"), hvo("x-tollgate-reason", admission.ReasonInvalidRequest), hvo("content-type", "application/json")),
 		},
 		"503: UNAVAILABLE": {
 			v: Answer{Verdict: admission.Verdict{Outcome: admission.OutcomeError, Reason: admission.ReasonStoreError, Provider: policy.ProviderSendGrid}, Status: http.StatusServiceUnavailable, Message: "store down"},

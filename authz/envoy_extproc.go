@@ -61,9 +61,19 @@ var responseOnlyMode = &procfilterv3.ProcessingMode{
 	ResponseTrailerMode: procfilterv3.ProcessingMode_SKIP,
 }
 
-func requestHeadersResponse(mode *procfilterv3.ProcessingMode) *extprocv3.ProcessingResponse {
+// requestHeadersResponse answers the request headers with a processing
+// mode; identity asks the upstream for an uncompressed response
+// (accept-encoding: identity), one Tollgate can read as it streams.
+func requestHeadersResponse(mode *procfilterv3.ProcessingMode, identity bool) *extprocv3.ProcessingResponse {
+	hr := &extprocv3.HeadersResponse{}
+	if identity {
+		hr.Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: "accept-encoding", RawValue: []byte("identity")},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}}}}
+	}
 	return &extprocv3.ProcessingResponse{
-		Response:     &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}},
+		Response:     &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr},
 		ModeOverride: mode,
 	}
 }

@@ -59,11 +59,11 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 			c = s.svc.Follow(hs[HeaderReservation], hs[HeaderRoute], hs[":method"])
 			switch {
 			case !c.Tracked():
-				resp = requestHeadersResponse(untrackedMode)
+				resp = requestHeadersResponse(untrackedMode, false)
 			case !c.WantsRequestBody():
-				resp = requestHeadersResponse(responseOnlyMode)
+				resp = requestHeadersResponse(responseOnlyMode, c.ReadsResponse())
 			default:
-				resp = requestHeadersResponse(nil)
+				resp = requestHeadersResponse(nil, c.ReadsResponse())
 			}
 		case *extprocv3.ProcessingRequest_RequestBody:
 			phase = "request_body"

@@ -127,6 +127,16 @@ func fuzzSeeds() []*authv3.CheckRequest {
 			Method: "POST", Host: "api.openai.com", Path: "/v1/chat/completions",
 			RawBody: []byte(`{"model":"gpt-4-turbo","max_tokens":9223372036854775807}`),
 		}, nil),
+		http1(&authv3.AttributeContext_HttpRequest{ // max_tokens beyond int64
+			Method: "POST", Host: "api.openai.com", Path: "/v1/chat/completions",
+			Headers: map[string]string{"x-tollgate-client": "team-a"},
+			RawBody: []byte(`{"model":"gpt-4o","max_tokens":99999999999999999999,"messages":[{"role":"user","content":"hi"}]}`),
+		}, nil),
+		http1(&authv3.AttributeContext_HttpRequest{ // max_tokens as a float
+			Method: "POST", Host: "api.anthropic.com", Path: "/v1/messages",
+			Headers: map[string]string{"x-tollgate-client": "team-a"},
+			RawBody: []byte(`{"model":"claude-3-5-sonnet","max_tokens":1e300,"messages":[{"role":"user","content":"hi"}]}`),
+		}, nil),
 	}
 }
 
@@ -190,6 +200,10 @@ func FuzzCheckRequest(f *testing.F) {
 				require.NotEmpty(t, v.Reason, fd.name)
 			}
 			require.GreaterOrEqual(t, v.RetryAfter, time.Duration(0))
+			// The memory store always answers: a store error here is a
+			// request mistaken for a store failure (a huge max_tokens).
+			require.NotEqual(t, admission.ReasonStoreError, v.Reason, "%s: %s", fd.name, v.Message)
+			require.NotEqual(t, admission.OutcomeFailOpen, v.Outcome, fd.name)
 
 			resp := toCheckResponse(&v)
 			if v.Allowed {

@@ -1,12 +1,15 @@
 package authz
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // Rendering: admission answers in codes and numbers; this file turns a
@@ -38,8 +41,22 @@ type Answer struct {
 	ShadowDecision string
 }
 
-// statusOf maps a refusal's reason to its HTTP status.
-func statusOf(reason string) int {
+// statusOf maps a refusal's reason to its HTTP status. An exhausted budget
+// reads as the provider's own billing error where it has one, so that its
+// SDK does not take it for a rate limit: OpenAI 429 insufficient_quota,
+// Anthropic 400 invalid_request_error (what its API answers when a spend
+// limit or the credit balance is reached), Twilio 403 with code 20005
+// ("Account not active ... ran out of funds").
+func statusOf(reason string, provider policy.Provider) int {
+	if reason == string(limiter.ReasonBudgetExceeded) {
+		switch provider {
+		case policy.ProviderAnthropic:
+			return http.StatusBadRequest
+		case policy.ProviderTwilio:
+			return http.StatusForbidden
+		}
+		return http.StatusTooManyRequests
+	}
 	switch reason {
 	case admission.ReasonInvalidRequest, admission.ReasonInvalidClient:
 		return http.StatusBadRequest
@@ -54,13 +71,16 @@ func statusOf(reason string) int {
 // Render turns a Verdict into an Answer.
 func Render(v admission.Verdict) Answer {
 	a := Answer{Verdict: v}
+	if !echoable(a.RequestID) {
+		a.RequestID = newRequestID()
+	}
 	if v.Shadow != nil {
 		a.ShadowDecision = shadowHeader(v.Shadow)
 	}
 	if v.Allowed {
 		return a
 	}
-	a.Status = statusOf(v.Reason)
+	a.Status = statusOf(v.Reason, v.Provider)
 	a.Message = message(&v)
 	return a
 }
@@ -102,6 +122,11 @@ func message(v *admission.Verdict) string {
 			return fmt.Sprintf("Monthly budget of %q is exhausted: $%s spent and $%s held of $%s; this call needs about $%s.",
 				b.Owner, b.Spent, b.Reserved, b.Limit, v.Need)
 		}
+	case string(limiter.ReasonExceedsCapacity):
+		if o := v.Oversize; o != nil {
+			return fmt.Sprintf("Request too large: with max_tokens (times n) of %d output tokens its cost of $%s is beyond the $%s Tollgate can book for one call. Reduce max_tokens.",
+				o.OutputTokens, o.Cost, o.Max)
+		}
 	case string(limiter.ReasonConcurrency):
 		return fmt.Sprintf("Client %q has %d calls in flight, the most its tier %s allows.", v.Client, v.InFlight, v.Tier)
 	}
@@ -116,6 +141,10 @@ func blockedMessage(bl *admission.Blocked, reason string) string {
 	scope := "pool " + b.Key.Pool
 	if b.Key.Client != "" {
 		scope = fmt.Sprintf("client %q in pool %s", b.Key.Client, b.Key.Pool)
+	}
+	if bl.UpstreamPause > 0 {
+		return fmt.Sprintf("The upstream provider answered 429 for %s and asked for a pause; Tollgate holds calls to it until the pause ends. Please try again in %ds.",
+			scope, ceilSeconds(bl.UpstreamPause))
 	}
 	if reason == string(limiter.ReasonExceedsCapacity) {
 		return fmt.Sprintf("Request too large for %s: it needs %d %ss but the limit is %d. Reduce the request (e.g. max_tokens).",
@@ -140,4 +169,26 @@ func ceilSeconds(d time.Duration) int64 {
 		return 0
 	}
 	return int64((d + time.Second - 1) / time.Second)
+}
+
+// newRequestID names a local reply to a call that came without an
+// x-request-id: "tg-" and 96 random bits in hex.
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return "tg-" + hex.EncodeToString(b[:])
+}
+
+// echoable says whether a worker's request id may go back in a header: 1 to
+// 200 visible ASCII characters. Anything else is replaced, never echoed.
+func echoable(id string) bool {
+	if id == "" || len(id) > 200 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }

@@ -201,6 +201,17 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 			}
 		}
 	}
+	if !llm && (r.Provider == policy.ProviderOpenAI || r.Provider == policy.ProviderAnthropic) {
+		// A route whose pools count requests still pays for tokens: its
+		// money comes from models: whenever the call's model is priced.
+		name := est.Model
+		if !est.Exact {
+			b, _ := p.llmBody()
+			name = b.Model
+		}
+		m, _ := set.Model(name)
+		llm = m != nil
+	}
 	var model *policy.Model
 	if llm {
 		if !est.Exact {

@@ -211,3 +211,6 @@ func ShareEncoders(t *Tokenizer, cfg TokenizerConfig) *Tokenizer {
 	}
 	return n
 }
+
+// DropNullUsage exposes dropNullUsage to the tests.
+var DropNullUsage = dropNullUsage

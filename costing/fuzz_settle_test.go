@@ -46,11 +46,42 @@ func FuzzResponseReader(f *testing.F) {
 		}
 	}
 	f.Add(uint8(0), true, true, uint16(1), []byte("data: {\"choices\":[],\"usage\":{}}\r\rdata: [DONE]\r\n\r\n"))
+	for _, name := range sortedKeys(rec) { // compressed: gzip and deflate bytes, and plain bytes gzipped by the fuzzer
+		f.Add(uint8(8), true, false, uint16(5), compress(f, "gzip", rec[name]))
+		f.Add(uint8(16), false, false, uint16(64), compress(f, "deflate", rec[name]))
+		f.Add(uint8(24), true, true, uint16(3), rec[name])
+	}
 	f.Add(uint8(1), true, false, uint16(3), []byte("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":-9}}\n\n"))
+	f.Add(uint8(0), false, false, uint16(0), []byte(`{"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":1e300}}`))
 	f.Fuzz(func(t *testing.T, p uint8, sse, strip bool, chunk uint16, body []byte) {
 		provider := fuzzProviders[int(p)%len(fuzzProviders)]
 		r := costing.NewResponseReader(provider, sse, strip)
+		// The high bits of p pick a Content-Encoding: the input is read as
+		// compressed (fuzzed bytes), or compressed here first.
+		plain := body
+		switch (p / 8) % 4 {
+		case 1:
+			r.SetEncoding(costing.EncodingGzip)
+		case 2:
+			r.SetEncoding(costing.EncodingDeflate)
+		case 3:
+			body = compress(t, "gzip", body)
+			r.SetEncoding(costing.EncodingGzip)
+		}
+		if (p/8)%4 != 0 {
+			strip = false // a compressed stream is never cut
+		}
 		out := feed(r, body, int(chunk%4096))
+		if (p/8)%4 == 3 && len(body) <= costing.MaxEncodedResponse {
+			// Read after inflating, as the identity bytes are read.
+			id := costing.NewResponseReader(provider, sse, false)
+			feed(id, plain, 0)
+			wu, wf, wc := id.Usage()
+			gu, gf, gc := r.Usage()
+			require.Equal(t, wu, gu)
+			require.Equal(t, wf, gf)
+			require.Equal(t, wc, gc)
+		}
 		if !strip || !sse {
 			require.Equal(t, string(body), string(out))
 		} else {
@@ -63,7 +94,23 @@ func FuzzResponseReader(f *testing.F) {
 		}
 		require.LessOrEqual(t, u.CachedInputTokens, u.InputTokens)
 		require.LessOrEqual(t, u.ReasoningTokens, u.OutputTokens)
+		requireBounded(t, u)
 	})
+}
+
+// requireBounded: Bounded holds every count to its bound, keeps the parts
+// within their wholes, and changes nothing in usage within them.
+func requireBounded(t *testing.T, u costing.Usage) {
+	b, cut := u.Bounded()
+	require.LessOrEqual(t, b.InputTokens, int64(costing.MaxUsageTokens))
+	require.LessOrEqual(t, b.OutputTokens, int64(costing.MaxUsageTokens))
+	require.LessOrEqual(t, b.CachedInputTokens+b.CacheWriteTokens, b.InputTokens)
+	require.LessOrEqual(t, b.ReasoningTokens, b.OutputTokens)
+	require.LessOrEqual(t, b.Segments, int64(costing.MaxUsageSegments))
+	require.LessOrEqual(t, b.Price, costing.MaxUsagePrice)
+	if !cut {
+		require.Equal(t, u, b)
+	}
 }
 
 // isSubsequence reports whether a's bytes appear in b in order.
@@ -97,6 +144,7 @@ func FuzzParseUsage(f *testing.F) {
 		require.GreaterOrEqual(t, u.OutputTokens, u.ReasoningTokens)
 		require.GreaterOrEqual(t, u.CachedInputTokens, int64(0))
 		require.GreaterOrEqual(t, u.Price, policy.Money(0))
+		requireBounded(t, u)
 	})
 }
 

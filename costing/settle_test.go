@@ -162,21 +162,28 @@ func TestResponseReaderCutStream(t *testing.T) {
 }
 
 // TestResponseReaderStrip: the usage chunk Tollgate asked for is removed,
-// every other byte reaches the worker, in any chunking.
+// and the "usage":null OpenAI adds to every chunk once asked, from each
+// event that comes whole in one chunk (one split across chunks went on as
+// it came: Tollgate holds nothing but the usage chunk); every other byte
+// reaches the worker, in any chunking.
 func TestResponseReaderStrip(t *testing.T) {
 	body := response(t, "openai-chat-stream.sse")
 	events := bytes.SplitAfter(body, []byte("\n\n"))
 	var want []byte
 	for _, e := range events {
 		if !bytes.Contains(e, []byte(`"choices":[]`)) {
-			want = append(want, e...)
+			want = append(want, bytes.ReplaceAll(e, []byte(`,"usage":null`), nil)...)
 		}
 	}
-	require.Less(t, len(want), len(body))
+	require.NotContains(t, string(want), `"usage"`)
+	noNull := func(b []byte) string { return string(bytes.ReplaceAll(b, []byte(`,"usage":null`), nil)) }
 	for _, chunk := range []int{0, 1, 3, 50, 333} {
 		r := costing.NewResponseReader(policy.ProviderOpenAI, true, true)
 		out := feed(r, body, chunk)
-		assert.Equal(t, string(want), string(out), "chunks of %d", chunk)
+		assert.Equal(t, string(want), noNull(out), "chunks of %d", chunk)
+		if chunk == 0 {
+			assert.Equal(t, string(want), string(out), "whole events lose their usage:null")
+		}
 		u, found, complete := r.Usage()
 		assert.True(t, found)
 		assert.True(t, complete)
@@ -190,8 +197,20 @@ func TestResponseReaderStrip(t *testing.T) {
 	assert.Equal(t, noUsage, feed(r, noUsage, 10))
 	partial := []byte("data: {\"choices\":[{\"delta\":{\"content\":\"hal")
 	r = costing.NewResponseReader(policy.ProviderOpenAI, true, true)
-	assert.Empty(t, r.Write(partial), "an incomplete event is held")
-	assert.Equal(t, partial, r.Flush(), "and given back at the end")
+	assert.Equal(t, partial, r.Write(partial), "an incomplete event goes on at once: a lost stream must not lose it")
+	assert.Empty(t, r.Flush())
+	// Only the event after a finished choice is held: it can only be the
+	// usage chunk (or [DONE], given back at its end).
+	finish := []byte("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n")
+	r = costing.NewResponseReader(policy.ProviderOpenAI, true, true)
+	assert.Equal(t, finish, r.Write(finish))
+	assert.Empty(t, r.Write([]byte("data: {\"choices\":[],\"us")), "held")
+	assert.Empty(t, r.Write([]byte("age\":{\"prompt_tokens\":1}}\n\n")), "dropped")
+	assert.Equal(t, "data: [DO", string(r.Write([]byte("data: [DO"))), "after it, nothing is held")
+	r = costing.NewResponseReader(policy.ProviderOpenAI, true, true)
+	r.Write(finish)
+	assert.Empty(t, r.Write([]byte("data: [DO")), "no usage chunk came: [DONE] was held")
+	assert.Equal(t, "data: [DONE]\n\n", string(r.Write([]byte("NE]\n\n"))), "and given back at its end")
 }
 
 func TestResponseReaderLimits(t *testing.T) {
@@ -466,4 +485,38 @@ defaults:
 	assert.Equal(t, costing.ApplyStrategy(est.Cost, 30), est.Reserve)
 	assert.Equal(t, "gpt-4o*", est.PriceEntry)
 	assert.True(t, strings.HasPrefix(costing.LearnKey(r, est.PriceEntry), "openai"))
+}
+
+// TestResponseReaderStripCut: the ext_proc stream is lost after any chunk
+// (Envoy then fails open and passes the rest of the response straight on):
+// the worker's bytes are the upstream's minus only bytes of the usage event
+// Tollgate asked for (all of it once past it; the part it saw when the
+// cut falls inside it, whose rest is no data line), never a byte of any
+// other event. "usage":null removals aside.
+func TestResponseReaderStripCut(t *testing.T) {
+	body := response(t, "openai-chat-stream.sse")
+	start := bytes.Index(body, []byte(`data: {"id":"chatcmpl-BKj2pWqL3n","object":"chat.completion.chunk","created":1744213991,"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_44added55e","choices":[],`))
+	require.Positive(t, start)
+	end := start + bytes.Index(body[start:], []byte("\n\n")) + 2
+	noNull := func(b []byte) string { return string(bytes.ReplaceAll(b, []byte(`,"usage":null`), nil)) }
+	for _, chunk := range []int{1, 2, 7, 37, 100} {
+		for cut := 0; cut <= len(body); cut += chunk {
+			r := costing.NewResponseReader(policy.ProviderOpenAI, true, true)
+			var worker []byte
+			for off := 0; off < cut; off += chunk {
+				worker = append(worker, r.Write(body[off:min(off+chunk, cut)])...)
+			}
+			worker = append(worker, body[cut:]...) // Envoy fails open: the rest goes straight on
+			var want []byte
+			switch {
+			case cut <= start:
+				want = body
+			case cut >= end:
+				want = append(append([]byte{}, body[:start]...), body[end:]...)
+			default:
+				want = append(append([]byte{}, body[:start]...), body[cut:]...)
+			}
+			require.Equal(t, noNull(want), noNull(worker), "chunks of %d, cut at %d", chunk, cut)
+		}
+	}
 }

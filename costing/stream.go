@@ -44,8 +44,23 @@ type ResponseReader struct {
 	event    []byte // the event type of the event being read
 	data     []byte // its data lines, joined by \n
 	hasData  bool
-	held     []byte // strip: raw bytes of the event being read
-	dropping bool   // strip: the event being read is the usage-only chunk
+	held     []byte // strip: raw bytes of the event being held
+	dropping bool   // strip: the event being held is the usage-only chunk
+	// strip: holding says the event being read is held (it follows a
+	// chunk that finished the choice, so it can only be the usage chunk or
+	// [DONE]); every other byte is forwarded at once. inEvent says a byte
+	// of the current event was seen; evOut is where the current event
+	// starts in this Write's output (-1: it began in an earlier chunk).
+	holding bool
+	inEvent bool
+	evOut   int
+
+	// Compressed (gzip, deflate): the raw bytes, inflated and read at the
+	// end; nothing is stripped from a compressed stream.
+	enc      Encoding
+	raw      []byte
+	rawLost  bool // the body outgrew MaxEncodedResponse
+	inflated bool
 
 	usage    Usage
 	found    bool // a usage object was read
@@ -58,9 +73,33 @@ func NewResponseReader(provider policy.Provider, sse, strip bool) *ResponseReade
 	return &ResponseReader{provider: provider, sse: sse, strip: strip && sse}
 }
 
+// SetEncoding tells the reader the response's Content-Encoding (see
+// ParseEncoding); it must come before the first Write. A compressed
+// response is forwarded untouched, even with Strip set: its bytes cannot
+// be cut without re-encoding them.
+func (r *ResponseReader) SetEncoding(e Encoding) {
+	r.enc = e
+	if e != EncodingIdentity {
+		r.strip = false
+	}
+}
+
+// Stripping reports whether Write may return other bytes than its chunk.
+func (r *ResponseReader) Stripping() bool { return r.strip }
+
 // Write reads the next chunk of the response. It returns the bytes to
 // forward in its place: chunk itself, except with Strip set.
 func (r *ResponseReader) Write(chunk []byte) []byte {
+	if r.enc != EncodingIdentity {
+		if r.enc != EncodingOther && !r.rawLost {
+			if len(r.raw)+len(chunk) > MaxEncodedResponse {
+				r.raw, r.rawLost = nil, true
+			} else {
+				r.raw = append(r.raw, chunk...)
+			}
+		}
+		return chunk
+	}
 	if !r.sse {
 		r.writeJSON(chunk)
 		return chunk
@@ -73,6 +112,10 @@ func (r *ResponseReader) Write(chunk []byte) []byte {
 		return chunk
 	}
 	var out []byte
+	r.evOut = -1
+	if !r.inEvent {
+		r.evOut = 0
+	}
 	r.scan(chunk, &out)
 	return out
 }
@@ -81,7 +124,7 @@ func (r *ResponseReader) Write(chunk []byte) []byte {
 func (r *ResponseReader) Flush() []byte {
 	out := r.held
 	r.held = nil
-	if r.dropping {
+	if r.dropping || !r.holding {
 		return nil
 	}
 	return out
@@ -92,6 +135,9 @@ func (r *ResponseReader) Flush() []byte {
 // (a cut stream, a body too large or unreadable), when the usage, if any,
 // may be partial.
 func (r *ResponseReader) Usage() (u Usage, found, complete bool) {
+	if r.enc != EncodingIdentity {
+		return r.inflatedUsage()
+	}
 	if !r.sse && !r.complete {
 		r.finishJSON()
 	}
@@ -207,9 +253,18 @@ func (r *ResponseReader) scan(chunk []byte, out *[]byte) {
 	}
 }
 
+// hold passes b on: held while the event may be the usage chunk, else
+// forwarded at once, so that a lost ext_proc stream (Envoy then passes the
+// rest of the response straight on) never loses bytes the worker needs.
 func (r *ResponseReader) hold(b []byte, out *[]byte) {
-	if out != nil {
+	if out == nil {
+		return
+	}
+	r.inEvent = true
+	if r.holding {
 		r.held = append(r.held, b...)
+	} else {
+		*out = append(*out, b...)
 	}
 }
 
@@ -227,14 +282,28 @@ func (r *ResponseReader) endLine(out *[]byte) {
 	line := r.line
 	r.line = r.line[:0]
 	if len(line) == 0 { // blank line: dispatch
+		finished := false
 		if r.hasData {
 			r.dispatch()
+			finished = r.strip && finishesChoice(r.data)
 		}
 		if out != nil {
-			if !r.dropping {
-				*out = append(*out, r.held...)
+			switch {
+			case r.holding:
+				if !r.dropping {
+					*out = append(*out, dropNullUsage(r.held)...)
+				}
+				r.held = r.held[:0]
+			case r.evOut >= 0 && r.evOut < len(*out):
+				// The whole event came in this chunk and is still in hand:
+				// it loses the "usage":null the worker did not ask for. An
+				// event split across chunks went on as it came.
+				ev := (*out)[r.evOut:]
+				if nv := dropNullUsage(ev); len(nv) != len(ev) {
+					*out = append((*out)[:r.evOut], nv...)
+				}
 			}
-			r.held = r.held[:0]
+			r.holding, r.inEvent, r.evOut = finished, false, len(*out)
 		}
 		r.event, r.data, r.hasData, r.dropping = r.event[:0], r.data[:0], false, false
 		return
@@ -259,7 +328,7 @@ func (r *ResponseReader) endLine(out *[]byte) {
 			r.breakOff(out)
 			return
 		}
-		if r.strip && r.isUsageOnlyChunk() {
+		if r.strip && r.holding && r.isUsageOnlyChunk() {
 			r.dropping = true
 		}
 	}
@@ -375,4 +444,122 @@ func (r *ResponseReader) anthropicEvent(data []byte) {
 	case "message_stop":
 		r.complete = r.found
 	}
+}
+
+// inflatedUsage decodes a compressed response once and reads it as an
+// identity one would have been read.
+func (r *ResponseReader) inflatedUsage() (u Usage, found, complete bool) {
+	if !r.inflated {
+		r.inflated = true
+		if r.enc == EncodingOther || r.rawLost {
+			return r.usage, r.found, r.complete
+		}
+		body, whole := inflate(r.enc, r.raw)
+		r.raw = nil
+		inner := NewResponseReader(r.provider, r.sse, false)
+		inner.Write(body)
+		r.usage, r.found, r.complete = inner.Usage()
+		r.complete = r.complete && whole
+	}
+	return r.usage, r.found, r.complete
+}
+
+// dropNullUsage removes a top-level "usage":null member from the JSON
+// object of an event (one data line), with one comma next to it, and
+// leaves every other byte as it was. Once a stream asks for its usage,
+// OpenAI adds "usage":null to every chunk; a worker that did not ask
+// should not see it. An event it cannot read is returned unchanged.
+func dropNullUsage(ev []byte) []byte {
+	i := bytes.IndexByte(ev, '{')
+	if i < 0 || (string(ev[:i]) != "data:" && string(ev[:i]) != "data: ") {
+		return ev
+	}
+	if j := bytes.IndexAny(ev[i:], "\r\n"); j >= 0 && len(bytes.Trim(ev[i+j:], "\r\n")) > 0 {
+		return ev // more than one line
+	}
+	start, end := -1, -1
+	depth, inStr, esc, keyNext := 0, false, false, false
+	for j := i; j < len(ev) && start < 0; j++ {
+		c := ev[j]
+		if inStr {
+			switch {
+			case esc:
+				esc = false
+			case c == '\\':
+				esc = true
+			case c == '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			if depth == 1 && keyNext && bytes.HasPrefix(ev[j:], []byte(`"usage"`)) {
+				k := skipSpace(ev, j+len(`"usage"`))
+				if k < len(ev) && ev[k] == ':' {
+					k = skipSpace(ev, k+1)
+					if bytes.HasPrefix(ev[k:], []byte("null")) {
+						start, end = j, k+len("null")
+						break
+					}
+				}
+			}
+			inStr, keyNext = true, false
+		case '{', '[':
+			depth++
+			keyNext = depth == 1 && c == '{'
+		case '}', ']':
+			depth--
+			if depth <= 0 {
+				return ev
+			}
+		case ',':
+			keyNext = depth == 1
+		}
+	}
+	if start < 0 {
+		return ev
+	}
+	if k := skipSpace(ev, end); k < len(ev) && ev[k] != ',' && ev[k] != '}' {
+		return ev // "nullx": not a null
+	}
+	// One comma goes with the member: the one before it, else the one after.
+	p := start - 1
+	for p > i && isSpace(ev[p]) {
+		p--
+	}
+	out := make([]byte, 0, len(ev))
+	if ev[p] == ',' {
+		out = append(append(out, ev[:p]...), ev[end:]...)
+		return out
+	}
+	if k := skipSpace(ev, end); k < len(ev) && ev[k] == ',' {
+		end = k + 1
+	}
+	return append(append(out, ev[:start]...), ev[end:]...)
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
+}
+
+// finishesChoice is a cheap test that a chunk finishes a choice (a
+// finish_reason other than null): OpenAI sends the usage chunk right after
+// the last such chunk, so the next event is the only one Tollgate holds.
+func finishesChoice(data []byte) bool {
+	i := bytes.Index(data, []byte(`"finish_reason"`))
+	if i < 0 {
+		return false
+	}
+	rest := bytes.TrimLeft(data[i+len(`"finish_reason"`):], " \t")
+	if len(rest) == 0 || rest[0] != ':' {
+		return false
+	}
+	rest = bytes.TrimLeft(rest[1:], " \t")
+	return len(rest) > 0 && rest[0] == '"'
 }

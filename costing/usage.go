@@ -179,3 +179,40 @@ func unquote(raw json.RawMessage) string {
 	}
 	return string(raw)
 }
+
+// Bounds of what a response's usage may claim for one call. No model
+// reads or writes anywhere near MaxUsageTokens in one call (the largest
+// context windows are a few million tokens); Twilio bills at most 10
+// segments per 1,600-character message. A response claiming more (a
+// buggy or hostile upstream, prompt_tokens: 9223372036854775807) is held
+// to them, so that one answer cannot book billions or put a pool years in
+// debt.
+const (
+	MaxUsageTokens   = 10_000_000
+	MaxUsageSegments = 10_000
+	MaxUsagePrice    = 1_000 * policy.NanosPerDollar
+)
+
+// Bounded returns u with every count held to its bound, and whether any
+// was cut.
+func (u Usage) Bounded() (Usage, bool) {
+	cut := false
+	clamp := func(v *int64, hi int64) {
+		if *v > hi {
+			*v, cut = hi, true
+		}
+		if *v < 0 {
+			*v, cut = 0, true
+		}
+	}
+	clamp(&u.InputTokens, MaxUsageTokens)
+	clamp(&u.OutputTokens, MaxUsageTokens)
+	clamp(&u.CachedInputTokens, u.InputTokens)
+	clamp(&u.CacheWriteTokens, u.InputTokens-u.CachedInputTokens)
+	clamp(&u.ReasoningTokens, u.OutputTokens)
+	clamp(&u.Segments, MaxUsageSegments)
+	p := int64(u.Price)
+	clamp(&p, int64(MaxUsagePrice))
+	u.Price = policy.Money(p)
+	return u, cut
+}

@@ -35,6 +35,9 @@ func policyCmd() *cobra.Command {
 				return enc.Encode(set.Summary())
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "policy OK")
+			for _, w := range set.Warnings() {
+				fmt.Fprintln(cmd.OutOrStdout(), "warning:", w)
+			}
 			return set.Summary().WriteText(cmd.OutOrStdout())
 		},
 	}

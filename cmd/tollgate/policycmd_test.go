@@ -32,6 +32,17 @@ routes:
 func TestPolicyCheck(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	require.NoError(t, os.WriteFile(bad, []byte(badPolicy), 0o600))
+	free := filepath.Join(t.TempDir(), "free.yaml")
+	require.NoError(t, os.WriteFile(free, []byte(`
+pools:
+  calls: {unit: request, capacity: 10, refill_per_second: 1}
+routes:
+  openai:
+    host: api.openai.com
+    path_prefix: /v1/
+    provider: openai
+    pools: [calls]
+`), 0o600))
 
 	tests := map[string]struct {
 		args     []string
@@ -45,6 +56,10 @@ func TestPolicyCheck(t *testing.T) {
 		"tour": {
 			args: []string{"policy", "check", tourPolicy},
 			want: []string{"policy OK", tourPolicy, "demo", "api.openai.com"},
+		},
+		"an LLM route whose money comes from nowhere: OK with a warning": {
+			args: []string{"policy", "check", free},
+			want: []string{"policy OK", "warning: routes.openai: an LLM route whose pools have no price"},
 		},
 		"directory": {
 			args: []string{"policy", "check", "../../testdata/good/tiers"},
