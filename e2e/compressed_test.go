@@ -25,7 +25,7 @@ func TestCompressedResponses(t *testing.T) {
 		require.True(t, res.OK, describe(res.Error))
 		assert.Equal(t, wholeReply, res.Text, "the SDK decodes gzip itself")
 		got := r.settled(t, "e2e-openai-gzip")
-		openToday(t, "#7 gzip JSON is billed at its estimate", got == exact, got > exact,
+		fixedNow(t, "#7 gzip JSON is billed at its estimate", got == exact,
 			"booked $%v for a call whose usage costs $%v", got, exact)
 	})
 
@@ -36,7 +36,7 @@ func TestCompressedResponses(t *testing.T) {
 		assert.Equal(t, wholeReply, res.Text, "the SDK decodes deflate itself")
 		want := nanos(promptTokens, claudeInput, replyTokens, claudeOutput)
 		got := r.settled(t, "e2e-anthropic-deflate")
-		openToday(t, "#7 deflate JSON is billed at its estimate", got == want, got > want,
+		fixedNow(t, "#7 deflate JSON is billed at its estimate", got == want,
 			"booked $%v for a call whose usage costs $%v", got, want)
 	})
 
@@ -55,28 +55,20 @@ func TestCompressedResponses(t *testing.T) {
 			}
 		}
 		got := r.settled(t, "e2e-openai-gzip-stream")
-		openToday(t, "#7 gzip stream is billed at its estimate", got == exact, got > exact,
+		fixedNow(t, "#7 gzip stream is billed at its estimate", got == exact,
 			"booked $%v for a stream whose usage costs $%v", got, exact)
-		openToday(t, "#7 the usage chunk Tollgate asked for leaks from a gzip stream", empty == 0 && res.TypicalCodeErrors == 0,
-			empty == 1 && res.TypicalCodeErrors == 1, "%d of %d chunks without choices; chunk.choices[0].delta threw %d time(s)",
+		fixedNow(t, "#7 the usage chunk Tollgate asked for leaks from a gzip stream", empty == 0 && res.TypicalCodeErrors == 0, "%d of %d chunks without choices; chunk.choices[0].delta threw %d time(s)",
 			empty, len(res.Chunks), res.TypicalCodeErrors)
-		openToday(t, "#7 a gzip stream reaches the worker all at once", spread > 150, spread < 40,
+		fixedNow(t, "#7 a gzip stream reaches the worker all at once", spread > 150,
 			"%d chunks over %.1f ms (the provider spaced them by 40 ms)", len(res.Chunks), spread)
 	})
 }
 
-// openToday checks a behaviour issue 11 lists as broken, whose fix is
-// another engineer's item: it passes when fixed (then tighten the test to
-// assert the fix), and when it is broken exactly as documented (logged as
-// still open); anything else fails.
-func openToday(t *testing.T, item string, fixed, brokenAsDocumented bool, format string, args ...any) {
+// fixedNow checks a behaviour issue 11 listed as broken and that is now
+// fixed: it fails, naming the item, if the behaviour comes back.
+func fixedNow(t *testing.T, item string, fixed bool, format string, args ...any) {
 	t.Helper()
-	switch {
-	case fixed:
-		t.Logf("ISSUE 11 %s: FIXED (tighten this test): "+format, append([]any{item}, args...)...)
-	case brokenAsDocumented:
-		t.Logf("ISSUE 11 %s: still open: "+format, append([]any{item}, args...)...)
-	default:
-		t.Errorf("ISSUE 11 %s: neither fixed nor broken as documented: "+format, append([]any{item}, args...)...)
+	if !fixed {
+		t.Errorf("ISSUE 11 %s is back: "+format, append([]any{item}, args...)...)
 	}
 }

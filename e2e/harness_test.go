@@ -89,7 +89,8 @@ func newRig(t *testing.T, opts ...rigOption) *rig {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, store.Close()) })
 	acfg := authz.DefaultConfig()
-	acfg.GRPCAddr, acfg.HTTPAddr, acfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", 0
+	acfg.GRPCAddr, acfg.HTTPAddr, acfg.APIAddr, acfg.DrainDelay = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", 0
+	acfg.APIToken = apiToken
 	acfg.Settlement = admission.SettleDeferred
 	r.tollgate, err = authz.New(acfg, authz.Deps{Policies: admission.StaticPolicy{Set: set}, Store: store, Registry: prometheus.NewRegistry()})
 	require.NoError(t, err)
@@ -216,10 +217,23 @@ func run(t *testing.T, c sdkCall) sdkResult {
 	return res
 }
 
+// apiToken is the bearer token the rig's Tollgate API answers.
+const apiToken = "e2e-api-token-0123456789"
+
+// usage asks Tollgate's JSON API for the client's usage.
+func (r *rig) usage(client string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+r.tollgate.APIAddr().String()+"/api/usage/"+client, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	return http.DefaultClient.Do(req)
+}
+
 // spent is what Tollgate booked to the client's own budget.
 func (r *rig) spent(t *testing.T, client string) policy.Money {
 	t.Helper()
-	resp, err := http.Get("http://" + r.tollgate.HTTPAddr().String() + "/api/usage/" + client)
+	resp, err := r.usage(client)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -244,7 +258,7 @@ func (r *rig) settled(t *testing.T, client string) policy.Money {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		resp, err := http.Get("http://" + r.tollgate.HTTPAddr().String() + "/api/usage/" + client)
+		resp, err := r.usage(client)
 		require.NoError(t, err)
 		var rep admission.UsageReport
 		err = json.NewDecoder(resp.Body).Decode(&rep)

@@ -16,32 +16,38 @@ func TestBudgetRefusal(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
 	before := r.calls()
-	for _, c := range []sdkCall{
-		{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-broke", Params: chatParams("gpt-4.1-nano")},
-		{SDK: "anthropic", Op: "messages", BaseURL: r.anthropic, Client: "e2e-broke", Params: claudeParams()},
+	// Each provider's own billing error: OpenAI's 429 insufficient_quota
+	// (the SDK's RateLimitError), Anthropic's 400 invalid_request_error
+	// (its BadRequestError).
+	for _, tc := range []struct {
+		c      sdkCall
+		status int
+		class  string
+	}{
+		{sdkCall{SDK: "openai", Op: "chat", BaseURL: r.openai + "/v1", Client: "e2e-broke", Params: chatParams("gpt-4.1-nano")}, 429, "RateLimitError"},
+		{sdkCall{SDK: "anthropic", Op: "messages", BaseURL: r.anthropic, Client: "e2e-broke", Params: claudeParams()}, 400, "BadRequestError"},
 	} {
+		c := tc.c
 		res := run(t, c)
 		require.False(t, res.OK)
 		require.NotNil(t, res.Error)
-		assert.Equal(t, 429, res.Error.Status)
-		assert.Equal(t, "RateLimitError", res.Error.Class, "a 429 is the SDK's RateLimitError")
+		assert.Equal(t, tc.status, res.Error.Status)
+		assert.Equal(t, tc.class, res.Error.Class)
 		t.Logf("  %s: type=%s request id=%s retry-after=%q x-should-retry=%q", c.SDK, deref(res.Error.Type), deref(res.Error.RequestID),
 			res.Error.Headers["retry-after"], res.Error.Headers["x-should-retry"])
 		// A budget refusal can never pass: with x-should-retry: false the
-		// SDK makes one attempt; today it makes 1 + maxRetries (2).
+		// SDK makes one attempt (before issue 11 it made 1 + maxRetries).
 		shouldRetry := res.Error.Headers["x-should-retry"]
-		openToday(t, "#9 the SDK retries a budget refusal", shouldRetry == "false" && len(res.Attempts) == 1,
-			shouldRetry == "" && len(res.Attempts) == 3, "%s made %d attempts in %.0f ms", c.SDK, len(res.Attempts), res.ElapsedMs)
-		openToday(t, "#9 a local reply has no request id", res.Error.RequestID != nil, res.Error.RequestID == nil,
+		fixedNow(t, "#9 the SDK retries a budget refusal", shouldRetry == "false" && len(res.Attempts) == 1, "%s made %d attempts in %.0f ms", c.SDK, len(res.Attempts), res.ElapsedMs)
+		fixedNow(t, "#9 a local reply has no request id", res.Error.RequestID != nil,
 			"%s: error.requestID %s", c.SDK, deref(res.Error.RequestID))
 		if c.SDK == "anthropic" {
-			// Anthropic has its own billing error; today the budget
-			// refusal reads as a rate limit.
-			openToday(t, "#9 an Anthropic budget refusal reads as rate_limit_error", deref(res.Error.Type) != "rate_limit_error",
-				deref(res.Error.Type) == "rate_limit_error", "error type %s", deref(res.Error.Type))
+			// Anthropic has its own billing error; the budget refusal no
+			// longer reads as a rate limit.
+			fixedNow(t, "#9 an Anthropic budget refusal reads as rate_limit_error", deref(res.Error.Type) != "rate_limit_error", "error type %s", deref(res.Error.Type))
 		}
 		for i, a := range res.Attempts {
-			assert.Equal(t, 429, a.Status)
+			assert.Equal(t, tc.status, a.Status)
 			assert.Equal(t, itoa(i), a.RetryCount, "x-stainless-retry-count of attempt %d", i)
 		}
 	}
