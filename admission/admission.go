@@ -117,6 +117,8 @@ type Service struct {
 	queue    *queue.Queue[attempt]
 	settler  *settler
 	pauses   *pauseBook
+	pressure pressureBook // budget pressure per client, for optimize rules
+	flex     flexBook     // models whose flex tier the provider refused lately
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -166,7 +168,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
-		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses}
+		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, flex: &s.flex}
 	return s, nil
 }
 

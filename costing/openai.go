@@ -120,6 +120,13 @@ func parseOpenAI(path string, p *parsedBody, tok *Tokenizer) (OpenAIRequest, err
 	return r, nil
 }
 
+// OpenAIKind is the kind of an OpenAI call to path (KindChat, ...), or ""
+// for a path that is none of them.
+func OpenAIKind(path string) string {
+	k, _ := openAIKind(path)
+	return k
+}
+
 // openAIKind maps a request path to its kind by its last segments.
 func openAIKind(path string) (string, bool) {
 	if i := strings.IndexAny(path, "?#"); i >= 0 {
