@@ -15,10 +15,10 @@ func downgrade(body []byte, t *top, model string) (sp []splice, from string) {
 	if !t.model.isString(body) {
 		return nil, ""
 	}
-	from, _ = stringValue(t.model.raw(body))
-	if from == model {
+	if stringIs(t.model.raw(body), model) { // the common case: no allocation
 		return nil, ""
 	}
+	from, _ = stringValue(t.model.raw(body))
 	repl, err := jsontext.AppendQuote(nil, model)
 	if err != nil {
 		return nil, "" // not reached: validate checked model is valid UTF-8

@@ -15,9 +15,10 @@
 // A rewrite never creates a duplicate key: it replaces a member that is
 // there and inserts one only where it is not. A body that already has a
 // key twice in one object (at any depth) is refused with ErrDuplicateKey,
-// since JSON decoders disagree on which of the two wins. Invalid UTF-8 is
-// refused as malformed. A refused body is returned unchanged, as the same
-// slice.
+// since JSON decoders disagree on which of the two wins. Invalid UTF-8,
+// and an escaped lone surrogate such as "\ud800", is refused as malformed
+// (encoding/json would take it, replacing it with U+FFFD). A refused body
+// is returned unchanged, as the same slice.
 //
 // # The strategies
 //
