@@ -98,14 +98,20 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 
 	// Optimize: the rewritten call is the one estimated, admitted and
 	// priced (a downgraded model may route to other pools).
-	call, route, opt := s.optimizeCall(set, r, path, route, client, v.Class, call)
+	call, route, opt, fit := s.optimizeCall(set, r, path, route, client, v.Class, call)
+
+	// Estimate.
+	v.Estimate = s.est.Estimate(set, route, call)
+	if fit {
+		var fitted bool
+		if call, opt, fitted = s.fitToPool(set, route, client, call, v.Estimate, opt); fitted {
+			v.Estimate = s.est.Estimate(set, route, call)
+		}
+	}
 	if opt != nil {
 		v.Route = route.Name
 		v.Optimized = opt.report()
 	}
-
-	// Estimate.
-	v.Estimate = s.est.Estimate(set, route, call)
 	if route.LLM() && !v.Estimate.ModelKnown {
 		s.m.unknownModels.WithLabelValues(route.Name).Inc()
 	}

@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -240,47 +241,40 @@ func cheaper(set *policy.Set, to, from string) bool {
 
 // optimizeCall applies the optimize rules to call; it returns the call to
 // estimate (the rewritten one), its route (a downgraded model may match
-// another) and what was done, or the call unchanged and nil.
+// another) and what was done, or the call unchanged and nil. fit says a
+// fit_pool rule matched: the caller checks the estimate against the pools
+// (fitToPool). A call no rule changes costs the rules' matching alone.
 func (s *Service) optimizeCall(set *policy.Set, r *Request, path string, route *policy.Route, client *policy.Client,
-	class policy.Class, call costing.Call) (costing.Call, *policy.Route, *optimized) {
+	class policy.Class, call costing.Call) (_ costing.Call, _ *policy.Route, _ *optimized, fit bool) {
 	if len(set.Optimize.Rules) == 0 || r.BodySize > int64(len(r.Body)) {
-		return call, route, nil // nothing to do, or only the start of the body to do it on
+		return call, route, nil, false // nothing to do, or only the start of the body to do it on
 	}
 	kind, ok := optimizeKind(route, path)
 	if !ok {
-		return call, route, nil
+		return call, route, nil, false
 	}
 	model := call.Model()
 	pressure := s.pressure.get(client.ID)
 	ctx := policy.OptimizeContext{Tier: client.Tier.Name, Client: client.ID, Route: route.Name, Model: model, Class: class,
 		PressurePercent: pressure, Aggressive: set.Optimize.IsAggressive(client.Tier.Name, client.ID, pressure),
 		OptedOut: strings.EqualFold(strings.TrimSpace(r.Headers[HeaderOptimize]), "off")}
-	edits, rules, fitPool, fallback := s.planEdits(set, ctx, route.Provider)
-	if len(edits) == 0 && !fitPool {
-		return call, route, nil
+	edits, rules, fit, fallback := s.planEdits(set, ctx, route.Provider)
+	if len(edits) == 0 {
+		return call, route, nil, fit
 	}
 	kind.CountTokens = s.counter(model)
-	o := &optimized{body: kind, rules: rules, fallback: fallback}
-	o.orig = s.est.Estimate(set, route, call)
 	out, applied, err := optimize.Apply(kind, r.Body, edits)
 	if err != nil {
 		s.m.optimizeErrors.Inc()
-		return call, route, nil // a body the rewriters refuse goes as it is
-	}
-	if fitPool {
-		if capped, ok := s.fitPool(set, route, client, call.Path, call.ContentType, out, o.orig); ok {
-			edits = append(edits, optimize.Edit{Strategy: optimize.TokenCap, MaxTokens: capped})
-			if out2, more, err := optimize.Apply(kind, out, edits[len(edits)-1:]); err == nil {
-				out, applied = out2, append(applied, more...)
-			}
-		}
+		return call, route, nil, false // a body the rewriters refuse goes as it is
 	}
 	if len(applied) == 0 {
-		return call, route, nil
+		return call, route, nil, fit
 	}
-	o.edits, o.applied = edits, applied
+	o := &optimized{body: kind, rules: rules, fallback: fallback, edits: edits, applied: applied}
+	o.orig = s.est.Estimate(set, route, call)
 	if o.did(optimize.Compact) {
-		o.removed = s.compactedAway(set, route, call.Path, call.ContentType, r.Body, kind, o.orig)
+		o.removed = s.compactedAway(set, route, call, kind, o.orig)
 	}
 	next := costing.NewCall(call.Path, call.ContentType, out, int64(len(out)))
 	if o.did(optimize.Downgrade) {
@@ -288,10 +282,71 @@ func (s *Service) optimizeCall(set *policy.Set, r *Request, path string, route *
 			route = rt
 		}
 	}
+	o.count(s.m, client.Tier.Name, applied)
+	return next, route, o, fit
+}
+
+// count counts applied rewrites.
+func (o *optimized) count(m *metrics, tier string, applied []optimize.Applied) {
 	for _, a := range applied {
-		s.m.optimized.WithLabelValues(string(a.Strategy), client.Tier.Name).Inc()
+		m.optimized.WithLabelValues(string(a.Strategy), tier).Inc()
 	}
-	return next, route, o
+}
+
+// fitToPool lowers the output allowance of a call estimated as est that
+// can never fit the smallest token bucket it charges to what that bucket
+// can hold (a fit_pool rule), and returns the call and its record; ok is
+// false when the call fits already, or cannot (its input alone is too
+// large, or its body cannot be read).
+func (s *Service) fitToPool(set *policy.Set, route *policy.Route, client *policy.Client, call costing.Call, est costing.Estimate,
+	o *optimized) (_ costing.Call, _ *optimized, ok bool) {
+	if !est.Exact {
+		return call, o, false
+	}
+	room := int64(-1)
+	for _, t := range takes(set, client, &est) {
+		if p := set.Pools[t.Key.Pool]; p != nil && p.Unit == policy.UnitToken && (room < 0 || t.Limit.Capacity < room) {
+			room = t.Limit.Capacity
+		}
+	}
+	if room < 0 || satAdd(est.InputTokens, est.OutputTokens) <= room {
+		return call, o, false
+	}
+	perChoice := (room - est.InputTokens) / max(est.N, 1)
+	if perChoice < 1 {
+		return call, o, false
+	}
+	kind, _ := optimizeKind(route, call.Path)
+	edit := optimize.Edit{Strategy: optimize.TokenCap, MaxTokens: perChoice}
+	out, applied, err := optimize.Apply(kind, call.Body, []optimize.Edit{edit})
+	if err != nil || len(applied) == 0 {
+		return call, o, false
+	}
+	if o == nil {
+		o = &optimized{body: kind, orig: est, fallback: policy.FlexStandard}
+	}
+	o.edits, o.applied = append(o.edits, edit), append(o.applied, applied...)
+	o.rules = append(o.rules, fitPoolRule(set))
+	o.count(s.m, client.Tier.Name, applied)
+	return costing.NewCall(call.Path, call.ContentType, out, int64(len(out))), o, true
+}
+
+// fitPoolRule names the first fit_pool rule, for the report.
+func fitPoolRule(set *policy.Set) string {
+	for _, r := range set.Optimize.Rules {
+		if r.FitPool {
+			return r.Name
+		}
+	}
+	return ""
+}
+
+// satAdd adds two non-negative counts, saturating.
+func satAdd(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // counter counts text with model's encoding, for prompt caching's shortest
@@ -307,37 +362,13 @@ func (s *Service) counter(model string) func(string) int64 {
 
 // compactedAway counts the input tokens compaction removed: the call's
 // count less that of its body after compaction alone, at the same model.
-func (s *Service) compactedAway(set *policy.Set, route *policy.Route, path, contentType string, body []byte, kind optimize.Body, orig costing.Estimate) int64 {
-	out, _, err := optimize.Apply(kind, body, []optimize.Edit{{Strategy: optimize.Compact}})
+func (s *Service) compactedAway(set *policy.Set, route *policy.Route, call costing.Call, kind optimize.Body, orig costing.Estimate) int64 {
+	out, _, err := optimize.Apply(kind, call.Body, []optimize.Edit{{Strategy: optimize.Compact}})
 	if err != nil {
 		return 0
 	}
-	e := s.est.Estimate(set, route, costing.NewCall(path, contentType, out, int64(len(out))))
+	e := s.est.Estimate(set, route, costing.NewCall(call.Path, call.ContentType, out, int64(len(out))))
 	return max(orig.InputTokens-e.InputTokens, 0)
-}
-
-// fitPool returns the output allowance that lets a call too large for the
-// token buckets it charges fit the smallest of them, or false when it fits
-// already or cannot (its input alone is too large).
-func (s *Service) fitPool(set *policy.Set, route *policy.Route, client *policy.Client, path, contentType string, body []byte, orig costing.Estimate) (int64, bool) {
-	e := s.est.Estimate(set, route, costing.NewCall(path, contentType, body, int64(len(body))))
-	if !e.Exact {
-		return 0, false
-	}
-	room := int64(-1)
-	for _, t := range takes(set, client, &e) {
-		if t.Key.Pool != "" && set.Pools[t.Key.Pool].Unit == policy.UnitToken && (room < 0 || t.Limit.Capacity < room) {
-			room = t.Limit.Capacity
-		}
-	}
-	if room < 0 || e.InputTokens+e.OutputTokens <= room {
-		return 0, false
-	}
-	perChoice := (room - e.InputTokens) / max(e.N, 1)
-	if perChoice < 1 {
-		return 0, false
-	}
-	return perChoice, true
 }
 
 // savings is what each strategy saved on a call that used u, in the order

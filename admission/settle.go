@@ -146,14 +146,14 @@ type Call struct {
 	reservation string
 	method      string
 
-	injected  bool // Tollgate asked the stream for its usage: strip that chunk
-	rewritten bool // the optimizer's edits went out with the body
+	injected    bool // Tollgate asked the stream for its usage: strip that chunk
+	rewritten   bool // the optimizer's edits went out with the body
 	flexRefused bool // the provider refused the flex call for capacity
-	status   int  // upstream status, 0 until the response headers came
-	reader   *costing.ResponseReader
-	signal   costing.Signal // the upstream's rate-limit headers
-	ended    bool
-	outcome  SettleOutcome
+	status      int  // upstream status, 0 until the response headers came
+	reader      *costing.ResponseReader
+	signal      costing.Signal // the upstream's rate-limit headers
+	ended       bool
+	outcome     SettleOutcome
 }
 
 // Follow starts following the call whose request carries reservation and
