@@ -105,7 +105,7 @@ type Body struct {
 	// will do; for Anthropic it is an approximation either way). It may be
 	// nil when no PromptCache edit has MinPrefixTokens > 0. It is called
 	// with the compact JSON of the tools and with each system text (see
-	// PrefixText), and must be safe to call from the caller's goroutine.
+	// PrefixText), synchronously, from the goroutine that called Apply.
 	CountTokens func(text string) int64
 }
 

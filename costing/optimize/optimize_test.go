@@ -301,7 +301,7 @@ func TestTokenCap(t *testing.T) {
 		"chat, zero":             {body: chat, edits: capAt(1), in: `{"max_tokens":0}`},
 		"chat, negative":         {body: chat, edits: capAt(1), in: `{"max_tokens":-5000}`},
 		"chat, a string":         {body: chat, edits: capAt(1), in: `{"max_tokens":"5000"}`},
-		"chat, a string stated":  {body: chat, edits: capAt(1), in: `{"max_completion_tokens":true}`},
+		"chat, a bool":           {body: chat, edits: capAt(1), in: `{"max_completion_tokens":true}`},
 		"chat, the 4 KB fixture": {body: chat, edits: capAt(700), in: string(readBody(t, "openai/chat-4kb.json"))},
 		"responses, lowered": {body: responses, edits: capAt(512),
 			in: `{"model":"o4-mini","max_output_tokens":2048,"stream":true}`, want: `{"model":"o4-mini","max_output_tokens":512,"stream":true}`,
