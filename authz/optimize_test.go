@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -147,14 +148,17 @@ func TestOptimizeEndToEnd(t *testing.T) {
 	}
 }
 
-// savings returns acme's savings this period by strategy.
+// savings returns acme's savings this period by strategy, as the store
+// booked them.
 func (ss *settleServer) savings(tb testing.TB) map[string]policy.Money {
 	tb.Helper()
-	rep, err := ss.srv.Service().Usage(context.Background(), "acme")
+	set := ss.srv.Service().Policy()
+	c, _ := set.Client("acme")
+	u, err := ss.store.Usage(context.Background(), set.Defaults.Period(ss.clk.Now()), admission.Chain(c), time.Time{})
 	require.NoError(tb, err)
 	out := map[string]policy.Money{}
-	for k, v := range rep.Savings {
-		out[k] = money(tb, v)
+	for _, sv := range u.Savings {
+		out[sv.Strategy] = sv.Amount
 	}
 	return out
 }
