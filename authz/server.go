@@ -107,7 +107,8 @@ type Deps struct {
 	Registry Registry
 	Logger   *slog.Logger
 	// Checks are readiness probes by component ("redis"); /readyz fails
-	// while any fails.
+	// while any fails, except with a *DegradedError: the component works,
+	// not fully, and /readyz shows why and stays ready.
 	Checks map[string]func(context.Context) error
 	// Degraded are reports by component that /readyz shows but that never
 	// fail it: each returns "" while all is well, else what is degraded
@@ -386,9 +387,16 @@ func (s *Server) apiMux() http.Handler {
 	return s.requireToken(mux)
 }
 
+// DegradedError is what a readiness check returns for a component that
+// works, but not fully (Redis away while a fleet member decides on its
+// share): /readyz shows Reason and says "degraded", and stays ready.
+type DegradedError struct{ Reason string }
+
+func (e *DegradedError) Error() string { return e.Reason }
+
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	components := map[string]string{"policy": "ok", "server": "ok"}
-	ready := true
+	ready, degraded := true, false
 	if s.deps.Policies.Policy() == nil {
 		components["policy"], ready = "no policy loaded", false
 	}
@@ -399,12 +407,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		err := check(ctx)
 		cancel()
-		components[name] = "ok"
-		if err != nil {
+		var d *DegradedError
+		switch {
+		case err == nil:
+			components[name] = "ok"
+		case errors.As(err, &d):
+			components[name], degraded = d.Reason, true
+		default:
 			components[name], ready = err.Error(), false
 		}
 	}
-	degraded := false
 	for name, report := range s.deps.Degraded {
 		components[name] = "ok"
 		if d := report(); d != "" {
