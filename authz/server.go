@@ -325,33 +325,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.shutdownErr
 }
 
-// expireLoop commits lapsed reservations at their estimate until Shutdown.
-func (s *Server) expireLoop(ctx context.Context) {
-	defer close(s.expiryDone)
-	if s.cfg.ExpireEvery <= 0 || s.cfg.Settlement == admission.SettleImmediate {
-		<-s.stopExpiry
-		return
-	}
-	t := time.NewTicker(s.cfg.ExpireEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stopExpiry:
-			return
-		case <-t.C:
-			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ExpireEvery)
-			n, err := s.svc.Expire(ectx, 10_000)
-			cancel()
-			switch {
-			case err != nil:
-				s.log.Warn("expiring reservations failed", slog.Any("error", err))
-			case n > 0:
-				s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
-			}
-		}
-	}
-}
-
 // healthMux serves what probes and Prometheus need, to anyone: nothing
 // there changes state or names a client.
 func (s *Server) healthMux() *http.ServeMux {
