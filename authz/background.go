@@ -2,40 +2,70 @@ package authz
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/tollgate/tollgate/admission"
 )
 
-// expireLoop commits lapsed reservations at their estimate until Shutdown.
-// While the store cannot do it (Redis away), it says so once, and once
-// again when it works, rather than every tick.
-func (s *Server) expireLoop(ctx context.Context) {
-	defer close(s.expiryDone)
-	if s.cfg.ExpireEvery <= 0 || s.cfg.Settlement == admission.SettleImmediate {
-		<-s.stopExpiry
+// backgroundLoop does the server's own work every ExpireEvery until
+// Shutdown: it commits lapsed reservations at their estimate (deferred
+// settlement), and books the spend of calls let through fail open once the
+// store answers. While the store cannot do either (Redis away), each task
+// says so once, and once again when it works, rather than every tick.
+func (s *Server) backgroundLoop(ctx context.Context) {
+	defer close(s.loopDone)
+	if s.cfg.ExpireEvery <= 0 {
+		<-s.stopLoop
 		return
 	}
+	expire := s.cfg.Settlement == admission.SettleDeferred
 	t := time.NewTicker(s.cfg.ExpireEvery)
 	defer t.Stop()
 	expiring := &failing{log: s.log, task: "expiring reservations", errors: s.m.backgroundErrors.WithLabelValues("expire")}
+	booking := &failing{log: s.log, task: "booking the spend of calls let through fail open", errors: s.m.backgroundErrors.WithLabelValues("fail_open_book")}
 	for {
 		select {
-		case <-s.stopExpiry:
+		case <-s.stopLoop:
 			return
 		case <-t.C:
 			// A tick's work may take longer than a short interval (tests);
 			// the ticker drops the ticks it misses meanwhile.
-			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(s.cfg.ExpireEvery, time.Second))
-			n, err := s.svc.Expire(ectx, 10_000)
-			cancel()
-			expiring.observe(ctx, err)
-			if n > 0 {
-				s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
+			bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(s.cfg.ExpireEvery, time.Second))
+			if expire {
+				n, err := s.svc.Expire(bctx, 10_000)
+				expiring.observe(ctx, err)
+				if n > 0 {
+					s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
+				}
 			}
+			booking.observe(ctx, s.svc.BookFailOpen(bctx))
+			cancel()
 		}
 	}
+}
+
+// bookLeft books, when the server stops, the fail-open spend the loop has
+// not: what cannot be booked now is lost with the process, and the error
+// says so.
+func (s *Server) bookLeft(ctx context.Context) error {
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	var err error
+	for bctx.Err() == nil {
+		if n, _ := s.svc.FailOpenUnbooked(); n == 0 {
+			return nil
+		}
+		if err = s.svc.BookFailOpen(bctx); err != nil {
+			break
+		}
+	}
+	n, _ := s.svc.FailOpenUnbooked()
+	s.log.LogAttrs(ctx, slog.LevelError, "spend of calls let through fail open not booked: lost with this process",
+		slog.Int("budget_periods", n), slog.Any("error", err))
+	return fmt.Errorf("authz: spend of calls let through fail open not booked (%d budget periods): %w", n, errors.Join(err, bctx.Err()))
 }
 
 // counter is the part of a Prometheus counter failing uses.

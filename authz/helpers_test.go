@@ -216,6 +216,9 @@ func (s failingStore) Refund(context.Context, []limiter.Refund, time.Time) ([]li
 func (s failingStore) Throttle(context.Context, []limiter.Throttle, time.Time) ([]limiter.BucketState, error) {
 	return nil, s.err
 }
+func (s failingStore) Book(context.Context, string, []limiter.SpendDelta) (bool, error) {
+	return false, s.err
+}
 func (failingStore) Close() error { return nil }
 
 // blockingStore is a store whose Reserve announces itself on entered and

@@ -54,8 +54,10 @@ type Config struct {
 	DrainDelay time.Duration
 	// Settlement picks how admitted calls are booked.
 	Settlement admission.Settlement
-	// ExpireEvery is how often reservations past their TTL are committed at
-	// their estimate (when the store keeps reservations).
+	// ExpireEvery is how often the server's own loop runs: reservations
+	// past their TTL are committed at their estimate (when the store keeps
+	// reservations), and the spend of calls let through fail open is
+	// booked once the store answers. Zero: never (Shutdown still books).
 	ExpireEvery time.Duration
 }
 
@@ -147,8 +149,8 @@ type Server struct {
 	shutdownOnce sync.Once
 	shutdownErr  error
 	done         chan struct{}
-	stopExpiry   chan struct{}
-	expiryDone   chan struct{}
+	stopLoop     chan struct{}
+	loopDone     chan struct{}
 
 	mu      sync.Mutex
 	started bool // Serve ran (its expiry loop must be waited for)
@@ -168,7 +170,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{}),
-		stopExpiry: make(chan struct{}), expiryDone: make(chan struct{})}
+		stopLoop: make(chan struct{}), loopDone: make(chan struct{})}
 
 	// Bind first, so that a failed New leaves nothing behind: not even
 	// metrics in the caller's registry, which a retry would collide with.
@@ -233,7 +235,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.stopped {
 		s.started = true
-		go s.expireLoop(ctx)
+		go s.backgroundLoop(ctx)
 	}
 	s.mu.Unlock()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
@@ -309,9 +311,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stopped = true
 		started := s.started
 		s.mu.Unlock()
-		close(s.stopExpiry)
+		close(s.stopLoop)
 		if started {
-			<-s.expiryDone
+			<-s.loopDone
+		}
+		if err := s.bookLeft(ctx); err != nil {
+			errs = append(errs, err)
 		}
 		// Serve closes the listeners it ran; these closes free them when it
 		// never ran.
