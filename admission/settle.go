@@ -36,6 +36,9 @@ type pendingCall struct {
 	est     costing.Estimate
 	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
 	expires time.Time
+	// failOpen, for a call let through fail open, is its hold in the
+	// fail-open journal: the store never held it, so its settle goes there.
+	failOpen *failOpenHold
 }
 
 // pendingTable holds the calls admitted with a reservation and not yet
@@ -59,6 +62,19 @@ func (t *pendingTable) take(id string) *pendingCall {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p := t.calls[id]
+	delete(t.calls, id)
+	return p
+}
+
+// takeFailOpen removes and returns the call with id if it was let through
+// fail open, else nil (and leaves any other call in place).
+func (t *pendingTable) takeFailOpen(id string) *pendingCall {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.calls[id]
+	if p == nil || p.failOpen == nil {
+		return nil
+	}
 	delete(t.calls, id)
 	return p
 }
@@ -128,6 +144,7 @@ type settler struct {
 	kick     func(lines ...string)
 	kickAll  func()
 	pauses   *pauseBook
+	failOpen *failOpenBook
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -369,6 +386,21 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 				reason = settleIncomplete
 			}
 		}
+	}
+	if p != nil && p.failOpen != nil {
+		// Let through fail open: the store holds nothing to end. What the
+		// call spent goes to the fail-open journal, the upstream's signal
+		// to the store (if it answers now).
+		c.s.failOpen.settled(p.failOpen, e.Outcome.Spend(p.failOpen.cost, e.Actual))
+		if len(e.Throttles) > 0 {
+			if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {
+				c.applied(ctx, e.Throttles)
+			}
+		}
+		if outcome == SettledActual {
+			c.s.observe(p, u, a)
+		}
+		return c.count(outcome, reason)
 	}
 	if e.Outcome == "" { // nothing to end: only the upstream's signal to apply
 		if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {

@@ -78,6 +78,12 @@ func (s *Service) Release(ctx context.Context, id string) (limiter.Settlement, e
 }
 
 func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
+	if p := s.pending.takeFailOpen(e.ID); p != nil {
+		// Let through fail open: its spend goes to the fail-open journal.
+		spent := e.Outcome.Spend(p.failOpen.cost, e.Actual)
+		s.failOpen.settled(p.failOpen, spent)
+		return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Estimated: p.failOpen.cost, Spent: spent}, nil
+	}
 	// A settle must land even if the caller hangs up.
 	st, err := s.store.Finish(context.WithoutCancel(ctx), e)
 	if err != nil {
