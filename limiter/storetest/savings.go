@@ -222,6 +222,8 @@ func testSavingsApart(t *testing.T, h *savingsHarness) {
 
 func testSavingsInvalid(t *testing.T, h *savingsHarness) {
 	h.admit(t, "v", 50_000_000)
+	before, err := h.b.Usage(context.Background(), period, h.chain("acme"), h.clock.Now())
+	require.NoError(t, err)
 	nine := make([]limiter.Saving, limiter.MaxSavings+1)
 	for i := range nine {
 		nine[i] = saving("s_"+strings.Repeat("x", i+1), 1)
@@ -250,10 +252,10 @@ func testSavingsInvalid(t *testing.T, h *savingsHarness) {
 	u, err := h.b.Usage(context.Background(), period, h.chain("acme"), h.clock.Now())
 	require.NoError(t, err)
 	assert.Empty(t, u.Savings, "nothing booked")
-	assert.Equal(t, policy.Money(50_000_000), u.Budgets[0].Reserved, "the reservation is still held")
-	assert.Zero(t, u.Budgets[0].Spent)
+	assert.Equal(t, before, u, "nothing changed")
 	st := h.settle(t, h.b, "v", 1, saving("downgrade", 5), saving(strings.Repeat("z", limiter.MaxStrategyLen), -1))
-	assert.False(t, st.Repeat, "and settles as ever")
+	assert.False(t, st.Repeat, "the reservation was still open, and settles as ever")
+	assert.Equal(t, policy.Money(50_000_000), st.Estimated)
 	assert.Equal(t, []limiter.Saving{saving("downgrade", 5), saving(strings.Repeat("z", limiter.MaxStrategyLen), -1)}, h.saved(t))
 }
 
