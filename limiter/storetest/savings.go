@@ -295,3 +295,42 @@ func testSavingsReopen(t *testing.T, h *savingsHarness) {
 	assert.True(t, st.Repeat, "either store sees the end")
 	assert.Equal(t, []limiter.Saving{saving("downgrade", 41_200_000)}, h.saved(t))
 }
+
+// testBookSavings (of RunLease): a batch's savings are booked with its
+// spend, once, to each delta's owner and period, and a delta may carry
+// savings alone; a batch with savings a delta may not carry is refused
+// whole.
+func testBookSavings(t *testing.T, h *leaseHarness) {
+	ctx := context.Background()
+	acme := []limiter.Budget{{Owner: "acme", Limit: limiter.Unlimited}}
+	group := []limiter.Budget{{Owner: "acme-group", Limit: limiter.Unlimited}}
+	saved := func(per string, chain []limiter.Budget) []limiter.Saving {
+		t.Helper()
+		u, err := h.b.Usage(ctx, per, chain, h.clock.Now())
+		require.NoError(t, err)
+		return u.Savings
+	}
+	deltas := []limiter.SpendDelta{
+		{Owner: "acme", Period: period, Spent: 300, Savings: []limiter.Saving{saving("downgrade", 41_200_000), saving("prompt_cache", -1_500)}},
+		{Owner: "acme-group", Period: period, Spent: 300},
+		{Owner: "acme", Period: "2026-02", Savings: []limiter.Saving{saving("flex", limiter.MaxMoney-1)}},
+	}
+	for range 2 {
+		_, err := h.b.Book(ctx, "node-a:1", deltas)
+		require.NoError(t, err)
+	}
+	_, err := h.b.Book(ctx, "node-a:2", []limiter.SpendDelta{{Owner: "acme", Period: "2026-02", Savings: []limiter.Saving{saving("flex", 2)}}})
+	require.NoError(t, err)
+	assert.Equal(t, []limiter.Saving{saving("downgrade", 41_200_000), saving("prompt_cache", -1_500)}, saved(period, acme), "booked once")
+	assert.Equal(t, []limiter.Saving{saving("flex", limiter.MaxMoney+1)}, saved("2026-02", acme), "a delta of savings alone, summed exactly")
+	assert.Empty(t, saved(period, group))
+	u, err := h.b.Usage(ctx, period, acme, h.clock.Now())
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(300), u.Budgets[0].Spent)
+
+	_, err = h.b.Book(ctx, "node-a:3", []limiter.SpendDelta{{Owner: "acme", Period: period, Spent: 5}, {Owner: "acme", Period: "2026-03", Savings: []limiter.Saving{saving("Flex", 1)}}})
+	require.ErrorContains(t, err, "savings")
+	u, err = h.b.Usage(ctx, period, acme, h.clock.Now())
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(300), u.Budgets[0].Spent, "refused whole")
+}
