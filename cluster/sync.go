@@ -122,7 +122,8 @@ func (s *Store) takeJournal() []limiter.SpendDelta {
 	})
 	var out []limiter.SpendDelta
 	for _, k := range keys[:min(len(keys), maxBatch)] {
-		if d := (limiter.SpendDelta{Owner: k.owner, Period: k.period, Spent: s.journal[k], Savings: s.takeSaved(k)}); d.Spent != 0 || len(d.Savings) > 0 {
+		d := limiter.SpendDelta{Owner: k.owner, Period: k.period, Spent: s.journal[k], Savings: s.takeSaved(k)}
+		if d.Spent != 0 || len(d.Savings) > 0 {
 			out = append(out, d)
 		}
 		delete(s.journal, k)
