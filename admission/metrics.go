@@ -28,6 +28,7 @@ type metrics struct {
 	estimatedTokens  *prometheus.CounterVec
 	actualTokens     *prometheus.CounterVec
 	estimateRatio    *prometheus.HistogramVec
+	savings          *savingsMetrics
 }
 
 // newMetrics makes the service's metrics and the hold queue's, and
@@ -111,6 +112,7 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Buckets: []float64{.05, .1, .25, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2, 3, 5},
 		}, []string{"model"}),
 	}
+	m.savings = newSavingsMetrics(&f)
 	qm := newQueueMetrics(&f)
 	qc := newQueueCollector(q)
 	metricset.Add(&f, qc,

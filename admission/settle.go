@@ -165,6 +165,7 @@ type Call struct {
 	signal   costing.Signal // the upstream's rate-limit headers
 	ended    bool
 	outcome  SettleOutcome
+	savings  []limiter.Saving // what the call's rewrites saved (SetSavings)
 }
 
 // Follow starts following the call whose request carries reservation and
@@ -408,6 +409,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		}
 		return c.count(outcome, reason)
 	}
+	c.withSavings(ctx, &e)
 	st, err := c.s.store.Finish(ctx, e)
 	if err != nil && !errors.Is(err, limiter.ErrUnknownReservation) {
 		c.s.m.settleErrors.WithLabelValues("ledger").Inc()
@@ -416,6 +418,13 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		return c.count(SettledFailed, reason)
 	}
 	c.applied(ctx, e.Throttles) // an unknown reservation's throttles are applied all the same
+	if err == nil && !st.Repeat {
+		tier := noTier
+		if p != nil {
+			tier = p.tier
+		}
+		c.s.m.savings.booked(tier, e.Booked())
+	}
 	if p == nil {
 		if err != nil || st.Repeat { // settled already (the API), or lapsed
 			return c.count(SettledUntracked, settleUnknown)

@@ -29,6 +29,7 @@ type pendingEnd struct {
 	outcome limiter.Outcome
 	actual  policy.Money
 	used    []limiter.PoolUse // refunds the shared store gives from its record
+	savings []limiter.Saving  // booked with the end by the shared store
 	// For a slice: its chain (chainKey, and the owners in the period) and
 	// the size reserved.
 	chain  string

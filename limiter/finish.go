@@ -144,6 +144,12 @@ type Ending struct {
 	// refunds, whether or not the reservation is still open (the upstream
 	// spoke either way).
 	Throttles []Throttle
+	// Savings are what the call's rewrites saved, per strategy (see
+	// Saving): booked to the reservation's client (the first budget of its
+	// chain) for its period, in the same step, when it settles for the
+	// first time; a release, a repeat or an unknown id books none (see
+	// Booked). At most MaxSavings, validated by ValidateSavings.
+	Savings []Saving
 	// Now is the time of the step; zero means the store's clock.
 	Now time.Time
 }
@@ -171,6 +177,9 @@ func (e Ending) Validate() error {
 				return fmt.Errorf("limiter: finish %s: pool %s named twice", e.ID, u.Pool)
 			}
 		}
+	}
+	if err := validateSavings(e.Savings, MaxSavings); err != nil {
+		return fmt.Errorf("limiter: finish %s: %w", e.ID, err)
 	}
 	for i, t := range e.Throttles {
 		if err := t.Adjustment().Validate(); err != nil {

@@ -112,6 +112,10 @@ type SlotLeaser interface {
 type SpendDelta struct {
 	Owner, Period string
 	Spent         policy.Money
+	// Savings are the Owner's savings in Period booked with the delta (a
+	// fleet member's settled calls, summed by strategy), at most
+	// MaxDeltaSavings.
+	Savings []Saving
 }
 
 // Booker books spend decided elsewhere (a sidecar's local decisions), in
@@ -132,6 +136,9 @@ func ValidateBatch(batch string, deltas []SpendDelta) error {
 	for _, d := range deltas {
 		if d.Spent <= -MaxMoney || d.Spent >= MaxMoney || d.Period == "" {
 			return fmt.Errorf("limiter: batch %s: delta %d for %q/%q out of range", batch, d.Spent, d.Owner, d.Period)
+		}
+		if err := validateSavings(d.Savings, MaxDeltaSavings); err != nil {
+			return fmt.Errorf("limiter: batch %s: %q/%q: %w", batch, d.Owner, d.Period, err)
 		}
 	}
 	return nil

@@ -122,7 +122,7 @@ type Ledger interface {
 	// clock.
 	Expire(ctx context.Context, now time.Time, max int) (int, error)
 	// Usage reports the budgets of a chain for a period, and the owner's
-	// (first budget's) slots in use.
+	// (first budget's) slots in use and savings in the period.
 	Usage(ctx context.Context, period string, budgets []Budget, now time.Time) (Usage, error)
 }
 
@@ -130,6 +130,10 @@ type Ledger interface {
 type Usage struct {
 	Budgets  []BudgetState
 	InFlight int64
+	// Savings are the owner's (first budget's) savings in the period, by
+	// strategy, sorted by name; a strategy whose savings sum to zero is
+	// left out (see SavingsList).
+	Savings []Saving
 }
 
 // Backend is a Store that also keeps budgets and slots.

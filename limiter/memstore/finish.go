@@ -67,7 +67,7 @@ func (s *Store) finishLocked(e limiter.Ending, peek *reservation, refunds, throt
 	if r := s.ledger.resv[e.ID]; r != nil && r != peek {
 		return limiter.Settlement{}, errChanged
 	}
-	st, err := s.ledger.finish(e.ID, e.Outcome, e.Actual, at)
+	st, err := s.ledger.finish(e.ID, e.Outcome, e.Actual, e.Booked(), at)
 	if err == nil && !st.Repeat {
 		for i, a := range refunds {
 			s.adjustLocked(idx[i], a, at)

@@ -28,13 +28,18 @@ const JournalFile = "spend.journal"
 
 // journalRecord is one line. Kind c: Amount added to the spend of each
 // Owner in Period; h: hold ID of Amount on each Owner in Period; e: hold ID
-// ended, spending Amount.
+// ended, spending Amount; s: the savings of Owner in Period (compaction's
+// state). Savings (nano-dollars by strategy) on a c or e line are booked
+// to the first owner (of the line, or of the hold it ends) in the same
+// step, at At (Unix µs).
 type journalRecord struct {
-	Kind   string   `json:"k"`
-	ID     string   `json:"id,omitempty"`
-	Period string   `json:"p,omitempty"`
-	Amount int64    `json:"m"`
-	Owners []string `json:"o,omitempty"`
+	Kind    string           `json:"k"`
+	ID      string           `json:"id,omitempty"`
+	Period  string           `json:"p,omitempty"`
+	Amount  int64            `json:"m"`
+	Owners  []string         `json:"o,omitempty"`
+	Savings map[string]int64 `json:"s,omitempty"`
+	At      int64            `json:"t,omitempty"`
 }
 
 // defaultCompactLines is how many lines are appended, beyond the state's
@@ -113,6 +118,7 @@ func replay(r io.Reader, l *ledger) (Replayed, error) {
 			for _, o := range rec.Owners {
 				l.budget(o, rec.Period).spent += policy.Money(rec.Amount)
 			}
+			l.saved.replay(rec.Owners, rec.Period, rec.Savings, rec.At)
 		case "h":
 			open[rec.ID] = hold{rec.Period, rec.Amount, rec.Owners}
 		case "e":
@@ -124,6 +130,9 @@ func replay(r io.Reader, l *ledger) (Replayed, error) {
 			for _, o := range h.owners {
 				l.budget(o, h.period).spent += policy.Money(rec.Amount)
 			}
+			l.saved.replay(h.owners, h.period, rec.Savings, rec.At)
+		case "s":
+			l.saved.replay(rec.Owners, rec.Period, rec.Savings, rec.At)
 		default:
 			pending = fmt.Errorf("line %d: unknown kind %q", rep.Lines, rec.Kind)
 		}
@@ -169,8 +178,9 @@ func (j *journal) maybeCompact(l *ledger) error {
 	return j.compact(l)
 }
 
-// compact writes l's state (each budget's spend, each hold in flight) to a
-// new file and puts it in the journal's place atomically.
+// compact writes l's state (each budget's spend, each hold in flight, each
+// client's savings of a period) to a new file and puts it in the journal's
+// place atomically.
 func (j *journal) compact(l *ledger) error {
 	tmp := j.path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
@@ -198,6 +208,10 @@ func (j *journal) compact(l *ledger) error {
 	}
 	for id, r := range l.resv {
 		err = errors.Join(err, enc.Encode(journalRecord{Kind: "h", ID: id, Period: r.period, Amount: int64(r.cost), Owners: r.owners}))
+		n++
+	}
+	for _, rec := range l.saved.compactRecords() {
+		err = errors.Join(err, enc.Encode(rec))
 		n++
 	}
 	err = errors.Join(err, w.Flush(), f.Sync(), f.Close())

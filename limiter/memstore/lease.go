@@ -114,10 +114,14 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 		return false, nil
 	}
 	for _, d := range deltas {
-		if err := s.ledger.journal(journalRecord{Kind: "c", Period: d.Period, Amount: int64(d.Spent), Owners: []string{d.Owner}}); err != nil {
+		if err := s.ledger.journal(journalRecord{Kind: "c", Period: d.Period, Amount: int64(d.Spent), Owners: []string{d.Owner},
+			Savings: savingsRecord(d.Savings), At: savedAt(d.Savings, at)}); err != nil {
 			return false, err
 		}
 		s.ledger.budget(d.Owner, d.Period).spent += d.Spent
+		if len(d.Savings) > 0 {
+			s.ledger.saved.book(d.Owner, d.Period, d.Savings, at)
+		}
 	}
 	exp := at + s.ledger.limits.Retention.Microseconds()
 	s.ledger.batches[batch] = exp

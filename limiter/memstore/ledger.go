@@ -64,6 +64,8 @@ type ledger struct {
 	doneBytes int64
 	evicted   uint64
 
+	saved savedLedger // clients' savings by period
+
 	j *journal // nil: nothing is kept across restarts
 }
 
@@ -97,6 +99,7 @@ func newLedger(limits EndedLimits) ledger {
 		resv:    map[string]*reservation{},
 		done:    map[string]ended{},
 		batches: map[string]int64{},
+		saved:   savedLedger{by: map[budgetID]*savedEntry{}},
 	}
 }
 
@@ -171,9 +174,11 @@ func (l *ledger) hold(h *limiter.Hold, charges []limiter.Charge, now int64) erro
 }
 
 // finish ends reservation id: spend is what is committed (the estimate on
-// expiry, the actual on settle, nothing on release). It is the one end of
-// a reservation (Finish adds the refunds of its charges).
-func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money, now int64) (limiter.Settlement, error) {
+// expiry, the actual on settle, nothing on release), and savings (see
+// limiter.Ending.Booked) are booked to its client in the same journal line.
+// It is the one end of a reservation (Finish adds the refunds of its
+// charges).
+func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money, savings []limiter.Saving, now int64) (limiter.Settlement, error) {
 	if e, ok := l.done[id]; ok {
 		s := e.s
 		s.Repeat = true
@@ -184,8 +189,14 @@ func (l *ledger) finish(id string, outcome limiter.Outcome, actual policy.Money,
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
 	spend := outcome.Spend(r.cost, actual)
-	if err := l.journal(journalRecord{Kind: "e", ID: id, Amount: int64(spend)}); err != nil {
+	if len(r.owners) == 0 {
+		savings = nil // no client to book them to
+	}
+	if err := l.journal(journalRecord{Kind: "e", ID: id, Amount: int64(spend), Savings: savingsRecord(savings), At: savedAt(savings, now)}); err != nil {
 		return limiter.Settlement{}, err
+	}
+	if len(savings) > 0 {
+		l.saved.book(r.owners[0], r.period, savings, now)
 	}
 	for _, owner := range r.owners {
 		e := l.budget(owner, r.period)
@@ -240,7 +251,7 @@ func (l *ledger) expire(now int64, max int) int {
 	for l.expiry.Len() > 0 && l.expiry[0].exp <= now && n < max {
 		it := heap.Pop(&l.expiry).(expiryItem)
 		if r := l.resv[it.id]; r != nil && r.exp == it.exp {
-			_, _ = l.finish(it.id, limiter.OutcomeExpired, 0, now)
+			_, _ = l.finish(it.id, limiter.OutcomeExpired, 0, nil, now)
 			n++
 		}
 	}
@@ -260,6 +271,7 @@ func (l *ledger) expire(now int64, max int) int {
 	if k > 0 {
 		l.batchQ = append(l.batchQ[:0:0], l.batchQ[k:]...)
 	}
+	l.saved.forget(now)
 	return n
 }
 
@@ -290,6 +302,7 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	if len(budgets) > 0 {
 		s.ledger.expire(limiter.Micros(now), math.MaxInt)
 		u.InFlight = s.ledger.liveSlots(budgets[0].Owner, limiter.Micros(now))
+		u.Savings = s.ledger.saved.of(budgets[0].Owner, period)
 	}
 	return u, nil
 }

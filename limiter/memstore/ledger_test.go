@@ -41,3 +41,11 @@ func TestFinishConformance(t *testing.T) {
 		return s
 	}, storetest.FinishConfig{})
 }
+
+func TestSavingsConformance(t *testing.T) {
+	storetest.RunSavings(t, func(t *testing.T, clock limiter.Clock) storetest.FinishBackend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	}, storetest.FinishConfig{})
+}

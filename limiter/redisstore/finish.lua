@@ -10,7 +10,9 @@
 -- ARGV[1] prefix {P}:  ARGV[2] id  ARGV[3] outcome (settled|released)
 -- ARGV[4] actual nano-$  ARGV[5] now µs (0 = TIME)  ARGV[6] nu  ARGV[7] nt
 -- ARGV[8..] nu × (pool, units used), then nt × (capacity, refill/s,
---           cap (-1: none), pause µs)
+--           cap (-1: none), pause µs), then ns, the savings to book, and
+--           ns × (strategy, nano-$) (limiter.Ending.Booked: only a settle
+--           sends any, never a zero)
 --
 -- Returns {repeat, "outcome estimated spent"} or nil for an unknown id.
 
@@ -20,14 +22,30 @@ local nu, nt = tonumber(ARGV[6]), tonumber(ARGV[7])
 local used = {}
 for i = 1, nu do used[ARGV[6 + 2 * i]] = tonumber(ARGV[7 + 2 * i]) end
 
+local t0 = 7 + 2 * nu
+-- The savings go to the client's ledger of the period ({P}:s:<client>:<period>,
+-- the key of the first budget of the record's chain with s: for b:, so the
+-- same slot), read before finish drops the record. Amounts stay strings:
+-- HINCRBY keeps them exact.
+local s0 = t0 + 4 * nt
+local ns = tonumber(ARGV[s0 + 1]) or 0
+local sk
+if ns > 0 and ARGV[3] == 'settled' then
+  local first = string.match(redis.call('HGET', KEYS[2], 'budgets') or '', '^[^\n]+')
+  if first and string.sub(first, 1, #P + 2) == P .. 'b:' then sk = P .. 's:' .. string.sub(first, #P + 3) end
+end
+
 local r = finish(P, ARGV[2], ARGV[3], tonumber(ARGV[4]))
 if r and r[1] == 0 then
   for _, c in ipairs(charges_of(r[3])) do
     local u = used[pool_of(c.key)]
     if u then apply_adjust(P .. 'k:' .. c.key, c.cap, c.rate, c.units - u, -1, 0, now) end
   end
+  if sk then
+    for i = 1, ns do redis.call('HINCRBY', sk, ARGV[s0 + 2 * i], ARGV[s0 + 1 + 2 * i]) end
+    redis.call('EXPIRE', sk, BUDGET_TTL)
+  end
 end
-local t0 = 7 + 2 * nu
 for j = 1, nt do
   local a = t0 + (j - 1) * 4
   apply_adjust(KEYS[3 + j], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), 0, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), now)

@@ -342,7 +342,8 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	id, o := e.ID, e.Outcome
 	keys := make([]string, 0, 3+len(e.Throttles))
 	keys = append(keys, s.expiryKey(), s.recordKey(id), s.doneKey(id))
-	args := make([]any, 0, 7+2*len(e.Used)+4*len(e.Throttles))
+	saved := e.Booked()
+	args := make([]any, 0, 8+2*len(e.Used)+4*len(e.Throttles)+2*len(saved))
 	args = append(args, s.p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
 	for _, u := range e.Used {
 		args = append(args, u.Pool, u.Units)
@@ -351,6 +352,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 		keys = append(keys, s.bucketKey(t.Key))
 		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cap, t.Pause.Microseconds())
 	}
+	args = appendSavings(args, saved)
 	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
@@ -413,17 +415,25 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 		owner = budgets[0].Owner
 	}
 	keys = append(keys, s.slotKey(owner))
+	if len(budgets) > 0 {
+		keys = append(keys, s.savingsKey(owner, period))
+	}
 	res, err := s.sc.usage.Run(ctx, s.c, keys, micros(now), len(budgets)).Slice()
 	if err != nil {
 		return limiter.Usage{}, fmt.Errorf("redisstore: usage: %w", err)
 	}
-	if len(res) != 1+2*len(budgets) {
+	if len(res) < 1+2*len(budgets) {
 		return limiter.Usage{}, fmt.Errorf("redisstore: usage reply has %d values", len(res))
 	}
 	r := reply{v: res}
 	u := limiter.Usage{InFlight: r.int(0), Budgets: make([]limiter.BudgetState, len(budgets))}
 	for j, b := range budgets {
 		u.Budgets[j] = limiter.BudgetState{Owner: b.Owner, Limit: b.Limit, Spent: policy.Money(r.int(1 + 2*j)), Reserved: policy.Money(r.int(2 + 2*j))}
+	}
+	if len(budgets) > 0 {
+		u.Savings = decodeSavings(res[1+2*len(budgets):], &r)
+	} else if len(res) != 1 {
+		r.err = fmt.Errorf("%d values, want 1", len(res))
 	}
 	if r.err != nil {
 		return limiter.Usage{}, fmt.Errorf("redisstore: usage reply: %w", r.err)
@@ -569,13 +579,21 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 	if err := limiter.ValidateBatch(batch, deltas); err != nil {
 		return false, err
 	}
-	keys := make([]string, 0, 1+len(deltas))
-	args := make([]any, 0, 1+len(deltas))
+	keys := make([]string, 0, 1+2*len(deltas))
+	args := make([]any, 0, 1+2*len(deltas))
 	keys = append(keys, s.p+"j:"+batch)
 	args = append(args, len(deltas))
+	saved := false
 	for _, d := range deltas {
 		keys = append(keys, s.budgetKey(d.Owner, d.Period))
 		args = append(args, int64(d.Spent))
+		saved = saved || len(d.Savings) > 0
+	}
+	if saved { // book.lua reads them after the deltas
+		for _, d := range deltas {
+			keys = append(keys, s.savingsKey(d.Owner, d.Period))
+			args = appendSavings(args, d.Savings)
+		}
 	}
 	n, err := s.sc.book.Run(ctx, s.c, keys, args...).Int()
 	if err != nil {

@@ -96,20 +96,31 @@ func TestExpireMax(t *testing.T) {
 }
 
 func TestFinishConformance(t *testing.T) {
-	// reopen makes a new client and store on the same server and prefix:
-	// what a restarted sidecar would see.
+	newStore, cfg := reopenable()
+	storetest.RunFinish(t, newStore, cfg)
+}
+
+func TestSavingsConformance(t *testing.T) {
+	newStore, cfg := reopenable()
+	storetest.RunSavings(t, newStore, cfg)
+}
+
+// reopenable makes stores with a prefix of their own, and reopens one as a
+// new client and store on the same server and prefix: what a restarted
+// sidecar would see.
+func reopenable() (func(t *testing.T, _ limiter.Clock) storetest.FinishBackend, storetest.FinishConfig) {
 	var prefixes sync.Map // store → prefix
-	storetest.RunFinish(t, func(t *testing.T, _ limiter.Clock) storetest.FinishBackend {
-		p := redistest.Prefix(t)
-		s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p})
-		require.NoError(t, err)
-		prefixes.Store(s, p)
-		return s
-	}, storetest.FinishConfig{Reopen: func(t *testing.T, _ limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
-		p, ok := prefixes.Load(b)
-		require.True(t, ok)
-		s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p.(string)})
-		require.NoError(t, err)
-		return s
-	}})
+	return func(t *testing.T, _ limiter.Clock) storetest.FinishBackend {
+			p := redistest.Prefix(t)
+			s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p})
+			require.NoError(t, err)
+			prefixes.Store(s, p)
+			return s
+		}, storetest.FinishConfig{Reopen: func(t *testing.T, _ limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
+			p, ok := prefixes.Load(b)
+			require.True(t, ok)
+			s, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: p.(string)})
+			require.NoError(t, err)
+			return s
+		}}
 }
