@@ -39,8 +39,8 @@ type StaticPolicy struct{ Set *policy.Set }
 func (s StaticPolicy) Policy() *policy.Set { return s.Set }
 
 // Store is what admission needs of a limiter store: admissions (Reserve),
-// the ledger of budgets and reservations, corrections of buckets, and ending
-// a reservation in one step. The memory, Redis and cluster stores implement
+// the ledger of budgets and reservations, corrections of buckets, ending a
+// reservation in one step, and booking spend decided without it. The memory, Redis and cluster stores implement
 // it all; a store that lacks a capability fails to compile where it is
 // wired, never silently at run time. Every method is safe for concurrent
 // use and honours ctx.
@@ -49,6 +49,9 @@ type Store interface {
 	limiter.Ledger
 	limiter.Adjuster
 	limiter.Finisher
+	// Booker books the spend of calls let through fail open, once the
+	// store answers again (BookFailOpen).
+	limiter.Booker
 }
 
 // Settlement says how an admitted call's spend is booked.
@@ -119,6 +122,7 @@ type Service struct {
 	pauses   *pauseBook
 	pressure pressureBook // budget pressure per client, for optimize rules
 	flex     flexBook     // models whose flex tier the provider refused lately
+	failOpen *failOpenBook
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -139,7 +143,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		deps.Clock = limiter.SystemClock{}
 	}
 	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
-		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook()}
+		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
+		failOpen: newFailOpenBook(newReservationID())}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -164,11 +169,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 			qm.wait.WithLabelValues(class.String(), string(o)).Observe(waited.Seconds())
 		},
 	})
-	if s.m, qm, err = newMetrics(deps.Registerer, s.queue, tok); err != nil {
+	if s.m, qm, err = newMetrics(deps.Registerer, s.queue, tok, s.failOpen); err != nil {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
-		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, flex: &s.flex}
+		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
+		flex: &s.flex}
 	return s, nil
 }
 

@@ -156,6 +156,7 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		v.Reason, v.Pool = ReasonStoreError, route.Pools[0].Name
 		if set.Defaults.StoreUnavailable == policy.Allow {
 			v.Allowed, v.Outcome = true, OutcomeFailOpen
+			s.failedOpen(&v, set, route, client, p.req.Hold, now)
 			return v
 		}
 		v.Outcome = OutcomeError
@@ -326,4 +327,18 @@ func tightestBudget(bs []limiter.BudgetState) *limiter.BudgetState {
 		}
 	}
 	return best
+}
+
+// failedOpen journals the spend of a call let through although the store
+// could not answer (see failopen.go): its hold now, booked when the store
+// answers. Under deferred settlement the call gets its reservation id, so
+// that its settle books what it really cost.
+func (s *Service) failedOpen(v *Verdict, set *policy.Set, route *policy.Route, client *policy.Client, hold *limiter.Hold, now time.Time) {
+	fh := s.failOpen.admitted(hold)
+	if fh == nil {
+		return
+	}
+	v.Reservation = hold.ID
+	s.pending.add(&pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
+		expires: now.Add(hold.TTL), failOpen: fh})
 }

@@ -14,6 +14,8 @@ type metrics struct {
 	storeErrors   prometheus.Counter
 	expired       prometheus.Counter
 	unknownModels *prometheus.CounterVec
+	// failOpenBooked counts batches of fail-open spend the store applied.
+	failOpenBooked prometheus.Counter
 
 	// settling (ext_proc)
 	settled          *prometheus.CounterVec
@@ -26,6 +28,7 @@ type metrics struct {
 	estimatedTokens  *prometheus.CounterVec
 	actualTokens     *prometheus.CounterVec
 	estimateRatio    *prometheus.HistogramVec
+	savings          *savingsMetrics
 
 	// optimizing
 	optimized      *prometheus.CounterVec
@@ -35,8 +38,12 @@ type metrics struct {
 
 // newMetrics makes the service's metrics and the hold queue's, and
 // registers them all or none.
-func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer) (*metrics, *queueMetrics, error) {
+func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer, fo *failOpenBook) (*metrics, *queueMetrics, error) {
 	var f metricset.Set
+	f.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_authz_fail_open_unbooked_budgets",
+		Help: "Budget periods with spend of calls let through fail open (the store away, store_unavailable: allow) not yet booked into the store.",
+	}, func() float64 { n, _ := fo.unbooked(); return float64(n) })
 	if tok != nil {
 		f.CounterFunc(prometheus.CounterOpts{
 			Name: "tollgate_costing_token_cache_hits_total",
@@ -72,6 +79,10 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Name: "tollgate_costing_unknown_models_total",
 			Help: "LLM calls whose model the policy does not price by name (priced by its \"*\" entry or the pool), by route.",
 		}, []string{"route"}),
+		failOpenBooked: f.Counter(prometheus.CounterOpts{
+			Name: "tollgate_authz_fail_open_booked_batches_total",
+			Help: "Batches of the spend of calls let through fail open booked into the store once it answered (each applied exactly once).",
+		}),
 		expired: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_authz_reservations_expired_total",
 			Help: "Reservations never settled, committed at their estimate after their TTL.",
@@ -118,6 +129,7 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Buckets: []float64{.05, .1, .25, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2, 3, 5},
 		}, []string{"model"}),
 	}
+	m.savings = newSavingsMetrics(&f)
 	qm := newQueueMetrics(&f)
 	qc := newQueueCollector(q)
 	metricset.Add(&f, qc,

@@ -39,6 +39,9 @@ type pendingCall struct {
 	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
 	expires time.Time
 	opt     *optimized // what the optimizer rewrote, nil for nothing
+	// failOpen, for a call let through fail open, is its hold in the
+	// fail-open journal: the store never held it, so its settle goes there.
+	failOpen *failOpenHold
 }
 
 // pendingTable holds the calls admitted with a reservation and not yet
@@ -62,6 +65,19 @@ func (t *pendingTable) take(id string) *pendingCall {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p := t.calls[id]
+	delete(t.calls, id)
+	return p
+}
+
+// takeFailOpen removes and returns the call with id if it was let through
+// fail open, else nil (and leaves any other call in place).
+func (t *pendingTable) takeFailOpen(id string) *pendingCall {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.calls[id]
+	if p == nil || p.failOpen == nil {
+		return nil
+	}
 	delete(t.calls, id)
 	return p
 }
@@ -132,6 +148,7 @@ type settler struct {
 	kickAll  func()
 	pauses   *pauseBook
 	flex     *flexBook
+	failOpen *failOpenBook
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -154,6 +171,7 @@ type Call struct {
 	signal      costing.Signal // the upstream's rate-limit headers
 	ended       bool
 	outcome     SettleOutcome
+	savings     []limiter.Saving // what the call's rewrites saved (SetSavings)
 }
 
 // Follow starts following the call whose request carries reservation and
@@ -419,7 +437,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 				a.Cost = min(a.Cost, limiter.MaxMoney-1) // what a store books; prices of a policy could exceed it
 				e.Actual, e.Used = a.Cost, used(a)
 				if c.rewritten {
-					e.Savings = savings(p.set, p.opt, p.est, u)
+					c.savings = savings(p.set, p.opt, p.est, u)
 				}
 				outcome, reason = SettledActual, settleUsage
 			case !complete:
@@ -427,12 +445,28 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			}
 		}
 	}
+	if p != nil && p.failOpen != nil {
+		// Let through fail open: the store holds nothing to end. What the
+		// call spent goes to the fail-open journal, the upstream's signal
+		// to the store (if it answers now).
+		c.s.failOpen.settled(p.failOpen, e.Outcome.Spend(p.failOpen.cost, e.Actual))
+		if len(e.Throttles) > 0 {
+			if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {
+				c.applied(ctx, e.Throttles)
+			}
+		}
+		if outcome == SettledActual {
+			c.s.observe(p, u, a)
+		}
+		return c.count(outcome, reason)
+	}
 	if e.Outcome == "" { // nothing to end: only the upstream's signal to apply
 		if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {
 			c.applied(ctx, e.Throttles)
 		}
 		return c.count(outcome, reason)
 	}
+	c.withSavings(ctx, &e)
 	st, err := c.s.store.Finish(ctx, e)
 	if err != nil && !errors.Is(err, limiter.ErrUnknownReservation) {
 		c.s.m.settleErrors.WithLabelValues("ledger").Inc()
@@ -441,6 +475,13 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		return c.count(SettledFailed, reason)
 	}
 	c.applied(ctx, e.Throttles) // an unknown reservation's throttles are applied all the same
+	if err == nil && !st.Repeat {
+		tier := noTier
+		if p != nil {
+			tier = p.tier
+		}
+		c.s.m.savings.booked(tier, e.Booked())
+	}
 	if p == nil {
 		if err != nil || st.Repeat { // settled already (the API), or lapsed
 			return c.count(SettledUntracked, settleUnknown)

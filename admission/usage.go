@@ -29,6 +29,11 @@ type UsageReport struct {
 	InFlight      int64         `json:"in_flight"`
 	MaxConcurrent int64         `json:"max_concurrent"`
 	Budgets       []UsageBudget `json:"budgets"`
+	// Savings are what the optimizer's rewrites saved the client this
+	// period, by strategy (a negative amount: a strategy that cost more
+	// than it saved), and their total.
+	Savings      map[string]string `json:"savings_usd"`
+	SavingsTotal string            `json:"savings_total_usd"`
 }
 
 // ErrUnknownClient is returned for a client the policy does not know and
@@ -58,6 +63,11 @@ func (s *Service) Usage(ctx context.Context, clientID string) (UsageReport, erro
 		}
 		rep.Budgets = append(rep.Budgets, ub)
 	}
+	rep.Savings = make(map[string]string, len(u.Savings))
+	for _, sv := range u.Savings {
+		rep.Savings[sv.Strategy] = sv.Amount.String()
+	}
+	rep.SavingsTotal = limiter.SavingsTotal(u.Savings).String()
 	return rep, nil
 }
 
@@ -78,6 +88,12 @@ func (s *Service) Release(ctx context.Context, id string) (limiter.Settlement, e
 }
 
 func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
+	if p := s.pending.takeFailOpen(e.ID); p != nil {
+		// Let through fail open: its spend goes to the fail-open journal.
+		spent := e.Outcome.Spend(p.failOpen.cost, e.Actual)
+		s.failOpen.settled(p.failOpen, spent)
+		return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Estimated: p.failOpen.cost, Spent: spent}, nil
+	}
 	// A settle must land even if the caller hangs up.
 	st, err := s.store.Finish(context.WithoutCancel(ctx), e)
 	if err != nil {

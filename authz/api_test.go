@@ -338,7 +338,8 @@ func TestAPIStoreDown(t *testing.T) {
 
 // TestReadyzChecks: /readyz runs every dependency check, each under a
 // deadline, and reports a failing one by name with its error text; a
-// degraded component is reported without failing it.
+// degraded component (a report, or a check's *DegradedError) is reported
+// without failing it.
 func TestReadyzChecks(t *testing.T) {
 	refused := errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
 	ok := func(ctx context.Context) error {
@@ -377,6 +378,13 @@ func TestReadyzChecks(t *testing.T) {
 			degraded:   map[string]func() string{"cluster": func() string { return "outage: deciding on 1/3 shares" }},
 			wantStatus: http.StatusOK,
 			wantBody:   `{"ready":true,"degraded":true,"components":{"policy":"ok","server":"ok","cluster":"outage: deciding on 1/3 shares"}}`,
+		},
+		"a check that reports degraded": {
+			checks: map[string]func(context.Context) error{"redis": func(context.Context) error {
+				return fmt.Errorf("probe: %w", &authz.DegradedError{Reason: "unreachable since 2026-12-06T12:00:00Z (3 failed probes): connection refused"})
+			}},
+			wantStatus: http.StatusOK,
+			wantBody:   `{"ready":true,"degraded":true,"components":{"policy":"ok","server":"ok","redis":"unreachable since 2026-12-06T12:00:00Z (3 failed probes): connection refused"}}`,
 		},
 		"not degraded": {
 			degraded:   map[string]func() string{"cluster": func() string { return "" }},

@@ -482,7 +482,8 @@ func TestConcurrencyImmediateIgnored(t *testing.T) {
 }
 
 // TestStoreUnavailable: a store failure follows the policy's
-// store_unavailable (fail open is counted as such, and as a store error);
+// store_unavailable (fail open is counted as such, and as a store error,
+// and its spend journaled to be booked when the store answers);
 // a check the caller cancelled is neither let through nor blamed on the
 // store, whatever the policy says.
 func TestStoreUnavailable(t *testing.T) {
@@ -533,7 +534,13 @@ func TestStoreUnavailable(t *testing.T) {
 
 			v := d.Decide(ctx, openAIRequest("beta", chatBody("gpt-4o-mini", 16, "hi")))
 			assert.Equal(t, tc.want, gistOf(v))
-			assert.Empty(t, v.Reservation, "nothing was held, so there is nothing to settle")
+			if tc.want.Outcome == admission.OutcomeFailOpen {
+				assert.NotEmpty(t, v.Reservation, "a call let through fail open is settled as any other: its spend is journaled")
+				periods, _ := d.FailOpenUnbooked()
+				assert.Equal(t, 1, periods, "its hold on beta's budget waits for the store")
+			} else {
+				assert.Empty(t, v.Reservation, "nothing was held, so there is nothing to settle")
+			}
 			if !v.Allowed {
 				assert.NotEmpty(t, v.Message)
 			}

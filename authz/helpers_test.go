@@ -216,6 +216,9 @@ func (s failingStore) Refund(context.Context, []limiter.Refund, time.Time) ([]li
 func (s failingStore) Throttle(context.Context, []limiter.Throttle, time.Time) ([]limiter.BucketState, error) {
 	return nil, s.err
 }
+func (s failingStore) Book(context.Context, string, []limiter.SpendDelta) (bool, error) {
+	return false, s.err
+}
 func (failingStore) Close() error { return nil }
 
 // blockingStore is a store whose Reserve announces itself on entered and
@@ -269,3 +272,55 @@ func recv[T any](tb testing.TB, ch <-chan T) T {
 
 // policyMoney is a nano-dollar count as Money.
 func policyMoney(n int64) policy.Money { return policy.Money(n) }
+
+// logRecords is a slog.Handler that keeps every record, safe for the
+// server's goroutines and the test's.
+type logRecords struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (l *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, r.Clone())
+	return nil
+}
+func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecords) WithGroup(string) slog.Handler      { return l }
+
+// count is how many records say msg.
+func (l *logRecords) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, r := range l.recs {
+		if r.Message == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// attr returns attribute key of the last record that says msg.
+func (l *logRecords) attr(msg, key string) (slog.Value, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.recs) - 1; i >= 0; i-- {
+		if l.recs[i].Message != msg {
+			continue
+		}
+		var v slog.Value
+		found := false
+		l.recs[i].Attrs(func(a slog.Attr) bool {
+			if a.Key == key {
+				v, found = a.Value, true
+				return false
+			}
+			return true
+		})
+		return v, found
+	}
+	return slog.Value{}, false
+}

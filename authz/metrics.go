@@ -16,6 +16,8 @@ type metrics struct {
 	apiUnauthorized prometheus.Counter
 	// settleRefused counts API settles above what the reservation could cost.
 	settleRefused prometheus.Counter
+	// backgroundErrors counts failed rounds of the server's own loops.
+	backgroundErrors *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +41,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tollgate_authz_api_settle_refused_total",
 			Help: "API settles refused because the cost exceeds what the reservation could cost (422).",
 		}),
+		backgroundErrors: f.CounterVec(prometheus.CounterOpts{
+			Name: "tollgate_authz_background_errors_total",
+			Help: "Rounds of the server's own work that failed, by task (expire: committing lapsed reservations at their estimate; fail_open_book: booking the spend of calls let through fail open); logged once when a task starts failing and once when it works again.",
+		}, []string{"task"}),
 	}
 	m.set = f
 	if err := f.Register("authz", reg); err != nil {

@@ -54,8 +54,10 @@ type Config struct {
 	DrainDelay time.Duration
 	// Settlement picks how admitted calls are booked.
 	Settlement admission.Settlement
-	// ExpireEvery is how often reservations past their TTL are committed at
-	// their estimate (when the store keeps reservations).
+	// ExpireEvery is how often the server's own loop runs: reservations
+	// past their TTL are committed at their estimate (when the store keeps
+	// reservations), and the spend of calls let through fail open is
+	// booked once the store answers. Zero: never (Shutdown still books).
 	ExpireEvery time.Duration
 }
 
@@ -107,7 +109,8 @@ type Deps struct {
 	Registry Registry
 	Logger   *slog.Logger
 	// Checks are readiness probes by component ("redis"); /readyz fails
-	// while any fails.
+	// while any fails, except with a *DegradedError: the component works,
+	// not fully, and /readyz shows why and stays ready.
 	Checks map[string]func(context.Context) error
 	// Degraded are reports by component that /readyz shows but that never
 	// fail it: each returns "" while all is well, else what is degraded
@@ -146,8 +149,8 @@ type Server struct {
 	shutdownOnce sync.Once
 	shutdownErr  error
 	done         chan struct{}
-	stopExpiry   chan struct{}
-	expiryDone   chan struct{}
+	stopLoop     chan struct{}
+	loopDone     chan struct{}
 
 	mu      sync.Mutex
 	started bool // Serve ran (its expiry loop must be waited for)
@@ -167,7 +170,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{}),
-		stopExpiry: make(chan struct{}), expiryDone: make(chan struct{})}
+		stopLoop: make(chan struct{}), loopDone: make(chan struct{})}
 
 	// Bind first, so that a failed New leaves nothing behind: not even
 	// metrics in the caller's registry, which a retry would collide with.
@@ -232,7 +235,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.stopped {
 		s.started = true
-		go s.expireLoop(ctx)
+		go s.backgroundLoop(ctx)
 	}
 	s.mu.Unlock()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
@@ -308,9 +311,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stopped = true
 		started := s.started
 		s.mu.Unlock()
-		close(s.stopExpiry)
+		close(s.stopLoop)
 		if started {
-			<-s.expiryDone
+			<-s.loopDone
+		}
+		if err := s.bookLeft(ctx); err != nil {
+			errs = append(errs, err)
 		}
 		// Serve closes the listeners it ran; these closes free them when it
 		// never ran.
@@ -322,33 +328,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.shutdownErr = errors.Join(errs...)
 	})
 	return s.shutdownErr
-}
-
-// expireLoop commits lapsed reservations at their estimate until Shutdown.
-func (s *Server) expireLoop(ctx context.Context) {
-	defer close(s.expiryDone)
-	if s.cfg.ExpireEvery <= 0 || s.cfg.Settlement == admission.SettleImmediate {
-		<-s.stopExpiry
-		return
-	}
-	t := time.NewTicker(s.cfg.ExpireEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stopExpiry:
-			return
-		case <-t.C:
-			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ExpireEvery)
-			n, err := s.svc.Expire(ectx, 10_000)
-			cancel()
-			switch {
-			case err != nil:
-				s.log.Warn("expiring reservations failed", slog.Any("error", err))
-			case n > 0:
-				s.log.Info("unsettled reservations committed at their estimate", slog.Int("count", n))
-			}
-		}
-	}
 }
 
 // healthMux serves what probes and Prometheus need, to anyone: nothing
@@ -386,9 +365,16 @@ func (s *Server) apiMux() http.Handler {
 	return s.requireToken(mux)
 }
 
+// DegradedError is what a readiness check returns for a component that
+// works, but not fully (Redis away while a fleet member decides on its
+// share): /readyz shows Reason and says "degraded", and stays ready.
+type DegradedError struct{ Reason string }
+
+func (e *DegradedError) Error() string { return e.Reason }
+
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	components := map[string]string{"policy": "ok", "server": "ok"}
-	ready := true
+	ready, degraded := true, false
 	if s.deps.Policies.Policy() == nil {
 		components["policy"], ready = "no policy loaded", false
 	}
@@ -399,12 +385,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		err := check(ctx)
 		cancel()
-		components[name] = "ok"
-		if err != nil {
+		var d *DegradedError
+		switch {
+		case err == nil:
+			components[name] = "ok"
+		case errors.As(err, &d):
+			components[name], degraded = d.Reason, true
+		default:
 			components[name], ready = err.Error(), false
 		}
 	}
-	degraded := false
 	for name, report := range s.deps.Degraded {
 		components[name] = "ok"
 		if d := report(); d != "" {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -122,6 +123,7 @@ type serverOpts struct {
 	store  admission.Store     // nil: a memory store on clk
 	clk    *fakeclock.Clock    // nil: a fresh one at epoch
 	config func(*authz.Config) // adjusts the loopback config
+	logger *slog.Logger        // nil: discard
 }
 
 // startServer builds a Server on 127.0.0.1:0, serves it, and dials it. At
@@ -150,6 +152,7 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		Store:    o.store,
 		Registry: reg,
 		Clock:    o.clk,
+		Logger:   o.logger,
 	})
 	require.NoError(tb, err)
 

@@ -29,6 +29,7 @@ type pendingEnd struct {
 	outcome limiter.Outcome
 	actual  policy.Money
 	used    []limiter.PoolUse // refunds the shared store gives from its record
+	savings []limiter.Saving  // booked with the end by the shared store
 	// For a slice: its chain (chainKey, and the owners in the period) and
 	// the size reserved.
 	chain  string
@@ -105,4 +106,16 @@ func (s *Store) flush(ctx context.Context, h *limiter.Hold) error {
 		}
 	}
 	return nil
+}
+
+var _ limiter.Booker = (*Store)(nil)
+
+// Book applies spend decided outside the fleet's decisions (calls that
+// admission let through fail open) to the shared store, exactly once by
+// batch id. It is passed through, not journaled here, so that a batch the
+// caller resends after a lost answer is dropped by the shared store as a
+// repeat; while the store is unreachable it fails, and the caller keeps
+// the batch. This member's views hear of it at their next refresh.
+func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDelta) (bool, error) {
+	return s.shared.Book(ctx, batch, deltas)
 }

@@ -63,6 +63,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	}
 	if r := s.resv[e.ID]; r != nil {
 		st := s.finishLocked(e.ID, r, e.Outcome, e.Actual, now)
+		s.saveLocked(r, e)
 		s.refundLocked(r, e.Refunds(r.charges), now)
 		s.mu.Unlock()
 		s.throttleAfter(ctx, e)
@@ -85,7 +86,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	// The shared store holds the reservation and cannot be told now: tell
 	// it when it returns.
 	s.mu.Lock()
-	s.ends = append(s.ends, pendingEnd{id: e.ID, outcome: e.Outcome, actual: e.Actual, used: e.Used})
+	s.ends = append(s.ends, pendingEnd{id: e.ID, outcome: e.Outcome, actual: e.Actual, used: e.Used, savings: e.Booked()})
 	s.mu.Unlock()
 	s.throttleAfter(ctx, e)
 	return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Spent: e.Actual}, nil
@@ -292,6 +293,7 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 			u.InFlight = s.outSlots[owner]
 		}
 		u.InFlight = max(u.InFlight, 0)
+		u.Savings = s.withUnbooked(u.Savings, owner, period)
 	}
 	return u, nil
 }

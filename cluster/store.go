@@ -140,6 +140,8 @@ type Store struct {
 	remote  map[string]struct{}
 	remoteQ []doneItem
 	journal map[viewKey]policy.Money // decided, not yet booked, by budget period
+	// saved holds the savings of local calls, not yet booked (savings.go).
+	saved map[viewKey]map[string]policy.Money
 	// returning holds the unused units of lapsed leases, given back at the
 	// next sync.
 	returning []limiter.Adjustment

@@ -67,7 +67,7 @@ func (s *Store) sync(ctx context.Context) {
 // the store is unreachable the journal grows; nothing is lost.
 func (s *Store) bookJournal(ctx context.Context) error {
 	s.mu.Lock()
-	if s.inflight == nil && len(s.journal) > 0 {
+	if s.inflight == nil && (len(s.journal) > 0 || len(s.saved) > 0) {
 		if deltas := s.takeJournal(); len(deltas) > 0 {
 			s.batchSeq++
 			s.inflight = &batch{id: fmt.Sprintf("%s:%d", s.epoch, s.batchSeq), deltas: deltas}
@@ -96,7 +96,7 @@ func (s *Store) bookJournal(ctx context.Context) error {
 		s.m.booked.Inc()
 	}
 	if cleared {
-		s.peers.Spend(b.deltas) // once per batch
+		s.peers.Spend(spentOnly(b.deltas)) // once per batch
 	}
 	return nil
 }
@@ -105,20 +105,26 @@ func (s *Store) bookJournal(ctx context.Context) error {
 // rest waits for the next round.
 const maxBatch = 500
 
-// takeJournal moves up to maxBatch budget periods' spend out of the
-// journal, in a stable order. s.mu is held.
+// takeJournal moves up to maxBatch budget periods' spend, and their
+// savings, out of the journal, in a stable order. s.mu is held.
 func (s *Store) takeJournal() []limiter.SpendDelta {
-	keys := make([]viewKey, 0, len(s.journal))
+	keys := make([]viewKey, 0, len(s.journal)+len(s.saved))
 	for k := range s.journal {
 		keys = append(keys, k)
+	}
+	for k := range s.saved {
+		if _, ok := s.journal[k]; !ok {
+			keys = append(keys, k)
+		}
 	}
 	sort.Slice(keys, func(i, j int) bool {
 		return keys[i].owner < keys[j].owner || (keys[i].owner == keys[j].owner && keys[i].period < keys[j].period)
 	})
 	var out []limiter.SpendDelta
 	for _, k := range keys[:min(len(keys), maxBatch)] {
-		if v := s.journal[k]; v != 0 {
-			out = append(out, limiter.SpendDelta{Owner: k.owner, Period: k.period, Spent: v})
+		d := limiter.SpendDelta{Owner: k.owner, Period: k.period, Spent: s.journal[k], Savings: s.takeSaved(k)}
+		if d.Spent != 0 || len(d.Savings) > 0 {
+			out = append(out, d)
 		}
 		delete(s.journal, k)
 	}
@@ -157,7 +163,7 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 	var keep []pendingEnd
 	var away error
 	for i, e := range todo {
-		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used})
+		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings})
 		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
 			keep, away = append(keep, todo[i:]...), err
 			break
@@ -374,7 +380,7 @@ func (s *Store) handBack(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		s.mu.Lock()
-		pending := s.inflight != nil || len(s.journal) > 0
+		pending := s.inflight != nil || len(s.journal) > 0 || len(s.saved) > 0
 		s.mu.Unlock()
 		if !pending {
 			break

@@ -91,7 +91,7 @@ func TestServeCluster(t *testing.T) {
 	assert.Equal(t, "alive", rep.Members[1].State)
 	var ready readiness
 	assert.Equal(t, http.StatusOK, getJSON(t, "http://"+httpA+"/readyz", &ready))
-	assert.Equal(t, readiness{Ready: true, Components: map[string]string{"policy": "ok", "server": "ok", "cluster": "ok"}}, ready)
+	assert.Equal(t, readiness{Ready: true, Components: map[string]string{"policy": "ok", "server": "ok", "redis": "ok", "cluster": "ok"}}, ready)
 
 	// acme's budget holds three calls, wherever they are admitted.
 	var ids []string
@@ -120,6 +120,12 @@ func TestServeCluster(t *testing.T) {
 	getJSON(t, "http://"+httpA+"/readyz", &ready)
 	assert.True(t, ready.Ready, "a member in outage mode still decides: degraded, not unready")
 	assert.Regexp(t, `^outage since \S+: Redis unreachable, deciding on this member's 1/2 share$`, ready.Components["cluster"])
+	require.Eventually(t, func() bool {
+		getJSON(t, "http://"+httpA+"/readyz", &ready)
+		return ready.Components["redis"] != "ok"
+	}, 10*time.Second, 20*time.Millisecond, "the probe notices")
+	assert.True(t, ready.Ready)
+	assert.Regexp(t, `^unreachable since \S+ \(\d+ failed probes\): .+; this member decides on its share of each pool and budget$`, ready.Components["redis"])
 	getJSON(t, "http://"+httpA+"/api/cluster", &rep)
 	assert.Equal(t, "outage", rep.Mode)
 

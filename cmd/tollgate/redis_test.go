@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -115,7 +116,8 @@ func TestServeRedisFleetSharesBudget(t *testing.T) {
 
 // TestServeRedisDown: serve starts without its Redis (which may come up
 // later), says so on /readyz, and answers checks as the policy's
-// store_unavailable says: 503 by default, or let through.
+// store_unavailable says: 503 by default, or let through (and journaled,
+// to be booked when Redis answers).
 func TestServeRedisDown(t *testing.T) {
 	tests := map[string]struct {
 		defaults string
@@ -147,11 +149,13 @@ func TestServeRedisDown(t *testing.T) {
 			assert.Contains(t, ready.Components["redis"], dead)
 			assert.Contains(t, ready.Components["redis"], "connection refused")
 
-			out, err := probeTour(grpcAddr)
+			// The call stays in flight (a GET that finished would release
+			// its hold: nothing spent).
+			out, err := probeHold(grpcAddr)
 			if tc.allowed {
 				require.NoError(t, err, out)
 				assert.Contains(t, out, "decision: ALLOWED")
-				assert.NotContains(t, out, "x-tollgate-reservation", "nothing was held")
+				assert.Regexp(t, reservationLine, out, "settled as any call: its spend is journaled until Redis answers")
 			} else {
 				var ee *exitError
 				require.ErrorAs(t, err, &ee, out)
@@ -160,8 +164,16 @@ func TestServeRedisDown(t *testing.T) {
 				assert.Contains(t, out, "x-tollgate-reason: store_error")
 			}
 
-			require.NoError(t, srv.stop(t))
+			err = srv.stop(t)
 			assert.Contains(t, srv.stderr.String(), "redis not reachable yet")
+			if tc.allowed {
+				// Redis never came: the spend of the call let through is
+				// lost with the process, and serve says so.
+				require.ErrorContains(t, err, "spend of calls let through fail open not booked (2 budget periods)", srv.stderr.String())
+				assert.Contains(t, srv.stderr.String(), "spend of calls let through fail open not booked: lost with this process")
+			} else {
+				require.NoError(t, err)
+			}
 		})
 	}
 }
@@ -206,4 +218,37 @@ func TestServeStoreFlagErrors(t *testing.T) {
 			assert.Equal(t, 1, exitCode(err, io.Discard))
 		})
 	}
+}
+
+// TestServeRedisFailOpenBooked: calls let through fail open while Redis is
+// down are settled as any other, and what they cost is booked into Redis
+// by serve's own loop once it returns: acme's spend is exactly the three
+// calls' $0.01, and only once.
+func TestServeRedisFailOpenBooked(t *testing.T) {
+	require.NoError(t, redisSrv.Stop(true))
+	t.Cleanup(func() { require.NoError(t, redisSrv.Resume(), "bring the shared redis-server back") })
+	grpcAddr, httpAddr, prefix := freePort(t), freePort(t), redistest.Prefix(t)
+	srv := startRunReady(t, noEnv, httpAddr, http.StatusServiceUnavailable,
+		redisServeArgs(grpcAddr, httpAddr, writePolicy(t, spendPolicy("  store_unavailable: allow")), redisSrv.Addr, prefix)...)
+
+	for i := range 3 {
+		out, err := probeTour(grpcAddr, "--method", "POST")
+		require.NoError(t, err, "call %d: %s", i+1, out)
+		assert.Contains(t, out, "decision: ALLOWED")
+		assert.Regexp(t, reservationLine, out)
+	}
+
+	require.NoError(t, redisSrv.Resume())
+	booked := regexp.MustCompile(`(?m)^acme\s+\$0\.036\s+\$0\.03\s+\$0\s+\$0\.006$`)
+	require.Eventually(t, func() bool {
+		out, err := runUsage("acme", "--addr", httpAddr)
+		return err == nil && booked.MatchString(out)
+	}, 10*time.Second, 20*time.Millisecond, "the three calls' $0.01 each, booked")
+	require.NoError(t, srv.stop(t), "nothing left to book")
+	// Read Redis again through a new server.
+	grpc2, http2 := freePort(t), freePort(t)
+	startRun(t, noEnv, http2, redisServeArgs(grpc2, http2, writePolicy(t, spendPolicy("")), redisSrv.Addr, prefix)...)
+	out, err := runUsage("acme", "--addr", http2)
+	require.NoError(t, err, out)
+	assert.Regexp(t, booked, out, "booked once: a clean stop books nothing again")
 }

@@ -235,30 +235,45 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
-		// Not fatal: Redis may come up after us; /readyz says so meanwhile
-		// and each check follows the policy's store_unavailable.
-		lctx, cancel := context.WithTimeout(ctx, f.redis.DialTimeout+f.redis.ReadTimeout)
-		if err := s.Load(lctx); err != nil {
-			log.Warn("redis not reachable yet", slog.Any("error", err))
+		// Not fatal: Redis may come up after us. Health says so on /readyz
+		// (and logs it) meanwhile, and each check follows the policy's
+		// store_unavailable (or, in a fleet, outage mode).
+		hcfg := redisstore.DefaultHealthConfig()
+		hcfg.Logger = log
+		health, err := redisstore.NewHealth(client, hcfg)
+		if err != nil {
+			return openedStore{}, errors.Join(err, client.Close())
 		}
-		cancel()
+		if health.Probe(ctx) == nil {
+			lctx, cancel := context.WithTimeout(ctx, f.redis.DialTimeout+f.redis.ReadTimeout)
+			if err := s.Load(lctx); err != nil {
+				log.Warn("redis scripts not loaded ahead of use; each loads on its first call", slog.Any("error", err))
+			}
+			cancel()
+		}
+		if err := registerHealth(health, reg); err != nil {
+			return openedStore{}, errors.Join(err, client.Close())
+		}
 		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix))
-		ping := func(ctx context.Context) error { return client.Ping(ctx).Err() }
+		checks := map[string]func(context.Context) error{"redis": redisReady(health, f.cluster.enabled)}
 		if !f.cluster.enabled {
-			return openedStore{store: s, redis: client, checks: map[string]func(context.Context) error{"redis": ping}, close: client.Close}, nil
+			stop := probeEvery(health)
+			return openedStore{store: s, redis: client, checks: checks, close: func() error { stop(); return client.Close() }}, nil
 		}
 		fleet, err := f.cluster.joinFleet(s, reg, log)
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
+		stop := probeEvery(health)
 		// A member whose Redis is away still decides: degraded, not unready.
 		return openedStore{
 			store:    fleet.Store,
 			redis:    client,
 			fleet:    fleet,
+			checks:   checks,
 			degraded: map[string]func() string{"cluster": degraded(fleet)},
 			cluster:  func() any { return fleet.Status() },
-			close:    func() error { return errors.Join(leave(fleet, 5*time.Second), client.Close()) },
+			close:    func() error { stop(); return errors.Join(leave(fleet, 5*time.Second), client.Close()) },
 		}, nil
 	}
 	return openedStore{}, fmt.Errorf("store %q: want memory or redis", f.store)
@@ -280,6 +295,56 @@ func registerEnded(s *memstore.Store, reg prometheus.Registerer) error {
 		Help: "Outcomes of ended reservations forgotten before their retention, to stay within --ended-max and --ended-max-bytes.",
 	}, func() float64 { return float64(s.Ended().Evicted) })
 	return set.Register("memstore", reg)
+}
+
+// probeEvery probes Redis every second until the returned stop, which
+// waits for the loop to end (before the client closes under it).
+func probeEvery(h *redisstore.Health) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); h.Run(ctx) }()
+	return func() { cancel(); <-done }
+}
+
+// redisReady is the redis component of /readyz. A sidecar is not ready
+// until Redis has answered once since it started: a pod that never reached
+// its store is not put in service (a rollout waits rather than replace
+// working pods with it), and a fleet member would decide on its share of
+// budgets it never read. Redis away after that is reported degraded, and
+// the sidecar stays ready: every sidecar shares that Redis, so failing
+// readiness would take the whole fleet out of its Services at once, while
+// each sidecar still answers every check (by the policy's
+// store_unavailable, or as a fleet member on its share).
+func redisReady(h *redisstore.Health, fleet bool) func(context.Context) error {
+	meanwhile := "; each check follows the policy's store_unavailable"
+	if fleet {
+		meanwhile = "; this member decides on its share of each pool and budget"
+	}
+	return func(context.Context) error {
+		st := h.State()
+		switch {
+		case st.Reachable:
+			return nil
+		case !st.Reached:
+			return errors.New(st.String() + meanwhile)
+		}
+		return &authz.DegradedError{Reason: st.String() + meanwhile}
+	}
+}
+
+// registerHealth exports whether Redis answers the readiness probe.
+func registerHealth(h *redisstore.Health, reg prometheus.Registerer) error {
+	var set metricset.Set
+	set.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_redis_reachable",
+		Help: "1 while Redis answers the readiness probe (a PING every second), else 0.",
+	}, func() float64 {
+		if h.State().Reachable {
+			return 1
+		}
+		return 0
+	})
+	return set.Register("redis health", reg)
 }
 
 // redisLog sends go-redis's own messages (dial failures and the like) to

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -81,7 +84,34 @@ func usage(ctx context.Context, addr string, tok authz.Secret, client string, as
 	for _, b := range rep.Budgets {
 		fmt.Fprintf(tw, "%s\t%s\t$%s\t$%s\t%s\n", b.Owner, dollars(b.Limit), b.Spent, b.Reserved, dollars(b.Remaining))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printSavings(out, rep)
+}
+
+// printSavings prints what the optimizer saved the client this period, by
+// strategy, and the total; nothing when it saved nothing.
+func printSavings(out io.Writer, rep admission.UsageReport) error {
+	if len(rep.Savings) == 0 {
+		return nil
+	}
+	fmt.Fprintf(out, "\nsaved this period by the optimizer (%s only, not its parents)\n", rep.Client)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STRATEGY\tSAVED")
+	for _, name := range slices.Sorted(maps.Keys(rep.Savings)) {
+		fmt.Fprintf(tw, "%s\t%s\n", name, signedDollars(rep.Savings[name]))
+	}
+	fmt.Fprintf(tw, "total\t%s\n", signedDollars(rep.SavingsTotal))
 	return tw.Flush()
+}
+
+// signedDollars writes a decimal amount as dollars, its sign first.
+func signedDollars(s string) string {
+	if rest, ok := strings.CutPrefix(s, "-"); ok {
+		return "-$" + rest
+	}
+	return "$" + s
 }
 
 func dollars(s string) string {

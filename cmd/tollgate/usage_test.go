@@ -117,3 +117,41 @@ func TestProbeSettles(t *testing.T) {
 	// 30 s of pause, then the call's ~555 tokens at 166 a second.
 	assert.Regexp(t, `retry-after: 3[3-5]\n`, out, "the pool is paused for the upstream's Retry-After")
 }
+
+// TestUsageSavings: `tollgate usage` lists the client's savings by
+// strategy, signed, with their total, after its budgets; a client that
+// saved nothing gets no such table (TestUsageCommand).
+func TestUsageSavings(t *testing.T) {
+	tests := map[string]struct {
+		savings map[string]string
+		total   string
+		want    string
+	}{
+		"none": {savings: map[string]string{}, total: "0"},
+		"signed, by name": {
+			savings: map[string]string{"prompt_cache": "-0.0000015", "flex": "0.003", "downgrade": "0.0412"},
+			total:   "0.0441985",
+			want: "\nsaved this period by the optimizer (acme only, not its parents)\n" +
+				"STRATEGY      SAVED\n" +
+				"downgrade     $0.0412\n" +
+				"flex          $0.003\n" +
+				"prompt_cache  -$0.0000015\n" +
+				"total         $0.0441985\n",
+		},
+		"a net loss": {
+			savings: map[string]string{"prompt_cache": "-2"},
+			total:   "-2",
+			want: "\nsaved this period by the optimizer (acme only, not its parents)\n" +
+				"STRATEGY      SAVED\n" +
+				"prompt_cache  -$2\n" +
+				"total         -$2\n",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			require.NoError(t, printSavings(&out, admission.UsageReport{Client: "acme", Savings: tc.savings, SavingsTotal: tc.total}))
+			assert.Equal(t, tc.want, out.String())
+		})
+	}
+}

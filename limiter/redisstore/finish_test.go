@@ -42,19 +42,23 @@ func TestFinishRoundTrips(t *testing.T) {
 	st, err := s.Finish(ctx, limiter.Ending{ID: "call", Outcome: limiter.OutcomeSettled, Actual: 1000,
 		Used:      []limiter.PoolUse{{Pool: "chat", Units: 15}},
 		Throttles: []limiter.Throttle{{Key: poolKey, Limit: poolLimit, Cap: 70}},
+		Savings:   []limiter.Saving{{Strategy: "downgrade", Amount: 41_200_000}},
 		Now:       epoch})
 	require.NoError(t, err)
 	assert.Equal(t, limiter.Settlement{ID: "call", Outcome: limiter.OutcomeSettled, Estimated: holdCost, Spent: 1000}, st)
-	assert.Equal(t, int64(2), rt.Count(), "admit, then finish: one round trip each")
+	assert.Equal(t, int64(2), rt.Count(), "admit, then finish (its savings too): one round trip each")
 
 	pool, client, err := levels(ctx, s)
 	require.NoError(t, err)
 	assert.Equal(t, int64(70), pool, "40 charged, 25 back (85), then capped at 70")
 	assert.Equal(t, int64(35), client, "20 charged, 15 used: 5 back")
+	before := rt.Count()
 	u, err := s.Usage(ctx, period, chain, epoch)
 	require.NoError(t, err)
+	assert.Equal(t, int64(1), rt.Count()-before, "usage, savings included, is one round trip")
 	assert.Zero(t, u.InFlight, "the slot is free")
 	assert.Equal(t, policy.Money(1000), u.Budgets[1].Spent)
+	assert.Equal(t, []limiter.Saving{{Strategy: "downgrade", Amount: 41_200_000}}, u.Savings)
 }
 
 // TestFinishRecordBounded: the record of what an admission charged is as

@@ -222,6 +222,8 @@ func testSavingsApart(t *testing.T, h *savingsHarness) {
 
 func testSavingsInvalid(t *testing.T, h *savingsHarness) {
 	h.admit(t, "v", 50_000_000)
+	before, err := h.b.Usage(context.Background(), period, h.chain("acme"), h.clock.Now())
+	require.NoError(t, err)
 	nine := make([]limiter.Saving, limiter.MaxSavings+1)
 	for i := range nine {
 		nine[i] = saving("s_"+strings.Repeat("x", i+1), 1)
@@ -250,10 +252,10 @@ func testSavingsInvalid(t *testing.T, h *savingsHarness) {
 	u, err := h.b.Usage(context.Background(), period, h.chain("acme"), h.clock.Now())
 	require.NoError(t, err)
 	assert.Empty(t, u.Savings, "nothing booked")
-	assert.Equal(t, policy.Money(50_000_000), u.Budgets[0].Reserved, "the reservation is still held")
-	assert.Zero(t, u.Budgets[0].Spent)
+	assert.Equal(t, before, u, "nothing changed")
 	st := h.settle(t, h.b, "v", 1, saving("downgrade", 5), saving(strings.Repeat("z", limiter.MaxStrategyLen), -1))
-	assert.False(t, st.Repeat, "and settles as ever")
+	assert.False(t, st.Repeat, "the reservation was still open, and settles as ever")
+	assert.Equal(t, policy.Money(50_000_000), st.Estimated)
 	assert.Equal(t, []limiter.Saving{saving("downgrade", 5), saving(strings.Repeat("z", limiter.MaxStrategyLen), -1)}, h.saved(t))
 }
 
@@ -292,4 +294,43 @@ func testSavingsReopen(t *testing.T, h *savingsHarness) {
 	st = h.settle(t, h.b, "restart", 40_000_000, saving("downgrade", 41_200_000))
 	assert.True(t, st.Repeat, "either store sees the end")
 	assert.Equal(t, []limiter.Saving{saving("downgrade", 41_200_000)}, h.saved(t))
+}
+
+// testBookSavings (of RunLease): a batch's savings are booked with its
+// spend, once, to each delta's owner and period, and a delta may carry
+// savings alone; a batch with savings a delta may not carry is refused
+// whole.
+func testBookSavings(t *testing.T, h *leaseHarness) {
+	ctx := context.Background()
+	acme := []limiter.Budget{{Owner: "acme", Limit: limiter.Unlimited}}
+	group := []limiter.Budget{{Owner: "acme-group", Limit: limiter.Unlimited}}
+	saved := func(per string, chain []limiter.Budget) []limiter.Saving {
+		t.Helper()
+		u, err := h.b.Usage(ctx, per, chain, h.clock.Now())
+		require.NoError(t, err)
+		return u.Savings
+	}
+	deltas := []limiter.SpendDelta{
+		{Owner: "acme", Period: period, Spent: 300, Savings: []limiter.Saving{saving("downgrade", 41_200_000), saving("prompt_cache", -1_500)}},
+		{Owner: "acme-group", Period: period, Spent: 300},
+		{Owner: "acme", Period: "2026-02", Savings: []limiter.Saving{saving("flex", limiter.MaxMoney-1)}},
+	}
+	for range 2 {
+		_, err := h.b.Book(ctx, "node-a:1", deltas)
+		require.NoError(t, err)
+	}
+	_, err := h.b.Book(ctx, "node-a:2", []limiter.SpendDelta{{Owner: "acme", Period: "2026-02", Savings: []limiter.Saving{saving("flex", 2)}}})
+	require.NoError(t, err)
+	assert.Equal(t, []limiter.Saving{saving("downgrade", 41_200_000), saving("prompt_cache", -1_500)}, saved(period, acme), "booked once")
+	assert.Equal(t, []limiter.Saving{saving("flex", limiter.MaxMoney+1)}, saved("2026-02", acme), "a delta of savings alone, summed exactly")
+	assert.Empty(t, saved(period, group))
+	u, err := h.b.Usage(ctx, period, acme, h.clock.Now())
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(300), u.Budgets[0].Spent)
+
+	_, err = h.b.Book(ctx, "node-a:3", []limiter.SpendDelta{{Owner: "acme", Period: period, Spent: 5}, {Owner: "acme", Period: "2026-03", Savings: []limiter.Saving{saving("Flex", 1)}}})
+	require.ErrorContains(t, err, "savings")
+	u, err = h.b.Usage(ctx, period, acme, h.clock.Now())
+	require.NoError(t, err)
+	assert.Equal(t, policy.Money(300), u.Budgets[0].Spent, "refused whole")
 }
