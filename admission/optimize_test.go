@@ -117,9 +117,9 @@ func TestPlanEdits(t *testing.T) {
 			want:     nil, wantRules: []string{"fit"}, fit: true,
 		},
 		"aggressive: thresholds lifted, flex on the downgraded model, compaction": {
-			ctx:      policy.OptimizeContext{Tier: "premium", Client: "bigco", Model: "gpt-4o", PressurePercent: 0, Aggressive: true},
-			provider: policy.ProviderOpenAI,
-			want: []optimize.Edit{{Strategy: optimize.Compact}, {Strategy: optimize.Downgrade, Model: "gpt-4o-mini"}, {Strategy: optimize.Flex}},
+			ctx:       policy.OptimizeContext{Tier: "premium", Client: "bigco", Model: "gpt-4o", PressurePercent: 0, Aggressive: true},
+			provider:  policy.ProviderOpenAI,
+			want:      []optimize.Edit{{Strategy: optimize.Compact}, {Strategy: optimize.Downgrade, Model: "gpt-4o-mini"}, {Strategy: optimize.Flex}},
 			wantRules: []string{"pressured", "panic", "fit"}, fit: true,
 		},
 		"aggressive on a model without flex prices: no flex": {
