@@ -119,6 +119,7 @@ type Service struct {
 	pauses   *pauseBook
 	pressure pressureBook // budget pressure per client, for optimize rules
 	flex     flexBook     // models whose flex tier the provider refused lately
+	book     *observeBook // calls settled this period, for the optimize API
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -139,7 +140,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		deps.Clock = limiter.SystemClock{}
 	}
 	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
-		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook()}
+		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
+		book: newObserveBook(maxObservedClients, maxObservedKeys)}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -168,7 +170,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
-		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, flex: &s.flex}
+		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, flex: &s.flex, book: s.book}
 	return s, nil
 }
 

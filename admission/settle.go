@@ -38,7 +38,8 @@ type pendingCall struct {
 	est     costing.Estimate
 	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
 	expires time.Time
-	opt     *optimized // what the optimizer rewrote, nil for nothing
+	opt     *optimized   // what the optimizer rewrote, nil for nothing
+	class   policy.Class // the call's queue class (the observation book's key)
 }
 
 // pendingTable holds the calls admitted with a reservation and not yet
@@ -132,6 +133,7 @@ type settler struct {
 	kickAll  func()
 	pauses   *pauseBook
 	flex     *flexBook
+	book     *observeBook // calls settled this period, for the optimize API
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -450,6 +452,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 	}
 	if outcome == SettledActual {
 		c.s.observe(p, u, a)
+		c.s.book.note(c.s.clock.Now(), p, u, a, c.rewritten)
 	}
 	c.s.kickSettled(p) // its slot, and any units it gave back, may let a held call go
 	return c.count(outcome, reason)
