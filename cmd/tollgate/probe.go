@@ -149,7 +149,7 @@ func playResponse(ctx context.Context, proc extprocv3.ExternalProcessorClient, f
 			return fmt.Errorf("probe: ext_proc: %w", err)
 		}
 		if b := resp.GetRequestBody().GetResponse().GetBodyMutation().GetBody(); b != nil {
-			fmt.Fprintf(out, "ext_proc: request body rewritten upstream: %s\n", b)
+			fmt.Fprintf(out, "ext_proc: request body rewritten upstream: %s\n", bytes.TrimRight(b, "\r\n"))
 		}
 	}
 	resp, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
