@@ -44,6 +44,9 @@ func (s *Service) Analyze(ctx context.Context, clientID, rawURL string, headers 
 		return AnalyzeReport{}, fmt.Errorf("url %q: want an absolute URL such as https://api.openai.com/v1/chat/completions", rawURL)
 	}
 	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
 	if path, err = CanonicalPath(path); err != nil {
 		return AnalyzeReport{}, fmt.Errorf("url %q: %w", rawURL, err)
 	}

@@ -111,6 +111,7 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	if opt != nil {
 		v.Route = route.Name
 		v.Optimized = opt.report()
+		opt.count(s.m, client.Tier.Name)
 	}
 	if route.LLM() && !v.Estimate.ModelKnown {
 		s.m.unknownModels.WithLabelValues(route.Name).Inc()
@@ -184,7 +185,7 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	}
 	if hold.ID != "" {
 		pc := &pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
-			expires: now.Add(hold.TTL), opt: opt}
+			expires: now.Add(hold.TTL), opt: opt, class: v.Class}
 		for i, t := range p.req.Takes {
 			if !(t.Shadow && dec.Buckets[i].Short) { // a short shadow bucket was not charged
 				pc.charged = append(pc.charged, t)

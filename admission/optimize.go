@@ -282,13 +282,12 @@ func (s *Service) optimizeCall(set *policy.Set, r *Request, path string, route *
 			route = rt
 		}
 	}
-	o.count(s.m, client.Tier.Name, applied)
 	return next, route, o, fit
 }
 
-// count counts applied rewrites.
-func (o *optimized) count(m *metrics, tier string, applied []optimize.Applied) {
-	for _, a := range applied {
+// count counts a decided call's rewrites (an analysis counts none).
+func (o *optimized) count(m *metrics, tier string) {
+	for _, a := range o.applied {
 		m.optimized.WithLabelValues(string(a.Strategy), tier).Inc()
 	}
 }
@@ -327,7 +326,6 @@ func (s *Service) fitToPool(set *policy.Set, route *policy.Route, client *policy
 	}
 	o.edits, o.applied = append(o.edits, edit), append(o.applied, applied...)
 	o.rules = append(o.rules, fitPoolRule(set))
-	o.count(s.m, client.Tier.Name, applied)
 	return costing.NewCall(call.Path, call.ContentType, out, int64(len(out))), o, true
 }
 

@@ -38,7 +38,8 @@ type pendingCall struct {
 	est     costing.Estimate
 	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
 	expires time.Time
-	opt     *optimized // what the optimizer rewrote, nil for nothing
+	opt     *optimized   // what the optimizer rewrote, nil for nothing
+	class   policy.Class // the call's queue class (the observation book's key)
 	// failOpen, for a call let through fail open, is its hold in the
 	// fail-open journal: the store never held it, so its settle goes there.
 	failOpen *failOpenHold
@@ -149,6 +150,7 @@ type settler struct {
 	pauses   *pauseBook
 	flex     *flexBook
 	failOpen *failOpenBook
+	book     *observeBook // calls settled this period, for the optimize API
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -491,6 +493,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 	}
 	if outcome == SettledActual {
 		c.s.observe(p, u, a)
+		c.s.book.note(c.s.clock.Now(), p, u, a, c.rewritten)
 	}
 	c.s.kickSettled(p) // its slot, and any units it gave back, may let a held call go
 	return c.count(outcome, reason)
