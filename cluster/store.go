@@ -466,6 +466,14 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 		return limiter.Decision{}, &n, nil
 	}
 	// Everything is here: take it.
+	return s.admitHere(req, short, expired, h != nil && limited(h.Budgets), now), nil, nil
+}
+
+// admitHere admits req on what this member holds: the units of its leases
+// (but for the takes short marks, which are only reported), its hold from
+// the chain's open slice (fromSlice) or booked, its slot from its lease of
+// them. The caller has checked that all of it is there. s.mu is held.
+func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSlice bool, now time.Time) limiter.Decision {
 	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes)), Expired: expired}
 	for i, t := range req.Takes {
 		st := &d.Buckets[i]
@@ -480,9 +488,10 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 		}
 		st.Remaining, st.ResetAfter = s.approxState(l, t.Limit, now)
 	}
+	h := req.Hold
 	if h != nil {
 		var from *slice
-		if limited(h.Budgets) {
+		if fromSlice {
 			from = s.slices[chainKey(h)]
 			from.spent += h.Cost
 			d.Budgets = s.budgetStates(h, now)
@@ -506,7 +515,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			s.resv[h.ID] = r
 		}
 	}
-	return d, nil, nil
+	return d
 }
 
 // refresh gets what tryLocal lacked (leases, slots, a budget slice), one
