@@ -71,6 +71,15 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		}
 		return 0
 	})
+	f.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_cluster_name_conflicts_total",
+		Help: "Live nodes found under a member's name at another address (two sidecars with one --node-name): each is counted as a member and logged.",
+	}, func() float64 {
+		if c, ok := s.peers.(interface{ Conflicts() int64 }); ok {
+			return float64(c.Conflicts())
+		}
+		return 0
+	})
 	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_members",
 		Help: "Live members of the fleet this member sees, itself included.",
