@@ -128,8 +128,8 @@ var (
 // one lock is held for microseconds.
 type Store struct {
 	cfg    Config
-	shared Shared // raw, watched (health.go)
-	raw    Shared
+	shared Shared // raw, with each call's outcome noted (watched, health.go)
+	raw    Shared // as given: it tells its errors apart
 	peers  Peers
 	log    *slog.Logger
 	m      *metrics
