@@ -148,7 +148,7 @@ func drive(ctx context.Context, wg *sync.WaitGroup, m *member, workers int, ever
 // paths sums a member's decisions by path (admitted and denied).
 func (m *member) paths(t *testing.T) map[string]float64 {
 	out := map[string]float64{}
-	for _, p := range []string{"local", "lease", "shared", "outage"} {
+	for _, p := range []string{"local", "lease", "shared", "outage", "slow"} {
 		out[p] = decisions(t, m.reg, p, "")
 	}
 	return out
