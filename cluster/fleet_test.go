@@ -33,6 +33,10 @@ func sharedStore(t *testing.T, prefix string) (*redisstore.Store, *redisstore.Ro
 	t.Helper()
 	cc := redisstore.DefaultClientConfig()
 	cc.Addrs = []string{redisSrv.Addr}
+	// Generous timeouts: these tests judge the fleet's arithmetic, and a
+	// race-instrumented run on a busy 2-core machine can starve a loopback
+	// dial past the production 250 ms (slow_test.go judges timeouts).
+	cc.DialTimeout, cc.ReadTimeout, cc.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
 	c, err := redisstore.NewClient(cc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
