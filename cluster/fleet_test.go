@@ -33,6 +33,10 @@ func sharedStore(t *testing.T, prefix string) (*redisstore.Store, *redisstore.Ro
 	t.Helper()
 	cc := redisstore.DefaultClientConfig()
 	cc.Addrs = []string{redisSrv.Addr}
+	// Generous timeouts: these tests judge the fleet's arithmetic, and a
+	// race-instrumented run on a busy 2-core machine can starve a loopback
+	// dial past the production 250 ms (slow_test.go judges timeouts).
+	cc.DialTimeout, cc.ReadTimeout, cc.WriteTimeout = 5*time.Second, 5*time.Second, 5*time.Second
 	c, err := redisstore.NewClient(cc)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
@@ -148,7 +152,7 @@ func drive(ctx context.Context, wg *sync.WaitGroup, m *member, workers int, ever
 // paths sums a member's decisions by path (admitted and denied).
 func (m *member) paths(t *testing.T) map[string]float64 {
 	out := map[string]float64{}
-	for _, p := range []string{"local", "lease", "shared", "outage"} {
+	for _, p := range []string{"local", "lease", "shared", "outage", "slow"} {
 		out[p] = decisions(t, m.reg, p, "")
 	}
 	return out

@@ -30,6 +30,7 @@ import (
 type message struct {
 	Kind   string             `json:"k"`
 	From   string             `json:"f"`
+	Inst   string             `json:"i,omitempty"` // the sender's instance (identity.go)
 	Demand map[string]float64 `json:"d,omitempty"`
 	Owner  string             `json:"o,omitempty"`
 	Period string             `json:"p,omitempty"`
@@ -150,7 +151,7 @@ func (n *Node) Backoff(pool string, pause time.Duration, remaining int64) {
 // sayLocked queues m under name, replacing an older message of that name,
 // to be said again (see repetition). n.mu is held.
 func (n *Node) sayLocked(m message, name string, until time.Time) {
-	m.From = n.cfg.Name
+	m.From, m.Inst = n.cfg.Name, n.id.Instance
 	b, err := json.Marshal(m)
 	if err != nil || len(b) > maxMessage {
 		n.log.Warn("gossip message too large; not sent", slog.String("kind", m.Kind), slog.Int("bytes", len(b)))
@@ -164,7 +165,7 @@ func (n *Node) sayLocked(m message, name string, until time.Time) {
 // tick is one round: this member's demand, the messages peers may have
 // missed, and forgetting what is old.
 func (n *Node) tick(now time.Time) {
-	b, err := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Demand: fit(n.mine()), Cap: -1})
+	b, err := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Inst: n.id.Instance, Demand: fit(n.mine()), Cap: -1})
 	if err == nil {
 		n.bq.QueueBroadcast(&broadcast{msg: b, name: kindDemand})
 	}
@@ -208,10 +209,11 @@ func (n *Node) tick(now time.Time) {
 }
 
 // fit keeps the busiest pools of a demand report that would not fit one
-// message (the others count as idle at the peers: they get the smallest
-// share until the report shrinks).
+// message beside its envelope (kind, name, instance: at most 200 bytes);
+// the others count as idle at the peers: they get the smallest share until
+// the report shrinks.
 func fit(d map[string]float64) map[string]float64 {
-	if b, _ := json.Marshal(d); len(b) <= maxMessage-100 {
+	if b, _ := json.Marshal(d); len(b) <= maxMessage-200 {
 		return d
 	}
 	pools := make([]string, 0, len(d))
@@ -223,7 +225,7 @@ func fit(d map[string]float64) map[string]float64 {
 	size := 2
 	for _, p := range pools {
 		b, _ := json.Marshal(map[string]float64{p: d[p]})
-		if size+len(b) > maxMessage-100 {
+		if size+len(b) > maxMessage-200 {
 			break
 		}
 		out[p], size = d[p], size+len(b)
@@ -236,6 +238,9 @@ func (n *Node) receive(b []byte) {
 	var m message
 	if err := json.Unmarshal(b, &m); err != nil || m.From == "" || m.From == n.cfg.Name {
 		return // not ours, or garbled: gossip is authenticated, so a peer's bug
+	}
+	if !n.sameInstance(m.From, m.Inst) {
+		return // another node under a member's name (identity.go): not that member's word
 	}
 	now := n.now()
 	switch m.Kind {
@@ -311,7 +316,7 @@ func (b *broadcast) Finished() {
 // delegate is the Node seen by memberlist.
 type delegate Node
 
-func (d *delegate) NodeMeta(int) []byte { return nil }
+func (d *delegate) NodeMeta(int) []byte { return d.id.meta() }
 func (d *delegate) NotifyMsg(b []byte)  { (*Node)(d).receive(b) }
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.bq.GetBroadcasts(overhead, limit)
@@ -320,7 +325,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 // LocalState hands a joining or syncing peer this node's demand.
 func (d *delegate) LocalState(bool) []byte {
 	n := (*Node)(d)
-	b, _ := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Demand: fit(n.mine()), Cap: -1})
+	b, _ := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Inst: n.id.Instance, Demand: fit(n.mine()), Cap: -1})
 	return b
 }
 
@@ -330,9 +335,11 @@ func (d *delegate) MergeRemoteState(b []byte, _ bool) { (*Node)(d).receive(b) }
 type events Node
 
 func (e *events) NotifyJoin(m *memberlist.Node) {
-	if n := (*Node)(e); m.Name != n.cfg.Name {
+	n := (*Node)(e)
+	if m.Name != n.cfg.Name {
 		n.known.Add(1)
 	}
+	n.heard(m)
 	e.changed()
 }
 
@@ -340,12 +347,13 @@ func (e *events) NotifyJoin(m *memberlist.Node) {
 func (e *events) NotifyLeave(m *memberlist.Node) {
 	n := (*Node)(e)
 	n.known.Add(-1)
+	n.forget(m.Name)
 	n.mu.Lock()
 	delete(n.demand, m.Name) // what it said of spend is kept: it may come back, counting on from there
 	n.mu.Unlock()
 	e.changed()
 }
-func (e *events) NotifyUpdate(*memberlist.Node) {}
+func (e *events) NotifyUpdate(m *memberlist.Node) { (*Node)(e).heard(m) }
 func (e *events) changed() {
 	if n := (*Node)(e); n.sig != nil {
 		n.sig.MembersChanged()

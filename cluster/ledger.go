@@ -79,12 +79,11 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 			}
 			return st, err
 		}
-		s.mu.Lock()
-		s.enterOutage(now, err)
-		s.mu.Unlock()
+		s.judge(ctx, err)
 	}
 	// The shared store holds the reservation and cannot be told now: tell
-	// it when it returns.
+	// it when it answers (ending is idempotent by id, so a settle that
+	// landed without an answer is told again harmlessly).
 	s.mu.Lock()
 	s.ends = append(s.ends, pendingEnd{id: e.ID, outcome: e.Outcome, actual: e.Actual, used: e.Used, savings: e.Booked()})
 	s.mu.Unlock()
@@ -382,11 +381,7 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	}
 	st, err := shared(ctx, remoteIdx)
 	if err != nil {
-		if s.unreachable(ctx, err) {
-			s.mu.Lock()
-			s.enterOutage(at, err)
-			s.mu.Unlock()
-		}
+		s.judge(ctx, err)
 		return nil, err
 	}
 	s.mu.Lock()

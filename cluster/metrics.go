@@ -13,10 +13,11 @@ const (
 	pathLease
 	pathShared
 	pathOutage
+	pathSlow
 	numPaths
 )
 
-var pathNames = [numPaths]string{"local", "lease", "shared", "outage"}
+var pathNames = [numPaths]string{"local", "lease", "shared", "outage", "slow"}
 
 type metrics struct {
 	decisions [numPaths][2]prometheus.Counter // by path, denied/admitted
@@ -24,6 +25,7 @@ type metrics struct {
 	slices    prometheus.Counter
 	booked    prometheus.Counter
 	replayed  prometheus.Counter
+	outages   prometheus.Counter
 }
 
 // newMetrics registers the Store's metrics with reg; a registry that has
@@ -32,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 	var f metricset.Set
 	decisions := f.CounterVec(prometheus.CounterOpts{
 		Name: "tollgate_cluster_decisions_total",
-		Help: "Decisions by how they were taken: local (from leases, no round trip), lease (after refreshing a lease or slots), shared (by the shared store), outage (on this member's share while the shared store is unreachable); and by result (admitted, denied).",
+		Help: "Decisions by how they were taken: local (from leases, no round trip), lease (after refreshing a lease or slots), shared (by the shared store), outage (on this member's share while the shared store is down), slow (on what this member holds, when the shared store did not answer in time but is not down); and by result (admitted, denied).",
 	}, []string{"path", "result"})
 	m := &metrics{
 		leases: f.Counter(prometheus.CounterOpts{
@@ -51,6 +53,10 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 			Name: "tollgate_cluster_queued_ends_total",
 			Help: "Settles told to the shared store by the sync loop: budget slices at what they spent, and the settles and releases of shared reservations that an outage held back.",
 		}),
+		outages: f.Counter(prometheus.CounterOpts{
+			Name: "tollgate_cluster_outages_total",
+			Help: "Times this member found the shared store down (no answer to any call for DownAfter, not merely slow) and entered outage mode.",
+		}),
 	}
 	for p, name := range pathNames {
 		m.decisions[p][0] = decisions.WithLabelValues(name, "denied")
@@ -58,10 +64,19 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 	}
 	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_cluster_outage",
-		Help: "1 while the shared store is unreachable and this member decides on its own share, else 0.",
+		Help: "1 while the shared store is down and this member decides on its own share, else 0.",
 	}, func() float64 {
 		if mode, _ := s.Mode(); mode == "outage" {
 			return 1
+		}
+		return 0
+	})
+	f.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_cluster_name_conflicts_total",
+		Help: "Live nodes found under a member's name at another address (two sidecars with one --node-name): each is counted as a member and logged.",
+	}, func() float64 {
+		if c, ok := s.peers.(interface{ Conflicts() int64 }); ok {
+			return float64(c.Conflicts())
 		}
 		return 0
 	})

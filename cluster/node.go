@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"sort"
 	"strconv"
 	"sync"
@@ -24,7 +23,10 @@ import (
 
 // NodeConfig configures a Node.
 type NodeConfig struct {
-	// Name is the member's name, unique in the fleet (the pod's name).
+	// Name is the member's name, unique in the fleet. Empty: the host name
+	// and the gossip port (a random suffix with port 0), unique on one
+	// host. A name a live member at another address holds is refused at
+	// start; the default one is replaced by one of its own (identity.go).
 	Name string
 	// BindAddr and BindPort are where gossip listens (UDP and TCP); port 0
 	// picks a free one.
@@ -60,18 +62,14 @@ type NodeConfig struct {
 }
 
 // DefaultNodeConfig returns memberlist's LAN settings on port 7946, named
-// by the host (in Kubernetes, the pod).
+// by the host and the port (in Kubernetes, the pod's name and 7946).
 func DefaultNodeConfig() NodeConfig {
-	host, _ := os.Hostname()
-	return NodeConfig{Name: host, BindAddr: "0.0.0.0", BindPort: 7946, DemandEvery: time.Second, RejoinEvery: 5 * time.Second}
+	return NodeConfig{BindAddr: "0.0.0.0", BindPort: 7946, DemandEvery: time.Second, RejoinEvery: 5 * time.Second}
 }
 
 // Validate reports a configuration that cannot work.
 func (c NodeConfig) Validate() error {
 	var errs []error
-	if c.Name == "" {
-		errs = append(errs, errors.New("cluster: the node needs a name"))
-	}
 	if err := memberlist.ValidateKey(c.Key); err != nil || len(c.Key) == 0 {
 		errs = append(errs, fmt.Errorf("cluster: the gossip key must be 16, 24 or 32 bytes, got %d", len(c.Key)))
 	}
@@ -114,6 +112,17 @@ type Node struct {
 	mine  func() map[string]float64
 	known atomic.Int64 // members joined less left, kept by events
 
+	// Identity (identity.go). cmu guards holders and ids; it is taken
+	// inside memberlist's lock (by its delegates) and never held while
+	// calling memberlist.
+	id        identity
+	cmu       sync.Mutex
+	holders   map[string]*holder // live nodes under members' names, by name and address
+	ids       map[string]string  // member name → instance, from its metadata
+	extra     atomic.Int64       // holders, counted as live members
+	conflicts atomic.Int64       // holders ever found
+	yield     atomic.Bool        // another live holder of this name started first: announce no leave
+
 	mu     sync.Mutex
 	demand map[string]peerDemand // by member
 	gossip                       // what this member said and heard (gossip.go)
@@ -129,7 +138,9 @@ type peerDemand struct {
 
 // NewNode starts gossip and tries to join the seeds (or DNS). A node that
 // finds no peer keeps trying in the background: it works alone meanwhile.
-// mine reports this node's demand per pool; sig receives what peers say.
+// A node whose name a live member at another address holds does not start
+// (with the default name, it takes one of its own). mine reports this
+// node's demand per pool; sig receives what peers say.
 func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -140,8 +151,44 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 	if cfg.Clock == nil {
 		cfg.Clock = limiter.SystemClock{}
 	}
+	id := newIdentity()
+	chosen := cfg.Name == ""
+	if chosen {
+		cfg.Name = defaultName(cfg.BindPort, id)
+	}
+	n, err := startNode(cfg, id, mine, sig)
+	if err != nil {
+		return nil, err
+	}
+	holder := n.heldBy()
+	if holder != "" && chosen {
+		// Another host of the same name gossips on the same port: a name
+		// of this node's own.
+		alt := cfg.Name + "-" + id.Instance[:6]
+		n.log.Warn("the default node name is held by a live member; taking another",
+			slog.String("node", cfg.Name), slog.String("other", holder), slog.String("name", alt))
+		if err := n.ml.Load().Shutdown(); err != nil { // no leave: it would drop the member that holds the name
+			return nil, fmt.Errorf("cluster: stop gossip: %w", err)
+		}
+		cfg.Name = alt
+		if n, err = startNode(cfg, id, mine, sig); err != nil {
+			return nil, err
+		}
+		holder = n.heldBy()
+	}
+	if holder != "" {
+		return nil, errors.Join(nameTaken(cfg.Name, holder), n.ml.Load().Shutdown())
+	}
+	n.wg.Add(1)
+	go n.loop()
+	return n, nil
+}
+
+// startNode creates a node's memberlist under cfg.Name and joins the seeds.
+func startNode(cfg NodeConfig, id identity, mine func() map[string]float64, sig Signals) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Logger.With(slog.String("component", "cluster")), sig: sig, mine: mine,
-		demand: map[string]peerDemand{}, gossip: newGossip(), stop: make(chan struct{})}
+		demand: map[string]peerDemand{}, gossip: newGossip(), stop: make(chan struct{}),
+		id: id, holders: map[string]*holder{}, ids: map[string]string{}}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
@@ -154,6 +201,7 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 	mc.Logger = slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*events)(n)
+	mc.Conflict = (*conflictDelegate)(n)
 	if cfg.Tune != nil {
 		cfg.Tune(mc)
 	}
@@ -169,8 +217,6 @@ func NewNode(cfg NodeConfig, mine func() map[string]float64, sig Signals) (*Node
 	if _, err := n.Join(); err != nil {
 		n.log.Warn("no peer reached yet; retrying in the background", slog.Any("error", err))
 	}
-	n.wg.Add(1)
-	go n.loop()
 	return n, nil
 }
 
@@ -222,7 +268,8 @@ func (n *Node) Join(addrs ...string) (int, error) {
 	return n.ml.Load().Join(others)
 }
 
-// loop broadcasts demand and retries joining while alone.
+// loop broadcasts demand, checks the nodes heard under members' names,
+// and retries joining while alone.
 func (n *Node) loop() {
 	defer n.wg.Done()
 	demand := time.NewTicker(n.cfg.DemandEvery) // and says again what peers may have missed
@@ -235,6 +282,9 @@ func (n *Node) loop() {
 			return
 		case <-demand.C:
 			n.tick(n.now())
+			if n.extra.Load() > 0 {
+				n.checkHolders() // a node under a member's name is counted until it is gone
+			}
 		case <-rejoin.C:
 			if n.Live() <= 1 && (len(n.cfg.Seeds) > 0 || n.cfg.DNS != "") {
 				if joined, err := n.Join(); err == nil && joined > 0 {
@@ -245,13 +295,15 @@ func (n *Node) loop() {
 	}
 }
 
-// Live is the number of alive members, this one included.
+// Live is the number of alive members, this one included, and of the
+// live nodes heard under a member's name (identity.go): never fewer than
+// there are.
 func (n *Node) Live() int {
 	ml := n.ml.Load()
 	if ml == nil {
 		return 1
 	}
-	return max(ml.NumMembers(), 1)
+	return max(ml.NumMembers(), 1) + int(max(n.extra.Load(), 0))
 }
 
 // Members lists the members and their last demand.
@@ -324,7 +376,9 @@ func (n *Node) aliveNames() map[string]bool {
 }
 
 // Leave announces the departure and stops gossip; ctx bounds the wait for
-// the announcement to spread. It is idempotent.
+// the announcement to spread. A node that yields its name to a live member
+// that started first only stops: a leave names only the name, and would
+// drop that member. It is idempotent.
 func (n *Node) Leave(ctx context.Context) error {
 	n.shutdownOnce.Do(func() {
 		close(n.stop)
@@ -334,7 +388,9 @@ func (n *Node) Leave(ctx context.Context) error {
 			timeout = max(time.Until(dl), 0) // a context's deadline is wall-clock time, whatever the node's clock
 		}
 		var errs []error
-		if err := n.ml.Load().Leave(timeout); err != nil {
+		if n.yield.Load() {
+			n.log.Warn("leaving without a word: another live member holds this node's name", slog.String("node", n.cfg.Name))
+		} else if err := n.ml.Load().Leave(timeout); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: leave: %w", err))
 		}
 		if err := n.ml.Load().Shutdown(); err != nil {

@@ -125,7 +125,6 @@ func TestNodeConfig(t *testing.T) {
 	good := nodeConfig("a", fleetKey)
 	require.NoError(t, good.Validate())
 	for name, c := range map[string]func(*cluster.NodeConfig){
-		"no name":        func(c *cluster.NodeConfig) { c.Name = "" },
 		"no key":         func(c *cluster.NodeConfig) { c.Key = nil },
 		"short key":      func(c *cluster.NodeConfig) { c.Key = []byte("short") },
 		"port too large": func(c *cluster.NodeConfig) { c.BindPort = 70000 },
@@ -140,7 +139,7 @@ func TestNodeConfig(t *testing.T) {
 	}
 	d := cluster.DefaultNodeConfig()
 	assert.Equal(t, 7946, d.BindPort, "memberlist's port")
-	assert.NotEmpty(t, d.Name, "named by the host")
+	assert.Empty(t, d.Name, "named when it starts, by the host and the port (TestDefaultName)")
 }
 
 // TestMembership: three nodes join through one seed and list each other

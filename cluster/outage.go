@@ -24,6 +24,7 @@ func (s *Store) enterOutage(now time.Time, err error) {
 		return
 	}
 	s.outage, s.outSince = true, now
+	s.m.outages.Inc()
 	s.outBkt, s.outLimit, s.outSlots = map[limiter.Key]*limiter.Bucket{}, map[limiter.Key]limiter.Limit{}, map[string]int64{}
 	for _, r := range s.resv { // calls in flight here keep counting against their client
 		if r.client != "" {

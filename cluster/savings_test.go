@@ -172,13 +172,13 @@ func TestSavingsOutage(t *testing.T) {
 	require.NoError(t, err, "queued for when the store returns")
 	_, err = s.Finish(ctx, limiter.Ending{ID: "released", Outcome: limiter.OutcomeReleased, Savings: []limiter.Saving{{Strategy: "downgrade", Amount: 9}}})
 	require.NoError(t, err)
-	mode, _ := s.Mode()
-	require.Equal(t, "outage", mode)
+	// One failed call is not an outage (slow is not down): the ends wait
+	// in the queue all the same.
 	assert.Empty(t, savedIn(t, shared.Store, chain))
 
 	shared.set(func(f *flaky) { f.down = false })
 	s.Sync(ctx)
-	mode, _ = s.Mode()
+	mode, _ := s.Mode()
 	require.Equal(t, "normal", mode)
 	assert.Equal(t, want, savedIn(t, shared.Store, chain), "booked with the queued settle")
 	assert.Equal(t, want, savedIn(t, s, chain))

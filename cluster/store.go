@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,22 +60,28 @@ type Config struct {
 	NearLimitPercent int64
 	// DemandWindow is the window demand is measured over.
 	DemandWindow time.Duration
+	// DownAfter is how long every call to the shared store must have
+	// failed for want of it before the member takes it for down and
+	// decides on its own share (outage mode); until then a call it could
+	// not make is decided on what the member holds (see health.go).
+	DownAfter time.Duration
 	// Clock is the time of local decisions (nil: the system clock).
 	Clock  limiter.Clock
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns leases of one second, slots of ten, and a sync
-// every 200 ms.
+// DefaultConfig returns leases of one second, slots of ten, a sync every
+// 200 ms, and a shared store taken for down after a second without an
+// answer.
 func DefaultConfig() Config {
 	return Config{LeaseTTL: time.Second, SlotTTL: 10 * time.Second, SliceTTL: 5 * time.Second, SyncEvery: 200 * time.Millisecond,
-		ViewTTL: 2 * time.Second, NearLimitPercent: 10, DemandWindow: 5 * time.Second}
+		ViewTTL: 2 * time.Second, NearLimitPercent: 10, DemandWindow: 5 * time.Second, DownAfter: time.Second}
 }
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
-	if c.LeaseTTL <= 0 || c.SlotTTL <= 0 || c.SliceTTL <= 0 || c.SyncEvery <= 0 || c.ViewTTL <= 0 || c.DemandWindow <= 0 {
-		return errors.New("cluster: lease, slot, slice, sync, view and demand durations must be positive")
+	if c.LeaseTTL <= 0 || c.SlotTTL <= 0 || c.SliceTTL <= 0 || c.SyncEvery <= 0 || c.ViewTTL <= 0 || c.DemandWindow <= 0 || c.DownAfter <= 0 {
+		return errors.New("cluster: lease, slot, slice, sync, view, demand and down-after durations must be positive")
 	}
 	if c.NearLimitPercent < 0 || c.NearLimitPercent > 100 {
 		return fmt.Errorf("cluster: near-limit percent %d out of [0, 100]", c.NearLimitPercent)
@@ -121,7 +128,8 @@ var (
 // one lock is held for microseconds.
 type Store struct {
 	cfg    Config
-	shared Shared
+	shared Shared // raw, with each call's outcome noted (watched, health.go)
+	raw    Shared // as given: it tells its errors apart
 	peers  Peers
 	log    *slog.Logger
 	m      *metrics
@@ -154,6 +162,10 @@ type Store struct {
 	outBkt    map[limiter.Key]*limiter.Bucket // outage mode: this member's share of each bucket
 	outLimit  map[limiter.Key]limiter.Limit
 	outSlots  map[string]int64 // outage mode: this member's calls in flight per client
+
+	// failingSince is when calls to the shared store began to fail for want
+	// of it (unix ns), 0 while it answers (health.go).
+	failingSince atomic.Int64
 
 	demandMu sync.Mutex       // taken inside s.mu, or alone
 	demand   map[string]*rate // units a second by pool, this member's
@@ -207,11 +219,12 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Store{cfg: cfg, shared: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
+	s := &Store{cfg: cfg, raw: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
 		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
+	s.shared = watched{Shared: shared, s: s}
 	var err error
 	if s.m, err = newMetrics(reg, s); err != nil {
 		return nil, err
@@ -234,7 +247,8 @@ func (alone) Backoff(string, time.Duration, int64) {}
 // leased slot) can be decided here; else it refreshes what is short (one
 // lease call for all its buckets, one for its slots) and decides locally,
 // or lets the shared store decide it (one round trip). When the shared
-// store cannot be reached, it decides in outage mode.
+// store does not answer, it decides on what this member holds, or in
+// outage mode once the store is down (health.go).
 func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Decision{}, err
@@ -283,6 +297,14 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	s.mu.Unlock()
 	d2, err := s.shared.Reserve(ctx, req)
 	if err != nil {
+		if h := req.Hold; h != nil && !h.Commit && (s.unreachable(ctx, err) || ctx.Err() != nil) && !s.unsent(err) {
+			// It may have been reserved without an answer: release it once
+			// the store answers (an unknown id is nothing to release), so
+			// that it never stands beside what is decided here.
+			s.mu.Lock()
+			s.ends = append(s.ends, pendingEnd{id: h.ID, outcome: limiter.OutcomeReleased})
+			s.mu.Unlock()
+		}
 		return s.failover(ctx, req, now, err)
 	}
 	s.mu.Lock()
@@ -295,17 +317,23 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	return s.m.count(pathShared, d2, nil)
 }
 
-// failover enters outage mode when err says the shared store is
-// unreachable, and decides req there; any other error is returned.
+// failover decides req without the shared store when err says it could
+// not serve the call: on what this member holds while it is only slow, in
+// outage mode once it is down (health.go). Any other error is returned.
 func (s *Store) failover(ctx context.Context, req limiter.Request, now time.Time, err error) (limiter.Decision, error) {
 	if !s.unreachable(ctx, err) {
 		return limiter.Decision{}, err
 	}
 	s.mu.Lock()
-	s.enterOutage(now, err)
-	d, derr := s.decideOutage(req, now)
+	if s.outage || s.down(s.cfg.Clock.Now()) {
+		s.enterOutage(now, err)
+		d, derr := s.decideOutage(req, now)
+		s.mu.Unlock()
+		return s.m.count(pathOutage, d, derr)
+	}
+	d, derr := s.decideHeld(req, now)
 	s.mu.Unlock()
-	return s.m.count(pathOutage, d, derr)
+	return s.m.count(pathSlow, d, derr)
 }
 
 // unavailability is what a shared store may say about its errors: the
@@ -319,7 +347,7 @@ func (s *Store) unreachable(ctx context.Context, err error) bool {
 	if err == nil || ctx.Err() != nil {
 		return false // the caller gave up: not the store's fault
 	}
-	if u, ok := s.shared.(unavailability); ok {
+	if u, ok := s.raw.(unavailability); ok {
 		return u.Unavailable(err)
 	}
 	var ne net.Error
@@ -468,6 +496,14 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 		return limiter.Decision{}, &n, nil
 	}
 	// Everything is here: take it.
+	return s.admitHere(req, short, expired, h != nil && limited(h.Budgets), now), nil, nil
+}
+
+// admitHere admits req on what this member holds: the units of its leases
+// (but for the takes short marks, which are only reported), its hold from
+// the chain's open slice (fromSlice) or booked, its slot from its lease of
+// them. The caller has checked that all of it is there. s.mu is held.
+func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSlice bool, now time.Time) limiter.Decision {
 	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes)), Expired: expired}
 	for i, t := range req.Takes {
 		st := &d.Buckets[i]
@@ -482,9 +518,10 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 		}
 		st.Remaining, st.ResetAfter = s.approxState(l, t.Limit, now)
 	}
+	h := req.Hold
 	if h != nil {
 		var from *slice
-		if limited(h.Budgets) {
+		if fromSlice {
 			from = s.slices[chainKey(h)]
 			from.spent += h.Cost
 			d.Budgets = s.budgetStates(h, now)
@@ -508,7 +545,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			s.resv[h.ID] = r
 		}
 	}
-	return d, nil, nil
+	return d
 }
 
 // refresh gets what tryLocal lacked (leases, slots, a budget slice), one

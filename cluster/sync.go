@@ -31,8 +31,9 @@ func (s *Store) loop() {
 }
 
 // Sync does one round of the loop's work at once: book the journal, give
-// back lapsed leases, renew slots, refresh budget views, and, in outage
-// mode, see whether the shared store is back.
+// back lapsed leases, renew slots, refresh budget views, and, while the
+// shared store fails or in outage mode, see whether it answers (the probe
+// that tells a slow store from a down one, health.go).
 func (s *Store) Sync(ctx context.Context) { s.sync(ctx) }
 
 func (s *Store) sync(ctx context.Context) {
@@ -41,11 +42,7 @@ func (s *Store) sync(ctx context.Context) {
 	outage := s.outage
 	s.mu.Unlock()
 	if err := s.bookJournal(ctx); err != nil {
-		if s.unreachable(ctx, err) {
-			s.mu.Lock()
-			s.enterOutage(now, err)
-			s.mu.Unlock()
-		}
+		s.judge(ctx, err)
 		return // nothing else reaches the store either
 	}
 	if outage {
@@ -76,7 +73,7 @@ func (s *Store) bookJournal(ctx context.Context) error {
 	b := s.inflight
 	s.mu.Unlock()
 	if b == nil {
-		if s.isOutage() {
+		if s.isOutage() || s.failing() {
 			_, err := s.shared.Usage(ctx, "probe", nil, time.Time{}) // anything that reaches the store
 			return err
 		}
@@ -216,13 +213,16 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 		return
 	}
 	if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
-		if s.unreachable(ctx, err) {
+		if s.unsent(err) {
 			s.mu.Lock()
 			s.returning = append(back, s.returning...) // given back when the store is
 			s.mu.Unlock()
 			return
 		}
-		s.log.Warn("unused leased units not given back", slog.Any("error", err))
+		// It may have been given back without an answer: giving it again
+		// could return the units twice, and the fleet would admit beyond the
+		// limit. Units not given back only wait for the bucket's refill.
+		s.log.Warn("unused leased units may not have been given back", slog.Int("buckets", len(back)), slog.Any("error", err))
 	}
 }
 

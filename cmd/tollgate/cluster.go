@@ -33,7 +33,7 @@ func (c *clusterFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&c.enabled, "cluster", false, "join a fleet of sidecars sharing the Redis store: decide from local leases, gossip demand, spend and back-off, keep deciding on 1/N shares when Redis is away (needs --store redis and a gossip key)")
 	fl.StringSliceVar(&c.node.Seeds, "cluster-seeds", nil, "gossip addresses (host:port) of members to join")
 	fl.StringVar(&c.node.DNS, "cluster-dns", "", "a name whose addresses are members (a Kubernetes headless service), [name][:port]")
-	fl.StringVar(&c.node.Name, "node-name", c.node.Name, "this member's name, unique in the fleet (default: the host name, which is the pod's name)")
+	fl.StringVar(&c.node.Name, "node-name", c.node.Name, "this member's name, unique in the fleet; serve refuses one a live member holds (default: the host name and the gossip port, unique on one host)")
 	fl.StringVar(&c.node.BindAddr, "gossip-addr", c.node.BindAddr, "gossip listen address (UDP and TCP)")
 	fl.IntVar(&c.node.BindPort, "gossip-port", c.node.BindPort, "gossip listen port (0: any free port)")
 	fl.StringVar(&c.advertise, "gossip-advertise", "", "address others reach this member at, host[:port] (default: the listen address, or the host's private IP)")
@@ -95,7 +95,7 @@ func (c *clusterFlags) joinFleet(shared cluster.Shared, reg prometheus.Registere
 	if err != nil {
 		return nil, err
 	}
-	log.Info("joined the fleet", slog.String("node", ncfg.Name), slog.String("gossip", f.Node.Addr()),
+	log.Info("joined the fleet", slog.String("node", f.Node.Name()), slog.String("gossip", f.Node.Addr()),
 		slog.Int("members", f.Node.Live()), slog.Any("seeds", ncfg.Seeds), slog.String("dns", ncfg.DNS))
 	return f, nil
 }

@@ -114,6 +114,10 @@ func TestServeCluster(t *testing.T) {
 			_ = redisSrv.Resume()
 		}
 	}()
+	require.Eventually(t, func() bool { // a second without an answer: Redis is down, not slow
+		getJSON(t, "http://"+httpA+"/readyz", &ready)
+		return ready.Degraded
+	}, 10*time.Second, 20*time.Millisecond, "A finds Redis down")
 	out, err = probeTour(grpcA, "--client", "acme-group")
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "decision: ALLOWED", "decided on A's share of the pool")
@@ -216,6 +220,40 @@ func TestServeClusterFlagErrors(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
+}
+
+// TestServeClusterNameTaken: serve given the name of a live member does
+// not start, and says where that member is; without --node-name, two
+// members of one host are two.
+func TestServeClusterNameTaken(t *testing.T) {
+	prefix := redistest.Prefix(t)
+	policyPath := writePolicy(t, spendPolicy(""))
+	grpcA, httpA, gossipA := freePort(t), freePort(t), freePort(t)
+	_, portA, err := net.SplitHostPort(gossipA)
+	require.NoError(t, err)
+	a := startRun(t, keyEnv, httpA, clusterServeArgs(grpcA, httpA, policyPath, prefix, "pod-a", portA)...)
+
+	err = run(context.Background(), clusterServeArgs(freePort(t), freePort(t), policyPath, prefix, "pod-a", "0", gossipA), keyEnv, io.Discard, io.Discard)
+	require.ErrorContains(t, err, `the node name "pod-a" is held by a live member at `+gossipA)
+
+	httpB := freePort(t)
+	b := startRun(t, keyEnv, httpB, append(redisServeArgs(freePort(t), httpB, policyPath, redisSrv.Addr, prefix),
+		"--cluster", "--gossip-addr", "127.0.0.1", "--gossip-port", "0", "--cluster-seeds", gossipA)...)
+	var rep clusterReport
+	require.Eventually(t, func() bool {
+		getJSON(t, "http://"+httpB+"/api/cluster", &rep)
+		return rep.Live == 2
+	}, 10*time.Second, 20*time.Millisecond)
+	host, err := os.Hostname()
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(rep.Self, host+"-"), "named by the host: %s", rep.Self)
+
+	require.NoError(t, b.stop(t))
+	require.Eventually(t, func() bool { // then A stops with no one left to probe
+		getJSON(t, "http://"+httpA+"/api/cluster", &rep)
+		return rep.Live == 1
+	}, 10*time.Second, 20*time.Millisecond)
+	require.NoError(t, a.stop(t))
 }
 
 // TestComposeCommandsAreServeFlags: every Tollgate command in the compose

@@ -216,8 +216,8 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		trips := fleet.trips.Count() - trips0
 		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks", trips, 1000*float64(trips)/float64(max(rep.Calls, 1)))
 		if paths, total := fleet.paths(); total > 0 {
-			fmt.Fprintf(out, " (decided locally %.1f%%, after a lease %.1f%%, by Redis %.1f%%, in outage %.1f%%)",
-				100*paths["local"]/total, 100*paths["lease"]/total, 100*paths["shared"]/total, 100*paths["outage"]/total)
+			fmt.Fprintf(out, " (decided locally %.1f%%, after a lease %.1f%%, by Redis %.1f%%, on what a member held while Redis was slow %.1f%%, in outage %.1f%%)",
+				100*paths["local"]/total, 100*paths["lease"]/total, 100*paths["shared"]/total, 100*paths["slow"]/total, 100*paths["outage"]/total)
 		}
 		fmt.Fprintln(out)
 	}

@@ -78,6 +78,15 @@ func (c ClientConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
+// noResend is go-redis's MaxRetries for Tollgate's clients: none. A call
+// whose reply did not come in time may still have run (Redis was busy and
+// served it later), and a script sent twice applies twice: a refund gives
+// units back twice, a lease takes them twice, a commit charges twice. The
+// store's callers decide what a failed call means (the fleet's members
+// tell a slow Redis from one that is down); a dial is still retried once
+// (DialerRetries), since nothing was sent.
+const noResend = -1
+
 // NewClient connects lazily to the Redis that cfg describes.
 func NewClient(cfg ClientConfig) (redis.UniversalClient, error) {
 	if err := cfg.Validate(); err != nil {
@@ -102,20 +111,20 @@ func NewClient(cfg ClientConfig) (redis.UniversalClient, error) {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: cfg.Addrs, Username: cfg.Username, Password: cfg.Password, TLSConfig: tc, PoolSize: cfg.PoolSize,
 			DialTimeout: cfg.DialTimeout, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
-			ContextTimeoutEnabled: true, MaxRetries: 1, DialerRetries: 1, // fail a check fast; the next one redials
+			ContextTimeoutEnabled: true, MaxRetries: noResend, DialerRetries: 1,
 		}), nil
 	case ModeSentinel:
 		return redis.NewFailoverClient(&redis.FailoverOptions{
 			MasterName: cfg.MasterName, SentinelAddrs: cfg.Addrs, Username: cfg.Username, Password: cfg.Password,
 			DB: cfg.DB, TLSConfig: tc, PoolSize: cfg.PoolSize,
 			DialTimeout: cfg.DialTimeout, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
-			ContextTimeoutEnabled: true, MaxRetries: 1, DialerRetries: 1, // fail a check fast; the next one redials
+			ContextTimeoutEnabled: true, MaxRetries: noResend, DialerRetries: 1,
 		}), nil
 	default:
 		return redis.NewClient(&redis.Options{
 			Addr: cfg.Addrs[0], Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: tc, PoolSize: cfg.PoolSize,
 			DialTimeout: cfg.DialTimeout, ReadTimeout: cfg.ReadTimeout, WriteTimeout: cfg.WriteTimeout,
-			ContextTimeoutEnabled: true, MaxRetries: 1, DialerRetries: 1, // fail a check fast; the next one redials
+			ContextTimeoutEnabled: true, MaxRetries: noResend, DialerRetries: 1,
 		}), nil
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -253,6 +254,39 @@ func TestUnavailable(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			assert.Equal(t, tc.want, redisstore.Unavailable(tc.err))
+		})
+	}
+}
+
+func TestUnsent(t *testing.T) {
+	ctx := context.Background()
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = dead.Close() })
+	refused := dead.Ping(ctx).Err()
+	require.Error(t, refused)
+	closed := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	require.NoError(t, closed.Close())
+	late := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+
+	tests := map[string]struct {
+		err  error
+		want bool
+	}{
+		"nil":                        {nil, false},
+		"connection refused":         {refused, true},
+		"wrapped connection refused": {fmt.Errorf("redisstore: adjust: %w", refused), true},
+		"a closed client":            {closed.Ping(ctx).Err(), true},
+		"no free connection":         {redis.ErrPoolTimeout, true},
+		"busy running a script":      {replyErr("BUSY Redis is busy running a script."), true},
+		"loading after a restart":    {replyErr("LOADING Redis is loading the dataset in memory"), true},
+		"a reply too late":           {fmt.Errorf("redisstore: adjust: %w", late), false},
+		"a connection lost":          {io.EOF, false},
+		"the caller's deadline":      {context.DeadlineExceeded, false},
+		"a refusal":                  {replyErr("ERR unknown command"), false},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			assert.Equal(t, tc.want, redisstore.Unsent(tc.err))
 		})
 	}
 }

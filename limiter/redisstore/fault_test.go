@@ -89,7 +89,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // newClient returns a client made by redisstore.NewClient (the production
-// options: context deadlines on, one retry), closed when t ends.
+// options: context deadlines on, no second send), closed when t ends.
 func newClient(t *testing.T, addr string, timeout time.Duration) redis.UniversalClient {
 	t.Helper()
 	c, err := redisstore.NewClient(redisstore.ClientConfig{
@@ -221,8 +221,8 @@ var ops = map[string]func(ctx context.Context, s *redisstore.Store) error{
 
 // The one wall-clock bound these tests assert: an operation against an
 // unreachable or stalled Redis returns within twice what its configuration
-// allows (go-redis tries twice: MaxRetries 1) plus a second of slack for a
-// loaded machine. It catches a hang, not a slow call.
+// allows (a dial is tried twice) plus a second of slack for a loaded
+// machine. It catches a hang, not a slow call.
 func bound(allowed time.Duration) time.Duration { return 2*allowed + time.Second }
 
 // failsWithin runs op and asserts it returns a store error within limit.
@@ -556,4 +556,56 @@ func TestExpireSkipsLostRecords(t *testing.T) {
 	n, err := c.Exists(ctx, tag+"exp").Result()
 	require.NoError(t, err)
 	assert.Zero(t, n, "the index holds nothing once every reservation ended")
+}
+
+// busyWait keeps Redis busy for ARGV[1] microseconds: nothing else is
+// served meanwhile, and what other clients sent runs when it ends, whether
+// or not they still wait for the reply (a slow command, as under load).
+var busyWait = redis.NewScript(`
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+while true do
+  local n = redis.call('TIME')
+  if n[1] * 1000000 + n[2] - start >= tonumber(ARGV[1]) then return 1 end
+end`)
+
+// TestLateReplyNotResent: a script whose reply comes after the client's
+// read timeout still ran (Redis served it when it was free again). The
+// client must not send it again: a second run would apply it twice (a
+// refund given back twice, a lease taken twice, a commit charged twice).
+func TestLateReplyNotResent(t *testing.T) {
+	const (
+		timeout = 100 * time.Millisecond
+		stall   = 400 * time.Millisecond
+	)
+	ctx := context.Background()
+	s := storeOn(t, newClient(t, srv.Addr, timeout))
+	require.NoError(t, s.Load(ctx))
+	var wg sync.WaitGroup
+	for range 4 { // connections in the pool, as a busy client has: a second try finds one ready
+		wg.Go(func() { _, _, err := levels(ctx, s); assert.NoError(t, err) })
+	}
+	wg.Wait()
+	d, err := s.Reserve(ctx, admission("late", time.Minute)) // 40 of the pool's 100
+	require.NoError(t, err)
+	require.True(t, d.Allowed)
+
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 10 * stall})
+	t.Cleanup(func() { assert.NoError(t, admin.Close()) })
+	require.NoError(t, busyWait.Load(ctx, admin).Err())
+	busy := make(chan error, 1)
+	go func() { busy <- busyWait.Run(ctx, admin, nil, stall.Microseconds()).Err() }()
+	probe := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 20 * time.Millisecond, MaxRetries: -1})
+	t.Cleanup(func() { assert.NoError(t, probe.Close()) })
+	require.Eventually(t, func() bool { return probe.Ping(ctx).Err() != nil }, time.Second, time.Millisecond,
+		"the busy script runs (a ping times out)")
+	_, err = s.Refund(ctx, []limiter.Refund{{Key: poolKey, Limit: poolLimit, Units: 10}}, epoch)
+	require.Error(t, err, "the reply is late")
+	assert.True(t, redisstore.Unavailable(err), "a timeout: Redis is slow")
+	assert.False(t, redisstore.Unsent(err), "and the refund may have run: %v", err)
+	require.NoError(t, <-busy)
+
+	pool, _, err := levels(ctx, s)
+	require.NoError(t, err)
+	assert.Equal(t, int64(70), pool, "the refund ran once")
 }

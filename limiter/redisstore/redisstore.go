@@ -630,3 +630,28 @@ func Unavailable(err error) bool {
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
 }
+
+// Unsent reports whether err says a call never ran in Redis: no connection
+// could be made to send it (refused, a dial timeout, no free connection in
+// the pool, a closed client), or Redis answered that it would not run it
+// now (loading, busy, a read-only replica…). Anything else that failed —
+// a reply that came too late, a connection lost after the call went out —
+// may have run: a caller that sends such a call again must be able to
+// tell a second run from the first.
+func (s *Store) Unsent(err error) bool { return Unsent(err) }
+
+// Unsent is Store.Unsent.
+func Unsent(err error) bool {
+	if err == nil {
+		return false
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		return Unavailable(err) // a server that answers it cannot serve now ran nothing
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
+}
