@@ -120,7 +120,10 @@ type Service struct {
 	queue    *queue.Queue[attempt]
 	settler  *settler
 	pauses   *pauseBook
+	pressure pressureBook // budget pressure per client, for optimize rules
+	flex     flexBook     // models whose flex tier the provider refused lately
 	failOpen *failOpenBook
+	book     *observeBook // calls settled this period, for the optimize API
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -142,7 +145,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
-		failOpen: newFailOpenBook(newReservationID())}
+		failOpen: newFailOpenBook(newReservationID()),
+		book:     newObserveBook(maxObservedClients, maxObservedKeys)}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -171,7 +175,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
-		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen}
+		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
+		flex: &s.flex, book: s.book}
 	return s, nil
 }
 

@@ -94,9 +94,25 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		return v
 	}
 	v.Tier = client.Tier.Name
+	v.Class = classOf(set, r, route, client)
+
+	// Optimize: the rewritten call is the one estimated, admitted and
+	// priced (a downgraded model may route to other pools).
+	call, route, opt, fit := s.optimizeCall(set, r, path, route, client, v.Class, call)
 
 	// Estimate.
 	v.Estimate = s.est.Estimate(set, route, call)
+	if fit {
+		var fitted bool
+		if call, opt, fitted = s.fitToPool(set, route, client, call, v.Estimate, opt); fitted {
+			v.Estimate = s.est.Estimate(set, route, call)
+		}
+	}
+	if opt != nil {
+		v.Route = route.Name
+		v.Optimized = opt.report()
+		opt.count(s.m, client.Tier.Name)
+	}
 	if route.LLM() && !v.Estimate.ModelKnown {
 		s.m.unknownModels.WithLabelValues(route.Name).Inc()
 	}
@@ -120,7 +136,6 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	if s.settle == SettleDeferred {
 		id = s.newID()
 	}
-	v.Class = classOf(set, r, route, client)
 	p := makePlan(set, client, v.Class, &v.Estimate, s.settle, id, now, envoyDeadline)
 	if !p.offPeak.IsZero() {
 		v.Outcome, v.Reason, v.RetryAfter, v.OpensAt = OutcomeDenied, ReasonOffPeak, p.offPeak.Sub(now), p.offPeak
@@ -150,6 +165,9 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	}
 
 	// Verdict.
+	if len(set.Optimize.Rules) > 0 {
+		s.pressure.note(client.ID, dec.Budgets)
+	}
 	if dec.Expired > 0 {
 		s.m.expired.Add(float64(dec.Expired))
 	}
@@ -167,7 +185,7 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	}
 	if hold.ID != "" {
 		pc := &pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
-			expires: now.Add(hold.TTL)}
+			expires: now.Add(hold.TTL), opt: opt, class: v.Class}
 		for i, t := range p.req.Takes {
 			if !(t.Shadow && dec.Buckets[i].Short) { // a short shadow bucket was not charged
 				pc.charged = append(pc.charged, t)

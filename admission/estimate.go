@@ -71,7 +71,11 @@ func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType st
 	if route == nil {
 		return EstimateReport{}, fmt.Errorf("%w %s%s", ErrNoRoute, u.Host, path)
 	}
-	e := est.Estimate(set, route, call)
+	return estimateReport(route, est.Estimate(set, route, call)), nil
+}
+
+// estimateReport describes estimate e of a call on route.
+func estimateReport(route *policy.Route, e costing.Estimate) EstimateReport {
 	rep := EstimateReport{
 		Route: route.Name, Provider: route.Provider, Model: e.Model, PriceEntry: e.PriceEntry, ModelKnown: e.ModelKnown,
 		Kind: e.Kind, Stream: e.Stream, Exact: e.Exact, InputTokens: e.InputTokens, OutputTokens: e.OutputTokens,
@@ -85,7 +89,7 @@ func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType st
 	for _, pc := range e.Pools {
 		rep.Pools = append(rep.Pools, EstimatePool{Pool: pc.Pool.Name, Unit: pc.Pool.Unit, Units: pc.Units})
 	}
-	return rep, nil
+	return rep
 }
 
 // matchRoute is the route Check picks: by host and path, and by the body's

@@ -29,6 +29,11 @@ type metrics struct {
 	actualTokens     *prometheus.CounterVec
 	estimateRatio    *prometheus.HistogramVec
 	savings          *savingsMetrics
+
+	// optimizing
+	optimized      *prometheus.CounterVec
+	optimizeErrors prometheus.Counter
+	flexRefused    prometheus.Counter
 }
 
 // newMetrics makes the service's metrics and the hold queue's, and
@@ -54,6 +59,18 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Name: "tollgate_authz_decisions_total",
 			Help: "Admission decisions, by pool (\"none\" when no route matched), client tier, outcome (allowed, denied, shadow_denied, unmatched, invalid, error, fail_open) and reason.",
 		}, []string{"pool", "tier", "outcome", "reason"}),
+		optimized: f.CounterVec(prometheus.CounterOpts{
+			Name: "tollgate_optimize_rewrites_total",
+			Help: "Calls an optimize rule rewrote, by strategy (downgrade, flex, token_cap, prompt_cache, compact) and client tier.",
+		}, []string{"strategy", "tier"}),
+		optimizeErrors: f.Counter(prometheus.CounterOpts{
+			Name: "tollgate_optimize_errors_total",
+			Help: "Calls an optimize rule matched whose body the rewriters refused (malformed, a duplicate key); they went as they were.",
+		}),
+		flexRefused: f.Counter(prometheus.CounterOpts{
+			Name: "tollgate_optimize_flex_refused_total",
+			Help: "Flex calls the provider refused for lack of capacity; flex then pauses for the model a minute.",
+		}),
 		storeErrors: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_authz_store_errors_total",
 			Help: "Checks whose limiter store call failed.",

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/tollgate/tollgate/costing"
+	"github.com/tollgate/tollgate/costing/optimize"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -36,6 +38,8 @@ type pendingCall struct {
 	est     costing.Estimate
 	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
 	expires time.Time
+	opt     *optimized   // what the optimizer rewrote, nil for nothing
+	class   policy.Class // the call's queue class (the observation book's key)
 	// failOpen, for a call let through fail open, is its hold in the
 	// fail-open journal: the store never held it, so its settle goes there.
 	failOpen *failOpenHold
@@ -144,7 +148,9 @@ type settler struct {
 	kick     func(lines ...string)
 	kickAll  func()
 	pauses   *pauseBook
+	flex     *flexBook
 	failOpen *failOpenBook
+	book     *observeBook // calls settled this period, for the optimize API
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -159,13 +165,15 @@ type Call struct {
 	reservation string
 	method      string
 
-	injected bool // Tollgate asked the stream for its usage: strip that chunk
-	status   int  // upstream status, 0 until the response headers came
-	reader   *costing.ResponseReader
-	signal   costing.Signal // the upstream's rate-limit headers
-	ended    bool
-	outcome  SettleOutcome
-	savings  []limiter.Saving // what the call's rewrites saved (SetSavings)
+	injected    bool // Tollgate asked the stream for its usage: strip that chunk
+	rewritten   bool // the optimizer's edits went out with the body
+	flexRefused bool // the provider refused the flex call for capacity
+	status      int  // upstream status, 0 until the response headers came
+	reader      *costing.ResponseReader
+	signal      costing.Signal // the upstream's rate-limit headers
+	ended       bool
+	outcome     SettleOutcome
+	savings     []limiter.Saving // what the call's rewrites saved (SetSavings)
 }
 
 // Follow starts following the call whose request carries reservation and
@@ -190,27 +198,60 @@ func (c *Call) Tracked() bool { return c.route != nil || c.reservation != "" }
 
 // WantsRequestBody reports whether the request body may need a rewrite.
 func (c *Call) WantsRequestBody() bool {
-	if c.p == nil {
-		return false
-	}
+	return c.p != nil && (c.p.opt != nil || c.wantsUsage())
+}
+
+func (c *Call) wantsUsage() bool {
 	e := c.p.est
 	return e.Stream && !e.IncludeUsage && (e.Kind == costing.KindChat || e.Kind == costing.KindCompletions)
 }
 
-// RequestBody returns the body to send upstream: for an OpenAI chat or
-// completions stream that did not ask for its usage, the same body asking
-// for it (the usage chunk is stripped from the response again, so the
-// worker sees the stream it asked for).
+// RequestBody returns the body to send upstream: the optimizer's rewrite
+// decided at admission, and for an OpenAI chat or completions stream that
+// did not ask for its usage, the same body asking for it (the usage chunk
+// is stripped from the response again, so the worker sees the stream it
+// asked for). A body that is not the one admitted (the edits do not change
+// it as they did) goes as it is, and is settled as the worker's call.
 func (c *Call) RequestBody(body []byte) (out []byte, changed bool) {
 	if !c.WantsRequestBody() {
 		return body, false
 	}
-	out, changed, err := costing.EnsureStreamUsage(c.p.est.Kind, body)
-	if err != nil {
-		return body, false // not the body that was estimated; leave it alone
+	out = body
+	if o := c.p.opt; o != nil {
+		b, applied, err := optimize.Apply(o.body, body, o.edits)
+		if err != nil || !slices.EqualFunc(applied, o.applied, func(a, b optimize.Applied) bool { return a.Strategy == b.Strategy }) {
+			c.s.m.optimizeErrors.Inc()
+			return body, false
+		}
+		out, changed, c.rewritten = b, true, true
 	}
-	c.injected = changed
+	if c.wantsUsage() {
+		b, injected, err := costing.EnsureStreamUsage(c.p.est.Kind, out)
+		if err == nil && injected {
+			out, changed, c.injected = b, true, true
+		}
+	}
 	return out, changed
+}
+
+// WorkerHeaders are the headers to set on the response the worker gets:
+// what the optimizer did (x-tollgate-optimized, and
+// x-tollgate-downgraded-from with the model the worker asked for), and
+// x-should-retry: true on a flex call the provider refused for capacity
+// when the policy lets the retry go at the standard tier.
+func (c *Call) WorkerHeaders() map[string]string {
+	if !c.rewritten {
+		return nil
+	}
+	o := c.p.opt
+	hs := map[string]string{HeaderOptimized: strings.Join(o.strategies(), ",")}
+	if a, ok := o.from(optimize.Downgrade); ok {
+		hs[HeaderDowngradedFrom] = a.FromModel
+	}
+	if c.flexRefused && o.fallback == policy.FlexStandard {
+		hs["x-should-retry"] = "true"
+	}
+	return hs
 }
 
 // ResponseHeaders reads the upstream's status and headers (lower-case
@@ -221,6 +262,17 @@ func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[stri
 	c.status = status
 	if c.route == nil {
 		return
+	}
+	if status == http.StatusTooManyRequests && c.rewritten && c.p.opt.did(optimize.Flex) {
+		// The flex tier ran out of capacity: that says nothing of the
+		// account's rate limits, so no pool is paused; with
+		// flex_refused: standard, flex pauses for the model and the
+		// worker's retry goes at the standard tier.
+		c.flexRefused = true
+		c.s.m.flexRefused.Inc()
+		if c.p.opt.fallback == policy.FlexStandard {
+			c.s.flex.pause(c.p.est.Model, c.s.clock.Now())
+		}
 	}
 	sse := strings.HasPrefix(strings.ToLower(strings.TrimSpace(headers["content-type"])), "text/event-stream")
 	c.reader = costing.NewResponseReader(c.route.Provider, sse, c.injected)
@@ -251,7 +303,7 @@ func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[stri
 // route it speaks of.
 func (c *Call) throttles() []limiter.Throttle {
 	s := c.signal
-	if c.route == nil || c.status == 0 || !s.Known() { // no response headers: the upstream said nothing
+	if c.route == nil || c.status == 0 || !s.Known() || c.flexRefused { // no response headers: the upstream said nothing
 		return nil
 	}
 	var out []limiter.Throttle
@@ -379,9 +431,16 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			switch {
 			case found && complete:
 				u = c.bounded(u)
-				a = costing.Price(p.set, p.route, p.est, u)
+				est := p.est
+				if p.opt != nil && !c.rewritten {
+					est = p.opt.orig // the body went as the worker sent it
+				}
+				a = costing.Price(p.set, p.route, est, u)
 				a.Cost = min(a.Cost, limiter.MaxMoney-1) // what a store books; prices of a policy could exceed it
 				e.Actual, e.Used = a.Cost, used(a)
+				if c.rewritten {
+					c.savings = savings(p.set, p.opt, p.est, u)
+				}
 				outcome, reason = SettledActual, settleUsage
 			case !complete:
 				reason = settleIncomplete
@@ -434,6 +493,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 	}
 	if outcome == SettledActual {
 		c.s.observe(p, u, a)
+		c.s.book.note(c.s.clock.Now(), p, u, a, c.rewritten)
 	}
 	c.s.kickSettled(p) // its slot, and any units it gave back, may let a held call go
 	return c.count(outcome, reason)

@@ -109,6 +109,9 @@ type Verdict struct {
 	// Shadow, when set, is the denial shadow mode let through.
 	Shadow   *Shadow
 	Estimate costing.Estimate
+	// Optimized, when set, says how the optimizer rewrote the call (the
+	// Estimate is the rewritten call's).
+	Optimized *Optimization
 	// Class is the call's priority class; QueueWait how long it was held.
 	Class     policy.Class
 	QueueWait time.Duration

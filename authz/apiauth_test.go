@@ -16,8 +16,8 @@ import (
 )
 
 // apiEndpoints are every endpoint of the API listener: each settles,
-// releases or dequeues a call, or shows a client, the queue, the fleet or
-// the policy.
+// releases or dequeues a call, or shows a client (its spend, savings and
+// calls), the queue, the fleet or the policy.
 var apiEndpoints = []struct{ method, path, body string }{
 	{http.MethodGet, "/api/usage/acme", ""},
 	{http.MethodPost, "/api/reservations/abc/settle", `{"actual_cost_usd":"0.001"}`},
@@ -26,6 +26,9 @@ var apiEndpoints = []struct{ method, path, body string }{
 	{http.MethodGet, "/api/queue/position/abc", ""},
 	{http.MethodDelete, "/api/queue/abc", ""},
 	{http.MethodPost, "/api/estimate?url=https://api.openai.com/v1/chat/completions", `{"model":"gpt-4o-mini","messages":[]}`},
+	{http.MethodPost, "/api/optimize/analyze", `{"client":"acme","url":"https://api.openai.com/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[]}}`},
+	{http.MethodGet, "/api/optimize/stats/acme", ""},
+	{http.MethodGet, "/api/optimize/recommendations/acme", ""},
 	{http.MethodGet, "/debug/policy", ""},
 }
 
@@ -86,7 +89,7 @@ func TestAPIAuth(t *testing.T) {
 	t.Run("health and metrics stay open, the API is not on their listener", func(t *testing.T) {
 		ts := startServer(t, serverOpts{})
 		plain := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-		for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/api/usage/acme": 404, "/debug/policy": 404, "/api/queue/status": 404} {
+		for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/api/usage/acme": 404, "/debug/policy": 404, "/api/queue/status": 404, "/api/optimize/stats/acme": 404} {
 			resp, err := plain.Get(ts.base + path)
 			require.NoError(t, err)
 			resp.Body.Close()

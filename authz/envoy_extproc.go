@@ -4,6 +4,8 @@ package authz
 // No server code lives here.
 
 import (
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -78,8 +80,20 @@ func requestHeadersResponse(mode *procfilterv3.ProcessingMode, identity bool) *e
 	}
 }
 
-func responseHeadersResponse() *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+// responseHeadersResponse answers the response headers, setting set on
+// them (sorted by name, so the answer is deterministic).
+func responseHeadersResponse(set map[string]string) *extprocv3.ProcessingResponse {
+	hr := &extprocv3.HeadersResponse{}
+	if len(set) > 0 {
+		names := slices.Sorted(maps.Keys(set))
+		opts := make([]*corev3.HeaderValueOption, len(names))
+		for i, n := range names {
+			opts[i] = &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: n, RawValue: []byte(set[n])},
+				AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
+		}
+		hr.Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: opts}}
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}}
 }
 
 // requestBodyResponse replaces a buffered request body when changed, with

@@ -77,12 +77,14 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 			resp = requestBodyResponse(body, changed)
 		case *extprocv3.ProcessingRequest_ResponseHeaders:
 			phase = "response_headers"
+			var set map[string]string
 			if c != nil {
 				hs := procHeaders(r.ResponseHeaders.GetHeaders())
 				c.ResponseHeaders(ctx, procStatus(hs), hs)
 				end = r.ResponseHeaders.GetEndOfStream()
+				set = c.WorkerHeaders()
 			}
-			resp = responseHeadersResponse()
+			resp = responseHeadersResponse(set)
 		case *extprocv3.ProcessingRequest_ResponseBody:
 			phase = "response_body"
 			chunk, rewrite := r.ResponseBody.GetBody(), false

@@ -153,6 +153,8 @@ type exchange struct {
 	// (e.g. accept-encoding).
 	upstreamHeaders map[string]string
 	forwarded       []byte // the response body the worker gets
+	// workerHeaders are the response headers set for the worker.
+	workerHeaders map[string]string
 }
 
 // process plays one call through ext_proc the way Envoy does (request
@@ -198,6 +200,10 @@ func (ss *settleServer) process(tb testing.TB, a admitted, reqBody []byte, up up
 		Headers: headerMapOf(hdrs...), EndOfStream: len(up.body) == 0,
 	}}})
 	require.NotNil(tb, resp.GetResponseHeaders())
+	ex.workerHeaders = map[string]string{}
+	for _, h := range resp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
+		ex.workerHeaders[h.GetHeader().GetKey()] = string(h.GetHeader().GetRawValue())
+	}
 	body, n := up.body, up.chunk
 	if n <= 0 {
 		n = len(body)

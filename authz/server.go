@@ -344,8 +344,9 @@ func (s *Server) healthMux() *http.ServeMux {
 }
 
 // apiMux serves the JSON API and the debug views, every one behind the
-// token: they settle, release and dequeue calls, or show a client's spend,
-// the queue, the fleet and the policy (its clients and budgets).
+// token: they settle, release and dequeue calls, or show a client's spend
+// and savings, the queue, the fleet and the policy (its clients and
+// budgets).
 func (s *Server) apiMux() http.Handler {
 	mux := http.NewServeMux()
 	if c, ok := s.deps.Registry.(interface{ Catalog() []metricset.Spec }); ok {
@@ -356,6 +357,7 @@ func (s *Server) apiMux() http.Handler {
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
 	s.apiRoutes(mux)
 	s.estimateRoute(mux)
+	s.optimizeRoutes(mux)
 	s.queueRoutes(mux)
 	if s.deps.Cluster != nil {
 		mux.HandleFunc("GET /api/cluster", func(w http.ResponseWriter, _ *http.Request) {

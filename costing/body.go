@@ -96,6 +96,7 @@ type bodyFields struct {
 	Text                rawField     `json:"text"`
 	Prompt              rawField     `json:"prompt"`
 	Suffix              rawField     `json:"suffix"`
+	ServiceTier         rawField     `json:"service_tier"`
 }
 
 // rawMessage is one element of messages, with the fields of chatMessage and
@@ -121,7 +122,7 @@ func (f *bodyFields) repeated() bool {
 	}
 	for _, r := range [...]*rawField{&f.Model, &f.System, &f.Tools, &f.Functions, &f.ResponseFormat,
 		&f.MaxCompletionTokens, &f.MaxTokens, &f.MaxOutputTokens, &f.N, &f.BestOf, &f.Stream, &f.StreamOptions,
-		&f.Input, &f.Instructions, &f.Text, &f.Prompt, &f.Suffix} {
+		&f.Input, &f.Instructions, &f.Text, &f.Prompt, &f.Suffix, &f.ServiceTier} {
 		if r.repeated() {
 			return true
 		}
@@ -301,6 +302,7 @@ func (b *chatRequest) fromFields(f *bodyFields) error {
 	field(&d, "n", f.N, &b.N)
 	field(&d, "stream", f.Stream, &b.Stream)
 	field(&d, "stream_options", f.StreamOptions, &b.StreamOptions)
+	field(&d, "service_tier", f.ServiceTier, &b.ServiceTier)
 	return d.err
 }
 
@@ -313,6 +315,7 @@ func (b *responsesRequest) fromFields(f *bodyFields) error {
 	field(&d, "text", f.Text, &b.Text)
 	field(&d, "max_output_tokens", f.MaxOutputTokens, &b.MaxOutputTokens)
 	field(&d, "stream", f.Stream, &b.Stream)
+	field(&d, "service_tier", f.ServiceTier, &b.ServiceTier)
 	return d.err
 }
 

@@ -211,6 +211,8 @@ func (f *bodyFields) field(name string) *rawField {
 		return &f.Prompt
 	case "suffix":
 		return &f.Suffix
+	case "service_tier":
+		return &f.ServiceTier
 	}
 	return nil
 }

@@ -148,6 +148,9 @@ type Estimate struct {
 	Kind         string
 	Stream       bool
 	IncludeUsage bool
+	// Flex says the call asks for OpenAI's flex tier; it is priced at its
+	// model's flex prices when the model has them.
+	Flex bool
 	// Segments and Recipients are what a Twilio or SendGrid call was
 	// charged per pool unit.
 	Segments, Recipients int64
@@ -184,6 +187,7 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 			if q, err := parseOpenAI(c.Path, p, e.Tok); err == nil && e.Tok != nil {
 				est.Model, est.InputTokens, est.OutputTokens, est.Images, est.Exact = q.Model, q.InputTokens, q.MaxOutputTokens, q.Images, true
 				est.Kind, est.Stream, est.IncludeUsage, est.AudioParts, est.N = q.Kind, q.Stream, q.IncludeUsage, q.AudioParts, max(q.N, 1)
+				est.Flex = q.Flex
 			}
 		case policy.ProviderAnthropic:
 			if q, err := parseAnthropic(p, e.Tok); err == nil && e.Tok != nil {
@@ -252,8 +256,9 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 	if model != nil {
 		// The model's own prices, charged once however many token pools
 		// the call counts against.
-		est.InputCost = model.Input.Cost(est.InputTokens)
-		est.OutputCost = model.Output.Cost(est.OutputTokens)
+		in, out := ModelPrices(model, est.Flex)
+		est.InputCost = in.Input.Cost(est.InputTokens)
+		est.OutputCost = out.Cost(est.OutputTokens)
 		est.ImageCost = model.Image.Cost(est.Images)
 		est.AudioCost = model.Audio.Cost(est.AudioParts)
 		tokenMoney = addMoney(addMoney(addMoney(est.InputCost, est.OutputCost), est.ImageCost), est.AudioCost)

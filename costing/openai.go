@@ -40,7 +40,14 @@ type OpenAIRequest struct {
 	// Responses API always (its response.completed event carries usage).
 	// False when the reply is not streamed (it then always carries usage).
 	IncludeUsage bool
+	// Flex says the body asks for OpenAI's flex processing tier
+	// (service_tier "flex", chat and responses), priced at the model's flex
+	// prices.
+	Flex bool
 }
+
+// isFlex reports whether a service_tier value is "flex".
+func isFlex(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == `"flex"` }
 
 // Token overheads of the chat format, from OpenAI's cookbook ("How to count
 // tokens with tiktoken"): each message is wrapped as
@@ -111,6 +118,13 @@ func parseOpenAI(path string, p *parsedBody, tok *Tokenizer) (OpenAIRequest, err
 	}
 	r.Kind = kind
 	return r, nil
+}
+
+// OpenAIKind is the kind of an OpenAI call to path (KindChat, ...), or ""
+// for a path that is none of them.
+func OpenAIKind(path string) string {
+	k, _ := openAIKind(path)
+	return k
 }
 
 // openAIKind maps a request path to its kind by its last segments.
@@ -291,6 +305,7 @@ type chatRequest struct {
 	N                   json.RawMessage `json:"n"`
 	Stream              bool            `json:"stream"`
 	StreamOptions       *streamOptions  `json:"stream_options"`
+	ServiceTier         json.RawMessage `json:"service_tier"`
 }
 
 type chatMessage struct {
@@ -390,6 +405,7 @@ func parseChat(p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 		Files:           t.files,
 		Stream:          b.Stream,
 		IncludeUsage:    b.Stream && b.StreamOptions != nil && b.StreamOptions.IncludeUsage,
+		Flex:            isFlex(b.ServiceTier),
 	}, nil
 }
 
@@ -418,6 +434,7 @@ type responsesRequest struct {
 	} `json:"text"`
 	MaxOutputTokens json.RawMessage `json:"max_output_tokens"`
 	Stream          bool            `json:"stream"`
+	ServiceTier     json.RawMessage `json:"service_tier"`
 }
 
 // responsesItem is one element of a Responses input array: a message (type
@@ -486,6 +503,7 @@ func parseResponses(p *parsedBody, tok *Tokenizer) (OpenAIRequest, error) {
 		Files:           t.files,
 		Stream:          b.Stream,
 		IncludeUsage:    b.Stream,
+		Flex:            isFlex(b.ServiceTier),
 	}, nil
 }
 

@@ -59,15 +59,37 @@ func Price(set *policy.Set, r *policy.Route, est Estimate, u Usage) Actual {
 			}
 		}
 		if m := set.Models[model]; m != nil {
-			cached, written := min(u.CachedInputTokens, u.InputTokens), min(u.CacheWriteTokens, u.InputTokens)
-			plain := max(u.InputTokens-cached-written, 0)
-			a.InputCost = addMoney(addMoney(m.Input.Cost(plain), m.CachedInput.Cost(cached)), m.CacheWrite.Cost(written))
-			a.OutputCost = m.Output.Cost(u.OutputTokens)
+			a.InputCost, a.OutputCost = TokenCost(m, est.Flex, u)
 			tokenMoney = addMoney(a.InputCost, a.OutputCost)
 		}
 	}
 	a.Cost = addMoney(unitMoney, tokenMoney)
 	return a
+}
+
+// InputPrices are a model's input prices at one processing tier.
+type InputPrices struct {
+	Input, CachedInput, CacheWrite policy.Price
+}
+
+// ModelPrices returns m's input and output prices at the standard tier, or
+// at the flex tier when flex is set and m has flex prices.
+func ModelPrices(m *policy.Model, flex bool) (InputPrices, policy.Price) {
+	if flex && m.HasFlex {
+		return InputPrices{m.FlexInput, m.FlexCachedInput, m.CacheWrite}, m.FlexOutput
+	}
+	return InputPrices{m.Input, m.CachedInput, m.CacheWrite}, m.Output
+}
+
+// TokenCost prices usage u's tokens at model m (its flex prices when flex
+// and it has them): uncached, cached and cache-written input apart, and
+// output.
+func TokenCost(m *policy.Model, flex bool, u Usage) (input, output policy.Money) {
+	in, out := ModelPrices(m, flex)
+	cached, written := min(u.CachedInputTokens, u.InputTokens), min(u.CacheWriteTokens, u.InputTokens)
+	plain := max(u.InputTokens-cached-written, 0)
+	input = addMoney(addMoney(in.Input.Cost(plain), in.CachedInput.Cost(cached)), in.CacheWrite.Cost(written))
+	return input, out.Cost(u.OutputTokens)
 }
 
 // EnsureStreamUsage rewrites an OpenAI chat or completions request that

@@ -32,6 +32,7 @@ func (ds *docs) compile() (*Set, []error) {
 	c.models(ds.models)
 	c.defaults(ds.defaults)
 	c.queue(ds.queues)
+	c.optimize(ds.optimize)
 	return c.set, c.errs
 }
 

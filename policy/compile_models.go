@@ -8,6 +8,7 @@ type modelDoc struct {
 	line                              int
 	input, output, cachedInput, image at[string]
 	cacheWrite, audio                 at[string]
+	flexIn, flexOut, flexCached       at[string]
 	maxOutput                         at[int64]
 }
 
@@ -17,6 +18,7 @@ func readModel(m *mapNode, name string, line int) modelDoc {
 		input: m.scalarText("input"), output: m.scalarText("output"),
 		cachedInput: m.scalarText("cached_input"), image: m.scalarText("image"), cacheWrite: m.scalarText("cache_write"), audio: m.scalarText("audio"),
 		maxOutput: m.int("max_output_tokens"),
+		flexIn:    m.scalarText("flex_input"), flexOut: m.scalarText("flex_output"), flexCached: m.scalarText("flex_cached_input"),
 	}
 }
 
@@ -46,7 +48,9 @@ func (c *compiler) model(md modelDoc) *Model {
 		req bool
 	}{{"input", md.input, &m.Input, true}, {"output", md.output, &m.Output, true},
 		{"cached_input", md.cachedInput, &m.CachedInput, false}, {"cache_write", md.cacheWrite, &m.CacheWrite, false},
-		{"image", md.image, &m.Image, false}, {"audio", md.audio, &m.Audio, false}} {
+		{"image", md.image, &m.Image, false}, {"audio", md.audio, &m.Audio, false},
+		{"flex_input", md.flexIn, &m.FlexInput, false}, {"flex_output", md.flexOut, &m.FlexOutput, false},
+		{"flex_cached_input", md.flexCached, &m.FlexCachedInput, false}} {
 		switch {
 		case f.v.missing() && f.req:
 			c.add(md.file, md.line, path+"."+f.key, "is required (a price such as \"2.50/1M\")")
@@ -63,6 +67,16 @@ func (c *compiler) model(md modelDoc) *Model {
 	}
 	if md.cacheWrite.missing() {
 		m.CacheWrite = m.Input // no surcharge stated: cache writes cost the input price
+	}
+	m.HasFlex = md.flexIn.set
+	switch {
+	case md.flexIn.set && md.flexOut.missing():
+		c.add(md.file, md.flexIn.line, path+".flex_output", "is required with flex_input (the flex tier's output price)")
+	case md.flexIn.missing() && (md.flexOut.set || md.flexCached.set):
+		c.add(md.file, md.line, path+".flex_input", "is required with flex_output and flex_cached_input")
+	}
+	if md.flexCached.missing() {
+		m.FlexCachedInput = m.FlexInput
 	}
 	if md.maxOutput.set && md.maxOutput.v <= 0 {
 		c.add(md.file, md.maxOutput.line, path+".max_output_tokens", "must be positive, got %d", md.maxOutput.v)

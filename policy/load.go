@@ -144,6 +144,7 @@ type docs struct {
 	clients    []clientDoc
 	models     []modelDoc
 	queues     []queueDoc
+	optimize   []optimizeDoc
 }
 
 // yamlLine picks the line out of a yaml.v3 syntax error, so that it is
@@ -197,5 +198,8 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 	}
 	ds.models = append(ds.models, readSection(top, "models", readModel)...)
 	ds.clients = append(ds.clients, readSection(top, "clients", readClient)...)
+	if o, ok := readBlock(top, "optimize", readOptimize); ok {
+		ds.optimize = append(ds.optimize, o)
+	}
 	top.close()
 }

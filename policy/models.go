@@ -16,6 +16,11 @@ type Model struct {
 	// them as tokens at settlement).
 	Image Price
 	Audio Price
+	// Flex prices a call sent with OpenAI's service_tier "flex" (Batch API
+	// prices); HasFlex is false for a model that does not offer it, and an
+	// optimize rule's flex then leaves its calls alone.
+	HasFlex                                bool
+	FlexInput, FlexOutput, FlexCachedInput Price
 	// MaxOutputTokens is the output allowance assumed when a request states
 	// none; 0 leaves it to the route's default_max_tokens.
 	MaxOutputTokens int64

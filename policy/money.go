@@ -69,6 +69,21 @@ func (p Price) Cost(units int64) Money {
 	return Money(q)
 }
 
+// Cmp compares two prices per unit exactly: -1 when p is cheaper than q,
+// 0 when equal, +1 when dearer.
+func (p Price) Cmp(q Price) int {
+	pp, qp := max(p.Per, 1), max(q.Per, 1)
+	ah, al := bits.Mul64(uint64(max(p.Nanos, 0)), uint64(qp))
+	bh, bl := bits.Mul64(uint64(max(q.Nanos, 0)), uint64(pp))
+	switch {
+	case ah < bh || ah == bh && al < bl:
+		return -1
+	case ah == bh && al == bl:
+		return 0
+	}
+	return 1
+}
+
 // String renders the price the way the policy writes it, e.g. "0.03/1K".
 func (p Price) String() string {
 	switch {

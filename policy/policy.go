@@ -177,6 +177,8 @@ type Set struct {
 	Defaults Defaults
 	// Queue is how calls are held for capacity.
 	Queue Queue
+	// Optimize holds the rules that rewrite calls to cost less.
+	Optimize *Optimize
 	// Files are the files the set was loaded from, in load order.
 	Files    []string
 	LoadedAt time.Time

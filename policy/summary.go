@@ -19,7 +19,23 @@ type Summary struct {
 	Tiers    []SummaryTier   `json:"tiers"`
 	Models   []SummaryModel  `json:"models,omitempty"`
 	Queue    SummaryQueue    `json:"queue"`
+	Optimize SummaryOptimize `json:"optimize"`
 	Clients  int             `json:"clients"`
+}
+
+// SummaryOptimize mirrors Optimize: each rule's conditions and actions as
+// one line of text.
+type SummaryOptimize struct {
+	Rules      []SummaryRule `json:"rules,omitempty"`
+	Aggressive string        `json:"aggressive,omitempty"`
+}
+
+// SummaryRule mirrors OptimizeRule.
+type SummaryRule struct {
+	Name   string `json:"name"`
+	When   string `json:"when"`
+	Do     string `json:"do"`
+	Forced bool   `json:"forced"`
 }
 
 // SummaryQueue mirrors Queue.
@@ -45,6 +61,7 @@ type SummaryModel struct {
 	Name   string `json:"name"`
 	Input  string `json:"input"`
 	Output string `json:"output"`
+	Flex   string `json:"flex,omitempty"` // "input/output" at the flex tier
 }
 
 // SummaryDefaults mirrors Defaults.
@@ -119,8 +136,13 @@ func (s *Set) Summary() Summary {
 	}
 	for _, name := range sortedKeys(s.Models) {
 		m := s.Models[name]
-		sum.Models = append(sum.Models, SummaryModel{Name: m.Name, Input: m.Input.String(), Output: m.Output.String()})
+		sm := SummaryModel{Name: m.Name, Input: m.Input.String(), Output: m.Output.String()}
+		if m.HasFlex {
+			sm.Flex = "$" + m.FlexInput.String() + " / $" + m.FlexOutput.String()
+		}
+		sum.Models = append(sum.Models, sm)
 	}
+	sum.Optimize = s.Optimize.summary()
 	perTier := map[string]int{}
 	for _, c := range s.Clients {
 		perTier[c.Tier.Name]++
@@ -199,10 +221,19 @@ func (sum Summary) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, "off-peak:\t%s\n", strings.Join(sum.Queue.OffPeak, "; "))
 	}
 	if len(sum.Models) > 0 {
-		fmt.Fprintln(tw, "\nMODEL\tINPUT\tOUTPUT")
+		fmt.Fprintln(tw, "\nMODEL\tINPUT\tOUTPUT\tFLEX (IN / OUT)")
 		for _, m := range sum.Models {
-			fmt.Fprintf(tw, "%s\t$%s\t$%s\n", m.Name, m.Input, m.Output)
+			fmt.Fprintf(tw, "%s\t$%s\t$%s\t%s\n", m.Name, m.Input, m.Output, m.Flex)
 		}
+	}
+	if len(sum.Optimize.Rules) > 0 {
+		fmt.Fprintln(tw, "\nOPTIMIZE RULE\tWHEN\tDO\tFORCED")
+		for _, r := range sum.Optimize.Rules {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%t\n", r.Name, r.When, r.Do, r.Forced)
+		}
+	}
+	if sum.Optimize.Aggressive != "" {
+		fmt.Fprintf(tw, "aggressive:\t%s\n", sum.Optimize.Aggressive)
 	}
 	fmt.Fprintf(tw, "\nclients:\t%d\n", sum.Clients)
 	return tw.Flush()

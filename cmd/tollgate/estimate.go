@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 
 type estimateFlags struct {
 	rawURL, bodyFile, contentType, policyPath, addr string
+	client, class                                   string // the optimizer's view, for this client
 	tokenFile                                       string
 	token                                           authz.Secret
 	asJSON                                          bool
@@ -34,7 +36,9 @@ func estimateCmd(getenv func(string) string) *cobra.Command {
 		Use:   "estimate --url URL [--body FILE]",
 		Short: "Estimate what a call costs (units per pool and money), as Check would, without reserving anything",
 		Long: "estimate prices a call to URL with the given body under a policy: the bundled one, --policy PATH,\n" +
-			"or, with --addr, the policy in force in a running Tollgate (and its learned adaptive ratios).",
+			"or, with --addr, the policy in force in a running Tollgate (and its learned adaptive ratios).\n" +
+			"With --client (and --class) it shows what the optimizer would do to the call: the rules that fire,\n" +
+			"the rewrites, and the estimate before and after (with --addr, at the client's budget pressure there).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -50,6 +54,8 @@ func estimateCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.contentType, "content-type", "", "the body's content type (default: form-encoded for Twilio, else JSON)")
 	fl.StringVar(&f.policyPath, "policy", "", "policy file or directory (default: the bundled policy)")
 	fl.StringVar(&f.addr, "addr", "", "ask a running Tollgate's API address instead (serve --api-addr, e.g. 127.0.0.1:8082)")
+	fl.StringVar(&f.client, "client", "", "show what the optimizer would do to the call for this client")
+	fl.StringVar(&f.class, "class", "", "the call's class with --client: immediate, fast, normal, batch or deferred (default: the route's)")
 	apiTokenFlag(fl, &f.tokenFile, "serve was given, with --addr")
 	fl.BoolVar(&f.asJSON, "json", false, "print JSON")
 	_ = cmd.MarkFlagRequired("url")
@@ -76,6 +82,12 @@ func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writ
 			ct = "application/x-www-form-urlencoded"
 		}
 	}
+	if f.client != "" {
+		return analyzeEstimate(ctx, f, analyzeCall{client: f.client, class: f.class, rawURL: f.rawURL, contentType: ct, body: body}, out)
+	}
+	if f.class != "" {
+		return errors.New("estimate: --class goes with --client: the class decides which optimize rules fire for a client")
+	}
 	var rep admission.EstimateReport
 	if f.addr != "" {
 		rep, err = remoteEstimate(ctx, f.addr, f.token, f.rawURL, ct, body)
@@ -91,6 +103,30 @@ func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writ
 		return enc.Encode(rep)
 	}
 	printEstimate(out, rep)
+	return nil
+}
+
+// analyzeEstimate prints what the optimizer would do to c.
+func analyzeEstimate(ctx context.Context, f estimateFlags, c analyzeCall, out io.Writer) error {
+	if _, ok := policy.ParseClass(c.class); c.class != "" && !ok {
+		return fmt.Errorf("estimate: --class %q: want immediate, fast, normal, batch or deferred", c.class)
+	}
+	var rep admission.AnalyzeReport
+	var err error
+	if f.addr != "" {
+		rep, err = remoteAnalyze(ctx, f.addr, f.token, c)
+	} else {
+		rep, err = localAnalyze(ctx, f.policyPath, c)
+	}
+	if err != nil {
+		return err
+	}
+	if f.asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printAnalysis(out, rep)
 	return nil
 }
 

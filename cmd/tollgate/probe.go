@@ -149,13 +149,17 @@ func playResponse(ctx context.Context, proc extprocv3.ExternalProcessorClient, f
 			return fmt.Errorf("probe: ext_proc: %w", err)
 		}
 		if b := resp.GetRequestBody().GetResponse().GetBodyMutation().GetBody(); b != nil {
-			fmt.Fprintf(out, "ext_proc: request body rewritten upstream: %s\n", b)
+			fmt.Fprintf(out, "ext_proc: request body rewritten upstream: %s\n", bytes.TrimRight(b, "\r\n"))
 		}
 	}
-	if _, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
-		Headers: rh, EndOfStream: len(body) == 0}}}); err != nil {
+	resp, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
+		Headers: rh, EndOfStream: len(body) == 0}}})
+	if err != nil {
 		return fmt.Errorf("probe: ext_proc: %w", err)
 	}
+	// What the worker's response gains: what the optimizer did
+	// (x-tollgate-optimized, x-tollgate-downgraded-from), a retry hint.
+	printHeaders(out, "ext_proc: response headers for the worker", resp.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders())
 	if len(body) > 0 {
 		if _, err = exchange(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}); err != nil {
 			return fmt.Errorf("probe: ext_proc: %w", err)
@@ -256,7 +260,11 @@ func printHeaders(out io.Writer, title string, hs []*corev3.HeaderValueOption) {
 	fmt.Fprintf(out, "%s:\n", title)
 	lines := make([]string, 0, len(hs))
 	for _, h := range hs {
-		lines = append(lines, fmt.Sprintf("  %s: %s", h.GetHeader().GetKey(), h.GetHeader().GetValue()))
+		v := h.GetHeader().GetValue()
+		if v == "" {
+			v = string(h.GetHeader().GetRawValue()) // ext_proc sets raw values
+		}
+		lines = append(lines, fmt.Sprintf("  %s: %s", h.GetHeader().GetKey(), v))
 	}
 	sort.Strings(lines)
 	fmt.Fprintln(out, strings.Join(lines, "\n"))
