@@ -76,7 +76,41 @@ func TestCompileRefusals(t *testing.T) {
 		},
 		"integer beyond 64 bits": {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: !!int 99999999999999999999", "    refill_per_second: 1"),
-			want: wantErr{line: 4, path: "pools.p.capacity", msg: `"99999999999999999999" is not a whole number that fits in 64 bits`},
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `99999999999999999999 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		// YAML types a decimal too large for 64 bits a float, and a
+		// hexadecimal one text: neither is called a decimal number or text.
+		"capacity too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 99999999999999999999", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `99999999999999999999 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"capacity too large for 64 bits, with underscores": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 1_000_000_000_000_000_000_000", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `1_000_000_000_000_000_000_000 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"capacity one past 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 9223372036854775808", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `9223372036854775808 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"hexadecimal capacity too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 0xFFFFFFFFFFFFFFFFFFFF", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `0xFFFFFFFFFFFFFFFFFFFF is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"negative number too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: -99999999999999999999", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `-99999999999999999999 is too small for a whole number (at least -9223372036854775808)`},
+		},
+		"quoted huge number is text": {
+			src:  lines("pools:", "  p:", "    unit: request", `    capacity: "99999999999999999999"`, "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `must be a whole number, got the text "99999999999999999999"`},
+		},
+		"huge number where true or false is wanted": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 1", "    refill_per_second: 1", "    shadow: 99999999999999999999"),
+			want: wantErr{line: 6, path: "pools.p.shadow", msg: `must be true or false, got a whole number too large for 64 bits`},
+		},
+		"exponent is still a decimal number": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 1e30", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `must be a whole number, got a decimal number`},
 		},
 		"list where a mapping is wanted": {
 			src:  withPool("tiers: [gold, silver]"),
