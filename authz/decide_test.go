@@ -110,10 +110,10 @@ clients:
 }
 
 var (
-	gpt4Limit  = policy.Limit{Capacity: 1000, RefillPerSecond: 10}
-	emailLimit = policy.Limit{Capacity: 10, RefillPerSecond: 1}
+	gpt4Limit  = policy.Limit{Capacity: 1000, Refill: 10}
+	emailLimit = policy.Limit{Capacity: 10, Refill: 1}
 	// emailClientLimit is tier metered's cap per client in the email pool.
-	emailClientLimit = policy.Limit{Capacity: 2, RefillPerSecond: 1}
+	emailClientLimit = policy.Limit{Capacity: 2, Refill: 1}
 )
 
 func openAIRequest(client string, body []byte) *admission.Request {

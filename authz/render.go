@@ -151,7 +151,7 @@ func blockedMessage(bl *admission.Blocked, reason string) string {
 			scope, bl.Need, bl.Unit, b.Limit.Capacity)
 	}
 	return fmt.Sprintf("Rate limit reached for %s: limit %d %ss, refilling %d per second; this request needs %d. Please try again in %ds.",
-		scope, b.Limit.Capacity, bl.Unit, b.Limit.RefillPerSecond, bl.Need, ceilSeconds(b.RetryAfter))
+		scope, b.Limit.Capacity, bl.Unit, b.Limit.Refill, bl.Need, ceilSeconds(b.RetryAfter))
 }
 
 // shadowHeader renders a denial shadow mode let through, e.g.

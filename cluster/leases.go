@@ -37,7 +37,7 @@ type lease struct {
 // want is the lease to ask for a take: this member's share of a lease
 // period's refill, or the call alone when the bucket is near its limit.
 func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
-	c, r := t.Limit.Capacity, t.Limit.RefillPerSecond
+	c, r := t.Limit.Capacity, t.Limit.Refill
 	near := c * s.cfg.NearLimitPercent / 100
 	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
 		return t.Cost
@@ -55,13 +55,13 @@ func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
 // heard its level.
 func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
 	el := now.Sub(l.leftAt)
-	if el <= 0 || lim.RefillPerSecond <= 0 {
+	if el <= 0 || lim.Refill <= 0 {
 		return 0
 	}
-	if el >= time.Duration(lim.Capacity/lim.RefillPerSecond+1)*time.Second {
+	if el >= time.Duration(lim.Capacity/lim.Refill+1)*time.Second {
 		return lim.Capacity
 	}
-	return lim.RefillPerSecond * int64(el) / int64(time.Second)
+	return lim.Refill * int64(el) / int64(time.Second)
 }
 
 // approxState reports a leased bucket for headers: what the shared bucket
@@ -82,8 +82,8 @@ func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, 
 func (l *lease) heard(lim limiter.Limit, remaining int64, resetAfter time.Duration, now time.Time) {
 	l.left, l.leftAt = remaining, now
 	l.level = remaining * limiter.Micro
-	if lim.RefillPerSecond > 0 { // at least the whole units it reported, less than one more
-		l.level = min(max(lim.Capacity*limiter.Micro-int64(resetAfter/time.Microsecond)*lim.RefillPerSecond, l.level), l.level+limiter.Micro-1)
+	if lim.Refill > 0 { // at least the whole units it reported, less than one more
+		l.level = min(max(lim.Capacity*limiter.Micro-int64(resetAfter/time.Microsecond)*lim.Refill, l.level), l.level+limiter.Micro-1)
 	}
 }
 
@@ -201,8 +201,8 @@ func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now
 // takes to refill beyond it.
 func (s *Store) shortWait(l *lease, need int64, now time.Time) time.Duration {
 	w := max(l.shortUntil.Sub(now), 0)
-	if more := need - l.shortNeed; more > 0 && l.limit.RefillPerSecond > 0 {
-		w += time.Duration((more*limiter.Micro+l.limit.RefillPerSecond-1)/l.limit.RefillPerSecond) * time.Microsecond
+	if more := need - l.shortNeed; more > 0 && l.limit.Refill > 0 {
+		w += time.Duration((more*limiter.Micro+l.limit.Refill-1)/l.limit.Refill) * time.Microsecond
 	}
 	return w
 }

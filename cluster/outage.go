@@ -44,9 +44,9 @@ func (s *Store) decideOutage(req limiter.Request, now time.Time) (limiter.Decisi
 	takes := make([]limiter.Take, len(req.Takes))
 	buckets := make([]limiter.Bucket, len(req.Takes))
 	for i, t := range req.Takes {
-		lim := limiter.Limit{Capacity: share(t.Limit.Capacity, members), RefillPerSecond: 0}
-		if t.Limit.RefillPerSecond > 0 {
-			lim.RefillPerSecond = share(t.Limit.RefillPerSecond, members)
+		lim := limiter.Limit{Capacity: share(t.Limit.Capacity, members), Refill: 0}
+		if t.Limit.Refill > 0 {
+			lim.Refill = share(t.Limit.Refill, members)
 		}
 		b := s.outBkt[t.Key]
 		if b == nil {

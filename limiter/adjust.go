@@ -44,8 +44,8 @@ const maxPause = 24 * time.Hour
 
 // Validate refuses an adjustment no store can apply.
 func (a Adjustment) Validate() error {
-	if a.Limit.Capacity <= 0 || a.Limit.RefillPerSecond < 0 || a.Limit.Capacity > maxUnits || a.Limit.RefillPerSecond > maxUnits {
-		return fmt.Errorf("limiter: adjust %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.RefillPerSecond)
+	if a.Limit.Capacity <= 0 || a.Limit.Refill < 0 || a.Limit.Capacity > maxUnits || a.Limit.Refill > maxUnits {
+		return fmt.Errorf("limiter: adjust %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.Refill)
 	}
 	if a.Refund < -maxUnits || a.Refund > maxUnits {
 		return fmt.Errorf("limiter: adjust %s: refund %d out of range", a.Key, a.Refund)
@@ -70,7 +70,7 @@ func ApplyAdjust(b Bucket, a Adjustment) Bucket {
 	}
 	if p := a.Pause.Microseconds(); p > 0 {
 		debt := int64(0)
-		if r := a.Limit.RefillPerSecond; r > 0 {
+		if r := a.Limit.Refill; r > 0 {
 			debt = -MinLevel
 			if p < -MinLevel/r {
 				debt = p * r

@@ -33,14 +33,14 @@ func (b Bucket) Advance(l Limit, now int64) Bucket {
 	}
 	elapsed := now - b.At
 	b.At = now
-	if l.RefillPerSecond <= 0 {
+	if l.Refill <= 0 {
 		return b
 	}
 	missing := full - b.Level
-	if elapsed >= ceilDiv(missing, l.RefillPerSecond) {
+	if elapsed >= ceilDiv(missing, l.Refill) {
 		b.Level = full
 	} else {
-		b.Level += elapsed * l.RefillPerSecond // < missing: cannot overflow
+		b.Level += elapsed * l.Refill // < missing: cannot overflow
 	}
 	return b
 }
@@ -58,18 +58,18 @@ func (b Bucket) Check(l Limit, cost int64) (ok, possible bool, wait time.Duratio
 	if b.Level >= need {
 		return true, true, 0
 	}
-	if l.RefillPerSecond <= 0 {
+	if l.Refill <= 0 {
 		return false, false, 0
 	}
-	return false, true, time.Duration(ceilDiv(need-b.Level, l.RefillPerSecond)) * time.Microsecond
+	return false, true, time.Duration(ceilDiv(need-b.Level, l.Refill)) * time.Microsecond
 }
 
 // State describes the bucket for headers: whole units remaining (zero while
 // the bucket is in debt) and the time until it is full.
 func (b Bucket) State(l Limit) (remaining int64, resetAfter time.Duration) {
 	remaining = max(b.Level, 0) / Micro
-	if l.RefillPerSecond > 0 {
-		resetAfter = time.Duration(ceilDiv(l.Capacity*Micro-b.Level, l.RefillPerSecond)) * time.Microsecond
+	if l.Refill > 0 {
+		resetAfter = time.Duration(ceilDiv(l.Capacity*Micro-b.Level, l.Refill)) * time.Microsecond
 	}
 	return remaining, resetAfter
 }

@@ -43,8 +43,8 @@ type LeaseGrant struct {
 
 // Validate refuses an ask no store can answer.
 func (a LeaseAsk) Validate() error {
-	if a.Limit.Capacity <= 0 || a.Limit.RefillPerSecond < 0 || a.Limit.Capacity > maxUnits || a.Limit.RefillPerSecond > maxUnits {
-		return fmt.Errorf("limiter: lease %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.RefillPerSecond)
+	if a.Limit.Capacity <= 0 || a.Limit.Refill < 0 || a.Limit.Capacity > maxUnits || a.Limit.Refill > maxUnits {
+		return fmt.Errorf("limiter: lease %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.Refill)
 	}
 	if a.Need < 0 || a.Want < a.Need || a.Want > maxUnits {
 		return fmt.Errorf("limiter: lease %s: want %d, need %d out of range", a.Key, a.Want, a.Need)

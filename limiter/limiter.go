@@ -45,10 +45,10 @@ func (k Key) String() string {
 }
 
 // Limit is a token bucket's shape: at most Capacity units, refilled at
-// RefillPerSecond units per second.
+// Refill units per second.
 type Limit struct {
-	Capacity        int64
-	RefillPerSecond int64
+	Capacity int64
+	Refill   int64
 }
 
 // Take asks for Cost units from the bucket Key shaped by Limit.
@@ -83,9 +83,9 @@ func (r Request) Validate() error {
 				return fmt.Errorf("limiter: bucket %s appears twice in one request", t.Key)
 			}
 		}
-		if t.Cost < 0 || t.Limit.Capacity <= 0 || t.Limit.RefillPerSecond < 0 ||
-			t.Limit.Capacity > maxUnits || t.Limit.RefillPerSecond > maxUnits {
-			return fmt.Errorf("limiter: bucket %s: cost %d, capacity %d, refill %d out of range", t.Key, t.Cost, t.Limit.Capacity, t.Limit.RefillPerSecond)
+		if t.Cost < 0 || t.Limit.Capacity <= 0 || t.Limit.Refill < 0 ||
+			t.Limit.Capacity > maxUnits || t.Limit.Refill > maxUnits {
+			return fmt.Errorf("limiter: bucket %s: cost %d, capacity %d, refill %d out of range", t.Key, t.Cost, t.Limit.Capacity, t.Limit.Refill)
 		}
 	}
 	h := r.Hold

@@ -71,5 +71,5 @@ func (c *compiler) limit(file string, line int, path string, capacity, refill at
 			c.add(file, f.v.line, path+"."+f.key, "must be at most %d, got %d", MaxCapacity, f.v.v)
 		}
 	}
-	return Limit{Capacity: capacity.v, RefillPerSecond: refill.v}
+	return Limit{Capacity: capacity.v, Refill: refill.v}
 }

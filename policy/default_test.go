@@ -34,7 +34,7 @@ func TestDefaultPools(t *testing.T) {
 			require.NotNil(t, p)
 			assert.Equal(t, name, p.Name)
 			assert.Equal(t, tc.unit, p.Unit)
-			assert.Equal(t, policy.Limit{Capacity: tc.capacity, RefillPerSecond: tc.refill}, p.Limit)
+			assert.Equal(t, policy.Limit{Capacity: tc.capacity, Refill: tc.refill}, p.Limit)
 			assert.Equal(t, tc.price, p.Price)
 			assert.Equal(t, tc.priceStr, p.Price.String())
 			assert.False(t, p.Shadow)

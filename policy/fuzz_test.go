@@ -70,7 +70,7 @@ func checkSet(t *testing.T, s *policy.Set) {
 		if p.Name != name {
 			t.Fatalf("pool %q is named %q", name, p.Name)
 		}
-		for _, v := range []int64{p.Limit.Capacity, p.Limit.RefillPerSecond} {
+		for _, v := range []int64{p.Limit.Capacity, p.Limit.Refill} {
 			if v <= 0 || v > policy.MaxCapacity {
 				t.Fatalf("pool %q has limit %+v", name, p.Limit)
 			}

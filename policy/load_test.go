@@ -534,7 +534,7 @@ func TestCompileMergesAcrossFiles(t *testing.T) {
 	assert.Same(t, s.Tiers["t"], s.Defaults.UnknownClientTier)
 	assert.Equal(t, policy.Deny, s.Defaults.UnmatchedRoute)
 	assert.Equal(t, policy.Deny, s.Defaults.InvalidRequest)
-	assert.Equal(t, policy.Limit{Capacity: 2, RefillPerSecond: 1}, s.Tiers["t"].ClientLimits["p"])
+	assert.Equal(t, policy.Limit{Capacity: 2, Refill: 1}, s.Tiers["t"].ClientLimits["p"])
 	require.Len(t, s.Routes, 1)
 	assert.Same(t, s.Pools["p"], s.Routes[0].Pools[0])
 	assert.False(t, s.LoadedAt.IsZero())
@@ -644,8 +644,8 @@ func TestCompileMergeKeys(t *testing.T) {
 		"    refill_per_second: 2",
 	))
 	assert.Equal(t, policy.UnitToken, s.Pools["b"].Unit)
-	assert.Equal(t, policy.Limit{Capacity: 20, RefillPerSecond: 2}, s.Pools["b"].Limit)
-	assert.Equal(t, policy.Limit{Capacity: 10, RefillPerSecond: 1}, s.Pools["a"].Limit)
+	assert.Equal(t, policy.Limit{Capacity: 20, Refill: 2}, s.Pools["b"].Limit)
+	assert.Equal(t, policy.Limit{Capacity: 10, Refill: 1}, s.Pools["a"].Limit)
 
 	_, err := compile(lines(
 		"pools:",
@@ -690,7 +690,7 @@ func TestLoadTiersDirectory(t *testing.T) {
 	require.NotNil(t, premium)
 	require.NotNil(t, basic)
 	assert.Same(t, basic, s.Defaults.UnknownClientTier, "defaults in pools.yaml name a tier from basic.yaml")
-	assert.Equal(t, map[string]policy.Limit{"gpt-4": {Capacity: 2000, RefillPerSecond: 33}}, basic.ClientLimits)
+	assert.Equal(t, map[string]policy.Limit{"gpt-4": {Capacity: 2000, Refill: 33}}, basic.ClientLimits)
 	assert.Empty(t, premium.ClientLimits)
 
 	tests := map[string]struct {
@@ -727,7 +727,7 @@ func TestLoadTour(t *testing.T) {
 	demo := s.Pools["demo"]
 	require.NotNil(t, demo)
 	assert.Equal(t, policy.UnitRequest, demo.Unit)
-	assert.Equal(t, policy.Limit{Capacity: 3, RefillPerSecond: 1}, demo.Limit)
+	assert.Equal(t, policy.Limit{Capacity: 3, Refill: 1}, demo.Limit)
 	assert.True(t, demo.Price.IsZero())
 
 	r := s.MatchRoute("api.openai.com", "/v1/chat/completions", "gpt-4o")

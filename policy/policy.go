@@ -49,10 +49,10 @@ const (
 )
 
 // Limit is a token bucket's shape: it holds at most Capacity units and gains
-// RefillPerSecond units every second.
+// Refill units every second.
 type Limit struct {
-	Capacity        int64
-	RefillPerSecond int64
+	Capacity int64
+	Refill   int64
 }
 
 // Pool is a shared resource: a provider quota such as GPT-4 tokens per

@@ -64,6 +64,6 @@ tiers:
 	set, err := policy.Parse("x.yaml", strings.NewReader(src))
 	require.NoError(t, err)
 	assert.Equal(t, set.Pools["old"].Limit, set.Pools["new"].Limit)
-	assert.Equal(t, int64(2), set.Pools["new"].Limit.RefillPerSecond)
-	assert.Equal(t, int64(1), set.Tiers["t"].ClientLimits["new"].RefillPerSecond)
+	assert.Equal(t, int64(2), set.Pools["new"].Limit.Refill)
+	assert.Equal(t, int64(1), set.Tiers["t"].ClientLimits["new"].Refill)
 }

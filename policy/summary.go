@@ -108,7 +108,7 @@ func (s *Set) Summary() Summary {
 	}
 	for _, name := range sortedKeys(s.Pools) {
 		p := s.Pools[name]
-		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.RefillPerSecond, p.Price.String(), p.Shadow})
+		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.Refill, p.Price.String(), p.Shadow})
 	}
 	for _, r := range s.Routes {
 		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider, Class: r.Class.String()}
@@ -134,7 +134,7 @@ func (s *Set) Summary() Summary {
 		}
 		for _, pool := range sortedKeys(t.ClientLimits) {
 			l := t.ClientLimits[pool]
-			st.ClientLimits = append(st.ClientLimits, fmt.Sprintf("%s %d/%d per s", pool, l.Capacity, l.RefillPerSecond))
+			st.ClientLimits = append(st.ClientLimits, fmt.Sprintf("%s %d/%d per s", pool, l.Capacity, l.Refill))
 		}
 		sum.Tiers = append(sum.Tiers, st)
 	}

@@ -169,7 +169,7 @@ func fuzzEnding(idSel, outSel uint8, actual int64, rest []byte) limiter.Ending {
 	outcomes := []limiter.Outcome{limiter.OutcomeSettled, limiter.OutcomeReleased, limiter.OutcomeExpired, "done"}
 	pools := []string{"chat", "other", "", "chat\n"}
 	keys := []limiter.Key{poolKey, clientKey, {Pool: "elsewhere"}, {Pool: "chat", Client: "x y"}}
-	limits := []limiter.Limit{poolLimit, clientLimit, {Capacity: 0, RefillPerSecond: 1}, {Capacity: 10, RefillPerSecond: 1 << 40}}
+	limits := []limiter.Limit{poolLimit, clientLimit, {Capacity: 0, Refill: 1}, {Capacity: 10, Refill: 1 << 40}}
 	e := limiter.Ending{ID: ids[int(idSel)%len(ids)], Outcome: outcomes[int(outSel)%len(outcomes)], Actual: policy.Money(actual), Now: epoch}
 	for len(rest) >= 8 && len(e.Used)+len(e.Throttles) < 8 {
 		g := rest[:8]

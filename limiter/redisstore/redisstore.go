@@ -218,7 +218,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		if t.Shadow {
 			shadow = 1
 		}
-		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cost, shadow)
+		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Cost, shadow)
 	}
 	if h != nil {
 		for _, b := range h.Budgets {
@@ -349,7 +349,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	}
 	for _, t := range e.Throttles {
 		keys = append(keys, s.bucketKey(t.Key))
-		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cap, t.Pause.Microseconds())
+		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Cap, t.Pause.Microseconds())
 	}
 	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
@@ -457,7 +457,7 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	args = append(args, micros(now), len(adj))
 	for i, a := range adj {
 		keys[i] = s.bucketKey(a.Key)
-		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Refund, a.Cap, a.Pause.Microseconds())
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Refund, a.Cap, a.Pause.Microseconds())
 	}
 	res, err := s.sc.adjust.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
@@ -501,7 +501,7 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 			}
 		}
 		keys[i] = s.bucketKey(a.Key)
-		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Want, a.Need)
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Want, a.Need)
 	}
 	if len(asks) == 0 {
 		return []limiter.LeaseGrant{}, nil

@@ -138,7 +138,7 @@ func take(k limiter.Key, l limiter.Limit, cost int64) limiter.Take {
 func pool(name string) limiter.Key   { return limiter.Key{Pool: name} }
 func client(p, c string) limiter.Key { return limiter.Key{Pool: p, Client: c} }
 func lim(capacity, refill int64) limiter.Limit {
-	return limiter.Limit{Capacity: capacity, RefillPerSecond: refill}
+	return limiter.Limit{Capacity: capacity, Refill: refill}
 }
 
 func testRefill(t *testing.T, h *harness) {
@@ -614,7 +614,7 @@ func testDistinctStores(t *testing.T, h *harness) {
 // Each benchmark reports denied/op, which stays at zero: the limits are
 // large enough that every call takes the granted path.
 func Bench(b *testing.B, newStore func(b *testing.B) limiter.Store) {
-	big := limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}
+	big := limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}
 	hot := []limiter.Take{take(pool("bench-hot"), big, 1)}
 	const clients = 1000
 	poolClient := make([][]limiter.Take, clients)
