@@ -37,6 +37,7 @@ func RunLease(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) l
 		"leased slots count against the client":        testSlotLease,
 		"leased slots lapse unless renewed":            testSlotLapse,
 		"a batch is booked exactly once":               testBook,
+		"a lease at a fractional rate":                 testFractionalLease,
 	} {
 		t.Run(name, func(t *testing.T) {
 			clk := fakeclock.New(Epoch)

@@ -7,7 +7,8 @@
 // from a fake clock, never the zero time, so a store that would otherwise
 // read its backend's clock (Redis TIME) decides on the suite's clock too.
 // Expected numbers follow limiter.Apply, the single definition of an
-// admission, with levels in micro-units and time in microseconds.
+// admission, with levels in micro-units (in 1/(Micro·Den) parts of a unit
+// for a rate per Den seconds, see rates.go) and time in microseconds.
 package storetest
 
 import (
@@ -41,26 +42,29 @@ var Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // or a key expiry; the suite never depends on such a bucket being kept.
 func Run(t *testing.T, newStore func(t *testing.T, clock limiter.Clock) limiter.Store) {
 	for name, test := range map[string]func(*testing.T, *harness){
-		"refill over time":                testRefill,
-		"refill is exact":                 testRefillExact,
-		"denied calls do not lose refill": testDeniedKeepsRefill,
-		"burst":                           testBurst,
-		"zero cost":                       testZeroCost,
-		"decision shape":                  testDecisionShape,
-		"empty request":                   testEmptyRequest,
-		"per-client isolation":            testIsolation,
-		"multi-bucket atomicity":          testAtomicity,
-		"shadow":                          testShadow,
-		"exceeds capacity":                testExceedsCapacity,
-		"denial reason across buckets":    testDenialReason,
-		"capacity raised":                 testCapacityRaised,
-		"capacity lowered":                testCapacityLowered,
-		"refill rate changed":             testRefillChanged,
-		"clock going backwards":           testClockBackwards,
-		"concurrent single bucket":        testConcurrentSingle,
-		"concurrent pool and clients":     testConcurrentPoolClients,
-		"cancelled context":               testCancelled,
-		"distinct stores":                 testDistinctStores,
+		"refill over time":                 testRefill,
+		"refill is exact":                  testRefillExact,
+		"denied calls do not lose refill":  testDeniedKeepsRefill,
+		"burst":                            testBurst,
+		"zero cost":                        testZeroCost,
+		"decision shape":                   testDecisionShape,
+		"empty request":                    testEmptyRequest,
+		"per-client isolation":             testIsolation,
+		"multi-bucket atomicity":           testAtomicity,
+		"shadow":                           testShadow,
+		"exceeds capacity":                 testExceedsCapacity,
+		"denial reason across buckets":     testDenialReason,
+		"capacity raised":                  testCapacityRaised,
+		"capacity lowered":                 testCapacityLowered,
+		"refill rate changed":              testRefillChanged,
+		"clock going backwards":            testClockBackwards,
+		"concurrent single bucket":         testConcurrentSingle,
+		"concurrent pool and clients":      testConcurrentPoolClients,
+		"cancelled context":                testCancelled,
+		"distinct stores":                  testDistinctStores,
+		"fractional rates over a long run": testFractionalLongRun,
+		"fractional rates wait exactly":    testFractionalWait,
+		"rate period changed":              testRatePeriodChanged,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &harness{clock: fakeclock.New(Epoch), newStore: newStore}
