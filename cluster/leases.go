@@ -61,11 +61,10 @@ func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
 	if el <= 0 || lim.Refill <= 0 {
 		return 0
 	}
-	full := lim.Capacity * lim.Scale()
-	if el >= (full+lim.Refill-1)/lim.Refill {
+	if el >= ceilDiv(lim.Capacity*lim.Scale(), lim.Refill) {
 		return lim.Capacity
 	}
-	return el * lim.Refill / lim.Scale() // el·Refill < full: no overflow
+	return el * lim.Refill / lim.Scale() // el·Refill < capacity·Scale: no overflow
 }
 
 // approxState reports a leased bucket for headers: what the shared bucket
