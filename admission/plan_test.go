@@ -93,9 +93,9 @@ func TestMakePlan(t *testing.T) {
 		"deferred: a hold of the reserve, a slot, the client bucket": {
 			client: team, class: policy.Normal, settle: SettleDeferred,
 			takes: []limiter.Take{
-				{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 1000, RefillPerSecond: 10}, Cost: 120},
-				{Key: limiter.Key{Pool: "gpt", Client: "team"}, Limit: limiter.Limit{Capacity: 200, RefillPerSecond: 2}, Cost: 120},
-				{Key: limiter.Key{Pool: "sms"}, Limit: limiter.Limit{Capacity: 3, RefillPerSecond: 2}, Cost: 1, Shadow: true},
+				{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 1000, Refill: 10}, Cost: 120},
+				{Key: limiter.Key{Pool: "gpt", Client: "team"}, Limit: limiter.Limit{Capacity: 200, Refill: 2}, Cost: 120},
+				{Key: limiter.Key{Pool: "sms"}, Limit: limiter.Limit{Capacity: 3, Refill: 2}, Cost: 1, Shadow: true},
 			},
 			cost: 1200, slot: &limiter.Slot{Client: "team", Max: 4},
 			deadline: now.Add(30 * time.Second), canWait: true,
@@ -103,8 +103,8 @@ func TestMakePlan(t *testing.T) {
 		"immediate: the expected cost, committed, no slot": {
 			client: slow, class: policy.Batch, settle: SettleImmediate,
 			takes: []limiter.Take{
-				{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 1000, RefillPerSecond: 10}, Cost: 120},
-				{Key: limiter.Key{Pool: "sms"}, Limit: limiter.Limit{Capacity: 3, RefillPerSecond: 2}, Cost: 1, Shadow: true},
+				{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 1000, Refill: 10}, Cost: 120},
+				{Key: limiter.Key{Pool: "sms"}, Limit: limiter.Limit{Capacity: 3, Refill: 2}, Cost: 1, Shadow: true},
 			},
 			cost: 1000, commit: true, deadline: now.Add(2 * time.Minute), canWait: true,
 		},

@@ -50,7 +50,7 @@ clients:
   acme: {tier: team}
 `
 
-var gptLimit = limiter.Limit{Capacity: 100000, RefillPerSecond: 1}
+var gptLimit = limiter.Limit{Capacity: 100000, Refill: 1}
 
 // refilled is how many units the pool may have refilled during a test on a
 // store that keeps its own time (Redis's TIME refills 1 a second; the

@@ -19,7 +19,7 @@ import (
 )
 
 var (
-	capacityRE = regexp.MustCompile(`(?m)^(\s+)(capacity|refill_per_second): \d+$`)
+	capacityRE = regexp.MustCompile(`(?m)^(\s+)(capacity|refill_per_second|refill): [^#\n]*?(\s*#.*)?$`)
 )
 
 // largePoolPolicy is the bundled policy (its routes, tiers and defaults)
@@ -29,7 +29,7 @@ var (
 func largePoolPolicy(tb testing.TB) string {
 	tb.Helper()
 	src := string(policy.DefaultSource().Data)
-	out := capacityRE.ReplaceAllString(src, fmt.Sprintf("${1}${2}: %d", policy.MaxCapacity))
+	out := capacityRE.ReplaceAllString(src, fmt.Sprintf("${1}${2}: %d", policy.MaxCapacity)) // a refill: a bare number is per second
 	out = budgetRE.ReplaceAllString(out, "${1}monthly_budget: custom")
 	if out == src || !strings.Contains(out, "monthly_budget: custom") {
 		tb.Fatal("no capacities or budgets found in the bundled policy")

@@ -110,10 +110,10 @@ clients:
 }
 
 var (
-	gpt4Limit  = policy.Limit{Capacity: 1000, RefillPerSecond: 10}
-	emailLimit = policy.Limit{Capacity: 10, RefillPerSecond: 1}
+	gpt4Limit  = policy.Limit{Capacity: 1000, Refill: 10}
+	emailLimit = policy.Limit{Capacity: 10, Refill: 1}
 	// emailClientLimit is tier metered's cap per client in the email pool.
-	emailClientLimit = policy.Limit{Capacity: 2, RefillPerSecond: 1}
+	emailClientLimit = policy.Limit{Capacity: 2, Refill: 1}
 )
 
 func openAIRequest(client string, body []byte) *admission.Request {
@@ -531,4 +531,42 @@ func TestDecideCancelledIsNotAStoreError(t *testing.T) {
 	assert.Equal(t, admission.ReasonCancelled, v.Reason)
 	assert.Equal(t, 0.0, metricValue(t, d.reg, storeErrorsMetric, nil))
 	assert.Equal(t, 1.0, metricValue(t, d.reg, decisionsMetric, decisionLabels("sms", "metered", admission.OutcomeError, admission.ReasonCancelled)))
+}
+
+// TestDecideFractionalRate: a pool refilling 100 segments an hour (one
+// every 36 s, no whole number a second) answers with exact waits and says
+// its rate in the denial.
+func TestDecideFractionalRate(t *testing.T) {
+	d := newDecider(t, `
+pools:
+  sms: {unit: segment, capacity: 2, refill: 100/h, price: "0.0075"}
+routes:
+  twilio-sms:
+    host: api.twilio.com
+    path_prefix: /2010-04-01/Accounts/
+    provider: twilio
+    pools: [sms]
+    class: immediate
+tiers:
+  metered: {priority: 20, max_concurrent: 5}
+clients:
+  a: {tier: metered}
+`)
+	ctx := context.Background()
+	for range 2 {
+		v := d.Decide(ctx, smsRequest("a"))
+		require.True(t, v.Allowed, v.Message)
+	}
+	v := d.Decide(ctx, smsRequest("a"))
+	require.False(t, v.Allowed)
+	assert.Equal(t, 36*time.Second, v.RetryAfter)
+	assert.Equal(t, "Rate limit reached for pool sms: limit 2 segments, refilling 100 per hour; this request needs 1. Please try again in 36s.", v.Message)
+	h := headerMap(t, authz.ResponseHeaders(&v))
+	assert.Equal(t, "36", h["retry-after"])
+	assert.Equal(t, "72", h["x-ratelimit-reset"], "two units at one every 36 s")
+
+	d.clk.Advance(36*time.Second - time.Microsecond)
+	require.False(t, d.Decide(ctx, smsRequest("a")).Allowed, "a microsecond early")
+	d.clk.Advance(time.Microsecond)
+	require.True(t, d.Decide(ctx, smsRequest("a")).Allowed, "one segment back after exactly 36 s")
 }

@@ -380,7 +380,7 @@ func TestSettleRefundsUnusedTokens(t *testing.T) {
 			a := ss.admit(t, "acme", body)
 			charged := tokens(5000, body)
 			ss.process(t, a, body, upstream{status: 200, headers: []string{"content-type", "application/json"}, body: recorded(t, "openai-chat.json")})
-			st, err := ss.store.Throttle(context.Background(), []limiter.Throttle{{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 100000, RefillPerSecond: 1000}, Cap: limiter.NoCap}}, time.Time{})
+			st, err := ss.store.Throttle(context.Background(), []limiter.Throttle{{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 100000, Refill: 1000}, Cap: limiter.NoCap}}, time.Time{})
 			require.NoError(t, err)
 			// 1163 used of the charge; Redis may have refilled a little since.
 			assert.GreaterOrEqual(t, st[0].Remaining, int64(100000-1163))

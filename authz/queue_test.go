@@ -165,7 +165,7 @@ func TestQueueRefusals(t *testing.T) {
 	})
 	t.Run("a wait longer than the class's is refused at once", func(t *testing.T) {
 		d := newDecider(t, queuePolicy)
-		one := limiter.Limit{Capacity: 1, RefillPerSecond: 1}
+		one := limiter.Limit{Capacity: 1, Refill: 1}
 		_, err := d.store.Refund(ctx, []limiter.Refund{{Key: limiter.Key{Pool: "one"}, Limit: one, Units: -5}}, time.Time{})
 		require.NoError(t, err) // four requests in debt: the next one is 5 s away
 		v := d.Decide(ctx, queueRequest("hopeless", "s", "fast"))
@@ -217,7 +217,7 @@ func TestQueueRefusals(t *testing.T) {
 		assert.Equal(t, admission.ReasonCancelled, v.Reason)
 		assert.Zero(t, d.QueueStatus().Total)
 		d.clk.Advance(time.Second)
-		assert.Equal(t, int64(1), d.remaining(t, limiter.Key{Pool: "one"}, policy.Limit{Capacity: 1, RefillPerSecond: 1}),
+		assert.Equal(t, int64(1), d.remaining(t, limiter.Key{Pool: "one"}, policy.Limit{Capacity: 1, Refill: 1}),
 			"the refill is there for the next call: the cancelled one took nothing")
 	})
 }

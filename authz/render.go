@@ -150,8 +150,8 @@ func blockedMessage(bl *admission.Blocked, reason string) string {
 		return fmt.Sprintf("Request too large for %s: it needs %d %ss but the limit is %d. Reduce the request (e.g. max_tokens).",
 			scope, bl.Need, bl.Unit, b.Limit.Capacity)
 	}
-	return fmt.Sprintf("Rate limit reached for %s: limit %d %ss, refilling %d per second; this request needs %d. Please try again in %ds.",
-		scope, b.Limit.Capacity, bl.Unit, b.Limit.RefillPerSecond, bl.Need, ceilSeconds(b.RetryAfter))
+	return fmt.Sprintf("Rate limit reached for %s: limit %d %ss, refilling %s; this request needs %d. Please try again in %ds.",
+		scope, b.Limit.Capacity, bl.Unit, policy.Limit(b.Limit).RefillText(), bl.Need, ceilSeconds(b.RetryAfter))
 }
 
 // shadowHeader renders a denial shadow mode let through, e.g.

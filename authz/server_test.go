@@ -331,7 +331,7 @@ func TestAdminEndpoints(t *testing.T) {
 	var sum policy.Summary
 	require.NoError(t, json.Unmarshal([]byte(body), &sum), body)
 	require.Len(t, sum.Pools, 1)
-	assert.Equal(t, policy.SummaryPool{Name: "gpt-4", Unit: policy.UnitToken, Capacity: 300, RefillPerSecond: 100, Price: "0.03/1K"}, sum.Pools[0])
+	assert.Equal(t, policy.SummaryPool{Name: "gpt-4", Unit: policy.UnitToken, Capacity: 300, Refill: "100/s", Price: "0.03/1K"}, sum.Pools[0])
 	require.Len(t, sum.Routes, 1)
 	assert.Equal(t, "openai", sum.Routes[0].Name)
 	assert.Equal(t, "basic", sum.Defaults.UnknownClient)

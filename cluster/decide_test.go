@@ -30,7 +30,7 @@ func (s *solo) reserve(t *testing.T, takes ...limiter.Take) limiter.Decision {
 // TestBucketStates: the states, reasons and waits a Store reports for
 // buckets it leases.
 func TestBucketStates(t *testing.T) {
-	l10 := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l10 := limiter.Limit{Capacity: 10, Refill: 1}
 	a, b := limiter.Key{Pool: "p", Client: "a"}, limiter.Key{Pool: "p", Client: "b"}
 	tests := map[string]func(t *testing.T, s *solo){
 		// A zero-cost take of a bucket never used reported it empty.
@@ -78,7 +78,7 @@ func TestBucketStates(t *testing.T) {
 		// Units still leased here did not count toward a larger call, so
 		// the wait was the one for the whole call.
 		"leased units count toward the wait": func(t *testing.T, s *solo) {
-			l := limiter.Limit{Capacity: 10, RefillPerSecond: 4}
+			l := limiter.Limit{Capacity: 10, Refill: 4}
 			s.reserve(t, limiter.Take{Key: a, Limit: l, Cost: 3}) // leases 4: one unit left here
 			d := s.reserve(t, limiter.Take{Key: a, Limit: l, Cost: 8})
 			assert.False(t, d.Allowed)
@@ -88,7 +88,7 @@ func TestBucketStates(t *testing.T) {
 		// The state of a bucket known short was what it held at the
 		// refusal, with whole units of refill, losing the fractions.
 		"refill since the last answer is counted to the micro-unit": func(t *testing.T, s *solo) {
-			l := limiter.Limit{Capacity: 4, RefillPerSecond: 4}
+			l := limiter.Limit{Capacity: 4, Refill: 4}
 			s.reserve(t, limiter.Take{Key: a, Limit: l, Cost: 4})
 			for range 3 {
 				s.clk.Advance(100 * time.Millisecond)
@@ -117,7 +117,7 @@ func TestExplicitNow(t *testing.T) {
 	s, err := cluster.NewStore(cfg, shared, nil, prometheus.NewRegistry())
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, s.Close()) })
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 2}
+	l := limiter.Limit{Capacity: 10, Refill: 2}
 	take := func(cost int64, at time.Duration) limiter.Decision {
 		d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: pool, Limit: l, Cost: cost}}, Now: epoch.Add(at)})
 		require.NoError(t, err)

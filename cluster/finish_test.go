@@ -85,7 +85,7 @@ func (h *heard) take() []string {
 // and throttles with it.
 func TestFinish(t *testing.T) {
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100} // a lease is 100 units: a second of refill
+	lim := limiter.Limit{Capacity: 1000, Refill: 100} // a lease is 100 units: a second of refill
 	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
 	hold := func(id string) limiter.Request {
 		return limiter.Request{Takes: takeOf(10, lim), Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: period, Cost: 5000,

@@ -188,7 +188,7 @@ func TestFleetOvershoot(t *testing.T) {
 		refill   = 200 // R, units a second
 	)
 	ms, _ := startFleet(t, 3, nil)
-	lim := limiter.Limit{Capacity: capacity, RefillPerSecond: refill}
+	lim := limiter.Limit{Capacity: capacity, Refill: refill}
 	gpt := limiter.Key{Pool: "gpt-fleet"}
 	next := func(int, int) limiter.Request {
 		return limiter.Request{Takes: []limiter.Take{{Key: gpt, Limit: lim, Cost: 1}}}
@@ -252,7 +252,7 @@ func TestFleetRedisOutage(t *testing.T) {
 		actual   = 400  // what a deferred call settles at
 	)
 	ms, prefix := startFleet(t, 3, func(c *cluster.Config) { c.SyncEvery = 50 * time.Millisecond })
-	lim := limiter.Limit{Capacity: capacity, RefillPerSecond: refill}
+	lim := limiter.Limit{Capacity: capacity, Refill: refill}
 	gpt := limiter.Key{Pool: "gpt-outage"}
 	acme := limiter.Budget{Owner: "acme", Limit: 1000 * policy.NanosPerDollar}
 	var seq atomic.Int64
@@ -347,7 +347,7 @@ func TestFleetMemberKilled(t *testing.T) {
 	const slotTTL = 2 * time.Second
 	ms, _ := startFleet(t, 3, func(c *cluster.Config) { c.SlotTTL = slotTTL })
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 1000}
+	lim := limiter.Limit{Capacity: 1000, Refill: 1000}
 	gpt := limiter.Key{Pool: "gpt-kill"}
 	const maxSlots = 6
 	var seq atomic.Int64
@@ -441,7 +441,7 @@ func TestFleetMemberKilled(t *testing.T) {
 func TestFleetBackoff(t *testing.T) {
 	ms, _ := startFleet(t, 3, func(c *cluster.Config) { c.LeaseTTL = time.Minute })
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 6000, RefillPerSecond: 100} // leases of a minute: 1,000 units each at most
+	lim := limiter.Limit{Capacity: 6000, Refill: 100} // leases of a minute: 1,000 units each at most
 	gpt := limiter.Key{Pool: "gpt-backoff"}
 	req := limiter.Request{Takes: []limiter.Take{{Key: gpt, Limit: lim, Cost: 1}}}
 	for _, m := range ms {

@@ -18,9 +18,11 @@ type lease struct {
 	units int64 // whole units left to spend here
 	exp   time.Time
 	// left is what the shared bucket held after the last grant (whole units),
-	// and level its level then (micro-units, as its reset time tells it).
+	// and level its level then (as its reset time tells it, scaled for the
+	// limit it was heard under: den is that limit's Den).
 	left   int64
 	level  int64
+	den    int64
 	leftAt time.Time
 	// shortUntil: the shared bucket said no; until then, calls are refused
 	// here without asking (the short-circuit of a key over its limit).
@@ -37,7 +39,8 @@ type lease struct {
 // want is the lease to ask for a take: this member's share of a lease
 // period's refill, or the call alone when the bucket is near its limit.
 func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
-	c, r := t.Limit.Capacity, t.Limit.RefillPerSecond
+	c := t.Limit.Capacity
+	r := float64(t.Limit.Refill) / float64(t.Limit.Den()) // units a second: a size to ask for, not an amount kept
 	near := c * s.cfg.NearLimitPercent / 100
 	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
 		return t.Cost
@@ -46,22 +49,22 @@ func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
 	if t.Key.Client == "" {
 		share = s.peers.Share(t.Key.Pool)
 	}
-	w := int64(math.Ceil(share * float64(r) * s.cfg.LeaseTTL.Seconds()))
+	w := int64(math.Ceil(share * r * s.cfg.LeaseTTL.Seconds()))
 	w = min(w, max(c/int64(2*s.peers.Live()), 1)) // never hoard: half the bucket at most, split by members
 	return max(w, t.Cost)
 }
 
-// refilled is what the shared bucket has refilled since the lease last
-// heard its level.
+// refilled is the whole units the shared bucket has refilled since the
+// lease last heard its level (Refill every Per, rounded down).
 func (l *lease) refilled(lim limiter.Limit, now time.Time) int64 {
-	el := now.Sub(l.leftAt)
-	if el <= 0 || lim.RefillPerSecond <= 0 {
+	el := now.Sub(l.leftAt).Microseconds()
+	if el <= 0 || lim.Refill <= 0 {
 		return 0
 	}
-	if el >= time.Duration(lim.Capacity/lim.RefillPerSecond+1)*time.Second {
+	if el >= ceilDiv(lim.Capacity*lim.Scale(), lim.Refill) {
 		return lim.Capacity
 	}
-	return lim.RefillPerSecond * int64(el) / int64(time.Second)
+	return el * lim.Refill / lim.Scale() // el·Refill < capacity·Scale: no overflow
 }
 
 // approxState reports a leased bucket for headers: what the shared bucket
@@ -71,8 +74,8 @@ func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, 
 	if l == nil {
 		return 0, 0
 	}
-	b := limiter.Bucket{Level: l.level, At: limiter.Micros(l.leftAt)}.Advance(lim, limiter.Micros(now))
-	b.Level = min(b.Level+l.units*limiter.Micro, lim.Capacity*limiter.Micro)
+	b := limiter.Bucket{Level: l.level, At: limiter.Micros(l.leftAt), Den: l.den}.Advance(lim, limiter.Micros(now))
+	b.Level = min(b.Level+l.units*lim.Scale(), lim.Capacity*lim.Scale())
 	return b.State(lim)
 }
 
@@ -80,11 +83,19 @@ func (s *Store) approxState(l *lease, lim limiter.Limit, now time.Time) (int64, 
 // units remaining, and the time until it is full, which gives its level to
 // within a refill's microsecond.
 func (l *lease) heard(lim limiter.Limit, remaining int64, resetAfter time.Duration, now time.Time) {
-	l.left, l.leftAt = remaining, now
-	l.level = remaining * limiter.Micro
-	if lim.RefillPerSecond > 0 { // at least the whole units it reported, less than one more
-		l.level = min(max(lim.Capacity*limiter.Micro-int64(resetAfter/time.Microsecond)*lim.RefillPerSecond, l.level), l.level+limiter.Micro-1)
+	b := limiter.BucketHolding(lim, remaining, limiter.Micros(now))
+	if lim.Refill > 0 { // at least the whole units it reported, less than one more
+		scale := lim.Scale()
+		b.Level = min(max(lim.Capacity*scale-resetAfter.Microseconds()*lim.Refill, b.Level), b.Level+scale-1)
 	}
+	l.left, l.leftAt, l.level, l.den = remaining, now, b.Level, b.Den
+}
+
+func ceilDiv(a, b int64) int64 {
+	if a <= 0 {
+		return 0
+	}
+	return (a + b - 1) / b
 }
 
 // deniedLocally refuses req for take i, whose shared bucket said it is
@@ -201,8 +212,8 @@ func (s *Store) signalLocked(l *lease, pause time.Duration, remaining int64, now
 // takes to refill beyond it.
 func (s *Store) shortWait(l *lease, need int64, now time.Time) time.Duration {
 	w := max(l.shortUntil.Sub(now), 0)
-	if more := need - l.shortNeed; more > 0 && l.limit.RefillPerSecond > 0 {
-		w += time.Duration((more*limiter.Micro+l.limit.RefillPerSecond-1)/l.limit.RefillPerSecond) * time.Microsecond
+	if more := need - l.shortNeed; more > 0 && l.limit.Refill > 0 {
+		w += time.Duration(ceilDiv(more*l.limit.Scale(), l.limit.Refill)) * time.Microsecond
 	}
 	return w
 }

@@ -38,6 +38,32 @@ func (s *Store) enterOutage(now time.Time, err error) {
 // share is n's 1/N part, at least one.
 func share(n int64, members int) int64 { return max(n/int64(members), 1) }
 
+// shareLimit is this member's part of l among members: 1/N of the capacity
+// (at least one unit), and exactly 1/N of the refill, Refill every Den·N
+// seconds in lowest terms (the members' refills add up to l's, never to
+// more: 1/s among three is 1 every 3 s each, not 1/s each). A change in
+// the members changes the period, and the bucket is rescaled (rounded
+// down) at its next Advance.
+func shareLimit(l limiter.Limit, members int) limiter.Limit {
+	lim := limiter.Limit{Capacity: share(l.Capacity, members)}
+	if l.Refill > 0 {
+		r, d := l.Refill, l.Den()*int64(members)
+		g := gcd(r, d)
+		lim.Refill, lim.Per = r/g, time.Duration(d/g)*time.Second
+		if lim.Per == time.Second {
+			lim.Per = 0
+		}
+	}
+	return lim
+}
+
+func gcd(a, b int64) int64 {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
+
 // decideOutage decides req on this member's shares. s.mu is held.
 func (s *Store) decideOutage(req limiter.Request, now time.Time) (limiter.Decision, error) {
 	members := s.peers.Live()
@@ -45,10 +71,7 @@ func (s *Store) decideOutage(req limiter.Request, now time.Time) (limiter.Decisi
 	takes := make([]limiter.Take, len(req.Takes))
 	buckets := make([]limiter.Bucket, len(req.Takes))
 	for i, t := range req.Takes {
-		lim := limiter.Limit{Capacity: share(t.Limit.Capacity, members), RefillPerSecond: 0}
-		if t.Limit.RefillPerSecond > 0 {
-			lim.RefillPerSecond = share(t.Limit.RefillPerSecond, members)
-		}
+		lim := shareLimit(t.Limit, members)
 		b := s.outBkt[t.Key]
 		if b == nil {
 			start := int64(0) // what the shared bucket already gave this member, if anything
@@ -56,7 +79,8 @@ func (s *Store) decideOutage(req limiter.Request, now time.Time) (limiter.Decisi
 				start = min(l.units, lim.Capacity)
 				l.units = 0
 			}
-			b = &limiter.Bucket{Level: start * limiter.Micro, At: at}
+			nb := limiter.BucketHolding(lim, start, at)
+			b = &nb
 			s.outBkt[t.Key] = b
 		}
 		s.outLimit[t.Key] = lim

@@ -109,7 +109,7 @@ func TestFleetSlowRedis(t *testing.T) {
 		ms = append(ms, slowMember(t, fmt.Sprintf("s%d", i), prefix, timeout, nil, seeds...))
 	}
 	waitLive(t, ms, 3)
-	lim := limiter.Limit{Capacity: capacity, RefillPerSecond: refill}
+	lim := limiter.Limit{Capacity: capacity, Refill: refill}
 	gpt := limiter.Key{Pool: "gpt-slow"}
 	acme := limiter.Budget{Owner: "acme", Limit: 1000 * policy.NanosPerDollar}
 	var seq atomic.Int64
@@ -276,7 +276,7 @@ func TestSlowIsNotDown(t *testing.T) {
 	s, err := cluster.NewStore(cfg, shared, nil, reg)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, s.Close()) })
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100} // a lease is 100 units
+	lim := limiter.Limit{Capacity: 1000, Refill: 100} // a lease is 100 units
 	call := func(cost int64) limiter.Decision {
 		t.Helper()
 		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(cost, lim)})

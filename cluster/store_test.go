@@ -94,7 +94,7 @@ func takeOf(cost int64, l limiter.Limit) []limiter.Take {
 func TestLocalDecisions(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100} // a lease is 100 units: a second of refill
+	lim := limiter.Limit{Capacity: 1000, Refill: 100} // a lease is 100 units: a second of refill
 	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
 	for i := range 100 {
 		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{Period: period, Cost: 1000, Budgets: []limiter.Budget{acme}, Commit: true}})
@@ -147,7 +147,7 @@ func TestLocalDecisions(t *testing.T) {
 func TestLocalReservations(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100}
+	lim := limiter.Limit{Capacity: 1000, Refill: 100}
 	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
 	hold := func(id string) limiter.Request {
 		return limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: period, Cost: 5000,
@@ -211,7 +211,7 @@ func TestLocalReservations(t *testing.T) {
 func TestNearTheLimit(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 100, RefillPerSecond: 100}
+	lim := limiter.Limit{Capacity: 100, Refill: 100}
 	for range 100 {
 		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
 		require.NoError(t, err)
@@ -258,7 +258,7 @@ func TestNearTheLimit(t *testing.T) {
 func TestBackoffSignal(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100}
+	lim := limiter.Limit{Capacity: 1000, Refill: 100}
 	for range 3 {
 		d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim)})
 		require.NoError(t, err)
@@ -395,7 +395,7 @@ func TestSlotShrinkRace(t *testing.T) {
 	t.Cleanup(func() { _ = shared.Close() })
 	a, ga, _ := newGated(t, clk, shared)
 	b, _, _ := newGated(t, clk, shared)
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 1000}
+	lim := limiter.Limit{Capacity: 1000, Refill: 1000}
 	var seq int
 	call := func(s *cluster.Store) (limiter.Decision, string) {
 		seq++
@@ -505,7 +505,7 @@ func TestQueuedSettleRefused(t *testing.T) {
 func TestNoOutageForRefusals(t *testing.T) {
 	s := newSolo(t)
 	ctx := context.Background()
-	lim := limiter.Limit{Capacity: 1000, RefillPerSecond: 100}
+	lim := limiter.Limit{Capacity: 1000, Refill: 100}
 	d, err := s.Reserve(ctx, limiter.Request{Takes: takeOf(1, lim), Hold: &limiter.Hold{ID: "big", TTL: time.Minute, Period: period,
 		Slot: &limiter.Slot{Client: "acme", Max: 100_000_000}}})
 	require.NoError(t, err)

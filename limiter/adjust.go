@@ -6,12 +6,16 @@ import (
 	"time"
 )
 
-// MinLevel is the deepest debt a bucket may run into, in micro-units. A
-// charge after the fact (a call that used more than it reserved) or an
-// upstream pause leaves a bucket below zero, so that later calls wait for
-// the debt to be refilled. The floor keeps every level and every refill
-// product below 2^53, where the Redis scripts' Lua numbers are exact:
-// capacity·Micro (at most 10^15) plus 7·10^15 stays under 2^53 ≈ 9.007·10^15.
+// MinLevel is the deepest debt a bucket may run into, as a level (in
+// micro-units for a limit refilling whole units a second, in 1/Scale parts
+// of a unit in general). A charge after the fact (a call that used more
+// than it reserved) or an upstream pause leaves a bucket below zero, so
+// that later calls wait for the debt to be refilled. The floor keeps every
+// level and every refill product below 2^53, where the Redis scripts' Lua
+// numbers are exact: capacity·Scale (at most 10^15, see Limit.Den) plus
+// 7·10^15 stays under 2^53 ≈ 9.007·10^15. In units, the floor is 7·10^9
+// for a limit refilling every second, and 7·10^9/Den for one refilling
+// every Den seconds (81,018 units for a rate per day).
 const MinLevel = -7_000_000_000_000_000
 
 // Adjustment corrects one bucket after the fact: what a call really used,
@@ -44,8 +48,8 @@ const maxPause = 24 * time.Hour
 
 // Validate refuses an adjustment no store can apply.
 func (a Adjustment) Validate() error {
-	if a.Limit.Capacity <= 0 || a.Limit.RefillPerSecond < 0 || a.Limit.Capacity > maxUnits || a.Limit.RefillPerSecond > maxUnits {
-		return fmt.Errorf("limiter: adjust %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.RefillPerSecond)
+	if err := a.Limit.check(); err != nil {
+		return fmt.Errorf("limiter: adjust %s: %w", a.Key, err)
 	}
 	if a.Refund < -maxUnits || a.Refund > maxUnits {
 		return fmt.Errorf("limiter: adjust %s: refund %d out of range", a.Key, a.Refund)
@@ -63,14 +67,16 @@ func (a Adjustment) Validate() error {
 // becomes at most minus the pause's worth of refill, so the bucket is back
 // at zero exactly when the pause ends).
 func ApplyAdjust(b Bucket, a Adjustment) Bucket {
-	full := a.Limit.Capacity * Micro
-	b.Level = min(max(b.Level+a.Refund*Micro, MinLevel), full)
+	b = b.Rescaled(a.Limit)
+	scale := a.Limit.Scale()
+	full := a.Limit.Capacity * scale
+	b.Level = addUnits(b.Level, a.Refund, scale, full)
 	if a.Cap >= 0 {
-		b.Level = min(b.Level, min(a.Cap, a.Limit.Capacity)*Micro)
+		b.Level = min(b.Level, min(a.Cap, a.Limit.Capacity)*scale)
 	}
 	if p := a.Pause.Microseconds(); p > 0 {
 		debt := int64(0)
-		if r := a.Limit.RefillPerSecond; r > 0 {
+		if r := a.Limit.Refill; r > 0 {
 			debt = -MinLevel
 			if p < -MinLevel/r {
 				debt = p * r
@@ -79,6 +85,21 @@ func ApplyAdjust(b Bucket, a Adjustment) Bucket {
 		b.Level = min(b.Level, -debt)
 	}
 	return b
+}
+
+// addUnits adds units (taken when negative) to a level of scale parts a
+// unit: min(max(level + units·scale, MinLevel), full), computed without
+// the product when it would saturate, so that nothing exceeds 2^53 even
+// for a large scale (refunds are up to 10^9 units). adjust.lua's add_units
+// is the same.
+func addUnits(level, units, scale, full int64) int64 {
+	switch {
+	case units >= 0 && units >= ceilDiv(full-level, scale):
+		return full
+	case units < 0 && -units >= ceilDiv(level-MinLevel, scale):
+		return MinLevel
+	}
+	return min(level+units*scale, full)
 }
 
 // Adjuster corrects buckets after admission. It is an extension of Store:

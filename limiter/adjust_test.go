@@ -11,7 +11,7 @@ import (
 )
 
 func TestApplyAdjust(t *testing.T) {
-	l := limiter.Limit{Capacity: 100, RefillPerSecond: 10}
+	l := limiter.Limit{Capacity: 100, Refill: 10}
 	at := func(level int64) limiter.Bucket { return limiter.Bucket{Level: level, At: t0} }
 	adj := func(refund, cap int64, pause time.Duration) limiter.Adjustment {
 		return limiter.Adjustment{Limit: l, Refund: refund, Cap: cap, Pause: pause}
@@ -48,11 +48,11 @@ func TestApplyAdjust(t *testing.T) {
 }
 
 func TestApplyAdjustPauseLimits(t *testing.T) {
-	fast := limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}
+	fast := limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}
 	b := limiter.ApplyAdjust(limiter.NewBucket(fast, t0), limiter.Adjustment{Limit: fast, Cap: limiter.NoCap, Pause: 24 * time.Hour})
 	assert.Equal(t, int64(limiter.MinLevel), b.Level, "a pause that would overflow stops at the floor")
 
-	never := limiter.Limit{Capacity: 5, RefillPerSecond: 0}
+	never := limiter.Limit{Capacity: 5, Refill: 0}
 	b = limiter.ApplyAdjust(limiter.NewBucket(never, t0), limiter.Adjustment{Limit: never, Cap: limiter.NoCap, Pause: time.Minute})
 	assert.Zero(t, b.Level, "a bucket that never refills is only emptied")
 }
@@ -60,7 +60,7 @@ func TestApplyAdjustPauseLimits(t *testing.T) {
 // TestBucketInDebt: a bucket below zero refills, answers and reports like
 // any other, with the debt counted in every wait.
 func TestBucketInDebt(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 2}
+	l := limiter.Limit{Capacity: 10, Refill: 2}
 	b := limiter.Bucket{Level: units(-4), At: t0}
 	ok, possible, wait := b.Check(l, 1)
 	assert.False(t, ok)
@@ -76,13 +76,13 @@ func TestBucketInDebt(t *testing.T) {
 }
 
 func TestValidateAdjustments(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	k := limiter.Key{Pool: "p"}
 	ok := limiter.Adjustment{Key: k, Limit: l, Refund: 3, Cap: limiter.NoCap}
 	require.NoError(t, limiter.ValidateAdjustments([]limiter.Adjustment{ok, {Key: limiter.Key{Pool: "p", Client: "c"}, Limit: l, Cap: 4}}))
 	for name, a := range map[string]limiter.Adjustment{
 		"no capacity":        {Key: k, Limit: limiter.Limit{}, Cap: limiter.NoCap},
-		"negative refill":    {Key: k, Limit: limiter.Limit{Capacity: 1, RefillPerSecond: -1}, Cap: limiter.NoCap},
+		"negative refill":    {Key: k, Limit: limiter.Limit{Capacity: 1, Refill: -1}, Cap: limiter.NoCap},
 		"refund too large":   {Key: k, Limit: l, Refund: 2_000_000_000, Cap: limiter.NoCap},
 		"charge too large":   {Key: k, Limit: l, Refund: -2_000_000_000, Cap: limiter.NoCap},
 		"cap too large":      {Key: k, Limit: l, Cap: 2_000_000_000},

@@ -26,13 +26,13 @@ func units(n int64) int64 { return n * limiter.Micro }
 var empty = limiter.Bucket{Level: 0, At: t0}
 
 func TestNewBucketIsFull(t *testing.T) {
-	b := limiter.NewBucket(limiter.Limit{Capacity: 7, RefillPerSecond: 1}, t0)
+	b := limiter.NewBucket(limiter.Limit{Capacity: 7, Refill: 1}, t0)
 	assert.Equal(t, limiter.Bucket{Level: units(7), At: t0}, b)
-	assert.True(t, b.Full(limiter.Limit{Capacity: 7, RefillPerSecond: 1}, t0))
+	assert.True(t, b.Full(limiter.Limit{Capacity: 7, Refill: 1}, t0))
 }
 
 func TestBucketAdvance(t *testing.T) {
-	odd := limiter.Limit{Capacity: 10_000, RefillPerSecond: 166}
+	odd := limiter.Limit{Capacity: 10_000, Refill: 166}
 	tests := map[string]struct {
 		limit limiter.Limit
 		from  limiter.Bucket
@@ -57,20 +57,20 @@ func TestBucketAdvance(t *testing.T) {
 			want: limiter.Bucket{Level: 999_984, At: t0 + 6024},
 		},
 		"refill stops at capacity": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 3}, from: empty, now: t0 + 1000*s,
+			limit: limiter.Limit{Capacity: 10, Refill: 3}, from: empty, now: t0 + 1000*s,
 			want: limiter.Bucket{Level: units(10), At: t0 + 1000*s},
 		},
 		// 10 units at 3/s: 10e6/3 = 3_333_333.3 µs, rounded up.
 		"full exactly when the missing level is covered": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 3}, from: empty, now: t0 + 3_333_334,
+			limit: limiter.Limit{Capacity: 10, Refill: 3}, from: empty, now: t0 + 3_333_334,
 			want: limiter.Bucket{Level: units(10), At: t0 + 3_333_334},
 		},
 		"one microsecond before full": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 3}, from: empty, now: t0 + 3_333_333,
+			limit: limiter.Limit{Capacity: 10, Refill: 3}, from: empty, now: t0 + 3_333_333,
 			want: limiter.Bucket{Level: 9_999_999, At: t0 + 3_333_333},
 		},
 		"a huge gap does not overflow": {
-			limit: limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}, from: empty, now: t0 + 100*365*24*3600*s,
+			limit: limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}, from: empty, now: t0 + 100*365*24*3600*s,
 			want: limiter.Bucket{Level: units(1_000_000_000), At: t0 + 100*365*24*3600*s},
 		},
 		"same instant changes nothing": {
@@ -82,15 +82,15 @@ func TestBucketAdvance(t *testing.T) {
 			want: limiter.Bucket{Level: 42, At: t0},
 		},
 		"capacity lowered clamps the level": {
-			limit: limiter.Limit{Capacity: 5, RefillPerSecond: 1}, from: limiter.Bucket{Level: units(8), At: t0}, now: t0 + s,
+			limit: limiter.Limit{Capacity: 5, Refill: 1}, from: limiter.Bucket{Level: units(8), At: t0}, now: t0 + s,
 			want: limiter.Bucket{Level: units(5), At: t0 + s},
 		},
 		"capacity lowered clamps even when the clock went backwards": {
-			limit: limiter.Limit{Capacity: 5, RefillPerSecond: 1}, from: limiter.Bucket{Level: units(8), At: t0}, now: t0 - s,
+			limit: limiter.Limit{Capacity: 5, Refill: 1}, from: limiter.Bucket{Level: units(8), At: t0}, now: t0 - s,
 			want: limiter.Bucket{Level: units(5), At: t0},
 		},
 		"capacity raised keeps the level and refills toward the new capacity": {
-			limit: limiter.Limit{Capacity: 20, RefillPerSecond: 1}, from: limiter.Bucket{Level: units(10), At: t0}, now: t0 + 3*s,
+			limit: limiter.Limit{Capacity: 20, Refill: 1}, from: limiter.Bucket{Level: units(10), At: t0}, now: t0 + 3*s,
 			want: limiter.Bucket{Level: units(13), At: t0 + 3*s},
 		},
 		"zero refill moves the time only": {
@@ -108,7 +108,7 @@ func TestBucketAdvance(t *testing.T) {
 func TestBucketAdvanceIsPathIndependent(t *testing.T) {
 	// Advancing in many small steps lands on the same level as one big step:
 	// refill is exact, with no rounding lost between calls.
-	l := limiter.Limit{Capacity: 10_000, RefillPerSecond: 166}
+	l := limiter.Limit{Capacity: 10_000, Refill: 166}
 	stepped := empty
 	for now := t0; now <= t0+s; now += 7 {
 		stepped = stepped.Advance(l, now)
@@ -126,35 +126,35 @@ func TestBucketCheck(t *testing.T) {
 		wait         time.Duration
 	}{
 		"zero cost always fits": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: 0, cost: 0,
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: 0, cost: 0,
 			ok: true, possible: true,
 		},
 		"cost equal to level fits": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: units(3), cost: 3,
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: units(3), cost: 3,
 			ok: true, possible: true,
 		},
 		"cost equal to capacity fits a full bucket": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: units(10), cost: 10,
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: units(10), cost: 10,
 			ok: true, possible: true,
 		},
 		"one micro-unit short waits one refill step": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: units(3) - 1, cost: 3,
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: units(3) - 1, cost: 3,
 			possible: true, wait: time.Microsecond,
 		},
 		"wait is exact": {
-			limit: limiter.Limit{Capacity: 10_000, RefillPerSecond: 166}, level: 0, cost: 166,
+			limit: limiter.Limit{Capacity: 10_000, Refill: 166}, level: 0, cost: 166,
 			possible: true, wait: time.Second,
 		},
 		"wait rounds up to the microsecond": {
-			limit: limiter.Limit{Capacity: 10_000, RefillPerSecond: 166}, level: 0, cost: 1,
+			limit: limiter.Limit{Capacity: 10_000, Refill: 166}, level: 0, cost: 1,
 			possible: true, wait: 6025 * time.Microsecond,
 		},
 		"wait counts the partial level": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 3}, level: units(1) / 2, cost: 1,
+			limit: limiter.Limit{Capacity: 10, Refill: 3}, level: units(1) / 2, cost: 1,
 			possible: true, wait: 166_667 * time.Microsecond, // 500_000/3 rounded up
 		},
 		"cost above capacity is never possible": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: units(10), cost: 11,
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: units(10), cost: 11,
 			wait: 0,
 		},
 		"no refill and short is never possible": {
@@ -180,11 +180,11 @@ func TestBucketCheckWaitIsTight(t *testing.T) {
 		level int64
 		cost  int64
 	}{
-		"166/s one unit":         {limit: limiter.Limit{Capacity: 10_000, RefillPerSecond: 166}, cost: 1},
-		"3/s from half a unit":   {limit: limiter.Limit{Capacity: 10, RefillPerSecond: 3}, level: units(1) / 2, cost: 2},
-		"7/s whole bucket":       {limit: limiter.Limit{Capacity: 9, RefillPerSecond: 7}, cost: 9},
-		"1e9/s one unit":         {limit: limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}, cost: 1},
-		"1/s almost a whole one": {limit: limiter.Limit{Capacity: 1, RefillPerSecond: 1}, level: 1, cost: 1},
+		"166/s one unit":         {limit: limiter.Limit{Capacity: 10_000, Refill: 166}, cost: 1},
+		"3/s from half a unit":   {limit: limiter.Limit{Capacity: 10, Refill: 3}, level: units(1) / 2, cost: 2},
+		"7/s whole bucket":       {limit: limiter.Limit{Capacity: 9, Refill: 7}, cost: 9},
+		"1e9/s one unit":         {limit: limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}, cost: 1},
+		"1/s almost a whole one": {limit: limiter.Limit{Capacity: 1, Refill: 1}, level: 1, cost: 1},
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := limiter.Bucket{Level: tc.level, At: t0}
@@ -211,19 +211,19 @@ func TestBucketState(t *testing.T) {
 		resetAfter time.Duration
 	}{
 		"full": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: units(10),
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: units(10),
 			remaining: 10, resetAfter: 0,
 		},
 		"empty": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 4}, level: 0,
+			limit: limiter.Limit{Capacity: 10, Refill: 4}, level: 0,
 			remaining: 0, resetAfter: 2500 * time.Millisecond,
 		},
 		"partial units round down": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, level: units(3) + 999_999,
+			limit: limiter.Limit{Capacity: 10, Refill: 1}, level: units(3) + 999_999,
 			remaining: 3, resetAfter: 6*time.Second + time.Microsecond,
 		},
 		"reset rounds up": {
-			limit: limiter.Limit{Capacity: 10, RefillPerSecond: 3}, level: 0,
+			limit: limiter.Limit{Capacity: 10, Refill: 3}, level: 0,
 			remaining: 0, resetAfter: 3_333_334 * time.Microsecond,
 		},
 		"no refill never resets": {
@@ -241,7 +241,7 @@ func TestBucketState(t *testing.T) {
 }
 
 func TestBucketFull(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 2}
+	l := limiter.Limit{Capacity: 10, Refill: 2}
 	tests := map[string]struct {
 		b    limiter.Bucket
 		now  int64
@@ -274,8 +274,8 @@ func take(pool, client string, l limiter.Limit, c int64) limiter.Take {
 func shadow(t limiter.Take) limiter.Take { t.Shadow = true; return t }
 
 func TestApply(t *testing.T) {
-	ten := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
-	hundred := limiter.Limit{Capacity: 100, RefillPerSecond: 10}
+	ten := limiter.Limit{Capacity: 10, Refill: 1}
+	hundred := limiter.Limit{Capacity: 100, Refill: 10}
 	type state struct {
 		remaining  int64
 		short      bool
@@ -312,7 +312,7 @@ func TestApply(t *testing.T) {
 			states: []state{{remaining: 2, short: true, retryAfter: 300 * time.Millisecond}},
 		},
 		"short bucket: retry after rounds up": {
-			levels: []int64{0}, takes: []limiter.Take{take("p", "", limiter.Limit{Capacity: 10_000, RefillPerSecond: 166}, 1)},
+			levels: []int64{0}, takes: []limiter.Take{take("p", "", limiter.Limit{Capacity: 10_000, Refill: 166}, 1)},
 			reason: limiter.ReasonRateLimited, blocking: 0, retryAfter: 6025 * time.Microsecond,
 			after:  []int64{0},
 			states: []state{{short: true, retryAfter: 6025 * time.Microsecond}},
@@ -454,7 +454,7 @@ func TestApply(t *testing.T) {
 func TestApplyDrainsOneByOne(t *testing.T) {
 	// A full bucket of 10 grants ten single units at one instant, then
 	// denies the eleventh with the exact wait for one unit.
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 3}
+	l := limiter.Limit{Capacity: 10, Refill: 3}
 	b := []limiter.Bucket{limiter.NewBucket(l, t0)}
 	takes := []limiter.Take{take("p", "", l, 1)}
 	for i := range 10 {
@@ -470,7 +470,7 @@ func TestApplyDrainsOneByOne(t *testing.T) {
 }
 
 func TestDecisionShadowDenied(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	tests := map[string]struct {
 		levels []int64
 		takes  []limiter.Take
@@ -507,7 +507,7 @@ func TestDecisionShadowDenied(t *testing.T) {
 
 func TestDecisionTightest(t *testing.T) {
 	st := func(remaining, capacity int64) limiter.BucketState {
-		return limiter.BucketState{Remaining: remaining, Limit: limiter.Limit{Capacity: capacity, RefillPerSecond: 1}}
+		return limiter.BucketState{Remaining: remaining, Limit: limiter.Limit{Capacity: capacity, Refill: 1}}
 	}
 	tests := map[string]struct {
 		d    limiter.Decision

@@ -11,7 +11,7 @@ import (
 )
 
 func TestCharged(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	p, c, s := limiter.Key{Pool: "p"}, limiter.Key{Pool: "p", Client: "c"}, limiter.Key{Pool: "s", Client: "c"}
 	takes := []limiter.Take{{Key: p, Limit: l, Cost: 3}, {Key: c, Limit: l, Cost: 0}, {Key: s, Limit: l, Cost: 9, Shadow: true}}
 	tests := map[string]struct {
@@ -36,7 +36,7 @@ func TestCharged(t *testing.T) {
 }
 
 func TestEndingRefunds(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	charges := []limiter.Charge{
 		{Key: limiter.Key{Pool: "gpt"}, Limit: l, Units: 5},
 		{Key: limiter.Key{Pool: "gpt", Client: "acme"}, Limit: l, Units: 5},
@@ -64,7 +64,7 @@ func TestEndingRefunds(t *testing.T) {
 }
 
 func TestEndingValidate(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	ok := func() limiter.Ending {
 		return limiter.Ending{ID: "x", Outcome: limiter.OutcomeSettled, Actual: 5, Used: []limiter.PoolUse{{Pool: "p", Units: 1}},
 			Throttles: []limiter.Throttle{{Key: limiter.Key{Pool: "p"}, Limit: l, Cap: 3}}}
@@ -95,7 +95,7 @@ func TestEndingValidate(t *testing.T) {
 }
 
 func TestRequestValidateBoundsCharges(t *testing.T) {
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	takes := func(n, keyLen int) []limiter.Take {
 		out := make([]limiter.Take, n)
 		for i := range out {

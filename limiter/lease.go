@@ -43,8 +43,8 @@ type LeaseGrant struct {
 
 // Validate refuses an ask no store can answer.
 func (a LeaseAsk) Validate() error {
-	if a.Limit.Capacity <= 0 || a.Limit.RefillPerSecond < 0 || a.Limit.Capacity > maxUnits || a.Limit.RefillPerSecond > maxUnits {
-		return fmt.Errorf("limiter: lease %s: capacity %d, refill %d out of range", a.Key, a.Limit.Capacity, a.Limit.RefillPerSecond)
+	if err := a.Limit.check(); err != nil {
+		return fmt.Errorf("limiter: lease %s: %w", a.Key, err)
 	}
 	if a.Need < 0 || a.Want < a.Need || a.Want > maxUnits {
 		return fmt.Errorf("limiter: lease %s: want %d, need %d out of range", a.Key, a.Want, a.Need)
@@ -57,12 +57,14 @@ func (a LeaseAsk) Validate() error {
 // store's lease.lua follows it line for line.
 func ApplyLease(b Bucket, a LeaseAsk) (Bucket, LeaseGrant) {
 	var g LeaseGrant
-	avail := max(b.Level, 0) / Micro
+	b = b.Rescaled(a.Limit)
+	scale := a.Limit.Scale()
+	avail := max(b.Level, 0) / scale
 	ok, possible, wait := b.Check(a.Limit, a.Need)
 	g.Possible = possible
 	if ok {
 		g.Granted = min(a.Want, avail) // avail >= Need: Check said so
-		b.Level -= g.Granted * Micro
+		b.Level -= g.Granted * scale
 	} else {
 		g.RetryAfter = wait
 	}

@@ -45,10 +45,51 @@ func (k Key) String() string {
 }
 
 // Limit is a token bucket's shape: at most Capacity units, refilled at
-// RefillPerSecond units per second.
+// Refill units every Per. A zero Per is a second, so a Limit written
+// without one refills Refill units a second, as it always did. Per is a
+// whole number of seconds, at most MaxPer: the rate Refill/Per is kept
+// exactly, whatever it is (10000/min, 100/h). The policy gives rates in
+// lowest terms (10000/min is 500 every 3s), which lets the largest
+// capacities through (see Den).
 type Limit struct {
-	Capacity        int64
-	RefillPerSecond int64
+	Capacity int64
+	Refill   int64
+	Per      time.Duration
+}
+
+// MaxPer bounds a Limit's Per: a day, the longest period a policy rate is
+// written per.
+const MaxPer = 24 * time.Hour
+
+// Den is the limit's refill period in whole seconds (one for a zero Per):
+// the denominator of its rate in units a second, Refill/Den. A bucket
+// level counts 1/(Micro·Den) parts of a unit (Scale), so that the bucket
+// gains exactly Refill of them every microsecond and integer arithmetic
+// stays exact. Capacity·Den is at most maxUnits, which keeps every level
+// below 2^53 (see MinLevel), as the Redis scripts need.
+func (l Limit) Den() int64 {
+	if l.Per <= time.Second {
+		return 1
+	}
+	return int64(l.Per / time.Second)
+}
+
+// Scale is how many parts of a unit a bucket level counts: Micro·Den.
+func (l Limit) Scale() int64 { return Micro * l.Den() }
+
+// check refuses a limit no store can keep exactly.
+func (l Limit) check() error {
+	switch {
+	case l.Capacity <= 0 || l.Capacity > maxUnits || l.Refill < 0:
+		return fmt.Errorf("capacity %d, refill %d out of range", l.Capacity, l.Refill)
+	case l.Per < 0 || l.Per > MaxPer || l.Per%time.Second != 0:
+		return fmt.Errorf("refill period %v is not a whole number of seconds up to %v", l.Per, MaxPer)
+	case l.Capacity > maxUnits/l.Den():
+		return fmt.Errorf("capacity %d is too large for a refill every %v: at most %d", l.Capacity, l.Per, maxUnits/l.Den())
+	case l.Refill > maxUnits*l.Den():
+		return fmt.Errorf("refill %d every %v is more than %d a second", l.Refill, l.Per, maxUnits)
+	}
+	return nil
 }
 
 // Take asks for Cost units from the bucket Key shaped by Limit.
@@ -83,9 +124,11 @@ func (r Request) Validate() error {
 				return fmt.Errorf("limiter: bucket %s appears twice in one request", t.Key)
 			}
 		}
-		if t.Cost < 0 || t.Limit.Capacity <= 0 || t.Limit.RefillPerSecond < 0 ||
-			t.Limit.Capacity > maxUnits || t.Limit.RefillPerSecond > maxUnits {
-			return fmt.Errorf("limiter: bucket %s: cost %d, capacity %d, refill %d out of range", t.Key, t.Cost, t.Limit.Capacity, t.Limit.RefillPerSecond)
+		if t.Cost < 0 {
+			return fmt.Errorf("limiter: bucket %s: cost %d out of range", t.Key, t.Cost)
+		}
+		if err := t.Limit.check(); err != nil {
+			return fmt.Errorf("limiter: bucket %s: %w", t.Key, err)
 		}
 	}
 	h := r.Hold
@@ -117,7 +160,8 @@ func (r Request) Validate() error {
 	return nil
 }
 
-// maxUnits bounds capacities and refill rates (policy.MaxCapacity).
+// maxUnits bounds capacities and refill rates a second
+// (policy.MaxCapacity), and a capacity times its limit's Den.
 const maxUnits = 1_000_000_000
 
 // MaxMoney bounds every amount a store keeps (2^53 nano-dollars, about $9

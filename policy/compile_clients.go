@@ -19,9 +19,10 @@ type tierDoc struct {
 
 // limitDoc is a tier's client_limits: entry, keyed by pool.
 type limitDoc struct {
-	pool             string
-	line             int
-	capacity, refill at[int64]
+	pool     string
+	line     int
+	capacity at[int64]
+	refill   at[rate]
 }
 
 // clientDoc is a clients: entry as written.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -96,7 +97,11 @@ func kindName(n *yaml.Node) string {
 			return "a true/false value"
 		case "!!int":
 			return "a whole number"
-		case "!!float":
+		}
+		if _, err := wholeNumber(n); errors.Is(err, errTooLarge) || errors.Is(err, errTooSmall) {
+			return "a whole number too large for 64 bits"
+		}
+		if n.Tag == "!!float" {
 			return "a decimal number"
 		}
 		return fmt.Sprintf("the text %q", n.Value)
@@ -319,21 +324,20 @@ func (m *mapNode) str(key string) at[string] {
 
 func (m *mapNode) int(key string) at[int64] {
 	return field(m, key, func(n *yaml.Node, path string) (int64, bool) {
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!float" && wholeDigits(n.Value) {
-			// YAML makes a whole number too large for 64 bits a float.
+		v, err := wholeNumber(n)
+		switch {
+		case errors.Is(err, errTooLarge):
 			m.d.fail(n, path, "%s is too large for a whole number (at most %d)", n.Value, int64(math.MaxInt64))
-			return 0, false
-		}
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		case errors.Is(err, errTooSmall):
+			m.d.fail(n, path, "%s is too small for a whole number (at least %d)", n.Value, int64(math.MinInt64))
+		case n.Kind != yaml.ScalarNode || n.Tag != "!!int":
 			m.d.fail(n, path, "must be a whole number, got %s", kindName(n))
-			return 0, false
+		case err != nil:
+			m.d.fail(n, path, "%q is not a whole number", n.Value)
+		default:
+			return v, true
 		}
-		v, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
-		if err != nil {
-			m.d.fail(n, path, "%q is not a whole number that fits in 64 bits", n.Value)
-			return 0, false
-		}
-		return v, true
+		return 0, false
 	})
 }
 
@@ -419,9 +423,29 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// wholeDigits reports whether s is written as a whole number: an optional
-// sign, then digits (and underscores).
-func wholeDigits(s string) bool {
-	s = strings.TrimLeft(s, "+-")
-	return s != "" && strings.Trim(s, "0123456789_") == ""
+// errTooLarge and errTooSmall say a whole number does not fit in 64 bits.
+var (
+	errTooLarge = errors.New("too large for 64 bits")
+	errTooSmall = errors.New("too small for 64 bits")
+)
+
+// wholeNumber reads an unquoted scalar written as a whole number (decimal,
+// or 0x, 0o, 0b; underscores allowed), whatever tag YAML gave it: YAML
+// types a decimal too large for 64 bits a float, and such a hexadecimal
+// one text, so that without this a number too large would be reported as
+// "a decimal number". It returns errTooLarge or errTooSmall for a whole
+// number beyond 64 bits, and another error for anything else.
+func wholeNumber(n *yaml.Node) (int64, error) {
+	const quoted = yaml.DoubleQuotedStyle | yaml.SingleQuotedStyle | yaml.LiteralStyle | yaml.FoldedStyle
+	if n.Kind != yaml.ScalarNode || n.Style&quoted != 0 || (n.Tag != "!!int" && n.Tag != "!!float" && n.Tag != "!!str") {
+		return 0, errors.New("not a whole number")
+	}
+	v, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		if strings.HasPrefix(n.Value, "-") {
+			return 0, errTooSmall
+		}
+		return 0, errTooLarge
+	}
+	return v, err
 }

@@ -2,6 +2,7 @@ package policy_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,16 +17,17 @@ func TestDefaultPools(t *testing.T) {
 	tests := map[string]struct {
 		unit     policy.Unit
 		capacity int64
-		refill   int64
+		refill   policy.Limit // its rate: Refill every Per
 		price    policy.Price
 		priceStr string
 	}{
-		"gpt-4":   {policy.UnitToken, 10000, 166, policy.Price{Nanos: 30_000_000, Per: 1000}, "0.03/1K"},
-		"gpt-3.5": {policy.UnitToken, 90000, 1500, policy.Price{Nanos: 1_500_000, Per: 1000}, "0.0015/1K"},
-		"email":   {policy.UnitEmail, 1000, 16, policy.Price{Nanos: 100_000, Per: 1}, "0.0001"},
-		"sms":     {policy.UnitSegment, 500, 8, policy.Price{Nanos: 7_500_000, Per: 1}, "0.0075"},
+		// 10,000 a minute exactly: 500 every 3 s.
+		"gpt-4":   {policy.UnitToken, 10000, policy.Limit{Refill: 500, Per: 3 * time.Second}, policy.Price{Nanos: 30_000_000, Per: 1000}, "0.03/1K"},
+		"gpt-3.5": {policy.UnitToken, 90000, policy.Limit{Refill: 1500}, policy.Price{Nanos: 1_500_000, Per: 1000}, "0.0015/1K"},
+		"email":   {policy.UnitEmail, 1000, policy.Limit{Refill: 16}, policy.Price{Nanos: 100_000, Per: 1}, "0.0001"},
+		"sms":     {policy.UnitSegment, 500, policy.Limit{Refill: 8}, policy.Price{Nanos: 7_500_000, Per: 1}, "0.0075"},
 		// Not in the Resource Manager's table: Anthropic is metered too.
-		"claude": {policy.UnitToken, 40000, 666, policy.Price{Nanos: 3_000_000_000, Per: 1_000_000}, "3/1M"},
+		"claude": {policy.UnitToken, 40000, policy.Limit{Refill: 666}, policy.Price{Nanos: 3_000_000_000, Per: 1_000_000}, "3/1M"},
 	}
 	require.Len(t, s.Pools, len(tests))
 	for name, tc := range tests {
@@ -34,7 +36,7 @@ func TestDefaultPools(t *testing.T) {
 			require.NotNil(t, p)
 			assert.Equal(t, name, p.Name)
 			assert.Equal(t, tc.unit, p.Unit)
-			assert.Equal(t, policy.Limit{Capacity: tc.capacity, RefillPerSecond: tc.refill}, p.Limit)
+			assert.Equal(t, policy.Limit{Capacity: tc.capacity, Refill: tc.refill.Refill, Per: tc.refill.Per}, p.Limit)
 			assert.Equal(t, tc.price, p.Price)
 			assert.Equal(t, tc.priceStr, p.Price.String())
 			assert.False(t, p.Shadow)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -70,11 +71,7 @@ func checkSet(t *testing.T, s *policy.Set) {
 		if p.Name != name {
 			t.Fatalf("pool %q is named %q", name, p.Name)
 		}
-		for _, v := range []int64{p.Limit.Capacity, p.Limit.RefillPerSecond} {
-			if v <= 0 || v > policy.MaxCapacity {
-				t.Fatalf("pool %q has limit %+v", name, p.Limit)
-			}
-		}
+		checkLimit(t, "pool "+name, p.Limit)
 		if p.Price.Nanos < 0 || (!p.Price.IsZero() && p.Price.Per <= 0) {
 			t.Fatalf("pool %q has price %+v", name, p.Price)
 		}
@@ -108,6 +105,9 @@ func checkSet(t *testing.T, s *policy.Set) {
 		if tier.Priority < 0 || tier.Priority > 40 || tier.MaxConcurrent <= 0 || tier.MonthlyBudget < 0 {
 			t.Fatalf("invalid tier %q: %+v", name, tier)
 		}
+		for pool, l := range tier.ClientLimits {
+			checkLimit(t, "tier "+name+" client limit "+pool, l)
+		}
 	}
 	for id, c := range s.Clients {
 		if c.Tier == nil || s.Tiers[c.Tier.Name] != c.Tier || c.MonthlyBudget < 0 {
@@ -122,6 +122,27 @@ func checkSet(t *testing.T, s *policy.Set) {
 	}
 	if a := s.Defaults.MissingClient; a != policy.Allow && a != policy.Deny {
 		t.Fatalf("missing_client is %q", a)
+	}
+}
+
+// checkLimit checks what a compiled limit promises the limiter: a capacity
+// and a rate a second within MaxCapacity, a period of whole seconds that
+// divides a day, the rate in lowest terms, and capacity × the period in
+// seconds within MaxCapacity (levels stay below 2^53).
+func checkLimit(t *testing.T, what string, l policy.Limit) {
+	t.Helper()
+	den := int64(l.Per / time.Second)
+	if l.Per == 0 {
+		den = 1
+	}
+	if l.Capacity <= 0 || l.Capacity > policy.MaxCapacity || l.Refill <= 0 || l.Per < 0 || l.Per == time.Second ||
+		l.Per%time.Second != 0 || 86_400%den != 0 || l.Refill > policy.MaxCapacity*den || l.Capacity > policy.MaxCapacity/den {
+		t.Fatalf("%s has limit %+v", what, l)
+	}
+	for d := int64(2); d <= den; d++ {
+		if l.Refill%d == 0 && den%d == 0 {
+			t.Fatalf("%s has limit %+v, not in lowest terms", what, l)
+		}
 	}
 }
 

@@ -76,7 +76,41 @@ func TestCompileRefusals(t *testing.T) {
 		},
 		"integer beyond 64 bits": {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: !!int 99999999999999999999", "    refill_per_second: 1"),
-			want: wantErr{line: 4, path: "pools.p.capacity", msg: `"99999999999999999999" is not a whole number that fits in 64 bits`},
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `99999999999999999999 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		// YAML types a decimal too large for 64 bits a float, and a
+		// hexadecimal one text: neither is called a decimal number or text.
+		"capacity too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 99999999999999999999", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `99999999999999999999 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"capacity too large for 64 bits, with underscores": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 1_000_000_000_000_000_000_000", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `1_000_000_000_000_000_000_000 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"capacity one past 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 9223372036854775808", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `9223372036854775808 is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"hexadecimal capacity too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 0xFFFFFFFFFFFFFFFFFFFF", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `0xFFFFFFFFFFFFFFFFFFFF is too large for a whole number (at most 9223372036854775807)`},
+		},
+		"negative number too large for 64 bits": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: -99999999999999999999", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `-99999999999999999999 is too small for a whole number (at least -9223372036854775808)`},
+		},
+		"quoted huge number is text": {
+			src:  lines("pools:", "  p:", "    unit: request", `    capacity: "99999999999999999999"`, "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `must be a whole number, got the text "99999999999999999999"`},
+		},
+		"huge number where true or false is wanted": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 1", "    refill_per_second: 1", "    shadow: 99999999999999999999"),
+			want: wantErr{line: 6, path: "pools.p.shadow", msg: `must be true or false, got a whole number too large for 64 bits`},
+		},
+		"exponent is still a decimal number": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 1e30", "    refill_per_second: 1"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: `must be a whole number, got a decimal number`},
 		},
 		"list where a mapping is wanted": {
 			src:  withPool("tiers: [gold, silver]"),
@@ -148,13 +182,29 @@ func TestCompileRefusals(t *testing.T) {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 10", "    refill_per_second: 0x7fffffff"),
 			want: wantErr{line: 5, path: "pools.p.refill_per_second", msg: "must be at most 1000000000, got 2147483647"},
 		},
-		"refill per minute that is no whole rate a second": {
-			src:  lines("pools:", "  p:", "    unit: token", "    capacity: 10000", "    refill: 10000/min"),
-			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "10000/min" is 166.67 units a second, and the limiter refills whole units a second, so it cannot be kept exactly: write 9960/min (166/s) or 10020/min (167/s)`},
+		"capacity too large for a rate per minute": {
+			src:  lines("pools:", "  p:", "    unit: token", "    capacity: 400_000_000", "    refill: 10000/min"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: "must be at most 333333333 with refill 10000/min, got 400000000: a bucket of this rate is kept in 1/3 parts of a micro-unit, so capacity × 3 must stay within 1000000000"},
 		},
-		"refill per hour below one a second": {
-			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 100/h"),
-			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "100/h" is 0.03 units a second, and the limiter refills whole units a second, so it cannot be kept exactly: write 3600/h (1/s)`},
+		"capacity too large for a rate per day": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 20000", "    refill: 1/d"),
+			want: wantErr{line: 4, path: "pools.p.capacity", msg: "must be at most 11574 with refill 1/d, got 20000"},
+		},
+		"refill of more than the most a second": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 60_000_000_001/min"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "60_000_000_001/min" is more than 1000000000 units a second`},
+		},
+		"refill of a decimal rate": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 2.5/s"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "2.5/s": want a whole number of units per period, as in 10000/min or 5/s`},
+		},
+		"refill of zero per hour": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 0/h"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `rate "0/h": must be positive`},
+		},
+		"refill as a list": {
+			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: [1, min]"),
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `must be a rate such as 10000/min, 100/h or 5/s, got a list`},
 		},
 		"refill with an unknown period": {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 100/week"),
@@ -162,7 +212,7 @@ func TestCompileRefusals(t *testing.T) {
 		},
 		"refill too large": {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 99999999999999999999/s"),
-			want: wantErr{line: 5, path: "pools.p.refill", msg: `99999999999999999999 is too large (at most 1000000000)`},
+			want: wantErr{line: 5, path: "pools.p.refill", msg: `99999999999999999999 is too large (at most 1000000000 a second)`},
 		},
 		"refill and refill_per_second": {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill: 60/min", "    refill_per_second: 1"),
@@ -172,10 +222,15 @@ func TestCompileRefusals(t *testing.T) {
 			src:  lines("pools:", "  p:", "    unit: request", "    capacity: 100", "    refill_per_second: 99999999999999999999"),
 			want: wantErr{line: 5, path: "pools.p.refill_per_second", msg: "99999999999999999999 is too large for a whole number (at most 9223372036854775807)"},
 		},
-		"client limit refill per hour": {
+		"client limit capacity too large for a rate per day": {
+			src: withPool(append(tierT, "    client_limits:", "      p:", "        capacity: 12000",
+				"        refill: 1/d")...),
+			want: wantErr{line: 12, path: "tiers.t.client_limits.p.capacity", msg: "must be at most 11574 with refill 1/d, got 12000"},
+		},
+		"client limit refill with an unknown period": {
 			src: withPool(append(tierT, "    client_limits:", "      p:", "        capacity: 10",
-				"        refill: 10/h")...),
-			want: wantErr{line: 13, path: "tiers.t.client_limits.p.refill", msg: `rate "10/h" is 0.00 units a second`},
+				"        refill: 10/week")...),
+			want: wantErr{line: 13, path: "tiers.t.client_limits.p.refill", msg: `rate "10/week": unknown period "week"`},
 		},
 		"missing capacity": {
 			src:  lines("pools:", "  p:", "    unit: request", "    refill_per_second: 1"),
@@ -500,7 +555,7 @@ func TestCompileMergesAcrossFiles(t *testing.T) {
 	assert.Same(t, s.Tiers["t"], s.Defaults.UnknownClientTier)
 	assert.Equal(t, policy.Deny, s.Defaults.UnmatchedRoute)
 	assert.Equal(t, policy.Deny, s.Defaults.InvalidRequest)
-	assert.Equal(t, policy.Limit{Capacity: 2, RefillPerSecond: 1}, s.Tiers["t"].ClientLimits["p"])
+	assert.Equal(t, policy.Limit{Capacity: 2, Refill: 1}, s.Tiers["t"].ClientLimits["p"])
 	require.Len(t, s.Routes, 1)
 	assert.Same(t, s.Pools["p"], s.Routes[0].Pools[0])
 	assert.False(t, s.LoadedAt.IsZero())
@@ -610,8 +665,8 @@ func TestCompileMergeKeys(t *testing.T) {
 		"    refill_per_second: 2",
 	))
 	assert.Equal(t, policy.UnitToken, s.Pools["b"].Unit)
-	assert.Equal(t, policy.Limit{Capacity: 20, RefillPerSecond: 2}, s.Pools["b"].Limit)
-	assert.Equal(t, policy.Limit{Capacity: 10, RefillPerSecond: 1}, s.Pools["a"].Limit)
+	assert.Equal(t, policy.Limit{Capacity: 20, Refill: 2}, s.Pools["b"].Limit)
+	assert.Equal(t, policy.Limit{Capacity: 10, Refill: 1}, s.Pools["a"].Limit)
 
 	_, err := compile(lines(
 		"pools:",
@@ -656,7 +711,8 @@ func TestLoadTiersDirectory(t *testing.T) {
 	require.NotNil(t, premium)
 	require.NotNil(t, basic)
 	assert.Same(t, basic, s.Defaults.UnknownClientTier, "defaults in pools.yaml name a tier from basic.yaml")
-	assert.Equal(t, map[string]policy.Limit{"gpt-4": {Capacity: 2000, RefillPerSecond: 33}}, basic.ClientLimits)
+	assert.Equal(t, map[string]policy.Limit{"gpt-4": {Capacity: 2000, Refill: 100, Per: 3 * time.Second}}, basic.ClientLimits, "2000/min")
+	assert.Equal(t, policy.Limit{Capacity: 10_000, Refill: 500, Per: 3 * time.Second}, s.Pools["gpt-4"].Limit, "10000/min")
 	assert.Empty(t, premium.ClientLimits)
 
 	tests := map[string]struct {
@@ -693,7 +749,7 @@ func TestLoadTour(t *testing.T) {
 	demo := s.Pools["demo"]
 	require.NotNil(t, demo)
 	assert.Equal(t, policy.UnitRequest, demo.Unit)
-	assert.Equal(t, policy.Limit{Capacity: 3, RefillPerSecond: 1}, demo.Limit)
+	assert.Equal(t, policy.Limit{Capacity: 3, Refill: 1}, demo.Limit)
 	assert.True(t, demo.Price.IsZero())
 
 	r := s.MatchRoute("api.openai.com", "/v1/chat/completions", "gpt-4o")

@@ -49,10 +49,11 @@ const (
 )
 
 // Limit is a token bucket's shape: it holds at most Capacity units and gains
-// RefillPerSecond units every second.
+// Refill units every Per (a zero Per is a second).
 type Limit struct {
-	Capacity        int64
-	RefillPerSecond int64
+	Capacity int64
+	Refill   int64
+	Per      time.Duration
 }
 
 // Pool is a shared resource: a provider quota such as GPT-4 tokens per

@@ -79,12 +79,14 @@ type SummaryDefaults struct {
 
 // SummaryPool mirrors Pool.
 type SummaryPool struct {
-	Name            string `json:"name"`
-	Unit            Unit   `json:"unit"`
-	Capacity        int64  `json:"capacity"`
-	RefillPerSecond int64  `json:"refill_per_second"`
-	Price           string `json:"price"`
-	Shadow          bool   `json:"shadow,omitempty"`
+	Name     string `json:"name"`
+	Unit     Unit   `json:"unit"`
+	Capacity int64  `json:"capacity"`
+	// Refill is the rate as ParseRate reads it, over the shortest period
+	// that makes it whole: "166/s", "10000/min", "100/h".
+	Refill string `json:"refill"`
+	Price  string `json:"price"`
+	Shadow bool   `json:"shadow,omitempty"`
 }
 
 // SummaryRoute mirrors Route.
@@ -125,7 +127,7 @@ func (s *Set) Summary() Summary {
 	}
 	for _, name := range sortedKeys(s.Pools) {
 		p := s.Pools[name]
-		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.RefillPerSecond, p.Price.String(), p.Shadow})
+		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.Rate(), p.Price.String(), p.Shadow})
 	}
 	for _, r := range s.Routes {
 		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider, Class: r.Class.String()}
@@ -156,7 +158,7 @@ func (s *Set) Summary() Summary {
 		}
 		for _, pool := range sortedKeys(t.ClientLimits) {
 			l := t.ClientLimits[pool]
-			st.ClientLimits = append(st.ClientLimits, fmt.Sprintf("%s %d/%d per s", pool, l.Capacity, l.RefillPerSecond))
+			st.ClientLimits = append(st.ClientLimits, fmt.Sprintf("%s %d at %s", pool, l.Capacity, l.Rate()))
 		}
 		sum.Tiers = append(sum.Tiers, st)
 	}
@@ -191,9 +193,9 @@ func (sum Summary) WriteText(w io.Writer) error {
 		sum.Defaults.UnknownClient, sum.Defaults.UnmatchedRoute, sum.Defaults.InvalidRequest, sum.Defaults.StoreUnavailable, sum.Defaults.Shadow)
 	fmt.Fprintf(tw, "budgets:\tcalendar months in %s; unsettled calls commit at their estimate after %s; reservation %s\n\n",
 		sum.Defaults.Timezone, sum.Defaults.ReservationTTL, sum.Defaults.Reservation)
-	fmt.Fprintln(tw, "POOL\tUNIT\tCAPACITY\tREFILL/S\tPRICE\tSHADOW")
+	fmt.Fprintln(tw, "POOL\tUNIT\tCAPACITY\tREFILL\tPRICE\tSHADOW")
 	for _, p := range sum.Pools {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.RefillPerSecond, p.Price, p.Shadow)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.Refill, p.Price, p.Shadow)
 	}
 	fmt.Fprintln(tw, "\nROUTE\tHOST\tPATH PREFIX\tMODELS\tPROVIDER\tPOOLS\tCLASS")
 	for _, r := range sum.Routes {

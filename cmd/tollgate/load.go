@@ -225,7 +225,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		// The warm-up checks were admitted too, from the same bucket.
 		admitted := rep.Allowed + int64(len(clients))
 		elapsed := time.Since(first)
-		rt := float64(over.Limit.RefillPerSecond) * elapsed.Seconds()
+		rt := float64(over.Limit.Refill) / max(over.Limit.Per, time.Second).Seconds() * elapsed.Seconds() // a report, not a ledger
 		c := float64(over.Limit.Capacity)
 		fmt.Fprintf(out, "overshoot on pool %s: admitted %d in %v: %.3f × R·t, %.3f × (C + R·t); the bound C + R·t + one call per member is %.3f × (C + R·t)\n",
 			over.Name, admitted, elapsed.Round(time.Millisecond), float64(admitted)/rt, float64(admitted)/(c+rt), (c+rt+float64(len(clients)))/(c+rt))
@@ -244,7 +244,7 @@ func overshootPool(f loadFlags) (*policy.Pool, error) {
 		}
 	}
 	p := set.Pools[f.pool]
-	if p == nil || p.Unit != policy.UnitRequest || p.Limit.RefillPerSecond <= 0 {
+	if p == nil || p.Unit != policy.UnitRequest || p.Limit.Refill <= 0 {
 		return nil, fmt.Errorf("load: --overshoot-pool %q must be a pool of the policy counted in requests, with a refill", f.pool)
 	}
 	return p, nil

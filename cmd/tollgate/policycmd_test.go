@@ -63,7 +63,7 @@ routes:
 		},
 		"directory": {
 			args: []string{"policy", "check", "../../testdata/good/tiers"},
-			want: []string{"policy OK"},
+			want: []string{"policy OK", "REFILL", "10000/min", "gpt-4 2000 at 2000/min"},
 		},
 		"errors with file and line": {
 			args:     []string{"policy", "check", bad},

@@ -49,7 +49,7 @@ func (s *Store) adjustLocked(i int, a limiter.Adjustment, at int64) limiter.Buck
 	m := s.shards[i].buckets
 	e := s.entryAt(i, a.Key, a.Limit, at)
 	e.b = limiter.ApplyAdjust(e.b, a)
-	if e.b.Level >= a.Limit.Capacity*limiter.Micro {
+	if e.b.Level >= a.Limit.Capacity*a.Limit.Scale() {
 		delete(m, a.Key) // a full bucket is as good as none
 	} else {
 		m[a.Key] = e

@@ -43,7 +43,7 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 	for i, a := range asks {
 		m := s.shards[idx[i]].buckets
 		e := s.entryAt(idx[i], a.Key, a.Limit, at)
-		e.b, out[i] = limiter.ApplyLease(e.b, a)
+		e.b, out[i] = limiter.ApplyLease(e.b, a) // written back only when it granted, as lease.lua does
 		if out[i].Granted > 0 {
 			m[a.Key] = e
 		}

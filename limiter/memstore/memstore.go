@@ -82,7 +82,7 @@ type entry struct {
 
 type shard struct {
 	mu      sync.Mutex
-	buckets map[limiter.Key]*entry
+	buckets map[limiter.Key]entry
 }
 
 // Store keeps buckets in memory, sharded by key. A request that touches
@@ -117,7 +117,7 @@ func New(cfg Config) (*Store, error) {
 	}
 	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger(cfg.Ended)}
 	for i := range s.shards {
-		s.shards[i].buckets = make(map[limiter.Key]*entry)
+		s.shards[i].buckets = make(map[limiter.Key]entry)
 	}
 	if cfg.StateDir != "" {
 		j, rep, err := openJournal(cfg.StateDir, cfg.CompactLines, &s.ledger)
@@ -161,12 +161,16 @@ func (s *Store) unlockShards(locks []int) {
 	}
 }
 
-// entryAt returns key's bucket in shard i (a new, full one if it has none
-// yet), advanced to at under limit. The shard is locked.
-func (s *Store) entryAt(i int, key limiter.Key, limit limiter.Limit, at int64) *entry {
-	e := s.shards[i].buckets[key]
-	if e == nil {
-		e = &entry{b: limiter.NewBucket(limit, at)}
+// entryAt returns a copy of key's bucket in shard i (a new, full one if it
+// has none yet), advanced to at under limit. The shard is locked. The
+// caller stores it back only when it changed the bucket, as the Redis
+// scripts write a bucket back: what a read without a write does (advance
+// it, rescale it to another rate's denominator) is done again by the next
+// call, from the same stored state, in both stores alike.
+func (s *Store) entryAt(i int, key limiter.Key, limit limiter.Limit, at int64) entry {
+	e, ok := s.shards[i].buckets[key]
+	if !ok {
+		e.b = limiter.NewBucket(limit, at)
 	}
 	e.limit = limit
 	e.b = e.b.Advance(limit, at)
@@ -181,7 +185,6 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if err := req.Validate(); err != nil {
 		return limiter.Decision{}, err
 	}
-	n := len(req.Takes)
 	now := req.Now
 	if now.IsZero() {
 		now = s.clock.Now()
@@ -198,10 +201,11 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 
 	var bstack [4]limiter.Bucket
 	buckets := bstack[:0]
-	entries := make([]*entry, n)
+	var estack [4]entry
+	entries := estack[:0]
 	for i, t := range req.Takes {
 		e := s.entryAt(idx[i], t.Key, t.Limit, at)
-		entries[i] = e
+		entries = append(entries, e)
 		buckets = append(buckets, e.b)
 	}
 	var d limiter.Decision

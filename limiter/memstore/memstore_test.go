@@ -60,13 +60,13 @@ func BenchmarkStore(b *testing.B) {
 // buckets full) and denied (the client bucket is drained; it regains one
 // unit a second, so denied/op stays at about 1).
 func BenchmarkDecideMemory(b *testing.B) {
-	big := limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}
+	big := limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}
 	tests := map[string]struct {
 		client limiter.Limit
 		drain  bool
 	}{
 		"granted": {client: big},
-		"denied":  {client: limiter.Limit{Capacity: 1, RefillPerSecond: 1}, drain: true},
+		"denied":  {client: limiter.Limit{Capacity: 1, Refill: 1}, drain: true},
 	}
 	for name, tc := range tests {
 		req := limiter.Request{Takes: []limiter.Take{
@@ -124,7 +124,7 @@ func BenchmarkDecideMemory(b *testing.B) {
 func TestSweep(t *testing.T) {
 	clk := fakeclock.New(epoch)
 	s := newStore(t, memstore.Config{Clock: clk})
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	reserve := func(client string, cost int64) limiter.Decision {
 		t.Helper()
 		d, err := s.Reserve(context.Background(), limiter.Request{
@@ -167,7 +167,7 @@ func TestSweep(t *testing.T) {
 func TestSweeperRuns(t *testing.T) {
 	clk := fakeclock.New(epoch)
 	s := newStore(t, memstore.Config{Clock: clk, SweepInterval: time.Millisecond})
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: limiter.Key{Pool: "p"}, Limit: l, Cost: 3}}})
 	require.NoError(t, err)
 	require.True(t, d.Allowed)
@@ -200,7 +200,7 @@ func TestClose(t *testing.T) {
 			require.NoError(t, s.Close(), "Close is idempotent")
 
 			_, err = s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{
-				{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 1, RefillPerSecond: 1}, Cost: 1},
+				{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 1, Refill: 1}, Cost: 1},
 			}})
 			assert.ErrorIs(t, err, memstore.ErrClosed)
 		})
@@ -221,7 +221,7 @@ func TestCloseConcurrent(t *testing.T) {
 
 func TestReserveDuplicateKey(t *testing.T) {
 	s := newStore(t, memstore.Config{Clock: fakeclock.New(epoch)})
-	l := limiter.Limit{Capacity: 10, RefillPerSecond: 1}
+	l := limiter.Limit{Capacity: 10, Refill: 1}
 	other := limiter.Take{Key: limiter.Key{Pool: "p", Client: "b"}, Limit: l, Cost: 1}
 	dup := limiter.Take{Key: limiter.Key{Pool: "p", Client: "a"}, Limit: l, Cost: 1}
 
@@ -241,7 +241,7 @@ func TestReserveDuplicateKey(t *testing.T) {
 func TestReserveWithoutNowUsesClock(t *testing.T) {
 	clk := fakeclock.New(epoch)
 	s := newStore(t, memstore.Config{Clock: clk})
-	take := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 4, RefillPerSecond: 2}, Cost: 4}
+	take := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 4, Refill: 2}, Cost: 4}
 	reserve := func() limiter.Decision {
 		t.Helper()
 		d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{take}})
@@ -260,7 +260,7 @@ func TestReserveWithoutNowUsesClock(t *testing.T) {
 func TestReserveNowOverridesClock(t *testing.T) {
 	clk := fakeclock.New(epoch)
 	s := newStore(t, memstore.Config{Clock: clk})
-	take := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 4, RefillPerSecond: 2}, Cost: 4}
+	take := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 4, Refill: 2}, Cost: 4}
 	reserve := func(now time.Time) limiter.Decision {
 		t.Helper()
 		d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{take}, Now: now})
@@ -277,7 +277,7 @@ func TestReserveNowOverridesClock(t *testing.T) {
 
 func TestNilClockIsSystemClock(t *testing.T) {
 	s := newStore(t, memstore.Config{})
-	take := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 1, RefillPerSecond: 1}, Cost: 1}
+	take := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 1, Refill: 1}, Cost: 1}
 	d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{take}})
 	require.NoError(t, err)
 	assert.True(t, d.Allowed)

@@ -91,7 +91,7 @@ func TestPropertyConservation(t *testing.T) {
 			for i, b := range buckets {
 				assert.Equal(t, reserved[i].Load(), granted[i].Load()+undoneOf(r, b),
 					"bucket %s: every unit reserved reached its waiter or came back", b.key.Pool)
-				assert.LessOrEqual(t, granted[i].Load(), b.limit.Capacity+int64(elapsed.Seconds()+1)*b.limit.RefillPerSecond,
+				assert.LessOrEqual(t, granted[i].Load(), b.limit.Capacity+int64(elapsed.Seconds()+1)*b.limit.Refill,
 					"bucket %s gave out no more than it held and refilled", b.key.Pool)
 			}
 			counts := map[queue.Outcome]int{}

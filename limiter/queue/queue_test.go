@@ -71,7 +71,7 @@ type bucket struct {
 }
 
 func (r *rig) bucket(name string, capacity, refill int64) *bucket {
-	return &bucket{r: r, key: limiter.Key{Pool: name}, limit: limiter.Limit{Capacity: capacity, RefillPerSecond: refill}}
+	return &bucket{r: r, key: limiter.Key{Pool: name}, limit: limiter.Limit{Capacity: capacity, Refill: refill}}
 }
 
 func (b *bucket) take(cost int64) limiter.Decision {

@@ -74,7 +74,7 @@ func BenchmarkStore(b *testing.B) {
 // stops once per batch rather than once per call.
 func BenchmarkScripts(b *testing.B) {
 	const holdBatch = 100
-	big := limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}
+	big := limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}
 	pool := []limiter.Take{{Key: limiter.Key{Pool: "bench"}, Limit: big, Cost: 1}}
 	poolClient := []limiter.Take{pool[0], {Key: limiter.Key{Pool: "bench", Client: "acme/team"}, Limit: big, Cost: 1}}
 	budgets := []limiter.Budget{{Owner: "acme/team", Limit: 1 << 52}, {Owner: "acme", Limit: limiter.Unlimited}}

@@ -22,14 +22,45 @@ local function int(x)
   return string.format('%.0f', x)
 end
 
+-- Bucket levels count 1/(MICRO·den) parts of a unit, den being the
+-- limit's refill period in seconds (limiter.Limit.Den: 1 for a rate per
+-- second, 3 for 10000/min, which is 500 every 3 s), so that a bucket gains
+-- exactly its refill of them every microsecond. A bucket stores its den in
+-- field 'd' when it is not 1 (a bucket without one, as every bucket stored
+-- before rates had periods, is at den 1).
+local MIN_LEVEL = -7000000000000000
+
+-- rescale converts a level at den from to den to (limiter's rescale, line
+-- for line): rounded down, full at cap_micro micro-units or more, never
+-- below MIN_LEVEL. Every product stays below 2^53.
+local function rescale(lvl, from, to, cap_micro)
+  local q = math.floor(lvl / from)
+  local r = lvl - q * from
+  if q >= cap_micro then return cap_micro * to end
+  if q < -math.floor(-MIN_LEVEL / to) - 1 then return MIN_LEVEL end
+  return math.max(q * to + math.floor(r * to / from), MIN_LEVEL)
+end
+
+-- stored_den remembers, per bucket key this script loaded, the den it was
+-- stored at, so that save_bucket drops a 'd' that no longer applies.
+local stored_den = {}
+
 -- load_bucket reads a bucket and advances it to now (limiter.Bucket.Advance;
--- a bucket never seen is full). It returns its level (micro-units), time
--- and full level.
-local function load_bucket(key, cap, rate, now)
-  local full = cap * MICRO
-  local v = redis.call('HMGET', key, 'l', 't')
+-- a bucket never seen is full; one stored at another den is rescaled
+-- first). It returns its level (1/(MICRO·den) parts of a unit), time and
+-- full level.
+local function load_bucket(key, cap, rate, den, now)
+  local full = cap * MICRO * den
+  local v = redis.call('HMGET', key, 'l', 't', 'd')
   local lvl, at
-  if v[1] then lvl, at = tonumber(v[1]), tonumber(v[2]) else lvl, at = full, now end
+  if v[1] then
+    lvl, at = tonumber(v[1]), tonumber(v[2])
+    local from = tonumber(v[3]) or 1
+    stored_den[key] = from
+    if from ~= den then lvl = rescale(lvl, from, den, cap * MICRO) end
+  else
+    lvl, at = full, now
+  end
   if lvl > full then lvl = full end
   if now > at then
     local el = now - at
@@ -41,28 +72,33 @@ local function load_bucket(key, cap, rate, now)
   return lvl, at, full
 end
 
--- check_units says whether c units fit at level lvl (limiter.Bucket.Check):
--- ok, possible (false: never, above the capacity or without refill), and
--- the wait in microseconds until they would.
-local function check_units(lvl, cap, rate, c)
+-- check_units says whether c units fit at level lvl (limiter.Bucket.Check;
+-- scale is MICRO·den): ok, possible (false: never, above the capacity or
+-- without refill), and the wait in microseconds until they would.
+local function check_units(lvl, cap, rate, scale, c)
   if c <= 0 then return true, true, 0 end
   if c > cap then return false, false, 0 end
-  if lvl >= c * MICRO then return true, true, 0 end
-  if rate > 0 then return false, true, ceil_div(c * MICRO - lvl, rate) end
+  if lvl >= c * scale then return true, true, 0 end
+  if rate > 0 then return false, true, ceil_div(c * scale - lvl, rate) end
   return false, false, 0
 end
 
 -- refill_us is how long until a bucket at lvl is full again.
-local function refill_us(lvl, cap, rate)
-  if rate > 0 then return ceil_div(cap * MICRO - lvl, rate) end
+local function refill_us(lvl, cap, rate, scale)
+  if rate > 0 then return ceil_div(cap * scale - lvl, rate) end
   return 0
 end
 
--- save_bucket writes a bucket back, to be forgotten a second after it is
--- full again (a full bucket is as good as none); one that never refills is
--- never forgotten.
-local function save_bucket(key, lvl, at, rate, reset)
-  redis.call('HSET', key, 'l', int(lvl), 't', int(at))
+-- save_bucket writes a bucket back, with its den (none for 1), to be
+-- forgotten a second after it is full again (a full bucket is as good as
+-- none); one that never refills is never forgotten.
+local function save_bucket(key, lvl, at, rate, den, reset)
+  if den > 1 then
+    redis.call('HSET', key, 'l', int(lvl), 't', int(at), 'd', int(den))
+  else
+    redis.call('HSET', key, 'l', int(lvl), 't', int(at))
+    if (stored_den[key] or 1) ~= 1 then redis.call('HDEL', key, 'd') end
+  end
   if rate > 0 then
     redis.call('PEXPIRE', key, math.floor(reset / 1000) + 1000)
   else
@@ -70,15 +106,24 @@ local function save_bucket(key, lvl, at, rate, reset)
   end
 end
 
+-- add_units adds units (taken when negative) to a level of scale parts a
+-- unit, clamped to [MIN_LEVEL, full] (limiter's addUnits, line for line):
+-- the product is not formed when it would saturate.
+local function add_units(lvl, units, scale, full)
+  if units >= 0 and units >= ceil_div(full - lvl, scale) then return full end
+  if units < 0 and -units >= ceil_div(lvl - MIN_LEVEL, scale) then return MIN_LEVEL end
+  return math.min(lvl + units * scale, full)
+end
+
 -- apply_adjust applies an adjustment to a stored bucket and writes it back
 -- (limiter.ApplyAdjust, line for line): the refund (clamped to [MIN_LEVEL,
 -- capacity]), then the cap (capto, -1: none), then the pause (µs). It
 -- returns the bucket's whole units remaining and its reset µs.
-local MIN_LEVEL = -7000000000000000
-local function apply_adjust(key, cap, rate, refund, capto, pause, now)
-  local lvl, at, full = load_bucket(key, cap, rate, now)
-  lvl = math.min(math.max(lvl + refund * MICRO, MIN_LEVEL), full)
-  if capto >= 0 then lvl = math.min(lvl, math.min(capto, cap) * MICRO) end
+local function apply_adjust(key, cap, rate, den, refund, capto, pause, now)
+  local scale = MICRO * den
+  local lvl, at, full = load_bucket(key, cap, rate, den, now)
+  lvl = add_units(lvl, refund, scale, full)
+  if capto >= 0 then lvl = math.min(lvl, math.min(capto, cap) * scale) end
   if pause > 0 then
     local debt = 0
     if rate > 0 then
@@ -89,33 +134,37 @@ local function apply_adjust(key, cap, rate, refund, capto, pause, now)
     end
     lvl = math.min(lvl, -debt)
   end
-  local reset = refill_us(lvl, cap, rate)
+  local reset = refill_us(lvl, cap, rate, scale)
   if lvl >= full then
     redis.call('DEL', key) -- a full bucket is as good as none
   else
-    save_bucket(key, lvl, at, rate, reset)
+    save_bucket(key, lvl, at, rate, den, reset)
   end
-  return math.floor(math.max(lvl, 0) / MICRO), reset
+  return math.floor(math.max(lvl, 0) / scale), reset
 end
 
 -- A reservation records what its admission charged (limiter.Charge), back
--- to back in its 'charges' field: "capacity refill units n:key" per bucket,
--- key being the n bytes of the bucket's key after the prefix's "k:"
--- (limiter.Key.String). Lengths, not separators, delimit it: a key may hold
--- any byte.
-local function charge_record(cap, rate, units, key)
-  return int(cap) .. ' ' .. int(rate) .. ' ' .. int(units) .. ' ' .. #key .. ':' .. key
+-- to back in its 'charges' field: "capacity refill units n:key" per bucket
+-- ("capacity refill/den units n:key" for a den other than 1), key being the
+-- n bytes of the bucket's key after the prefix's "k:" (limiter.Key.String).
+-- Lengths, not separators, delimit it: a key may hold any byte.
+local function charge_record(cap, rate, den, units, key)
+  local r = int(rate)
+  if den > 1 then r = r .. '/' .. int(den) end
+  return int(cap) .. ' ' .. r .. ' ' .. int(units) .. ' ' .. #key .. ':' .. key
 end
 
--- charges_of reads a 'charges' field back into {key, cap, rate, units}
--- entries; it stops at anything malformed.
+-- charges_of reads a 'charges' field back into {key, cap, rate, den, units}
+-- entries (den 1 when the record has none, as records written before rates
+-- had periods); it stops at anything malformed.
 local function charges_of(s)
   local out, pos = {}, 1
   while pos <= #s do
-    local cap, rate, units, n, p = string.match(s, '^(%d+) (%d+) (%d+) (%d+):()', pos)
+    local cap, rate, den, units, n, p = string.match(s, '^(%d+) (%d+)/?(%d*) (%d+) (%d+):()', pos)
     if not p then break end
     n = tonumber(n)
-    out[#out + 1] = {key = string.sub(s, p, p + n - 1), cap = tonumber(cap), rate = tonumber(rate), units = tonumber(units)}
+    out[#out + 1] = {key = string.sub(s, p, p + n - 1), cap = tonumber(cap), rate = tonumber(rate),
+      den = tonumber(den) or 1, units = tonumber(units)}
     pos = p + n
   end
   return out

@@ -39,8 +39,8 @@ var (
 	epoch       = storetest.Epoch
 	poolKey     = limiter.Key{Pool: "chat"}
 	clientKey   = limiter.Key{Pool: "chat", Client: "acme/team"}
-	poolLimit   = limiter.Limit{Capacity: 100, RefillPerSecond: 1}
-	clientLimit = limiter.Limit{Capacity: 50, RefillPerSecond: 1}
+	poolLimit   = limiter.Limit{Capacity: 100, Refill: 1}
+	clientLimit = limiter.Limit{Capacity: 50, Refill: 1}
 	chain       = []limiter.Budget{{Owner: "acme/team", Limit: 1_000_000}, {Owner: "acme", Limit: 5_000_000}}
 )
 

@@ -9,10 +9,10 @@
 -- the record (the prefix's hash tag: the same slot).
 -- ARGV[1] prefix {P}:  ARGV[2] id  ARGV[3] outcome (settled|released)
 -- ARGV[4] actual nano-$  ARGV[5] now µs (0 = TIME)  ARGV[6] nu  ARGV[7] nt
--- ARGV[8..] nu × (pool, units used), then nt × (capacity, refill/s,
---           cap (-1: none), pause µs), then ns, the savings to book, and
---           ns × (strategy, nano-$) (limiter.Ending.Booked: only a settle
---           sends any, never a zero)
+-- ARGV[8..] nu × (pool, units used), then nt × (capacity, refill, den
+--           (refill is per den seconds), cap (-1: none), pause µs), then ns,
+--           the savings to book, and ns × (strategy, nano-$)
+--           (limiter.Ending.Booked: only a settle sends any, never a zero)
 --
 -- Returns {repeat, "outcome estimated spent"} or nil for an unknown id.
 
@@ -27,7 +27,7 @@ local t0 = 7 + 2 * nu
 -- the key of the first budget of the record's chain with s: for b:, so the
 -- same slot), read before finish drops the record. Amounts stay strings:
 -- HINCRBY keeps them exact.
-local s0 = t0 + 4 * nt
+local s0 = t0 + 5 * nt
 local ns = tonumber(ARGV[s0 + 1]) or 0
 local sk
 if ns > 0 and ARGV[3] == 'settled' then
@@ -39,7 +39,7 @@ local r = finish(P, ARGV[2], ARGV[3], tonumber(ARGV[4]))
 if r and r[1] == 0 then
   for _, c in ipairs(charges_of(r[3])) do
     local u = used[pool_of(c.key)]
-    if u then apply_adjust(P .. 'k:' .. c.key, c.cap, c.rate, c.units - u, -1, 0, now) end
+    if u then apply_adjust(P .. 'k:' .. c.key, c.cap, c.rate, c.den, c.units - u, -1, 0, now) end
   end
   if sk then
     for i = 1, ns do redis.call('HINCRBY', sk, ARGV[s0 + 2 * i], ARGV[s0 + 1 + 2 * i]) end
@@ -47,8 +47,9 @@ if r and r[1] == 0 then
   end
 end
 for j = 1, nt do
-  local a = t0 + (j - 1) * 4
-  apply_adjust(KEYS[3 + j], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), 0, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), now)
+  local a = t0 + (j - 1) * 5
+  apply_adjust(KEYS[3 + j], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), 0,
+    tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), now)
 end
 if not r then return nil end
 return {r[1], r[2]}

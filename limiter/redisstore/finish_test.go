@@ -110,6 +110,7 @@ func FuzzFinish(f *testing.F) {
 	f.Add(uint8(0), uint8(0), int64(1)<<53, []byte{1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 2})
 	f.Add(uint8(3), uint8(0), int64(7), []byte{0, 2, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0})
 	f.Add(uint8(0), uint8(0), int64(7), []byte{4, 3, 0x7f, 0, 0, 0, 0, 0, 6, 3, 0, 0, 0, 1, 0, 0})
+	f.Add(uint8(0), uint8(0), int64(7), []byte{1, 0, 0, 0, 0, 0, 0, 15, 2, 16, 0, 0, 0, 0, 0, 70, 4, 21, 0, 0, 0, 0, 0, 3}) // fractional throttles
 	c := srv.Client(f)
 	var runs atomic.Int64 // fuzzing runs many inputs under one test name: keep their prefixes apart
 	f.Fuzz(func(t *testing.T, idSel, outSel uint8, actual int64, rest []byte) {
@@ -173,7 +174,9 @@ func fuzzEnding(idSel, outSel uint8, actual int64, rest []byte) limiter.Ending {
 	outcomes := []limiter.Outcome{limiter.OutcomeSettled, limiter.OutcomeReleased, limiter.OutcomeExpired, "done"}
 	pools := []string{"chat", "other", "", "chat\n"}
 	keys := []limiter.Key{poolKey, clientKey, {Pool: "elsewhere"}, {Pool: "chat", Client: "x y"}}
-	limits := []limiter.Limit{poolLimit, clientLimit, {Capacity: 0, RefillPerSecond: 1}, {Capacity: 10, RefillPerSecond: 1 << 40}}
+	limits := []limiter.Limit{poolLimit, clientLimit, {Capacity: 0, Refill: 1}, {Capacity: 10, Refill: 1 << 40},
+		{Capacity: 100, Refill: 1, Per: 36 * time.Second}, {Capacity: 50, Refill: 500, Per: 3 * time.Second}, // 100/h, 10000/min: rescaled
+		{Capacity: 100, Refill: 1, Per: 1500 * time.Millisecond}, {Capacity: 100_000, Refill: 1, Per: 24 * time.Hour}} // refused
 	e := limiter.Ending{ID: ids[int(idSel)%len(ids)], Outcome: outcomes[int(outSel)%len(outcomes)], Actual: policy.Money(actual), Now: epoch}
 	for len(rest) >= 8 && len(e.Used)+len(e.Throttles) < 8 {
 		g := rest[:8]

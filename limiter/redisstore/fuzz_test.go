@@ -58,7 +58,7 @@ func fuzzRequest(shape byte) limiter.Request {
 	for i := range int(shape & 3) {
 		req.Takes = append(req.Takes, limiter.Take{
 			Key:   limiter.Key{Pool: "p", Client: strconv.Itoa(i)},
-			Limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, Cost: 1,
+			Limit: limiter.Limit{Capacity: 10, Refill: 1}, Cost: 1,
 		})
 	}
 	if shape&16 != 0 {
@@ -236,7 +236,7 @@ func liveReplies(tb testing.TB) (reqs []limiter.Request, replies [][]any) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	take := func(client string, capacity, cost int64, shadow bool) limiter.Take {
 		return limiter.Take{Key: limiter.Key{Pool: "chat", Client: client},
-			Limit: limiter.Limit{Capacity: capacity, RefillPerSecond: 2}, Cost: cost, Shadow: shadow}
+			Limit: limiter.Limit{Capacity: capacity, Refill: 2}, Cost: cost, Shadow: shadow}
 	}
 	n := 0
 	hold := func(cost policy.Money, slotMax int64, limits ...policy.Money) *limiter.Hold {
@@ -458,8 +458,8 @@ func TestParseRecord(t *testing.T) {
 // and the wrong shape (it shares reply with decodeDecision, fuzzed above).
 func TestDecodeAdjust(t *testing.T) {
 	adj := []limiter.Adjustment{
-		{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, Cap: limiter.NoCap},
-		{Key: limiter.Key{Pool: "p", Client: "c"}, Limit: limiter.Limit{Capacity: 5, RefillPerSecond: 1}, Cap: 2},
+		{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, Refill: 1}, Cap: limiter.NoCap},
+		{Key: limiter.Key{Pool: "p", Client: "c"}, Limit: limiter.Limit{Capacity: 5, Refill: 1}, Cap: 2},
 	}
 	good := []any{int64(7), int64(3000000), "2", int64(3000000)}
 	tests := map[string]struct {
@@ -491,7 +491,7 @@ func TestDecodeAdjust(t *testing.T) {
 
 // TestDecodeLease pins lease.lua's reply decoder.
 func TestDecodeLease(t *testing.T) {
-	asks := []limiter.LeaseAsk{{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, Want: 5, Need: 1}}
+	asks := []limiter.LeaseAsk{{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, Refill: 1}, Want: 5, Need: 1}}
 	good := []any{int64(5), int64(3), int64(7000000), int64(0), int64(1)}
 	g, err := decodeLease(good, asks)
 	require.NoError(t, err)

@@ -193,7 +193,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		nbud = len(h.Budgets)
 	}
 	keys := make([]string, 0, 3+nb+nbud+1)
-	args := make([]any, 0, 10+4*nb+nbud)
+	args := make([]any, 0, 10+5*nb+nbud)
 	keys = append(keys, s.expiryKey())
 	hold, id, ttl, cost, period, slotMax := "0", "", int64(0), int64(0), "", int64(-1)
 	switch {
@@ -218,7 +218,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 		if t.Shadow {
 			shadow = 1
 		}
-		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cost, shadow)
+		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Limit.Den(), t.Cost, shadow)
 	}
 	if h != nil {
 		for _, b := range h.Budgets {
@@ -343,14 +343,14 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	keys := make([]string, 0, 3+len(e.Throttles))
 	keys = append(keys, s.expiryKey(), s.recordKey(id), s.doneKey(id))
 	saved := e.Booked()
-	args := make([]any, 0, 8+2*len(e.Used)+4*len(e.Throttles)+2*len(saved))
+	args := make([]any, 0, 8+2*len(e.Used)+5*len(e.Throttles)+2*len(saved))
 	args = append(args, s.p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
 	for _, u := range e.Used {
 		args = append(args, u.Pool, u.Units)
 	}
 	for _, t := range e.Throttles {
 		keys = append(keys, s.bucketKey(t.Key))
-		args = append(args, t.Limit.Capacity, t.Limit.RefillPerSecond, t.Cap, t.Pause.Microseconds())
+		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Limit.Den(), t.Cap, t.Pause.Microseconds())
 	}
 	args = appendSavings(args, saved)
 	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
@@ -463,11 +463,11 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 		return []limiter.BucketState{}, nil
 	}
 	keys := make([]string, len(adj))
-	args := make([]any, 0, 2+5*len(adj))
+	args := make([]any, 0, 2+6*len(adj))
 	args = append(args, micros(now), len(adj))
 	for i, a := range adj {
 		keys[i] = s.bucketKey(a.Key)
-		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Refund, a.Cap, a.Pause.Microseconds())
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Refund, a.Cap, a.Pause.Microseconds())
 	}
 	res, err := s.sc.adjust.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
@@ -499,7 +499,7 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 		return nil, err
 	}
 	keys := make([]string, len(asks))
-	args := make([]any, 0, 2+4*len(asks))
+	args := make([]any, 0, 2+5*len(asks))
 	args = append(args, micros(now), len(asks))
 	for i, a := range asks {
 		if err := a.Validate(); err != nil {
@@ -511,7 +511,7 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 			}
 		}
 		keys[i] = s.bucketKey(a.Key)
-		args = append(args, a.Limit.Capacity, a.Limit.RefillPerSecond, a.Want, a.Need)
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Want, a.Need)
 	}
 	if len(asks) == 0 {
 		return []limiter.LeaseGrant{}, nil

@@ -55,7 +55,7 @@ func TestAdjustConformance(t *testing.T) {
 // memory store refuses it, rather than decided on a level read twice.
 func TestSameBucketTwice(t *testing.T) {
 	s := newStore(t)
-	k, l := limiter.Key{Pool: "p", Client: "c"}, limiter.Limit{Capacity: 5, RefillPerSecond: 1}
+	k, l := limiter.Key{Pool: "p", Client: "c"}, limiter.Limit{Capacity: 5, Refill: 1}
 	_, err := s.Reserve(context.Background(), limiter.Request{
 		Takes: []limiter.Take{{Key: k, Limit: l, Cost: 3}, {Key: limiter.Key{Pool: "p"}, Limit: l, Cost: 1}, {Key: k, Limit: l, Cost: 3}},
 		Now:   storetest.Epoch,

@@ -7,8 +7,8 @@
 -- ARGV[1]  now (µs; 0 = Redis TIME)   ARGV[2] nb   ARGV[3] nbud
 -- ARGV[4]  hold (0 none, 1 hold, 2 commit at once)  ARGV[5] id  ARGV[6] ttl µs  ARGV[7] cost (nano-$)
 -- ARGV[8]  period      ARGV[9] slot max (-1: no slot)  ARGV[10] prefix {P}:
--- ARGV[11..] per bucket: capacity, refill/s, cost, shadow (0/1);
---            then per budget: limit (-1: unlimited)
+-- ARGV[11..] per bucket: capacity, refill, den (refill is per den seconds),
+--            cost, shadow (0/1); then per budget: limit (-1: unlimited)
 --
 -- Returns {allowed, reason, blocking, retry µs, budget blocking, in flight,
 --          lapsed holds committed, per bucket: remaining, reset µs, short, retry µs,
@@ -33,11 +33,12 @@ end
 local allowed, reason, blocking, retry = 1, '', -1, 0
 local b = {}
 for i = 1, nb do
-  local a = 10 + (i - 1) * 4
-  local cap, rate, c, shadow = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1'
-  local lvl, at = load_bucket(KEYS[3 + i], cap, rate, now)
-  local ok, possible, wait = check_units(lvl, cap, rate, c)
-  b[i] = {lvl = lvl, at = at, cap = cap, rate = rate, c = c, short = 0, wait = 0}
+  local a = 10 + (i - 1) * 5
+  local cap, rate, den = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local c, shadow = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
+  local lvl, at = load_bucket(KEYS[3 + i], cap, rate, den, now)
+  local ok, possible, wait = check_units(lvl, cap, rate, MICRO * den, c)
+  b[i] = {lvl = lvl, at = at, cap = cap, rate = rate, den = den, scale = MICRO * den, c = c, short = 0, wait = 0}
   if not ok then
     b[i].short, b[i].wait = 1, wait
     if not shadow then
@@ -63,7 +64,7 @@ if hold then
     end
   end
   for j = 1, nbud do
-    local limit = tonumber(ARGV[10 + nb * 4 + j])
+    local limit = tonumber(ARGV[10 + nb * 5 + j])
     local v = redis.call('HMGET', KEYS[3 + nb + j], 'spent', 'reserved')
     local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
     local short = 0
@@ -81,10 +82,10 @@ if reason ~= 'rate_limited' and reason ~= 'exceeds_capacity' then blocking = -1 
 local out = {allowed, reason, blocking, retry, budget_blocking, 0, expired}
 for i = 1, nb do
   local s = b[i]
-  if allowed == 1 and s.short == 0 then s.lvl = s.lvl - s.c * MICRO end
-  local reset = refill_us(s.lvl, s.cap, s.rate)
-  if allowed == 1 then save_bucket(KEYS[3 + i], s.lvl, s.at, s.rate, reset) end
-  out[#out + 1] = math.floor(math.max(s.lvl, 0) / MICRO)
+  if allowed == 1 and s.short == 0 then s.lvl = s.lvl - s.c * s.scale end
+  local reset = refill_us(s.lvl, s.cap, s.rate, s.scale)
+  if allowed == 1 then save_bucket(KEYS[3 + i], s.lvl, s.at, s.rate, s.den, reset) end
+  out[#out + 1] = math.floor(math.max(s.lvl, 0) / s.scale)
   out[#out + 1] = reset
   out[#out + 1] = s.short
   out[#out + 1] = s.wait
@@ -120,7 +121,7 @@ elseif hold and allowed == 1 then
   -- reservation is finished.
   local charged = {}
   for i = 1, nb do
-    if b[i].short == 0 then charged[#charged + 1] = charge_record(b[i].cap, b[i].rate, b[i].c, string.sub(KEYS[3 + i], #P + 3)) end
+    if b[i].short == 0 then charged[#charged + 1] = charge_record(b[i].cap, b[i].rate, b[i].den, b[i].c, string.sub(KEYS[3 + i], #P + 3)) end
   end
   redis.call('HSET', KEYS[2], 'cost', int(cost), 'period', period, 'budgets', table.concat(keys, '\n'), 'slot', sk, 'exp', int(exp),
     'charges', table.concat(charged))

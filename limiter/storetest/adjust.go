@@ -29,6 +29,7 @@ func RunAdjust(t *testing.T, newStore func(t *testing.T, clock limiter.Clock) li
 		"unknown bucket starts full":           testAdjustFresh,
 		"invalid adjustments are refused":      testAdjustInvalid,
 		"a batch is applied together":          testAdjustBatch,
+		"fractional rates":                     testFractionalAdjust,
 	} {
 		t.Run(name, func(t *testing.T) {
 			clk := fakeclock.New(Epoch)

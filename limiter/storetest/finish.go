@@ -64,6 +64,7 @@ func RunFinish(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) 
 		"invalid endings change nothing":         testFinishInvalid,
 		"a cancelled context changes nothing":    testFinishCancelled,
 		"refunds survive a reconnect":            testFinishReopen,
+		"refunds at a fractional rate":           testFinishFractional,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &finishHarness{clock: fakeclock.New(Epoch)}

@@ -38,6 +38,7 @@ func RunLease(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) l
 		"leased slots lapse unless renewed":            testSlotLapse,
 		"a batch is booked exactly once":               testBook,
 		"a batch books its savings once":               testBookSavings,
+		"a lease at a fractional rate":                 testFractionalLease,
 	} {
 		t.Run(name, func(t *testing.T) {
 			clk := fakeclock.New(Epoch)

@@ -156,7 +156,7 @@ func testRelease(t *testing.T, h *ledgerHarness) {
 
 func testBudgetExceeded(t *testing.T, h *ledgerHarness) {
 	b := budget("acme", 100)
-	tk := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, RefillPerSecond: 1}, Cost: 4}
+	tk := limiter.Take{Key: limiter.Key{Pool: "p"}, Limit: limiter.Limit{Capacity: 10, Refill: 1}, Cost: 4}
 	require.True(t, h.reserve(t, hold(h.id(), 60, b), tk).Allowed)
 	id := h.id()
 	d := h.reserve(t, hold(id, 60, b), tk)

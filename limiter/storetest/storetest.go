@@ -7,7 +7,8 @@
 // from a fake clock, never the zero time, so a store that would otherwise
 // read its backend's clock (Redis TIME) decides on the suite's clock too.
 // Expected numbers follow limiter.Apply, the single definition of an
-// admission, with levels in micro-units and time in microseconds.
+// admission, with levels in micro-units (in 1/(Micro·Den) parts of a unit
+// for a rate per Den seconds, see rates.go) and time in microseconds.
 package storetest
 
 import (
@@ -41,26 +42,29 @@ var Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // or a key expiry; the suite never depends on such a bucket being kept.
 func Run(t *testing.T, newStore func(t *testing.T, clock limiter.Clock) limiter.Store) {
 	for name, test := range map[string]func(*testing.T, *harness){
-		"refill over time":                testRefill,
-		"refill is exact":                 testRefillExact,
-		"denied calls do not lose refill": testDeniedKeepsRefill,
-		"burst":                           testBurst,
-		"zero cost":                       testZeroCost,
-		"decision shape":                  testDecisionShape,
-		"empty request":                   testEmptyRequest,
-		"per-client isolation":            testIsolation,
-		"multi-bucket atomicity":          testAtomicity,
-		"shadow":                          testShadow,
-		"exceeds capacity":                testExceedsCapacity,
-		"denial reason across buckets":    testDenialReason,
-		"capacity raised":                 testCapacityRaised,
-		"capacity lowered":                testCapacityLowered,
-		"refill rate changed":             testRefillChanged,
-		"clock going backwards":           testClockBackwards,
-		"concurrent single bucket":        testConcurrentSingle,
-		"concurrent pool and clients":     testConcurrentPoolClients,
-		"cancelled context":               testCancelled,
-		"distinct stores":                 testDistinctStores,
+		"refill over time":                 testRefill,
+		"refill is exact":                  testRefillExact,
+		"denied calls do not lose refill":  testDeniedKeepsRefill,
+		"burst":                            testBurst,
+		"zero cost":                        testZeroCost,
+		"decision shape":                   testDecisionShape,
+		"empty request":                    testEmptyRequest,
+		"per-client isolation":             testIsolation,
+		"multi-bucket atomicity":           testAtomicity,
+		"shadow":                           testShadow,
+		"exceeds capacity":                 testExceedsCapacity,
+		"denial reason across buckets":     testDenialReason,
+		"capacity raised":                  testCapacityRaised,
+		"capacity lowered":                 testCapacityLowered,
+		"refill rate changed":              testRefillChanged,
+		"clock going backwards":            testClockBackwards,
+		"concurrent single bucket":         testConcurrentSingle,
+		"concurrent pool and clients":      testConcurrentPoolClients,
+		"cancelled context":                testCancelled,
+		"distinct stores":                  testDistinctStores,
+		"fractional rates over a long run": testFractionalLongRun,
+		"fractional rates wait exactly":    testFractionalWait,
+		"rate period changed":              testRatePeriodChanged,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &harness{clock: fakeclock.New(Epoch), newStore: newStore}
@@ -138,7 +142,7 @@ func take(k limiter.Key, l limiter.Limit, cost int64) limiter.Take {
 func pool(name string) limiter.Key   { return limiter.Key{Pool: name} }
 func client(p, c string) limiter.Key { return limiter.Key{Pool: p, Client: c} }
 func lim(capacity, refill int64) limiter.Limit {
-	return limiter.Limit{Capacity: capacity, RefillPerSecond: refill}
+	return limiter.Limit{Capacity: capacity, Refill: refill}
 }
 
 func testRefill(t *testing.T, h *harness) {
@@ -614,7 +618,7 @@ func testDistinctStores(t *testing.T, h *harness) {
 // Each benchmark reports denied/op, which stays at zero: the limits are
 // large enough that every call takes the granted path.
 func Bench(b *testing.B, newStore func(b *testing.B) limiter.Store) {
-	big := limiter.Limit{Capacity: 1_000_000_000, RefillPerSecond: 1_000_000_000}
+	big := limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000_000}
 	hot := []limiter.Take{take(pool("bench-hot"), big, 1)}
 	const clients = 1000
 	poolClient := make([][]limiter.Take, clients)

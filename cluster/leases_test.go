@@ -1,0 +1,66 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+// TestLeaseRefilled: what the shared bucket has refilled since a lease
+// heard it is counted in whole units at the limit's own rate, exactly,
+// also for rates that are no whole number of units a second.
+func TestLeaseRefilled(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	perMinute := limiter.Limit{Capacity: 10_000, Refill: 500, Per: 3 * time.Second} // 10000/min
+	perHour := limiter.Limit{Capacity: 100, Refill: 1, Per: 36 * time.Second}       // 100/h
+	tests := map[string]struct {
+		limit limiter.Limit
+		after time.Duration
+		want  int64
+	}{
+		"10000/min, a unit after 6 ms":        {limit: perMinute, after: 6 * time.Millisecond, want: 1},
+		"10000/min, none a µs before":         {limit: perMinute, after: 6*time.Millisecond - time.Microsecond, want: 0},
+		"10000/min, 10,000 in a minute":       {limit: perMinute, after: time.Minute, want: 10_000},
+		"10000/min, no more than capacity":    {limit: perMinute, after: 24 * time.Hour, want: 10_000},
+		"100/h, a unit after 36 s":            {limit: perHour, after: 36 * time.Second, want: 1},
+		"100/h, none a µs before":             {limit: perHour, after: 36*time.Second - time.Microsecond, want: 0},
+		"100/h, 99 a µs before the full hour": {limit: perHour, after: time.Hour - time.Microsecond, want: 99},
+		"166/s, 166 in a second":              {limit: limiter.Limit{Capacity: 10_000, Refill: 166}, after: time.Second, want: 166},
+		"no refill":                           {limit: limiter.Limit{Capacity: 10}, after: time.Hour, want: 0},
+		"clock behind":                        {limit: perMinute, after: -time.Second, want: 0},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			l := &lease{leftAt: t0}
+			assert.Equal(t, tc.want, l.refilled(tc.limit, t0.Add(tc.after)))
+		})
+	}
+}
+
+// TestShareLimit: a member's share of a limit in outage mode is 1/N of
+// its capacity (at least a unit) and exactly 1/N of its refill, in lowest
+// terms.
+func TestShareLimit(t *testing.T) {
+	tests := map[string]struct {
+		limit   limiter.Limit
+		members int
+		want    limiter.Limit
+	}{
+		"alone":              {limit: limiter.Limit{Capacity: 10_000, Refill: 166}, members: 1, want: limiter.Limit{Capacity: 10_000, Refill: 166}},
+		"166/s among 2":      {limit: limiter.Limit{Capacity: 10_000, Refill: 166}, members: 2, want: limiter.Limit{Capacity: 5_000, Refill: 83}},
+		"166/s among 3":      {limit: limiter.Limit{Capacity: 10_000, Refill: 166}, members: 3, want: limiter.Limit{Capacity: 3_333, Refill: 166, Per: 3 * time.Second}},
+		"10000/min among 2":  {limit: limiter.Limit{Capacity: 10_000, Refill: 500, Per: 3 * time.Second}, members: 2, want: limiter.Limit{Capacity: 5_000, Refill: 250, Per: 3 * time.Second}},
+		"10000/min among 5":  {limit: limiter.Limit{Capacity: 10_000, Refill: 500, Per: 3 * time.Second}, members: 5, want: limiter.Limit{Capacity: 2_000, Refill: 100, Per: 3 * time.Second}},
+		"1/s among 3":        {limit: limiter.Limit{Capacity: 2, Refill: 1}, members: 3, want: limiter.Limit{Capacity: 1, Refill: 1, Per: 3 * time.Second}},
+		"1/d among 2":        {limit: limiter.Limit{Capacity: 5, Refill: 1, Per: 24 * time.Hour}, members: 2, want: limiter.Limit{Capacity: 2, Refill: 1, Per: 48 * time.Hour}},
+		"no refill stays so": {limit: limiter.Limit{Capacity: 10}, members: 3, want: limiter.Limit{Capacity: 3}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			assert.Equal(t, tc.want, shareLimit(tc.limit, tc.members))
+		})
+	}
+}
