@@ -28,6 +28,7 @@ import (
 func RunSavings(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) FinishBackend, cfg FinishConfig) {
 	cases := map[string]func(*testing.T, *savingsHarness){
 		"booked once per settle, by strategy":          testSavingsBooked,
+		"booked beside throttles at a fractional rate": testSavingsWithThrottles,
 		"a repeat books nothing":                       testSavingsRepeat,
 		"a release books nothing":                      testSavingsRelease,
 		"an expired reservation books nothing":         testSavingsExpired,
@@ -136,6 +137,22 @@ func testSavingsBooked(t *testing.T, h *savingsHarness) {
 	u, err := h.b.Usage(context.Background(), period, h.chain("acme"), h.clock.Now())
 	require.NoError(t, err)
 	assert.Equal(t, policy.Money(60_000_000), u.Budgets[0].Spent, "the settlements themselves are as ever")
+}
+
+// testSavingsWithThrottles: an ending that also throttles buckets (whose
+// arguments come before the savings' on Redis, five per bucket at a rate
+// that is no whole number a second) books its savings all the same.
+func testSavingsWithThrottles(t *testing.T, h *savingsHarness) {
+	h.admit(t, "a", 50_000_000)
+	th := []limiter.Throttle{
+		{Key: limiter.Key{Pool: "gpt"}, Limit: limiter.Limit{Capacity: 10_000, Refill: 500, Per: 3 * time.Second}, Cap: 100, Pause: time.Second},
+		{Key: limiter.Key{Pool: "sms"}, Limit: limiter.Limit{Capacity: 500, Refill: 8}, Cap: limiter.NoCap, Pause: 2 * time.Second},
+	}
+	st, err := h.b.Finish(context.Background(), limiter.Ending{ID: "a", Outcome: limiter.OutcomeSettled, Actual: 40_000_000,
+		Throttles: th, Savings: []limiter.Saving{saving("downgrade", 41_200_000), saving("flex", 3_000_000)}, Now: h.clock.Now()})
+	require.NoError(t, err)
+	assert.False(t, st.Repeat)
+	assert.Equal(t, []limiter.Saving{saving("downgrade", 41_200_000), saving("flex", 3_000_000)}, h.saved(t))
 }
 
 func testSavingsRepeat(t *testing.T, h *savingsHarness) {
