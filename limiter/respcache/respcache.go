@@ -1,0 +1,96 @@
+// Package respcache keeps upstream answers so that a repeat or a retry is
+// never paid twice: a response cache for calls the policy marks cacheable,
+// idempotency records for retried calls, and the single flight that makes
+// identical concurrent calls wait for the first. Two levels: L1, a
+// bounded in-process LRU; L2, Redis, shared by a fleet. The service
+// (admission) decides what is cacheable and keys it; this package only
+// stores, finds, waits and forgets.
+package respcache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/tollgate/tollgate/policy"
+)
+
+// Entry is one recorded upstream answer, replayed as it came: status,
+// headers (lower-case names, hop-by-hop and length headers left out by the
+// caller) and the whole body (an event stream's bytes, for a stream).
+type Entry struct {
+	Status  int
+	Headers map[string]string
+	Body    []byte
+	// Cost is what the original call settled at: a hit saves that much.
+	Cost policy.Money
+	// Stored is when the answer was recorded (its age on a hit).
+	Stored time.Time
+}
+
+// Key names an entry: Scope is the client's cache scope (its own id, or the
+// parent whose scope it shares by policy), Route the route, Hash the hash of
+// the canonical request (and of the route's cache settings, so a reload that
+// changes them misses the old entries). Kind separates the response cache
+// from idempotency records.
+type Key struct {
+	Kind  Kind
+	Scope string
+	Route string
+	Hash  string // hex, fixed length
+}
+
+// Kind is what an entry is for.
+type Kind uint8
+
+// Kinds of entries.
+const (
+	Response    Kind = iota // the response cache
+	Idempotency             // a retried call's recorded answer
+)
+
+// Begin's outcomes.
+type State uint8
+
+const (
+	// Found: an answer is recorded; Begin returns it.
+	Found State = iota
+	// Lead: nothing is recorded and nobody is fetching it: the caller
+	// goes upstream and must Complete or Abandon the key.
+	Lead
+	// Busy: another call (here or on another member) is fetching it and
+	// did not finish within the wait: the caller decides (go upstream
+	// uncached, or refuse the retry).
+	Busy
+)
+
+// ErrTooLarge is returned by Complete for an entry over the size cap; it
+// is not stored (and the flight ends, so waiters go upstream).
+var ErrTooLarge = errors.New("respcache: entry too large")
+
+// Cache is the two-level store. Implementations are safe for concurrent
+// use and honour ctx; a failing L2 degrades to L1 alone (counted, never an
+// error that refuses a call).
+type Cache interface {
+	// Get returns the entry under k, or false.
+	Get(ctx context.Context, k Key) (Entry, bool)
+	// Begin looks k up and, when nothing is recorded, either makes the
+	// caller the leader of its flight (Lead) or waits up to wait for the
+	// leader to Complete it (Found) or give up (Lead: the waiter leads
+	// now), returning Busy when the wait ends first. A leader's claim
+	// lapses after lease, in case it dies.
+	Begin(ctx context.Context, k Key, wait, lease time.Duration) (Entry, State)
+	// Complete records e under k for ttl and ends k's flight, waking its
+	// waiters.
+	Complete(ctx context.Context, k Key, e Entry, ttl time.Duration) error
+	// Abandon ends k's flight without an entry (the upstream failed):
+	// one waiter becomes the leader.
+	Abandon(ctx context.Context, k Key)
+	// Invalidate drops every entry of kind under scope and route ("" for
+	// every route of the scope; scope "" for every scope of the route),
+	// and returns how many it dropped.
+	Invalidate(ctx context.Context, kind Kind, scope, route string) (int, error)
+	// Delete drops one entry.
+	Delete(ctx context.Context, k Key) (bool, error)
+	Close() error
+}
