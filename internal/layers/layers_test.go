@@ -32,6 +32,7 @@ var layerOf = map[string]int{
 	"limiter/memstore":   4,
 	"limiter/redisstore": 4,
 	"limiter/queue":      4,
+	"limiter/respcache":  4,
 	"internal/redistest": 4,
 	"limiter/storetest":  5,
 	"cluster":            6,
