@@ -77,9 +77,9 @@ func (s *Service) Analyze(ctx context.Context, clientID, rawURL string, headers 
 	if opt != nil {
 		after = s.est.Estimate(set, outRoute, out)
 	}
-	if fit {
+	if fit > 0 {
 		var fitted bool
-		if out, opt, fitted = s.fitToPool(set, outRoute, client, out, after, opt); fitted {
+		if out, opt, fitted = s.fitToPool(set, outRoute, client, out, after, opt, fit); fitted {
 			after = s.est.Estimate(set, outRoute, out)
 		}
 	}

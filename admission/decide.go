@@ -102,9 +102,9 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 
 	// Estimate.
 	v.Estimate = s.est.Estimate(set, route, call)
-	if fit {
+	if fit > 0 {
 		var fitted bool
-		if call, opt, fitted = s.fitToPool(set, route, client, call, v.Estimate, opt); fitted {
+		if call, opt, fitted = s.fitToPool(set, route, client, call, v.Estimate, opt, fit); fitted {
 			v.Estimate = s.est.Estimate(set, route, call)
 		}
 	}

@@ -39,7 +39,8 @@ const flexPause = time.Minute
 type optimized struct {
 	edits   []optimize.Edit    // to apply again, in ext_proc, to the body that goes out
 	applied []optimize.Applied // what they changed at admission
-	rules   []string           // the rules that fired, in policy order
+	rules   []string           // the rules whose edits changed the call, in policy order
+	plan    editPlan
 	body    optimize.Body
 	// orig is the call as the worker sent it; compacted is it after the
 	// edits that change its text (compaction, cache marks) alone, at the
@@ -165,13 +166,61 @@ func optimizeKind(route *policy.Route, path string) (optimize.Body, bool) {
 	return optimize.Body{}, false
 }
 
-// plan picks the edits of the rules that match a call, first rule first:
-// one downgrade (only to a model cheaper on input and output than the one
-// asked for), flex (where the model that will run has flex prices and flex
-// is not paused for it), the smallest token cap, prompt caching, and
-// compaction.
-func (s *Service) planEdits(set *policy.Set, ctx policy.OptimizeContext, provider policy.Provider) (edits []optimize.Edit, rules []string, fitPool bool, fallback policy.FlexFallback) {
+// editPlan is what the rules that match a call ask for: the edits, and
+// which rule asked for each strategy (by index in the policy's list, plus
+// one; 0 for none), so that a report names only the rules whose edits
+// changed the call. It allocates nothing when no rule edits.
+type editPlan struct {
+	edits    []optimize.Edit
+	by       [numStrategies]int // the rule of each strategy
+	fit      int                // the first fit_pool rule
+	fallback policy.FlexFallback
+}
+
+const numStrategies = 5
+
+func strategyIndex(s optimize.Strategy) int {
+	switch s {
+	case optimize.Downgrade:
+		return 0
+	case optimize.Flex:
+		return 1
+	case optimize.TokenCap:
+		return 2
+	case optimize.PromptCache:
+		return 3
+	}
+	return 4 // Compact
+}
+
+// names lists the rules whose edits changed the call (applied), and the
+// fit_pool rule when fitted, in policy order.
+func (p *editPlan) names(set *policy.Set, applied []optimize.Applied, fitted bool) []string {
+	var idx []int
+	for _, a := range applied {
+		if i := p.by[strategyIndex(a.Strategy)]; i > 0 && !slices.Contains(idx, i) {
+			idx = append(idx, i)
+		}
+	}
+	if fitted && p.fit > 0 && !slices.Contains(idx, p.fit) {
+		idx = append(idx, p.fit)
+	}
+	slices.Sort(idx)
+	out := make([]string, len(idx))
+	for k, i := range idx {
+		out[k] = set.Optimize.Rules[i-1].Name
+	}
+	return out
+}
+
+// planEdits picks the edits of the rules that match a call, first rule
+// first: one downgrade (only to a model cheaper on input and output than
+// the one asked for), flex (where the model that will run has flex prices
+// and flex is not paused for it), the smallest token cap, prompt caching,
+// and compaction; and whether a fit_pool rule matched.
+func (s *Service) planEdits(set *policy.Set, ctx policy.OptimizeContext, provider policy.Provider) editPlan {
 	var (
+		p        = editPlan{fallback: policy.FlexStandard}
 		down     string
 		flex     bool
 		capAt    int64
@@ -179,53 +228,48 @@ func (s *Service) planEdits(set *policy.Set, ctx policy.OptimizeContext, provide
 		compact  bool
 		modelNow = ctx.Model
 	)
-	fallback = policy.FlexStandard
-	for _, r := range set.Optimize.Rules {
+	for i, r := range set.Optimize.Rules {
 		if !r.Matches(ctx) {
 			continue
 		}
-		fired := false
 		if r.Downgrade != "" && down == "" && cheaper(set, r.Downgrade, ctx.Model) {
-			down, modelNow, fired = r.Downgrade, r.Downgrade, true
+			down, modelNow, p.by[0] = r.Downgrade, r.Downgrade, i+1
 		}
 		if r.Flex && !flex && provider == policy.ProviderOpenAI {
-			flex, fallback, fired = true, r.FlexRefused, true
+			flex, p.fallback, p.by[1] = true, r.FlexRefused, i+1
 		}
 		if r.MaxOutputTokens > 0 && (capAt == 0 || r.MaxOutputTokens < capAt) {
-			capAt, fired = r.MaxOutputTokens, true
+			capAt, p.by[2] = r.MaxOutputTokens, i+1
 		}
-		if r.FitPool {
-			fitPool, fired = true, true
+		if r.FitPool && p.fit == 0 {
+			p.fit = i + 1
 		}
 		if r.PromptCache && cache < 0 && provider == policy.ProviderAnthropic {
-			cache, fired = r.MinPrefixTokens, true
+			cache, p.by[3] = r.MinPrefixTokens, i+1
 		}
 		if r.Compact && !compact {
-			compact, fired = true, true
-		}
-		if fired {
-			rules = append(rules, r.Name)
+			compact, p.by[4] = true, i+1
 		}
 	}
 	// Text edits first: their effect is measured at the model asked for.
 	if compact {
-		edits = append(edits, optimize.Edit{Strategy: optimize.Compact})
+		p.edits = append(p.edits, optimize.Edit{Strategy: optimize.Compact})
 	}
 	if cache >= 0 {
-		edits = append(edits, optimize.Edit{Strategy: optimize.PromptCache, MinPrefixTokens: cache})
+		p.edits = append(p.edits, optimize.Edit{Strategy: optimize.PromptCache, MinPrefixTokens: cache})
 	}
 	if down != "" {
-		edits = append(edits, optimize.Edit{Strategy: optimize.Downgrade, Model: down})
+		p.edits = append(p.edits, optimize.Edit{Strategy: optimize.Downgrade, Model: down})
 	}
 	if flex {
 		if m, _ := set.Model(modelNow); m != nil && m.HasFlex && !s.flex.paused(modelNow, s.clock.Now()) {
-			edits = append(edits, optimize.Edit{Strategy: optimize.Flex})
+			p.edits = append(p.edits, optimize.Edit{Strategy: optimize.Flex})
 		}
 	}
 	if capAt > 0 {
-		edits = append(edits, optimize.Edit{Strategy: optimize.TokenCap, MaxTokens: capAt})
+		p.edits = append(p.edits, optimize.Edit{Strategy: optimize.TokenCap, MaxTokens: capAt})
 	}
-	return edits, rules, fitPool, fallback
+	return p
 }
 
 // cheaper reports whether model to is priced, and no dearer on input or
@@ -241,37 +285,38 @@ func cheaper(set *policy.Set, to, from string) bool {
 
 // optimizeCall applies the optimize rules to call; it returns the call to
 // estimate (the rewritten one), its route (a downgraded model may match
-// another) and what was done, or the call unchanged and nil. fit says a
-// fit_pool rule matched: the caller checks the estimate against the pools
+// another) and what was done, or the call unchanged and nil. fit names a
+// fit_pool rule that matched (its index plus one; 0: none): the caller checks the estimate against the pools
 // (fitToPool). A call no rule changes costs the rules' matching alone.
 func (s *Service) optimizeCall(set *policy.Set, r *Request, path string, route *policy.Route, client *policy.Client,
-	class policy.Class, call costing.Call) (_ costing.Call, _ *policy.Route, _ *optimized, fit bool) {
+	class policy.Class, call costing.Call) (_ costing.Call, _ *policy.Route, _ *optimized, fit int) {
 	if len(set.Optimize.Rules) == 0 || r.BodySize > int64(len(r.Body)) {
-		return call, route, nil, false // nothing to do, or only the start of the body to do it on
+		return call, route, nil, 0 // nothing to do, or only the start of the body to do it on
 	}
 	kind, ok := optimizeKind(route, path)
 	if !ok {
-		return call, route, nil, false
+		return call, route, nil, 0
 	}
 	model := call.Model()
 	pressure := s.pressure.get(client.ID)
 	ctx := policy.OptimizeContext{Tier: client.Tier.Name, Client: client.ID, Route: route.Name, Model: model, Class: class,
 		PressurePercent: pressure, Aggressive: set.Optimize.IsAggressive(client.Tier.Name, client.ID, pressure),
 		OptedOut: strings.EqualFold(strings.TrimSpace(r.Headers[HeaderOptimize]), "off")}
-	edits, rules, fit, fallback := s.planEdits(set, ctx, route.Provider)
-	if len(edits) == 0 {
+	p := s.planEdits(set, ctx, route.Provider)
+	fit = p.fit
+	if len(p.edits) == 0 {
 		return call, route, nil, fit
 	}
 	kind.CountTokens = s.counter(model)
-	out, applied, err := optimize.Apply(kind, r.Body, edits)
+	out, applied, err := optimize.Apply(kind, r.Body, p.edits)
 	if err != nil {
 		s.m.optimizeErrors.Inc()
-		return call, route, nil, false // a body the rewriters refuse goes as it is
+		return call, route, nil, 0 // a body the rewriters refuse goes as it is
 	}
 	if len(applied) == 0 {
 		return call, route, nil, fit
 	}
-	o := &optimized{body: kind, rules: rules, fallback: fallback, edits: edits, applied: applied}
+	o := &optimized{body: kind, plan: p, rules: p.names(set, applied, false), fallback: p.fallback, edits: p.edits, applied: applied}
 	o.orig = s.est.Estimate(set, route, call)
 	if o.did(optimize.Compact) {
 		o.removed = s.compactedAway(set, route, call, kind, o.orig)
@@ -294,18 +339,26 @@ func (o *optimized) count(m *metrics, tier string) {
 
 // fitToPool lowers the output allowance of a call estimated as est that
 // can never fit the smallest token bucket it charges to what that bucket
-// can hold (a fit_pool rule), and returns the call and its record; ok is
-// false when the call fits already, or cannot (its input alone is too
-// large, or its body cannot be read).
+// can hold (the fit_pool rule fit, an index plus one), and returns the
+// call and its record; ok is false when the call fits already, or cannot
+// (its input alone is too large, or its body cannot be read). A call that
+// fits costs a walk over its pools, nothing allocated.
 func (s *Service) fitToPool(set *policy.Set, route *policy.Route, client *policy.Client, call costing.Call, est costing.Estimate,
-	o *optimized) (_ costing.Call, _ *optimized, ok bool) {
+	o *optimized, fit int) (_ costing.Call, _ *optimized, ok bool) {
 	if !est.Exact {
 		return call, o, false
 	}
 	room := int64(-1)
-	for _, t := range takes(set, client, &est) {
-		if p := set.Pools[t.Key.Pool]; p != nil && p.Unit == policy.UnitToken && (room < 0 || t.Limit.Capacity < room) {
-			room = t.Limit.Capacity
+	for _, pc := range est.Pools { // the buckets takes() charges: each pool, and the client's share of it
+		if pc.Pool.Unit != policy.UnitToken {
+			continue
+		}
+		c := pc.Pool.Limit.Capacity
+		if cl, ok := client.Tier.ClientLimits[pc.Pool.Name]; ok {
+			c = min(c, cl.Capacity)
+		}
+		if room < 0 || c < room {
+			room = c
 		}
 	}
 	if room < 0 || satAdd(est.InputTokens, est.OutputTokens) <= room {
@@ -324,19 +377,10 @@ func (s *Service) fitToPool(set *policy.Set, route *policy.Route, client *policy
 	if o == nil {
 		o = &optimized{body: kind, orig: est, fallback: policy.FlexStandard}
 	}
+	o.plan.fit = fit
 	o.edits, o.applied = append(o.edits, edit), append(o.applied, applied...)
-	o.rules = append(o.rules, fitPoolRule(set))
+	o.rules = o.plan.names(set, o.applied, true)
 	return costing.NewCall(call.Path, call.ContentType, out, int64(len(out))), o, true
-}
-
-// fitPoolRule names the first fit_pool rule, for the report.
-func fitPoolRule(set *policy.Set) string {
-	for _, r := range set.Optimize.Rules {
-		if r.FitPool {
-			return r.Name
-		}
-	}
-	return ""
 }
 
 // satAdd adds two non-negative counts, saturating.

@@ -99,7 +99,7 @@ func TestPlanEdits(t *testing.T) {
 		"calm basic client: the forced and the tighter cap, the smaller wins": {
 			ctx:      policy.OptimizeContext{Tier: "basic", Client: "acme", Model: "gpt-4o", PressurePercent: 10},
 			provider: policy.ProviderOpenAI,
-			want:     []optimize.Edit{{Strategy: optimize.TokenCap, MaxTokens: 300}}, wantRules: []string{"cap-basic", "cap-basic-tighter", "fit"}, fit: true,
+			want:     []optimize.Edit{{Strategy: optimize.TokenCap, MaxTokens: 300}}, wantRules: []string{"cap-basic-tighter", "fit"}, fit: true,
 		},
 		"opted out: only the forced cap": {
 			ctx:      policy.OptimizeContext{Tier: "basic", Client: "acme", Model: "gpt-4o", PressurePercent: 10, OptedOut: true},
@@ -135,10 +135,14 @@ func TestPlanEdits(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			edits, rules, fit, _ := s.planEdits(set, tc.ctx, tc.provider)
-			assert.Equal(t, tc.want, edits, "%v", strategiesOf(edits))
-			assert.Equal(t, tc.wantRules, rules)
-			assert.Equal(t, tc.fit, fit)
+			p := s.planEdits(set, tc.ctx, tc.provider)
+			assert.Equal(t, tc.want, p.edits, "%v", strategiesOf(p.edits))
+			applied := make([]optimize.Applied, len(p.edits))
+			for i, e := range p.edits {
+				applied[i] = optimize.Applied{Edit: e}
+			}
+			assert.Equal(t, tc.wantRules, p.names(set, applied, p.fit > 0), "the rules whose edits change the call")
+			assert.Equal(t, tc.fit, p.fit > 0)
 		})
 	}
 }
@@ -148,14 +152,11 @@ func TestPlanEdits(t *testing.T) {
 func TestFlexPausedForModel(t *testing.T) {
 	s, set := newOptimizeService(t)
 	ctx := policy.OptimizeContext{Tier: "premium", Client: "bigco", Model: "gpt-4o-mini", Aggressive: true}
-	edits, _, _, _ := s.planEdits(set, ctx, policy.ProviderOpenAI)
-	assert.Contains(t, strategiesOf(edits), optimize.Flex)
+	assert.Contains(t, strategiesOf(s.planEdits(set, ctx, policy.ProviderOpenAI).edits), optimize.Flex)
 	s.flex.pause("gpt-4o-mini", s.clock.Now())
-	edits, _, _, _ = s.planEdits(set, ctx, policy.ProviderOpenAI)
-	assert.NotContains(t, strategiesOf(edits), optimize.Flex)
+	assert.NotContains(t, strategiesOf(s.planEdits(set, ctx, policy.ProviderOpenAI).edits), optimize.Flex)
 	s.clock.(*fakeclock.Clock).Advance(flexPause)
-	edits, _, _, _ = s.planEdits(set, ctx, policy.ProviderOpenAI)
-	assert.Contains(t, strategiesOf(edits), optimize.Flex, "the pause ends")
+	assert.Contains(t, strategiesOf(s.planEdits(set, ctx, policy.ProviderOpenAI).edits), optimize.Flex, "the pause ends")
 }
 
 // TestPressureBook: pressure is the largest share of any budget of the
@@ -251,7 +252,7 @@ func TestFitToPool(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			call := costing.NewCall("/v1/chat/completions", "application/json", []byte(tc.body), int64(len(tc.body)))
 			e := s.est.Estimate(set, route, call)
-			out, o, ok := s.fitToPool(set, route, client, call, e, nil)
+			out, o, ok := s.fitToPool(set, route, client, call, e, nil, 7) // fit is the seventh rule
 			require.Equal(t, tc.capped, ok)
 			if !ok {
 				assert.Nil(t, o)
