@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/tollgate/tollgate/costing"
@@ -39,16 +38,9 @@ type AnalyzeReport struct {
 // client's budget pressure is read from the store.
 func (s *Service) Analyze(ctx context.Context, clientID, rawURL string, headers map[string]string, body []byte) (AnalyzeReport, error) {
 	set := s.policies.Policy()
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Host == "" {
-		return AnalyzeReport{}, fmt.Errorf("url %q: want an absolute URL such as https://api.openai.com/v1/chat/completions", rawURL)
-	}
-	path := u.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	if path, err = CanonicalPath(path); err != nil {
-		return AnalyzeReport{}, fmt.Errorf("url %q: %w", rawURL, err)
+	host, path, err := callURL(rawURL)
+	if err != nil {
+		return AnalyzeReport{}, err
 	}
 	client, ok := set.Client(clientID)
 	if !ok {
@@ -57,11 +49,11 @@ func (s *Service) Analyze(ctx context.Context, clientID, rawURL string, headers 
 	if headers == nil {
 		headers = map[string]string{}
 	}
-	r := &Request{Client: clientID, Host: u.Host, Path: path, Headers: headers, Body: body, BodySize: int64(len(body))}
+	r := &Request{Client: clientID, Host: host, Path: path, Headers: headers, Body: body, BodySize: int64(len(body))}
 	call := costing.NewCall(path, headers["content-type"], body, int64(len(body)))
-	route := matchRoute(set, u.Host, path, &call)
+	route := matchRoute(set, host, path, &call)
 	if route == nil {
-		return AnalyzeReport{}, fmt.Errorf("%w %s%s", ErrNoRoute, u.Host, path)
+		return AnalyzeReport{}, fmt.Errorf("%w %s%s", ErrNoRoute, host, path)
 	}
 	if st, err := s.store.Usage(ctx, set.Defaults.Period(s.clock.Now()), Chain(client), time.Time{}); err == nil {
 		s.pressure.note(client.ID, st.Budgets)

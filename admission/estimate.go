@@ -55,23 +55,33 @@ var ErrNoRoute = errors.New("no route matches")
 // EstimateCall estimates a call to rawURL (https://host/path) with body
 // under set, as Check would, with nothing reserved.
 func EstimateCall(set *policy.Set, est costing.Estimator, rawURL, contentType string, body []byte) (EstimateReport, error) {
+	host, path, err := callURL(rawURL)
+	if err != nil {
+		return EstimateReport{}, err
+	}
+	call := costing.NewCall(path, contentType, body, int64(len(body)))
+	route := matchRoute(set, host, path, &call)
+	if route == nil {
+		return EstimateReport{}, fmt.Errorf("%w %s%s", ErrNoRoute, host, path)
+	}
+	return estimateReport(route, est.Estimate(set, route, call)), nil
+}
+
+// callURL reads the host and canonical path of a call's absolute URL, as
+// Check would see them.
+func callURL(rawURL string) (host, path string, err error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Host == "" {
-		return EstimateReport{}, fmt.Errorf("url %q: want an absolute URL such as https://api.openai.com/v1/chat/completions", rawURL)
+		return "", "", fmt.Errorf("url %q: want an absolute URL such as https://api.openai.com/v1/chat/completions", rawURL)
 	}
-	path := u.EscapedPath()
+	path = u.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
 	if path, err = CanonicalPath(path); err != nil {
-		return EstimateReport{}, fmt.Errorf("url %q: %w", rawURL, err)
+		return "", "", fmt.Errorf("url %q: %w", rawURL, err)
 	}
-	call := costing.NewCall(path, contentType, body, int64(len(body)))
-	route := matchRoute(set, u.Host, path, &call)
-	if route == nil {
-		return EstimateReport{}, fmt.Errorf("%w %s%s", ErrNoRoute, u.Host, path)
-	}
-	return estimateReport(route, est.Estimate(set, route, call)), nil
+	return u.Host, path, nil
 }
 
 // estimateReport describes estimate e of a call on route.

@@ -97,13 +97,7 @@ func estimate(ctx context.Context, f estimateFlags, stdin io.Reader, out io.Writ
 	if err != nil {
 		return err
 	}
-	if f.asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
-	}
-	printEstimate(out, rep)
-	return nil
+	return printReport(out, f.asJSON, rep, printEstimate)
 }
 
 // analyzeEstimate prints what the optimizer would do to c.
@@ -121,12 +115,17 @@ func analyzeEstimate(ctx context.Context, f estimateFlags, c analyzeCall, out io
 	if err != nil {
 		return err
 	}
-	if f.asJSON {
+	return printReport(out, f.asJSON, rep, printAnalysis)
+}
+
+// printReport writes rep as indented JSON, or as text with print.
+func printReport[T any](out io.Writer, asJSON bool, rep T, print func(io.Writer, T)) error {
+	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	printAnalysis(out, rep)
+	print(out, rep)
 	return nil
 }
 
