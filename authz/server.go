@@ -54,6 +54,9 @@ type Config struct {
 	DrainDelay time.Duration
 	// Settlement picks how admitted calls are booked.
 	Settlement admission.Settlement
+	// RateLimitHeaders are the headers the RLS service adds (off by
+	// default, as in envoyproxy/ratelimit).
+	RateLimitHeaders RateLimitHeaders
 	// ExpireEvery is how often the server's own loop runs: reservations
 	// past their TTL are committed at their estimate (when the store keeps
 	// reservations), and the spend of calls let through fail open is
@@ -64,7 +67,7 @@ type Config struct {
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
 	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", APIAddr: "127.0.0.1:8082", ClientHeader: "x-tollgate-client",
-		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second}
+		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second, RateLimitHeaders: DefaultRateLimitHeaders()}
 }
 
 // Validate reports a configuration that cannot work.
@@ -121,6 +124,9 @@ type Deps struct {
 	// Clock picks budget periods and dates reservations; nil is the
 	// system clock.
 	Clock limiter.Clock
+	// RateLimits is the envoyproxy/ratelimit config the RLS service
+	// (ShouldRateLimit) decides on; nil: none, every descriptor passes.
+	RateLimits admission.RateLimitSource
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -204,10 +210,14 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.grpc = grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
 	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clientSource{header: cfg.ClientHeader, pinned: cfg.Client}, m: s.m})
 	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
+	if err := s.registerRLS(); err != nil {
+		s.m.set.Unregister(deps.Registry)
+		return nil, closeListeners(errors.Join(err, s.svc.Close()))
+	}
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	for _, svc := range []string{authv3.Authorization_ServiceDesc.ServiceName, extprocv3.ExternalProcessor_ServiceDesc.ServiceName} {
+	for _, svc := range []string{authv3.Authorization_ServiceDesc.ServiceName, extprocv3.ExternalProcessor_ServiceDesc.ServiceName, rlsServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 

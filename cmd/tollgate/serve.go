@@ -40,6 +40,7 @@ type serveFlags struct {
 	shutdownTimeout time.Duration
 	cluster         clusterFlags
 	apiTokenFile    string
+	rlsConfig       string
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
@@ -87,6 +88,8 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
 	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
 	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
+	fl.StringVar(&f.rlsConfig, "rls-config", "", "envoyproxy/ratelimit config for the rate limit service (ShouldRateLimit, on the gRPC port): its runtime directory, RUNTIME_ROOT/RUNTIME_SUBDIRECTORY, whose config/*.yaml are read; reloaded on SIGHUP")
+	fl.BoolVar(&f.authz.RateLimitHeaders.Enabled, "rls-response-headers", false, "rate limit service: add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to responses (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED)")
 	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -130,6 +133,14 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		reload = w.Reload
 		log.Info("policy loaded; watching for changes", slog.String("policy", f.policyPath))
 	}
+	var rateLimits admission.RateLimitSource
+	if f.rlsConfig != "" {
+		rc, err := loadRLSConfig(f.rlsConfig, log)
+		if err != nil {
+			return err
+		}
+		rateLimits, reload = rc, alsoReload(reload, rc.Reload)
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); onHangup(runCtx, hup, reload, log) }()
 
@@ -143,7 +154,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	defer func() { err = errors.Join(err, st.close()) }()
 
 	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster})
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits})
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,7 @@ var layerOf = map[string]int{
 	"costing/optimize":   3,
 	"limiter":            3,
 	"policy/watch":       3,
+	"policy/rls":         2,
 	"limiter/memstore":   4,
 	"limiter/redisstore": 4,
 	"limiter/queue":      4,
