@@ -395,7 +395,8 @@ func demoSidecar(t *testing.T) *bootstrapv3.Bootstrap {
 }
 
 // checkStatsListener: envoy-stats.yaml adds one listener, which routes
-// only GET /stats/prometheus, to one cluster: the admin address.
+// only GET /stats/prometheus and GET /ready, to one cluster: the admin
+// address.
 func checkStatsListener(t *testing.T, b *bootstrapv3.Bootstrap) {
 	t.Helper()
 	var stats *listenerv3.Listener
@@ -412,17 +413,19 @@ func checkStatsListener(t *testing.T, b *bootstrapv3.Bootstrap) {
 	admin := b.GetAdmin().GetAddress().GetSocketAddress()
 	vhs := hcm.GetRouteConfig().GetVirtualHosts()
 	require.Len(t, vhs, 1)
-	require.Len(t, vhs[0].GetRoutes(), 1, "one route")
-	r := vhs[0].GetRoutes()[0]
-	assert.Equal(t, "/stats/prometheus", r.GetMatch().GetPath(), "the exact path, nothing else of the admin API")
-	require.Len(t, r.GetMatch().GetHeaders(), 1)
-	assert.Equal(t, ":method", r.GetMatch().GetHeaders()[0].GetName())
-	assert.Equal(t, "GET", r.GetMatch().GetHeaders()[0].GetStringMatch().GetExact())
-	c, ok := clustersByName(t, b)[r.GetRoute().GetCluster()]
-	require.True(t, ok)
-	sa := socketAddress(t, c)
-	assert.Equal(t, admin.GetAddress(), sa.GetAddress(), "the stats route leads to the admin API")
-	assert.Equal(t, admin.GetPortValue(), sa.GetPortValue())
+	var paths []string
+	for _, r := range vhs[0].GetRoutes() {
+		paths = append(paths, r.GetMatch().GetPath())
+		require.Len(t, r.GetMatch().GetHeaders(), 1, "route %s", r.GetMatch().GetPath())
+		assert.Equal(t, ":method", r.GetMatch().GetHeaders()[0].GetName())
+		assert.Equal(t, "GET", r.GetMatch().GetHeaders()[0].GetStringMatch().GetExact())
+		c, ok := clustersByName(t, b)[r.GetRoute().GetCluster()]
+		require.True(t, ok)
+		sa := socketAddress(t, c)
+		assert.Equal(t, admin.GetAddress(), sa.GetAddress(), "the route leads to the admin API")
+		assert.Equal(t, admin.GetPortValue(), sa.GetPortValue())
+	}
+	assert.Equal(t, []string{"/stats/prometheus", "/ready"}, paths, "exact paths, nothing else of the admin API")
 }
 
 // checkFakeAPI: the fakeapi service is the Dockerfile's fakeapi stage,
