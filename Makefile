@@ -8,7 +8,7 @@ FUZZTIME ?= 5s
 # new one can never be left out.
 FUZZ_PACKAGES = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
 
-.PHONY: all build run test deps e2e-deps e2e unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor lint vet fmt clean
+.PHONY: all build run demo k8s-sync test deps e2e-deps e2e unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor lint vet fmt clean
 
 all: build
 
@@ -17,6 +17,24 @@ build: ## build bin/tollgate
 
 run: build ## start Tollgate on the embedded default (memory store, bundled policy); POLICY=path to use your own
 	./$(BIN) serve $(if $(POLICY),--policy $(POLICY))
+
+# The demo (cmd/demo): a throwaway redis-server, two Tollgates in a fleet on
+# it, cmd/fakeapi, an Envoy stand-in in front of each Tollgate running
+# envoy/sidecar.yaml, and a traffic driver on four tiers; a table every
+# second, a summary at the end. No Docker, no Envoy.
+DEMO_DURATION ?= 60s
+DEMO_FLAGS    ?=
+demo: build deps ## the demo, here and now: a fleet of two on Redis, fake providers, mixed traffic, a live table; stops after DEMO_DURATION (60s)
+	$(GO) build -o bin/fakeapi ./cmd/fakeapi
+	$(GO) build -o bin/demo ./cmd/demo
+	./bin/demo --duration $(DEMO_DURATION) $(DEMO_FLAGS)
+
+# kustomize reads no file outside a kustomization's directory: the
+# Kubernetes base holds copies of the Envoy configs (deploy/k8s_test.go
+# fails when they differ from the originals).
+k8s-sync: ## copy envoy/sidecar.yaml and deploy/envoy-stats.yaml into the Kubernetes base
+	cp envoy/sidecar.yaml deploy/k8s/base/envoy/sidecar.yaml
+	cp deploy/envoy-stats.yaml deploy/k8s/base/envoy/stats.yaml
 
 test: deps e2e-deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 

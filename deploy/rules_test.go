@@ -1,6 +1,7 @@
 // Package deploy_test checks the deployment files that are not Envoy's:
-// the Prometheus alerting rules, with promtool (Debian package prometheus;
-// `make test` installs it).
+// the Prometheus alerting rules and configs, with promtool (Debian package
+// prometheus; `make test` installs it), and the Kubernetes manifests
+// (k8s_test.go).
 package deploy_test
 
 import (
@@ -24,4 +25,12 @@ func promtool(t *testing.T, args ...string) string {
 func TestAlertRules(t *testing.T) {
 	require.Contains(t, promtool(t, "check", "rules", "alerts.yml"), "SUCCESS")
 	require.Contains(t, promtool(t, "test", "rules", "alerts_test.yml"), "SUCCESS")
+}
+
+// TestPrometheusConfigs: the docker-compose Prometheus configs parse
+// (syntax only: their rule file paths are inside the container).
+func TestPrometheusConfigs(t *testing.T) {
+	for _, f := range []string{"prometheus.yml", "prometheus.fleet.yml"} {
+		require.Contains(t, promtool(t, "check", "config", "--syntax-only", f), "SUCCESS", f)
+	}
 }

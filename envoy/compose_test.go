@@ -1,6 +1,7 @@
 package envoy_test
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
@@ -23,7 +26,15 @@ const (
 	fleetPath   = deployDir + "/docker-compose.fleet.yaml"
 
 	envoyConfigInImage = "/etc/envoy/envoy.yaml"
+	statsConfigInImage = "/etc/envoy/stats.yaml"
+	statsPath          = deployDir + "/envoy-stats.yaml"
 	promConfigInImage  = "/etc/prometheus/prometheus.yml"
+
+	// The fake provider every provider cluster points at in the demo.
+	fakeAPIHost = "fakeapi"
+	fakeAPIPort = 8090
+	// statsListener is envoy-stats.yaml's listener: Envoy's metrics only.
+	statsListener = "envoy_stats"
 )
 
 // The slice of the compose schema the checks need.
@@ -36,6 +47,7 @@ type composeService struct {
 	Build *struct {
 		Context    string `json:"context"`
 		Dockerfile string `json:"dockerfile"`
+		Target     string `json:"target"`
 	} `json:"build"`
 	Command     []string          `json:"command"`
 	Ports       []string          `json:"ports"`
@@ -58,7 +70,7 @@ func loadCompose(t *testing.T) composeFile {
 	t.Helper()
 	var c composeFile
 	require.NoError(t, yaml.Unmarshal(readFile(t, composePath), &c))
-	for _, name := range []string{"tollgate", "envoy", "prometheus"} {
+	for _, name := range []string{"tollgate", "envoy", "prometheus", "fakeapi", "worker", "grafana"} {
 		require.Contains(t, c.Services, name, "service missing from %s", composePath)
 	}
 	return c
@@ -137,16 +149,20 @@ func TestComposeMatchesSidecar(t *testing.T) {
 	// rewritten to 0.0.0.0 by the command's sed expression.
 	b := composeEnvoy(t, envoy)
 
-	t.Run("the demo rewrite opens the listeners and nothing else", func(t *testing.T) {
+	t.Run("the demo rewrite opens the listeners, sends the providers to fakeapi, adds the stats listener, and nothing else", func(t *testing.T) {
 		for _, l := range sidecar(t).GetStaticResources().GetListeners() {
 			assert.Equal(t, "127.0.0.1", l.GetAddress().GetSocketAddress().GetAddress(), "sidecar.yaml listener %s binds loopback", l.GetName())
 		}
 		assert.Equal(t, "127.0.0.1", b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(), "the admin API stays on loopback")
-		want := sidecar(t)
-		for _, l := range want.GetStaticResources().GetListeners() {
-			l.GetAddress().GetSocketAddress().Address = "0.0.0.0"
-		}
-		assert.True(t, proto.Equal(want, b), "the rewrite changes only the listener addresses")
+		assert.True(t, proto.Equal(demoSidecar(t), b), "the rewrite changes only the listener addresses and the provider clusters")
+	})
+
+	t.Run("the stats listener reaches only the admin API's metrics", func(t *testing.T) {
+		checkStatsListener(t, b)
+	})
+
+	t.Run("fakeapi is built from the repo Dockerfile and listens where the clusters point", func(t *testing.T) {
+		checkFakeAPI(t, compose.Services["fakeapi"])
 	})
 
 	t.Run("envoy shares tollgate's network namespace", func(t *testing.T) {
@@ -177,6 +193,9 @@ func TestComposeMatchesSidecar(t *testing.T) {
 
 	t.Run("every envoy listener is published", func(t *testing.T) {
 		for _, l := range b.GetStaticResources().GetListeners() {
+			if l.GetName() == statsListener {
+				continue // for Prometheus on the compose network, not the host
+			}
 			sa := l.GetAddress().GetSocketAddress()
 			assert.Contains(t, published, int(sa.GetPortValue()), "listener %s", l.GetName())
 			assert.Equal(t, "0.0.0.0", sa.GetAddress(), "listener %s must not bind loopback to be published", l.GetName())
@@ -247,31 +266,189 @@ func TestComposeMatchesSidecar(t *testing.T) {
 	})
 }
 
-// demoRewrite is the envoy services' command in the compose files: a sed
-// expression applied to the mounted sidecar.yaml, then Envoy on the result.
-var demoRewrite = regexp.MustCompile(`^sed -E 's/([^/]*)/([^/]*)/' (\S+) > (\S+) && exec envoy -c (\S+)$`)
+// demoRewrite is the envoy services' command in the compose files: sed
+// expressions applied to the mounted sidecar.yaml, then Envoy on the
+// result with envoy-stats.yaml merged in by --config-yaml.
+var (
+	demoRewrite = regexp.MustCompile(`^sed -E((?: -e '[^']*')+) (\S+) > (\S+) && exec envoy -c (\S+) --config-yaml "\$\(cat (\S+)\)"$`)
+	sedArg      = regexp.MustCompile(` -e '([^']*)'`)
+	sedSubst    = regexp.MustCompile(`^s/([^/]*)/([^/]*)/$`)
+	sedDelete   = regexp.MustCompile(`^/([^/]*)/,/([^/]*)/d$`)
+)
+
+// sedCommand is one of the two kinds of sed command the compose files use:
+// s/re/repl/ (first match on each line) and /start/,/end/d.
+type sedCommand struct {
+	re         *regexp.Regexp
+	repl       string
+	start, end *regexp.Regexp
+	inRange    bool
+}
+
+// runSed applies sed -E commands to data line by line as sed does (Go's
+// RE2 reads the POSIX EREs used here the same way): on each line the
+// commands run in order, a deleted line ends its cycle, and a range's end
+// is looked for from the line after its start.
+func runSed(t *testing.T, exprs []string, data []byte) []byte {
+	t.Helper()
+	var cmds []*sedCommand
+	for _, e := range exprs {
+		if m := sedSubst.FindStringSubmatch(e); m != nil {
+			repl := regexp.MustCompile(`\\([0-9])`).ReplaceAllString(m[2], "$${$1}")
+			cmds = append(cmds, &sedCommand{re: regexp.MustCompile(m[1]), repl: repl})
+			continue
+		}
+		m := sedDelete.FindStringSubmatch(e)
+		require.NotNil(t, m, "sed expression %q is neither s/// nor /a/,/b/d", e)
+		cmds = append(cmds, &sedCommand{start: regexp.MustCompile(m[1]), end: regexp.MustCompile(m[2])})
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		deleted := false
+		for _, c := range cmds {
+			if c.re != nil {
+				if loc := c.re.FindStringSubmatchIndex(line); loc != nil {
+					var dst []byte
+					dst = c.re.ExpandString(dst, c.repl, line, loc)
+					line = line[:loc[0]] + string(dst) + line[loc[1]:]
+				}
+				continue
+			}
+			switch {
+			case c.inRange:
+				if c.end.MatchString(line) {
+					c.inRange = false
+				}
+				deleted = true
+			case c.start.MatchString(line):
+				c.inRange, deleted = true, true
+			}
+			if deleted {
+				break
+			}
+		}
+		if !deleted {
+			out = append(out, line)
+		}
+	}
+	return []byte(strings.Join(out, "\n"))
+}
 
 // composeEnvoy returns the bootstrap an envoy service of the compose files
-// runs: its command must be ["/bin/sh", "-c", <demoRewrite>], and the test
-// applies the same substitution to sidecar.yaml (Go's RE2 reads the POSIX
-// ERE used there the same way), then validates the result deeply.
+// runs: its command must be ["/bin/sh", "-c", <demoRewrite>]; the test
+// applies the same sed expressions to sidecar.yaml, merges envoy-stats.yaml
+// into it as Envoy merges --config-yaml (proto merge: repeated fields
+// appended), then validates the result deeply.
 func composeEnvoy(t *testing.T, s composeService) *bootstrapv3.Bootstrap {
 	t.Helper()
 	require.Len(t, s.Command, 3, "envoy command: %v", s.Command)
 	require.Equal(t, []string{"/bin/sh", "-c"}, s.Command[:2])
 	m := demoRewrite.FindStringSubmatch(s.Command[2])
 	require.NotNil(t, m, "envoy script %q is not the demo rewrite", s.Command[2])
-	pattern, repl, in, out, config := m[1], m[2], m[3], m[4], m[5]
+	var exprs []string
+	for _, e := range sedArg.FindAllStringSubmatch(m[1], -1) {
+		exprs = append(exprs, e[1])
+	}
+	in, out, config, stats := m[2], m[3], m[4], m[5]
 	assert.Equal(t, envoyConfigInImage, in, "the rewrite reads the mounted sidecar.yaml")
 	assert.Equal(t, out, config, "envoy runs the rewritten file")
-	re, err := regexp.Compile(pattern)
-	require.NoError(t, err)
-	repl = regexp.MustCompile(`\\([0-9])`).ReplaceAllString(repl, "$${$1}")
-	data := re.ReplaceAll(readFile(t, sidecarPath), []byte(repl))
-	require.NoError(t, checkConfig(data))
+	assert.Equal(t, statsConfigInImage, stats, "envoy merges the mounted envoy-stats.yaml")
+	abs := func(p string) string {
+		a, err := filepath.Abs(p)
+		require.NoError(t, err)
+		return a
+	}
+	assert.Equal(t, abs(statsPath), abs(mountSource(t, s, statsConfigInImage)))
+
+	data := runSed(t, exprs, readFile(t, sidecarPath))
 	b, err := loadBootstrap(data)
 	require.NoError(t, err)
+	extra, err := loadBootstrap(readFile(t, statsPath))
+	require.NoError(t, err)
+	proto.Merge(b, extra)
+	require.NoError(t, validateDeep(b, "bootstrap"))
 	return b
+}
+
+// demoSidecar is what the demo's Envoy must run, built from sidecar.yaml
+// in Go: every listener on 0.0.0.0, every provider cluster at fakeapi in
+// plain HTTP, and envoy-stats.yaml merged in.
+func demoSidecar(t *testing.T) *bootstrapv3.Bootstrap {
+	t.Helper()
+	want := sidecar(t)
+	for _, l := range want.GetStaticResources().GetListeners() {
+		l.GetAddress().GetSocketAddress().Address = "0.0.0.0"
+	}
+	for _, c := range want.GetStaticResources().GetClusters() {
+		if c.GetName() == tollgateName {
+			continue
+		}
+		sa := socketAddress(t, c)
+		sa.Address = fakeAPIHost
+		sa.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: fakeAPIPort}
+		c.TransportSocket = nil
+	}
+	extra, err := loadBootstrap(readFile(t, statsPath))
+	require.NoError(t, err)
+	proto.Merge(want, extra)
+	return want
+}
+
+// checkStatsListener: envoy-stats.yaml adds one listener, which routes
+// only GET /stats/prometheus and GET /ready, to one cluster: the admin
+// address.
+func checkStatsListener(t *testing.T, b *bootstrapv3.Bootstrap) {
+	t.Helper()
+	var stats *listenerv3.Listener
+	for _, l := range b.GetStaticResources().GetListeners() {
+		if l.GetName() == statsListener {
+			stats = l
+		}
+	}
+	require.NotNil(t, stats, "the %s listener", statsListener)
+	hcm := connectionManager(t, stats)
+	for _, f := range hcm.GetHttpFilters() {
+		assert.Equal(t, routerFilter, f.GetName(), "no filter but the router")
+	}
+	admin := b.GetAdmin().GetAddress().GetSocketAddress()
+	vhs := hcm.GetRouteConfig().GetVirtualHosts()
+	require.Len(t, vhs, 1)
+	var paths []string
+	for _, r := range vhs[0].GetRoutes() {
+		paths = append(paths, r.GetMatch().GetPath())
+		require.Len(t, r.GetMatch().GetHeaders(), 1, "route %s", r.GetMatch().GetPath())
+		assert.Equal(t, ":method", r.GetMatch().GetHeaders()[0].GetName())
+		assert.Equal(t, "GET", r.GetMatch().GetHeaders()[0].GetStringMatch().GetExact())
+		c, ok := clustersByName(t, b)[r.GetRoute().GetCluster()]
+		require.True(t, ok)
+		sa := socketAddress(t, c)
+		assert.Equal(t, admin.GetAddress(), sa.GetAddress(), "the route leads to the admin API")
+		assert.Equal(t, admin.GetPortValue(), sa.GetPortValue())
+	}
+	assert.Equal(t, []string{"/stats/prometheus", "/ready"}, paths, "exact paths, nothing else of the admin API")
+}
+
+// checkFakeAPI: the fakeapi service is the Dockerfile's fakeapi stage,
+// listening on the port the rewritten clusters use.
+func checkFakeAPI(t *testing.T, s composeService) {
+	t.Helper()
+	require.NotNil(t, s.Build)
+	assert.Equal(t, "fakeapi", s.Build.Target)
+	df := string(readFile(t, filepath.Join(deployDir, s.Build.Context, s.Build.Dockerfile)))
+	i := strings.Index(df, " AS fakeapi\n")
+	require.NotEqual(t, -1, i, "the Dockerfile has a fakeapi stage")
+	stage := df[i:]
+	if j := strings.Index(stage, "\nFROM "); j >= 0 {
+		stage = stage[:j]
+	}
+	assert.Contains(t, stage, fmt.Sprintf(`"--addr", "0.0.0.0:%d"`, fakeAPIPort))
+	assert.Empty(t, s.Ports, "fakeapi is for the compose network only")
+}
+
+// isTollgate: the service runs the Tollgate image (the Dockerfile's
+// default target).
+func isTollgate(s composeService) bool {
+	return s.Build != nil && s.Build.Dockerfile == "deploy/Dockerfile" && s.Build.Target == ""
 }
 
 // mergeCompose layers override on base as `docker compose -f base -f
@@ -353,7 +530,7 @@ func TestComposeFleet(t *testing.T) {
 
 	var members []string
 	for name, s := range c.Services {
-		if s.Build != nil {
+		if isTollgate(s) {
 			members = append(members, name)
 		}
 	}
@@ -399,7 +576,7 @@ func TestComposeFleet(t *testing.T) {
 
 			var envoys []string
 			for en, e := range c.Services {
-				if e.NetworkMode == "service:"+name {
+				if e.NetworkMode == "service:"+name && strings.HasPrefix(e.Image, "envoyproxy/envoy:") {
 					envoys = append(envoys, en)
 					src, err := filepath.Abs(mountSource(t, e, envoyConfigInImage))
 					require.NoError(t, err)
@@ -451,6 +628,7 @@ func TestComposeFleet(t *testing.T) {
 		for _, name := range members {
 			_, httpPort := flagAddr(t, c.Services[name].Command, "http-addr")
 			assert.Contains(t, targets, net.JoinHostPort(name, strconv.Itoa(httpPort)))
+			assert.Contains(t, targets, net.JoinHostPort(name, strconv.Itoa(statsPort(t))), "%s's Envoy", name)
 		}
 		require.NotEmpty(t, cfg.RuleFiles)
 		for _, rf := range cfg.RuleFiles {

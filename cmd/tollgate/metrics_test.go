@@ -20,8 +20,9 @@ import (
 
 // TestMetricsCatalog holds the whole registry of `tollgate serve` (a
 // sidecar with a watched policy, and a fleet member on Redis, which adds
-// the cluster's metrics) to two standards: promlint finds nothing in any
-// metric, and the metrics table of docs/operations.md lists exactly these
+// the cluster's metrics) to three standards: promlint finds nothing in any
+// metric, every query of the Grafana dashboards in deploy/ names one of
+// them, and the metrics table of docs/operations.md lists exactly these
 // metrics, with their types and labels.
 func TestMetricsCatalog(t *testing.T) {
 	policyPath := writePolicy(t, spendPolicy(""))
@@ -48,6 +49,9 @@ func TestMetricsCatalog(t *testing.T) {
 		problems, err := promlint.NewWithMetricFamilies(families(catalog)).Lint()
 		require.NoError(t, err)
 		assert.Empty(t, problems)
+	})
+	t.Run("dashboards", func(t *testing.T) {
+		checkDashboards(t, catalog)
 	})
 	t.Run("docs", func(t *testing.T) {
 		documented := metricsTable(t, "../../docs/operations.md")

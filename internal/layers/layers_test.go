@@ -52,6 +52,9 @@ var layerOf = map[string]int{
 	"internal/fakeapi":  0,
 	"internal/envoysim": 9,
 	"e2e":               10,
+	// The demo (make demo): the Envoy stand-in and redis-server wired to
+	// the real binaries.
+	"cmd/demo": 10,
 }
 
 // envoyFree are the packages that must not import go-control-plane: all
