@@ -117,19 +117,22 @@ func checkHost(h string) string {
 	return ""
 }
 
+// routeHostRank orders host patterns: exact, then wildcard, then any.
+func routeHostRank(h string) int {
+	switch {
+	case h == "":
+		return 0
+	case strings.HasPrefix(h, "*."):
+		return 1
+	}
+	return 2
+}
+
 // sortRoutes puts the most specific route first (exact host, then wildcard,
 // then any; longer path prefix; with models before without), so the first
 // match is the best one whatever the order of the files.
 func sortRoutes(rs []*Route) {
-	hostRank := func(h string) int {
-		switch {
-		case h == "":
-			return 0
-		case strings.HasPrefix(h, "*."):
-			return 1
-		}
-		return 2
-	}
+	hostRank := routeHostRank
 	sort.SliceStable(rs, func(i, j int) bool {
 		a, b := rs[i], rs[j]
 		if ha, hb := hostRank(a.Host), hostRank(b.Host); ha != hb {

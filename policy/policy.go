@@ -187,14 +187,53 @@ type Set struct {
 
 // MatchRoute returns the first route matching the call, or nil. model is the
 // body's "model" field, "" if none.
+//
+// Among routes of equal rank that name models (same kind of host, same
+// prefix length), the one whose matching pattern is the most specific wins:
+// an exact name, then the longest "prefix*". So "gpt-4o-mini*" takes
+// gpt-4o-mini from "gpt-4o*" whatever the routes are called.
 func (s *Set) MatchRoute(host, path, model string) *Route {
 	host = stripPort(strings.ToLower(host))
+	var best *Route
+	bestRank := -1
 	for _, r := range s.Routes {
-		if r.matches(host, path, model) {
-			return r
+		if best != nil && !sameRank(best, r) {
+			break
+		}
+		if !r.matches(host, path, model) {
+			continue
+		}
+		if len(r.Models) == 0 {
+			return r // sorted after every route of its rank with models
+		}
+		if n := r.modelRank(model); n > bestRank {
+			best, bestRank = r, n
 		}
 	}
-	return nil
+	return best
+}
+
+// sameRank says whether b sorts level with a route a that names models:
+// routes of one rank are contiguous (sortRoutes).
+func sameRank(a, b *Route) bool {
+	return routeHostRank(a.Host) == routeHostRank(b.Host) && len(a.PathPrefix) == len(b.PathPrefix) && len(b.Models) > 0
+}
+
+// modelRank is how specifically r's patterns match model: twice the
+// length of the longest matching prefix, plus one for an exact name.
+func (r *Route) modelRank(model string) int {
+	best := -1
+	for _, m := range r.Models {
+		if !modelMatches(m, model) {
+			continue
+		}
+		n := 2*len(m) + 1
+		if p, ok := strings.CutSuffix(m, "*"); ok {
+			n = 2 * len(p)
+		}
+		best = max(best, n)
+	}
+	return best
 }
 
 // MatchRouteFold returns the first route whose host matches and whose path

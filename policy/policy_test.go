@@ -88,6 +88,63 @@ func TestMatchRoute(t *testing.T) {
 	}
 }
 
+// TestMatchRouteMostSpecificModel: among routes of one rank with models,
+// the most specific matching pattern wins, whatever the routes' names.
+func TestMatchRouteMostSpecificModel(t *testing.T) {
+	s := mustCompile(t, withPool(
+		"routes:",
+		"  a-broad:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4*"]`,
+		"    pools: [p]",
+		"  b-mini:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o-mini*", "o4-mini"]`,
+		"    pools: [p]",
+		"  c-4o:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o*"]`,
+		"    pools: [p]",
+		"  d-exact:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o"]`,
+		"    pools: [p]",
+		"  e-other-host:",
+		"    host: api.example.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o-mini-2024*"]`,
+		"    pools: [p]",
+		"  rest:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		"    pools: [p]",
+		"  embeddings:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/embeddings",
+		"    pools: [p]",
+	))
+	tests := map[string]struct{ model, path, want string }{
+		"broad pattern":                   {"gpt-4.1", "/v1/chat/completions", "a-broad"},
+		"longer pattern, later name":      {"gpt-4o-2024-08-06", "/v1/chat/completions", "c-4o"},
+		"longest pattern":                 {"gpt-4o-mini-2024-07-18", "/v1/chat/completions", "b-mini"},
+		"exact name beats its own prefix": {"gpt-4o", "/v1/chat/completions", "d-exact"},
+		"exact in a list":                 {"o4-mini", "/v1/chat/completions", "b-mini"},
+		"no model route matches":          {"o3", "/v1/chat/completions", "rest"},
+		"a longer prefix still wins":      {"gpt-4o-mini", "/v1/embeddings", "embeddings"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := s.MatchRoute("api.openai.com", tc.path, tc.model)
+			require.NotNil(t, r)
+			assert.Equal(t, tc.want, r.Name)
+		})
+	}
+}
+
 func TestRouteWantsModel(t *testing.T) {
 	s := mustCompile(t, routing)
 	tests := map[string]struct {
