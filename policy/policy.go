@@ -81,7 +81,21 @@ type Route struct {
 	DefaultMaxTokens int64
 	// Class is the priority class of a call that asks for none.
 	Class Class
+	// Pricing says where a call's money comes from: PricingModel (the
+	// default) prices an OpenAI or Anthropic call by its model's entry in
+	// models:, PricingPool by the pools' unit prices alone (files,
+	// batches, moderations, audio, images: calls whose body is no prompt).
+	Pricing Pricing
 }
+
+// Pricing is a route's source of prices.
+type Pricing string
+
+// Pricings.
+const (
+	PricingModel Pricing = "model"
+	PricingPool  Pricing = "pool"
+)
 
 // LLM reports whether any of the route's pools counts tokens, i.e. whether
 // the request body must be read to estimate the call.
@@ -243,7 +257,7 @@ func (r *Route) modelRank(model string) int {
 func (s *Set) MatchRouteFold(host, path string) *Route {
 	host = stripPort(strings.ToLower(host))
 	for _, r := range s.Routes {
-		if hostMatches(r.Host, host) && len(path) >= len(r.PathPrefix) && strings.EqualFold(path[:len(r.PathPrefix)], r.PathPrefix) {
+		if hostMatches(r.Host, host) && prefixMatches(strings.ToLower(r.PathPrefix), strings.ToLower(path)) {
 			return r
 		}
 	}
@@ -265,7 +279,7 @@ func (s *Set) Route(name string) *Route {
 func (s *Set) RouteWantsModel(host, path string) bool {
 	host = stripPort(strings.ToLower(host))
 	for _, r := range s.Routes {
-		if len(r.Models) > 0 && hostMatches(r.Host, host) && strings.HasPrefix(path, r.PathPrefix) {
+		if len(r.Models) > 0 && hostMatches(r.Host, host) && prefixMatches(r.PathPrefix, path) {
 			return true
 		}
 	}
@@ -289,7 +303,7 @@ func (s *Set) Client(id string) (c *Client, ok bool) {
 func (s *Set) Shadowed(p *Pool) bool { return s.Defaults.Shadow || p.Shadow }
 
 func (r *Route) matches(host, path, model string) bool {
-	if !hostMatches(r.Host, host) || !strings.HasPrefix(path, r.PathPrefix) {
+	if !hostMatches(r.Host, host) || !prefixMatches(r.PathPrefix, path) {
 		return false
 	}
 	if len(r.Models) == 0 {
@@ -301,6 +315,28 @@ func (r *Route) matches(host, path, model string) bool {
 		}
 	}
 	return false
+}
+
+// prefixMatches says whether path starts with prefix, where a segment "*"
+// of prefix followed by "/" ("/accounts/*/d1/") stands for any one
+// non-empty segment of path.
+func prefixMatches(prefix, path string) bool {
+	for {
+		i := strings.Index(prefix, "/*/")
+		if i < 0 {
+			return strings.HasPrefix(path, prefix)
+		}
+		head := prefix[:i+1]
+		if !strings.HasPrefix(path, head) {
+			return false
+		}
+		path = path[len(head):]
+		j := strings.IndexByte(path, '/')
+		if j <= 0 {
+			return false
+		}
+		path, prefix = path[j:], prefix[i+2:]
+	}
 }
 
 func hostMatches(pattern, host string) bool {

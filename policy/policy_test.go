@@ -283,3 +283,57 @@ func TestShadowed(t *testing.T) {
 		})
 	}
 }
+
+// TestMatchRouteSegmentWildcard: a "*" segment of a path prefix stands for
+// one segment of the path (Cloudflare's account and database ids).
+func TestMatchRouteSegmentWildcard(t *testing.T) {
+	s := mustCompile(t, withPool(
+		"routes:",
+		"  d1:",
+		"    host: api.cloudflare.com",
+		"    path_prefix: /client/v4/accounts/*/d1/database/*/query",
+		"    pools: [p]",
+		"  kv:",
+		"    host: api.cloudflare.com",
+		"    path_prefix: /client/v4/accounts/*/storage/kv/namespaces/*/values/",
+		"    pools: [p]",
+		"  rest:",
+		"    host: api.cloudflare.com",
+		"    path_prefix: /client/v4/",
+		"    pools: [p]",
+	))
+	tests := map[string]struct{ path, want string }{
+		"d1 query":                 {"/client/v4/accounts/023e105f/d1/database/a1b2/query", "d1"},
+		"d1 raw query":             {"/client/v4/accounts/023e105f/d1/database/a1b2/raw", "rest"},
+		"kv value":                 {"/client/v4/accounts/023e105f/storage/kv/namespaces/0f2a/values/my-key", "kv"},
+		"kv key list":              {"/client/v4/accounts/023e105f/storage/kv/namespaces/0f2a/keys", "rest"},
+		"empty account segment":    {"/client/v4/accounts//d1/database/a1b2/query", "rest"},
+		"two segments for one":     {"/client/v4/accounts/a/b/d1/database/a1b2/query", "rest"},
+		"the wildcard is no slash": {"/client/v4/accounts/a", "rest"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := s.MatchRoute("api.cloudflare.com", tc.path, "")
+			require.NotNil(t, r)
+			assert.Equal(t, tc.want, r.Name)
+		})
+	}
+	assert.Equal(t, "d1", s.MatchRouteFold("api.cloudflare.com", "/client/v4/Accounts/x/D1/database/y/query").Name,
+		"a wrong-case spelling is found")
+}
+
+func TestRoutePricing(t *testing.T) {
+	s := mustCompile(t, withPool(
+		"routes:",
+		"  a: {pools: [p], path_prefix: /a, pricing: pool}",
+		"  b: {pools: [p], path_prefix: /b, pricing: model}",
+		"  c: {pools: [p], path_prefix: /c}",
+	))
+	assert.Equal(t, policy.PricingPool, s.Route("a").Pricing)
+	assert.Equal(t, policy.PricingModel, s.Route("b").Pricing)
+	assert.Equal(t, policy.PricingModel, s.Route("c").Pricing)
+
+	_, err := compile(withPool("routes:", "  a: {pools: [p], pricing: tokens}"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `routes.a.pricing: must be model or pool, got "tokens"`)
+}
