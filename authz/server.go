@@ -44,6 +44,10 @@ type Config struct {
 	// every call that needs it (403, saying how to set one), so that an
 	// unconfigured sidecar never lets anyone settle or read spend.
 	APIToken Secret
+	// AuthzHTTPAddr, when set, serves Envoy's ext_authz over HTTP (the
+	// filter's http_service form, envoy/sidecar-http.yaml): the same
+	// decisions as over gRPC. Empty: off.
+	AuthzHTTPAddr string
 	// ClientHeader names the request header that identifies the client.
 	ClientHeader string
 	// Client, when set, is the client of every call (serve --client): the
@@ -152,6 +156,11 @@ type Server struct {
 	apiLis   net.Listener
 	draining atomic.Bool
 
+	// authzHTTP serves ext_authz over HTTP on authzHTTPLis; both nil when
+	// Config.AuthzHTTPAddr is empty.
+	authzHTTP    *http.Server
+	authzHTTPLis net.Listener
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 	done         chan struct{}
@@ -191,8 +200,18 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, errors.Join(fmt.Errorf("authz: API listener: %w", err), s.grpcLis.Close(), s.httpLis.Close())
 	}
 
+	if cfg.AuthzHTTPAddr != "" {
+		if s.authzHTTPLis, err = listen(cfg.AuthzHTTPAddr); err != nil {
+			return nil, errors.Join(fmt.Errorf("authz: ext_authz HTTP listener: %w", err), s.grpcLis.Close(), s.httpLis.Close(), s.apiLis.Close())
+		}
+	}
+
 	closeListeners := func(err error) error {
-		return errors.Join(err, s.grpcLis.Close(), s.httpLis.Close(), s.apiLis.Close())
+		err = errors.Join(err, s.grpcLis.Close(), s.httpLis.Close(), s.apiLis.Close())
+		if s.authzHTTPLis != nil {
+			err = errors.Join(err, s.authzHTTPLis.Close())
+		}
+		return err
 	}
 	if s.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, closeListeners(err)
@@ -208,7 +227,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// them to) from call to call; a call held in the queue occupies one, and
 	// gRPC starts a goroutine of its own when all are busy.
 	s.grpc = grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
-	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clientSource{header: cfg.ClientHeader, pinned: cfg.Client}, m: s.m})
+	clients := clientSource{header: cfg.ClientHeader, pinned: cfg.Client}
+	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clients, m: s.m})
 	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
 	if err := s.registerRLS(); err != nil {
 		s.m.set.Unregister(deps.Registry)
@@ -223,6 +243,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 
 	s.http = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 5 * time.Second}
 	s.api = &http.Server{Handler: s.apiMux(), ReadHeaderTimeout: 5 * time.Second}
+	if s.authzHTTPLis != nil {
+		s.authzHTTP = newHTTPAuthzServer(&httpAuthz{svc: s.svc, clients: clients, m: s.m})
+	}
 	return s, nil
 }
 
@@ -238,10 +261,26 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLis.Addr() }
 // APIAddr is the bound API address.
 func (s *Server) APIAddr() net.Addr { return s.apiLis.Addr() }
 
+// AuthzHTTPAddr is the bound ext_authz HTTP address, nil when off.
+func (s *Server) AuthzHTTPAddr() net.Addr {
+	if s.authzHTTPLis == nil {
+		return nil
+	}
+	return s.authzHTTPLis.Addr()
+}
+
 // Serve serves until Shutdown completes or a listener fails. It returns nil
 // after a clean Shutdown.
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, 3)
+	type httpServer struct {
+		srv *http.Server
+		lis net.Listener
+	}
+	servers := []httpServer{{s.http, s.httpLis}, {s.api, s.apiLis}}
+	if s.authzHTTP != nil {
+		servers = append(servers, httpServer{s.authzHTTP, s.authzHTTPLis})
+	}
+	errc := make(chan error, 1+len(servers))
 	s.mu.Lock()
 	if !s.stopped {
 		s.started = true
@@ -249,10 +288,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
-	for _, hs := range []struct {
-		srv *http.Server
-		lis net.Listener
-	}{{s.http, s.httpLis}, {s.api, s.apiLis}} {
+	for _, hs := range servers {
 		go func() {
 			if err := hs.srv.Serve(hs.lis); !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
@@ -266,8 +302,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.cfg.APIToken.empty() {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "no API token: the API refuses every call (set --api-token-file or TOLLGATE_API_TOKEN)")
 	}
+	if a := s.AuthzHTTPAddr(); a != nil {
+		s.log.LogAttrs(ctx, slog.LevelInfo, "serving ext_authz over HTTP", slog.String("authz_http", a.String()))
+	}
 	var first error
-	for range 3 {
+	for range 1 + len(servers) {
 		if err := <-errc; err != nil && first == nil && !errors.Is(err, grpc.ErrServerStopped) {
 			first = err
 			go func() { _ = s.Shutdown(context.WithoutCancel(ctx)) }() // one server failed: stop the other
@@ -317,6 +356,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := s.api.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("authz: API shutdown: %w", err))
 		}
+		if s.authzHTTP != nil {
+			if err := s.authzHTTP.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("authz: ext_authz HTTP shutdown: %w", err))
+			}
+		}
 		s.mu.Lock()
 		s.stopped = true
 		started := s.started
@@ -330,7 +374,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		// Serve closes the listeners it ran; these closes free them when it
 		// never ran.
-		for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.apiLis} {
+		lis := []net.Listener{s.grpcLis, s.httpLis, s.apiLis}
+		if s.authzHTTPLis != nil {
+			lis = append(lis, s.authzHTTPLis)
+		}
+		for _, l := range lis {
 			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 				errs = append(errs, fmt.Errorf("authz: close %s: %w", l.Addr(), err))
 			}

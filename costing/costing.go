@@ -174,7 +174,8 @@ type Estimator struct {
 // the input. Segment pools are charged SMS segments times recipients,
 // e-mail pools recipients, and request pools one per call. Money comes from
 // the model's prices for LLM calls (input, output and images apart), else
-// from each pool's unit price.
+// from each pool's unit price; a route with pricing: pool is priced by its
+// pools' unit prices alone, its body never read as a prompt for money.
 func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 	est := Estimate{Pools: make([]PoolCost, len(r.Pools)), Segments: 1, Recipients: 1, N: 1}
 	size := max(c.BodySize, int64(len(c.Body)))
@@ -205,7 +206,8 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 			}
 		}
 	}
-	if !llm && (r.Provider == policy.ProviderOpenAI || r.Provider == policy.ProviderAnthropic) {
+	byModel := r.Pricing != policy.PricingPool
+	if !llm && byModel && (r.Provider == policy.ProviderOpenAI || r.Provider == policy.ProviderAnthropic) {
 		// A route whose pools count requests still pays for tokens: its
 		// money comes from models: whenever the call's model is priced.
 		name := est.Model
@@ -223,9 +225,11 @@ func (e Estimator) Estimate(set *policy.Set, r *policy.Route, c Call) Estimate {
 			est.Model, est.OutputTokens = b.Model, b.MaxTokens
 			est.InputTokens = ceilDiv(size, BytesPerToken)
 		}
-		model, est.ModelKnown = set.Model(est.Model)
-		if model != nil {
-			est.PriceEntry = model.Name
+		if byModel {
+			model, est.ModelKnown = set.Model(est.Model)
+			if model != nil {
+				est.PriceEntry = model.Name
+			}
 		}
 		if est.OutputTokens <= 0 && est.Kind != KindEmbeddings { // embeddings produce no tokens
 			est.OutputTokens = r.DefaultMaxTokens

@@ -29,7 +29,9 @@ type Actual struct {
 func Price(set *policy.Set, r *policy.Route, est Estimate, u Usage) Actual {
 	a := Actual{Pools: make([]PoolCost, len(est.Pools)), Measured: make([]bool, len(est.Pools))}
 	copy(a.Pools, est.Pools)
-	llm := r.LLM() || est.PriceEntry != "" // a request-counting route with a priced model pays its tokens too
+	// A request-counting route with a priced model pays its tokens too; a
+	// route priced by its pools never does.
+	llm := (r.LLM() || est.PriceEntry != "") && r.Pricing != policy.PricingPool
 	var tokenMoney, unitMoney policy.Money
 	for i, pc := range est.Pools {
 		p := pc.Pool

@@ -20,6 +20,7 @@ type routeDoc struct {
 	provider         at[string]
 	defaultMaxTokens at[int64]
 	class            at[string]
+	pricing          at[string]
 }
 
 func readRoute(m *mapNode, name string, line int) routeDoc {
@@ -27,7 +28,7 @@ func readRoute(m *mapNode, name string, line int) routeDoc {
 		file: m.d.file, name: name, line: line,
 		host: m.str("host"), prefix: m.str("path_prefix"), models: m.strs("models"),
 		provider: m.str("provider"), pools: m.strs("pools"), defaultMaxTokens: m.int("default_max_tokens"),
-		class: m.str("class"),
+		class: m.str("class"), pricing: m.str("pricing"),
 	}
 }
 
@@ -67,6 +68,13 @@ func (c *compiler) route(r routeDoc) *Route {
 		rt.DefaultMaxTokens = DefaultMaxTokens
 	}
 	rt.Class = c.class(r.file, path+".class", r.class, Normal)
+	switch rt.Pricing = Pricing(r.pricing.v); rt.Pricing {
+	case "":
+		rt.Pricing = PricingModel
+	case PricingModel, PricingPool:
+	default:
+		c.add(r.file, r.pricing.line, path+".pricing", "must be model or pool, got %q", r.pricing.v)
+	}
 	for i, m := range rt.Models {
 		if m == "" || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
 			c.add(r.file, r.models.line, fmt.Sprintf("%s.models[%d]", path, i), "must be a model name or a prefix ending in *, got %q", m)
@@ -117,19 +125,22 @@ func checkHost(h string) string {
 	return ""
 }
 
+// routeHostRank orders host patterns: exact, then wildcard, then any.
+func routeHostRank(h string) int {
+	switch {
+	case h == "":
+		return 0
+	case strings.HasPrefix(h, "*."):
+		return 1
+	}
+	return 2
+}
+
 // sortRoutes puts the most specific route first (exact host, then wildcard,
 // then any; longer path prefix; with models before without), so the first
 // match is the best one whatever the order of the files.
 func sortRoutes(rs []*Route) {
-	hostRank := func(h string) int {
-		switch {
-		case h == "":
-			return 0
-		case strings.HasPrefix(h, "*."):
-			return 1
-		}
-		return 2
-	}
+	hostRank := routeHostRank
 	sort.SliceStable(rs, func(i, j int) bool {
 		a, b := rs[i], rs[j]
 		if ha, hb := hostRank(a.Host), hostRank(b.Host); ha != hb {

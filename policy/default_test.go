@@ -28,8 +28,18 @@ func TestDefaultPools(t *testing.T) {
 		"sms":     {policy.UnitSegment, 500, policy.Limit{Refill: 8}, policy.Price{Nanos: 7_500_000, Per: 1}, "0.0075"},
 		// Not in the Resource Manager's table: Anthropic is metered too.
 		"claude": {policy.UnitToken, 40000, policy.Limit{Refill: 666}, policy.Price{Nanos: 3_000_000_000, Per: 1_000_000}, "3/1M"},
+		// The seed's Cloudflare tables: D1 queries free, KV $0.0000005 a read.
+		"d1": {policy.UnitRequest, 50000, policy.Limit{Refill: 833}, policy.Price{Nanos: 0, Per: 1}, "0"},
+		"kv": {policy.UnitRequest, 100000, policy.Limit{Refill: 1666}, policy.Price{Nanos: 500, Per: 1}, "0.0000005"},
 	}
-	require.Len(t, s.Pools, len(tests))
+	// Pools per current model family and per non-chat endpoint; their
+	// sizes are tested by what they hold (default_traffic_test.go).
+	others := []string{"gpt-5", "gpt-5-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "o-series", "o-mini",
+		"openai-embeddings", "openai-files", "openai-batches", "openai-moderations", "openai-audio", "openai-images"}
+	require.Len(t, s.Pools, len(tests)+len(others))
+	for _, name := range others {
+		require.Contains(t, s.Pools, name)
+	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			p := s.Pools[name]
@@ -126,7 +136,22 @@ func TestDefaultRoutes(t *testing.T) {
 		"gpt-4":               {"api.openai.com", "/v1/chat/completions", "gpt-4", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
 		"gpt-4-turbo":         {"api.openai.com", "/v1/chat/completions", "gpt-4-turbo", "openai-gpt-4", "gpt-4", policy.ProviderOpenAI},
 		"gpt-3.5-turbo":       {"api.openai.com", "/v1/chat/completions", "gpt-3.5-turbo-0125", "openai-gpt-3.5", "gpt-3.5", policy.ProviderOpenAI},
-		"other model":         {"api.openai.com", "/v1/chat/completions", "gpt-4o", "openai-other", "gpt-4", policy.ProviderOpenAI},
+		"other model":         {"api.openai.com", "/v1/chat/completions", "mistral-large", "openai-other", "gpt-4", policy.ProviderOpenAI},
+		"gpt-4o":              {"api.openai.com", "/v1/chat/completions", "gpt-4o", "openai-gpt-4o", "gpt-4o", policy.ProviderOpenAI},
+		"gpt-4o-mini":         {"api.openai.com", "/v1/responses", "gpt-4o-mini-2024-07-18", "openai-gpt-4o-mini", "gpt-4o-mini", policy.ProviderOpenAI},
+		"gpt-5":               {"api.openai.com", "/v1/responses", "gpt-5.4", "openai-gpt-5", "gpt-5", policy.ProviderOpenAI},
+		"gpt-5-nano":          {"api.openai.com", "/v1/responses", "gpt-5-nano", "openai-gpt-5-mini", "gpt-5-mini", policy.ProviderOpenAI},
+		"gpt-4.1-nano":        {"api.openai.com", "/v1/chat/completions", "gpt-4.1-nano", "openai-gpt-4.1-mini", "gpt-4.1-mini", policy.ProviderOpenAI},
+		"o3":                  {"api.openai.com", "/v1/chat/completions", "o3", "openai-o-series", "o-series", policy.ProviderOpenAI},
+		"o3-mini":             {"api.openai.com", "/v1/chat/completions", "o3-mini", "openai-o-mini", "o-mini", policy.ProviderOpenAI},
+		"embeddings":          {"api.openai.com", "/v1/embeddings", "text-embedding-3-small", "openai-embeddings", "openai-embeddings", policy.ProviderOpenAI},
+		"files":               {"api.openai.com", "/v1/files", "", "openai-files", "openai-files", policy.ProviderOpenAI},
+		"audio":               {"api.openai.com", "/v1/audio/transcriptions", "", "openai-audio", "openai-audio", policy.ProviderOpenAI},
+		"images":              {"api.openai.com", "/v1/images/generations", "dall-e-3", "openai-images", "openai-images", policy.ProviderOpenAI},
+		"batches":             {"api.openai.com", "/v1/batches", "", "openai-batches", "openai-batches", policy.ProviderOpenAI},
+		"moderations":         {"api.openai.com", "/v1/moderations", "omni-moderation-latest", "openai-moderations", "openai-moderations", policy.ProviderOpenAI},
+		"d1":                  {"api.cloudflare.com", "/client/v4/accounts/acc/d1/database/db/query", "", "cloudflare-d1", "d1", policy.ProviderGeneric},
+		"kv":                  {"api.cloudflare.com", "/client/v4/accounts/acc/storage/kv/namespaces/ns/values/k", "", "cloudflare-kv", "kv", policy.ProviderGeneric},
 		"no model":            {"api.openai.com", "/v1/models", "", "openai-other", "gpt-4", policy.ProviderOpenAI},
 		"twilio":              {"api.twilio.com", "/2010-04-01/Accounts/AC123/Messages.json", "", "twilio-sms", "sms", policy.ProviderTwilio},
 		"sendgrid":            {"api.sendgrid.com:443", "/v3/mail/send", "", "sendgrid-mail", "email", policy.ProviderSendGrid},

@@ -81,7 +81,21 @@ type Route struct {
 	DefaultMaxTokens int64
 	// Class is the priority class of a call that asks for none.
 	Class Class
+	// Pricing says where a call's money comes from: PricingModel (the
+	// default) prices an OpenAI or Anthropic call by its model's entry in
+	// models:, PricingPool by the pools' unit prices alone (files,
+	// batches, moderations, audio, images: calls whose body is no prompt).
+	Pricing Pricing
 }
+
+// Pricing is a route's source of prices.
+type Pricing string
+
+// Pricings.
+const (
+	PricingModel Pricing = "model"
+	PricingPool  Pricing = "pool"
+)
 
 // LLM reports whether any of the route's pools counts tokens, i.e. whether
 // the request body must be read to estimate the call.
@@ -187,14 +201,53 @@ type Set struct {
 
 // MatchRoute returns the first route matching the call, or nil. model is the
 // body's "model" field, "" if none.
+//
+// Among routes of equal rank that name models (same kind of host, same
+// prefix length), the one whose matching pattern is the most specific wins:
+// an exact name, then the longest "prefix*". So "gpt-4o-mini*" takes
+// gpt-4o-mini from "gpt-4o*" whatever the routes are called.
 func (s *Set) MatchRoute(host, path, model string) *Route {
 	host = stripPort(strings.ToLower(host))
+	var best *Route
+	bestRank := -1
 	for _, r := range s.Routes {
-		if r.matches(host, path, model) {
-			return r
+		if best != nil && !sameRank(best, r) {
+			break
+		}
+		if !r.matches(host, path, model) {
+			continue
+		}
+		if len(r.Models) == 0 {
+			return r // sorted after every route of its rank with models
+		}
+		if n := r.modelRank(model); n > bestRank {
+			best, bestRank = r, n
 		}
 	}
-	return nil
+	return best
+}
+
+// sameRank says whether b sorts level with a route a that names models:
+// routes of one rank are contiguous (sortRoutes).
+func sameRank(a, b *Route) bool {
+	return routeHostRank(a.Host) == routeHostRank(b.Host) && len(a.PathPrefix) == len(b.PathPrefix) && len(b.Models) > 0
+}
+
+// modelRank is how specifically r's patterns match model: twice the
+// length of the longest matching prefix, plus one for an exact name.
+func (r *Route) modelRank(model string) int {
+	best := -1
+	for _, m := range r.Models {
+		if !modelMatches(m, model) {
+			continue
+		}
+		n := 2*len(m) + 1
+		if p, ok := strings.CutSuffix(m, "*"); ok {
+			n = 2 * len(p)
+		}
+		best = max(best, n)
+	}
+	return best
 }
 
 // MatchRouteFold returns the first route whose host matches and whose path
@@ -204,7 +257,7 @@ func (s *Set) MatchRoute(host, path, model string) *Route {
 func (s *Set) MatchRouteFold(host, path string) *Route {
 	host = stripPort(strings.ToLower(host))
 	for _, r := range s.Routes {
-		if hostMatches(r.Host, host) && len(path) >= len(r.PathPrefix) && strings.EqualFold(path[:len(r.PathPrefix)], r.PathPrefix) {
+		if hostMatches(r.Host, host) && prefixMatches(strings.ToLower(r.PathPrefix), strings.ToLower(path)) {
 			return r
 		}
 	}
@@ -226,7 +279,7 @@ func (s *Set) Route(name string) *Route {
 func (s *Set) RouteWantsModel(host, path string) bool {
 	host = stripPort(strings.ToLower(host))
 	for _, r := range s.Routes {
-		if len(r.Models) > 0 && hostMatches(r.Host, host) && strings.HasPrefix(path, r.PathPrefix) {
+		if len(r.Models) > 0 && hostMatches(r.Host, host) && prefixMatches(r.PathPrefix, path) {
 			return true
 		}
 	}
@@ -250,7 +303,7 @@ func (s *Set) Client(id string) (c *Client, ok bool) {
 func (s *Set) Shadowed(p *Pool) bool { return s.Defaults.Shadow || p.Shadow }
 
 func (r *Route) matches(host, path, model string) bool {
-	if !hostMatches(r.Host, host) || !strings.HasPrefix(path, r.PathPrefix) {
+	if !hostMatches(r.Host, host) || !prefixMatches(r.PathPrefix, path) {
 		return false
 	}
 	if len(r.Models) == 0 {
@@ -262,6 +315,28 @@ func (r *Route) matches(host, path, model string) bool {
 		}
 	}
 	return false
+}
+
+// prefixMatches says whether path starts with prefix, where a segment "*"
+// of prefix followed by "/" ("/accounts/*/d1/") stands for any one
+// non-empty segment of path.
+func prefixMatches(prefix, path string) bool {
+	for {
+		i := strings.Index(prefix, "/*/")
+		if i < 0 {
+			return strings.HasPrefix(path, prefix)
+		}
+		head := prefix[:i+1]
+		if !strings.HasPrefix(path, head) {
+			return false
+		}
+		path = path[len(head):]
+		j := strings.IndexByte(path, '/')
+		if j <= 0 {
+			return false
+		}
+		path, prefix = path[j:], prefix[i+2:]
+	}
 }
 
 func hostMatches(pattern, host string) bool {

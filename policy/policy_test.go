@@ -88,6 +88,63 @@ func TestMatchRoute(t *testing.T) {
 	}
 }
 
+// TestMatchRouteMostSpecificModel: among routes of one rank with models,
+// the most specific matching pattern wins, whatever the routes' names.
+func TestMatchRouteMostSpecificModel(t *testing.T) {
+	s := mustCompile(t, withPool(
+		"routes:",
+		"  a-broad:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4*"]`,
+		"    pools: [p]",
+		"  b-mini:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o-mini*", "o4-mini"]`,
+		"    pools: [p]",
+		"  c-4o:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o*"]`,
+		"    pools: [p]",
+		"  d-exact:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o"]`,
+		"    pools: [p]",
+		"  e-other-host:",
+		"    host: api.example.com",
+		"    path_prefix: /v1/",
+		`    models: ["gpt-4o-mini-2024*"]`,
+		"    pools: [p]",
+		"  rest:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/",
+		"    pools: [p]",
+		"  embeddings:",
+		"    host: api.openai.com",
+		"    path_prefix: /v1/embeddings",
+		"    pools: [p]",
+	))
+	tests := map[string]struct{ model, path, want string }{
+		"broad pattern":                   {"gpt-4.1", "/v1/chat/completions", "a-broad"},
+		"longer pattern, later name":      {"gpt-4o-2024-08-06", "/v1/chat/completions", "c-4o"},
+		"longest pattern":                 {"gpt-4o-mini-2024-07-18", "/v1/chat/completions", "b-mini"},
+		"exact name beats its own prefix": {"gpt-4o", "/v1/chat/completions", "d-exact"},
+		"exact in a list":                 {"o4-mini", "/v1/chat/completions", "b-mini"},
+		"no model route matches":          {"o3", "/v1/chat/completions", "rest"},
+		"a longer prefix still wins":      {"gpt-4o-mini", "/v1/embeddings", "embeddings"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := s.MatchRoute("api.openai.com", tc.path, tc.model)
+			require.NotNil(t, r)
+			assert.Equal(t, tc.want, r.Name)
+		})
+	}
+}
+
 func TestRouteWantsModel(t *testing.T) {
 	s := mustCompile(t, routing)
 	tests := map[string]struct {
@@ -225,4 +282,58 @@ func TestShadowed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMatchRouteSegmentWildcard: a "*" segment of a path prefix stands for
+// one segment of the path (Cloudflare's account and database ids).
+func TestMatchRouteSegmentWildcard(t *testing.T) {
+	s := mustCompile(t, withPool(
+		"routes:",
+		"  d1:",
+		"    host: api.cloudflare.com",
+		"    path_prefix: /client/v4/accounts/*/d1/database/*/query",
+		"    pools: [p]",
+		"  kv:",
+		"    host: api.cloudflare.com",
+		"    path_prefix: /client/v4/accounts/*/storage/kv/namespaces/*/values/",
+		"    pools: [p]",
+		"  rest:",
+		"    host: api.cloudflare.com",
+		"    path_prefix: /client/v4/",
+		"    pools: [p]",
+	))
+	tests := map[string]struct{ path, want string }{
+		"d1 query":                 {"/client/v4/accounts/023e105f/d1/database/a1b2/query", "d1"},
+		"d1 raw query":             {"/client/v4/accounts/023e105f/d1/database/a1b2/raw", "rest"},
+		"kv value":                 {"/client/v4/accounts/023e105f/storage/kv/namespaces/0f2a/values/my-key", "kv"},
+		"kv key list":              {"/client/v4/accounts/023e105f/storage/kv/namespaces/0f2a/keys", "rest"},
+		"empty account segment":    {"/client/v4/accounts//d1/database/a1b2/query", "rest"},
+		"two segments for one":     {"/client/v4/accounts/a/b/d1/database/a1b2/query", "rest"},
+		"the wildcard is no slash": {"/client/v4/accounts/a", "rest"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			r := s.MatchRoute("api.cloudflare.com", tc.path, "")
+			require.NotNil(t, r)
+			assert.Equal(t, tc.want, r.Name)
+		})
+	}
+	assert.Equal(t, "d1", s.MatchRouteFold("api.cloudflare.com", "/client/v4/Accounts/x/D1/database/y/query").Name,
+		"a wrong-case spelling is found")
+}
+
+func TestRoutePricing(t *testing.T) {
+	s := mustCompile(t, withPool(
+		"routes:",
+		"  a: {pools: [p], path_prefix: /a, pricing: pool}",
+		"  b: {pools: [p], path_prefix: /b, pricing: model}",
+		"  c: {pools: [p], path_prefix: /c}",
+	))
+	assert.Equal(t, policy.PricingPool, s.Route("a").Pricing)
+	assert.Equal(t, policy.PricingModel, s.Route("b").Pricing)
+	assert.Equal(t, policy.PricingModel, s.Route("c").Pricing)
+
+	_, err := compile(withPool("routes:", "  a: {pools: [p], pricing: tokens}"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `routes.a.pricing: must be model or pool, got "tokens"`)
 }

@@ -98,6 +98,7 @@ type SummaryRoute struct {
 	Provider   Provider `json:"provider"`
 	Pools      []string `json:"pools"`
 	Class      string   `json:"class"`
+	Pricing    string   `json:"pricing,omitempty"` // "pool"; omitted for model
 }
 
 // SummaryTier mirrors Tier.
@@ -131,6 +132,9 @@ func (s *Set) Summary() Summary {
 	}
 	for _, r := range s.Routes {
 		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider, Class: r.Class.String()}
+		if r.Pricing == PricingPool {
+			sr.Pricing = string(r.Pricing)
+		}
 		for _, p := range r.Pools {
 			sr.Pools = append(sr.Pools, p.Name)
 		}

@@ -109,8 +109,10 @@ func TestPolicyCheckJSON(t *testing.T) {
 		args      []string
 		wantPools []string
 	}{
-		"bundled": {args: []string{"policy", "check", "--json"}, wantPools: []string{"claude", "email", "gpt-3.5", "gpt-4", "sms"}},
-		"tour":    {args: []string{"policy", "check", "--json", tourPolicy}, wantPools: []string{"demo"}},
+		"bundled": {args: []string{"policy", "check", "--json"}, wantPools: []string{"claude", "d1", "email", "gpt-3.5", "gpt-4",
+			"gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "gpt-5", "gpt-5-mini", "kv", "o-mini", "o-series",
+			"openai-audio", "openai-batches", "openai-embeddings", "openai-files", "openai-images", "openai-moderations", "sms"}},
+		"tour": {args: []string{"policy", "check", "--json", tourPolicy}, wantPools: []string{"demo"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -62,6 +62,7 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.authz.GRPCAddr, "grpc-addr", f.authz.GRPCAddr, "gRPC listen address for Envoy (host:port or unix:///path)")
 	fl.StringVar(&f.authz.HTTPAddr, "http-addr", f.authz.HTTPAddr, "health and metrics HTTP listen address, open: /healthz /readyz /metrics")
 	fl.StringVar(&f.authz.APIAddr, "api-addr", f.authz.APIAddr, "JSON API listen address, every endpoint behind the API token: /api/... /debug/...")
+	fl.StringVar(&f.authz.AuthzHTTPAddr, "authz-http-addr", "", "ext_authz over HTTP (Envoy's http_service form, envoy/sidecar-http.yaml) listen address; off when empty")
 	apiTokenFlag(fl, &f.apiTokenFile, "the API requires (without one the API refuses every call)")
 	fl.StringVar(&f.authz.ClientHeader, "client-header", f.authz.ClientHeader, "request header that identifies the client")
 	fl.StringVar(&f.authz.Client, "client", "", "pin the client id of every call (the header and Envoy's context extension are ignored): one sidecar per worker")
