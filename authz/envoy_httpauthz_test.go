@@ -157,3 +157,26 @@ func TestToHTTPCheckResponse(t *testing.T) {
 		})
 	}
 }
+
+// FuzzFromHTTPCheck: whatever Envoy's HTTP ext_authz form sends (path,
+// host, headers, body), reading it never panics, and a request it cannot
+// read says why instead of passing as something else.
+func FuzzFromHTTPCheck(f *testing.F) {
+	f.Add("POST", "/ext_authz/v1/chat/completions", "api.openai.com", "acme", "1296", `{"model":"gpt-4o"}`)
+	f.Add("GET", "/ext_authz", "", "", "", "")
+	f.Add("POST", "/ext_authz//v1/../%2e%2e/x?y=1", "h:1", "a b", "-5", "\x00")
+	f.Add("POST", "/other", "api.anthropic.com", "", "99999999999999999999999", "{")
+	f.Fuzz(func(t *testing.T, method, uri, host, client, length, body string) {
+		h := http.Header{}
+		h.Set("x-tollgate-client", client)
+		h.Set("x-tollgate-content-length", length)
+		h.Set("x-tollgate-upstream-host", host)
+		r := fromHTTPCheck(method, uri, host, h, []byte(body), clientSource{header: "x-tollgate-client"})
+		if r == nil {
+			t.Fatal("nil request")
+		}
+		if r.Invalid == "" && r.BodySize < int64(len(r.Body)) {
+			t.Fatalf("body size %d below the %d bytes read", r.BodySize, len(r.Body))
+		}
+	})
+}
