@@ -8,7 +8,7 @@ FUZZTIME ?= 5s
 # new one can never be left out.
 FUZZ_PACKAGES = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u)
 
-.PHONY: all build run demo k8s-sync test deps e2e-deps e2e unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor lint vet fmt clean
+.PHONY: all build run demo k8s-sync test deps e2e-deps e2e unit bench-smoke fuzz-smoke fuzz bench bench-go bench-load bench-load-redis bench-cluster bench-floor bench-rls lint vet fmt clean
 
 all: build
 
@@ -112,6 +112,21 @@ bench-floor: build ## Tollgate/bare ratios of throughput, p50/p99 and server CPU
 		--revision "$$(git describe --always --dirty 2>/dev/null)" $(FLOOR_FLAGS)
 
 REDIS_BENCH_PORT ?= 16399
+# The RLS yardstick of issue 14: ShouldRateLimit (README example 2's two
+# descriptors, all allowed) against a bare RLS, on the memory store, then on
+# a throwaway redis-server with round trips per decision (about 60 s). Apart
+# from bench-floor, which needs no Redis and already takes 80 s.
+bench-rls: build deps ## Tollgate/bare ratios of ShouldRateLimit throughput, p50/p99, server CPU per call; Redis round trips per decision
+	@dir=$$(mktemp -d); \
+	redis-server --port $(REDIS_BENCH_PORT) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir --daemonize yes >/dev/null && \
+	rc=0; for store in memory redis; do \
+		echo "== rls, store $$store"; \
+		./$(BIN) floor --modes rls --store $$store --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) --rls-config testdata/rls/bench \
+			--duration $(FLOOR_DURATION) --warmup $(FLOOR_WARMUP) --concurrency $(FLOOR_CONCURRENCY) --clients $(FLOOR_CLIENTS) \
+			--revision "$$(git describe --always --dirty 2>/dev/null)" $(FLOOR_FLAGS) || rc=1; \
+	done; \
+	redis-cli -p $(REDIS_BENCH_PORT) shutdown nosave >/dev/null 2>&1; rm -rf $$dir; exit $$rc
+
 bench-load-redis: build deps ## the same load on a Redis store (a throwaway redis-server on REDIS_BENCH_PORT)
 	@dir=$$(mktemp -d); \
 	redis-server --port $(REDIS_BENCH_PORT) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir --daemonize yes >/dev/null && \

@@ -34,11 +34,13 @@ import (
 	// Every typed_config type used in the configs must be linked in, or
 	// protojson cannot resolve its "@type" (nothing registers them for us).
 	// The ones above are imported by name; these only need registering.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 )
 
 const (
-	sidecarPath = "sidecar.yaml"
+	sidecarPath   = "sidecar.yaml"
+	rateLimitPath = "ratelimit.yaml"
 
 	extAuthzFilter = "envoy.filters.http.ext_authz"
 	extProcFilter  = "envoy.filters.http.ext_proc"
@@ -206,6 +208,7 @@ func TestConfigsValid(t *testing.T) {
 	paths, err := filepath.Glob("*.yaml")
 	require.NoError(t, err)
 	require.Contains(t, paths, sidecarPath, "the glob must at least find the shipped sidecar")
+	require.Contains(t, paths, rateLimitPath, "and the rate limit example")
 
 	for _, path := range paths {
 		t.Run(path, func(t *testing.T) {

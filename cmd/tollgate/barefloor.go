@@ -9,6 +9,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/spf13/cobra"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
@@ -20,7 +21,7 @@ import (
 )
 
 // bareFloorCmd is the yardstick `tollgate floor` measures Tollgate against:
-// an ext_authz and ext_proc gRPC server that decodes each message, answers
+// an ext_authz, ext_proc and rate limit (RLS) gRPC server that decodes each message, answers
 // OK (or the empty answer of its kind) and encodes that, and does nothing
 // else. Hidden: it is a measuring instrument, started by floor as a process
 // of its own, not a way to run Tollgate. It imports nothing of Tollgate.
@@ -28,7 +29,7 @@ func bareFloorCmd() *cobra.Command {
 	var addr string
 	cmd := &cobra.Command{
 		Use:    "bare-floor --grpc-addr HOST:PORT",
-		Short:  "Serve a bare ext_authz + ext_proc gRPC server that allows everything (the floor's yardstick)",
+		Short:  "Serve a bare ext_authz + ext_proc + RLS gRPC server that allows everything (the floor's yardstick)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -50,10 +51,11 @@ func bareFloor(ctx context.Context, addr string, stderr io.Writer) error {
 	srv := grpc.NewServer()
 	authv3.RegisterAuthorizationServer(srv, bareAuth{})
 	extprocv3.RegisterExternalProcessorServer(srv, bareProc{})
+	rlsv3.RegisterRateLimitServiceServer(srv, bareRLS{})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	fmt.Fprintf(stderr, "bare-floor: serving ext_authz and ext_proc on %s\n", lis.Addr())
+	fmt.Fprintf(stderr, "bare-floor: serving ext_authz, ext_proc and rls on %s\n", lis.Addr())
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
@@ -78,6 +80,18 @@ var _ authv3.AuthorizationServer = bareAuth{}
 
 func (bareAuth) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(code.Code_OK)}}, nil
+}
+
+// bareRLS answers every ShouldRateLimit OK, without a status per
+// descriptor.
+type bareRLS struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+}
+
+var _ rlsv3.RateLimitServiceServer = bareRLS{}
+
+func (bareRLS) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	return &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}, nil
 }
 
 // bareProc answers each ext_proc message with the empty response of its

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,6 +19,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,6 +38,11 @@ type floorFlags struct {
 	json                  bool
 	revision              string
 	startTimeout, timeout time.Duration
+	modes                 []string
+	rlsConfig             string
+	store                 string
+	redisAddr             string
+	redisPrefix           string
 }
 
 func floorCmd() *cobra.Command {
@@ -50,6 +57,9 @@ func floorCmd() *cobra.Command {
 			"Whole call: Check, then the ext_proc stream Envoy runs with --envoy-config's ext_proc filter,\n" +
 			"ending with --response (Tollgate with --settle deferred). Then Check at one caller. Windows\n" +
 			"take turns between the servers in slices, after a warm-up; server CPU is the process's utime+stime.\n" +
+			"--modes rls adds ShouldRateLimit (Tollgate with --rls-config, README example 2's two descriptors per\n" +
+			"request, one phone number per client, all under their limits), against a bare RLS answering OK.\n" +
+			"--store redis runs Tollgate on --redis-addr and reports its round trips to Redis per call (from its /metrics).\n" +
 			"It stops the servers when done, on any error, and on a signal. Paths default to the repository's.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -75,6 +85,11 @@ func floorCmd() *cobra.Command {
 	fl.StringVar(&f.revision, "revision", "", "the source revision measured, for the report (default: the one built into this binary, if any)")
 	fl.DurationVar(&f.startTimeout, "start-timeout", 30*time.Second, "how long a server may take to report SERVING on grpc.health.v1")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (default: twice the windows plus the start timeout)")
+	fl.StringSliceVar(&f.modes, "modes", []string{modeCheck, modeWhole}, "what to measure: check (at --concurrency and at one caller), whole_call, rls")
+	fl.StringVar(&f.rlsConfig, "rls-config", "testdata/rls/bench", "rls: Tollgate's --rls-config, envoyproxy/ratelimit's runtime directory; its limits must allow every call")
+	fl.StringVar(&f.store, "store", "memory", "Tollgate's --store: memory, or redis on --redis-addr (round trips to Redis per call are then reported)")
+	fl.StringVar(&f.redisAddr, "redis-addr", "127.0.0.1:6379", "the Redis of --store redis")
+	fl.StringVar(&f.redisPrefix, "redis-prefix", "tollgate-floor", "Tollgate's --redis-prefix")
 	return cmd
 }
 
@@ -82,7 +97,36 @@ func floorCmd() *cobra.Command {
 const (
 	modeCheck = "check"
 	modeWhole = "whole_call"
+	modeRLS   = "rls"
 )
+
+// floorSteps are the windows the modes ask for, in the order they run,
+// or an error naming an unknown mode.
+func floorSteps(modes []string, concurrency int) ([]floorStep, error) {
+	var steps []floorStep
+	for _, want := range []string{modeCheck, modeWhole, modeRLS} {
+		if slices.Contains(modes, want) {
+			steps = append(steps, floorStep{want, concurrency})
+		}
+	}
+	for _, m := range modes {
+		if !slices.Contains([]string{modeCheck, modeWhole, modeRLS}, m) {
+			return nil, fmt.Errorf("floor: --modes: unknown mode %q (want check, whole_call or rls)", m)
+		}
+	}
+	if len(steps) == 0 {
+		return nil, errors.New("floor: --modes: nothing to measure")
+	}
+	if slices.Contains(modes, modeCheck) && concurrency > 1 {
+		// after the whole call, as before rls existed; rls last
+		i := len(steps)
+		if slices.Contains(modes, modeRLS) {
+			i--
+		}
+		steps = slices.Insert(steps, i, floorStep{modeCheck, 1})
+	}
+	return steps, nil
+}
 
 type floorStep struct {
 	mode    string
@@ -111,9 +155,12 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 	if err != nil {
 		return err
 	}
-	steps := []floorStep{{modeCheck, f.concurrency}, {modeWhole, f.concurrency}}
-	if f.concurrency > 1 {
-		steps = append(steps, floorStep{modeCheck, 1})
+	steps, err := floorSteps(f.modes, f.concurrency)
+	if err != nil {
+		return err
+	}
+	if f.store != "memory" && f.store != "redis" {
+		return fmt.Errorf("floor: --store %q: want memory or redis", f.store)
 	}
 	windows := time.Duration(2*len(steps)) * (f.warmup + f.duration)
 	if f.timeout <= 0 {
@@ -131,16 +178,33 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 			s.stop()
 		}
 	}()
+	// The RLS server gets the --rls-config; it settles nothing.
 	for _, s := range []struct{ key, name, settle string }{
-		{"bare", "bare", ""}, {modeCheck, "tollgate", "immediate"}, {modeWhole, "tollgate", "deferred"},
+		{"bare", "bare", ""}, {modeCheck, "tollgate", "immediate"}, {modeWhole, "tollgate", "deferred"}, {modeRLS, "tollgate", ""},
 	} {
+		if s.key != "bare" && !slices.Contains(f.modes, s.key) {
+			continue
+		}
 		fmt.Fprintf(progress, "floor: starting %s\n", s.key)
 		var args []string
+		var httpAddr string
 		if s.name == "bare" {
 			args = []string{"bare-floor"}
 		} else {
-			args = []string{"serve", "--store", "memory", "--policy", f.policy, "--settle", s.settle,
-				"--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--log-level", "warn", "--drain-delay", "0s"}
+			if httpAddr, err = freeLoopbackAddr(); err != nil {
+				return err
+			}
+			args = []string{"serve", "--store", f.store, "--policy", f.policy,
+				"--http-addr", httpAddr, "--api-addr", "127.0.0.1:0", "--log-level", "warn", "--drain-delay", "0s"}
+			if s.settle != "" {
+				args = append(args, "--settle", s.settle)
+			}
+			if s.key == modeRLS {
+				args = append(args, "--rls-config", f.rlsConfig)
+			}
+			if f.store == "redis" {
+				args = append(args, "--redis-addr", f.redisAddr, "--redis-prefix", f.redisPrefix)
+			}
 		}
 		bin := f.bin
 		if s.name == "bare" {
@@ -152,6 +216,9 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 		}
 		if err != nil {
 			return err
+		}
+		if f.store == "redis" {
+			srv.metrics = httpAddr
 		}
 	}
 
@@ -211,6 +278,10 @@ type floorServer struct {
 	conns        []*grpc.ClientConn
 	auth         []authv3.AuthorizationClient
 	proc         []extprocv3.ExternalProcessorClient
+	rls          []rlsv3.RateLimitServiceClient
+	// metrics, for a Tollgate on Redis, is its HTTP address, whose
+	// /metrics counts its round trips to Redis.
+	metrics string
 }
 
 // startFloorServer starts bin with args and a free loopback --grpc-addr,
@@ -239,6 +310,7 @@ func startFloorServer(ctx context.Context, name, settle, bin string, args []stri
 		s.conns = append(s.conns, conn)
 		s.auth = append(s.auth, authv3.NewAuthorizationClient(conn))
 		s.proc = append(s.proc, extprocv3.NewExternalProcessorClient(conn))
+		s.rls = append(s.rls, rlsv3.NewRateLimitServiceClient(conn))
 	}
 	return s, s.waitServing(ctx, f.startTimeout)
 }
@@ -270,6 +342,7 @@ func (s *floorServer) stop() {
 	for _, c := range s.conns {
 		_ = c.Close()
 	}
+
 	select {
 	case <-s.exited:
 	default:
@@ -282,6 +355,7 @@ func (s *floorServer) stop() {
 type floorSample struct {
 	lat                         []time.Duration // of answered calls, denials included
 	denied, errs, msgs          int64
+	redisTrips                  int64 // the server's round trips to Redis
 	firstErr                    string
 	elapsed, server, driver, by time.Duration // by: the rest of the machine
 }
@@ -303,6 +377,12 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	if err != nil {
 		return smp, err
 	}
+	var trips0 int64
+	if s.metrics != "" {
+		if trips0, err = redisRoundTrips(ctx, s.metrics); err != nil {
+			return smp, err
+		}
+	}
 	var denied, errs, msgs atomic.Int64
 	var firstErr atomic.Value
 	lat := make([][]time.Duration, st.callers)
@@ -311,15 +391,18 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	end := start.Add(d)
 	for c := range st.callers {
 		wg.Go(func() {
-			auth, proc := s.auth[c%len(s.auth)], s.proc[c%len(s.proc)]
+			auth, proc, rl := s.auth[c%len(s.auth)], s.proc[c%len(s.proc)], s.rls[c%len(s.rls)]
 			mine := make([]time.Duration, 0, 1<<12)
 			for i := c; ctx.Err() == nil && time.Now().Before(end); i += st.callers {
 				client := i % len(w.checks)
 				t0 := time.Now()
 				var err error
-				if st.mode == modeCheck {
+				switch st.mode {
+				case modeCheck:
 					_, err = w.check(ctx, auth, client)
-				} else {
+				case modeRLS:
+					err = w.rateLimit(ctx, rl, client)
+				default:
 					var finish func() error
 					var n int
 					finish, n, err = w.wholeCall(ctx, auth, proc, client)
@@ -361,6 +444,13 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	if err != nil {
 		return smp, err
 	}
+	if s.metrics != "" {
+		trips1, err := redisRoundTrips(ctx, s.metrics)
+		if err != nil {
+			return smp, err
+		}
+		smp.redisTrips = trips1 - trips0
+	}
 	if err := ctx.Err(); err != nil {
 		return smp, fmt.Errorf("floor: %s %s: %w", s.name, st.mode, err)
 	}
@@ -388,6 +478,7 @@ func (s *floorServer) window(st floorStep, smps []floorSample) floorWindow {
 		win.Denied += smp.denied
 		win.Errors += smp.errs
 		win.ProcMessages += smp.msgs
+		win.RedisRoundTrips += smp.redisTrips
 		if win.FirstError == "" {
 			win.FirstError = smp.firstErr
 		}
@@ -404,6 +495,42 @@ func (s *floorServer) window(st floorStep, smps []floorSample) floorWindow {
 		win.CPUPerCall = win.ServerCPU / time.Duration(n)
 	}
 	return win
+}
+
+// redisRoundTrips reads a server's tollgate_redis_round_trips_total
+// from its /metrics at addr: its round trips to Redis so far (the
+// readiness probe's PING every second among them).
+func redisRoundTrips(ctx context.Context, addr string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, fmt.Errorf("floor: redis round trips: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("floor: redis round trips: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("floor: redis round trips: %w", err)
+	}
+	return metricValue(string(b), "tollgate_redis_round_trips_total")
+}
+
+// metricValue is the value of an unlabelled metric in a text exposition.
+func metricValue(text, name string) (int64, error) {
+	for line := range strings.Lines(text) {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" ")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return 0, fmt.Errorf("floor: %s: %w", name, err)
+		}
+		return int64(f), nil
+	}
+	return 0, fmt.Errorf("floor: no %s in the server's /metrics", name)
 }
 
 // userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,

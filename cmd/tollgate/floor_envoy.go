@@ -14,9 +14,11 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	procfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -113,6 +115,7 @@ func sendsBody(m procfilterv3.ProcessingMode_BodySendMode) bool {
 // upstream's recorded answer that each ext_proc stream plays.
 type floorWork struct {
 	checks   []*authv3.CheckRequest
+	rls      []*rlsv3.RateLimitRequest
 	proc     envoyProc
 	respHdrs *extprocv3.ProcessingRequest // shared: messages are only read once built
 	respBody *extprocv3.ProcessingRequest
@@ -144,6 +147,7 @@ func newFloorWork(f floorFlags, proc envoyProc) (*floorWork, error) {
 		h.Headers["x-request-id"] = h.Id
 		w.checks[i] = cr
 	}
+	w.rls = rlsRequests(f.clients)
 	w.respHdrs = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
 		Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
 			{Key: ":status", RawValue: []byte("200")},
@@ -154,6 +158,26 @@ func newFloorWork(f floorFlags, proc envoyProc) (*floorWork, error) {
 		Body: resp, EndOfStream: true,
 	}}}
 	return w, nil
+}
+
+// rlsRequests are what Envoy's ratelimit filter sends for README example
+// 2 (testdata/rls/examples/config/example2.yaml) with two rate_limits on
+// the route: a marketing message to a number, and any message to it. Each
+// client is a number of its own; testdata/rls/bench is the config whose
+// limits they stay under.
+func rlsRequests(clients int) []*rlsv3.RateLimitRequest {
+	out := make([]*rlsv3.RateLimitRequest, clients)
+	entry := func(k, v string) *ratelimitv3.RateLimitDescriptor_Entry {
+		return &ratelimitv3.RateLimitDescriptor_Entry{Key: k, Value: v}
+	}
+	for i := range out {
+		to := fmt.Sprintf("+1555%07d", i)
+		out[i] = &rlsv3.RateLimitRequest{Domain: "messaging", Descriptors: []*ratelimitv3.RateLimitDescriptor{
+			{Entries: []*ratelimitv3.RateLimitDescriptor_Entry{entry("message_type", "marketing"), entry("to_number", to)}},
+			{Entries: []*ratelimitv3.RateLimitDescriptor_Entry{entry("to_number", to)}},
+		}}
+	}
+	return out
 }
 
 // errDenied marks a call the server refused: counted, not an error.
@@ -169,6 +193,25 @@ func (w *floorWork) check(ctx context.Context, auth authv3.AuthorizationClient, 
 		return nil, errDenied
 	}
 	return resp, nil
+}
+
+// rateLimit sends one client's RateLimitRequest. A descriptor that
+// matched no rule is an error: the run would measure less than it claims
+// (the bare server answers without statuses).
+func (w *floorWork) rateLimit(ctx context.Context, rl rlsv3.RateLimitServiceClient, client int) error {
+	resp, err := rl.ShouldRateLimit(ctx, w.rls[client])
+	if err != nil {
+		return err
+	}
+	if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+		return errDenied
+	}
+	for i, st := range resp.GetStatuses() {
+		if st.GetCurrentLimit() == nil {
+			return fmt.Errorf("rls: descriptor %d matched no rule of the server's --rls-config", i)
+		}
+	}
+	return nil
 }
 
 // wholeCall is the Check, then, for an allowed call, the ext_proc stream

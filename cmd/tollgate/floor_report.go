@@ -8,6 +8,7 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"text/tabwriter"
 	"time"
 )
@@ -40,11 +41,14 @@ type floorConfig struct {
 	EnvoyConfig       string        `json:"envoy_config"`
 	ProcessingMode    string        `json:"ext_proc_processing_mode"`
 	AllowModeOverride bool          `json:"ext_proc_allow_mode_override"`
+	Modes             []string      `json:"modes"`
+	Store             string        `json:"store"`                // Tollgate's --store
+	RLSConfig         string        `json:"rls_config,omitempty"` // with the rls mode
 }
 
 // floorWindow is one measured window of one server.
 type floorWindow struct {
-	Mode    string `json:"mode"` // check or whole_call
+	Mode    string `json:"mode"` // check, whole_call or rls
 	Callers int    `json:"callers"`
 	Server  string `json:"server"`           // bare or tollgate
 	Settle  string `json:"settle,omitempty"` // Tollgate's --settle
@@ -53,15 +57,18 @@ type floorWindow struct {
 	Errors  int64  `json:"errors"`
 	// ProcMessages counts the ext_proc messages sent (whole calls): per
 	// call, it shows which messages the server's mode override spared.
-	ProcMessages int64         `json:"ext_proc_messages"`
-	FirstError   string        `json:"first_error,omitempty"`
-	Elapsed      time.Duration `json:"elapsed_ns"`
-	PerSecond    float64       `json:"calls_per_second"`
-	P50          time.Duration `json:"p50_ns"`
-	P99          time.Duration `json:"p99_ns"`
-	ServerCPU    time.Duration `json:"server_cpu_ns"` // utime+stime, 10 ms resolution
-	CPUPerCall   time.Duration `json:"server_cpu_per_call_ns"`
-	DriverCPU    time.Duration `json:"driver_cpu_ns"` // the callers' own process, for context
+	ProcMessages int64 `json:"ext_proc_messages"`
+	// RedisRoundTrips is what a Tollgate on Redis counted in the window
+	// (tollgate_redis_round_trips_total).
+	RedisRoundTrips int64         `json:"redis_round_trips,omitempty"`
+	FirstError      string        `json:"first_error,omitempty"`
+	Elapsed         time.Duration `json:"elapsed_ns"`
+	PerSecond       float64       `json:"calls_per_second"`
+	P50             time.Duration `json:"p50_ns"`
+	P99             time.Duration `json:"p99_ns"`
+	ServerCPU       time.Duration `json:"server_cpu_ns"` // utime+stime, 10 ms resolution
+	CPUPerCall      time.Duration `json:"server_cpu_per_call_ns"`
+	DriverCPU       time.Duration `json:"driver_cpu_ns"` // the callers' own process, for context
 	// OtherCPU is what the rest of the machine used meanwhile: on a shared
 	// machine, the noise a window ran under.
 	OtherCPU time.Duration `json:"other_cpu_ns"`
@@ -87,9 +94,13 @@ func newFloorReport(f floorFlags, w *floorWork, proc envoyProc) *floorReport {
 		Policy: f.policy, Body: f.body, BodyBytes: len(h.GetRawBody()),
 		Response: f.response, ResponseBytes: len(w.respBody.GetResponseBody().GetBody()),
 		EnvoyConfig: f.envoyConfig, AllowModeOverride: proc.allowOverride,
+		Modes: f.modes, Store: f.store,
 		ProcessingMode: fmt.Sprintf("request headers %s, request body %s, response headers %s, response body %s",
 			m.GetRequestHeaderMode(), m.GetRequestBodyMode(), m.GetResponseHeaderMode(), m.GetResponseBodyMode()),
 	}}
+	if slices.Contains(f.modes, modeRLS) {
+		r.Config.RLSConfig = f.rlsConfig
+	}
 	if r.Config.Revision = f.revision; r.Config.Revision != "" {
 		return r
 	}
@@ -165,10 +176,13 @@ func (r *floorReport) write(w io.Writer) {
 	}
 	fmt.Fprintf(w, "floor, %s, %d CPUs: %d clients, %d callers over %d connections per server, %v windows in %d slices taking turns, after %v of warm-up\n",
 		rev, c.CPUs, c.Clients, c.Concurrency, c.Conns, c.Duration, c.Slices, c.Warmup)
-	fmt.Fprintf(w, "body %s (%d B), response %s (%d B), policy %s\n", c.Body, c.BodyBytes, c.Response, c.ResponseBytes, c.Policy)
+	fmt.Fprintf(w, "body %s (%d B), response %s (%d B), policy %s, store %s\n", c.Body, c.BodyBytes, c.Response, c.ResponseBytes, c.Policy, c.Store)
+	if c.RLSConfig != "" {
+		fmt.Fprintf(w, "rls: README example 2's two descriptors per request, one phone number per client, config %s\n", c.RLSConfig)
+	}
 	fmt.Fprintf(w, "ext_proc as %s configures it: %s; allow_mode_override %v\n\n", c.EnvoyConfig, c.ProcessingMode, c.AllowModeOverride)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tcallers\tserver\tsettle\tcalls\tcalls/s\tp50\tp99\tserver CPU/call\tdriver CPU\tothers' CPU\text_proc msgs/call\terrors\t")
+	fmt.Fprintln(tw, "mode\tcallers\tserver\tsettle\tcalls\tcalls/s\tp50\tp99\tserver CPU/call\tdriver CPU\tothers' CPU\text_proc msgs/call\tredis trips/call\terrors\t")
 	for _, x := range r.Windows {
 		settle := x.Settle
 		if settle == "" {
@@ -178,9 +192,13 @@ func (r *floorReport) write(w io.Writer) {
 		if x.Mode == modeWhole && x.Calls > 0 {
 			msgs = fmt.Sprintf("%.1f", float64(x.ProcMessages)/float64(x.Calls))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%.0f\t%v\t%v\t%v\t%.0f%%\t%.0f%%\t%s\t%d\t\n", x.Mode, x.Callers, x.Server, settle, x.Calls,
+		cmds := "-"
+		if c.Store == "redis" && x.Server == "tollgate" && x.Calls > 0 {
+			cmds = fmt.Sprintf("%.3f", float64(x.RedisRoundTrips)/float64(x.Calls))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%.0f\t%v\t%v\t%v\t%.0f%%\t%.0f%%\t%s\t%s\t%d\t\n", x.Mode, x.Callers, x.Server, settle, x.Calls,
 			x.PerSecond, roundDur(x.P50), roundDur(x.P99), roundDur(x.CPUPerCall),
-			share(x.DriverCPU, x.Elapsed), share(x.OtherCPU, x.Elapsed), msgs, x.Errors+x.Denied)
+			share(x.DriverCPU, x.Elapsed), share(x.OtherCPU, x.Elapsed), msgs, cmds, x.Errors+x.Denied)
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)

@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tollgate/tollgate/internal/redistest"
 )
 
 // floorArgs runs floor on the repository's fixtures with bin as both
@@ -82,6 +84,42 @@ func TestFloor(t *testing.T) {
 		assert.Regexp(t, `whole_call\s+2\s+[0-9.]+x\s+[0-9.]+x`, stdout.String())
 	})
 
+	t.Run("rls on Redis", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), floorArgs(bin, "--modes", "rls", "--rls-config", "../../testdata/rls/bench",
+			"--store", "redis", "--redis-addr", redisSrv.Addr, "--redis-prefix", redistest.Prefix(t),
+			"--duration", "300ms", "--warmup", "100ms", "--concurrency", "2", "--json"), noEnv, &stdout, &stderr)
+		require.NoError(t, err, "stderr:\n%s", &stderr)
+		assert.Empty(t, childPIDs(t), "floor left servers running")
+
+		var rep floorReport
+		require.NoError(t, json.Unmarshal(stdout.Bytes(), &rep), "stdout must be the JSON report alone:\n%s", &stdout)
+		assert.Equal(t, "redis", rep.Config.Store)
+		assert.Equal(t, "../../testdata/rls/bench", rep.Config.RLSConfig)
+		require.Len(t, rep.Windows, 2, "bare and Tollgate, rls at 2 callers")
+		for _, w := range rep.Windows {
+			assert.Equal(t, modeRLS, w.Mode)
+			assert.Equal(t, 2, w.Callers)
+			assert.Positive(t, w.Calls, w.Server)
+			assert.Zero(t, w.Errors, "%s: %s", w.Server, w.FirstError)
+			assert.Zero(t, w.Denied, w.Server)
+			if w.Server == "bare" {
+				assert.Zero(t, w.RedisRoundTrips)
+				continue
+			}
+			// One script per decision, and the readiness probe's PING
+			// every second: never fewer round trips than decisions.
+			assert.GreaterOrEqual(t, w.RedisRoundTrips, w.Calls)
+			assert.LessOrEqual(t, w.RedisRoundTrips, w.Calls+w.Calls/10)
+		}
+		require.Len(t, rep.Ratios, 1)
+		assert.Equal(t, modeRLS, rep.Ratios[0].Mode)
+		require.NotNil(t, rep.Ratios[0].CPUPerCall)
+
+		rep.write(&stdout)
+		assert.Regexp(t, `rls\s+2\s+tollgate\s+-\s+\d+.*\s1\.\d{3}\s+0\s*\n`, stdout.String(), "round trips per call in the table")
+	})
+
 	t.Run("stops its servers when stopped", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var stderr syncBuffer
@@ -134,6 +172,44 @@ func childPIDs(t *testing.T) []int {
 		}
 	}
 	return out
+}
+
+func TestFloorSteps(t *testing.T) {
+	tests := map[string]struct {
+		modes []string
+		conc  int
+		want  []floorStep
+		err   string
+	}{
+		"the default":        {modes: []string{modeCheck, modeWhole}, conc: 64, want: []floorStep{{modeCheck, 64}, {modeWhole, 64}, {modeCheck, 1}}},
+		"all, in any order":  {modes: []string{modeRLS, modeCheck, modeWhole}, conc: 8, want: []floorStep{{modeCheck, 8}, {modeWhole, 8}, {modeCheck, 1}, {modeRLS, 8}}},
+		"rls alone":          {modes: []string{modeRLS}, conc: 64, want: []floorStep{{modeRLS, 64}}},
+		"check at one":       {modes: []string{modeCheck}, conc: 1, want: []floorStep{{modeCheck, 1}}},
+		"an unknown mode":    {modes: []string{modeCheck, "rsl"}, conc: 2, err: `unknown mode "rsl"`},
+		"nothing to measure": {modes: nil, conc: 2, err: "nothing to measure"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := floorSteps(tc.modes, tc.conc)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestMetricValue(t *testing.T) {
+	const text = "# HELP tollgate_redis_round_trips_total Round trips.\n# TYPE tollgate_redis_round_trips_total counter\n" +
+		"tollgate_redis_round_trips_total_other 7\ntollgate_redis_round_trips_total 1.234567e+06\n"
+	n, err := metricValue(text, "tollgate_redis_round_trips_total")
+	require.NoError(t, err)
+	assert.EqualValues(t, 1234567, n)
+
+	_, err = metricValue("tollgate_redis_reachable 1\n", "tollgate_redis_round_trips_total")
+	require.ErrorContains(t, err, "no tollgate_redis_round_trips_total")
 }
 
 func TestLoadEnvoyProc(t *testing.T) {

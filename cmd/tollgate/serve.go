@@ -263,7 +263,9 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 			}
 			cancel()
 		}
-		if err := registerHealth(health, reg); err != nil {
+		rt := &redisstore.RoundTrips{}
+		client.AddHook(rt)
+		if err := registerHealth(health, rt, reg); err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
 		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix))
@@ -345,8 +347,12 @@ func redisReady(h *redisstore.Health, fleet bool) func(context.Context) error {
 }
 
 // registerHealth exports whether Redis answers the readiness probe.
-func registerHealth(h *redisstore.Health, reg prometheus.Registerer) error {
+func registerHealth(h *redisstore.Health, rt *redisstore.RoundTrips, reg prometheus.Registerer) error {
 	var set metricset.Set
+	set.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_redis_round_trips_total",
+		Help: "Round trips to Redis (a command, a script or a pipeline each), the readiness probe's included.",
+	}, func() float64 { return float64(rt.Count()) })
 	set.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_redis_reachable",
 		Help: "1 while Redis answers the readiness probe (a PING every second), else 0.",
