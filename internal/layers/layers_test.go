@@ -51,6 +51,9 @@ var layerOf = map[string]int{
 	"internal/fakeapi":  0,
 	"internal/envoysim": 9,
 	"e2e":               10,
+	// The soak: the built binary under the stand-in's and the fake's
+	// traffic for minutes (make soak).
+	"cmd/soak": 10,
 }
 
 // envoyFree are the packages that must not import go-control-plane: all
