@@ -31,6 +31,7 @@ type member struct {
 	name                       string
 	grpcAddr, httpAddr, apiURL string
 	gossipAddr                 string // in a fleet
+	redisPort                  int    // its store's, or 0
 	token                      string
 	cmd                        *exec.Cmd
 	exited                     chan struct{} // closed once the process has been waited for
@@ -42,6 +43,7 @@ type member struct {
 type memberSpec struct {
 	bin, name, policy, tokenFile string
 	token                        string
+	redisPort                    int      // the Redis store's port, or 0
 	extra                        []string // the store's flags
 }
 
@@ -57,7 +59,7 @@ func startMember(ctx context.Context, sp memberSpec, startTimeout time.Duration)
 		}
 		addrs[i] = a
 	}
-	m := &member{name: sp.name, grpcAddr: addrs[0], httpAddr: addrs[1], apiURL: "http://" + addrs[2], token: sp.token,
+	m := &member{name: sp.name, grpcAddr: addrs[0], httpAddr: addrs[1], apiURL: "http://" + addrs[2], token: sp.token, redisPort: sp.redisPort,
 		exited: make(chan struct{}), logs: newLogTally(),
 		// A fresh connection per scrape: the sampler must not hold one open
 		// between readings, or it would count among what it measures.
@@ -145,6 +147,7 @@ func (m *member) stop(timeout time.Duration) (string, error) {
 // reading is one sample of a member.
 type reading struct {
 	rss, goroutines, heap, fds float64
+	redis                      float64       // connections to its Redis (among fds)
 	cpu                        time.Duration // utime+stime so far
 }
 
@@ -159,6 +162,13 @@ func (m *member) read(ctx context.Context) (reading, error) {
 	}
 	if r.cpu, err = procstat.CPU(pid); err != nil {
 		return r, err
+	}
+	if m.redisPort > 0 {
+		n, err := procstat.TCPConns(pid, m.redisPort)
+		if err != nil {
+			return r, err
+		}
+		r.redis = float64(n)
 	}
 	ms, err := m.metrics(ctx)
 	if err != nil {

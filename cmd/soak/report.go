@@ -161,8 +161,9 @@ type memberReport struct {
 	Goroutines trend
 	Heap       trend // go_memstats_heap_inuse_bytes: reported, not judged
 	IdleGo     idle
-	IdleFDs    idle
-	Exit       string // how it stopped
+	IdleFDs    idle       // open files but its connections to Redis
+	IdleRedis  [2]float64 // its connections to Redis at rest, before and after
+	Exit       string     // how it stopped
 }
 
 // storeReport is one store's soak.
@@ -281,9 +282,13 @@ func (r *storeReport) write(w io.Writer) {
 			fmt.Fprintf(w, "%s at rest: not read; stopped: %s\n", m.Name, m.Exit)
 			continue
 		}
-		fmt.Fprintf(w, "%s at rest, before → after: goroutines %v → %v (tolerance +%v) %s; open files %v → %v (tolerance +%v) %s; stopped: %s\n",
+		redis := ""
+		if m.IdleRedis != [2]float64{} {
+			redis = fmt.Sprintf(" (and connections to Redis %v → %v)", m.IdleRedis[0], m.IdleRedis[1])
+		}
+		fmt.Fprintf(w, "%s at rest, before → after: goroutines %v → %v (tolerance +%v) %s; open files %v → %v (tolerance +%v) %s%s; stopped: %s\n",
 			m.Name, m.IdleGo.Before, m.IdleGo.After, m.IdleGo.Tolerance, okWord(m.IdleGo.OK),
-			m.IdleFDs.Before, m.IdleFDs.After, m.IdleFDs.Tolerance, okWord(m.IdleFDs.OK), m.Exit)
+			m.IdleFDs.Before, m.IdleFDs.After, m.IdleFDs.Tolerance, okWord(m.IdleFDs.OK), redis, m.Exit)
 	}
 	if r.Drained >= 0 {
 		fmt.Fprintf(w, "drained: queue empty, nothing in flight or reserved for any client, %v after the traffic stopped\n", r.Drained.Round(100*time.Millisecond))

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,7 @@ func soakStore(ctx context.Context, c config, store string, progress io.Writer) 
 	// size before the baseline, and what grows after it is a leak.
 	extra := []string{"--store", store, "--ended-retention", "60s"}
 	var rdb *redis.Client
+	var redisPort int
 	if store == "memory" {
 		extra = append(extra, "--ended-max", "20000")
 	} else {
@@ -72,6 +74,8 @@ func soakStore(ctx context.Context, c config, store string, progress io.Writer) 
 		}
 		defer func() { err = errors.Join(err, srv.Close()) }()
 		rdb = redis.NewClient(&redis.Options{Addr: srv.Addr})
+		_, port, _ := strings.Cut(srv.Addr, ":")
+		redisPort, _ = strconv.Atoi(port)
 		defer rdb.Close()
 		// Redis timeouts of a second rather than 100 ms: on a shared
 		// machine a stall of the soak's redis-server is noise, and the soak
@@ -102,7 +106,7 @@ func soakStore(ctx context.Context, c config, store string, progress io.Writer) 
 		}
 	}()
 	for i := range n {
-		sp := memberSpec{bin: c.bin, name: store, policy: c.policy, token: token, tokenFile: tokenFile, extra: extra}
+		sp := memberSpec{bin: c.bin, name: store, policy: c.policy, token: token, tokenFile: tokenFile, redisPort: redisPort, extra: extra}
 		var gossip string
 		if store == "cluster" {
 			if gossip, err = freeGossipAddr(); err != nil {
@@ -234,7 +238,10 @@ func soakStore(ctx context.Context, c config, store string, progress io.Writer) 
 		}
 		if before != nil && after != nil {
 			mr.IdleGo = judgeIdle(before[i].goroutines, after[i].goroutines, c.idleGoroutines)
-			mr.IdleFDs = judgeIdle(before[i].fds, after[i].fds, c.idleFDs)
+			// The Redis client's pool grows with load up to its size and
+			// keeps its connections: they are counted apart.
+			mr.IdleFDs = judgeIdle(before[i].fds-before[i].redis, after[i].fds-after[i].redis, c.idleFDs)
+			mr.IdleRedis = [2]float64{before[i].redis, after[i].redis}
 		}
 		how, err := m.stop(stopTimeout)
 		mr.Exit = how
@@ -359,18 +366,18 @@ func atRest(ctx context.Context, r *rig, quiet time.Duration) ([]reading, error)
 	}
 	out := make([]reading, len(r.members))
 	for i, m := range r.members {
-		var gor, fds []float64
+		var gor, fds, rds []float64
 		for range restReads {
 			rd, err := m.read(ctx)
 			if err != nil {
 				return nil, err
 			}
-			gor, fds = append(gor, rd.goroutines), append(fds, rd.fds)
+			gor, fds, rds = append(gor, rd.goroutines), append(fds, rd.fds), append(rds, rd.redis)
 			if err := sleep(ctx, 200*time.Millisecond); err != nil {
 				return nil, err
 			}
 		}
-		out[i] = reading{goroutines: median(gor), fds: median(fds)}
+		out[i] = reading{goroutines: median(gor), fds: median(fds), redis: median(rds)}
 	}
 	return out, nil
 }

@@ -88,3 +88,43 @@ func RSS(pid string) (int64, error) {
 	}
 	return 0, fmt.Errorf("procstat: RSS: /proc/%s/status has no VmRSS", pid)
 }
+
+// TCPConns counts a process's TCP connections (IPv4) to a remote port:
+// its socket descriptors (/proc/<pid>/fd) whose entry in
+// /proc/<pid>/net/tcp names that port. A pool of connections to a server
+// (Redis) grows with load up to its size and stays: who counts open files
+// for leaks counts those apart.
+func TCPConns(pid string, port int) (int, error) {
+	ents, err := os.ReadDir("/proc/" + pid + "/fd")
+	if err != nil {
+		return 0, fmt.Errorf("procstat: sockets: %w", err)
+	}
+	inodes := map[string]bool{}
+	for _, e := range ents {
+		link, err := os.Readlink("/proc/" + pid + "/fd/" + e.Name())
+		if err != nil {
+			continue // closed meanwhile
+		}
+		if ino, ok := strings.CutPrefix(link, "socket:["); ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	b, err := os.ReadFile("/proc/" + pid + "/net/tcp")
+	if err != nil {
+		return 0, fmt.Errorf("procstat: sockets: %w", err)
+	}
+	n := 0
+	for line := range strings.Lines(string(b)) {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		f := strings.Fields(line)
+		if len(f) < 10 || f[0] == "sl" {
+			continue
+		}
+		_, hexPort, ok := strings.Cut(f[2], ":")
+		p, err := strconv.ParseUint(hexPort, 16, 16)
+		if ok && err == nil && int(p) == port && inodes[f[9]] {
+			n++
+		}
+	}
+	return n, nil
+}

@@ -1,6 +1,7 @@
 package procstat_test
 
 import (
+	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -45,4 +46,27 @@ func TestRSS(t *testing.T) {
 
 	_, err = procstat.RSS(strconv.Itoa(1 << 30))
 	assert.Error(t, err, "no such process")
+}
+
+func TestTCPConns(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	n, err := procstat.TCPConns("self", port)
+	require.NoError(t, err)
+	assert.Zero(t, n, "a listener is not a connection to the port")
+
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	n, err = procstat.TCPConns("self", port)
+	require.NoError(t, err)
+	assert.Equal(t, 3, n, "three connections to the port (the accepted ends have other remote ports)")
+	for _, c := range conns {
+		require.NoError(t, c.Close())
+	}
 }
