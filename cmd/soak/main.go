@@ -42,6 +42,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		os.Exit(1)
@@ -70,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	c := config{}
 	var storeList, kinds string
 	var rssMiB, rssPct, goAbs, goPct, idleGo, idleFDs float64
-	fs.StringVar(&c.bin, "bin", "bin/tollgate", "the tollgate binary to soak, run as `BIN serve`")
+	fs.StringVar(&c.bin, "bin", "bin/tollgate", "the tollgate binary to soak (run as: BIN serve ...)")
 	fs.StringVar(&c.policy, "policy", "testdata/good/soak.yaml", "the members' policy (its clients and routes are the soak's)")
 	fs.StringVar(&c.envoyConfig, "envoy-config", "envoy/sidecar.yaml", "the Envoy config the stand-in runs")
 	fs.StringVar(&storeList, "stores", strings.Join(stores, ","), "stores to soak in turn, comma- or space-separated: memory, redis, cluster (a fleet on one Redis)")
@@ -84,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Float64Var(&goAbs, "goroutine-tolerance", 25, "goroutines under load may grow this much and still be flat, or --goroutine-tolerance-pct of their start if larger")
 	fs.Float64Var(&goPct, "goroutine-tolerance-pct", 25, "see --goroutine-tolerance")
 	fs.Float64Var(&idleGo, "idle-goroutines", 10, "goroutines at rest after the run may exceed those before by this many")
-	fs.Float64Var(&idleFDs, "idle-fds", 10, "open files at rest after the run may exceed those before by this many")
+	fs.Float64Var(&idleFDs, "idle-fds", 10, "open files at rest (but connections to Redis) after the run may exceed those before by this many")
 	fs.StringVar(&kinds, "kinds", "", "send only the kinds of call whose name matches this regular expression (default: all)")
 	fs.DurationVar(&c.restQuiet, "rest-quiet", 3*time.Second, "once the traffic stops, wait this long before reading a member at rest")
 	fs.DurationVar(&c.startTimeout, "start-timeout", 30*time.Second, "how long a member may take to be ready")
