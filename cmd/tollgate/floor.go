@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tollgate/tollgate/internal/procstat"
 )
 
 type floorFlags struct {
@@ -365,15 +367,15 @@ type floorSample struct {
 func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d time.Duration) (floorSample, error) {
 	var smp floorSample
 	pid := strconv.Itoa(s.cmd.Process.Pid)
-	cpu0, err := procCPU(pid)
+	cpu0, err := procstat.CPU(pid)
 	if err != nil {
 		return smp, err
 	}
-	self0, err := procCPU("self")
+	self0, err := procstat.CPU("self")
 	if err != nil {
 		return smp, err
 	}
-	busy0, err := machineCPU()
+	busy0, err := procstat.MachineCPU()
 	if err != nil {
 		return smp, err
 	}
@@ -432,15 +434,15 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	}
 	wg.Wait()
 	smp.elapsed = time.Since(start)
-	cpu1, err := procCPU(pid)
+	cpu1, err := procstat.CPU(pid)
 	if err != nil {
 		return smp, err
 	}
-	self1, err := procCPU("self")
+	self1, err := procstat.CPU("self")
 	if err != nil {
 		return smp, err
 	}
-	busy1, err := machineCPU()
+	busy1, err := procstat.MachineCPU()
 	if err != nil {
 		return smp, err
 	}
@@ -531,59 +533,6 @@ func metricValue(text, name string) (int64, error) {
 		return int64(f), nil
 	}
 	return 0, fmt.Errorf("floor: no %s in the server's /metrics", name)
-}
-
-// userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
-// which Linux fixes at 100 for user space on every architecture.
-const userHZ = 100
-
-// procCPU is a process's user plus system CPU time so far, from
-// /proc/<pid>/stat (pid may be "self"), to the nearest 10 ms.
-func procCPU(pid string) (time.Duration, error) {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return 0, fmt.Errorf("floor: server CPU: %w", err)
-	}
-	// The command name (field 2) may hold spaces and parentheses: the
-	// fields that follow start after its last ')'.
-	i := strings.LastIndexByte(string(b), ')')
-	var fs []string
-	if i >= 0 {
-		fs = strings.Fields(string(b[i+1:]))
-	}
-	if len(fs) < 13 {
-		return 0, fmt.Errorf("floor: server CPU: /proc/%s/stat: unexpected %q", pid, b)
-	}
-	utime, err1 := strconv.ParseInt(fs[11], 10, 64) // field 14
-	stime, err2 := strconv.ParseInt(fs[12], 10, 64) // field 15
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("floor: server CPU: /proc/%s/stat: %w", pid, err)
-	}
-	return time.Duration(utime+stime) * time.Second / userHZ, nil
-}
-
-// machineCPU is the CPU time all processes have used so far, from the
-// first line of /proc/stat: everything but idle and iowait (guest time is
-// already in user).
-func machineCPU() (time.Duration, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, fmt.Errorf("floor: machine CPU: %w", err)
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	fs := strings.Fields(line)
-	if len(fs) < 9 || fs[0] != "cpu" {
-		return 0, fmt.Errorf("floor: machine CPU: /proc/stat: unexpected %q", line)
-	}
-	var ticks int64
-	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
-		n, err := strconv.ParseInt(fs[i], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("floor: machine CPU: /proc/stat: %w", err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
 // freeLoopbackAddr asks the kernel for a free port on 127.0.0.1.

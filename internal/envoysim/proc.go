@@ -80,6 +80,15 @@ func (pc *procCall) exchange(req *extprocv3.ProcessingRequest) (*extprocv3.Proce
 			RequestBodyMode: pc.mode.GetRequestBodyMode(), ResponseBodyMode: pc.mode.GetResponseBodyMode()}
 	}
 	if err := pc.stream.Send(req); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The stream has ended (the server returned, or the call was
+			// cancelled under it); gRPC gives its status to Recv only.
+			if _, rerr := pc.stream.Recv(); rerr != nil && !errors.Is(rerr, io.EOF) {
+				err = rerr
+			} else {
+				err = errors.New("ext_proc: the server ended the stream before this message")
+			}
+		}
 		return nil, pc.fail(err)
 	}
 	type answer struct {

@@ -24,6 +24,7 @@ const module = "github.com/tollgate/tollgate/"
 var layerOf = map[string]int{
 	"internal/fakeclock": 0,
 	"internal/metricset": 0,
+	"internal/procstat":  0,
 	"policy":             1,
 	"costing":            2,
 	"costing/optimize":   3,
@@ -55,6 +56,9 @@ var layerOf = map[string]int{
 	// The demo (make demo): the Envoy stand-in and redis-server wired to
 	// the real binaries.
 	"cmd/demo": 10,
+	// The soak: the built binary under the stand-in's and the fake's
+	// traffic for minutes (make soak).
+	"cmd/soak": 10,
 }
 
 // envoyFree are the packages that must not import go-control-plane: all

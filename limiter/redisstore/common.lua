@@ -18,7 +18,10 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
+-- int formats a whole number for Redis. Lua's -0 (the negation of a zero
+-- cost) would print as "-0", which HINCRBY refuses.
 local function int(x)
+  if x == 0 then return '0' end
   return string.format('%.0f', x)
 end
 

@@ -65,6 +65,7 @@ func RunFinish(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) 
 		"a cancelled context changes nothing":    testFinishCancelled,
 		"refunds survive a reconnect":            testFinishReopen,
 		"refunds at a fractional rate":           testFinishFractional,
+		"a call estimated at $0 ends":            testFinishFree,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &finishHarness{clock: fakeclock.New(Epoch)}
@@ -291,6 +292,41 @@ func testFinishExpired(t *testing.T, h *finishHarness) {
 	st := h.finish(t, limiter.Ending{ID: "late", Outcome: limiter.OutcomeSettled, Actual: 1, Used: []limiter.PoolUse{used("gpt", 0)}})
 	assert.Equal(t, limiter.Settlement{ID: "late", Outcome: limiter.OutcomeExpired, Estimated: 250, Spent: 250, Repeat: true}, st)
 	assert.Equal(t, [3]int64{700, 700, 50}, h.levels(t), "a reservation that lapsed keeps its charges")
+}
+
+// testFinishFree: a call estimated at nothing (an unpriced pool, a body
+// the estimator could not price) on a client with a budget and a slot is
+// settled, released and expired like any other, and frees its slot. (On
+// Redis its -0 once reached HINCRBY, which refused it: the reservation
+// could never end, and once lapsed it failed every later admission of its
+// client.)
+func testFinishFree(t *testing.T, h *finishHarness) {
+	free := func(id string) limiter.Request {
+		hd := hold(id, 0, acme)
+		hd.Slot = &limiter.Slot{Client: "acme", Max: 3}
+		return limiter.Request{Takes: chat(1), Hold: hd, Now: h.clock.Now()}
+	}
+	for _, id := range []string{"settled", "released", "lapsed"} {
+		d, err := h.b.Reserve(context.Background(), free(id))
+		require.NoError(t, err)
+		require.True(t, d.Allowed, "%s: %+v", id, d)
+	}
+	st := h.finish(t, limiter.Ending{ID: "settled", Outcome: limiter.OutcomeSettled, Actual: 0, Used: []limiter.PoolUse{used("gpt", 1)}})
+	assert.Equal(t, limiter.Settlement{ID: "settled", Outcome: limiter.OutcomeSettled}, st)
+	st = h.finish(t, limiter.Ending{ID: "released", Outcome: limiter.OutcomeReleased})
+	assert.Equal(t, limiter.Settlement{ID: "released", Outcome: limiter.OutcomeReleased}, st)
+	h.clock.Advance(2 * time.Minute)
+	n, err := h.b.Expire(context.Background(), h.clock.Now(), 10)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "the lapsed one expires")
+	spent, reserved := h.spent(t)
+	assert.Zero(t, spent)
+	assert.Zero(t, reserved)
+	for _, id := range []string{"after-1", "after-2", "after-3"} {
+		d, err := h.b.Reserve(context.Background(), free(id))
+		require.NoError(t, err, "a later admission of the client")
+		assert.True(t, d.Allowed, "%s: every slot is free again: %+v", id, d)
+	}
 }
 
 func testFinishSlot(t *testing.T, h *finishHarness) {
