@@ -520,3 +520,15 @@ func TestResponseReaderStripCut(t *testing.T) {
 		}
 	}
 }
+
+// TestResponseReaderEmptyBody: an answer with no body (SendGrid's 202
+// Accepted) is whole, with no usage in it: it settles as "no_usage", not
+// as a cut response.
+func TestResponseReaderEmptyBody(t *testing.T) {
+	for _, p := range []policy.Provider{policy.ProviderSendGrid, policy.ProviderOpenAI} {
+		r := costing.NewResponseReader(p, false, false)
+		_, found, complete := r.Usage()
+		assert.False(t, found, p)
+		assert.True(t, complete, p)
+	}
+}

@@ -161,6 +161,10 @@ func (r *ResponseReader) writeJSON(chunk []byte) {
 }
 
 func (r *ResponseReader) finishJSON() {
+	if !r.large && len(bytes.TrimSpace(r.head)) == 0 {
+		r.complete = true // an answer with no body (SendGrid's 202) says nothing of usage, and is whole
+		return
+	}
 	if !r.large {
 		u, found, err := ParseUsage(r.provider, r.head)
 		if err == nil {
