@@ -63,6 +63,13 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	for _, name := range []string{"allowed", "denied"} {
 		tc := cases[name]
+		request := func(client string) *admission.Request {
+			r := openAIRequest(client, body)
+			if !tc.allowed { // refused at once: a call that may wait would wait out its class's max_wait
+				r.Headers = map[string]string{"x-tollgate-priority": "immediate"}
+			}
+			return r
+		}
 		prepare := func(b *testing.B) *Decider {
 			// Allowed: the wall clock, as a large pool refills faster than
 			// any benchmark drains it. Denied: a clock that never moves, so
@@ -73,14 +80,14 @@ func BenchmarkDecide(b *testing.B) {
 			}
 			d := newDecider(b, tc.set(b), clk)
 			if !tc.allowed {
-				for d.Decide(ctx, openAIRequest("team-a", body)).Allowed {
+				for d.Decide(ctx, request("team-a")).Allowed {
 				}
 			}
 			return d
 		}
 		b.Run(name, func(b *testing.B) {
 			d := prepare(b)
-			r := openAIRequest("team-a", body)
+			r := request("team-a")
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
@@ -96,7 +103,7 @@ func BenchmarkDecide(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
-				r := openAIRequest(benchClients[int(next.Add(1))%len(benchClients)], body)
+				r := request(benchClients[int(next.Add(1))%len(benchClients)])
 				for pb.Next() {
 					if v := d.Decide(ctx, r); v.Allowed != tc.allowed {
 						b.Errorf("allowed=%v: %s", v.Allowed, v.Message)
