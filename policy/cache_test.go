@@ -17,17 +17,17 @@ var cacheBase = []string{
 	"pools:", // 1
 	"  p: {unit: token, capacity: 100000, refill_per_second: 1000}", // 2
 	"  s: {unit: segment, capacity: 100, refill_per_second: 1}",     // 3
-	"routes:",                                                       // 4
-	"  llm:",                                                        // 5
-	"    host: api.openai.com",                                      // 6
-	"    provider: openai",                                          // 7
-	"    pools: [p]",                                                // 8
-	"  sms:",                                                        // 9
-	"    host: api.twilio.com",                                      // 10
-	"    provider: twilio",                                          // 11
-	"    pools: [s]",                                                // 12
-	"tiers:",                                                        // 13
-	"  basic: {priority: 10, max_concurrent: 5}",                    // 14
+	"routes:",                  // 4
+	"  llm:",                   // 5
+	"    host: api.openai.com", // 6
+	"    provider: openai",     // 7
+	"    pools: [p]",           // 8
+	"  sms:",                   // 9
+	"    host: api.twilio.com", // 10
+	"    provider: twilio",     // 11
+	"    pools: [s]",           // 12
+	"tiers:",                   // 13
+	"  basic: {priority: 10, max_concurrent: 5}", // 14
 	"cache:",   // 15
 	"  rules:", // 16
 }

@@ -14,14 +14,14 @@ type cacheDoc struct {
 
 // cacheRuleDoc is one cache.rules item as written.
 type cacheRuleDoc struct {
-	file, name        string
-	line              int
-	when              *cacheWhenDoc
-	enabled           at[bool]
-	ttl               at[string]
-	scope, cacheable  at[string]
-	maxEntry          at[int64]
-	idempotency       *idempotencyDoc
+	file, name       string
+	line             int
+	when             *cacheWhenDoc
+	enabled          at[bool]
+	ttl              at[string]
+	scope, cacheable at[string]
+	maxEntry         at[int64]
+	idempotency      *idempotencyDoc
 }
 
 type cacheWhenDoc struct {
