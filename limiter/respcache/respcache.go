@@ -10,6 +10,8 @@ package respcache
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/tollgate/tollgate/policy"
@@ -49,6 +51,19 @@ const (
 	Idempotency             // a retried call's recorded answer
 )
 
+// String returns the kind's name, as the metrics' kind label shows it.
+func (k Kind) String() string {
+	switch k {
+	case Response:
+		return "response"
+	case Idempotency:
+		return "idempotency"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+func (k Kind) valid() bool { return k <= Idempotency }
+
 // Begin's outcomes.
 type State uint8
 
@@ -64,9 +79,52 @@ const (
 	Busy
 )
 
+// String returns the state's name.
+func (s State) String() string {
+	switch s {
+	case Found:
+		return "found"
+	case Lead:
+		return "lead"
+	case Busy:
+		return "busy"
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
 // ErrTooLarge is returned by Complete for an entry over the size cap; it
 // is not stored (and the flight ends, so waiters go upstream).
 var ErrTooLarge = errors.New("respcache: entry too large")
+
+// ErrNoScope is returned by Invalidate given neither a scope nor a route:
+// dropping every entry of a kind is not offered (a policy reload that
+// changes a route's cache settings already misses its old entries, since
+// they are part of the hash).
+var ErrNoScope = errors.New("respcache: invalidate needs a scope, a route or both")
+
+// ErrClosed is returned by a cache used after Close.
+var ErrClosed = errors.New("respcache: closed")
+
+// ErrInvalidKey is returned for a key of an unknown kind or without a hash.
+var ErrInvalidKey = errors.New("respcache: invalid key")
+
+func (k Key) validate() error {
+	if !k.Kind.valid() || k.Hash == "" {
+		return fmt.Errorf("%w: kind %v, hash %q", ErrInvalidKey, k.Kind, k.Hash)
+	}
+	return nil
+}
+
+// Clock tells the time of entries' expiry and of Stored. Waits and leases
+// are real time (they bound how long a call blocks; Redis measures leases
+// itself), so only TTLs follow a fake clock in tests.
+type Clock interface {
+	Now() time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
 
 // Cache is the two-level store. Implementations are safe for concurrent
 // use and honour ctx; a failing L2 degrades to L1 alone (counted, never an
