@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 	"github.com/tollgate/tollgate/policy/watch"
 )
@@ -40,6 +41,8 @@ type serveFlags struct {
 	shutdownTimeout time.Duration
 	cluster         clusterFlags
 	apiTokenFile    string
+	cacheBytes      int64
+	cacheMaxEntry   int64
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
@@ -86,6 +89,8 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
 	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
+	fl.Int64Var(&f.cacheBytes, "cache-bytes", respcache.DefaultMaxBytes, "response cache: bytes of answers kept in this process for the policy's cache rules (0: no cache, no idempotency)")
+	fl.Int64Var(&f.cacheMaxEntry, "cache-max-entry", respcache.DefaultMaxEntryBytes, "response cache: the largest answer kept, in bytes (each cache rule's max_entry_bytes may say less)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
 	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -142,8 +147,20 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	}
 	defer func() { err = errors.Join(err, st.close()) }()
 
-	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster})
+	cache, err := openCache(f, st, reg, log)
+	if err != nil {
+		return err
+	}
+	if cache != nil {
+		defer func() { err = errors.Join(err, cache.Close()) }()
+	}
+	f.authz.CacheMaxEntry = f.cacheMaxEntry
+	deps := authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster}
+	if cache != nil { // never a typed nil in the interface
+		deps.Cache = cache
+	}
+	srv, err := authz.New(f.authz, deps)
 	if err != nil {
 		return err
 	}
@@ -365,4 +382,34 @@ func newRegistry() (*metricset.Registry, error) {
 	metricset.Add(&base, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metricset.Add(&base, collectors.NewBuildInfoCollector())
 	return reg, base.Register("serve", reg)
+}
+
+// openCache builds the response cache the flags ask for: in this process,
+// --cache-bytes of answers (nil for 0: no response cache and no
+// idempotency, whatever the policy's cache rules say).
+//
+// TODO(issue 13): with --store redis, a Redis level shared by the fleet
+// under the in-process one (respcache.NewTiered), once the storage
+// package has it.
+func openCache(f serveFlags, _ openedStore, reg prometheus.Registerer, log *slog.Logger) (*respcache.Memory, error) {
+	if f.cacheBytes < 0 || f.cacheMaxEntry < 0 {
+		return nil, fmt.Errorf("--cache-bytes %d and --cache-max-entry %d must not be negative", f.cacheBytes, f.cacheMaxEntry)
+	}
+	if f.cacheBytes == 0 {
+		log.Info("response cache: off (--cache-bytes 0): the policy's cache rules are ignored")
+		return nil, nil
+	}
+	if f.cacheMaxEntry == 0 || f.cacheMaxEntry > f.cacheBytes {
+		return nil, fmt.Errorf("--cache-max-entry %d must be between 1 and --cache-bytes %d", f.cacheMaxEntry, f.cacheBytes)
+	}
+	m, err := respcache.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	mem, err := respcache.NewMemory(respcache.MemoryConfig{MaxBytes: f.cacheBytes, MaxEntryBytes: f.cacheMaxEntry, Metrics: m})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("response cache: in this process", slog.Int64("cache_bytes", f.cacheBytes), slog.Int64("cache_max_entry", f.cacheMaxEntry))
+	return mem, nil
 }
