@@ -167,8 +167,12 @@ func (r *Redis) pair(kind Kind, scope, route string) string {
 
 // Keys of one entry: {P}:rc:e:<kind>:<len>:<scope>:<len>:<route>:<hash>,
 // its claim under f:, the index of its scope and route under i:.
-func (r *Redis) entryKey(k Key) string  { return r.p + "e:" + r.pair(k.Kind, k.Scope, k.Route) + ":" + k.Hash }
-func (r *Redis) flightKey(k Key) string { return r.p + "f:" + r.pair(k.Kind, k.Scope, k.Route) + ":" + k.Hash }
+func (r *Redis) entryKey(k Key) string {
+	return r.p + "e:" + r.pair(k.Kind, k.Scope, k.Route) + ":" + k.Hash
+}
+func (r *Redis) flightKey(k Key) string {
+	return r.p + "f:" + r.pair(k.Kind, k.Scope, k.Route) + ":" + k.Hash
+}
 func (r *Redis) indexKey(kind Kind, scope, route string) string {
 	return r.p + "i:" + r.pair(kind, scope, route)
 }
