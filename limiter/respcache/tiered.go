@@ -53,7 +53,13 @@ func (t *Tiered) Get(ctx context.Context, k Key) (Entry, bool) {
 // The wait covers both levels.
 func (t *Tiered) Begin(ctx context.Context, k Key, wait, lease time.Duration) (Entry, State) {
 	start := time.Now()
-	e, st, claimed := t.l1.begin(ctx, k, wait, lease)
+	// The member's leader may wait for the fleet (up to wait) before it
+	// goes upstream (up to lease): its local claim lasts both.
+	local := lease
+	if lease > 0 {
+		local = lease + max(wait, 0)
+	}
+	e, st, claimed := t.l1.begin(ctx, k, wait, local)
 	if st != Lead {
 		return e, st
 	}
