@@ -53,13 +53,10 @@ func (t *Tiered) Get(ctx context.Context, k Key) (Entry, bool) {
 // The wait covers both levels.
 func (t *Tiered) Begin(ctx context.Context, k Key, wait, lease time.Duration) (Entry, State) {
 	start := time.Now()
-	// The member's leader may wait for the fleet (up to wait) before it
-	// goes upstream (up to lease): its local claim lasts both.
-	local := lease
-	if lease > 0 {
-		local = lease + max(wait, 0)
-	}
-	e, st, claimed := t.l1.begin(ctx, k, wait, local)
+	// The member's claim lapses after lease like the fleet's: should the
+	// member's leader still be waiting for another member then, a second
+	// local caller joins it in waiting (two polls, still one claim).
+	e, st, claimed := t.l1.begin(ctx, k, wait, lease)
 	if st != Lead {
 		return e, st
 	}
