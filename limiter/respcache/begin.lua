@@ -15,7 +15,7 @@ if not f then
   if tonumber(ARGV[2]) <= 0 then
     return {3}
   end
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
   return {2}
 end
 if f == '!' then
