@@ -77,7 +77,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 func (m *Metrics) lookup(k Kind, level string, hit bool) {
-	if m == nil {
+	if m == nil || !k.valid() {
 		return
 	}
 	r := "miss"

@@ -5,6 +5,25 @@
 // bounded in-process LRU; L2, Redis, shared by a fleet. The service
 // (admission) decides what is cacheable and keys it; this package only
 // stores, finds, waits and forgets.
+//
+// Three Caches, one contract (the conformance suite in cachetest):
+//
+//   - Memory (NewMemory) is L1: an LRU bounded by estimated bytes (Size:
+//     body, headers, key and a fixed overhead measured against the heap),
+//     with a TTL per entry, a cap per entry, and flights of this process
+//     (waiters block on a channel; a claim lapses after its lease).
+//   - Redis (NewRedis) is L2: entries deflated under the limiter store's
+//     hash tag ({P}:rc:…), written with SET PX; flights claimed with SET
+//     NX PX (in begin.lua) and waited for by polling with backoff; indexes
+//     per scope and route for Invalidate. A failing Redis degrades: Get
+//     misses, Begin leads.
+//   - Tiered (NewTiered) is L1 in front of L2: identical calls on one
+//     member wait in L1 for the one that asks the fleet.
+//
+// Metrics (NewMetrics) are one set for all levels, passed in each config.
+// Only TTLs and Stored follow a config's Clock; waits and leases are real
+// time. docs/redis.md ("The response cache's storage") has the key
+// layout and the costs.
 package respcache
 
 import (
