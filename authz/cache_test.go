@@ -22,6 +22,8 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
+	"github.com/tollgate/tollgate/internal/redistest"
+	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -72,22 +74,32 @@ const chatCost = 93*2500 + 1024*1250 + 46*10_000
 // twilio-message-priced.json says the same).
 const smsCost = 7_900_000
 
-// cacheKinds are the stores and caches the cache tests run on: the memory
-// store with the in-process cache, and Redis with the in-process cache
-// (the Redis level of the cache is the storage package's to test).
+// cacheKinds are the stores and caches the cache tests run on, as serve
+// builds them: the memory store with the in-process cache, and the Redis
+// store with the two-level cache (in process, then the same Redis under
+// the test's own prefix).
 var cacheKinds = map[string]func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache){
 	"memory": func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache) {
-		return storeKinds["memory"](tb, clk), newRespCache(tb, clk)
+		return storeKinds["memory"](tb, clk), closing(tb, newL1(tb, clk))
 	},
 	"redis": func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache) {
-		return storeKinds["redis"](tb, clk), newRespCache(tb, clk)
+		prefix := redistest.Prefix(tb)
+		s, err := redisstore.New(redisSrv.Client(tb), redisstore.Config{Prefix: prefix})
+		require.NoError(tb, err)
+		l2, err := respcache.NewRedis(redisSrv.Client(tb), respcache.RedisConfig{Prefix: prefix, Clock: clk})
+		require.NoError(tb, err)
+		return s, closing(tb, respcache.NewTiered(newL1(tb, clk), l2))
 	},
 }
 
-func newRespCache(tb testing.TB, clk *fakeclock.Clock) respcache.Cache {
+func newL1(tb testing.TB, clk *fakeclock.Clock) *respcache.Memory {
 	tb.Helper()
 	c, err := respcache.NewMemory(respcache.MemoryConfig{Clock: clk})
 	require.NoError(tb, err)
+	return c
+}
+
+func closing(tb testing.TB, c respcache.Cache) respcache.Cache {
 	tb.Cleanup(func() { assert.NoError(tb, c.Close()) })
 	return c
 }

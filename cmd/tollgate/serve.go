@@ -151,16 +151,12 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	if err != nil {
 		return err
 	}
-	if cache != nil {
+	if cache != nil { // closed before the store's Redis client, which its L2 uses
 		defer func() { err = errors.Join(err, cache.Close()) }()
 	}
 	f.authz.CacheMaxEntry = f.cacheMaxEntry
-	deps := authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster}
-	if cache != nil { // never a typed nil in the interface
-		deps.Cache = cache
-	}
-	srv, err := authz.New(f.authz, deps)
+	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, Cache: cache})
 	if err != nil {
 		return err
 	}
@@ -384,14 +380,12 @@ func newRegistry() (*metricset.Registry, error) {
 	return reg, base.Register("serve", reg)
 }
 
-// openCache builds the response cache the flags ask for: in this process,
-// --cache-bytes of answers (nil for 0: no response cache and no
-// idempotency, whatever the policy's cache rules say).
-//
-// TODO(issue 13): with --store redis, a Redis level shared by the fleet
-// under the in-process one (respcache.NewTiered), once the storage
-// package has it.
-func openCache(f serveFlags, _ openedStore, reg prometheus.Registerer, log *slog.Logger) (*respcache.Memory, error) {
+// openCache builds the response cache the flags ask for: --cache-bytes of
+// answers in this process and, with --store redis, a Redis level under it
+// that the fleet shares (flights, entries and idempotency records seen by
+// every sidecar). Nil for --cache-bytes 0: no response cache and no
+// idempotency, whatever the policy's cache rules say.
+func openCache(f serveFlags, st openedStore, reg prometheus.Registerer, log *slog.Logger) (respcache.Cache, error) {
 	if f.cacheBytes < 0 || f.cacheMaxEntry < 0 {
 		return nil, fmt.Errorf("--cache-bytes %d and --cache-max-entry %d must not be negative", f.cacheBytes, f.cacheMaxEntry)
 	}
@@ -410,6 +404,17 @@ func openCache(f serveFlags, _ openedStore, reg prometheus.Registerer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	log.Info("response cache: in this process", slog.Int64("cache_bytes", f.cacheBytes), slog.Int64("cache_max_entry", f.cacheMaxEntry))
-	return mem, nil
+	if st.redis == nil {
+		log.Info("response cache: in this process", slog.Int64("cache_bytes", f.cacheBytes), slog.Int64("cache_max_entry", f.cacheMaxEntry))
+		return mem, nil
+	}
+	cfg := respcache.DefaultRedisConfig()
+	cfg.Prefix, cfg.MaxEntryBytes, cfg.Metrics = f.redisPrefix, f.cacheMaxEntry, m
+	l2, err := respcache.NewRedis(st.redis, cfg)
+	if err != nil {
+		return nil, errors.Join(err, mem.Close())
+	}
+	log.Info("response cache: in this process and in Redis, shared by the fleet", slog.Int64("cache_bytes", f.cacheBytes),
+		slog.Int64("cache_max_entry", f.cacheMaxEntry), slog.String("prefix", f.redisPrefix))
+	return respcache.NewTiered(mem, l2), nil
 }
