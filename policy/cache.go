@@ -154,13 +154,13 @@ type SummaryCacheRule struct {
 	Idempotency string `json:"idempotency"`
 }
 
-func (c *Cache) summary() SummaryCache {
+func (c *Cache) summary(set *Set) SummaryCache {
 	var out SummaryCache
 	if c == nil {
 		return out
 	}
 	for _, r := range c.Rules {
-		out.Rules = append(out.Rules, SummaryCacheRule{Name: r.Name, When: r.when(), Responses: r.responses(), Idempotency: r.idempotency()})
+		out.Rules = append(out.Rules, SummaryCacheRule{Name: r.Name, When: r.when(), Responses: r.responses(set), Idempotency: r.idempotency()})
 	}
 	return out
 }
@@ -179,9 +179,18 @@ func (r *CacheRule) when() string {
 	return strings.Join(parts, "; ")
 }
 
-func (r *CacheRule) responses() string {
+func (r *CacheRule) responses(set *Set) string {
 	if !r.Enabled {
 		return "off"
+	}
+	never := len(r.Routes) > 0
+	for _, name := range r.Routes {
+		if rt := set.Route(name); rt == nil || !SideEffects(rt.Provider) {
+			never = false
+		}
+	}
+	if never {
+		return "never (calls with side effects)"
 	}
 	return fmt.Sprintf("%s calls for %s, %s scope, up to %d bytes", r.Cacheable, r.TTL, r.Scope, r.MaxEntryBytes)
 }

@@ -77,7 +77,7 @@ func TestCacheCompiles(t *testing.T) {
 	sum := s.Summary().Cache
 	assert.Equal(t, []policy.SummaryCacheRule{
 		{Name: "llm", When: "routes llm; tiers basic", Responses: "any_temperature calls for 10m0s, parent scope, up to 4096 bytes", Idempotency: "off"},
-		{Name: "sms", When: "routes sms", Responses: "deterministic calls for 1h0m0s, client scope, up to 1048576 bytes",
+		{Name: "sms", When: "routes sms", Responses: "never (calls with side effects)",
 			Idempotency: "Idempotency-Key, answers kept 48h0m0s; the same SMS/e-mail within 10m0s"},
 		{Name: "rest", When: "every call", Responses: "off", Idempotency: "Idempotency-Key, answers kept 24h0m0s"},
 	}, sum.Rules)

@@ -146,7 +146,7 @@ func (s *Set) Summary() Summary {
 		sum.Models = append(sum.Models, sm)
 	}
 	sum.Optimize = s.Optimize.summary()
-	sum.Cache = s.Cache.summary()
+	sum.Cache = s.Cache.summary(s)
 	perTier := map[string]int{}
 	for _, c := range s.Clients {
 		perTier[c.Tier.Name]++
