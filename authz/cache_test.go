@@ -23,6 +23,7 @@ import (
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/internal/redistest"
+	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
@@ -697,4 +698,45 @@ func replaceOnce(tb testing.TB, s, old, new string) string {
 	tb.Helper()
 	require.Contains(tb, s, old)
 	return strings.Replace(s, old, new, 1)
+}
+
+// unbooking is a store whose Book fails while down is set, as a Redis
+// away would; safe for concurrent use.
+type unbooking struct {
+	admission.Store
+	down atomic.Bool
+}
+
+func (s *unbooking) Book(ctx context.Context, batch string, deltas []limiter.SpendDelta) (bool, error) {
+	if s.down.Load() {
+		return false, errStoreDown
+	}
+	return s.Store.Book(ctx, batch, deltas)
+}
+
+// TestCacheSavingsBookedOnce: a hit's saving the store could not take is
+// kept and booked when it answers again, exactly once.
+func TestCacheSavingsBookedOnce(t *testing.T) {
+	var store *unbooking
+	ss := startCached(t, func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache) {
+		s, c := cacheKinds["memory"](tb, clk)
+		store = &unbooking{Store: s}
+		return store, c
+	}, cachePolicy, nil)
+	body := detBody("Summarize.", "")
+	first := ss.ask(t, call{client: "acme", body: body})
+	requireMiss(t, first)
+	ex := ss.process(t, first.admit, body, okChat(t))
+
+	store.down.Store(true)
+	requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
+	assert.Empty(t, ss.savingsOf(t, "acme"), "not booked yet")
+	require.Error(t, ss.srv.Service().BookFailOpen(context.Background()))
+
+	store.down.Store(false)
+	require.NoError(t, ss.srv.Service().BookFailOpen(context.Background()))
+	require.NoError(t, ss.srv.Service().BookFailOpen(context.Background()))
+	assert.Equal(t, map[string]policy.Money{"cache": chatCost}, ss.savingsOf(t, "acme"), "booked once")
+	assert.InDelta(t, float64(chatCost)/1e9, metricValue(t, ss.reg, "tollgate_optimize_savings_dollars_total",
+		map[string]string{"strategy": "cache", "tier": "team"}), 1e-12)
 }
