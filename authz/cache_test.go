@@ -75,11 +75,21 @@ const chatCost = 93*2500 + 1024*1250 + 46*10_000
 // twilio-message-priced.json says the same).
 const smsCost = 7_900_000
 
+// cacheKind makes a test's store and cache on its clock.
+type cacheKind = func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache)
+
+// eachCache runs test on every cache kind.
+func eachCache(t *testing.T, test func(t *testing.T, kind cacheKind)) {
+	for name, kind := range cacheKinds {
+		t.Run(name, func(t *testing.T) { test(t, kind) })
+	}
+}
+
 // cacheKinds are the stores and caches the cache tests run on, as serve
 // builds them: the memory store with the in-process cache, and the Redis
 // store with the two-level cache (in process, then the same Redis under
 // the test's own prefix).
-var cacheKinds = map[string]func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache){
+var cacheKinds = map[string]cacheKind{
 	"memory": func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache) {
 		return storeKinds["memory"](tb, clk), closing(tb, newL1(tb, clk))
 	},
@@ -112,7 +122,7 @@ func (s *swappable) Policy() *policy.Set { return s.p.Load() }
 
 // startCached is startSettle with a response cache (and, given one, a
 // policy source the test swaps).
-func startCached(tb testing.TB, kind func(testing.TB, *fakeclock.Clock) (admission.Store, respcache.Cache), yaml string,
+func startCached(tb testing.TB, kind cacheKind, yaml string,
 	policies admission.PolicySource) *settleServer {
 	tb.Helper()
 	clk := fakeclock.New(epoch)
@@ -316,57 +326,59 @@ func TestCacheAnswersRepeats(t *testing.T) {
 // TestCacheLeavesAlone: what the response cache never answers or never
 // keeps.
 func TestCacheLeavesAlone(t *testing.T) {
-	body := detBody("What is our refund policy?", "")
-	tests := map[string]struct {
-		first, repeat call
-		up            func(tb testing.TB) upstream
-		// stored: a plain repeat afterwards is answered from the cache.
-		stored bool
-	}{
-		"temperature 0.7": {
-			first:  call{client: "acme", body: chatBodyAt(0.7)},
-			repeat: call{client: "acme", body: chatBodyAt(0.7)},
-			up:     okChat,
-		},
-		"no-store": {
-			first:  call{client: "acme", body: body, hdrs: map[string]string{"cache-control": "no-store"}},
-			repeat: call{client: "acme", body: body, hdrs: map[string]string{"cache-control": "no-store"}},
-			up:     okChat,
-		},
-		"x-tollgate-cache: skip": {
-			first:  call{client: "acme", body: body, hdrs: map[string]string{admission.HeaderCache: "skip"}},
-			repeat: call{client: "acme", body: body, hdrs: map[string]string{admission.HeaderCache: "SKIP"}},
-			up:     okChat,
-		},
-		"an upstream error": {
-			first:  call{client: "acme", body: body},
-			repeat: call{client: "acme", body: body},
-			up: func(tb testing.TB) upstream {
-				return upstream{status: 500, headers: []string{"content-type", "application/json"}, body: []byte(`{"error":{"message":"boom"}}`)}
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		body := detBody("What is our refund policy?", "")
+		tests := map[string]struct {
+			first, repeat call
+			up            func(tb testing.TB) upstream
+			// stored: a plain repeat afterwards is answered from the cache.
+			stored bool
+		}{
+			"temperature 0.7": {
+				first:  call{client: "acme", body: chatBodyAt(0.7)},
+				repeat: call{client: "acme", body: chatBodyAt(0.7)},
+				up:     okChat,
 			},
-		},
-		"a refusal": {
-			first:  call{client: "acme", body: body},
-			repeat: call{client: "acme", body: body},
-			up: func(tb testing.TB) upstream {
-				return upstream{status: 400, headers: []string{"content-type", "application/json"},
-					body: []byte(`{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}`)}
+			"no-store": {
+				first:  call{client: "acme", body: body, hdrs: map[string]string{"cache-control": "no-store"}},
+				repeat: call{client: "acme", body: body, hdrs: map[string]string{"cache-control": "no-store"}},
+				up:     okChat,
 			},
-		},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-			for _, c := range []call{tc.first, tc.repeat} {
-				a := ss.ask(t, c)
-				require.True(t, a.ok, "sent upstream: %d %s", a.status, a.body)
-				ss.process(t, a.admit, c.body, tc.up(t))
-			}
-			plain := ss.ask(t, call{client: "acme", body: tc.first.body})
-			require.True(t, plain.ok, "nothing was kept to answer it")
-			assert.Empty(t, ss.savingsOf(t, "acme"))
-		})
-	}
+			"x-tollgate-cache: skip": {
+				first:  call{client: "acme", body: body, hdrs: map[string]string{admission.HeaderCache: "skip"}},
+				repeat: call{client: "acme", body: body, hdrs: map[string]string{admission.HeaderCache: "SKIP"}},
+				up:     okChat,
+			},
+			"an upstream error": {
+				first:  call{client: "acme", body: body},
+				repeat: call{client: "acme", body: body},
+				up: func(tb testing.TB) upstream {
+					return upstream{status: 500, headers: []string{"content-type", "application/json"}, body: []byte(`{"error":{"message":"boom"}}`)}
+				},
+			},
+			"a refusal": {
+				first:  call{client: "acme", body: body},
+				repeat: call{client: "acme", body: body},
+				up: func(tb testing.TB) upstream {
+					return upstream{status: 400, headers: []string{"content-type", "application/json"},
+						body: []byte(`{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}`)}
+				},
+			},
+		}
+		for name, tc := range tests {
+			t.Run(name, func(t *testing.T) {
+				ss := startCached(t, kind, cachePolicy, nil)
+				for _, c := range []call{tc.first, tc.repeat} {
+					a := ss.ask(t, c)
+					require.True(t, a.ok, "sent upstream: %d %s", a.status, a.body)
+					ss.process(t, a.admit, c.body, tc.up(t))
+				}
+				plain := ss.ask(t, call{client: "acme", body: tc.first.body})
+				require.True(t, plain.ok, "nothing was kept to answer it")
+				assert.Empty(t, ss.savingsOf(t, "acme"))
+			})
+		}
+	})
 }
 
 // chatBodyAt is a gpt-4o chat body at temperature t.
@@ -377,53 +389,57 @@ func chatBodyAt(t float64) []byte {
 // TestCacheNoCache: Cache-Control: no-cache skips the lookup and stores
 // the fresh answer in place of the old.
 func TestCacheNoCache(t *testing.T) {
-	ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-	body := detBody("Summarize.", "")
-	first := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, first)
-	ss.process(t, first.admit, body, okChat(t))
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		ss := startCached(t, kind, cachePolicy, nil)
+		body := detBody("Summarize.", "")
+		first := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, first)
+		ss.process(t, first.admit, body, okChat(t))
 
-	fresh := ss.ask(t, call{client: "acme", body: body, hdrs: map[string]string{"cache-control": "no-cache"}})
-	requireMiss(t, fresh)
-	newer := upstream{status: 200, headers: []string{"content-type", "application/json"},
-		body: []byte(`{"id":"chatcmpl-2","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":0,"total_tokens":10}}`)}
-	ss.process(t, fresh.admit, body, newer)
+		fresh := ss.ask(t, call{client: "acme", body: body, hdrs: map[string]string{"cache-control": "no-cache"}})
+		requireMiss(t, fresh)
+		newer := upstream{status: 200, headers: []string{"content-type", "application/json"},
+			body: []byte(`{"id":"chatcmpl-2","object":"chat.completion","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":0,"total_tokens":10}}`)}
+		ss.process(t, fresh.admit, body, newer)
 
-	requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, newer.body)
+		requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, newer.body)
+	})
 }
 
 // TestCacheCutStream: a response cut short is not kept, and its flight
 // ends at once: the next identical call leads instead of waiting.
 func TestCacheCutStream(t *testing.T) {
-	ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-	body := detBody("Summarize.", `,"stream":true`)
-	first := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, first)
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		ss := startCached(t, kind, cachePolicy, nil)
+		body := detBody("Summarize.", `,"stream":true`)
+		first := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, first)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := ss.proc.Process(ctx)
-	require.NoError(t, err)
-	for _, r := range []*extprocv3.ProcessingRequest{
-		{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(
-			":method", "POST", authz.HeaderReservation, first.admit.reservation, authz.HeaderRoute, first.admit.route)}}},
-		{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}},
-		{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(
-			":status", "200", "content-type", "text/event-stream")}}},
-		{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: recorded(t, "openai-chat-stream.sse")[:200]}}},
-	} {
-		require.NoError(t, st.Send(r))
-		_, err := st.Recv()
+		ctx, cancel := context.WithCancel(context.Background())
+		st, err := ss.proc.Process(ctx)
 		require.NoError(t, err)
-	}
-	cancel() // the worker went away mid-stream
-	require.Eventually(t, func() bool {
-		return metricValue(t, ss.reg, "tollgate_cache_records_total", map[string]string{"result": "incomplete"}) == 1
-	}, 10*time.Second, 5*time.Millisecond)
+		for _, r := range []*extprocv3.ProcessingRequest{
+			{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(
+				":method", "POST", authz.HeaderReservation, first.admit.reservation, authz.HeaderRoute, first.admit.route)}}},
+			{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}},
+			{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMapOf(
+				":status", "200", "content-type", "text/event-stream")}}},
+			{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: recorded(t, "openai-chat-stream.sse")[:200]}}},
+		} {
+			require.NoError(t, st.Send(r))
+			_, err := st.Recv()
+			require.NoError(t, err)
+		}
+		cancel() // the worker went away mid-stream
+		require.Eventually(t, func() bool {
+			return metricValue(t, ss.reg, "tollgate_cache_records_total", map[string]string{"result": "incomplete"}) == 1
+		}, 10*time.Second, 5*time.Millisecond)
 
-	start := time.Now()
-	next := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, next)
-	assert.Less(t, time.Since(start), 5*time.Second, "led at once, not after the class's 10 s wait")
+		start := time.Now()
+		next := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, next)
+		assert.Less(t, time.Since(start), 5*time.Second, "led at once, not after the class's 10 s wait")
+	})
 }
 
 // TestCacheCoalesces: ten identical calls at once: one goes upstream, nine
@@ -462,32 +478,34 @@ func TestCacheCoalesces(t *testing.T) {
 // TestCacheScopes: a client never gets another client's answer, unless the
 // policy shares a scope (acme/a and acme/b share their parent's).
 func TestCacheScopes(t *testing.T) {
-	ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-	body := detBody("What is 2+2?", "")
-	first := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, first)
-	ex := ss.process(t, first.admit, body, okChat(t))
-	requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		ss := startCached(t, kind, cachePolicy, nil)
+		body := detBody("What is 2+2?", "")
+		first := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, first)
+		ex := ss.process(t, first.admit, body, okChat(t))
+		requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
 
-	other := ss.ask(t, call{client: "beta", body: body})
-	requireMiss(t, other)
-	ss.process(t, other.admit, body, okChat(t))
-	assert.Equal(t, policy.Money(chatCost), ss.spentBy(t, "beta"), "beta paid for its own")
+		other := ss.ask(t, call{client: "beta", body: body})
+		requireMiss(t, other)
+		ss.process(t, other.admit, body, okChat(t))
+		assert.Equal(t, policy.Money(chatCost), ss.spentBy(t, "beta"), "beta paid for its own")
 
-	shared := ss.ask(t, call{client: "acme/a", body: body})
-	requireMiss(t, shared) // not acme's own entry: another rule, another scope
-	ex = ss.process(t, shared.admit, body, okChat(t))
-	requireCached(t, ss.ask(t, call{client: "acme/b", body: body}), admission.CacheHit, 200, ex.forwarded)
-	assert.Equal(t, map[string]policy.Money{"cache": chatCost}, ss.savingsOf(t, "acme/b"), "booked to the client answered")
-	assert.Empty(t, ss.savingsOf(t, "acme/a"))
+		shared := ss.ask(t, call{client: "acme/a", body: body})
+		requireMiss(t, shared) // not acme's own entry: another rule, another scope
+		ex = ss.process(t, shared.admit, body, okChat(t))
+		requireCached(t, ss.ask(t, call{client: "acme/b", body: body}), admission.CacheHit, 200, ex.forwarded)
+		assert.Equal(t, map[string]policy.Money{"cache": chatCost}, ss.savingsOf(t, "acme/b"), "booked to the client answered")
+		assert.Empty(t, ss.savingsOf(t, "acme/a"))
 
-	// Idempotency keys are the client's own too.
-	key := map[string]string{"idempotency-key": "k-1"}
-	a := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: key})
-	require.True(t, a.ok)
-	ss.process(t, a.admit, smsBody, smsSent(t))
-	b := ss.ask(t, call{client: "beta", body: smsBody, sms: true, hdrs: key})
-	require.True(t, b.ok, "beta's message with the same key is beta's own")
+		// Idempotency keys are the client's own too.
+		key := map[string]string{"idempotency-key": "k-1"}
+		a := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: key})
+		require.True(t, a.ok)
+		ss.process(t, a.admit, smsBody, smsSent(t))
+		b := ss.ask(t, call{client: "beta", body: smsBody, sms: true, hdrs: key})
+		require.True(t, b.ok, "beta's message with the same key is beta's own")
+	})
 }
 
 func smsSent(tb testing.TB) upstream {
@@ -547,151 +565,171 @@ func TestCacheIdempotentSMS(t *testing.T) {
 // TestCacheBodyWindow: without a key, the same message within the rule's
 // body window is a retry; after it, a new message.
 func TestCacheBodyWindow(t *testing.T) {
-	ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-	first := ss.ask(t, call{client: "acme", body: smsBody, sms: true})
-	require.True(t, first.ok)
-	ex := ss.process(t, first.admit, smsBody, smsSent(t))
-	ss.clk.Advance(9 * time.Minute)
-	requireCached(t, ss.ask(t, call{client: "acme", body: smsBody, sms: true}), admission.CacheReplayed, 201, ex.forwarded)
-	skip := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: map[string]string{admission.HeaderCache: "skip"}})
-	require.True(t, skip.ok, "x-tollgate-cache: skip sends the same message again on purpose")
-	ss.process(t, skip.admit, smsBody, smsSent(t))
-	ss.clk.Advance(2 * time.Minute)
-	again := ss.ask(t, call{client: "acme", body: smsBody, sms: true})
-	require.True(t, again.ok, "past the 10 minute window: a new message")
-	ss.process(t, again.admit, smsBody, smsSent(t))
-	assert.Equal(t, policy.Money(3*smsCost), ss.spentBy(t, "acme"))
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		ss := startCached(t, kind, cachePolicy, nil)
+		first := ss.ask(t, call{client: "acme", body: smsBody, sms: true})
+		require.True(t, first.ok)
+		ex := ss.process(t, first.admit, smsBody, smsSent(t))
+		ss.clk.Advance(9 * time.Minute)
+		requireCached(t, ss.ask(t, call{client: "acme", body: smsBody, sms: true}), admission.CacheReplayed, 201, ex.forwarded)
+		skip := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: map[string]string{admission.HeaderCache: "skip"}})
+		require.True(t, skip.ok, "x-tollgate-cache: skip sends the same message again on purpose")
+		ss.process(t, skip.admit, smsBody, smsSent(t))
+		ss.clk.Advance(2 * time.Minute)
+		again := ss.ask(t, call{client: "acme", body: smsBody, sms: true})
+		require.True(t, again.ok, "past the 10 minute window: a new message")
+		ss.process(t, again.admit, smsBody, smsSent(t))
+		assert.Equal(t, policy.Money(3*smsCost), ss.spentBy(t, "acme"))
+	})
 }
 
 // TestCacheIdempotencyStatuses: an idempotency record keeps a final
 // answer (a 400: the retry would fail the same), never one the SDK retries
 // (429, 5xx), whose retry must reach the provider.
 func TestCacheIdempotencyStatuses(t *testing.T) {
-	for status, replayed := range map[int]bool{400: true, 429: false, 503: false} {
-		t.Run(strconv.Itoa(status), func(t *testing.T) {
-			ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-			key := map[string]string{"idempotency-key": "k"}
-			up := upstream{status: status, headers: []string{"content-type", "application/json"}, body: []byte(`{"code":21211,"message":"no"}`)}
-			first := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: key})
-			require.True(t, first.ok)
-			ss.process(t, first.admit, smsBody, up)
-			ss.clk.Advance(2 * time.Second) // past the pause a 429 asks for
-			retry := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: key})
-			if replayed {
-				requireCached(t, retry, admission.CacheReplayed, status, up.body)
-				assert.Empty(t, ss.savingsOf(t, "acme"), "a refused message cost nothing, so saved nothing")
-				return
-			}
-			require.True(t, retry.ok, "the retry goes to the provider")
-		})
-	}
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		for status, replayed := range map[int]bool{400: true, 429: false, 503: false} {
+			t.Run(strconv.Itoa(status), func(t *testing.T) {
+				ss := startCached(t, kind, cachePolicy, nil)
+				key := map[string]string{"idempotency-key": "k"}
+				up := upstream{status: status, headers: []string{"content-type", "application/json"}, body: []byte(`{"code":21211,"message":"no"}`)}
+				first := ss.ask(t, call{client: "acme", body: smsBody, sms: true, hdrs: key})
+				require.True(t, first.ok)
+				ss.process(t, first.admit, smsBody, up)
+				// A 429 pauses the pool (a second here): on the memory store
+				// by the test's clock, on Redis by Redis's own. The retry
+				// asks, without waiting in the queue, until it is past it.
+				ss.clk.Advance(2 * time.Second)
+				immediate := call{client: "acme", body: smsBody, sms: true, hdrs: map[string]string{"idempotency-key": "k", "x-tollgate-priority": "immediate"}}
+				var resp *authv3.CheckResponse
+				require.Eventually(t, func() bool {
+					r, err := ss.auth.Check(context.Background(), immediate.check())
+					resp = r
+					return err == nil && responseHeaders(t, r)["x-tollgate-reason"] != "rate_limited"
+				}, 10*time.Second, 10*time.Millisecond)
+				retry := readAnswer(t, resp)
+				if replayed {
+					requireCached(t, retry, admission.CacheReplayed, status, up.body)
+					assert.Empty(t, ss.savingsOf(t, "acme"), "a refused message cost nothing, so saved nothing")
+					return
+				}
+				require.True(t, retry.ok, "the retry goes to the provider")
+			})
+		}
+	})
 }
 
 // TestCacheDenialAfterLead: a call that led a flight and is then refused
 // (here: its client's one slot is taken) releases the flight at once: the
 // next identical call leads, and its answer is kept.
 func TestCacheDenialAfterLead(t *testing.T) {
-	ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-	immediate := map[string]string{"x-tollgate-priority": "immediate"}
-	busy := ss.ask(t, call{client: "solo", body: chatBodyAt(0.9)}) // holds solo's one slot
-	require.True(t, busy.ok)
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		ss := startCached(t, kind, cachePolicy, nil)
+		immediate := map[string]string{"x-tollgate-priority": "immediate"}
+		busy := ss.ask(t, call{client: "solo", body: chatBodyAt(0.9)}) // holds solo's one slot
+		require.True(t, busy.ok)
 
-	body := detBody("Translate to French: thank you.", "")
-	refused := ss.ask(t, call{client: "solo", body: body, hdrs: immediate})
-	require.False(t, refused.ok)
-	assert.Equal(t, 429, refused.status)
-	assert.Equal(t, "concurrency", refused.headers["x-tollgate-reason"])
-	assert.Equal(t, 1.0, metricValue(t, ss.reg, "tollgate_cache_records_total", map[string]string{"result": "denied"}))
-	ss.process(t, busy.admit, chatBodyAt(0.9), okChat(t))
+		body := detBody("Translate to French: thank you.", "")
+		refused := ss.ask(t, call{client: "solo", body: body, hdrs: immediate})
+		require.False(t, refused.ok)
+		assert.Equal(t, 429, refused.status)
+		assert.Equal(t, "concurrency", refused.headers["x-tollgate-reason"])
+		assert.Equal(t, 1.0, metricValue(t, ss.reg, "tollgate_cache_records_total", map[string]string{"result": "denied"}))
+		ss.process(t, busy.admit, chatBodyAt(0.9), okChat(t))
 
-	// Had the refused call kept its flight, this one (which cannot wait)
-	// would go upstream uncached, and the next would not be a hit.
-	next := ss.ask(t, call{client: "solo", body: body, hdrs: immediate})
-	requireMiss(t, next)
-	ex := ss.process(t, next.admit, body, okChat(t))
-	requireCached(t, ss.ask(t, call{client: "solo", body: body, hdrs: immediate}), admission.CacheHit, 200, ex.forwarded)
+		// Had the refused call kept its flight, this one (which cannot wait)
+		// would go upstream uncached, and the next would not be a hit.
+		next := ss.ask(t, call{client: "solo", body: body, hdrs: immediate})
+		requireMiss(t, next)
+		ex := ss.process(t, next.admit, body, okChat(t))
+		requireCached(t, ss.ask(t, call{client: "solo", body: body, hdrs: immediate}), admission.CacheHit, 200, ex.forwarded)
+	})
 }
 
 // TestCacheInvalidate: DELETE /api/cache/{client}[?route=] and
 // DELETE /api/cache/{client}/{route}/{hash} forget what was kept.
 func TestCacheInvalidate(t *testing.T) {
-	ss := startCached(t, cacheKinds["memory"], cachePolicy, nil)
-	body := detBody("Summarize.", "")
-	keep := func() string {
-		a := ss.ask(t, call{client: "acme", body: body})
-		requireMiss(t, a)
-		ss.process(t, a.admit, body, okChat(t))
-		require.False(t, ss.ask(t, call{client: "acme", body: body}).ok, "kept")
-		return a.admit.worker[admission.HeaderCacheKey]
-	}
-	del := func(path string) (int, string) {
-		req, err := http.NewRequest(http.MethodDelete, ss.base+path, nil)
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		ss := startCached(t, kind, cachePolicy, nil)
+		body := detBody("Summarize.", "")
+		keep := func() string {
+			a := ss.ask(t, call{client: "acme", body: body})
+			requireMiss(t, a)
+			ss.process(t, a.admit, body, okChat(t))
+			require.False(t, ss.ask(t, call{client: "acme", body: body}).ok, "kept")
+			return a.admit.worker[admission.HeaderCacheKey]
+		}
+		del := func(path string) (int, string) {
+			req, err := http.NewRequest(http.MethodDelete, ss.base+path, nil)
+			require.NoError(t, err)
+			resp, err := ss.http.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			return resp.StatusCode, string(b)
+		}
+
+		keep()
+		sc, out := del("/api/cache/beta")
+		assert.Equal(t, http.StatusOK, sc)
+		assert.JSONEq(t, `{"scope":"beta","dropped":0}`, out)
+		sc, out = del("/api/cache/acme?route=openai")
+		assert.Equal(t, http.StatusOK, sc)
+		assert.JSONEq(t, `{"scope":"acme","route":"openai","dropped":1}`, out)
+
+		hash := keep()
+		sc, out = del("/api/cache/acme/openai/" + hash)
+		assert.Equal(t, http.StatusOK, sc, out)
+		sc, _ = del("/api/cache/acme/openai/" + hash)
+		assert.Equal(t, http.StatusNotFound, sc, "gone already")
+		sc, _ = del("/api/cache/acme/openai/not-a-hash")
+		assert.Equal(t, http.StatusBadRequest, sc)
+		requireMiss(t, ss.ask(t, call{client: "acme", body: body}))
+
+		unauth, err := http.NewRequest(http.MethodDelete, ss.base+"/api/cache/acme", nil)
 		require.NoError(t, err)
-		resp, err := ss.http.Do(req)
+		unauth.Header.Set("Authorization", "Bearer wrong-token-0123456789")
+		resp, err := ss.http.Do(unauth)
 		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+
+		// Without a cache there is nothing to drop.
+		bare := startSettle(t, storeKinds["memory"], cachePolicy)
+		req, err := http.NewRequest(http.MethodDelete, bare.base+"/api/cache/acme", nil)
 		require.NoError(t, err)
-		return resp.StatusCode, string(b)
-	}
-
-	keep()
-	sc, out := del("/api/cache/beta")
-	assert.Equal(t, http.StatusOK, sc)
-	assert.JSONEq(t, `{"scope":"beta","dropped":0}`, out)
-	sc, out = del("/api/cache/acme?route=openai")
-	assert.Equal(t, http.StatusOK, sc)
-	assert.JSONEq(t, `{"scope":"acme","route":"openai","dropped":1}`, out)
-
-	hash := keep()
-	sc, out = del("/api/cache/acme/openai/" + hash)
-	assert.Equal(t, http.StatusOK, sc, out)
-	sc, _ = del("/api/cache/acme/openai/" + hash)
-	assert.Equal(t, http.StatusNotFound, sc, "gone already")
-	sc, _ = del("/api/cache/acme/openai/not-a-hash")
-	assert.Equal(t, http.StatusBadRequest, sc)
-	requireMiss(t, ss.ask(t, call{client: "acme", body: body}))
-
-	unauth, err := http.NewRequest(http.MethodDelete, ss.base+"/api/cache/acme", nil)
-	require.NoError(t, err)
-	unauth.Header.Set("Authorization", "Bearer wrong-token-0123456789")
-	resp, err := ss.http.Do(unauth)
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-
-	// Without a cache there is nothing to drop.
-	bare := startSettle(t, storeKinds["memory"], cachePolicy)
-	req, err := http.NewRequest(http.MethodDelete, bare.base+"/api/cache/acme", nil)
-	require.NoError(t, err)
-	resp, err = bare.http.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+		resp, err = bare.http.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+	})
 }
 
 // TestCacheReload: a reload that changes a route's cache settings leaves
 // its old entries unreachable (the settings are part of the key); going
 // back to the old settings finds them again.
 func TestCacheReload(t *testing.T) {
-	src := &swappable{}
-	old := compilePolicy(t, cachePolicy)
-	src.p.Store(old)
-	ss := startCached(t, cacheKinds["memory"], "", src)
-	body := detBody("Summarize.", "")
-	a := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, a)
-	ex := ss.process(t, a.admit, body, okChat(t))
-	requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		src := &swappable{}
+		old := compilePolicy(t, cachePolicy)
+		src.p.Store(old)
+		ss := startCached(t, kind, "", src)
+		body := detBody("Summarize.", "")
+		a := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, a)
+		ex := ss.process(t, a.admit, body, okChat(t))
+		requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
 
-	src.p.Store(compilePolicy(t, replaceOnce(t, cachePolicy, "      ttl: 1h", "      ttl: 2h")))
-	b := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, b)
-	assert.NotEqual(t, a.admit.worker[admission.HeaderCacheKey], b.admit.worker[admission.HeaderCacheKey])
-	ss.process(t, b.admit, body, okChat(t))
+		src.p.Store(compilePolicy(t, replaceOnce(t, cachePolicy, "      ttl: 1h", "      ttl: 2h")))
+		b := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, b)
+		assert.NotEqual(t, a.admit.worker[admission.HeaderCacheKey], b.admit.worker[admission.HeaderCacheKey])
+		ss.process(t, b.admit, body, okChat(t))
 
-	src.p.Store(old)
-	requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
+		src.p.Store(old)
+		requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
+	})
 }
 
 func replaceOnce(tb testing.TB, s, old, new string) string {
@@ -717,26 +755,28 @@ func (s *unbooking) Book(ctx context.Context, batch string, deltas []limiter.Spe
 // TestCacheSavingsBookedOnce: a hit's saving the store could not take is
 // kept and booked when it answers again, exactly once.
 func TestCacheSavingsBookedOnce(t *testing.T) {
-	var store *unbooking
-	ss := startCached(t, func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache) {
-		s, c := cacheKinds["memory"](tb, clk)
-		store = &unbooking{Store: s}
-		return store, c
-	}, cachePolicy, nil)
-	body := detBody("Summarize.", "")
-	first := ss.ask(t, call{client: "acme", body: body})
-	requireMiss(t, first)
-	ex := ss.process(t, first.admit, body, okChat(t))
+	eachCache(t, func(t *testing.T, kind cacheKind) {
+		var store *unbooking
+		ss := startCached(t, func(tb testing.TB, clk *fakeclock.Clock) (admission.Store, respcache.Cache) {
+			s, c := kind(tb, clk)
+			store = &unbooking{Store: s}
+			return store, c
+		}, cachePolicy, nil)
+		body := detBody("Summarize.", "")
+		first := ss.ask(t, call{client: "acme", body: body})
+		requireMiss(t, first)
+		ex := ss.process(t, first.admit, body, okChat(t))
 
-	store.down.Store(true)
-	requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
-	assert.Empty(t, ss.savingsOf(t, "acme"), "not booked yet")
-	require.Error(t, ss.srv.Service().BookFailOpen(context.Background()))
+		store.down.Store(true)
+		requireCached(t, ss.ask(t, call{client: "acme", body: body}), admission.CacheHit, 200, ex.forwarded)
+		assert.Empty(t, ss.savingsOf(t, "acme"), "not booked yet")
+		require.Error(t, ss.srv.Service().BookFailOpen(context.Background()))
 
-	store.down.Store(false)
-	require.NoError(t, ss.srv.Service().BookFailOpen(context.Background()))
-	require.NoError(t, ss.srv.Service().BookFailOpen(context.Background()))
-	assert.Equal(t, map[string]policy.Money{"cache": chatCost}, ss.savingsOf(t, "acme"), "booked once")
-	assert.InDelta(t, float64(chatCost)/1e9, metricValue(t, ss.reg, "tollgate_optimize_savings_dollars_total",
-		map[string]string{"strategy": "cache", "tier": "team"}), 1e-12)
+		store.down.Store(false)
+		require.NoError(t, ss.srv.Service().BookFailOpen(context.Background()))
+		require.NoError(t, ss.srv.Service().BookFailOpen(context.Background()))
+		assert.Equal(t, map[string]policy.Money{"cache": chatCost}, ss.savingsOf(t, "acme"), "booked once")
+		assert.InDelta(t, float64(chatCost)/1e9, metricValue(t, ss.reg, "tollgate_optimize_savings_dollars_total",
+			map[string]string{"strategy": "cache", "tier": "team"}), 1e-12)
+	})
 }
