@@ -135,7 +135,7 @@ type Service struct {
 
 	cache         respcache.Cache // nil: none
 	cacheMaxEntry int64
-	cacheSavings  savingsQueue // cached answers' savings the store has not taken yet
+	cacheSavings  *savingsBook // cached answers' savings, booked each second
 
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
@@ -158,7 +158,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
-		book: newObserveBook(maxObservedClients, maxObservedKeys)}
+		cacheSavings: newSavingsBook(newReservationID()),
+		book:         newObserveBook(maxObservedClients, maxObservedKeys)}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -257,7 +256,16 @@ func (s *Service) cacheStep(ctx context.Context, set *policy.Set, r *Request, pa
 		return false
 	}
 	ctl := controlsOf(r.Headers)
-	id := costing.Identify(route, r.Method, path, call)
+	// The request's identity, computed once and only when a key needs it
+	// (canonicalizing a large body is the step's one real cost).
+	var id *costing.Identity
+	identity := func() costing.Identity {
+		if id == nil {
+			v := costing.Identify(route, r.Method, path, call)
+			id = &v
+		}
+		return *id
+	}
 	wait := s.coalesceWait(ctx, set, v.Class)
 	lease := set.Queue.Class(v.Class).MaxWait + set.Defaults.ReservationTTL
 	lead := &cacheLead{cache: s.cache, m: s.m.cache, log: s.log, max: rule.MaxEntryBytes}
@@ -267,7 +275,7 @@ func (s *Service) cacheStep(ctx context.Context, set *policy.Set, r *Request, pa
 
 	// Idempotency first: a retry gets what its first call got.
 	var ik *leadKey
-	if k, ttl, ok := idempotencyKey(rule, route, r, client, id, ctl); ok {
+	if k, ttl, ok := idempotencyKey(rule, route, r, client, identity, ctl); ok {
 		e, st := s.begin(ctx, k, wait, lease)
 		switch {
 		case st == respcache.Found && validEntry(e):
@@ -287,8 +295,8 @@ func (s *Service) cacheStep(ctx context.Context, set *policy.Set, r *Request, pa
 		switch {
 		case ctl.skip:
 			s.m.cache.answers.WithLabelValues("skipped", route.Name).Inc()
-		case id.Whole && id.Pure && (id.Deterministic || rule.Cacheable == policy.CacheAnyTemperature):
-			k := respcache.Key{Kind: respcache.Response, Scope: scopeOf(rule, client), Route: route.Name, Hash: entryHash(id.Hash, rule.Fingerprint)}
+		case cacheable(rule, identity()):
+			k := respcache.Key{Kind: respcache.Response, Scope: scopeOf(rule, client), Route: route.Name, Hash: entryHash(identity().Hash, rule.Fingerprint)}
 			if how, e, found := s.lookup(ctx, k, rule.TTL, ctl, wait, lease, lead); found {
 				if ik != nil {
 					// The retry of this call now has its answer.
@@ -371,10 +379,16 @@ func (s *Service) answer(ctx context.Context, set *policy.Set, client *policy.Cl
 		v.Reason = ReasonCacheHit
 	}
 	s.m.cache.answers.WithLabelValues(string(how), route.Name).Inc()
-	if e.Cost > 0 && e.Cost < limiter.MaxMoney {
-		s.bookSaving(ctx, client, limiter.SpendDelta{Owner: client.ID, Period: set.Defaults.Period(now),
-			Savings: []limiter.Saving{{Strategy: strategy, Amount: e.Cost}}})
+	if e.Cost > 0 {
+		s.cacheSavings.add(savingsKey{owner: client.ID, period: set.Defaults.Period(now), tier: client.Tier.Name}, strategy, e.Cost)
 	}
+}
+
+// cacheable reports whether the response cache keeps a call of identity
+// id under rule: a whole, pure call, deterministic unless the rule takes
+// any temperature.
+func cacheable(rule *policy.CacheRule, id costing.Identity) bool {
+	return id.Whole && id.Pure && (id.Deterministic || rule.Cacheable == policy.CacheAnyTemperature)
 }
 
 // validEntry refuses an entry no worker could be answered with.
@@ -400,7 +414,7 @@ func entryHash(request, fingerprint string) string {
 // recognises one: its Idempotency-Key with its request (the same key on
 // another request is another call), else, on an SMS or e-mail route with a
 // body window, its request alone.
-func idempotencyKey(rule *policy.CacheRule, route *policy.Route, r *Request, client *policy.Client, id costing.Identity,
+func idempotencyKey(rule *policy.CacheRule, route *policy.Route, r *Request, client *policy.Client, identity func() costing.Identity,
 	ctl cacheControls) (respcache.Key, time.Duration, bool) {
 	switch strings.ToUpper(r.Method) {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -410,86 +424,14 @@ func idempotencyKey(rule *policy.CacheRule, route *policy.Route, r *Request, cli
 	var ttl time.Duration
 	switch key := strings.TrimSpace(r.Headers[HeaderIdempotencyKey]); {
 	case key != "" && rule.Idempotency.Key:
-		seed, ttl = "key\x00"+key+"\x00"+id.Hash, rule.Idempotency.TTL
+		seed, ttl = "key\x00"+key+"\x00"+identity().Hash, rule.Idempotency.TTL
 	case key == "" && rule.Idempotency.BodyWindow > 0 && policy.Messaging(route.Provider) && !ctl.skip:
-		seed, ttl = "body\x00"+id.Hash, rule.Idempotency.BodyWindow
+		seed, ttl = "body\x00"+identity().Hash, rule.Idempotency.BodyWindow
 	default:
 		return respcache.Key{}, 0, false
 	}
 	h := sha256.Sum256([]byte(seed))
 	return respcache.Key{Kind: respcache.Idempotency, Scope: client.ID, Route: route.Name, Hash: hex.EncodeToString(h[:])}, ttl, true
-}
-
-// bookSaving books what a cached answer saved: one spend delta with no
-// spend, under an id of its own, so the store applies it exactly once
-// (limiter.Booker, as fail-open spend is booked). One the store does not
-// take now is kept and sent again, as it is, by BookFailOpen.
-func (s *Service) bookSaving(ctx context.Context, client *policy.Client, d limiter.SpendDelta) {
-	b := spendBatch{id: "cache:" + s.newID(), deltas: []limiter.SpendDelta{d}}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-	defer cancel()
-	applied, err := s.store.Book(ctx, b.id, b.deltas)
-	if err != nil {
-		s.cacheSavings.keep(b, client.Tier.Name)
-		s.log.LogAttrs(ctx, slog.LevelWarn, "cache: savings not booked yet; sent again later", slog.Any("error", err))
-		return
-	}
-	if applied {
-		s.m.savings.booked(client.Tier.Name, d.Savings)
-	}
-}
-
-// maxUnbookedSavings bounds the savings batches kept for a store that did
-// not take them; past it the oldest are dropped (and logged).
-const maxUnbookedSavings = 10_000
-
-// savingsQueue keeps cached answers' savings the store has not taken yet.
-type savingsQueue struct {
-	mu      sync.Mutex
-	batches []queuedSaving
-	dropped int
-}
-
-type queuedSaving struct {
-	spendBatch
-	tier string
-}
-
-func (q *savingsQueue) keep(b spendBatch, tier string) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.batches) >= maxUnbookedSavings {
-		q.batches = q.batches[1:]
-		q.dropped++
-	}
-	q.batches = append(q.batches, queuedSaving{b, tier})
-}
-
-// bookCacheSavings sends the kept savings again, oldest first, until the
-// store fails.
-func (s *Service) bookCacheSavings(ctx context.Context) error {
-	q := &s.cacheSavings
-	for {
-		q.mu.Lock()
-		if len(q.batches) == 0 {
-			q.mu.Unlock()
-			return nil
-		}
-		b := q.batches[0]
-		q.mu.Unlock()
-		applied, err := s.store.Book(ctx, b.id, b.deltas)
-		if err != nil {
-			return err
-		}
-		q.mu.Lock()
-		if len(q.batches) > 0 && q.batches[0].id == b.id {
-			q.batches = q.batches[1:]
-		}
-		q.mu.Unlock()
-		if applied {
-			s.m.savings.booked(b.tier, b.deltas[0].Savings)
-		}
-	}
 }
 
 // InvalidateCache drops the response cache's entries of scope (a client

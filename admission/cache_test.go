@@ -91,7 +91,7 @@ func TestIdempotencyKey(t *testing.T) {
 	sms := &policy.Route{Name: "sms", Provider: policy.ProviderTwilio}
 	rule := &policy.CacheRule{Idempotency: policy.Idempotency{Key: true, TTL: 24 * time.Hour, BodyWindow: 10 * time.Minute}}
 	acme, beta := &policy.Client{ID: "acme"}, &policy.Client{ID: "beta"}
-	id := costing.Identity{Hash: "h1"}
+	id := func() costing.Identity { return costing.Identity{Hash: "h1"} }
 	req := func(method string, hdrs map[string]string) *Request { return &Request{Method: method, Headers: hdrs} }
 	key := map[string]string{HeaderIdempotencyKey: "k"}
 
@@ -104,7 +104,7 @@ func TestIdempotencyKey(t *testing.T) {
 
 	k2, _, _ := idempotencyKey(rule, openai, req("POST", map[string]string{HeaderIdempotencyKey: " k "}), acme, id, cacheControls{})
 	assert.Equal(t, k1, k2, "surrounding space is not the key")
-	other, _, _ := idempotencyKey(rule, openai, req("POST", key), acme, costing.Identity{Hash: "h2"}, cacheControls{})
+	other, _, _ := idempotencyKey(rule, openai, req("POST", key), acme, func() costing.Identity { return costing.Identity{Hash: "h2"} }, cacheControls{})
 	assert.NotEqual(t, k1.Hash, other.Hash, "the same key on another request is another call")
 	theirs, _, _ := idempotencyKey(rule, openai, req("POST", key), beta, id, cacheControls{})
 	assert.Equal(t, k1.Hash, theirs.Hash)

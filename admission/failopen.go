@@ -241,8 +241,8 @@ func (s *Service) BookFailOpen(ctx context.Context) error {
 			s.m.failOpenBooked.Inc()
 		}
 	}
-	if err := s.bookCacheSavings(ctx); err != nil { // the savings of cached answers the store did not take at once
-		return errors.Join(releaseErr, fmt.Errorf("admission: book cached answers' savings: %w", err))
+	if err := s.BookCacheSavings(ctx); err != nil {
+		return errors.Join(releaseErr, err)
 	}
 	return releaseErr
 }

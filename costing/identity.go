@@ -1,17 +1,11 @@
 package costing
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
-	"io"
-	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/tollgate/tollgate/policy"
 )
@@ -120,144 +114,4 @@ func isZero(raw []byte) bool {
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
 	return err == nil && f == 0
-}
-
-// errNotCanonical says a body has no one canonical form: a key repeated
-// (providers differ on which value counts), or data after the value.
-var errNotCanonical = errors.New("costing: no canonical form")
-
-// maxCanonicalDepth bounds the nesting canonicalJSON follows.
-const maxCanonicalDepth = 512
-
-// canonicalJSON re-encodes a JSON body with every object's keys sorted and
-// no insignificant space; numbers and strings keep their text (strings
-// are escaped one way). It also returns the top-level object's fields, in
-// canonical form. ok is false when the body is not valid UTF-8 JSON, has
-// a repeated key, or escapes a UTF-16 surrogate (decoding could make two
-// different bodies one): such a body is hashed as its bytes.
-func canonicalJSON(body []byte) (out []byte, top map[string][]byte, ok bool) {
-	if !utf8.Valid(body) || escapesSurrogate(body) {
-		return nil, nil, false
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	cz := canonicalizer{dec: dec, top: map[string][]byte{}}
-	out, err := cz.value(0)
-	if err != nil {
-		return nil, nil, false
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, nil, false
-	}
-	return out, cz.top, true
-}
-
-type canonicalizer struct {
-	dec *json.Decoder
-	top map[string][]byte
-}
-
-func (c *canonicalizer) value(depth int) ([]byte, error) {
-	if depth > maxCanonicalDepth {
-		return nil, errNotCanonical
-	}
-	tok, err := c.dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	switch v := tok.(type) {
-	case json.Delim:
-		switch v {
-		case '{':
-			return c.object(depth)
-		case '[':
-			return c.array(depth)
-		}
-		return nil, errNotCanonical
-	case string:
-		return json.Marshal(v)
-	case json.Number:
-		return []byte(v), nil
-	case bool:
-		return strconv.AppendBool(nil, v), nil
-	case nil:
-		return []byte("null"), nil
-	}
-	return nil, errNotCanonical
-}
-
-type member struct {
-	key string
-	val []byte
-}
-
-func (c *canonicalizer) object(depth int) ([]byte, error) {
-	var ms []member
-	for c.dec.More() {
-		tok, err := c.dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key, ok := tok.(string)
-		if !ok {
-			return nil, errNotCanonical
-		}
-		val, err := c.value(depth + 1)
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, member{key, val})
-	}
-	if _, err := c.dec.Token(); err != nil { // '}'
-		return nil, err
-	}
-	slices.SortFunc(ms, func(a, b member) int { return strings.Compare(a.key, b.key) })
-	out := []byte{'{'}
-	for i, m := range ms {
-		if i > 0 {
-			if ms[i-1].key == m.key {
-				return nil, errNotCanonical
-			}
-			out = append(out, ',')
-		}
-		k, err := json.Marshal(m.key)
-		if err != nil {
-			return nil, err
-		}
-		out = append(append(append(out, k...), ':'), m.val...)
-		if depth == 0 {
-			c.top[m.key] = m.val
-		}
-	}
-	return append(out, '}'), nil
-}
-
-func (c *canonicalizer) array(depth int) ([]byte, error) {
-	out := []byte{'['}
-	for n := 0; c.dec.More(); n++ {
-		v, err := c.value(depth + 1)
-		if err != nil {
-			return nil, err
-		}
-		if n > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, v...)
-	}
-	if _, err := c.dec.Token(); err != nil { // ']'
-		return nil, err
-	}
-	return append(out, ']'), nil
-}
-
-// escapesSurrogate reports a \uD800–\uDFFF escape anywhere in body.
-func escapesSurrogate(body []byte) bool {
-	for i := 0; i+5 < len(body); i++ {
-		if body[i] == '\\' && body[i+1] == 'u' && (body[i+2]|0x20) == 'd' {
-			if c := body[i+3] | 0x20; c == '8' || c == '9' || (c >= 'a' && c <= 'f') {
-				return true
-			}
-		}
-	}
-	return false
 }

@@ -1,8 +1,12 @@
 package costing_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 
@@ -140,4 +144,135 @@ func FuzzIdentify(f *testing.F) {
 			t.Fatalf("not a pure function of the body: %+v %+v", a, b)
 		}
 	})
+}
+
+// TestCanonicalJSON: the canonical form of a few documents, exactly.
+func TestCanonicalJSON(t *testing.T) {
+	tests := map[string]struct{ in, want string }{
+		"sorted, no space":   {` {"b": 1, "a": [ 2 , {"d":null, "c":true} ]} `, `{"a":[2,{"c":true,"d":null}],"b":1}`},
+		"numbers as written": {`[0, 0.0, -0, 1e3, 1E3]`, `[0,0.0,-0,1e3,1E3]`},
+		"escapes decoded":    {`["\u00e9", "\/", "a\"b", "\u003c", "\t"]`, `["é","/","a\"b","<","\u0009"]`},
+		"literal kept":       {`["é<>&\u2028"]`, `["é<>&` + "\u2028" + `"]`},
+		"empty":              {`{"a":{},"b":[]}`, `{"a":{},"b":[]}`},
+		"a scalar":           {` "x" `, `"x"`},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			out, ok := costing.CanonicalJSON([]byte(tc.in))
+			assert.True(t, ok)
+			assert.Equal(t, tc.want, string(out))
+		})
+	}
+	_, ok := costing.CanonicalJSON([]byte(`{"a":1,"\u0061":2}`))
+	assert.False(t, ok, "a key given twice, however written")
+}
+
+// FuzzCanonicalJSON: a canonical form says what the body says, is its own
+// canonical form, and is the same for the body written another way.
+func FuzzCanonicalJSON(f *testing.F) {
+	for _, s := range []string{`{"model":"gpt-4o","temperature":0,"messages":[{"role":"user","content":"hi"}]}`,
+		`{"b":1,"a":[true,false,null,{"z":"\u00e9<","y":-0.5e10}]}`, `[1,[2,[3]]]`, `"\u0000\n"`, `{"a":{"a":{"a":1}}}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		out, ok := costing.CanonicalJSON([]byte(body))
+		if !ok {
+			if json.Valid([]byte(body)) && utf8.ValidString(body) && !strings.Contains(strings.ToLower(body), `\ud`) && plainDocument(t, body) {
+				t.Fatalf("%q is valid JSON, no key repeated, not deep: it has a canonical form", body)
+			}
+			return
+		}
+		if !json.Valid([]byte(body)) {
+			t.Fatalf("%q is not JSON, yet canonical as %q", body, out)
+		}
+		if !json.Valid(out) {
+			t.Fatalf("not JSON: %q from %q", out, body)
+		}
+		var a, b any
+		decode := func(s []byte, v *any) {
+			d := json.NewDecoder(bytes.NewReader(s))
+			d.UseNumber()
+			if err := d.Decode(v); err != nil {
+				t.Fatalf("decode %q: %v", s, err)
+			}
+		}
+		decode([]byte(body), &a)
+		decode(out, &b)
+		if !reflect.DeepEqual(a, b) {
+			t.Fatalf("%q says %#v, its canonical form %q says %#v", body, a, out, b)
+		}
+		again, ok := costing.CanonicalJSON(out)
+		if !ok || !bytes.Equal(again, out) {
+			t.Fatalf("not its own canonical form: %q → %q", out, again)
+		}
+		re, err := json.MarshalIndent(a, " ", "\t") // sorted keys, escaped <>&, other space
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, ok := costing.CanonicalJSON(re); ok && !bytes.Equal(other, out) {
+			t.Fatalf("%q and %q, one document, have two forms: %q, %q", body, re, out, other)
+		}
+	})
+}
+
+// plainDocument reports whether a valid JSON document repeats no key in
+// any object and nests at most 500 deep (encoding/json's tokens, the
+// reference).
+func plainDocument(t *testing.T, body string) bool {
+	d := json.NewDecoder(strings.NewReader(body))
+	type frame struct {
+		object bool
+		keys   map[string]bool
+		key    bool // the next string is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return len(stack) == 0
+		}
+		top := (*frame)(nil)
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		isKey := top != nil && top.object && top.key
+		if top != nil && top.object {
+			top.key = !top.key
+		}
+		switch v := tok.(type) {
+		case json.Delim:
+			switch v {
+			case '{', '[':
+				if len(stack) >= 500 {
+					return false
+				}
+				stack = append(stack, &frame{object: v == '{', keys: map[string]bool{}, key: true})
+			default:
+				stack = stack[:len(stack)-1]
+				if len(stack) > 0 && stack[len(stack)-1].object {
+					stack[len(stack)-1].key = true
+				}
+			}
+		case string:
+			if isKey {
+				if top.keys[v] {
+					return false
+				}
+				top.keys[v] = true
+			}
+		}
+	}
+}
+
+// BenchmarkIdentify: the identity of a 4 KB chat body (canonical JSON and
+// its SHA-256).
+func BenchmarkIdentify(b *testing.B) {
+	body := []byte(`{"model":"gpt-4o","temperature":0,"max_tokens":256,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"` +
+		strings.Repeat("Summarise the quarterly report in three bullet points. ", 72) + `"}]}`)
+	call := costing.NewCall("/v1/chat/completions", "application/json", body, int64(len(body)))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		costing.Identify(openaiRoute, "POST", "/v1/chat/completions", call)
+	}
 }
