@@ -23,6 +23,7 @@ import (
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/queue"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -91,6 +92,9 @@ func (s Settlement) String() string {
 type Config struct {
 	// Settlement picks how admitted calls are booked.
 	Settlement Settlement
+	// CacheMaxEntry bounds the body of an answer the cache keeps, beside
+	// each rule's max_entry_bytes (0: the rules' alone).
+	CacheMaxEntry int64
 }
 
 // Deps are the collaborators a Service uses; it does not own them (the
@@ -104,6 +108,10 @@ type Deps struct {
 	// Clock picks budget periods and dates reservations; nil is the system
 	// clock. A clock with timers (queue.Clock) drives the hold queue too.
 	Clock limiter.Clock
+	// Cache keeps upstream answers for the policy's cache rules (the
+	// caller closes it); nil: no response cache and no idempotency, the
+	// rules are ignored.
+	Cache respcache.Cache
 }
 
 // Service runs admissions and settles them. It is safe for concurrent use.
@@ -125,6 +133,10 @@ type Service struct {
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
 
+	cache         respcache.Cache // nil: none
+	cacheMaxEntry int64
+	cacheSavings  *savingsBook // cached answers' savings, booked each second
+
 	// Store errors come in floods when the store is down: log one a second
 	// and count the rest into it.
 	errLogAt   atomic.Int64 // Unix ns of the last logged store error
@@ -145,8 +157,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
-		failOpen: newFailOpenBook(newReservationID()),
-		book:     newObserveBook(maxObservedClients, maxObservedKeys)}
+		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
+		cacheSavings: newSavingsBook(newReservationID()),
+		book:         newObserveBook(maxObservedClients, maxObservedKeys)}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))

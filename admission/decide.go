@@ -30,6 +30,10 @@ func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 	set := s.policies.Policy()
 	v := s.decide(ctx, set, r)
 	v.RequestID = r.ID
+	if v.lead != nil { // led a cache flight, then not admitted: let a waiter lead
+		v.lead.abandon(ctx, "denied")
+		v.lead = nil
+	}
 	pool, tier := v.Pool, v.Tier
 	if pool == "" {
 		pool = "none"
@@ -117,6 +121,12 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		s.m.unknownModels.WithLabelValues(route.Name).Inc()
 	}
 
+	// The cache: an answer recorded for this call ends it here (see
+	// cache.go).
+	if s.cacheStep(ctx, set, r, path, route, client, call, &v) {
+		return v
+	}
+
 	// An estimate no store can book (a max_tokens of 1e300) is the
 	// caller's error, not the store's: refuse it here, whatever the
 	// policy says of store failures.
@@ -185,7 +195,8 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	}
 	if hold.ID != "" {
 		pc := &pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
-			expires: now.Add(hold.TTL), opt: opt, class: v.Class}
+			expires: now.Add(hold.TTL), opt: opt, class: v.Class, lead: v.lead}
+		v.lead = nil // the pending call records or abandons it
 		for i, t := range p.req.Takes {
 			if !(t.Shadow && dec.Buckets[i].Short) { // a short shadow bucket was not charged
 				pc.charged = append(pc.charged, t)

@@ -241,6 +241,9 @@ func (s *Service) BookFailOpen(ctx context.Context) error {
 			s.m.failOpenBooked.Inc()
 		}
 	}
+	if err := s.BookCacheSavings(ctx); err != nil {
+		return errors.Join(releaseErr, err)
+	}
 	return releaseErr
 }
 

@@ -29,6 +29,7 @@ type metrics struct {
 	actualTokens     *prometheus.CounterVec
 	estimateRatio    *prometheus.HistogramVec
 	savings          *savingsMetrics
+	cache            *cacheMetrics
 
 	// optimizing
 	optimized      *prometheus.CounterVec
@@ -130,6 +131,7 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 		}, []string{"model"}),
 	}
 	m.savings = newSavingsMetrics(&f)
+	m.cache = newCacheMetrics(&f)
 	qm := newQueueMetrics(&f)
 	qc := newQueueCollector(q)
 	metricset.Add(&f, qc,

@@ -43,6 +43,9 @@ type pendingCall struct {
 	// failOpen, for a call let through fail open, is its hold in the
 	// fail-open journal: the store never held it, so its settle goes there.
 	failOpen *failOpenHold
+	// lead is what the call records for the cache once its answer is
+	// whole, nil for nothing: whoever takes the call from the table ends it.
+	lead *cacheLead
 }
 
 // pendingTable holds the calls admitted with a reservation and not yet
@@ -92,14 +95,21 @@ func (t *pendingTable) peek(id string) *pendingCall {
 // sweep forgets calls whose reservation has lapsed (the store commits them
 // at their estimate), and returns how many it forgot.
 func (t *pendingTable) sweep(now time.Time) int {
+	var leads []*cacheLead
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	n := 0
 	for id, p := range t.calls {
 		if !now.Before(p.expires) {
 			delete(t.calls, id)
 			n++
+			if p.lead != nil {
+				leads = append(leads, p.lead)
+			}
 		}
+	}
+	t.mu.Unlock()
+	for _, l := range leads { // never settled: its answer was never seen
+		l.abandon(context.Background(), "lapsed")
 	}
 	return n
 }
@@ -174,6 +184,7 @@ type Call struct {
 	ended       bool
 	outcome     SettleOutcome
 	savings     []limiter.Saving // what the call's rewrites saved (SetSavings)
+	rec         *recording       // the answer recorded for the cache, nil for none
 }
 
 // Follow starts following the call whose request carries reservation and
@@ -285,6 +296,9 @@ func (c *Call) ResponseHeaders(ctx context.Context, status int, headers map[stri
 		c.s.m.encodedResponses.WithLabelValues(encodingLabel(enc)).Inc()
 	}
 	c.signal = costing.ParseSignal(c.route.Provider, status, headers, c.s.clock.Now())
+	if c.p != nil && c.p.lead != nil {
+		c.rec = newRecording(status, headers, c.p.lead.max)
+	}
 	if c.reservation == "" {
 		if th := c.throttles(); len(th) > 0 {
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
@@ -350,7 +364,19 @@ func (c *Call) ResponseBody(chunk []byte, end bool) []byte {
 	if end {
 		out = append(out, c.reader.Flush()...)
 	}
+	if c.rec != nil {
+		c.rec.write(out) // what the worker gets is what a repeat gets
+	}
 	return out
+}
+
+// ResponseEnded says the response reached its end (its last body chunk,
+// headers without a body, or its trailers): a call whose stream ends
+// without it was cut short.
+func (c *Call) ResponseEnded() {
+	if c.rec != nil {
+		c.rec.complete = true
+	}
 }
 
 // Stripping reports whether response chunks are rewritten.
@@ -446,6 +472,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 				reason = settleIncomplete
 			}
 		}
+	}
+	if p != nil && p.lead != nil {
+		c.endLead(ctx, p, e)
 	}
 	if p != nil && p.failOpen != nil {
 		// Let through fail open: the store holds nothing to end. What the

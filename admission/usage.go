@@ -102,6 +102,7 @@ func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement
 	// The call is over: ext_proc has nothing left to settle, and its slot
 	// may let a held call go.
 	if p := s.pending.take(st.ID); p != nil {
+		p.lead.abandon(ctx, "ended") // its answer, if any, is not followed any more
 		s.settler.kickSettled(p)
 	} else {
 		s.queue.KickAll()

@@ -20,6 +20,7 @@ const (
 	OutcomeInvalid      Outcome = "invalid"       // unreadable request: passed or denied per policy
 	OutcomeError        Outcome = "error"         // the store failed and the policy fails closed
 	OutcomeFailOpen     Outcome = "fail_open"     // the store failed and the policy fails open
+	OutcomeCached       Outcome = "cached"        // answered from the cache at Check: a local reply, $0
 )
 
 // Reason codes beyond the limiter's own (limiter.ReasonRateLimited,
@@ -38,6 +39,12 @@ const (
 	ReasonQueueRemoved   = "removed_from_queue"
 	ReasonOffPeak        = "off_peak"
 	ReasonShuttingDown   = "shutting_down"
+	// The reasons of a call answered from the cache (outcome cached), and
+	// of a retry refused while its first call is still in flight.
+	ReasonCacheHit            = "cache_hit"
+	ReasonCoalesced           = "coalesced"
+	ReasonReplayed            = "idempotent_replay"
+	ReasonIdempotencyInFlight = "idempotency_in_flight"
 )
 
 // RateLimit is what the x-ratelimit-* headers report: the tightest bucket.
@@ -129,4 +136,15 @@ type Verdict struct {
 	Held          *Held        // queue_full, queue_timeout: the wait
 	Oversize      *Oversize    // exceeds_capacity: the estimate no store can hold
 	OpensAt       time.Time    // off_peak: when the window opens
+
+	// Cached, when set, is the recorded answer that ends the call here
+	// (outcome cached): a local reply, not allowed upstream.
+	Cached *CachedAnswer
+	// CacheMiss, on an admitted call the response cache looked up and did
+	// not find, is the entry's hash: the call's answer is recorded there.
+	CacheMiss string
+	// lead is what the call must record (the flights it leads), until an
+	// admitted call's pending entry takes it; a verdict that still carries
+	// it when Decide ends abandons it.
+	lead *cacheLead
 }

@@ -53,22 +53,26 @@ func (s *Server) round(ctx context.Context, task func(context.Context) (int, err
 	return task(rctx)
 }
 
-// bookLeft books, when the server stops, the fail-open spend the loop has
-// not: what cannot be booked now is lost with the process, and the error
-// says so.
+// bookLeft books, when the server stops, the fail-open spend and the
+// savings of answers from the cache the loop has not: what cannot be
+// booked now is lost with the process, and the error says so.
 func (s *Server) bookLeft(ctx context.Context) error {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	var err error
 	for bctx.Err() == nil {
-		if n, _ := s.svc.FailOpenUnbooked(); n == 0 {
+		if n, _ := s.svc.FailOpenUnbooked(); n == 0 && !s.svc.CacheSavingsUnbooked() {
 			return nil
 		}
-		if err = s.svc.BookFailOpen(bctx); err != nil {
+		if err = s.svc.BookFailOpen(bctx); err != nil { // the cache's savings too
 			break
 		}
 	}
 	n, _ := s.svc.FailOpenUnbooked()
+	if n == 0 { // only what answers from the cache saved is left: no spend is lost
+		s.log.LogAttrs(ctx, slog.LevelWarn, "savings of answers from the cache not booked: lost with this process", slog.Any("error", err))
+		return fmt.Errorf("authz: savings of answers from the cache not booked: %w", errors.Join(err, bctx.Err()))
+	}
 	s.log.LogAttrs(ctx, slog.LevelError, "spend of calls let through fail open not booked: lost with this process",
 		slog.Int("budget_periods", n), slog.Any("error", err))
 	return fmt.Errorf("authz: spend of calls let through fail open not booked (%d budget periods): %w", n, errors.Join(err, bctx.Err()))

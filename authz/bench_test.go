@@ -3,6 +3,7 @@ package authz_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -207,4 +209,48 @@ func BenchmarkDecideOptimize(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkDecideCacheHit measures a call answered from the in-process
+// cache (a deterministic 4 KB chat body under a cache rule): the lookup,
+// the canonical hash of the body, and the saving booked in the memory
+// store.
+func BenchmarkDecideCacheHit(b *testing.B) {
+	body := []byte(`{"model":"gpt-4o","temperature":0,"max_tokens":256,"messages":[{"role":"user","content":"` +
+		strings.Repeat("Summarise the quarterly report in three bullet points. ", 72) + `"}]}`)
+	yaml := largePoolPolicy(b) + "\ncache:\n  rules:\n    - name: all\n"
+	cache, err := respcache.NewMemory(respcache.DefaultMemoryConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cache.Close() })
+	d := newTestDecider(b, compilePolicy(b, yaml), newMemStore(b, limiter.SystemClock{}), prometheus.NewRegistry(), nil,
+		withSettlement(admission.SettleDeferred), withCache(cache))
+	ctx := context.Background()
+	r := openAIRequest("team-a", body)
+	lead := d.Service.Decide(ctx, r)
+	if !lead.Allowed || lead.CacheMiss == "" {
+		b.Fatalf("want a lead: %+v", lead)
+	}
+	c := d.Follow(lead.Reservation, lead.Route, "POST")
+	c.ResponseHeaders(ctx, 200, map[string]string{"content-type": "application/json"})
+	c.ResponseBody(recordedAnswer(b), true)
+	c.ResponseEnded()
+	c.End(ctx)
+	if v := d.Service.Decide(ctx, r); v.Cached == nil {
+		b.Fatalf("want a hit: %+v", v)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		d.Service.Decide(ctx, r)
+	}
+}
+
+func recordedAnswer(b *testing.B) []byte {
+	out, err := os.ReadFile("../testdata/responses/openai-chat.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
 }

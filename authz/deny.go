@@ -3,7 +3,9 @@ package authz
 import (
 	"encoding/json"
 	"hash/fnv"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -41,6 +43,9 @@ func ResponseHeaders(v *Answer) []Header {
 	if v.QueueID != "" {
 		hs = append(hs, Header{HeaderQueueID, v.QueueID})
 	}
+	if v.Allowed && v.CacheMiss != "" {
+		hs = append(hs, Header{admission.HeaderCache, string(admission.CacheMiss)}, Header{admission.HeaderCacheKey, v.CacheMiss})
+	}
 	if !v.Allowed {
 		final := neverPasses(v.Reason)
 		if v.RetryAfter > 0 {
@@ -63,6 +68,30 @@ func ResponseHeaders(v *Answer) []Header {
 	}
 	if v.ShadowDecision != "" {
 		hs = append(hs, Header{"x-tollgate-shadow-decision", v.ShadowDecision})
+	}
+	return hs
+}
+
+// CachedHeaders are the headers of a recorded answer replayed (outcome
+// cached): the answer's own, sorted by name, then how the cache answered
+// (x-tollgate-cache: hit, coalesced or replayed), its age in seconds, the
+// entry's key, and this call's request id.
+func CachedHeaders(v *Answer) []Header {
+	c := v.Cached
+	names := slices.Sorted(maps.Keys(c.Entry.Headers))
+	hs := make([]Header, 0, len(names)+5)
+	for _, n := range names {
+		hs = append(hs, Header{n, c.Entry.Headers[n]})
+	}
+	hs = append(hs, Header{admission.HeaderCache, string(c.How)}, Header{"age", strconv.FormatInt(int64(c.Age/time.Second), 10)})
+	if c.Key != "" {
+		hs = append(hs, Header{admission.HeaderCacheKey, c.Key})
+	}
+	if v.RequestID != "" {
+		hs = append(hs, Header{"x-request-id", v.RequestID})
+		if v.Provider == policy.ProviderAnthropic {
+			hs = append(hs, Header{"request-id", v.RequestID})
+		}
 	}
 	return hs
 }

@@ -110,6 +110,7 @@ func headerOptions(hs []Header) []*corev3.HeaderValueOption {
 var grpcCodeOf = map[int]code.Code{
 	400: code.Code_INVALID_ARGUMENT,
 	403: code.Code_PERMISSION_DENIED,
+	409: code.Code_ABORTED,
 	429: code.Code_RESOURCE_EXHAUSTED,
 	503: code.Code_UNAVAILABLE,
 }
@@ -146,6 +147,9 @@ func toCheckResponse(v *Answer) *authv3.CheckResponse {
 			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
 		}
 	}
+	if v.Cached != nil {
+		return cachedCheckResponse(v)
+	}
 	ct, body := DenialBody(v)
 	hs = append(hs, Header{"content-type", ct})
 	c, ok := grpcCodeOf[v.Status]
@@ -158,6 +162,22 @@ func toCheckResponse(v *Answer) *authv3.CheckResponse {
 			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.Status)},
 			Headers: headerOptions(hs),
 			Body:    string(body),
+		}},
+	}
+}
+
+// cachedCheckResponse replays a recorded answer: ext_authz's denied
+// response is the only way Check can answer the worker itself, so the call
+// is "denied" (a non-OK gRPC status) with the answer's own status (200),
+// headers and body, and Envoy sends them as its local reply without ever
+// connecting upstream.
+func cachedCheckResponse(v *Answer) *authv3.CheckResponse {
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(code.Code_PERMISSION_DENIED), Message: v.Reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.Status)},
+			Headers: headerOptions(CachedHeaders(v)),
+			Body:    string(v.Cached.Entry.Body),
 		}},
 	}
 }

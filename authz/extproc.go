@@ -106,6 +106,7 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 		}
 		s.m.processLatency.WithLabelValues(phase).Observe(time.Since(start).Seconds())
 		if end {
+			c.ResponseEnded()
 			c.End(ctx) // after the answer: settling never delays the response
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -123,6 +124,12 @@ func fuzzSeeds() []*authv3.CheckRequest {
 			}},
 			RawBody: []byte{0xff, 0xfe, '{'},
 		}, nil),
+		http1(&authv3.AttributeContext_HttpRequest{ // the cache's controls
+			Id: "2", Method: "POST", Host: "api.openai.com", Path: "/v1/chat/completions",
+			Headers: map[string]string{"x-tollgate-client": "team-a", "idempotency-key": "k1", "cache-control": "no-cache, no-store",
+				"x-tollgate-cache": "skip"},
+			RawBody: []byte(`{"model":"gpt-4","temperature":0,"seed":1,"messages":[{"role":"user","content":"\ud83d\ude00"}]}`),
+		}, nil),
 		http1(&authv3.AttributeContext_HttpRequest{ // a huge max_tokens
 			Method: "POST", Host: "api.openai.com", Path: "/v1/chat/completions",
 			RawBody: []byte(`{"model":"gpt-4-turbo","max_tokens":9223372036854775807}`),
@@ -139,6 +146,27 @@ func fuzzSeeds() []*authv3.CheckRequest {
 		}, nil),
 	}
 }
+
+// fuzzCachePolicy is fuzzStrictPolicy with every route under cache rules
+// (responses at any temperature, idempotency keys, the SMS body window)
+// and no class that waits, so that fuzzed checks run the cache step and a
+// flight nobody completes never holds one up.
+const fuzzCachePolicy = fuzzStrictPolicy + `
+queue:
+  classes:
+    fast: {max_wait: 0s}
+    normal: {max_wait: 0s}
+    batch: {max_wait: 0s}
+    deferred: {max_wait: 0s}
+cache:
+  rules:
+    - name: sms
+      when: {routes: [twilio]}
+      idempotency: {body_window: 1m}
+    - name: rest
+      cacheable: any_temperature
+      scope: parent
+`
 
 type fuzzDecider struct {
 	name string
@@ -158,14 +186,27 @@ func newFuzzDeciders(f *testing.F) []fuzzDecider {
 		f.Cleanup(func() { require.NoError(f, svc.Close()) })
 		out = append(out, fuzzDecider{name, svc})
 	}
-	return out
+	cached, err := policy.Compile(policy.Source{Name: "cache.yaml", Data: []byte(fuzzCachePolicy)})
+	require.NoError(f, err)
+	clk := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	store, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(f, err)
+	f.Cleanup(func() { require.NoError(f, store.Close()) })
+	cache, err := respcache.NewMemory(respcache.MemoryConfig{Clock: clk})
+	require.NoError(f, err)
+	f.Cleanup(func() { require.NoError(f, cache.Close()) })
+	svc, err := admission.New(admission.Config{Settlement: admission.SettleDeferred},
+		admission.Deps{Policies: admission.StaticPolicy{Set: cached}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk, Cache: cache})
+	require.NoError(f, err)
+	f.Cleanup(func() { require.NoError(f, svc.Close()) })
+	return append(out, fuzzDecider{"cache", svc})
 }
 
-var denialStatuses = []int{http.StatusBadRequest, http.StatusForbidden, http.StatusTooManyRequests, http.StatusServiceUnavailable}
+var denialStatuses = []int{http.StatusBadRequest, http.StatusForbidden, http.StatusConflict, http.StatusTooManyRequests, http.StatusServiceUnavailable}
 
 // FuzzCheckRequest feeds wire-format CheckRequests through the whole
 // translation and admission path: nothing may panic, every denial carries
-// one of the four statuses, and every response can be sent to Envoy with a
+// one of the denial statuses, and every response can be sent to Envoy with a
 // JSON body.
 func FuzzCheckRequest(f *testing.F) {
 	for _, cr := range fuzzSeeds() {

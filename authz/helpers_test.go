@@ -21,6 +21,7 @@ import (
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -58,6 +59,10 @@ type deciderOpt func(*admission.Config, *admission.Deps)
 
 func withClock(c limiter.Clock) deciderOpt {
 	return func(_ *admission.Config, d *admission.Deps) { d.Clock = c }
+}
+
+func withCache(c respcache.Cache) deciderOpt {
+	return func(_ *admission.Config, d *admission.Deps) { d.Cache = c }
 }
 
 func withSettlement(s admission.Settlement) deciderOpt {

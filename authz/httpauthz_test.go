@@ -86,15 +86,15 @@ clients:
     monthly_budget: "0.000001"
 `
 
-// call is one worker call through the sidecar, as each transport carries
+// checkCall is one worker call through the sidecar, as each transport carries
 // it to Tollgate.
-type call struct {
+type checkCall struct {
 	host, path, client, contentType, requestID string
 	body                                       []byte
 }
 
 // grpcCheck is the CheckRequest Envoy's gRPC form sends for c.
-func (c call) grpcCheck() *authv3.CheckRequest {
+func (c checkCall) grpcCheck() *authv3.CheckRequest {
 	h := map[string]string{":authority": "127.0.0.1:10001", ":method": "POST", ":path": c.path,
 		"content-type": c.contentType, "content-length": strconv.Itoa(len(c.body))}
 	if c.client != "" {
@@ -114,7 +114,7 @@ func (c call) grpcCheck() *authv3.CheckRequest {
 // httpCheck is the request Envoy's HTTP form sends for c, to base
 // (http://host:port): envoy/sidecar-http.yaml's path_prefix, allowed
 // headers and headers_to_add.
-func (c call) httpCheck(t *testing.T, base string) *http.Request {
+func (c checkCall) httpCheck(t *testing.T, base string) *http.Request {
 	t.Helper()
 	r, err := http.NewRequest(http.MethodPost, base+authz.HTTPCheckPathPrefix+c.path, bytes.NewReader(c.body))
 	require.NoError(t, err)
@@ -233,37 +233,37 @@ func TestCheckSameOverGRPCAndHTTP(t *testing.T) {
 	hc := &http.Client{Transport: &http.Transport{}}
 	t.Cleanup(hc.CloseIdleConnections)
 
-	chat := call{host: "api.openai.com", path: "/v1/chat/completions", client: "a", contentType: "application/json",
+	chat := checkCall{host: "api.openai.com", path: "/v1/chat/completions", client: "a", contentType: "application/json",
 		requestID: "req-chat", body: chatBody("gpt-4", 100, "Say hello.")}
-	sms := call{host: "api.twilio.com", path: "/2010-04-01/Accounts/AC1/Messages.json", client: "a",
+	sms := checkCall{host: "api.twilio.com", path: "/2010-04-01/Accounts/AC1/Messages.json", client: "a",
 		contentType: "application/x-www-form-urlencoded", requestID: "req-sms", body: []byte("To=%2B15558675310&From=%2B15017122661&Body=Hello")}
-	mail := call{host: "api.sendgrid.com", path: "/v3/mail/send", client: "a", contentType: "application/json", requestID: "req-mail",
+	mail := checkCall{host: "api.sendgrid.com", path: "/v3/mail/send", client: "a", contentType: "application/json", requestID: "req-mail",
 		body: []byte(`{"personalizations":[{"to":[{"email":"a@example.com"}]}],"subject":"hi"}`)}
-	claude := call{host: "api.anthropic.com", path: "/v1/messages", client: "a", contentType: "application/json", requestID: "req-claude",
+	claude := checkCall{host: "api.anthropic.com", path: "/v1/messages", client: "a", contentType: "application/json", requestID: "req-claude",
 		body: []byte(`{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"Hi"}]}`)}
-	with := func(c call, edit func(*call)) call { edit(&c); return c }
+	with := func(c checkCall, edit func(*checkCall)) checkCall { edit(&c); return c }
 
 	steps := []struct {
 		name       string
-		call       call
+		call       checkCall
 		wantStatus int
 		wantReason string
 	}{
 		{"chat allowed", chat, 200, ""},
-		{"chat too large for its pool", with(chat, func(c *call) { c.body = chatBody("gpt-4", 5000, "Hi") }), 429, "exceeds_capacity"},
-		{"chat with a query string and dot segments", with(chat, func(c *call) { c.path = "/v1/x/../chat/completions?stream=false" }), 200, ""},
+		{"chat too large for its pool", with(chat, func(c *checkCall) { c.body = chatBody("gpt-4", 5000, "Hi") }), 429, "exceeds_capacity"},
+		{"chat with a query string and dot segments", with(chat, func(c *checkCall) { c.path = "/v1/x/../chat/completions?stream=false" }), 200, ""},
 		{"chat drains the pool", chat, 429, "rate_limited"},
-		{"chat without a request id", with(chat, func(c *call) { c.requestID = "" }), 429, "rate_limited"},
+		{"chat without a request id", with(chat, func(c *checkCall) { c.requestID = "" }), 429, "rate_limited"},
 		{"sms allowed", sms, 200, ""},
 		{"sms allowed again", sms, 200, ""},
 		{"sms rate limited, Twilio's shape", sms, 429, "rate_limited"},
 		{"mail allowed", mail, 200, ""},
 		{"mail over its shadow pool goes, marked", mail, 200, ""},
 		{"anthropic allowed", claude, 200, ""},
-		{"anthropic budget exhausted", with(claude, func(c *call) { c.client = "broke" }), 400, "budget_exceeded"},
-		{"twilio budget exhausted", with(sms, func(c *call) { c.client = "broke" }), 403, "budget_exceeded"},
-		{"unknown client", with(claude, func(c *call) { c.client = "stranger" }), 403, "unknown_client"},
-		{"unmatched route", with(claude, func(c *call) { c.host = "api.example.com" }), 403, "unmatched_route"},
+		{"anthropic budget exhausted", with(claude, func(c *checkCall) { c.client = "broke" }), 400, "budget_exceeded"},
+		{"twilio budget exhausted", with(sms, func(c *checkCall) { c.client = "broke" }), 403, "budget_exceeded"},
+		{"unknown client", with(claude, func(c *checkCall) { c.client = "stranger" }), 403, "unknown_client"},
+		{"unmatched route", with(claude, func(c *checkCall) { c.host = "api.example.com" }), 403, "unmatched_route"},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -305,7 +305,7 @@ func TestHTTPCheckOverH2C(t *testing.T) {
 	hc := &http.Client{Transport: tr}
 	t.Cleanup(tr.CloseIdleConnections)
 
-	c := call{host: "api.openai.com", path: "/v1/chat/completions", client: "team-a", contentType: "application/json",
+	c := checkCall{host: "api.openai.com", path: "/v1/chat/completions", client: "team-a", contentType: "application/json",
 		requestID: "req-1", body: chatBody("gpt-4", 10, "Hi")}
 	resp, err := hc.Do(c.httpCheck(t, "http://"+ts.srv.AuthzHTTPAddr().String()))
 	require.NoError(t, err)

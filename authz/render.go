@@ -64,6 +64,8 @@ func statusOf(reason string, provider policy.Provider) int {
 		return http.StatusForbidden
 	case admission.ReasonStoreError, admission.ReasonCancelled, admission.ReasonShuttingDown:
 		return http.StatusServiceUnavailable
+	case admission.ReasonIdempotencyInFlight:
+		return http.StatusConflict
 	}
 	return http.StatusTooManyRequests
 }
@@ -78,6 +80,10 @@ func Render(v admission.Verdict) Answer {
 		a.ShadowDecision = shadowHeader(v.Shadow)
 	}
 	if v.Allowed {
+		return a
+	}
+	if c := v.Cached; c != nil { // the recorded answer, replayed as it came
+		a.Status = c.Entry.Status
 		return a
 	}
 	a.Status = statusOf(v.Reason, v.Provider)
@@ -117,6 +123,8 @@ func message(v *admission.Verdict) string {
 		return "An operator removed this call from Tollgate's queue."
 	case admission.ReasonShuttingDown:
 		return "Tollgate is shutting down; please try again."
+	case admission.ReasonIdempotencyInFlight:
+		return "A call with this Idempotency-Key (or, for a message, this same request) is still in flight; a retry after it ends gets its answer."
 	case string(limiter.ReasonBudgetExceeded):
 		if b := v.Budget; b != nil {
 			return fmt.Sprintf("Monthly budget of %q is exhausted: $%s spent and $%s held of $%s; this call needs about $%s.",

@@ -26,6 +26,7 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -61,6 +62,9 @@ type Config struct {
 	// RateLimitHeaders are the headers the RLS service adds (off by
 	// default, as in envoyproxy/ratelimit).
 	RateLimitHeaders RateLimitHeaders
+	// CacheMaxEntry bounds the body of an answer the response cache keeps
+	// (beside each cache rule's max_entry_bytes); 0: the rules' alone.
+	CacheMaxEntry int64
 	// ExpireEvery is how often the server's own loop runs: reservations
 	// past their TTL are committed at their estimate (when the store keeps
 	// reservations), and the spend of calls let through fail open is
@@ -100,6 +104,9 @@ func (c Config) Validate() error {
 	if c.DrainDelay < 0 {
 		errs = append(errs, fmt.Errorf("authz: drain delay %v is negative", c.DrainDelay))
 	}
+	if c.CacheMaxEntry < 0 {
+		errs = append(errs, fmt.Errorf("authz: cache entry bound %d is negative", c.CacheMaxEntry))
+	}
 	if c.ExpireEvery < 0 {
 		errs = append(errs, fmt.Errorf("authz: expiry interval %v is negative", c.ExpireEvery))
 	}
@@ -131,6 +138,9 @@ type Deps struct {
 	// RateLimits is the envoyproxy/ratelimit config the RLS service
 	// (ShouldRateLimit) decides on; nil: none, every descriptor passes.
 	RateLimits admission.RateLimitSource
+	// Cache keeps upstream answers for the policy's cache rules (the
+	// caller closes it); nil: none, and DELETE /api/cache/... answers 404.
+	Cache respcache.Cache
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -216,8 +226,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if s.m, err = newMetrics(deps.Registry); err != nil {
 		return nil, closeListeners(err)
 	}
-	s.svc, err = admission.New(admission.Config{Settlement: cfg.Settlement}, admission.Deps{Policies: deps.Policies,
-		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock})
+	s.svc, err = admission.New(admission.Config{Settlement: cfg.Settlement, CacheMaxEntry: cfg.CacheMaxEntry}, admission.Deps{Policies: deps.Policies,
+		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock, Cache: deps.Cache})
 	if err != nil {
 		s.m.set.Unregister(deps.Registry)
 		return nil, closeListeners(err)
@@ -417,6 +427,7 @@ func (s *Server) apiMux() http.Handler {
 	s.estimateRoute(mux)
 	s.optimizeRoutes(mux)
 	s.queueRoutes(mux)
+	s.cacheRoutes(mux)
 	if s.deps.Cluster != nil {
 		mux.HandleFunc("GET /api/cluster", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, s.deps.Cluster())

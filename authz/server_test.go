@@ -35,6 +35,7 @@ import (
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/internal/redistest"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -119,11 +120,15 @@ func apiClient(srv *authz.Server, token string) *http.Client {
 }
 
 type serverOpts struct {
-	policy string              // "": serverPolicy
-	store  admission.Store     // nil: a memory store on clk
-	clk    *fakeclock.Clock    // nil: a fresh one at epoch
-	config func(*authz.Config) // adjusts the loopback config
-	logger *slog.Logger        // nil: discard
+	policy string // "": serverPolicy
+	// policies, when set, is the policy source (policy is then unused):
+	// a test that reloads the policy swaps it.
+	policies admission.PolicySource
+	cache    respcache.Cache     // nil: none
+	store    admission.Store     // nil: a memory store on clk
+	clk      *fakeclock.Clock    // nil: a fresh one at epoch
+	config   func(*authz.Config) // adjusts the loopback config
+	logger   *slog.Logger        // nil: discard
 }
 
 // startServer builds a Server on 127.0.0.1:0, serves it, and dials it. At
@@ -147,12 +152,17 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		o.config(&cfg)
 	}
 	reg := prometheus.NewRegistry()
+	policies := o.policies
+	if policies == nil {
+		policies = admission.StaticPolicy{Set: compilePolicy(tb, o.policy)}
+	}
 	srv, err := authz.New(cfg, authz.Deps{
-		Policies: admission.StaticPolicy{Set: compilePolicy(tb, o.policy)},
+		Policies: policies,
 		Store:    o.store,
 		Registry: reg,
 		Clock:    o.clk,
 		Logger:   o.logger,
+		Cache:    o.cache,
 	})
 	require.NoError(tb, err)
 

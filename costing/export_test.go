@@ -214,3 +214,9 @@ func ShareEncoders(t *Tokenizer, cfg TokenizerConfig) *Tokenizer {
 
 // DropNullUsage exposes dropNullUsage to the tests.
 var DropNullUsage = dropNullUsage
+
+// CanonicalJSON is canonicalJSON, for the identity tests.
+func CanonicalJSON(body []byte) ([]byte, bool) {
+	out, _, ok := canonicalJSON(body)
+	return out, ok
+}

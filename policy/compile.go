@@ -33,6 +33,7 @@ func (ds *docs) compile() (*Set, []error) {
 	c.defaults(ds.defaults)
 	c.queue(ds.queues)
 	c.optimize(ds.optimize)
+	c.cache(ds.cache)
 	return c.set, c.errs
 }
 

@@ -145,6 +145,7 @@ type docs struct {
 	models     []modelDoc
 	queues     []queueDoc
 	optimize   []optimizeDoc
+	cache      []cacheDoc
 }
 
 // yamlLine picks the line out of a yaml.v3 syntax error, so that it is
@@ -200,6 +201,9 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 	ds.clients = append(ds.clients, readSection(top, "clients", readClient)...)
 	if o, ok := readBlock(top, "optimize", readOptimize); ok {
 		ds.optimize = append(ds.optimize, o)
+	}
+	if c, ok := readBlock(top, "cache", readCache); ok {
+		ds.cache = append(ds.cache, c)
 	}
 	top.close()
 }

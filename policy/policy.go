@@ -194,6 +194,8 @@ type Set struct {
 	Queue Queue
 	// Optimize holds the rules that rewrite calls to cost less.
 	Optimize *Optimize
+	// Cache holds the rules of the response cache and idempotency.
+	Cache *Cache
 	// Files are the files the set was loaded from, in load order.
 	Files    []string
 	LoadedAt time.Time

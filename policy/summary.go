@@ -20,6 +20,7 @@ type Summary struct {
 	Models   []SummaryModel  `json:"models,omitempty"`
 	Queue    SummaryQueue    `json:"queue"`
 	Optimize SummaryOptimize `json:"optimize"`
+	Cache    SummaryCache    `json:"cache"`
 	Clients  int             `json:"clients"`
 }
 
@@ -149,6 +150,7 @@ func (s *Set) Summary() Summary {
 		sum.Models = append(sum.Models, sm)
 	}
 	sum.Optimize = s.Optimize.summary()
+	sum.Cache = s.Cache.summary(s)
 	perTier := map[string]int{}
 	for _, c := range s.Clients {
 		perTier[c.Tier.Name]++
@@ -240,6 +242,12 @@ func (sum Summary) WriteText(w io.Writer) error {
 	}
 	if sum.Optimize.Aggressive != "" {
 		fmt.Fprintf(tw, "aggressive:\t%s\n", sum.Optimize.Aggressive)
+	}
+	if len(sum.Cache.Rules) > 0 {
+		fmt.Fprintln(tw, "\nCACHE RULE\tWHEN\tRESPONSES\tIDEMPOTENCY")
+		for _, r := range sum.Cache.Rules {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Name, r.When, r.Responses, r.Idempotency)
+		}
 	}
 	fmt.Fprintf(tw, "\nclients:\t%d\n", sum.Clients)
 	return tw.Flush()

@@ -46,7 +46,7 @@ func probeCmd() *cobra.Command {
 		Long: "probe builds the CheckRequest Envoy would send for a call to URL and prints Tollgate's decision\n" +
 			"and headers. An allowed call is then finished as Envoy would finish it: the upstream's answer\n" +
 			"(--response FILE, --status, --response-header; an empty 200 by default) goes through ext_proc,\n" +
-			"which settles it; --respond=false leaves it in flight. Exit status: 0 allowed, 3 denied, 1 could not ask.",
+			"which settles it; --respond=false leaves it in flight. Exit status: 0 allowed (or answered from the cache), 3 denied, 1 could not ask.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return probe(cmd.Context(), f, cmd.OutOrStdout())
@@ -239,6 +239,14 @@ func printCheckResponse(out io.Writer, resp *authv3.CheckResponse) error {
 		return nil
 	case *authv3.CheckResponse_DeniedResponse:
 		d := r.DeniedResponse
+		if how := cacheAnswer(d.GetHeaders()); how != "" {
+			// Denied only in ext_authz's terms: the worker gets the
+			// recorded answer, from the cache (docs/cache.md).
+			fmt.Fprintf(out, "decision: ANSWERED FROM THE CACHE (%s; HTTP %d, gRPC %s)\n", how, int(d.GetStatus().GetCode()), grpcCode)
+			printHeaders(out, "response headers", d.GetHeaders())
+			fmt.Fprintf(out, "body: %s\n", d.GetBody())
+			return nil
+		}
 		fmt.Fprintf(out, "decision: DENIED (HTTP %d, gRPC %s)\n", int(d.GetStatus().GetCode()), grpcCode)
 		printHeaders(out, "response headers", d.GetHeaders())
 		fmt.Fprintf(out, "body: %s\n", d.GetBody())
@@ -251,6 +259,17 @@ func printCheckResponse(out io.Writer, resp *authv3.CheckResponse) error {
 		fmt.Fprintf(out, "decision: DENIED (gRPC %s, no HTTP response attached)\n", grpcCode)
 		return &exitError{code: exitDenied}
 	}
+}
+
+// cacheAnswer is how the cache answered a denied check (hit, coalesced,
+// replayed), or "" for a refusal.
+func cacheAnswer(hs []*corev3.HeaderValueOption) string {
+	for _, h := range hs {
+		if h.GetHeader().GetKey() == "x-tollgate-cache" {
+			return h.GetHeader().GetValue()
+		}
+	}
+	return ""
 }
 
 func printHeaders(out io.Writer, title string, hs []*corev3.HeaderValueOption) {

@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
+	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 	"github.com/tollgate/tollgate/policy/watch"
 )
@@ -41,6 +42,8 @@ type serveFlags struct {
 	cluster         clusterFlags
 	apiTokenFile    string
 	rlsConfig       string
+	cacheBytes      int64
+	cacheMaxEntry   int64
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
@@ -88,6 +91,8 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
 	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
+	fl.Int64Var(&f.cacheBytes, "cache-bytes", respcache.DefaultMaxBytes, "response cache: bytes of answers kept in this process for the policy's cache rules (0: no cache, no idempotency)")
+	fl.Int64Var(&f.cacheMaxEntry, "cache-max-entry", respcache.DefaultMaxEntryBytes, "response cache: the largest answer kept, in bytes (each cache rule's max_entry_bytes may say less)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
 	fl.StringVar(&f.rlsConfig, "rls-config", "", "envoyproxy/ratelimit config for the rate limit service (ShouldRateLimit, on the gRPC port): its runtime directory, RUNTIME_ROOT/RUNTIME_SUBDIRECTORY, whose config/*.yaml are read; reloaded on SIGHUP")
 	fl.BoolVar(&f.authz.RateLimitHeaders.Enabled, "rls-response-headers", false, "rate limit service: add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to responses (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED)")
@@ -154,8 +159,16 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	}
 	defer func() { err = errors.Join(err, st.close()) }()
 
+	cache, err := openCache(f, st, reg, log)
+	if err != nil {
+		return err
+	}
+	if cache != nil { // closed before the store's Redis client, which its L2 uses
+		defer func() { err = errors.Join(err, cache.Close()) }()
+	}
+	f.authz.CacheMaxEntry = f.cacheMaxEntry
 	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits})
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache})
 	if err != nil {
 		return err
 	}
@@ -383,4 +396,43 @@ func newRegistry() (*metricset.Registry, error) {
 	metricset.Add(&base, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metricset.Add(&base, collectors.NewBuildInfoCollector())
 	return reg, base.Register("serve", reg)
+}
+
+// openCache builds the response cache the flags ask for: --cache-bytes of
+// answers in this process and, with --store redis, a Redis level under it
+// that the fleet shares (flights, entries and idempotency records seen by
+// every sidecar). Nil for --cache-bytes 0: no response cache and no
+// idempotency, whatever the policy's cache rules say.
+func openCache(f serveFlags, st openedStore, reg prometheus.Registerer, log *slog.Logger) (respcache.Cache, error) {
+	if f.cacheBytes < 0 || f.cacheMaxEntry < 0 {
+		return nil, fmt.Errorf("--cache-bytes %d and --cache-max-entry %d must not be negative", f.cacheBytes, f.cacheMaxEntry)
+	}
+	if f.cacheBytes == 0 {
+		log.Info("response cache: off (--cache-bytes 0): the policy's cache rules are ignored")
+		return nil, nil
+	}
+	if f.cacheMaxEntry == 0 || f.cacheMaxEntry > f.cacheBytes {
+		return nil, fmt.Errorf("--cache-max-entry %d must be between 1 and --cache-bytes %d", f.cacheMaxEntry, f.cacheBytes)
+	}
+	m, err := respcache.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	mem, err := respcache.NewMemory(respcache.MemoryConfig{MaxBytes: f.cacheBytes, MaxEntryBytes: f.cacheMaxEntry, Metrics: m})
+	if err != nil {
+		return nil, err
+	}
+	if st.redis == nil {
+		log.Info("response cache: in this process", slog.Int64("cache_bytes", f.cacheBytes), slog.Int64("cache_max_entry", f.cacheMaxEntry))
+		return mem, nil
+	}
+	cfg := respcache.DefaultRedisConfig()
+	cfg.Prefix, cfg.MaxEntryBytes, cfg.Metrics = f.redisPrefix, f.cacheMaxEntry, m
+	l2, err := respcache.NewRedis(st.redis, cfg)
+	if err != nil {
+		return nil, errors.Join(err, mem.Close())
+	}
+	log.Info("response cache: in this process and in Redis, shared by the fleet", slog.Int64("cache_bytes", f.cacheBytes),
+		slog.Int64("cache_max_entry", f.cacheMaxEntry), slog.String("prefix", f.redisPrefix))
+	return respcache.NewTiered(mem, l2), nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -274,6 +275,38 @@ func TestDenied(t *testing.T) {
 	assert.Equal(t, "7", resp.Header.Get("retry-after"))
 	b, _ := io.ReadAll(resp.Body)
 	assert.JSONEq(t, `{"error":{"code":"rate_limit_exceeded"}}`, string(b))
+	assert.Zero(t, calls)
+	assert.Empty(t, rg.proc.seen())
+}
+
+// TestDeniedWithStatus200: a denied check may carry any status, 200
+// included (Envoy takes denied_response.status whenever it is set, and
+// 403 only when it is not): the worker gets that status, the headers and
+// the body as Envoy's local reply, which sets content-length itself. This
+// is how Tollgate replays a cached answer; nothing goes upstream and
+// ext_proc never runs.
+func TestDeniedWithStatus200(t *testing.T) {
+	const stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n"
+	authz := &authzFake{decide: func(*authv3.CheckRequest) *authv3.CheckResponse {
+		return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(code.Code_PERMISSION_DENIED)},
+			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+				Status: &typev3.HttpStatus{Code: typev3.StatusCode_OK},
+				Headers: []*corev3.HeaderValueOption{hv("content-type", "text/event-stream"), hv("x-tollgate-cache", "hit"),
+					hv("age", "12"), hv("openai-processing-ms", "321")},
+				Body: stream,
+			}}}
+	}}
+	calls := 0
+	rg := newRig(t, authz, &procFake{answer: passThrough}, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { calls++ }), nil)
+	resp := call(t, rg.url, `{}`)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	for k, v := range map[string]string{"content-type": "text/event-stream", "x-tollgate-cache": "hit", "age": "12",
+		"openai-processing-ms": "321", "content-length": strconv.Itoa(len(stream)), "server": "envoy"} {
+		assert.Equal(t, v, resp.Header.Get(k), k)
+	}
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, stream, string(b))
 	assert.Zero(t, calls)
 	assert.Empty(t, rg.proc.seen())
 }
