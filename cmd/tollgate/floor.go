@@ -45,6 +45,8 @@ type floorFlags struct {
 	store                 string
 	redisAddr             string
 	redisPrefix           string
+	cachePolicy           string
+	cacheBody             string
 }
 
 func floorCmd() *cobra.Command {
@@ -62,6 +64,9 @@ func floorCmd() *cobra.Command {
 			"--modes rls adds ShouldRateLimit (Tollgate with --rls-config, README example 2's two descriptors per\n" +
 			"request, one phone number per client, all under their limits), against a bare RLS answering OK.\n" +
 			"--store redis runs Tollgate on --redis-addr and reports its round trips to Redis per call (from its /metrics).\n" +
+			"--modes cachehit measures a response-cache hit at one caller: the same deterministic --cache-body for one client,\n" +
+			"Tollgate (--settle deferred) under --cache-policy, whose first call is a miss played through ext_proc with\n" +
+			"--response (recorded), every later one answered from the cache at Check; against the bare server's no-op Check.\n" +
 			"It stops the servers when done, on any error, and on a signal. Paths default to the repository's.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -87,11 +92,13 @@ func floorCmd() *cobra.Command {
 	fl.StringVar(&f.revision, "revision", "", "the source revision measured, for the report (default: the one built into this binary, if any)")
 	fl.DurationVar(&f.startTimeout, "start-timeout", 30*time.Second, "how long a server may take to report SERVING on grpc.health.v1")
 	fl.DurationVar(&f.timeout, "timeout", 0, "give up after this long (default: twice the windows plus the start timeout)")
-	fl.StringSliceVar(&f.modes, "modes", []string{modeCheck, modeWhole}, "what to measure: check (at --concurrency and at one caller), whole_call, rls")
+	fl.StringSliceVar(&f.modes, "modes", []string{modeCheck, modeWhole}, "what to measure: check (at --concurrency and at one caller), whole_call, rls, cachehit (at one caller)")
 	fl.StringVar(&f.rlsConfig, "rls-config", "testdata/rls/bench", "rls: Tollgate's --rls-config, envoyproxy/ratelimit's runtime directory; its limits must allow every call")
 	fl.StringVar(&f.store, "store", "memory", "Tollgate's --store: memory, or redis on --redis-addr (round trips to Redis per call are then reported)")
 	fl.StringVar(&f.redisAddr, "redis-addr", "127.0.0.1:6379", "the Redis of --store redis")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", "tollgate-floor", "Tollgate's --redis-prefix")
+	fl.StringVar(&f.cachePolicy, "cache-policy", "testdata/good/bench-cache.yaml", "cachehit: Tollgate's policy, with a cache rule on --url's route")
+	fl.StringVar(&f.cacheBody, "cache-body", "testdata/bodies/openai-chat-1k-t0.json", "cachehit: the request body, one the cache rule keeps (temperature 0)")
 	return cmd
 }
 
@@ -100,24 +107,29 @@ const (
 	modeCheck = "check"
 	modeWhole = "whole_call"
 	modeRLS   = "rls"
+	// modeCacheHit is a response-cache hit at one caller.
+	modeCacheHit = "cachehit"
 )
+
+// floorModes are the modes, in the order their windows run.
+var floorModes = []string{modeCheck, modeWhole, modeRLS, modeCacheHit}
 
 // floorSteps are the windows the modes ask for, in the order they run,
 // or an error naming an unknown mode.
 func floorSteps(modes []string, concurrency int) ([]floorStep, error) {
 	var steps []floorStep
-	for _, want := range []string{modeCheck, modeWhole, modeRLS} {
+	for _, want := range floorModes {
+		if want == modeCacheHit {
+			continue // last, at one caller
+		}
 		if slices.Contains(modes, want) {
 			steps = append(steps, floorStep{want, concurrency})
 		}
 	}
 	for _, m := range modes {
-		if !slices.Contains([]string{modeCheck, modeWhole, modeRLS}, m) {
-			return nil, fmt.Errorf("floor: --modes: unknown mode %q (want check, whole_call or rls)", m)
+		if !slices.Contains(floorModes, m) {
+			return nil, fmt.Errorf("floor: --modes: unknown mode %q (want check, whole_call, rls or cachehit)", m)
 		}
-	}
-	if len(steps) == 0 {
-		return nil, errors.New("floor: --modes: nothing to measure")
 	}
 	if slices.Contains(modes, modeCheck) && concurrency > 1 {
 		// after the whole call, as before rls existed; rls last
@@ -126,6 +138,12 @@ func floorSteps(modes []string, concurrency int) ([]floorStep, error) {
 			i--
 		}
 		steps = slices.Insert(steps, i, floorStep{modeCheck, 1})
+	}
+	if slices.Contains(modes, modeCacheHit) {
+		steps = append(steps, floorStep{modeCacheHit, 1})
+	}
+	if len(steps) == 0 {
+		return nil, errors.New("floor: --modes: nothing to measure")
 	}
 	return steps, nil
 }
@@ -183,6 +201,7 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 	// The RLS server gets the --rls-config; it settles nothing.
 	for _, s := range []struct{ key, name, settle string }{
 		{"bare", "bare", ""}, {modeCheck, "tollgate", "immediate"}, {modeWhole, "tollgate", "deferred"}, {modeRLS, "tollgate", ""},
+		{modeCacheHit, "tollgate", "deferred"},
 	} {
 		if s.key != "bare" && !slices.Contains(f.modes, s.key) {
 			continue
@@ -196,7 +215,11 @@ func floor(ctx context.Context, f floorFlags, out, progress io.Writer) error {
 			if httpAddr, err = freeLoopbackAddr(); err != nil {
 				return err
 			}
-			args = []string{"serve", "--store", f.store, "--policy", f.policy,
+			pol := f.policy
+			if s.key == modeCacheHit {
+				pol = f.cachePolicy
+			}
+			args = []string{"serve", "--store", f.store, "--policy", pol,
 				"--http-addr", httpAddr, "--api-addr", "127.0.0.1:0", "--log-level", "warn", "--drain-delay", "0s"}
 			if s.settle != "" {
 				args = append(args, "--settle", s.settle)
@@ -357,6 +380,7 @@ func (s *floorServer) stop() {
 type floorSample struct {
 	lat                         []time.Duration // of answered calls, denials included
 	denied, errs, msgs          int64
+	misses                      int64 // cachehit: calls the cache did not answer
 	redisTrips                  int64 // the server's round trips to Redis
 	firstErr                    string
 	elapsed, server, driver, by time.Duration // by: the rest of the machine
@@ -385,7 +409,7 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 			return smp, err
 		}
 	}
-	var denied, errs, msgs atomic.Int64
+	var denied, errs, msgs, misses atomic.Int64
 	var firstErr atomic.Value
 	lat := make([][]time.Duration, st.callers)
 	var wg sync.WaitGroup
@@ -404,6 +428,15 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 					_, err = w.check(ctx, auth, client)
 				case modeRLS:
 					err = w.rateLimit(ctx, rl, client)
+				case modeCacheHit:
+					if s.name == "bare" {
+						_, err = w.checkRequest(ctx, auth, w.hit)
+						break
+					}
+					if err = w.cacheHit(ctx, auth, proc); errors.Is(err, errCacheMiss) {
+						misses.Add(1) // the call that fills the cache: not a hit's latency
+						continue
+					}
 				default:
 					var finish func() error
 					var n int
@@ -462,7 +495,7 @@ func (s *floorServer) measure(ctx context.Context, w *floorWork, st floorStep, d
 	default:
 	}
 	smp.lat = slices.Concat(lat...)
-	smp.denied, smp.errs, smp.msgs = denied.Load(), errs.Load(), msgs.Load()
+	smp.denied, smp.errs, smp.msgs, smp.misses = denied.Load(), errs.Load(), msgs.Load(), misses.Load()
 	if e, ok := firstErr.Load().(string); ok {
 		smp.firstErr = e
 	}
@@ -480,6 +513,7 @@ func (s *floorServer) window(st floorStep, smps []floorSample) floorWindow {
 		win.Denied += smp.denied
 		win.Errors += smp.errs
 		win.ProcMessages += smp.msgs
+		win.CacheMisses += smp.misses
 		win.RedisRoundTrips += smp.redisTrips
 		if win.FirstError == "" {
 			win.FirstError = smp.firstErr

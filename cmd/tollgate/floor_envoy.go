@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -115,6 +116,7 @@ func sendsBody(m procfilterv3.ProcessingMode_BodySendMode) bool {
 // upstream's recorded answer that each ext_proc stream plays.
 type floorWork struct {
 	checks   []*authv3.CheckRequest
+	hit      *authv3.CheckRequest // cachehit: one client's deterministic call
 	rls      []*rlsv3.RateLimitRequest
 	proc     envoyProc
 	respHdrs *extprocv3.ProcessingRequest // shared: messages are only read once built
@@ -146,6 +148,18 @@ func newFloorWork(f floorFlags, proc envoyProc) (*floorWork, error) {
 		h.Id = fmt.Sprintf("floor-%d", i)
 		h.Headers["x-request-id"] = h.Id
 		w.checks[i] = cr
+	}
+	if slices.Contains(f.modes, modeCacheHit) {
+		hit, err := buildCheckRequest(probeFlags{rawURL: f.url, bodyFile: f.cacheBody, method: "POST", clientHeader: f.clientHeader})
+		if err != nil {
+			return nil, err
+		}
+		hit.Attributes.ContextExtensions = map[string]string{"upstream_host": hit.GetAttributes().GetRequest().GetHttp().GetHost()}
+		h := hit.GetAttributes().GetRequest().GetHttp()
+		h.Headers[header] = "floor-cache-client"
+		h.Id = "floor-cache"
+		h.Headers["x-request-id"] = h.Id
+		w.hit = hit
 	}
 	w.rls = rlsRequests(f.clients)
 	w.respHdrs = &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{
@@ -185,7 +199,12 @@ var errDenied = errors.New("denied")
 
 // check sends one client's CheckRequest.
 func (w *floorWork) check(ctx context.Context, auth authv3.AuthorizationClient, client int) (*authv3.CheckResponse, error) {
-	resp, err := auth.Check(ctx, w.checks[client])
+	return w.checkRequest(ctx, auth, w.checks[client])
+}
+
+// checkRequest sends cr; a call not admitted is errDenied.
+func (w *floorWork) checkRequest(ctx context.Context, auth authv3.AuthorizationClient, cr *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	resp, err := auth.Check(ctx, cr)
 	if err != nil {
 		return nil, err
 	}
@@ -228,6 +247,43 @@ func (w *floorWork) wholeCall(ctx context.Context, auth authv3.AuthorizationClie
 	if err != nil {
 		return nil, 0, err
 	}
+	return w.process(ctx, proc, w.checks[client], resp)
+}
+
+// errCacheMiss is a cachehit call the cache did not answer: admitted,
+// and played through ext_proc so that its answer is recorded.
+var errCacheMiss = errors.New("not answered from the cache")
+
+// cacheHit sends the cachehit mode's Check. An answer from the response
+// cache (a denied response carrying x-tollgate-cache: hit or coalesced,
+// status 200) is the hit measured; an admitted call is a miss, played
+// through ext_proc with the recorded response (so that the cache keeps
+// it) and reported as errCacheMiss; anything else is an error.
+func (w *floorWork) cacheHit(ctx context.Context, auth authv3.AuthorizationClient, proc extprocv3.ExternalProcessorClient) error {
+	resp, err := auth.Check(ctx, w.hit)
+	if err != nil {
+		return err
+	}
+	if code.Code(resp.GetStatus().GetCode()) == code.Code_OK {
+		finish, _, err := w.process(ctx, proc, w.hit, resp)
+		if err == nil {
+			err = finish()
+		}
+		return errors.Join(errCacheMiss, err)
+	}
+	d := resp.GetDeniedResponse()
+	for _, h := range d.GetHeaders() {
+		if strings.EqualFold(h.GetHeader().GetKey(), "x-tollgate-cache") {
+			if v := h.GetHeader().GetValue(); (v == "hit" || v == "coalesced") && d.GetStatus().GetCode() == 200 {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("cachehit: neither admitted nor answered from the cache: %v %d", resp.GetStatus(), d.GetStatus().GetCode())
+}
+
+// process is the ext_proc stream of an admitted call (see wholeCall).
+func (w *floorWork) process(ctx context.Context, proc extprocv3.ExternalProcessorClient, cr *authv3.CheckRequest, resp *authv3.CheckResponse) (func() error, int, error) {
 	sent := 0
 	sctx, cancel := context.WithCancel(ctx)
 	var st extprocv3.ExternalProcessor_ProcessClient
@@ -276,7 +332,7 @@ func (w *floorWork) wholeCall(ctx context.Context, auth authv3.AuthorizationClie
 		cancel()
 		return nil, sent, fmt.Errorf("ext_proc: %w", err)
 	}
-	h := w.checks[client].GetAttributes().GetRequest().GetHttp()
+	h := cr.GetAttributes().GetRequest().GetHttp()
 	body := h.GetRawBody()
 	if sendsHeaders(mode.GetRequestHeaderMode()) {
 		req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{RequestHeaders: &extprocv3.HttpHeaders{

@@ -42,13 +42,15 @@ type floorConfig struct {
 	ProcessingMode    string        `json:"ext_proc_processing_mode"`
 	AllowModeOverride bool          `json:"ext_proc_allow_mode_override"`
 	Modes             []string      `json:"modes"`
-	Store             string        `json:"store"`                // Tollgate's --store
-	RLSConfig         string        `json:"rls_config,omitempty"` // with the rls mode
+	Store             string        `json:"store"`                  // Tollgate's --store
+	RLSConfig         string        `json:"rls_config,omitempty"`   // with the rls mode
+	CachePolicy       string        `json:"cache_policy,omitempty"` // with the cachehit mode
+	CacheBody         string        `json:"cache_body,omitempty"`
 }
 
 // floorWindow is one measured window of one server.
 type floorWindow struct {
-	Mode    string `json:"mode"` // check, whole_call or rls
+	Mode    string `json:"mode"` // check, whole_call, rls or cachehit
 	Callers int    `json:"callers"`
 	Server  string `json:"server"`           // bare or tollgate
 	Settle  string `json:"settle,omitempty"` // Tollgate's --settle
@@ -60,15 +62,19 @@ type floorWindow struct {
 	ProcMessages int64 `json:"ext_proc_messages"`
 	// RedisRoundTrips is what a Tollgate on Redis counted in the window
 	// (tollgate_redis_round_trips_total).
-	RedisRoundTrips int64         `json:"redis_round_trips,omitempty"`
-	FirstError      string        `json:"first_error,omitempty"`
-	Elapsed         time.Duration `json:"elapsed_ns"`
-	PerSecond       float64       `json:"calls_per_second"`
-	P50             time.Duration `json:"p50_ns"`
-	P99             time.Duration `json:"p99_ns"`
-	ServerCPU       time.Duration `json:"server_cpu_ns"` // utime+stime, 10 ms resolution
-	CPUPerCall      time.Duration `json:"server_cpu_per_call_ns"`
-	DriverCPU       time.Duration `json:"driver_cpu_ns"` // the callers' own process, for context
+	RedisRoundTrips int64 `json:"redis_round_trips,omitempty"`
+	// CacheMisses, in the cachehit mode, are the calls the cache did not
+	// answer (the first, which fills it): played whole, not in the
+	// latencies.
+	CacheMisses int64         `json:"cache_misses,omitempty"`
+	FirstError  string        `json:"first_error,omitempty"`
+	Elapsed     time.Duration `json:"elapsed_ns"`
+	PerSecond   float64       `json:"calls_per_second"`
+	P50         time.Duration `json:"p50_ns"`
+	P99         time.Duration `json:"p99_ns"`
+	ServerCPU   time.Duration `json:"server_cpu_ns"` // utime+stime, 10 ms resolution
+	CPUPerCall  time.Duration `json:"server_cpu_per_call_ns"`
+	DriverCPU   time.Duration `json:"driver_cpu_ns"` // the callers' own process, for context
 	// OtherCPU is what the rest of the machine used meanwhile: on a shared
 	// machine, the noise a window ran under.
 	OtherCPU time.Duration `json:"other_cpu_ns"`
@@ -100,6 +106,9 @@ func newFloorReport(f floorFlags, w *floorWork, proc envoyProc) *floorReport {
 	}}
 	if slices.Contains(f.modes, modeRLS) {
 		r.Config.RLSConfig = f.rlsConfig
+	}
+	if slices.Contains(f.modes, modeCacheHit) {
+		r.Config.CachePolicy, r.Config.CacheBody = f.cachePolicy, f.cacheBody
 	}
 	if r.Config.Revision = f.revision; r.Config.Revision != "" {
 		return r
@@ -180,6 +189,9 @@ func (r *floorReport) write(w io.Writer) {
 	if c.RLSConfig != "" {
 		fmt.Fprintf(w, "rls: README example 2's two descriptors per request, one phone number per client, config %s\n", c.RLSConfig)
 	}
+	if c.CachePolicy != "" {
+		fmt.Fprintf(w, "cachehit: one client, body %s, policy %s: Tollgate's hits against the bare server's Check\n", c.CacheBody, c.CachePolicy)
+	}
 	fmt.Fprintf(w, "ext_proc as %s configures it: %s; allow_mode_override %v\n\n", c.EnvoyConfig, c.ProcessingMode, c.AllowModeOverride)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\tcallers\tserver\tsettle\tcalls\tcalls/s\tp50\tp99\tserver CPU/call\tdriver CPU\tothers' CPU\text_proc msgs/call\tredis trips/call\terrors\t")
@@ -201,6 +213,12 @@ func (r *floorReport) write(w io.Writer) {
 			share(x.DriverCPU, x.Elapsed), share(x.OtherCPU, x.Elapsed), msgs, cmds, x.Errors+x.Denied)
 	}
 	_ = tw.Flush()
+	for _, x := range r.Windows {
+		if x.Mode == modeCacheHit && x.Server == "tollgate" {
+			fmt.Fprintf(w, "cachehit: %d calls answered from the cache, %d not (the call that fills it, played whole, not in the latencies)\n",
+				x.Calls, x.CacheMisses)
+		}
+	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "tollgate/bare\tcallers\tthroughput\tserver CPU/call\tp50\tp99\t")

@@ -27,7 +27,8 @@ import (
 func floorArgs(bin string, extra ...string) []string {
 	return append([]string{"floor", "--bin", bin, "--bare-bin", bin,
 		"--policy", "../../testdata/good/bench.yaml", "--envoy-config", "../../envoy/sidecar.yaml",
-		"--body", "../../testdata/bodies/openai-chat-1k.json", "--response", "../../testdata/responses/openai-chat.json"},
+		"--body", "../../testdata/bodies/openai-chat-1k.json", "--response", "../../testdata/responses/openai-chat.json",
+		"--cache-policy", "../../testdata/good/bench-cache.yaml", "--cache-body", "../../testdata/bodies/openai-chat-1k-t0.json"},
 		extra...)
 }
 
@@ -120,6 +121,37 @@ func TestFloor(t *testing.T) {
 		assert.Regexp(t, `rls\s+2\s+tollgate\s+-\s+\d+.*\s1\.\d{3}\s+0\s*\n`, stdout.String(), "round trips per call in the table")
 	})
 
+	t.Run("cachehit", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		// No warm-up: the first call of the Tollgate window is the miss that
+		// fills the cache, and every later one a hit.
+		err := run(context.Background(), floorArgs(bin, "--modes", "cachehit", "--duration", "300ms", "--warmup", "0s", "--json"),
+			noEnv, &stdout, &stderr)
+		require.NoError(t, err, "stderr:\n%s", &stderr)
+		assert.Empty(t, childPIDs(t), "floor left servers running")
+
+		var rep floorReport
+		require.NoError(t, json.Unmarshal(stdout.Bytes(), &rep), "stdout must be the JSON report alone:\n%s", &stdout)
+		assert.Equal(t, "../../testdata/good/bench-cache.yaml", rep.Config.CachePolicy)
+		require.Len(t, rep.Windows, 2, "bare and Tollgate, cachehit at one caller")
+		for _, w := range rep.Windows {
+			assert.Equal(t, modeCacheHit, w.Mode)
+			assert.Equal(t, 1, w.Callers, "one caller, whatever --concurrency says")
+			assert.Positive(t, w.Calls, w.Server)
+			assert.Zero(t, w.Errors, "%s: %s", w.Server, w.FirstError)
+			assert.Zero(t, w.Denied, w.Server)
+		}
+		assert.Zero(t, rep.Windows[0].CacheMisses, "the bare server has no cache")
+		assert.Equal(t, int64(1), rep.Windows[1].CacheMisses, "one call filled the cache, every other was a hit")
+		require.Len(t, rep.Ratios, 1)
+		require.NotNil(t, rep.Ratios[0].P50)
+		require.NotNil(t, rep.Ratios[0].P99)
+
+		rep.write(&stdout)
+		assert.Regexp(t, `cachehit\s+1\s+[0-9.]+x\s+[0-9.]+x\s+[0-9.]+x\s+[0-9.]+x`, stdout.String())
+		assert.Contains(t, stdout.String(), "1 not (the call that fills it")
+	})
+
 	t.Run("stops its servers when stopped", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		var stderr syncBuffer
@@ -185,6 +217,8 @@ func TestFloorSteps(t *testing.T) {
 		"all, in any order":  {modes: []string{modeRLS, modeCheck, modeWhole}, conc: 8, want: []floorStep{{modeCheck, 8}, {modeWhole, 8}, {modeCheck, 1}, {modeRLS, 8}}},
 		"rls alone":          {modes: []string{modeRLS}, conc: 64, want: []floorStep{{modeRLS, 64}}},
 		"check at one":       {modes: []string{modeCheck}, conc: 1, want: []floorStep{{modeCheck, 1}}},
+		"cachehit alone":     {modes: []string{modeCacheHit}, conc: 64, want: []floorStep{{modeCacheHit, 1}}},
+		"cachehit last":      {modes: []string{modeCacheHit, modeRLS, modeCheck}, conc: 8, want: []floorStep{{modeCheck, 8}, {modeCheck, 1}, {modeRLS, 8}, {modeCacheHit, 1}}},
 		"an unknown mode":    {modes: []string{modeCheck, "rsl"}, conc: 2, err: `unknown mode "rsl"`},
 		"nothing to measure": {modes: nil, conc: 2, err: "nothing to measure"},
 	}
