@@ -10,6 +10,7 @@ import (
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
+	"github.com/tollgate/tollgate/internal/logtest"
 	"github.com/tollgate/tollgate/internal/redistest"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 )
@@ -36,7 +37,7 @@ func newRedisStore(tb testing.TB) *redisstore.Store {
 // failing, and one when it works again, with how many attempts failed.
 func TestExpiryLoopStoreDown(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, redisSrv.Resume(), "bring the shared redis-server back") })
-	logs := &logRecords{}
+	logs := &logtest.Records{}
 	ts := startServer(t, serverOpts{
 		store:  newRedisStore(t),
 		logger: slog.New(logs),
@@ -48,16 +49,16 @@ func TestExpiryLoopStoreDown(t *testing.T) {
 
 	require.NoError(t, redisSrv.Stop(true))
 	require.Eventually(t, func() bool { return expireErrors() >= 5 }, 30*time.Second, 10*time.Millisecond, "several ticks fail")
-	assert.Equal(t, 1, logs.count("expiring reservations failed; logged again when it works"), "one line for the whole outage")
-	assert.Zero(t, logs.count("expiring reservations works again"))
+	assert.Equal(t, 1, logs.Count("expiring reservations failed; logged again when it works"), "one line for the whole outage")
+	assert.Zero(t, logs.Count("expiring reservations works again"))
 
 	require.NoError(t, redisSrv.Resume())
-	require.Eventually(t, func() bool { return logs.count("expiring reservations works again") == 1 }, 30*time.Second, 10*time.Millisecond)
-	assert.Equal(t, 1, logs.count("expiring reservations failed; logged again when it works"))
-	attempts, ok := logs.attr("expiring reservations works again", "failed_attempts")
+	require.Eventually(t, func() bool { return logs.Count("expiring reservations works again") == 1 }, 30*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 1, logs.Count("expiring reservations failed; logged again when it works"))
+	attempts, ok := logs.Attr("expiring reservations works again", "failed_attempts")
 	require.True(t, ok)
 	assert.Equal(t, int64(expireErrors()), attempts.Int64(), "the recovery says how many attempts failed: each one counted")
-	_, ok = logs.attr("expiring reservations works again", "failed_for")
+	_, ok = logs.Attr("expiring reservations works again", "failed_for")
 	assert.True(t, ok)
 	requireLint(t, ts.reg)
 }

@@ -24,6 +24,7 @@ const module = "github.com/tollgate/tollgate/"
 var layerOf = map[string]int{
 	"internal/fakeclock":          0,
 	"internal/metricset":          0,
+	"internal/logtest":            0,
 	"internal/procstat":           0,
 	"policy":                      1,
 	"costing":                     2,
