@@ -43,7 +43,7 @@ func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 	}
 	s.m.decisions.WithLabelValues(pool, tier, string(v.Outcome), v.Reason).Inc()
 	if refused(&v) {
-		s.refusals.add(refusalOf(&v, s.clock.Now()))
+		s.refusals.add(refusalOf(r, &v, s.clock.Now()))
 	}
 	switch {
 	case v.Outcome == OutcomeShadowDenied:

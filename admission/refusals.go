@@ -4,6 +4,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tollgate/tollgate/policy"
 )
 
 // The last refusals, for the status page: who was refused, on what, and
@@ -20,8 +22,8 @@ const maxRefusalField = 160
 // Refusal is one refused call.
 type Refusal struct {
 	At time.Time
-	// Client is the client id as admitted (already validated), "" when the
-	// call named none or an invalid one.
+	// Client is the client id the call named, "" when it named none or
+	// an invalid one (ids are validated: letters, digits and ._:/-).
 	Client string
 	// Route is the policy's route name, or for a call no route matched the
 	// host and path the worker sent (untrusted: render it escaped).
@@ -64,13 +66,19 @@ func refused(v *Verdict) bool {
 	return !v.Allowed && v.Outcome != OutcomeCached
 }
 
-// refusalOf describes v for the ring.
-func refusalOf(v *Verdict, at time.Time) Refusal {
+// refusalOf describes v, the answer to r, for the ring. A call refused
+// before its client was looked at (no route) still names the client it
+// asserted, when that is a well-formed id.
+func refusalOf(r *Request, v *Verdict, at time.Time) Refusal {
 	route := v.Route
 	if route == "" && (v.Host != "" || v.Path != "") {
 		route = clip(v.Host + v.Path)
 	}
-	return Refusal{At: at, Client: clip(v.Client), Route: route, Outcome: v.Outcome, Reason: v.Reason}
+	client := v.Client
+	if client == "" && r.Client != "" && v.Reason != ReasonInvalidClient && policy.ValidClientID(r.Client) == nil {
+		client = r.Client
+	}
+	return Refusal{At: at, Client: clip(client), Route: route, Outcome: v.Outcome, Reason: v.Reason}
 }
 
 // clip cuts s to maxRefusalField bytes on a rune boundary.

@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -62,7 +63,8 @@ type StatusPool struct {
 	Remaining int64
 	Known     bool
 	Shadow    bool
-	// Refill is how many units come back each RefillPer.
+	// Refill is how many units come back each RefillPer (a second when
+	// the policy says refill_per_second).
 	Refill    int64
 	RefillPer time.Duration
 }
@@ -153,7 +155,7 @@ func (s *Service) poolLevels(ctx context.Context, set *policy.Set) ([]StatusPool
 	pools := make([]StatusPool, len(names))
 	for i, n := range names {
 		p := set.Pools[n]
-		pools[i] = StatusPool{Name: n, Unit: p.Unit, Capacity: p.Limit.Capacity, Refill: p.Limit.Refill, RefillPer: p.Limit.Per, Shadow: p.Shadow}
+		pools[i] = StatusPool{Name: n, Unit: p.Unit, Capacity: p.Limit.Capacity, Refill: p.Limit.Refill, RefillPer: cmp.Or(p.Limit.Per, time.Second), Shadow: p.Shadow}
 	}
 	for start := 0; start < len(names); start += limiter.MaxCharges {
 		end := min(start+limiter.MaxCharges, len(names))

@@ -149,7 +149,9 @@ func TestStatusPage(t *testing.T) {
 		`<tr data-class="fast"><td>fast</td><td class="num">0</td>`,
 		"1 held, 0 of them parked",
 		"unknown_client", "unmatched_route",
-		`&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;`,
+		`<td>alpha</td><td>api.openai.com/v9/&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;</td><td>unmatched</td><td>unmatched_route</td>`,
+		`<td>mallory</td><td>openai</td><td>denied</td><td>unknown_client</td>`,
+		"1 per 1s",
 		"no alert evaluator configured",
 	} {
 		assert.Contains(t, page, want)
