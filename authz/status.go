@@ -2,6 +2,7 @@ package authz
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -49,6 +50,9 @@ const (
 	statusCookieLabel = "tollgate status page session v1"
 	// statusSession is how long a login lasts.
 	statusSession = 12 * time.Hour
+	// statusReadTimeout bounds the reads of one page view (one store
+	// round trip per pool batch and per client).
+	statusReadTimeout = 5 * time.Second
 	// statusRefresh is the page's meta refresh, in seconds.
 	statusRefresh = 10
 	// msgBadTokenPage is msgBadToken for a person at a browser.
@@ -75,9 +79,12 @@ func (s *Server) statusRoutes(mux *http.ServeMux) {
 			s.renderLogin(w, http.StatusUnauthorized, msgBadTokenPage)
 			return
 		}
-		snap := s.svc.Status(r.Context())
+		// A store that hangs leaves a page saying so, not a hung page.
+		ctx, cancel := context.WithTimeout(r.Context(), statusReadTimeout)
+		defer cancel()
+		snap := s.svc.Status(ctx)
 		if s.deps.StatusExtras != nil {
-			s.deps.StatusExtras(r.Context(), &snap)
+			s.deps.StatusExtras(ctx, &snap)
 		}
 		s.renderPage(w, "status", http.StatusOK, map[string]any{"Snap": snap, "Refresh": statusRefresh, "Cookie": viaCookie})
 	})

@@ -243,3 +243,16 @@ func TestStatusExtras(t *testing.T) {
 	assert.Contains(t, page, "$12.5")
 	assert.NotContains(t, page, "no alert evaluator configured")
 }
+
+// TestStatusStoreDown: a store that fails leaves a page that says so per
+// section, with the pools' shape and the queue still shown, not an error
+// page.
+func TestStatusStoreDown(t *testing.T) {
+	ts := startServer(t, serverOpts{policy: statusPolicy, store: failingStore{err: errStoreDown}})
+	resp, page := getPage(t, ts.srv, http.MethodGet, "/", nil, bearer(testToken))
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, page, "reading pool levels: "+errStoreDown.Error())
+	assert.Contains(t, page, "reading budgets: "+errStoreDown.Error())
+	assert.Contains(t, page, "? / 10 request")
+	assert.Contains(t, page, `<tr data-class="normal"><td>normal</td><td class="num">0</td>`)
+}
