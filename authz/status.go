@@ -72,6 +72,8 @@ func (s *Server) statusRoutes(mux *http.ServeMux) {
 		viaHeader := s.bearerOK(r)
 		viaCookie := !viaHeader && cookieOK(r, want)
 		if !viaHeader && !viaCookie {
+			// A browser's first visit sends nothing: count only a
+			// token that was sent and is wrong.
 			if r.Header.Get("Authorization") != "" {
 				s.m.apiUnauthorized.Inc()
 			}
@@ -93,6 +95,8 @@ func (s *Server) statusRoutes(mux *http.ServeMux) {
 			s.renderLogin(w, http.StatusForbidden, msgNoTokenConfigured)
 			return
 		}
+		// The token is read from the body only (PostForm): one put in
+		// the URL's query, where logs would keep it, is not taken.
 		r.Body = http.MaxBytesReader(w, r.Body, 4096)
 		if err := r.ParseForm(); err != nil || !s.tokenOK(r.PostForm.Get("token")) {
 			s.m.apiUnauthorized.Inc()

@@ -256,3 +256,14 @@ func TestStatusStoreDown(t *testing.T) {
 	assert.Contains(t, page, "? / 10 request")
 	assert.Contains(t, page, `<tr data-class="normal"><td>normal</td><td class="num">0</td>`)
 }
+
+// TestStatusLoginIgnoresQuery: a token in the URL's query (where access
+// logs and history keep it) does not log in.
+func TestStatusLoginIgnoresQuery(t *testing.T) {
+	ts := startServer(t, serverOpts{policy: statusPolicy})
+	resp, _ := getPage(t, ts.srv, http.MethodPost, "/login?token="+testToken, strings.NewReader(""), http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	assert.Empty(t, resp.Cookies())
+	resp, _ = getPage(t, ts.srv, http.MethodGet, "/?token="+testToken, nil, nil)
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+}
