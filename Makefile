@@ -41,7 +41,7 @@ test: deps e2e-deps lint unit bench-smoke fuzz-smoke ## everything CI runs: inst
 # Tests start real servers of their own (redis-server on a free loopback
 # port) and check alert rules with promtool; install the Debian packages
 # when the commands are missing. Each entry is command:package.
-TEST_TOOLS := redis-server:redis-server promtool:prometheus
+TEST_TOOLS := redis-server:redis-server promtool:prometheus chromium:chromium
 deps: ## install what the tests need (Debian packages)
 	@missing=""; for t in $(TEST_TOOLS); do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \

@@ -132,6 +132,7 @@ type Service struct {
 	flex     flexBook     // models whose flex tier the provider refused lately
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
+	refusals refusals     // the last refused calls, for the status page
 
 	cache         respcache.Cache // nil: none
 	cacheMaxEntry int64

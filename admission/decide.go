@@ -42,6 +42,9 @@ func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 		tier = noTier
 	}
 	s.m.decisions.WithLabelValues(pool, tier, string(v.Outcome), v.Reason).Inc()
+	if refused(&v) {
+		s.refusals.add(refusalOf(r, &v, s.clock.Now()))
+	}
 	switch {
 	case v.Outcome == OutcomeShadowDenied:
 		s.log.LogAttrs(ctx, slog.LevelInfo, "shadow denial", slog.String("request_id", r.ID),

@@ -30,6 +30,7 @@ var apiEndpoints = []struct{ method, path, body string }{
 	{http.MethodGet, "/api/optimize/stats/acme", ""},
 	{http.MethodGet, "/api/optimize/recommendations/acme", ""},
 	{http.MethodGet, "/debug/policy", ""},
+	{http.MethodGet, "/", ""}, // the status page (status.go)
 }
 
 // call sends one request to the API listener with the Authorization

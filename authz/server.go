@@ -141,6 +141,10 @@ type Deps struct {
 	// Cache keeps upstream answers for the policy's cache rules (the
 	// caller closes it); nil: none, and DELETE /api/cache/... answers 404.
 	Cache respcache.Cache
+	// StatusExtras adds to the status page (GET /) what admission does
+	// not compute: the alerts firing and each budget's forecast. nil: the
+	// page says no alert evaluator is configured and shows no forecast.
+	StatusExtras admission.StatusExtras
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -414,9 +418,13 @@ func (s *Server) healthMux() *http.ServeMux {
 // apiMux serves the JSON API and the debug views, every one behind the
 // token: they settle, release and dequeue calls, or show a client's spend
 // and savings, the queue, the fleet and the policy (its clients and
-// budgets).
+// budgets). The status page (GET /, status.go) checks the token itself, by
+// header or by its session cookie.
 func (s *Server) apiMux() http.Handler {
+	top := http.NewServeMux()
+	s.statusRoutes(top)
 	mux := http.NewServeMux()
+	top.Handle("/", s.requireToken(mux))
 	if c, ok := s.deps.Registry.(interface{ Catalog() []metricset.Spec }); ok {
 		mux.HandleFunc("GET /debug/metrics", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, c.Catalog())
@@ -433,7 +441,7 @@ func (s *Server) apiMux() http.Handler {
 			writeJSON(w, http.StatusOK, s.deps.Cluster())
 		})
 	}
-	return s.requireToken(mux)
+	return top
 }
 
 // DegradedError is what a readiness check returns for a component that

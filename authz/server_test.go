@@ -129,6 +129,7 @@ type serverOpts struct {
 	clk      *fakeclock.Clock    // nil: a fresh one at epoch
 	config   func(*authz.Config) // adjusts the loopback config
 	logger   *slog.Logger        // nil: discard
+	extras   admission.StatusExtras
 }
 
 // startServer builds a Server on 127.0.0.1:0, serves it, and dials it. At
@@ -157,12 +158,13 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		policies = admission.StaticPolicy{Set: compilePolicy(tb, o.policy)}
 	}
 	srv, err := authz.New(cfg, authz.Deps{
-		Policies: policies,
-		Store:    o.store,
-		Registry: reg,
-		Clock:    o.clk,
-		Logger:   o.logger,
-		Cache:    o.cache,
+		Policies:     policies,
+		Store:        o.store,
+		Registry:     reg,
+		Clock:        o.clk,
+		Logger:       o.logger,
+		Cache:        o.cache,
+		StatusExtras: o.extras,
 	})
 	require.NoError(tb, err)
 

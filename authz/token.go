@@ -1,12 +1,9 @@
 package authz
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"net/http"
-	"strings"
 )
 
 // Secret is a credential held in memory: it prints and logs as
@@ -47,15 +44,12 @@ const (
 // <APIToken>. It compares digests in constant time (the length of the token
 // leaks nothing either), and never logs what was sent.
 func (s *Server) requireToken(next http.Handler) http.Handler {
-	want := sha256.Sum256([]byte(s.cfg.APIToken))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.APIToken.empty() {
 			writeJSON(w, http.StatusForbidden, apiError{msgNoTokenConfigured})
 			return
 		}
-		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+		if !s.bearerOK(r) {
 			s.m.apiUnauthorized.Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tollgate"`)
 			writeJSON(w, http.StatusUnauthorized, apiError{msgBadToken})

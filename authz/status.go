@@ -1,0 +1,178 @@
+package authz
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/hex"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/policy"
+)
+
+// The status page: GET / on the API listener, plain server-rendered HTML
+// (no script), behind the API token like the rest of that listener. A
+// script sends Authorization: Bearer <token>; a person logs in once with
+// the token in a form (POST /login), and the page then keeps a session
+// cookie. The cookie holds no token: its value is an HMAC of a fixed label
+// under the token, so it cannot be turned back into the token, it dies
+// when the token changes, and it opens this page only: the JSON API, which
+// changes state, never takes a cookie (no cross-site request can ride on
+// it). It is HttpOnly and SameSite=Strict, and Secure when the request
+// came over TLS.
+
+//go:embed status.html
+var statusHTML string
+
+var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
+	"money": func(m policy.Money) string { return "$" + m.String() },
+	"stamp": func(t time.Time) string {
+		if t.IsZero() {
+			return "—"
+		}
+		return t.UTC().Format("2006-01-02 15:04:05Z")
+	},
+	"dur": func(d time.Duration) string { return d.Round(time.Second / 10).String() },
+}).Parse(statusHTML))
+
+const (
+	// statusCookie names the page's session cookie.
+	statusCookie = "tollgate_status"
+	// statusCookieLabel is what the cookie's HMAC signs; a new label
+	// would void every cookie issued.
+	statusCookieLabel = "tollgate status page session v1"
+	// statusSession is how long a login lasts.
+	statusSession = 12 * time.Hour
+	// statusReadTimeout bounds the reads of one page view (one store
+	// round trip per pool batch and per client).
+	statusReadTimeout = 5 * time.Second
+	// statusRefresh is the page's meta refresh, in seconds.
+	statusRefresh = 10
+	// msgBadTokenPage is msgBadToken for a person at a browser.
+	msgBadTokenPage = "missing or wrong API token: log in with it below, or send Authorization: Bearer <token>"
+)
+
+// statusRoutes serves GET / and the login and logout that set and clear
+// its cookie. They check the token themselves (header or cookie); every
+// other path of the API listener goes through requireToken.
+func (s *Server) statusRoutes(mux *http.ServeMux) {
+	want := s.cookieValue()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.APIToken.empty() {
+			s.renderLogin(w, http.StatusForbidden, msgNoTokenConfigured)
+			return
+		}
+		viaHeader := s.bearerOK(r)
+		viaCookie := !viaHeader && cookieOK(r, want)
+		if !viaHeader && !viaCookie {
+			// A browser's first visit sends nothing: count only a
+			// token that was sent and is wrong.
+			if r.Header.Get("Authorization") != "" {
+				s.m.apiUnauthorized.Inc()
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tollgate"`)
+			s.renderLogin(w, http.StatusUnauthorized, msgBadTokenPage)
+			return
+		}
+		// A store that hangs leaves a page saying so, not a hung page.
+		ctx, cancel := context.WithTimeout(r.Context(), statusReadTimeout)
+		defer cancel()
+		snap := s.svc.Status(ctx)
+		if s.deps.StatusExtras != nil {
+			s.deps.StatusExtras(ctx, &snap)
+		}
+		s.renderPage(w, "status", http.StatusOK, map[string]any{"Snap": snap, "Refresh": statusRefresh, "Cookie": viaCookie})
+	})
+	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.APIToken.empty() {
+			s.renderLogin(w, http.StatusForbidden, msgNoTokenConfigured)
+			return
+		}
+		// The token is read from the body only (PostForm): one put in
+		// the URL's query, where logs would keep it, is not taken.
+		r.Body = http.MaxBytesReader(w, r.Body, 4096)
+		if err := r.ParseForm(); err != nil || !s.tokenOK(r.PostForm.Get("token")) {
+			s.m.apiUnauthorized.Inc()
+			s.renderLogin(w, http.StatusUnauthorized, msgBadTokenPage)
+			return
+		}
+		http.SetCookie(w, &http.Cookie{Name: statusCookie, Value: want, Path: "/", MaxAge: int(statusSession / time.Second),
+			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+	})
+	mux.HandleFunc("POST /logout", func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: statusCookie, Value: "", Path: "/", MaxAge: -1,
+			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+	})
+}
+
+// cookieValue is the session cookie's value: HMAC-SHA256 of a fixed label
+// under the API token, in hex ("" with no token: nothing matches it).
+func (s *Server) cookieValue() string {
+	if s.cfg.APIToken.empty() {
+		return ""
+	}
+	mac := hmac.New(sha256.New, []byte(s.cfg.APIToken))
+	mac.Write([]byte(statusCookieLabel))
+	return hex.EncodeToString(mac.Sum(nil))
+}
+
+// cookieOK reports whether r carries the session cookie, compared in
+// constant time.
+func cookieOK(r *http.Request, want string) bool {
+	c, err := r.Cookie(statusCookie)
+	if err != nil || want == "" {
+		return false
+	}
+	return hmac.Equal([]byte(c.Value), []byte(want))
+}
+
+// bearerOK reports whether r carries Authorization: Bearer <APIToken>.
+func (s *Server) bearerOK(r *http.Request) bool {
+	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	return ok && strings.EqualFold(scheme, "Bearer") && s.tokenOK(strings.TrimSpace(got))
+}
+
+// tokenOK compares got with the API token by their digests, in constant
+// time (the token's length leaks nothing either). False with no token.
+func (s *Server) tokenOK(got string) bool {
+	if s.cfg.APIToken.empty() {
+		return false
+	}
+	want := sha256.Sum256([]byte(s.cfg.APIToken))
+	sum := sha256.Sum256([]byte(got))
+	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+}
+
+func (s *Server) renderLogin(w http.ResponseWriter, status int, msg string) {
+	s.renderPage(w, "login", status, map[string]any{"Message": msg})
+}
+
+// renderPage renders into a buffer first, so a template error is a clean
+// 500 and never half a page.
+func (s *Server) renderPage(w http.ResponseWriter, name string, status int, data any) {
+	var buf bytes.Buffer
+	if err := statusTmpl.ExecuteTemplate(&buf, name, data); err != nil {
+		s.log.Error("rendering the status page failed", slog.String("page", name), slog.Any("error", err))
+		http.Error(w, "rendering the status page failed", http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+	// No script at all; styles are inline; forms post only here.
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
