@@ -39,9 +39,11 @@ k8s-sync: ## copy envoy/sidecar.yaml and deploy/envoy-stats.yaml into the Kubern
 test: deps e2e-deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 
 # Tests start real servers of their own (redis-server on a free loopback
-# port) and check alert rules with promtool; install the Debian packages
+# port), check alert rules with promtool, and apply transparent mode's
+# redirect rules in a network namespace of their own (iptables, nft, ip:
+# internal/redirect); install the Debian packages
 # when the commands are missing. Each entry is command:package.
-TEST_TOOLS := redis-server:redis-server promtool:prometheus
+TEST_TOOLS := redis-server:redis-server promtool:prometheus iptables-restore:iptables nft:nftables ip:iproute2
 deps: ## install what the tests need (Debian packages)
 	@missing=""; for t in $(TEST_TOOLS); do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \
