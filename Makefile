@@ -32,9 +32,11 @@ demo: build deps ## the demo, here and now: a fleet of two on Redis, fake provid
 # kustomize reads no file outside a kustomization's directory: the
 # Kubernetes base holds copies of the Envoy configs (deploy/k8s_test.go
 # fails when they differ from the originals).
-k8s-sync: ## copy envoy/sidecar.yaml and deploy/envoy-stats.yaml into the Kubernetes base
+k8s-sync: ## copy envoy/sidecar.yaml, envoy/sidecar-transparent.yaml and deploy/envoy-stats.yaml into the Kubernetes base and the transparent overlay
 	cp envoy/sidecar.yaml deploy/k8s/base/envoy/sidecar.yaml
 	cp deploy/envoy-stats.yaml deploy/k8s/base/envoy/stats.yaml
+	cp envoy/sidecar-transparent.yaml deploy/k8s/overlays/transparent/envoy/sidecar-transparent.yaml
+	cp deploy/envoy-stats.yaml deploy/k8s/overlays/transparent/envoy/stats.yaml
 
 test: deps e2e-deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 

@@ -7,11 +7,15 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/tollgate/tollgate/internal/pki"
 	"github.com/tollgate/tollgate/policy"
@@ -88,4 +92,32 @@ func TestRedirectCLI(t *testing.T) {
 	assert.ErrorContains(t, err, `--format "pf"`)
 	_, err = runOut(t, "redirect", "--envoy-uid", "0", "--format", "nft")
 	assert.ErrorContains(t, err, "must be positive")
+}
+
+// TestK8sTransparentArgs: the transparent overlay's redirect container
+// runs flags `tollgate redirect` accepts, and every TOLLGATE_ variable it
+// gives serve names a serve flag.
+func TestK8sTransparentArgs(t *testing.T) {
+	raw, err := os.ReadFile("../../deploy/k8s/overlays/transparent/transparent.yaml")
+	require.NoError(t, err)
+	var dep appsv1.Deployment
+	require.NoError(t, yaml.UnmarshalStrict(raw, &dep))
+	cs := dep.Spec.Template.Spec.InitContainers
+	i := slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == "tollgate-redirect" })
+	require.NotEqual(t, -1, i)
+	args := cs[i].Args
+	require.Equal(t, "redirect", args[0])
+	cmd := redirectCmd()
+	require.NoError(t, cmd.ParseFlags(args[1:]))
+	assert.Empty(t, cmd.Flags().Args(), "stray arguments")
+
+	i = slices.IndexFunc(cs, func(c corev1.Container) bool { return c.Name == "tollgate" })
+	require.NotEqual(t, -1, i)
+	serve := serveCmd(noEnv)
+	for _, e := range cs[i].Env {
+		name, ok := strings.CutPrefix(e.Name, "TOLLGATE_")
+		require.True(t, ok, e.Name)
+		flag := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+		assert.NotNil(t, serve.Flags().Lookup(flag), "%s: serve has no --%s", e.Name, flag)
+	}
 }
