@@ -585,8 +585,8 @@ func must[T any](v T, err error) T {
 // envoy/ and deploy/ tests validate.
 func TestK8sCopiesInSync(t *testing.T) {
 	for copy, orig := range map[string]string{
-		k8sBase + "/envoy/sidecar.yaml": "../envoy/sidecar.yaml",
-		k8sBase + "/envoy/stats.yaml":   "envoy-stats.yaml",
+		k8sBase + "/envoy/sidecar.yaml":                    "../envoy/sidecar.yaml",
+		k8sBase + "/envoy/stats.yaml":                      "envoy-stats.yaml",
 		k8sTransparent + "/envoy/sidecar-transparent.yaml": "../envoy/sidecar-transparent.yaml",
 		k8sTransparent + "/envoy/stats.yaml":               "envoy-stats.yaml",
 	} {
