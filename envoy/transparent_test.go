@@ -135,6 +135,7 @@ func TestTransparentListener(t *testing.T) {
 			assert.Equal(t, host, ext[authz.ContextUpstreamHost])
 			assert.NotEmpty(t, ext[authz.ContextClient], "the pod names the client: authz prefers it to the worker's x-tollgate-client")
 
+			assert.Equal(t, fc.GetName(), r.GetRoute().GetCluster(), "a chain routes to the cluster of its name")
 			c, ok := clusters[r.GetRoute().GetCluster()]
 			require.True(t, ok)
 			up := unpack(t, c.GetTransportSocket().GetTypedConfig(), &tlsv3.UpstreamTlsContext{})
