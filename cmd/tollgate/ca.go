@@ -162,6 +162,8 @@ func caCmd() *cobra.Command {
 	return cmd
 }
 
+// reportCA prints what Init or Renew did; hosts left uncovered make it an
+// error (exit status 1), after the covered ones were done.
 func reportCA(w io.Writer, res pki.Result) error {
 	if res.NewCA {
 		fmt.Fprintln(w, "made a new CA")
@@ -171,8 +173,17 @@ func reportCA(w io.Writer, res pki.Result) error {
 	} else {
 		fmt.Fprintln(w, "issued leaves for:", strings.Join(res.Renewed, " "))
 	}
-	_, err := fmt.Fprintln(w, "next renewal:", res.Next.UTC().Format(time.RFC3339))
-	return err
+	if !res.Next.IsZero() {
+		fmt.Fprintln(w, "next renewal:", res.Next.UTC().Format(time.RFC3339))
+	}
+	if len(res.Uncovered) > 0 {
+		return &exitError{code: 1, err: uncoveredError(res.Uncovered)}
+	}
+	return nil
+}
+
+func uncoveredError(hosts []string) error {
+	return fmt.Errorf("the CA does not cover %s (the policy routes it since the CA was made): no leaf for it; make a new CA with ca init --remake (or a new pod) and restart the worker to trust it", strings.Join(hosts, ", "))
 }
 
 // Bounds of the renewal loop's wait: at least a minute (a failing renewal
@@ -197,6 +208,9 @@ func renewLoop(ctx context.Context, load func() (pki.Config, error), log *slog.L
 			res, err = pki.Renew(cfg, time.Now())
 			if len(res.Renewed) > 0 {
 				log.Info("ca: issued leaves", slog.Any("hosts", res.Renewed), slog.Time("next", res.Next))
+			}
+			if len(res.Uncovered) > 0 {
+				log.Error("ca: "+uncoveredError(res.Uncovered).Error(), slog.Any("hosts", res.Uncovered))
 			}
 			if !res.Next.IsZero() {
 				wait = min(max(time.Until(res.Next), minRenewWait), maxRenewWait)
@@ -293,6 +307,9 @@ func startCA(ctx context.Context, wg interface{ Go(func()) }, f caFlags, policie
 		return fmt.Errorf("transparent mode: %w", err)
 	}
 	log.Info("ca: ready", slog.Bool("new_ca", res.NewCA), slog.Any("hosts", res.Renewed), slog.Time("next", res.Next))
+	if len(res.Uncovered) > 0 {
+		log.Error("ca: "+uncoveredError(res.Uncovered).Error(), slog.Any("hosts", res.Uncovered))
+	}
 	wg.Go(func() {
 		renewLoop(ctx, func() (pki.Config, error) { return f.config(policies.Policy()), nil }, log)
 	})

@@ -39,7 +39,7 @@ type Config struct {
 	// CALife and LeafLife are the lifetimes of a new CA and of each leaf.
 	CALife, LeafLife time.Duration
 	// Remake replaces an existing CA that does not cover every host (Init
-	// only); without it Init refuses.
+	// only); without it the CA is kept and those hosts get no leaf.
 	Remake bool
 }
 
@@ -78,6 +78,10 @@ type Result struct {
 	NewCA   bool
 	Renewed []string  // hosts given a new leaf
 	Next    time.Time // the earliest renewal due
+	// Uncovered are hosts outside the CA's name constraints (the policy
+	// routes a host added after the CA was made): they get no leaf, the
+	// others are renewed as usual. A new CA (Remake) covers them.
+	Uncovered []string
 }
 
 // SDSFile is the file name of host's SDS resource in SDSDir; the Secret
@@ -87,7 +91,10 @@ func SDSFile(host string) string {
 }
 
 // Init makes the CA if Dir has none (or, with Remake, if the one there does
-// not cover every host), writes the trust files, then renews.
+// not cover every host), writes the trust files, then renews. Without
+// Remake an existing CA is kept even if hosts are uncovered (see
+// Result.Uncovered): a restarted container must not replace the CA the
+// running worker trusts.
 func Init(cfg Config, now time.Time) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
@@ -100,10 +107,7 @@ func Init(cfg Config, now time.Time) (Result, error) {
 	case err != nil:
 		return Result{}, err
 	default:
-		if missing := uncovered(ca, cfg.Hosts); len(missing) > 0 {
-			if !cfg.Remake {
-				return Result{}, fmt.Errorf("pki: the CA in %s does not cover %s: make a new one with --remake (the worker must then be restarted to trust it)", cfg.Dir, strings.Join(missing, ", "))
-			}
+		if len(uncovered(ca, cfg.Hosts)) > 0 && cfg.Remake {
 			newCA = true
 		}
 	}
@@ -130,7 +134,9 @@ func Init(cfg Config, now time.Time) (Result, error) {
 }
 
 // Renew issues a leaf for every host whose leaf is missing, unreadable, not
-// the CA's, or past RenewAt; the others are left alone.
+// the CA's, or past RenewAt; the others are left alone. Hosts the CA does
+// not cover are listed in Result.Uncovered, not an error: the covered
+// ones must keep being renewed.
 func Renew(cfg Config, now time.Time) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
@@ -143,9 +149,6 @@ func Renew(cfg Config, now time.Time) (Result, error) {
 }
 
 func renew(cfg Config, ca *CA, now time.Time) (Result, error) {
-	if missing := uncovered(ca, cfg.Hosts); len(missing) > 0 {
-		return Result{}, fmt.Errorf("pki: the CA does not cover %s: the policy routes a new host; make a new CA (tollgate ca init --remake) and restart the worker", strings.Join(missing, ", "))
-	}
 	if !now.Before(RenewAt(ca.Cert)) {
 		return Result{}, fmt.Errorf("pki: the CA is due for replacement (expires %s): make a new one (tollgate ca init --remake) and restart the worker", ca.Cert.NotAfter.UTC().Format(time.RFC3339))
 	}
@@ -158,6 +161,10 @@ func renew(cfg Config, ca *CA, now time.Time) (Result, error) {
 	hosts := slices.Clone(cfg.Hosts)
 	slices.Sort(hosts)
 	for _, h := range slices.Compact(hosts) {
+		if !ca.Covers(h) {
+			res.Uncovered = append(res.Uncovered, h)
+			continue
+		}
 		certPath := filepath.Join(cfg.Dir, "leaves", strings.TrimSuffix(SDSFile(h), ".json")+".crt")
 		if c := currentLeaf(certPath, ca, h, cfg.SDSDir); c != nil && now.Before(RenewAt(c)) {
 			res.Next = earliest(res.Next, RenewAt(c))

@@ -284,8 +284,9 @@ func TestInitAndRenew(t *testing.T) {
 }
 
 // TestNewHostNeedsNewCA: a host the policy adds later is outside the CA's
-// constraints: renew and init refuse and say what to do; init --remake
-// makes a new CA and re-issues every leaf under it.
+// constraints: renew and init (without --remake) keep the CA, list the
+// host as uncovered and go on renewing the others; init --remake makes a
+// new CA and re-issues every leaf under it.
 func TestNewHostNeedsNewCA(t *testing.T) {
 	cfg := testConfig(t, "api.openai.com")
 	_, err := pki.Init(cfg, t0)
@@ -293,20 +294,28 @@ func TestNewHostNeedsNewCA(t *testing.T) {
 	old := loadTrust(t, cfg)
 
 	cfg.Hosts = []string{"api.openai.com", "api.sendgrid.com"}
-	_, err = pki.Renew(cfg, t0.Add(time.Hour))
-	require.ErrorContains(t, err, "does not cover api.sendgrid.com")
-	_, err = pki.Init(cfg, t0.Add(time.Hour))
-	require.ErrorContains(t, err, "--remake")
+	res, err := pki.Renew(cfg, t0.Add(17*time.Hour))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"api.sendgrid.com"}, res.Uncovered)
+	assert.Equal(t, []string{"api.openai.com"}, res.Renewed, "the covered host is still renewed")
+	_, err = os.Stat(filepath.Join(cfg.SDSDir, pki.SDSFile("api.sendgrid.com")))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	res, err = pki.Init(cfg, t0.Add(17*time.Hour))
+	require.NoError(t, err)
+	assert.False(t, res.NewCA, "a restart keeps the CA the worker trusts")
+	assert.Equal(t, []string{"api.sendgrid.com"}, res.Uncovered)
 
 	cfg.Remake = true
-	res, err := pki.Init(cfg, t0.Add(time.Hour))
+	res, err = pki.Init(cfg, t0.Add(18*time.Hour))
 	require.NoError(t, err)
 	assert.True(t, res.NewCA)
+	assert.Empty(t, res.Uncovered)
 	assert.ElementsMatch(t, cfg.Hosts, res.Renewed, "every leaf again, under the new CA")
 	ca := loadTrust(t, cfg)
 	assert.NotEqual(t, old.Cert.SerialNumber, ca.Cert.SerialNumber)
 	for _, h := range cfg.Hosts {
-		assert.NoError(t, verify(ca, sdsLeaf(t, cfg, h), h, t0.Add(2*time.Hour)))
+		assert.NoError(t, verify(ca, sdsLeaf(t, cfg, h), h, t0.Add(19*time.Hour)))
 	}
 }
 
