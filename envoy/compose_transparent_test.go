@@ -42,7 +42,7 @@ func TestComposeTransparent(t *testing.T) {
 	require.NotZero(t, transparentPort)
 	clusters := clustersByName(t, b)
 	assert.Equal(t, clusterv3.Cluster_ORIGINAL_DST, clusters[passthrough].GetType(), "passthrough is not rewritten")
-	for _, fc := range transparent(t).GetStaticResources().GetListeners()[0].GetFilterChains() {
+	for _, fc := range providerChains(t, transparent(t).GetStaticResources().GetListeners()[0]) {
 		name := fc.GetName() // each chain routes to the cluster of its name (TestTransparentListener)
 		cl, ok := clusters[name]
 		require.True(t, ok, name)

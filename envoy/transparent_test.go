@@ -13,8 +13,10 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -56,6 +58,22 @@ func routed() []string {
 	return out
 }
 
+const loopbackChain = "loopback"
+
+// providerChains are the listener's chains that terminate a provider's
+// TLS: all but the loopback guard.
+func providerChains(t *testing.T, l *listenerv3.Listener) []*listenerv3.FilterChain {
+	t.Helper()
+	var out []*listenerv3.FilterChain
+	for _, fc := range l.GetFilterChains() {
+		if fc.GetName() != loopbackChain {
+			out = append(out, fc)
+		}
+	}
+	require.NotEmpty(t, out)
+	return out
+}
+
 func chainHCM(t *testing.T, fc *listenerv3.FilterChain) *hcmv3.HttpConnectionManager {
 	t.Helper()
 	require.Len(t, fc.GetFilters(), 1, "chain %s", fc.GetName())
@@ -91,7 +109,7 @@ func TestTransparentListener(t *testing.T) {
 	sideAuthz := extAuthz(t, connectionManager(t, side.GetStaticResources().GetListeners()[0]))
 	hosts := routed()
 	var terminated []string
-	for _, fc := range l.GetFilterChains() {
+	for _, fc := range providerChains(t, l) {
 		t.Run(fc.GetName(), func(t *testing.T) {
 			names := fc.GetFilterChainMatch().GetServerNames()
 			require.Len(t, names, 1, "one host per chain: its own leaf")
@@ -150,6 +168,20 @@ func TestTransparentListener(t *testing.T) {
 	}
 	assert.ElementsMatch(t, sideHosts, terminated, "the providers sidecar.yaml serves")
 
+	t.Run("loopback is refused, not looped", func(t *testing.T) {
+		i := slices.IndexFunc(l.GetFilterChains(), func(fc *listenerv3.FilterChain) bool { return fc.GetName() == loopbackChain })
+		require.NotEqual(t, -1, i)
+		fc := l.GetFilterChains()[i]
+		pr := fc.GetFilterChainMatch().GetPrefixRanges()
+		require.Len(t, pr, 1)
+		assert.Equal(t, "127.0.0.0", pr[0].GetAddressPrefix())
+		assert.EqualValues(t, 8, pr[0].GetPrefixLen().GetValue())
+		require.Len(t, fc.GetFilters(), 1)
+		rb := unpack(t, fc.GetFilters()[0].GetTypedConfig(), &rbacv3.RBAC{})
+		assert.Equal(t, rbacconfigv3.RBAC_ALLOW, rb.GetRules().GetAction())
+		assert.Empty(t, rb.GetRules().GetPolicies(), "allow nothing")
+	})
+
 	t.Run("passthrough", func(t *testing.T) {
 		dfc := l.GetDefaultFilterChain()
 		require.NotNil(t, dfc, "what is not a routed provider goes through untouched")
@@ -170,7 +202,7 @@ func TestTransparentListener(t *testing.T) {
 // certificate verifies against the CA for that host.
 func TestTransparentSDSFiles(t *testing.T) {
 	var hosts []string
-	for _, fc := range transparent(t).GetStaticResources().GetListeners()[0].GetFilterChains() {
+	for _, fc := range providerChains(t, transparent(t).GetStaticResources().GetListeners()[0]) {
 		hosts = append(hosts, fc.GetFilterChainMatch().GetServerNames()...)
 	}
 	dir := t.TempDir()
