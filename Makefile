@@ -32,16 +32,20 @@ demo: build deps ## the demo, here and now: a fleet of two on Redis, fake provid
 # kustomize reads no file outside a kustomization's directory: the
 # Kubernetes base holds copies of the Envoy configs (deploy/k8s_test.go
 # fails when they differ from the originals).
-k8s-sync: ## copy envoy/sidecar.yaml and deploy/envoy-stats.yaml into the Kubernetes base
+k8s-sync: ## copy envoy/sidecar.yaml, envoy/sidecar-transparent.yaml and deploy/envoy-stats.yaml into the Kubernetes base and the transparent overlay
 	cp envoy/sidecar.yaml deploy/k8s/base/envoy/sidecar.yaml
 	cp deploy/envoy-stats.yaml deploy/k8s/base/envoy/stats.yaml
+	cp envoy/sidecar-transparent.yaml deploy/k8s/overlays/transparent/envoy/sidecar-transparent.yaml
+	cp deploy/envoy-stats.yaml deploy/k8s/overlays/transparent/envoy/stats.yaml
 
 test: deps e2e-deps lint unit bench-smoke fuzz-smoke ## everything CI runs: installs what tests need, lint, race-enabled tests, a short pass of every fuzzer
 
 # Tests start real servers of their own (redis-server on a free loopback
-# port) and check alert rules with promtool; install the Debian packages
+# port), check alert rules with promtool, and apply transparent mode's
+# redirect rules in a network namespace of their own (iptables, nft, ip:
+# internal/redirect); install the Debian packages
 # when the commands are missing. Each entry is command:package.
-TEST_TOOLS := redis-server:redis-server promtool:prometheus chromium:chromium
+TEST_TOOLS := redis-server:redis-server promtool:prometheus chromium:chromium iptables-restore:iptables nft:nftables ip:iproute2
 deps: ## install what the tests need (Debian packages)
 	@missing=""; for t in $(TEST_TOOLS); do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \

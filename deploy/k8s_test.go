@@ -585,8 +585,10 @@ func must[T any](v T, err error) T {
 // envoy/ and deploy/ tests validate.
 func TestK8sCopiesInSync(t *testing.T) {
 	for copy, orig := range map[string]string{
-		k8sBase + "/envoy/sidecar.yaml": "../envoy/sidecar.yaml",
-		k8sBase + "/envoy/stats.yaml":   "envoy-stats.yaml",
+		k8sBase + "/envoy/sidecar.yaml":                    "../envoy/sidecar.yaml",
+		k8sBase + "/envoy/stats.yaml":                      "envoy-stats.yaml",
+		k8sTransparent + "/envoy/sidecar-transparent.yaml": "../envoy/sidecar-transparent.yaml",
+		k8sTransparent + "/envoy/stats.yaml":               "envoy-stats.yaml",
 	} {
 		assert.Equal(t, string(readFile(t, orig)), string(readFile(t, copy)), "%s differs from %s: run make k8s-sync", copy, orig)
 	}
@@ -605,7 +607,7 @@ func TestK8sKubectlKustomize(t *testing.T) {
 	if err != nil {
 		t.Skip("kubectl not installed: the test's own build (TestK8sWorkerPod) still runs")
 	}
-	for _, dir := range []string{k8sBase, k8sOverlay} {
+	for _, dir := range []string{k8sBase, k8sOverlay, k8sTransparent} {
 		t.Run(dir, func(t *testing.T) {
 			out, err := exec.Command(kubectl, "kustomize", dir).Output()
 			require.NoError(t, err)

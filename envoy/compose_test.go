@@ -54,6 +54,9 @@ type composeService struct {
 	Volumes     []string          `json:"volumes"`
 	NetworkMode string            `json:"network_mode"`
 	Environment map[string]string `json:"environment"`
+	User        string            `json:"user"`
+	Entrypoint  []string          `json:"entrypoint"`
+	CapAdd      []string          `json:"cap_add"`
 }
 
 type prometheusConfig struct {
@@ -341,6 +344,13 @@ func runSed(t *testing.T, exprs []string, data []byte) []byte {
 // appended), then validates the result deeply.
 func composeEnvoy(t *testing.T, s composeService) *bootstrapv3.Bootstrap {
 	t.Helper()
+	return composeEnvoyFrom(t, s, sidecarPath)
+}
+
+// composeEnvoyFrom is composeEnvoy for a service that mounts config (an
+// Envoy config of this directory) in place of sidecar.yaml.
+func composeEnvoyFrom(t *testing.T, s composeService, config string) *bootstrapv3.Bootstrap {
+	t.Helper()
 	require.Len(t, s.Command, 3, "envoy command: %v", s.Command)
 	require.Equal(t, []string{"/bin/sh", "-c"}, s.Command[:2])
 	m := demoRewrite.FindStringSubmatch(s.Command[2])
@@ -349,9 +359,9 @@ func composeEnvoy(t *testing.T, s composeService) *bootstrapv3.Bootstrap {
 	for _, e := range sedArg.FindAllStringSubmatch(m[1], -1) {
 		exprs = append(exprs, e[1])
 	}
-	in, out, config, stats := m[2], m[3], m[4], m[5]
-	assert.Equal(t, envoyConfigInImage, in, "the rewrite reads the mounted sidecar.yaml")
-	assert.Equal(t, out, config, "envoy runs the rewritten file")
+	in, out, runs, stats := m[2], m[3], m[4], m[5]
+	assert.Equal(t, envoyConfigInImage, in, "the rewrite reads the mounted config")
+	assert.Equal(t, out, runs, "envoy runs the rewritten file")
 	assert.Equal(t, statsConfigInImage, stats, "envoy merges the mounted envoy-stats.yaml")
 	abs := func(p string) string {
 		a, err := filepath.Abs(p)
@@ -360,7 +370,8 @@ func composeEnvoy(t *testing.T, s composeService) *bootstrapv3.Bootstrap {
 	}
 	assert.Equal(t, abs(statsPath), abs(mountSource(t, s, statsConfigInImage)))
 
-	data := runSed(t, exprs, readFile(t, sidecarPath))
+	assert.Equal(t, abs(config), abs(mountSource(t, s, envoyConfigInImage)), "the config mounted is %s", config)
+	data := runSed(t, exprs, readFile(t, config))
 	b, err := loadBootstrap(data)
 	require.NoError(t, err)
 	extra, err := loadBootstrap(readFile(t, statsPath))
@@ -477,6 +488,13 @@ func mergeCompose(base, override composeFile) composeFile {
 		if o.NetworkMode != "" {
 			s.NetworkMode = o.NetworkMode
 		}
+		if o.User != "" {
+			s.User = o.User
+		}
+		if o.Entrypoint != nil {
+			s.Entrypoint = o.Entrypoint
+		}
+		s.CapAdd = append(slices.Clone(s.CapAdd), o.CapAdd...)
 		s.Ports = append(slices.Clone(s.Ports), o.Ports...)
 		vols := map[string]string{}
 		var order []string

@@ -20,6 +20,7 @@ import (
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/metricset"
+	"github.com/tollgate/tollgate/internal/pki"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/limiter/respcache"
@@ -44,10 +45,11 @@ type serveFlags struct {
 	rlsConfig       string
 	cacheBytes      int64
 	cacheMaxEntry   int64
+	ca              caFlags
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
-	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded}
+	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded, ca: caFlags{cfg: pki.DefaultConfig()}}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -97,6 +99,10 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.rlsConfig, "rls-config", "", "envoyproxy/ratelimit config for the rate limit service (ShouldRateLimit, on the gRPC port): its runtime directory, RUNTIME_ROOT/RUNTIME_SUBDIRECTORY, whose config/*.yaml are read; reloaded on SIGHUP")
 	fl.BoolVar(&f.authz.RateLimitHeaders.Enabled, "rls-response-headers", false, "rate limit service: add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to responses (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED)")
 	f.cluster.register(fl)
+	// Transparent mode (docs/transparent.md): with --ca-dir, serve keeps
+	// the pod-local CA's leaves for the hosts its policy routes, made
+	// before it reports ready (so Envoy, started after it, finds them).
+	f.ca.register(fl, "ca-")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -149,6 +155,11 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); onHangup(runCtx, hup, reload, log) }()
+	if f.ca.cfg.Dir != "" {
+		if err := startCA(runCtx, &wg, f.ca, policies, log); err != nil {
+			return err
+		}
+	}
 
 	if f.authz.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 		return err

@@ -61,6 +61,10 @@ var layerOf = map[string]int{
 	// The soak: the built binary under the stand-in's and the fake's
 	// traffic for minutes (make soak).
 	"cmd/soak": 10,
+	// Issue 17's transparent mode: the pod-local CA and the redirect
+	// rules, standard library only.
+	"internal/pki":      0,
+	"internal/redirect": 0,
 }
 
 // envoyFree are the packages that must not import go-control-plane: all
