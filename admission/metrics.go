@@ -35,11 +35,15 @@ type metrics struct {
 	optimized      *prometheus.CounterVec
 	optimizeErrors prometheus.Counter
 	flexRefused    prometheus.Counter
+
+	// the watch (alerts, gauges)
+	upstreamAnswers *prometheus.CounterVec
+	watchErrors     prometheus.Counter
 }
 
 // newMetrics makes the service's metrics and the hold queue's, and
 // registers them all or none.
-func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer, fo *failOpenBook) (*metrics, *queueMetrics, error) {
+func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer, fo *failOpenBook, w *watch) (*metrics, *queueMetrics, error) {
 	var f metricset.Set
 	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_authz_fail_open_unbooked_budgets",
@@ -130,6 +134,15 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Buckets: []float64{.05, .1, .25, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2, 3, 5},
 		}, []string{"model"}),
 	}
+	m.upstreamAnswers = f.CounterVec(prometheus.CounterOpts{
+		Name: "tollgate_upstream_responses_total",
+		Help: "Calls Tollgate settled, by the upstream's status class (2xx, 3xx, 4xx, 5xx; none: the ext_proc stream ended before any response came: an upstream timeout or reset, or the worker gone).",
+	}, []string{"status_class"})
+	m.watchErrors = f.Counter(prometheus.CounterOpts{
+		Name: "tollgate_watch_refresh_errors_total",
+		Help: "Refreshes of the alerts' standing (pools, watched budgets) that could not read all of it from the store; what was not read keeps its last value.",
+	})
+	newWatchCollector(&f, w)
 	m.savings = newSavingsMetrics(&f)
 	m.cache = newCacheMetrics(&f)
 	qm := newQueueMetrics(&f)
