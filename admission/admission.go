@@ -160,7 +160,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
 		cacheSavings: newSavingsBook(newReservationID()),
-		book:         newObserveBook(maxObservedClients, maxObservedKeys), watch: newWatch()}
+		book:         newObserveBook(maxObservedClients, maxObservedKeys), watch: newWatch(deps.Clock.Now())}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))

@@ -87,7 +87,9 @@ func Evaluate(snap Snapshot, since map[string]time.Time) ([]Alert, map[string]ti
 			Value: ratio(u.Errors, u.Responses), Threshold: float64(th.UpstreamErrorsAbove) / 100,
 			Summary: "more than " + percent(th.UpstreamErrorsAbove) + " of the calls settled lately got a 5xx or no answer"})
 	}
-	slices.SortFunc(out, func(a, b Alert) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(alertKey(a), alertKey(b))) })
+	slices.SortFunc(out, func(a, b Alert) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(alertKey(a), alertKey(b)))
+	})
 	next := make(map[string]time.Time, len(out))
 	for i := range out {
 		k := alertKey(out[i])

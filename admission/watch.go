@@ -92,8 +92,9 @@ type watch struct {
 	alerts    []Alert
 }
 
-func newWatch() *watch {
-	return &watch{rings: map[string]*spendRing{}, since: map[string]time.Time{}}
+// newWatch starts counting upstream answers from zero at start.
+func newWatch(start time.Time) *watch {
+	return &watch{rings: map[string]*spendRing{}, since: map[string]time.Time{}, upstream: []upstreamCount{{at: start}}}
 }
 
 // answered counts a settled call's upstream status (0: none came).
