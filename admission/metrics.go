@@ -38,7 +38,6 @@ type metrics struct {
 
 	// the watch (alerts, gauges)
 	upstreamAnswers *prometheus.CounterVec
-	watchErrors     prometheus.Counter
 }
 
 // newMetrics makes the service's metrics and the hold queue's, and
@@ -138,10 +137,6 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 		Name: "tollgate_upstream_responses_total",
 		Help: "Calls Tollgate settled, by the upstream's status class (2xx, 3xx, 4xx, 5xx; none: the ext_proc stream ended before any response came: an upstream timeout or reset, or the worker gone).",
 	}, []string{"status_class"})
-	m.watchErrors = f.Counter(prometheus.CounterOpts{
-		Name: "tollgate_watch_refresh_errors_total",
-		Help: "Refreshes of the alerts' standing (pools, watched budgets) that could not read all of it from the store; what was not read keeps its last value.",
-	})
 	newWatchCollector(&f, w)
 	m.savings = newSavingsMetrics(&f)
 	m.cache = newCacheMetrics(&f)

@@ -179,9 +179,6 @@ func (s *Service) Refresh(ctx context.Context) error {
 	w.snap = snap
 	w.alerts, w.since = Evaluate(snap, w.since)
 	w.mu.Unlock()
-	if len(errs) > 0 {
-		s.m.watchErrors.Inc()
-	}
 	return errors.Join(errs...)
 }
 

@@ -70,12 +70,17 @@ type Config struct {
 	// reservations), and the spend of calls let through fail open is
 	// booked once the store answers. Zero: never (Shutdown still books).
 	ExpireEvery time.Duration
+	// WatchEvery is how often the server reads the standing its alerts and
+	// gauges show (pools, watched budgets, forecasts) from the store. Zero:
+	// only when GET /admin/alerts asks.
+	WatchEvery time.Duration
 }
 
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
 	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", APIAddr: "127.0.0.1:8082", ClientHeader: "x-tollgate-client",
-		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second, RateLimitHeaders: DefaultRateLimitHeaders()}
+		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second, WatchEvery: 15 * time.Second,
+		RateLimitHeaders: DefaultRateLimitHeaders()}
 }
 
 // Validate reports a configuration that cannot work.
@@ -109,6 +114,9 @@ func (c Config) Validate() error {
 	}
 	if c.ExpireEvery < 0 {
 		errs = append(errs, fmt.Errorf("authz: expiry interval %v is negative", c.ExpireEvery))
+	}
+	if c.WatchEvery < 0 {
+		errs = append(errs, fmt.Errorf("authz: watch interval %v is negative", c.WatchEvery))
 	}
 	return errors.Join(errs...)
 }
@@ -424,6 +432,7 @@ func (s *Server) apiMux() http.Handler {
 	}
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
 	s.apiRoutes(mux)
+	s.alertRoutes(mux)
 	s.estimateRoute(mux)
 	s.optimizeRoutes(mux)
 	s.queueRoutes(mux)
