@@ -11,9 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/fakeclock"
+	"github.com/tollgate/tollgate/internal/redistest"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -41,7 +44,7 @@ func newWatched(t *testing.T) (*admission.Service, admission.Store, *fakeclock.C
 }
 
 // spend books d dollars of client's budget (of limit dollars) at once.
-func spend(t *testing.T, store admission.Store, client string, d, limit int64) {
+func spend(t *testing.T, store limiter.Store, client string, d, limit int64) {
 	t.Helper()
 	dec, err := store.Reserve(context.Background(), limiter.Request{Hold: &limiter.Hold{Commit: true, Period: "2026-12",
 		Cost: policy.Money(d) * policy.NanosPerDollar, Budgets: []limiter.Budget{{Owner: client, Limit: policy.Money(limit) * policy.NanosPerDollar}}}})
@@ -146,4 +149,36 @@ func TestWatch(t *testing.T) {
 	rep, err = s.Usage(ctx, "zeta")
 	require.NoError(t, err)
 	assert.Nil(t, rep.Forecast, "a client the alerts do not watch has no forecast")
+}
+
+// TestWatchInAFleet: a fleet member's watch reads the shared store through
+// its cluster store: spend and pool use booked in Redis by others show in
+// its gauges and alerts, not just what this member leased.
+func TestWatchInAFleet(t *testing.T) {
+	ctx := context.Background()
+	rs, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: redistest.Prefix(t)})
+	require.NoError(t, err)
+	member, err := cluster.NewStore(cluster.DefaultConfig(), rs, nil, prometheus.NewRegistry())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, member.Close()) })
+	clk := fakeclock.New(time.Date(2026, 12, 10, 0, 0, 0, 0, time.UTC))
+	set, err := policy.Compile(policy.Source{Name: "watch.yaml", Data: []byte(watchPolicy)})
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+		Policies: admission.StaticPolicy{Set: set}, Store: member, Registerer: reg, Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+
+	// Another member's work, straight into Redis.
+	_, err = rs.Reserve(ctx, limiter.Request{Takes: []limiter.Take{{Key: limiter.Key{Pool: "gpt"}, Limit: gptLimit, Cost: 95000}}})
+	require.NoError(t, err)
+	spend(t, rs, "acme", 97, 100)
+
+	require.NoError(t, s.Refresh(ctx))
+	ratio, _ := series(t, reg, "tollgate_pool_remaining_ratio", "pool", "gpt")
+	assert.InDelta(t, 0.05, ratio, 0.001, "the fleet's pool (Redis refills 1 a second meanwhile)")
+	used, _ := series(t, reg, "tollgate_budget_used_ratio", "client", "acme")
+	assert.InDelta(t, 0.97, used, 1e-9)
+	assert.Equal(t, []string{admission.AlertBudgetHigh, admission.AlertPoolLow}, alertNames(s.Alerts()))
 }
