@@ -38,6 +38,9 @@ type metrics struct {
 
 	// the watch (alerts, gauges)
 	upstreamAnswers *prometheus.CounterVec
+	// upstreamByClass holds upstreamAnswers' children, resolved once: a
+	// settled call's count costs no label lookup.
+	upstreamByClass map[string]prometheus.Counter
 }
 
 // newMetrics makes the service's metrics and the hold queue's, and
@@ -137,6 +140,10 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 		Name: "tollgate_upstream_responses_total",
 		Help: "Calls Tollgate settled, by the upstream's status class (2xx, 3xx, 4xx, 5xx; none: the ext_proc stream ended before any response came: an upstream timeout or reset, or the worker gone).",
 	}, []string{"status_class"})
+	m.upstreamByClass = map[string]prometheus.Counter{}
+	for _, c := range []string{"none", "2xx", "3xx", "4xx", "5xx"} {
+		m.upstreamByClass[c] = m.upstreamAnswers.WithLabelValues(c)
+	}
 	newWatchCollector(&f, w)
 	m.savings = newSavingsMetrics(&f)
 	m.cache = newCacheMetrics(&f)

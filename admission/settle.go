@@ -414,7 +414,7 @@ func (c *Call) End(ctx context.Context) SettleOutcome {
 	}
 	c.ended = true
 	if c.route != nil {
-		c.s.m.upstreamAnswers.WithLabelValues(statusClass(c.status)).Inc()
+		c.s.m.upstreamByClass[statusClass(c.status)].Inc()
 		c.s.watch.answered(c.status)
 	}
 	c.outcome = c.settle(context.WithoutCancel(ctx))
