@@ -133,6 +133,7 @@ type Service struct {
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
 	refusals refusals     // the last refused calls, for the status page
+	watch    *watch       // the standing alerts and their gauges read
 
 	cache         respcache.Cache // nil: none
 	cacheMaxEntry int64
@@ -160,7 +161,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
 		cacheSavings: newSavingsBook(newReservationID()),
-		book:         newObserveBook(maxObservedClients, maxObservedKeys)}
+		book:         newObserveBook(maxObservedClients, maxObservedKeys), watch: newWatch(deps.Clock.Now())}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -185,12 +186,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 			qm.wait.WithLabelValues(class.String(), string(o)).Observe(waited.Seconds())
 		},
 	})
-	if s.m, qm, err = newMetrics(deps.Registerer, s.queue, tok, s.failOpen); err != nil {
+	if s.m, qm, err = newMetrics(deps.Registerer, s.queue, tok, s.failOpen, s.watch); err != nil {
 		return nil, errors.Join(err, s.queue.Close())
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
 		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
-		flex: &s.flex, book: s.book}
+		flex: &s.flex, book: s.book, watch: s.watch}
 	return s, nil
 }
 

@@ -35,11 +35,17 @@ type metrics struct {
 	optimized      *prometheus.CounterVec
 	optimizeErrors prometheus.Counter
 	flexRefused    prometheus.Counter
+
+	// the watch (alerts, gauges)
+	upstreamAnswers *prometheus.CounterVec
+	// upstreamByClass holds upstreamAnswers' children, resolved once: a
+	// settled call's count costs no label lookup.
+	upstreamByClass map[string]prometheus.Counter
 }
 
 // newMetrics makes the service's metrics and the hold queue's, and
 // registers them all or none.
-func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer, fo *failOpenBook) (*metrics, *queueMetrics, error) {
+func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing.Tokenizer, fo *failOpenBook, w *watch) (*metrics, *queueMetrics, error) {
 	var f metricset.Set
 	f.GaugeFunc(prometheus.GaugeOpts{
 		Name: "tollgate_authz_fail_open_unbooked_budgets",
@@ -130,6 +136,15 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Buckets: []float64{.05, .1, .25, .5, .75, .9, 1, 1.1, 1.25, 1.5, 2, 3, 5},
 		}, []string{"model"}),
 	}
+	m.upstreamAnswers = f.CounterVec(prometheus.CounterOpts{
+		Name: "tollgate_upstream_responses_total",
+		Help: "Calls Tollgate settled, by the upstream's status class (2xx, 3xx, 4xx, 5xx; none: the ext_proc stream ended before any response came: an upstream timeout or reset, or the worker gone).",
+	}, []string{"status_class"})
+	m.upstreamByClass = map[string]prometheus.Counter{}
+	for _, c := range []string{"none", "2xx", "3xx", "4xx", "5xx"} {
+		m.upstreamByClass[c] = m.upstreamAnswers.WithLabelValues(c)
+	}
+	newWatchCollector(&f, w)
 	m.savings = newSavingsMetrics(&f)
 	m.cache = newCacheMetrics(&f)
 	qm := newQueueMetrics(&f)

@@ -158,6 +158,7 @@ type settler struct {
 	kick     func(lines ...string)
 	kickAll  func()
 	pauses   *pauseBook
+	watch    *watch
 	flex     *flexBook
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
@@ -412,8 +413,28 @@ func (c *Call) End(ctx context.Context) SettleOutcome {
 		return c.outcome
 	}
 	c.ended = true
+	if c.route != nil {
+		c.s.m.upstreamByClass[statusClass(c.status)].Inc()
+		c.s.watch.answered(c.status)
+	}
 	c.outcome = c.settle(context.WithoutCancel(ctx))
 	return c.outcome
+}
+
+// statusClass is an upstream status's class for the metric: "none" when
+// no response came.
+func statusClass(status int) string {
+	switch {
+	case status <= 0:
+		return "none"
+	case status < 300:
+		return "2xx"
+	case status < 400:
+		return "3xx"
+	case status < 500:
+		return "4xx"
+	}
+	return "5xx"
 }
 
 func (c *Call) settle(ctx context.Context) SettleOutcome {

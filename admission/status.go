@@ -13,10 +13,9 @@ import (
 )
 
 // The status page's view of one sidecar: pools, budgets, the hold queue,
-// alerts and the last refusals, read once per page view. Admission fills
-// what it knows (Status); what it does not (alerts, a spend forecast) comes
-// from a StatusExtras the transport is given, so the page needs no import
-// of the packages that compute them.
+// alerts and the last refusals, read once per page view. The alerts and the
+// forecasts are those of the last Refresh (watch.go), which the server runs
+// on its cadence and before each page view.
 
 // maxStatusBudgets bounds the budgets one snapshot reads: one store round
 // trip each.
@@ -47,8 +46,8 @@ type StatusSnapshot struct {
 	// Refusals are the last refused calls, newest first.
 	Refusals []Refusal
 
-	// Alerts and AlertsEvaluated are set by a StatusExtras; while no
-	// evaluator is wired, AlertsEvaluated is false and the page says so.
+	// Alerts are those firing at the last Refresh; AlertsEvaluated is
+	// false until one ran, and the page says so.
 	Alerts          []StatusAlert
 	AlertsEvaluated bool
 }
@@ -89,8 +88,8 @@ type StatusBudget struct {
 	// Held is reserved for calls admitted but not settled yet.
 	Held     policy.Money
 	InFlight int64
-	// Forecast is the spend expected by the period's end, set by a
-	// StatusExtras (HasForecast); without one the page shows "—".
+	// Forecast is the spend expected by the period's end (HasForecast);
+	// a client the alerts do not watch has none, and the page shows "—".
 	Forecast    policy.Money
 	HasForecast bool
 }
@@ -114,20 +113,13 @@ type StatusClass struct {
 	OldestWait time.Duration
 }
 
-// StatusAlert is an alert firing now, as an alert evaluator reports it.
+// StatusAlert is an alert firing now, as Evaluate reports it.
 type StatusAlert struct {
 	Name     string
 	Severity string // "warning", "critical", …
 	Summary  string
 	Since    time.Time
 }
-
-// StatusExtras adds to a snapshot what admission does not compute: the
-// alerts firing (set Alerts and AlertsEvaluated) and each budget's
-// forecast (set Forecast and HasForecast). It is called once per page view
-// after Status, must honour ctx and be safe for concurrent use, and may
-// leave anything it does not know alone.
-type StatusExtras func(ctx context.Context, snap *StatusSnapshot)
 
 // Status reads the snapshot the status page shows. A store failure does
 // not fail it: the part it concerns says why it is missing.
@@ -139,7 +131,32 @@ func (s *Service) Status(ctx context.Context) StatusSnapshot {
 	snap.Budgets, snap.BudgetsOmitted, snap.BudgetsError = s.budgets(ctx, set, snap.Period)
 	snap.Queue, snap.QueueTotal, snap.QueueParked = s.queueByClass()
 	snap.Refusals = s.refusals.list()
+	s.addWatch(&snap)
 	return snap
+}
+
+// addWatch adds what the last Refresh found: the alerts firing and the
+// forecast of each budget it watches.
+func (s *Service) addWatch(snap *StatusSnapshot) {
+	w := s.Snapshot()
+	if w.At.IsZero() {
+		return // no Refresh yet: the page says no evaluation ran
+	}
+	snap.AlertsEvaluated = true
+	for _, a := range s.Alerts() {
+		snap.Alerts = append(snap.Alerts, StatusAlert{Name: a.Name, Severity: a.Severity, Summary: a.Summary, Since: a.Since})
+	}
+	forecasts := make(map[string]Forecast, len(w.Budgets))
+	for _, b := range w.Budgets {
+		if b.Forecast.Window > 0 {
+			forecasts[b.Client] = b.Forecast
+		}
+	}
+	for i := range snap.Budgets {
+		if f, ok := forecasts[snap.Budgets[i].Owner]; ok {
+			snap.Budgets[i].Forecast, snap.Budgets[i].HasForecast = f.Spend, true
+		}
+	}
 }
 
 // poolLevels reads every pool's bucket with a zero refund: the store

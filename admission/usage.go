@@ -34,6 +34,22 @@ type UsageReport struct {
 	// than it saved), and their total.
 	Savings      map[string]string `json:"savings_usd"`
 	SavingsTotal string            `json:"savings_total_usd"`
+	// Forecast projects the client's own budget to the period's end; nil
+	// for a client whose budget is not watched (see alerts.budget_clients).
+	Forecast *UsageForecast `json:"forecast,omitempty"`
+}
+
+// UsageForecast is a client's projected use (spent and reserved) at the
+// end of the period, from its use so far and its rate over RateWindow
+// (the span sampled so far, up to alerts.forecast_window).
+type UsageForecast struct {
+	Spend      string `json:"forecast_usd"`
+	PerHour    string `json:"rate_usd_per_hour"`
+	RateWindow string `json:"rate_window"` // "0s": too few samples yet, the forecast is the use now
+	// ExceedsBudget: the projection is above the budget; CrossesAt is when
+	// the budget runs out at the recent rate (absent once it has).
+	ExceedsBudget bool       `json:"forecast_exceeds_budget"`
+	CrossesAt     *time.Time `json:"budget_crossed_at,omitempty"`
 }
 
 // ErrUnknownClient is returned for a client the policy does not know and
@@ -68,6 +84,17 @@ func (s *Service) Usage(ctx context.Context, clientID string) (UsageReport, erro
 		rep.Savings[sv.Strategy] = sv.Amount.String()
 	}
 	rep.SavingsTotal = limiter.SavingsTotal(u.Savings).String()
+	if len(u.Budgets) > 0 {
+		own := u.Budgets[0]
+		if f, ok := s.forecastOf(clientID, rep.Period, own.Spent+own.Reserved, own.Limit, rep.PeriodEnds); ok {
+			rep.Forecast = &UsageForecast{Spend: f.Spend.String(), PerHour: f.PerHour.String(), RateWindow: f.Window.Round(time.Second).String(),
+				ExceedsBudget: f.Exceeds}
+			if !f.Crosses.IsZero() {
+				at := f.Crosses.UTC()
+				rep.Forecast.CrossesAt = &at
+			}
+		}
+	}
 	return rep, nil
 }
 

@@ -31,6 +31,7 @@ var apiEndpoints = []struct{ method, path, body string }{
 	{http.MethodGet, "/api/optimize/recommendations/acme", ""},
 	{http.MethodGet, "/debug/policy", ""},
 	{http.MethodGet, "/", ""}, // the status page (status.go)
+	{http.MethodGet, "/admin/alerts", ""},
 }
 
 // call sends one request to the API listener with the Authorization
@@ -90,7 +91,7 @@ func TestAPIAuth(t *testing.T) {
 	t.Run("health and metrics stay open, the API is not on their listener", func(t *testing.T) {
 		ts := startServer(t, serverOpts{})
 		plain := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-		for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/api/usage/acme": 404, "/debug/policy": 404, "/api/queue/status": 404, "/api/optimize/stats/acme": 404} {
+		for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/api/usage/acme": 404, "/debug/policy": 404, "/api/queue/status": 404, "/api/optimize/stats/acme": 404, "/admin/alerts": 404} {
 			resp, err := plain.Get(ts.base + path)
 			require.NoError(t, err)
 			resp.Body.Close()

@@ -10,27 +10,37 @@ import (
 	"github.com/tollgate/tollgate/admission"
 )
 
-// backgroundLoop does the server's own work every ExpireEvery until
-// Shutdown: it commits lapsed reservations at their estimate (deferred
+// backgroundLoop does the server's own work until Shutdown: every
+// ExpireEvery it commits lapsed reservations at their estimate (deferred
 // settlement), and books the spend of calls let through fail open once the
-// store answers. While the store cannot do either (Redis away), each task
-// says so once, and once again when it works, rather than every tick.
+// store answers; every WatchEvery it refreshes the standing the alerts and
+// their gauges read. While the store cannot do a task (Redis away), the
+// task says so once, and once again when it works, rather than every tick.
 func (s *Server) backgroundLoop(ctx context.Context) {
 	defer close(s.loopDone)
-	if s.cfg.ExpireEvery <= 0 {
-		<-s.stopLoop
-		return
+	var expireC, watchC <-chan time.Time // nil: that task is off
+	if s.cfg.ExpireEvery > 0 {
+		t := time.NewTicker(s.cfg.ExpireEvery)
+		defer t.Stop()
+		expireC = t.C
+	}
+	if s.cfg.WatchEvery > 0 {
+		t := time.NewTicker(s.cfg.WatchEvery)
+		defer t.Stop()
+		watchC = t.C
 	}
 	expire := s.cfg.Settlement == admission.SettleDeferred
-	t := time.NewTicker(s.cfg.ExpireEvery)
-	defer t.Stop()
 	expiring := &failing{log: s.log, task: "expiring reservations", errors: s.m.backgroundErrors.WithLabelValues("expire")}
 	booking := &failing{log: s.log, task: "booking the spend of calls let through fail open", errors: s.m.backgroundErrors.WithLabelValues("fail_open_book")}
+	watching := &failing{log: s.log, task: "reading the alerts' standing from the store", errors: s.m.backgroundErrors.WithLabelValues("watch")}
 	for {
 		select {
 		case <-s.stopLoop:
 			return
-		case <-t.C:
+		case <-watchC:
+			_, err := s.round(ctx, func(ctx context.Context) (int, error) { return 0, s.svc.Refresh(ctx) })
+			watching.observe(ctx, err)
+		case <-expireC:
 			if expire {
 				n, err := s.round(ctx, func(ctx context.Context) (int, error) { return s.svc.Expire(ctx, 10_000) })
 				expiring.observe(ctx, err)

@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		backgroundErrors: f.CounterVec(prometheus.CounterOpts{
 			Name: "tollgate_authz_background_errors_total",
-			Help: "Rounds of the server's own work that failed, by task (expire: committing lapsed reservations at their estimate; fail_open_book: booking the spend of calls let through fail open); logged once when a task starts failing and once when it works again.",
+			Help: "Rounds of the server's own work that failed, by task (expire: committing lapsed reservations at their estimate; fail_open_book: booking the spend of calls let through fail open; watch: reading the standing the alerts and their gauges show); logged once when a task starts failing and once when it works again.",
 		}, []string{"task"}),
 	}
 	m.set = f

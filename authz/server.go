@@ -70,12 +70,17 @@ type Config struct {
 	// reservations), and the spend of calls let through fail open is
 	// booked once the store answers. Zero: never (Shutdown still books).
 	ExpireEvery time.Duration
+	// WatchEvery is how often the server reads the standing its alerts and
+	// gauges show (pools, watched budgets, forecasts) from the store. Zero:
+	// only when GET /admin/alerts asks.
+	WatchEvery time.Duration
 }
 
 // DefaultConfig returns the configuration `tollgate serve` starts from.
 func DefaultConfig() Config {
 	return Config{GRPCAddr: "127.0.0.1:8081", HTTPAddr: "127.0.0.1:8080", APIAddr: "127.0.0.1:8082", ClientHeader: "x-tollgate-client",
-		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second, RateLimitHeaders: DefaultRateLimitHeaders()}
+		DrainDelay: time.Second, Settlement: admission.SettleDeferred, ExpireEvery: time.Second, WatchEvery: 15 * time.Second,
+		RateLimitHeaders: DefaultRateLimitHeaders()}
 }
 
 // Validate reports a configuration that cannot work.
@@ -110,6 +115,9 @@ func (c Config) Validate() error {
 	if c.ExpireEvery < 0 {
 		errs = append(errs, fmt.Errorf("authz: expiry interval %v is negative", c.ExpireEvery))
 	}
+	if c.WatchEvery < 0 {
+		errs = append(errs, fmt.Errorf("authz: watch interval %v is negative", c.WatchEvery))
+	}
 	return errors.Join(errs...)
 }
 
@@ -141,10 +149,6 @@ type Deps struct {
 	// Cache keeps upstream answers for the policy's cache rules (the
 	// caller closes it); nil: none, and DELETE /api/cache/... answers 404.
 	Cache respcache.Cache
-	// StatusExtras adds to the status page (GET /) what admission does
-	// not compute: the alerts firing and each budget's forecast. nil: the
-	// page says no alert evaluator is configured and shows no forecast.
-	StatusExtras admission.StatusExtras
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -432,6 +436,7 @@ func (s *Server) apiMux() http.Handler {
 	}
 	mux.HandleFunc("GET /debug/policy", s.debugPolicy)
 	s.apiRoutes(mux)
+	s.alertRoutes(mux)
 	s.estimateRoute(mux)
 	s.optimizeRoutes(mux)
 	s.queueRoutes(mux)

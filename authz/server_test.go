@@ -92,7 +92,7 @@ type testServer struct {
 // testToken is the API token test servers require.
 const testToken = "test-token-0123456789abcdef"
 
-// apiTransport sends requests for /api/... and /debug/... to the API
+// apiTransport sends requests for /api/..., /admin/... and /debug/... to the API
 // listener with the bearer token (unless the request carries its own
 // Authorization), and everything else where it was addressed: the tests
 // keep naming paths, as an operator's scripts do.
@@ -103,7 +103,7 @@ type apiTransport struct {
 }
 
 func (t apiTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/") {
+	if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/") || strings.HasPrefix(r.URL.Path, "/admin/") {
 		r = r.Clone(r.Context())
 		r.URL.Host, r.Host = t.api, t.api
 		if r.Header.Get("Authorization") == "" && t.token != "" {
@@ -129,7 +129,6 @@ type serverOpts struct {
 	clk      *fakeclock.Clock    // nil: a fresh one at epoch
 	config   func(*authz.Config) // adjusts the loopback config
 	logger   *slog.Logger        // nil: discard
-	extras   admission.StatusExtras
 }
 
 // startServer builds a Server on 127.0.0.1:0, serves it, and dials it. At
@@ -158,13 +157,12 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		policies = admission.StaticPolicy{Set: compilePolicy(tb, o.policy)}
 	}
 	srv, err := authz.New(cfg, authz.Deps{
-		Policies:     policies,
-		Store:        o.store,
-		Registry:     reg,
-		Clock:        o.clk,
-		Logger:       o.logger,
-		Cache:        o.cache,
-		StatusExtras: o.extras,
+		Policies: policies,
+		Store:    o.store,
+		Registry: reg,
+		Clock:    o.clk,
+		Logger:   o.logger,
+		Cache:    o.cache,
 	})
 	require.NoError(tb, err)
 

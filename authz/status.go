@@ -84,10 +84,10 @@ func (s *Server) statusRoutes(mux *http.ServeMux) {
 		// A store that hangs leaves a page saying so, not a hung page.
 		ctx, cancel := context.WithTimeout(r.Context(), statusReadTimeout)
 		defer cancel()
+		// The alerts and forecasts as of now: a store that fails leaves
+		// those of the refresh before (the sections below say why).
+		_ = s.svc.Refresh(ctx)
 		snap := s.svc.Status(ctx)
-		if s.deps.StatusExtras != nil {
-			s.deps.StatusExtras(ctx, &snap)
-		}
 		s.renderPage(w, "status", http.StatusOK, map[string]any{"Snap": snap, "Refresh": statusRefresh, "Cookie": viaCookie})
 	})
 	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {

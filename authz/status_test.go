@@ -18,7 +18,7 @@ import (
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
-	"github.com/tollgate/tollgate/policy"
+	"github.com/tollgate/tollgate/internal/fakeclock"
 )
 
 // statusPolicy: two pools on one route, "calls" (10 requests) and "burst"
@@ -152,7 +152,9 @@ func TestStatusPage(t *testing.T) {
 		`<td>alpha</td><td>api.openai.com/v9/&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;</td><td>unmatched</td><td>unmatched_route</td>`,
 		`<td>mallory</td><td>openai</td><td>denied</td><td>unknown_client</td>`,
 		"1 per 1s",
-		"no alert evaluator configured",
+		// burst is empty: the pool alert fires, evaluated as the page is read
+		`<tr class="alert-warning"><td>TollgatePoolLow</td>`,
+		"pool burst has less than 10% of its capacity left",
 	} {
 		assert.Contains(t, page, want)
 	}
@@ -223,25 +225,31 @@ func TestStatusNoToken(t *testing.T) {
 	assert.Empty(t, resp.Cookies())
 }
 
-// TestStatusExtras: what an alert evaluator and a forecaster add shows on
-// the page, escaped like everything else.
-func TestStatusExtras(t *testing.T) {
-	extras := func(_ context.Context, snap *admission.StatusSnapshot) {
-		snap.AlertsEvaluated = true
-		snap.Alerts = append(snap.Alerts, admission.StatusAlert{Name: "BudgetBurn", Severity: "critical", Summary: "alpha <b>burns</b>", Since: epoch})
-		for i := range snap.Budgets {
-			if snap.Budgets[i].Owner == "alpha" {
-				snap.Budgets[i].Forecast, snap.Budgets[i].HasForecast = policy.Money(12_500_000_000), true
-			}
+// TestStatusForecast: once the spend samples span the forecast's shortest
+// window, each watched budget shows its month-end projection.
+func TestStatusForecast(t *testing.T) {
+	clk := fakeclock.New(epoch)
+	ts := startServer(t, serverOpts{policy: statusPolicy, clk: clk, config: func(c *authz.Config) { c.Settlement = admission.SettleDeferred }})
+	resp, page := getPage(t, ts.srv, http.MethodGet, "/", nil, bearer(testToken))
+	require.Equal(t, http.StatusOK, resp.StatusCode, page)
+	assert.NotContains(t, page, "no alert evaluator configured")
+
+	id := ts.admit(t, "alpha")
+	sc, body := ts.post(t, "/api/reservations/"+id+"/settle", `{"actual_cost_usd":"0.1"}`)
+	require.Equal(t, http.StatusOK, sc, body)
+	clk.Advance(10 * time.Minute)
+	_, page = getPage(t, ts.srv, http.MethodGet, "/", nil, bearer(testToken))
+
+	snap := ts.srv.Service().Status(context.Background())
+	var alpha admission.StatusBudget
+	for _, b := range snap.Budgets {
+		if b.Owner == "alpha" {
+			alpha = b
 		}
 	}
-	ts := startServer(t, serverOpts{policy: statusPolicy, extras: extras})
-	resp, page := getPage(t, ts.srv, http.MethodGet, "/", nil, bearer(testToken))
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Contains(t, page, `<tr class="alert-critical"><td>BudgetBurn</td>`)
-	assert.Contains(t, page, "alpha &lt;b&gt;burns&lt;/b&gt;")
-	assert.Contains(t, page, "$12.5")
-	assert.NotContains(t, page, "no alert evaluator configured")
+	require.True(t, alpha.HasForecast, "alpha spent $0.10 in 10 minutes: a rate, so a forecast")
+	assert.Greater(t, alpha.Forecast, alpha.Spent, "the month goes on: more than is spent now")
+	assert.Contains(t, page, "$"+alpha.Forecast.String())
 }
 
 // TestStatusStoreDown: a store that fails leaves a page that says so per

@@ -5,10 +5,19 @@
 package deploy_test
 
 import (
+	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
+
+	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/policy"
 )
 
 func promtool(t *testing.T, args ...string) string {
@@ -33,4 +42,51 @@ func TestPrometheusConfigs(t *testing.T) {
 	for _, f := range []string{"prometheus.yml", "prometheus.fleet.yml"} {
 		require.Contains(t, promtool(t, "check", "config", "--syntax-only", f), "SUCCESS", f)
 	}
+}
+
+// TestAlertRulesAgreeWithPolicy: the rules of the alerts GET /admin/alerts
+// also evaluates carry the names admission gives them and, as numbers, the
+// policy's default thresholds (alerts: and queue.starvation_alert), so an
+// operator sees the same alert whichever way they look.
+func TestAlertRulesAgreeWithPolicy(t *testing.T) {
+	raw, err := os.ReadFile("alerts.yml")
+	require.NoError(t, err)
+	var doc struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	require.NoError(t, yaml.Unmarshal(raw, &doc))
+	exprs := map[string]string{}
+	for _, g := range doc.Groups {
+		for _, r := range g.Rules {
+			exprs[r.Alert] = strings.Join(strings.Fields(r.Expr), " ")
+		}
+	}
+	d := policy.DefaultAlerts()
+	pct := func(p int64) string { return strconv.FormatFloat(float64(p)/100, 'f', 2, 64) }
+	window := "[" + strconv.FormatInt(int64(d.UpstreamWindow/time.Minute), 10) + "m]" // whole minutes
+	want := map[string][]string{
+		admission.AlertPoolLow:         {"tollgate_pool_remaining_ratio", "< " + pct(d.PoolBelow)},
+		admission.AlertBudgetHigh:      {"tollgate_budget_used_ratio", "> " + pct(d.BudgetAbove)},
+		admission.AlertBudgetForecast:  {"tollgate_budget_forecast_ratio) > 1", "tollgate_budget_used_ratio) < 1"},
+		admission.AlertQueueBacklog:    {"sum by (instance) (tollgate_queue_depth) > " + strconv.FormatInt(d.QueueAbove, 10)},
+		admission.AlertQueueStarvation: {"tollgate_queue_starvation_alerts_total"}, // counted at the policy's threshold
+		admission.AlertUpstreamErrors: {`status_class=~"5xx|none"}` + window, "tollgate_upstream_responses_total" + window,
+			"> " + pct(d.UpstreamErrorsAbove)},
+	}
+	for name, parts := range want {
+		expr, ok := exprs[name]
+		if !assert.True(t, ok, "alerts.yml has no rule %s", name) {
+			continue
+		}
+		for _, p := range parts {
+			assert.Contains(t, expr, p, "%s: the rule must agree with policy.DefaultAlerts", name)
+		}
+	}
+	q := policy.DefaultQueue()
+	assert.Less(t, q.StarvationAlert, q.LongestWait(), "the starvation alert must be reachable with the shipped limits")
 }

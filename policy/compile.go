@@ -34,6 +34,7 @@ func (ds *docs) compile() (*Set, []error) {
 	c.queue(ds.queues)
 	c.optimize(ds.optimize)
 	c.cache(ds.cache)
+	c.alerts(ds.alerts)
 	return c.set, c.errs
 }
 

@@ -146,6 +146,7 @@ type docs struct {
 	queues     []queueDoc
 	optimize   []optimizeDoc
 	cache      []cacheDoc
+	alerts     []alertsDoc
 }
 
 // yamlLine picks the line out of a yaml.v3 syntax error, so that it is
@@ -204,6 +205,9 @@ func (ds *docs) readRoot(d *decoder, n *yaml.Node) {
 	}
 	if c, ok := readBlock(top, "cache", readCache); ok {
 		ds.cache = append(ds.cache, c)
+	}
+	if a, ok := readBlock(top, "alerts", readAlerts); ok {
+		ds.alerts = append(ds.alerts, a)
 	}
 	top.close()
 }

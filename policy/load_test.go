@@ -37,7 +37,7 @@ func TestCompileRefusals(t *testing.T) {
 		},
 		"unknown top-level key lists the allowed": {
 			src:  withPool("frobnicate: 1"),
-			want: wantErr{line: 6, path: "", msg: `unknown field "frobnicate" (allowed: defaults, pools, routes, tiers, queue, models, clients, optimize, cache)`},
+			want: wantErr{line: 6, path: "", msg: `unknown field "frobnicate" (allowed: defaults, pools, routes, tiers, queue, models, clients, optimize, cache, alerts)`},
 		},
 		"unknown pool key": {
 			src:  withPool(`    prize: "0.03/1K"`),

@@ -196,6 +196,8 @@ type Set struct {
 	Optimize *Optimize
 	// Cache holds the rules of the response cache and idempotency.
 	Cache *Cache
+	// Alerts are the thresholds of the alerts GET /admin/alerts evaluates.
+	Alerts Alerts
 	// Files are the files the set was loaded from, in load order.
 	Files    []string
 	LoadedAt time.Time

@@ -22,6 +22,8 @@ type Summary struct {
 	Optimize SummaryOptimize `json:"optimize"`
 	Cache    SummaryCache    `json:"cache"`
 	Clients  int             `json:"clients"`
+	// Alerts are the thresholds of the in-process alerts, in a sentence.
+	Alerts string `json:"alerts"`
 }
 
 // SummaryOptimize mirrors Optimize: each rule's conditions and actions as
@@ -168,6 +170,9 @@ func (s *Set) Summary() Summary {
 		}
 		sum.Tiers = append(sum.Tiers, st)
 	}
+	a := s.Alerts.WithDefaults()
+	sum.Alerts = fmt.Sprintf("pool below %d%%, budget above %d%%, more than %d calls held, upstream errors above %d%% over %s; %d clients watched, forecasts over %s",
+		a.PoolBelow, a.BudgetAbove, a.QueueAbove, a.UpstreamErrorsAbove, a.UpstreamWindow, a.BudgetClients, a.ForecastWindow)
 	q := s.Queue
 	sum.Queue = SummaryQueue{PriorityHeader: q.PriorityHeader, WaitHorizon: q.WaitHorizon.String(),
 		FairnessWindow: q.FairnessWindow.String(), StarvationAlert: q.StarvationAlert.String()}

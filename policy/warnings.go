@@ -20,6 +20,10 @@ func (s *Set) Warnings() []string {
 			out = append(out, "routes."+r.Name+": an LLM route whose pools have no price and whose models no entry of models: prices; its calls cost $0 and budgets never move")
 		}
 	}
+	if q := s.Queue; q.StarvationAlert > 0 && q.StarvationAlert >= q.LongestWait() {
+		out = append(out, fmt.Sprintf("queue.starvation_alert: %v, but no class holds a call that long (the longest max_wait is %v), so the starvation alert never fires",
+			q.StarvationAlert, q.LongestWait()))
+	}
 	return append(out, s.optimizeWarnings()...)
 }
 

@@ -87,7 +87,28 @@ func usage(ctx context.Context, addr string, tok authz.Secret, client string, as
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	printForecast(out, rep)
 	return printSavings(out, rep)
+}
+
+// printForecast prints the projection of the client's own budget to the
+// period's end; nothing for a client the alerts do not watch.
+func printForecast(out io.Writer, rep admission.UsageReport) {
+	f := rep.Forecast
+	if f == nil {
+		return
+	}
+	if f.RateWindow == "0s" {
+		fmt.Fprintf(out, "\nforecast: too few samples of %s's spend yet for a rate (the server samples it every 15 s)\n", rep.Client)
+		return
+	}
+	fmt.Fprintf(out, "\nforecast: $%s by the period's end, at $%s an hour (the rate over the last %s)\n", f.Spend, f.PerHour, f.RateWindow)
+	switch {
+	case f.ExceedsBudget && f.CrossesAt != nil:
+		fmt.Fprintf(out, "the budget runs out at that rate at %s\n", f.CrossesAt.Format(time.RFC3339))
+	case f.ExceedsBudget:
+		fmt.Fprintln(out, "the budget is used up already")
+	}
 }
 
 // printSavings prints what the optimizer saved the client this period, by

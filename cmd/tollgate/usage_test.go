@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -152,6 +153,33 @@ func TestUsageSavings(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
 			require.NoError(t, printSavings(&out, admission.UsageReport{Client: "acme", Savings: tc.savings, SavingsTotal: tc.total}))
+			assert.Equal(t, tc.want, out.String())
+		})
+	}
+}
+
+// TestUsageForecast: `tollgate usage` shows the projection of the client's
+// budget, and when it runs out; nothing for a client not watched.
+func TestUsageForecast(t *testing.T) {
+	at := time.Date(2026, 12, 10, 9, 0, 0, 0, time.UTC)
+	tests := map[string]struct {
+		f    *admission.UsageForecast
+		want string
+	}{
+		"not watched": {nil, ""},
+		"no rate yet": {&admission.UsageForecast{Spend: "3", PerHour: "0", RateWindow: "0s"},
+			"\nforecast: too few samples of acme's spend yet for a rate (the server samples it every 15 s)\n"},
+		"within the budget": {&admission.UsageForecast{Spend: "40.5", PerHour: "0.05", RateWindow: "1h0m0s"},
+			"\nforecast: $40.5 by the period's end, at $0.05 an hour (the rate over the last 1h0m0s)\n"},
+		"runs out": {&admission.UsageForecast{Spend: "5290", PerHour: "10", RateWindow: "1h0m0s", ExceedsBudget: true, CrossesAt: &at},
+			"\nforecast: $5290 by the period's end, at $10 an hour (the rate over the last 1h0m0s)\nthe budget runs out at that rate at 2026-12-10T09:00:00Z\n"},
+		"ran out": {&admission.UsageForecast{Spend: "200", PerHour: "1", RateWindow: "30m0s", ExceedsBudget: true},
+			"\nforecast: $200 by the period's end, at $1 an hour (the rate over the last 30m0s)\nthe budget is used up already\n"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var out bytes.Buffer
+			printForecast(&out, admission.UsageReport{Client: "acme", Forecast: tc.f})
 			assert.Equal(t, tc.want, out.String())
 		})
 	}
