@@ -59,12 +59,17 @@ var (
 // scripts are the Lua scripts of one Store, each prepended with common.lua
 // (whose DONE_TTL follows Config.DoneRetention).
 type scripts struct {
-	reserve, finish, expire, usage, adjust, lease, slots, book *redis.Script
+	reserve, peek, finish, expire, usage, adjust, lease, slots, book *redis.Script
 }
+
+// peekFlags makes the peek script read-only in Redis's own eyes: a write
+// there fails instead of happening (and the script may run on a replica).
+const peekFlags = "#!lua flags=no-writes\n"
 
 func newScripts(common string) scripts {
 	return scripts{
-		reserve: redis.NewScript(common + reserveLua),
+		reserve: redis.NewScript(common + "local PEEK = false\n" + reserveLua),
+		peek:    redis.NewScript(peekFlags + common + "local PEEK = true\n" + reserveLua),
 		finish:  redis.NewScript(common + finishLua),
 		expire:  redis.NewScript(common + expireLua),
 		usage:   redis.NewScript(common + usageLua),
@@ -76,7 +81,7 @@ func newScripts(common string) scripts {
 }
 
 func (sc scripts) byName() map[string]*redis.Script {
-	return map[string]*redis.Script{"reserve": sc.reserve, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
+	return map[string]*redis.Script{"reserve": sc.reserve, "peek": sc.peek, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
 		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book}
 }
 
@@ -181,6 +186,18 @@ func micros(t time.Time) int64 {
 
 // Reserve decides one admission in one script call.
 func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	return s.reserve(ctx, s.sc.reserve, req)
+}
+
+// Peek decides req as Reserve would, in one read-only script call (the
+// reserve script in its peek mode, flagged no-writes).
+func (s *Store) Peek(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	return s.reserve(ctx, s.sc.peek, req)
+}
+
+var _ limiter.Peeker = (*Store)(nil)
+
+func (s *Store) reserve(ctx context.Context, script *redis.Script, req limiter.Request) (limiter.Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Decision{}, err
 	}
@@ -229,7 +246,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			keys = append(keys, s.slotKey(h.Slot.Client))
 		}
 	}
-	res, err := s.sc.reserve.Run(ctx, s.c, keys, args...).Slice()
+	res, err := script.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
 		if strings.Contains(err.Error(), "DUPLICATE") {
 			return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)

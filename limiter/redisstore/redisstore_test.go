@@ -124,3 +124,7 @@ func reopenable() (func(t *testing.T, _ limiter.Clock) storetest.FinishBackend, 
 			return s
 		}}
 }
+
+func TestPeekConformance(t *testing.T) {
+	storetest.RunPeek(t, func(t *testing.T, _ limiter.Clock) storetest.PeekBackend { return newStore(t) })
+}
