@@ -26,6 +26,7 @@ type Shared interface {
 	limiter.Leaser
 	limiter.SlotLeaser
 	limiter.Booker
+	limiter.Peeker
 }
 
 // Peers is the fleet as the Store sees it: a *Node. Methods must not block.

@@ -55,5 +55,5 @@ func TestPeekConformance(t *testing.T) {
 		s, err := memstore.New(memstore.Config{Clock: clock})
 		require.NoError(t, err)
 		return s
-	})
+	}, storetest.PeekConfig{})
 }

@@ -126,5 +126,5 @@ func reopenable() (func(t *testing.T, _ limiter.Clock) storetest.FinishBackend, 
 }
 
 func TestPeekConformance(t *testing.T) {
-	storetest.RunPeek(t, func(t *testing.T, _ limiter.Clock) storetest.PeekBackend { return newStore(t) })
+	storetest.RunPeek(t, func(t *testing.T, _ limiter.Clock) storetest.PeekBackend { return newStore(t) }, storetest.PeekConfig{})
 }
