@@ -53,6 +53,9 @@ type Store interface {
 	// Booker books the spend of calls let through fail open, once the
 	// store answers again (BookFailOpen).
 	limiter.Booker
+	// Peeker decides without deciding: the API's dry-run check and
+	// availability (check.go).
+	limiter.Peeker
 }
 
 // Settlement says how an admitted call's spend is booked.
