@@ -77,6 +77,8 @@ func (s *Server) endReservation(w http.ResponseWriter, r *http.Request, end func
 	switch {
 	case errors.Is(err, limiter.ErrUnknownReservation):
 		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+	case errors.Is(err, admission.ErrBadAsk):
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
 	case errors.Is(err, admission.ErrSettleTooLarge):
 		s.m.settleRefused.Inc()
 		s.log.LogAttrs(r.Context(), slog.LevelWarn, "settle refused: cost above what the reservation could cost",
