@@ -57,3 +57,11 @@ func TestPeekConformance(t *testing.T) {
 		return s
 	}, storetest.PeekConfig{})
 }
+
+func TestHistoryConformance(t *testing.T) {
+	storetest.RunHistory(t, func(t *testing.T, clock limiter.Clock) storetest.HistoryBackend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	})
+}

@@ -110,6 +110,11 @@ type Config struct {
 	// later than that finds no reservation. Zero means
 	// DefaultDoneRetention; whole seconds, at most MaxDoneRetention.
 	DoneRetention time.Duration
+	// HistoryMonths is how many months a client's history is kept after
+	// its last booking (0: limiter.DefaultHistoryMonths); CostTTL how long
+	// a call's cost record is kept (0: limiter.DefaultCostTTL).
+	HistoryMonths int
+	CostTTL       time.Duration
 }
 
 // DefaultConfig returns the prefix "tollgate" and a day's retention.
@@ -124,6 +129,9 @@ func (c Config) Validate() error {
 	if c.DoneRetention != 0 && (c.DoneRetention < time.Second || c.DoneRetention > MaxDoneRetention || c.DoneRetention%time.Second != 0) {
 		errs = append(errs, fmt.Errorf("redisstore: retention of ended reservations %v must be whole seconds from 1s to %v", c.DoneRetention, MaxDoneRetention))
 	}
+	if err := limiter.ValidateRetention(c.HistoryMonths, c.CostTTL); err != nil {
+		errs = append(errs, fmt.Errorf("redisstore: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -133,6 +141,8 @@ type Store struct {
 	c  redis.UniversalClient
 	p  string // "{prefix}:"
 	sc scripts
+
+	histTTL, costTTL time.Duration // retention of history and cost records
 }
 
 // New returns a Store using client c.
@@ -147,7 +157,14 @@ func New(c redis.UniversalClient, cfg Config) (*Store, error) {
 	if r := cfg.DoneRetention; r != 0 && r != DefaultDoneRetention {
 		sc = newScripts(strings.Replace(commonLua, doneTTLLine, fmt.Sprintf("local DONE_TTL = %d ", int64(r/time.Second)), 1))
 	}
-	return &Store{c: c, p: "{" + cfg.Prefix + "}:", sc: sc}, nil
+	months, costTTL := cfg.HistoryMonths, cfg.CostTTL
+	if months == 0 {
+		months = limiter.DefaultHistoryMonths
+	}
+	if costTTL == 0 {
+		costTTL = limiter.DefaultCostTTL
+	}
+	return &Store{c: c, p: "{" + cfg.Prefix + "}:", sc: sc, histTTL: limiter.HistoryTTL(months), costTTL: costTTL}, nil
 }
 
 // Load puts the scripts into Redis's script cache, so the first admission
@@ -357,8 +374,13 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 		return limiter.Settlement{}, err
 	}
 	id, o := e.ID, e.Outcome
-	keys := make([]string, 0, 3+len(e.Throttles))
+	keys := make([]string, 0, 5+len(e.Throttles))
 	keys = append(keys, s.expiryKey(), s.recordKey(id), s.doneKey(id))
+	if rec := e.Record; rec != nil {
+		keys = append(keys, s.historyKey(rec.Client, rec.Month), s.costKey(rec.RequestID))
+	} else {
+		keys = append(keys, s.expiryKey(), s.expiryKey())
+	}
 	saved := e.Booked()
 	args := make([]any, 0, 8+2*len(e.Used)+5*len(e.Throttles)+2*len(saved))
 	args = append(args, s.p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
@@ -370,6 +392,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Limit.Den(), t.Cap, t.Pause.Microseconds())
 	}
 	args = appendSavings(args, saved)
+	args = s.appendRecord(args, e.Record)
 	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
