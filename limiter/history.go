@@ -114,3 +114,42 @@ func ValidateRetention(months int, costTTL time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
+
+// RecordedEnd is the end of a call decided elsewhere (a fleet member's
+// local reservation), booked into history and cost records later.
+type RecordedEnd struct {
+	Record  CallRecord
+	Outcome Outcome
+	Spent   policy.Money
+	At      time.Time
+}
+
+// MaxRecordBatch bounds the ends one Record batch carries.
+const MaxRecordBatch = 256
+
+// Recorder books the history and cost records of calls ended elsewhere,
+// in batches applied exactly once (a batch id seen before, within a day,
+// changes nothing), as Booker books their spend.
+type Recorder interface {
+	Record(ctx context.Context, batch string, ends []RecordedEnd) (applied bool, err error)
+}
+
+// ValidateRecordBatch refuses a batch no store can book.
+func ValidateRecordBatch(batch string, ends []RecordedEnd) error {
+	if batch == "" || len(batch) > MaxRequestID || strings.ContainsAny(batch, " \n") {
+		return fmt.Errorf("limiter: record batch id %q is empty, long or has spaces", batch)
+	}
+	if len(ends) > MaxRecordBatch {
+		return fmt.Errorf("limiter: record batch %s: %d ends, more than %d", batch, len(ends), MaxRecordBatch)
+	}
+	for i := range ends {
+		e := &ends[i]
+		if err := e.Record.Validate(); err != nil {
+			return fmt.Errorf("limiter: record batch %s: %w", batch, err)
+		}
+		if e.Spent < 0 || e.Spent >= MaxMoney || (e.Outcome != OutcomeSettled && e.Outcome != OutcomeReleased && e.Outcome != OutcomeExpired) {
+			return fmt.Errorf("limiter: record batch %s: end %d: outcome %q, spent %d", batch, i, e.Outcome, e.Spent)
+		}
+	}
+	return nil
+}

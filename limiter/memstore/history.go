@@ -139,3 +139,32 @@ func (s *Store) CostRecord(ctx context.Context, requestID string) (limiter.CostR
 	}
 	return e.rec, nil
 }
+
+var _ limiter.Recorder = (*Store)(nil)
+
+// Record books the history and cost records of calls ended elsewhere,
+// exactly once per batch id.
+func (s *Store) Record(ctx context.Context, batch string, ends []limiter.RecordedEnd) (bool, error) {
+	if err := s.usable(ctx); err != nil {
+		return false, err
+	}
+	if err := limiter.ValidateRecordBatch(batch, ends); err != nil {
+		return false, err
+	}
+	at := limiter.Micros(s.clock.Now())
+	s.ledgerMu.Lock()
+	defer s.ledgerMu.Unlock()
+	s.ledger.expire(at, 1<<30) // also forgets old batch ids
+	key := "record:" + batch
+	if _, seen := s.ledger.batches[key]; seen {
+		return false, nil
+	}
+	for i := range ends {
+		e := &ends[i]
+		s.ledger.hist.book(&e.Record, limiter.Settlement{Outcome: e.Outcome, Spent: e.Spent}, limiter.Micros(e.At))
+	}
+	exp := at + s.ledger.limits.Retention.Microseconds()
+	s.ledger.batches[key] = exp
+	s.ledger.batchQ = append(s.ledger.batchQ, expiryItem{id: key, exp: exp})
+	return true, nil
+}

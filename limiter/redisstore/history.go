@@ -142,3 +142,35 @@ func (s *Store) CostRecord(ctx context.Context, requestID string) (limiter.CostR
 	}
 	return rec, nil
 }
+
+var _ limiter.Recorder = (*Store)(nil)
+
+// Record books a batch of calls ended elsewhere in one script call.
+func (s *Store) Record(ctx context.Context, batch string, ends []limiter.RecordedEnd) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if err := limiter.ValidateRecordBatch(batch, ends); err != nil {
+		return false, err
+	}
+	marker := s.p + "jr:" + batch
+	keys := make([]string, 0, 1+2*len(ends))
+	keys = append(keys, marker)
+	args := make([]any, 0, 3+11*len(ends))
+	args = append(args, len(ends), int64(s.histTTL/time.Second), s.costTTL.Milliseconds())
+	for i := range ends {
+		e := &ends[i]
+		ck := marker
+		if e.Record.RequestID != "" {
+			ck = s.costKey(e.Record.RequestID)
+		}
+		keys = append(keys, s.historyKey(e.Record.Client, e.Record.Month), ck)
+		args = append(args, string(e.Outcome), int64(e.Spent), e.Record.Route, e.Record.Model, e.Record.InputTokens, e.Record.OutputTokens,
+			int64(e.Record.Estimate), int64(e.Record.Saved), e.Record.RequestID, e.Record.Client, e.At.UnixMicro())
+	}
+	n, err := s.sc.record.Run(ctx, s.c, keys, args...).Int64()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: record batch %s: %w", batch, err)
+	}
+	return n == 1, nil
+}

@@ -50,6 +50,8 @@ var (
 	leaseLua string
 	//go:embed slots.lua
 	slotsLua string
+	//go:embed record.lua
+	recordLua string
 	//go:embed book.lua
 	bookLua string
 
@@ -59,7 +61,7 @@ var (
 // scripts are the Lua scripts of one Store, each prepended with common.lua
 // (whose DONE_TTL follows Config.DoneRetention).
 type scripts struct {
-	reserve, peek, finish, expire, usage, adjust, lease, slots, book *redis.Script
+	reserve, peek, finish, expire, usage, adjust, lease, slots, book, record *redis.Script
 }
 
 // peekFlags makes the peek script read-only in Redis's own eyes: a write
@@ -77,12 +79,13 @@ func newScripts(common string) scripts {
 		lease:   redis.NewScript(common + leaseLua),
 		slots:   redis.NewScript(common + slotsLua),
 		book:    redis.NewScript(common + bookLua),
+		record:  redis.NewScript(common + recordLua),
 	}
 }
 
 func (sc scripts) byName() map[string]*redis.Script {
 	return map[string]*redis.Script{"reserve": sc.reserve, "peek": sc.peek, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
-		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book}
+		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book, "record": sc.record}
 }
 
 // Scripts lists the embedded scripts (with the default retention), for

@@ -19,6 +19,7 @@ type HistoryBackend interface {
 	limiter.Backend
 	limiter.Finisher
 	limiter.Historian
+	limiter.Recorder
 }
 
 // RunHistory runs the conformance suite of history and cost records
@@ -32,6 +33,7 @@ func RunHistory(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock)
 		"no record, nothing booked":                 testHistoryNone,
 		"unknown ids and clients":                   testHistoryUnknown,
 		"an invalid record changes nothing":         testHistoryInvalid,
+		"a record batch books once":                 testHistoryBatch,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &historyHarness{clock: fakeclock.New(Epoch)}
@@ -163,4 +165,27 @@ func testHistoryInvalid(t *testing.T, h *historyHarness) {
 	u, err := h.b.Usage(context.Background(), period, []limiter.Budget{budget("acme", 1000)}, h.clock.Now())
 	require.NoError(t, err)
 	assert.Equal(t, policy.Money(10), u.Budgets[0].Reserved, "still held")
+}
+
+func testHistoryBatch(t *testing.T, h *historyHarness) {
+	at := h.clock.Now().UTC()
+	ends := []limiter.RecordedEnd{
+		{Record: *rec("req-b1", "openai", "gpt-4o", 3, 4, 10, 1), Outcome: limiter.OutcomeSettled, Spent: 9, At: at},
+		{Record: *rec("req-b2", "openai", "gpt-4o", 1, 1, 10, 0), Outcome: limiter.OutcomeSettled, Spent: 11, At: at},
+		{Record: *rec("req-b3", "openai", "gpt-4o", 0, 0, 10, 0), Outcome: limiter.OutcomeReleased, At: at},
+	}
+	for i, want := range []bool{true, false} {
+		applied, err := h.b.Record(context.Background(), "batch-1", ends)
+		require.NoError(t, err)
+		assert.Equal(t, want, applied, "attempt %d", i)
+	}
+	rows, err := h.b.History(context.Background(), "acme", []string{"2026-01"})
+	require.NoError(t, err)
+	assert.Equal(t, []limiter.HistoryRow{{Month: "2026-01", Route: "openai", Model: "gpt-4o", Calls: 2, Cost: 20, InputTokens: 4, OutputTokens: 5, Saved: 1}}, rows)
+	c, err := h.b.CostRecord(context.Background(), "req-b3")
+	require.NoError(t, err)
+	assert.Equal(t, limiter.OutcomeReleased, c.Outcome)
+	assert.Equal(t, at.Truncate(time.Microsecond), c.At)
+	_, err = h.b.Record(context.Background(), "bad batch", ends)
+	assert.Error(t, err)
 }
