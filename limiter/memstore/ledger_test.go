@@ -63,5 +63,5 @@ func TestHistoryConformance(t *testing.T) {
 		s, err := memstore.New(memstore.Config{Clock: clock})
 		require.NoError(t, err)
 		return s
-	})
+	}, storetest.HistoryConfig{})
 }

@@ -167,7 +167,7 @@ type Queue[V any] struct {
 	parkAt  int64
 	seq     uint64
 	closed  bool
-	stopped bool // the scheduler is stopped: lines hold, nobody is let go
+	stopped bool              // the scheduler is stopped: lines hold, nobody is let go
 	usage   map[string]*usage // fairness, by line key
 	running sync.WaitGroup    // dispatchers in flight
 	busy    atomic.Int64      // and how many

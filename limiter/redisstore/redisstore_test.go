@@ -130,5 +130,5 @@ func TestPeekConformance(t *testing.T) {
 }
 
 func TestHistoryConformance(t *testing.T) {
-	storetest.RunHistory(t, func(t *testing.T, _ limiter.Clock) storetest.HistoryBackend { return newStore(t) })
+	storetest.RunHistory(t, func(t *testing.T, _ limiter.Clock) storetest.HistoryBackend { return newStore(t) }, storetest.HistoryConfig{})
 }

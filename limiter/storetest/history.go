@@ -22,10 +22,18 @@ type HistoryBackend interface {
 	limiter.Recorder
 }
 
+// HistoryConfig tells RunHistory how to reach a store's state.
+type HistoryConfig struct {
+	// Sync, when set, books what the backend decided on its own into the
+	// store it reads history from (a fleet member books its local calls'
+	// records at its next sync); the suite calls it before every read.
+	Sync func(t *testing.T, b HistoryBackend)
+}
+
 // RunHistory runs the conformance suite of history and cost records
 // (limiter.CallRecord booked by Finish, read through limiter.Historian)
 // against backends made by newBackend (same contract as Run's newStore).
-func RunHistory(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) HistoryBackend) {
+func RunHistory(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock) HistoryBackend, cfg HistoryConfig) {
 	for name, test := range map[string]func(*testing.T, *historyHarness){
 		"settles add up by month, route and model":  testHistorySums,
 		"a repeat books nothing twice":              testHistoryRepeat,
@@ -36,7 +44,7 @@ func RunHistory(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock)
 		"a record batch books once":                 testHistoryBatch,
 	} {
 		t.Run(name, func(t *testing.T) {
-			h := &historyHarness{clock: fakeclock.New(Epoch)}
+			h := &historyHarness{clock: fakeclock.New(Epoch), cfg: cfg}
 			h.b = newBackend(t, h.clock)
 			require.NotNil(t, h.b)
 			t.Cleanup(func() { assert.NoError(t, h.b.Close()) })
@@ -46,6 +54,7 @@ func RunHistory(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock)
 }
 
 type historyHarness struct {
+	cfg   HistoryConfig
 	clock *fakeclock.Clock
 	b     HistoryBackend
 }
@@ -77,19 +86,19 @@ func testHistorySums(t *testing.T, h *historyHarness) {
 	r := rec("req-4", "sms", "", 0, 0, 7, 0)
 	r.Month = "2026-02"
 	h.call(t, "h4", 7, settled(7, r))
-	rows, err := h.b.History(context.Background(), "acme", []string{"2026-02", "2026-01", "2025-12"})
+	rows, err := h.history(t, "acme", []string{"2026-02", "2026-01", "2025-12"})
 	require.NoError(t, err)
 	assert.Equal(t, []limiter.HistoryRow{
 		{Month: "2026-02", Route: "sms", Model: "", Calls: 1, Cost: 7},
 		{Month: "2026-01", Route: "openai", Model: "gpt-4o", Calls: 2, Cost: 170, InputTokens: 11, OutputTokens: 22, Saved: 2},
 		{Month: "2026-01", Route: "openai", Model: "gpt-4o-mini", Calls: 1, Cost: 40, InputTokens: 7},
 	}, rows)
-	c, err := h.b.CostRecord(context.Background(), "req-1")
+	c, err := h.costRecord(t, "req-1")
 	require.NoError(t, err)
 	assert.Equal(t, limiter.CostRecord{RequestID: "req-1", Client: "acme", Route: "openai", Model: "gpt-4o", Outcome: limiter.OutcomeSettled,
 		Estimate: 100, Actual: 80, Saved: 5, InputTokens: 10, OutputTokens: 20, At: h.clock.Now().UTC().Truncate(time.Microsecond)}, c)
 	h.clock.Advance(limiter.DefaultCostTTL + time.Second)
-	_, err = h.b.CostRecord(context.Background(), "req-1")
+	_, err = h.costRecord(t, "req-1")
 	if err == nil {
 		t.Log("the store keeps cost records by its own clock (Redis TTL); past the TTL on the fake clock only memory forgets")
 	} else {
@@ -104,7 +113,7 @@ func testHistoryRepeat(t *testing.T, h *historyHarness) {
 	st, err := h.b.Finish(context.Background(), e)
 	require.NoError(t, err)
 	require.True(t, st.Repeat)
-	rows, err := h.b.History(context.Background(), "acme", []string{"2026-01"})
+	rows, err := h.history(t, "acme", []string{"2026-01"})
 	require.NoError(t, err)
 	require.Len(t, rows, 1)
 	assert.Equal(t, int64(1), rows[0].Calls, "booked once")
@@ -113,10 +122,10 @@ func testHistoryRepeat(t *testing.T, h *historyHarness) {
 
 func testHistoryRelease(t *testing.T, h *historyHarness) {
 	h.call(t, "x1", 100, limiter.Ending{Outcome: limiter.OutcomeReleased, Record: rec("req-x", "openai", "gpt-4o", 0, 0, 100, 0)})
-	rows, err := h.b.History(context.Background(), "acme", []string{"2026-01"})
+	rows, err := h.history(t, "acme", []string{"2026-01"})
 	require.NoError(t, err)
 	assert.Empty(t, rows)
-	c, err := h.b.CostRecord(context.Background(), "req-x")
+	c, err := h.costRecord(t, "req-x")
 	require.NoError(t, err)
 	assert.Equal(t, limiter.OutcomeReleased, c.Outcome)
 	assert.Zero(t, c.Actual)
@@ -126,25 +135,25 @@ func testHistoryRelease(t *testing.T, h *historyHarness) {
 func testHistoryNone(t *testing.T, h *historyHarness) {
 	h.call(t, "n1", 100, settled(80, nil))
 	h.call(t, "n2", 100, settled(80, rec("", "openai", "gpt-4o", 1, 1, 100, 0)))
-	rows, err := h.b.History(context.Background(), "acme", []string{"2026-01"})
+	rows, err := h.history(t, "acme", []string{"2026-01"})
 	require.NoError(t, err)
 	require.Len(t, rows, 1, "the record without a request id books history")
 	assert.Equal(t, int64(1), rows[0].Calls)
-	_, err = h.b.CostRecord(context.Background(), "")
+	_, err = h.costRecord(t, "")
 	assert.ErrorIs(t, err, limiter.ErrNoCostRecord)
 }
 
 func testHistoryUnknown(t *testing.T, h *historyHarness) {
-	_, err := h.b.CostRecord(context.Background(), "never")
+	_, err := h.costRecord(t, "never")
 	assert.ErrorIs(t, err, limiter.ErrNoCostRecord)
-	rows, err := h.b.History(context.Background(), "nobody", []string{"2026-01"})
+	rows, err := h.history(t, "nobody", []string{"2026-01"})
 	require.NoError(t, err)
 	assert.Empty(t, rows)
 	// Finishing an unknown id books nothing.
 	_, err = h.b.Finish(context.Background(), limiter.Ending{ID: "ghost", Outcome: limiter.OutcomeSettled, Actual: 1,
 		Record: rec("req-g", "openai", "m", 0, 0, 0, 0), Now: h.clock.Now()})
 	assert.ErrorIs(t, err, limiter.ErrUnknownReservation)
-	_, err = h.b.CostRecord(context.Background(), "req-g")
+	_, err = h.costRecord(t, "req-g")
 	assert.ErrorIs(t, err, limiter.ErrNoCostRecord)
 }
 
@@ -179,13 +188,29 @@ func testHistoryBatch(t *testing.T, h *historyHarness) {
 		require.NoError(t, err)
 		assert.Equal(t, want, applied, "attempt %d", i)
 	}
-	rows, err := h.b.History(context.Background(), "acme", []string{"2026-01"})
+	rows, err := h.history(t, "acme", []string{"2026-01"})
 	require.NoError(t, err)
 	assert.Equal(t, []limiter.HistoryRow{{Month: "2026-01", Route: "openai", Model: "gpt-4o", Calls: 2, Cost: 20, InputTokens: 4, OutputTokens: 5, Saved: 1}}, rows)
-	c, err := h.b.CostRecord(context.Background(), "req-b3")
+	c, err := h.costRecord(t, "req-b3")
 	require.NoError(t, err)
 	assert.Equal(t, limiter.OutcomeReleased, c.Outcome)
 	assert.Equal(t, at.Truncate(time.Microsecond), c.At)
 	_, err = h.b.Record(context.Background(), "bad batch", ends)
 	assert.Error(t, err)
+}
+
+func (h *historyHarness) sync(t *testing.T) {
+	if h.cfg.Sync != nil {
+		h.cfg.Sync(t, h.b)
+	}
+}
+
+func (h *historyHarness) history(t *testing.T, client string, months []string) ([]limiter.HistoryRow, error) {
+	h.sync(t)
+	return h.b.History(context.Background(), client, months)
+}
+
+func (h *historyHarness) costRecord(t *testing.T, id string) (limiter.CostRecord, error) {
+	h.sync(t)
+	return h.b.CostRecord(context.Background(), id)
 }
