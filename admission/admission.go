@@ -56,6 +56,9 @@ type Store interface {
 	// Peeker decides without deciding: the API's dry-run check and
 	// availability (check.go).
 	limiter.Peeker
+	// Historian reads history and cost records, which Finish books
+	// (history.go).
+	limiter.Historian
 }
 
 // Settlement says how an admitted call's spend is booked.

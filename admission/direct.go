@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/tollgate/tollgate/costing"
@@ -28,6 +29,9 @@ type DirectAsk struct {
 	Pool   string
 	Units  int64
 	Cost   policy.Money
+	// RequestID, when set, names the work's cost record (GET
+	// /api/cost/{requestId}); at most limiter.MaxRequestID bytes, no spaces.
+	RequestID string
 }
 
 // DirectReservation answers a direct reservation.
@@ -53,6 +57,9 @@ func (s *Service) ReserveDirect(ctx context.Context, ask DirectAsk) (DirectReser
 	set := s.policies.Policy()
 	if err := policy.ValidClientID(ask.Client); err != nil {
 		return DirectReservation{}, fmt.Errorf("%w: client %w", ErrBadAsk, err)
+	}
+	if len(ask.RequestID) > limiter.MaxRequestID || strings.ContainsAny(ask.RequestID, " \n") {
+		return DirectReservation{}, fmt.Errorf("%w: request id of %d bytes, or with spaces", ErrBadAsk, len(ask.RequestID))
 	}
 	if _, named := set.Clients[ask.Client]; !named {
 		return DirectReservation{}, fmt.Errorf("%w: %q is not a client of the policy", ErrUnknownClient, ask.Client)
@@ -116,7 +123,7 @@ func (s *Service) ReserveDirect(ctx context.Context, ask DirectAsk) (DirectReser
 	h := p.req.Hold
 	out.ID, out.Allowed, out.Held, out.TTL, out.Expires = h.ID, true, h.Cost.String(), h.TTL, now.Add(h.TTL)
 	s.m.decisions.WithLabelValues(out.Pool, client.Tier.Name, string(OutcomeAllowed), "").Inc()
-	pc := &pendingCall{id: h.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: est,
+	pc := &pendingCall{id: h.ID, requestID: ask.RequestID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: est,
 		expires: now.Add(h.TTL), class: policy.Immediate}
 	for i, t := range p.req.Takes {
 		if !(t.Shadow && dec.Buckets[i].Short) {

@@ -227,6 +227,12 @@ func (s failingStore) Book(context.Context, string, []limiter.SpendDelta) (bool,
 func (s failingStore) Peek(context.Context, limiter.Request) (limiter.Decision, error) {
 	return limiter.Decision{}, s.err
 }
+func (s failingStore) History(context.Context, string, []string) ([]limiter.HistoryRow, error) {
+	return nil, s.err
+}
+func (s failingStore) CostRecord(context.Context, string) (limiter.CostRecord, error) {
+	return limiter.CostRecord{}, s.err
+}
 func (failingStore) Close() error { return nil }
 
 // blockingStore is a store whose Reserve announces itself on entered and

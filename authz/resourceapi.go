@@ -268,6 +268,8 @@ type ReserveRequest struct {
 	// Estimate is the money to hold, in dollars ("0.02"); absent: the
 	// pools' unit prices times units.
 	Estimate string `json:"estimate_usd,omitempty"`
+	// RequestID names the work's cost record (GET /api/cost/{requestId}).
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // ConsumeRequest is the body of POST /internal/consume: the reservation,
@@ -309,7 +311,7 @@ func decodeReserve(raw []byte) (admission.DirectAsk, error) {
 	if req.Client == "" {
 		return admission.DirectAsk{}, errors.New("client is required")
 	}
-	ask := admission.DirectAsk{Client: req.Client, Route: req.Route, Pool: req.Pool, Units: req.Units, Cost: -1}
+	ask := admission.DirectAsk{Client: req.Client, Route: req.Route, Pool: req.Pool, Units: req.Units, Cost: -1, RequestID: req.RequestID}
 	if req.Estimate != "" {
 		m, err := policy.ParseMoney(req.Estimate)
 		if err != nil || m < 0 {
