@@ -1,14 +1,17 @@
 package authz_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/code"
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
@@ -333,5 +336,49 @@ func TestResourceAPIBadJSON(t *testing.T) {
 				assert.Contains(t, e.Error, want, "%s %s", path, bad)
 			}
 		}
+	}
+}
+
+// TestSchedulerStopHoldsCalls: with the scheduler stopped a call that
+// must wait is held, and stays held when capacity comes back; start lets
+// it go.
+func TestSchedulerStopHoldsCalls(t *testing.T) {
+	ts := startResource(t, resourceStores["memory"], nil)
+	sc, body := ts.postJSON(t, "/internal/reserve", `{"client": "acme", "pool": "gpt-4", "units": 300}`)
+	res := decodeAs[admission.DirectReservation](t, sc, body)
+	sc, body = ts.postJSON(t, "/admin/scheduler/stop", "")
+	require.Equal(t, http.StatusOK, sc, body)
+
+	answered := make(chan string, 1)
+	go func() {
+		resp, err := ts.auth.Check(context.Background(), chatCheck("acme", chatBody("gpt-4", 16, "hi")))
+		if err != nil {
+			answered <- err.Error()
+			return
+		}
+		answered <- code.Code(resp.GetStatus().GetCode()).String()
+	}()
+	held := func() bool {
+		sc, body, err := ts.tryGet("/api/queue")
+		return err == nil && sc == http.StatusOK && strings.Contains(body, `"client": "acme"`)
+	}
+	require.Eventually(t, held, 10*time.Second, time.Millisecond, "the call is held")
+	// Capacity back: every unit of the reservation returned.
+	sc, body = ts.postJSON(t, "/internal/consume", `{"reservation_id": "`+res.ID+`", "actual_cost_usd": "0", "used_units": {"gpt-4": 0}}`)
+	require.Equal(t, http.StatusOK, sc, body)
+	require.Equal(t, int64(300), poolLeft(t, availabilityOf(t, ts, ""), "gpt-4"))
+	assert.True(t, held(), "still held while stopped")
+	select {
+	case a := <-answered:
+		t.Fatalf("answered while stopped: %s", a)
+	default:
+	}
+	sc, body = ts.postJSON(t, "/admin/scheduler/start", "")
+	require.Equal(t, http.StatusOK, sc, body)
+	select {
+	case a := <-answered:
+		assert.Equal(t, "OK", a)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not let go after start")
 	}
 }
