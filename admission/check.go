@@ -119,9 +119,10 @@ func (s *Service) Check(ctx context.Context, r *Request) (CheckResult, error) {
 	var line string
 	var wait time.Duration
 	if p.canWait {
+		busy := s.busyLine(p.req)
 		switch {
-		case s.busyLine(p.req) != "":
-			line, res.Reason = s.busyLine(p.req), "queued_behind"
+		case busy != "":
+			line, res.Reason = busy, "queued_behind"
 		case !p.notBefore.IsZero():
 			line, res.Reason, wait = firstLine(p.req), ReasonOffPeak, p.notBefore.Sub(now)
 		case !dec.Allowed && waitable(dec) && (dec.Reason == limiter.ReasonConcurrency || !now.Add(dec.RetryAfter).After(p.deadline)):
