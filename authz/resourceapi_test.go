@@ -363,6 +363,11 @@ func TestSchedulerStopHoldsCalls(t *testing.T) {
 		return err == nil && sc == http.StatusOK && strings.Contains(body, `"client": "acme"`)
 	}
 	require.Eventually(t, held, 10*time.Second, time.Millisecond, "the call is held")
+	sc, body = ts.postJSON(t, "/api/resources/check", `{"client": "acme", "route": "openai", "model": "gpt-4", "max_tokens": 16}`)
+	chk := decodeAs[admission.CheckResult](t, sc, body)
+	assert.Equal(t, admission.CheckHold, chk.Answer, "behind the held call")
+	assert.Equal(t, "scheduler_stopped", chk.Reason)
+	assert.Equal(t, 1, chk.QueueDepth)
 	// Capacity back: every unit of the reservation returned.
 	sc, body = ts.postJSON(t, "/internal/consume", `{"reservation_id": "`+res.ID+`", "actual_cost_usd": "0", "used_units": {"gpt-4": 0}}`)
 	require.Equal(t, http.StatusOK, sc, body)
