@@ -306,7 +306,8 @@ func TestResourceAPINeedsToken(t *testing.T) {
 		{"GET", "/status"}, {"GET", "/api/resources/availability"}, {"POST", "/api/resources/check"},
 		{"POST", "/api/resources/estimate"}, {"POST", "/api/cost/estimate"}, {"POST", "/internal/reserve"},
 		{"POST", "/internal/release"}, {"POST", "/internal/consume"}, {"POST", "/admin/scheduler/stop"},
-		{"POST", "/admin/scheduler/start"},
+		{"POST", "/admin/scheduler/start"}, {"GET", "/api/usage/acme"}, {"GET", "/api/usage/acme/current"},
+		{"GET", "/api/cost/req-1"}, {"GET", "/api/queue"},
 	} {
 		req, err := http.NewRequest(ep.method, "http://"+ts.srv.APIAddr().String()+ep.path, strings.NewReader("{}"))
 		require.NoError(t, err)
