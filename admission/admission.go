@@ -53,6 +53,12 @@ type Store interface {
 	// Booker books the spend of calls let through fail open, once the
 	// store answers again (BookFailOpen).
 	limiter.Booker
+	// Peeker decides without deciding: the API's dry-run check and
+	// availability (check.go).
+	limiter.Peeker
+	// Historian reads history and cost records, which Finish books
+	// (history.go).
+	limiter.Historian
 }
 
 // Settlement says how an admitted call's spend is booked.

@@ -51,6 +51,15 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 		Name: "tollgate_authz_fail_open_unbooked_budgets",
 		Help: "Budget periods with spend of calls let through fail open (the store away, store_unavailable: allow) not yet booked into the store.",
 	}, func() float64 { n, _ := fo.unbooked(); return float64(n) })
+	f.GaugeFunc(prometheus.GaugeOpts{
+		Name: "tollgate_queue_scheduler_stopped",
+		Help: "1 while the scheduler is stopped (POST /admin/scheduler/stop): held calls stay held, none is let go.",
+	}, func() float64 {
+		if q.Stopped() {
+			return 1
+		}
+		return 0
+	})
 	if tok != nil {
 		f.CounterFunc(prometheus.CounterOpts{
 			Name: "tollgate_costing_token_cache_hits_total",

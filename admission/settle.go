@@ -30,16 +30,17 @@ const settleTimeout = 2 * time.Second
 // usage needs. What the admission charged each bucket is recorded with the
 // reservation in the store, so refunds never depend on this table.
 type pendingCall struct {
-	id      string
-	set     *policy.Set // the policy the call was admitted under
-	route   *policy.Route
-	client  string
-	tier    string
-	est     costing.Estimate
-	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
-	expires time.Time
-	opt     *optimized   // what the optimizer rewrote, nil for nothing
-	class   policy.Class // the call's queue class (the observation book's key)
+	id        string
+	requestID string      // the call's x-request-id, for its cost record
+	set       *policy.Set // the policy the call was admitted under
+	route     *policy.Route
+	client    string
+	tier      string
+	est       costing.Estimate
+	charged   []limiter.Take // the buckets the admission charged (for the queue's kicks)
+	expires   time.Time
+	opt       *optimized   // what the optimizer rewrote, nil for nothing
+	class     policy.Class // the call's queue class (the observation book's key)
 	// failOpen, for a call let through fail open, is its hold in the
 	// fail-open journal: the store never held it, so its settle goes there.
 	failOpen *failOpenHold
@@ -519,6 +520,13 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		return c.count(outcome, reason)
 	}
 	c.withSavings(ctx, &e)
+	if p != nil {
+		in, out := p.est.InputTokens, p.est.OutputTokens
+		if outcome == SettledActual {
+			in, out = u.InputTokens, u.OutputTokens
+		}
+		e.Record = callRecord(c.s.clock.Now(), p, in, out, e.Booked())
+	}
 	st, err := c.s.store.Finish(ctx, e)
 	if err != nil && !errors.Is(err, limiter.ErrUnknownReservation) {
 		c.s.m.settleErrors.WithLabelValues("ledger").Inc()

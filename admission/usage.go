@@ -121,6 +121,11 @@ func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement
 		s.failOpen.settled(p.failOpen, spent)
 		return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Estimated: p.failOpen.cost, Spent: spent}, nil
 	}
+	if e.Record == nil {
+		if p := s.pending.peek(e.ID); p != nil {
+			e.Record = callRecord(s.clock.Now(), p, p.est.InputTokens, p.est.OutputTokens, nil)
+		}
+	}
 	// A settle must land even if the caller hangs up.
 	st, err := s.store.Finish(context.WithoutCancel(ctx), e)
 	if err != nil {

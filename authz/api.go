@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/limiter"
@@ -36,7 +38,35 @@ func settleReply(s limiter.Settlement) SettleReply {
 }
 
 func (s *Server) apiRoutes(mux *http.ServeMux) {
+	// The client's period and its history by month, route and model
+	// (?months=N, default 12), fleet-wide: the store books each call's row
+	// as it settles.
 	mux.HandleFunc("GET /api/usage/{client}", func(w http.ResponseWriter, r *http.Request) {
+		months := 12
+		if m := r.URL.Query().Get("months"); m != "" {
+			n, err := strconv.Atoi(m)
+			if err != nil || n < 1 || n > admission.MaxHistoryMonths {
+				writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("months must be a whole number from 1 to %d", admission.MaxHistoryMonths)})
+				return
+			}
+			months = n
+		}
+		rep, err := s.svc.History(r.Context(), r.PathValue("client"), months)
+		s.clientReport(w, "usage history", rep, err)
+	})
+	mux.HandleFunc("GET /api/cost/{requestId}", func(w http.ResponseWriter, r *http.Request) {
+		rep, err := s.svc.Cost(r.Context(), r.PathValue("requestId"))
+		switch {
+		case errors.Is(err, admission.ErrNoCostRecord):
+			writeJSON(w, http.StatusNotFound, apiError{"no cost record for that request id (never settled here, or past its retention, --cost-record-ttl)"})
+		case err != nil:
+			s.log.Error("cost record failed", slog.Any("error", err))
+			writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
+		default:
+			writeJSON(w, http.StatusOK, rep)
+		}
+	})
+	mux.HandleFunc("GET /api/usage/{client}/current", func(w http.ResponseWriter, r *http.Request) {
 		rep, err := s.svc.Usage(r.Context(), r.PathValue("client"))
 		switch {
 		case errors.Is(err, admission.ErrUnknownClient):
@@ -77,6 +107,8 @@ func (s *Server) endReservation(w http.ResponseWriter, r *http.Request, end func
 	switch {
 	case errors.Is(err, limiter.ErrUnknownReservation):
 		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+	case errors.Is(err, admission.ErrBadAsk):
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
 	case errors.Is(err, admission.ErrSettleTooLarge):
 		s.m.settleRefused.Inc()
 		s.log.LogAttrs(r.Context(), slog.LevelWarn, "settle refused: cost above what the reservation could cost",

@@ -15,7 +15,13 @@ import (
 const maxEstimateBody = 4 << 20
 
 func (s *Server) estimateRoute(mux *http.ServeMux) {
-	mux.HandleFunc("POST /api/estimate", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /api/estimate", s.estimate)
+}
+
+// estimate answers POST /api/estimate and its aliases from the seed's API,
+// POST /api/resources/estimate and POST /api/cost/estimate.
+func (s *Server) estimate(w http.ResponseWriter, r *http.Request) {
+	{
 		target := r.URL.Query().Get("url")
 		if target == "" {
 			writeJSON(w, http.StatusBadRequest, apiError{"give the call's URL: POST /api/estimate?url=https://api.openai.com/v1/chat/completions with its body"})
@@ -43,5 +49,5 @@ func (s *Server) estimateRoute(mux *http.ServeMux) {
 		default:
 			writeJSON(w, http.StatusOK, rep)
 		}
-	})
+	}
 }

@@ -224,6 +224,15 @@ func (s failingStore) Throttle(context.Context, []limiter.Throttle, time.Time) (
 func (s failingStore) Book(context.Context, string, []limiter.SpendDelta) (bool, error) {
 	return false, s.err
 }
+func (s failingStore) Peek(context.Context, limiter.Request) (limiter.Decision, error) {
+	return limiter.Decision{}, s.err
+}
+func (s failingStore) History(context.Context, string, []string) ([]limiter.HistoryRow, error) {
+	return nil, s.err
+}
+func (s failingStore) CostRecord(context.Context, string) (limiter.CostRecord, error) {
+	return limiter.CostRecord{}, s.err
+}
 func (failingStore) Close() error { return nil }
 
 // blockingStore is a store whose Reserve announces itself on entered and

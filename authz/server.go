@@ -74,6 +74,8 @@ type Config struct {
 	// gauges show (pools, watched budgets, forecasts) from the store. Zero:
 	// only when GET /admin/alerts asks.
 	WatchEvery time.Duration
+	// Version is what GET /status reports ("dev" when empty).
+	Version string
 }
 
 // DefaultConfig returns the configuration `tollgate serve` starts from.
@@ -173,6 +175,7 @@ type Server struct {
 	httpLis  net.Listener
 	apiLis   net.Listener
 	draining atomic.Bool
+	began    time.Time // when New ran, for GET /status's uptime
 
 	// authzHTTP serves ext_authz over HTTP on authzHTTPLis; both nil when
 	// Config.AuthzHTTPAddr is empty.
@@ -202,7 +205,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{}),
+	s := &Server{cfg: cfg, log: deps.Logger, deps: deps, done: make(chan struct{}), began: time.Now(),
 		stopLoop: make(chan struct{}), loopDone: make(chan struct{})}
 
 	// Bind first, so that a failed New leaves nothing behind: not even
@@ -414,6 +417,11 @@ func (s *Server) healthMux() *http.ServeMux {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	// /health is the seed API's name for /healthz: the same answer.
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{Registry: s.deps.Registry}))
 	return mux
@@ -441,6 +449,8 @@ func (s *Server) apiMux() http.Handler {
 	s.optimizeRoutes(mux)
 	s.queueRoutes(mux)
 	s.cacheRoutes(mux)
+	s.resourceRoutes(mux)
+	s.internalRoutes(mux)
 	if s.deps.Cluster != nil {
 		mux.HandleFunc("GET /api/cluster", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, s.deps.Cluster())

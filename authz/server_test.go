@@ -92,7 +92,8 @@ type testServer struct {
 // testToken is the API token test servers require.
 const testToken = "test-token-0123456789abcdef"
 
-// apiTransport sends requests for /api/..., /admin/... and /debug/... to the API
+// apiTransport sends requests for /api/..., /debug/..., /status,
+// /internal/... and /admin/... to the API
 // listener with the bearer token (unless the request carries its own
 // Authorization), and everything else where it was addressed: the tests
 // keep naming paths, as an operator's scripts do.
@@ -103,7 +104,8 @@ type apiTransport struct {
 }
 
 func (t apiTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/") || strings.HasPrefix(r.URL.Path, "/admin/") {
+	if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/debug/") || r.URL.Path == "/status" ||
+		strings.HasPrefix(r.URL.Path, "/internal/") || strings.HasPrefix(r.URL.Path, "/admin/") {
 		r = r.Clone(r.Context())
 		r.URL.Host, r.Host = t.api, t.api
 		if r.Header.Get("Authorization") == "" && t.token != "" {

@@ -50,7 +50,7 @@ func conformanceStore(t *testing.T, clock limiter.Clock, shared func(*testing.T,
 // TestConformance runs the conformance suites that apply to a Store (it is
 // a limiter.Backend and a limiter.Adjuster; it hands out no leases or
 // batches of its own, so RunLease does not apply) over each shared store.
-// Every case of Run, RunLedger and RunAdjust runs, with no exception: a
+// Every case of Run, RunLedger, RunAdjust and RunPeek runs, with no exception: a
 // fleet of one reports what its shared store alone would. (RunFinish runs
 // in finish_test.go.)
 func TestConformance(t *testing.T) {
@@ -64,6 +64,12 @@ func TestConformance(t *testing.T) {
 			})
 			t.Run("adjust", func(t *testing.T) {
 				storetest.RunAdjust(t, func(t *testing.T, clock limiter.Clock) limiter.Store { return conformanceStore(t, clock, shared) })
+			})
+			t.Run("peek", func(t *testing.T) {
+				storetest.RunPeek(t, func(t *testing.T, clock limiter.Clock) storetest.PeekBackend {
+					return conformanceStore(t, clock, shared)
+				},
+					storetest.PeekConfig{LeasedSlots: true})
 			})
 		})
 	}

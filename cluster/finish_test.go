@@ -225,3 +225,16 @@ func TestFinishConformance(t *testing.T) {
 		},
 	})
 }
+
+// TestHistoryConformance: a fleet member books the history and cost
+// records of calls the shared store holds with their end, and of calls it
+// decided itself at its next sync, over memory and Redis alike.
+func TestHistoryConformance(t *testing.T) {
+	for name, shared := range conformanceSetups {
+		t.Run(name, func(t *testing.T) {
+			storetest.RunHistory(t, func(t *testing.T, clock limiter.Clock) storetest.HistoryBackend {
+				return conformanceStore(t, clock, shared)
+			}, storetest.HistoryConfig{Sync: func(t *testing.T, b storetest.HistoryBackend) { b.(*cluster.Store).Sync(context.Background()) }})
+		})
+	}
+}

@@ -30,6 +30,7 @@ type pendingEnd struct {
 	actual  policy.Money
 	used    []limiter.PoolUse // refunds the shared store gives from its record
 	savings []limiter.Saving  // booked with the end by the shared store
+	record  *limiter.CallRecord
 	// For a slice: its chain (chainKey, and the owners in the period) and
 	// the size reserved.
 	chain  string

@@ -64,6 +64,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	if r := s.resv[e.ID]; r != nil {
 		st := s.finishLocked(e.ID, r, e.Outcome, e.Actual, now)
 		s.saveLocked(r, e)
+		s.recordLocked(e, st, now)
 		s.refundLocked(r, e.Refunds(r.charges), now)
 		s.mu.Unlock()
 		s.throttleAfter(ctx, e)
@@ -85,7 +86,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	// it when it answers (ending is idempotent by id, so a settle that
 	// landed without an answer is told again harmlessly).
 	s.mu.Lock()
-	s.ends = append(s.ends, pendingEnd{id: e.ID, outcome: e.Outcome, actual: e.Actual, used: e.Used, savings: e.Booked()})
+	s.ends = append(s.ends, pendingEnd{id: e.ID, outcome: e.Outcome, actual: e.Actual, used: e.Used, savings: e.Booked(), record: e.Record})
 	s.mu.Unlock()
 	s.throttleAfter(ctx, e)
 	return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Spent: e.Actual}, nil

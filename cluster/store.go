@@ -26,6 +26,9 @@ type Shared interface {
 	limiter.Leaser
 	limiter.SlotLeaser
 	limiter.Booker
+	limiter.Peeker
+	limiter.Historian
+	limiter.Recorder
 }
 
 // Peers is the fleet as the Store sees it: a *Node. Methods must not block.
@@ -155,13 +158,19 @@ type Store struct {
 	returning []limiter.Adjustment
 	inflight  *batch       // being booked (resent as is until it lands)
 	ends      []pendingEnd // settles and releases of shared reservations not yet told
-	batchSeq  uint64
-	epoch     string
-	outage    bool
-	outSince  time.Time
-	outBkt    map[limiter.Key]*limiter.Bucket // outage mode: this member's share of each bucket
-	outLimit  map[limiter.Key]limiter.Limit
-	outSlots  map[string]int64 // outage mode: this member's calls in flight per client
+	// records are the call records of local reservations that ended, not
+	// yet booked in the shared store; recBatch the batch in flight (resent
+	// as is until it lands), recSeq numbers batches.
+	records  []limiter.RecordedEnd
+	recBatch *recordBatch
+	recSeq   uint64
+	batchSeq uint64
+	epoch    string
+	outage   bool
+	outSince time.Time
+	outBkt   map[limiter.Key]*limiter.Bucket // outage mode: this member's share of each bucket
+	outLimit map[limiter.Key]limiter.Limit
+	outSlots map[string]int64 // outage mode: this member's calls in flight per client
 
 	// failingSince is when calls to the shared store began to fail for want
 	// of it (unix ns), 0 while it answers (health.go).

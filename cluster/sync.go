@@ -52,6 +52,7 @@ func (s *Store) sync(ctx context.Context) {
 	s.closeLapsed(now)
 	s.mu.Unlock()
 	_ = s.replayEnds(ctx, nil) // what the store could not take stays queued
+	s.bookRecords(ctx)
 	s.returnLapsed(ctx, now)
 	s.renewSlots(ctx, now)
 	s.refreshViews(ctx, now)
@@ -160,7 +161,7 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 	var keep []pendingEnd
 	var away error
 	for i, e := range todo {
-		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings})
+		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings, Record: e.record})
 		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
 			keep, away = append(keep, todo[i:]...), err
 			break
@@ -392,6 +393,7 @@ func (s *Store) handBack(ctx context.Context) error {
 	if err := s.replayEnds(ctx, nil); err != nil && firstErr == nil {
 		firstErr = fmt.Errorf("cluster: settle slices and queued ends before leaving: %w", err)
 	}
+	s.bookRecords(ctx) // history and cost records of local calls: best effort
 	return firstErr
 }
 

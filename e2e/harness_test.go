@@ -222,7 +222,7 @@ const apiToken = "e2e-api-token-0123456789"
 
 // usage asks Tollgate's JSON API for the client's usage.
 func (r *rig) usage(client string) (*http.Response, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+r.tollgate.APIAddr().String()+"/api/usage/"+client, nil)
+	req, err := http.NewRequest(http.MethodGet, "http://"+r.tollgate.APIAddr().String()+"/api/usage/"+client+"/current", nil)
 	if err != nil {
 		return nil, err
 	}

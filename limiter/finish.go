@@ -150,6 +150,9 @@ type Ending struct {
 	// first time; a release, a repeat or an unknown id books none (see
 	// Booked). At most MaxSavings, validated by ValidateSavings.
 	Savings []Saving
+	// Record, when set, describes the call: its history row is booked on
+	// the first settle, its cost record on the first end (see history.go).
+	Record *CallRecord
 	// Now is the time of the step; zero means the store's clock.
 	Now time.Time
 }
@@ -180,6 +183,11 @@ func (e Ending) Validate() error {
 	}
 	if err := validateSavings(e.Savings, MaxSavings); err != nil {
 		return fmt.Errorf("limiter: finish %s: %w", e.ID, err)
+	}
+	if e.Record != nil {
+		if err := e.Record.Validate(); err != nil {
+			return fmt.Errorf("limiter: finish %s: %w", e.ID, err)
+		}
 	}
 	for i, t := range e.Throttles {
 		if err := t.Adjustment().Validate(); err != nil {

@@ -190,7 +190,7 @@ type usageReport struct {
 func pollSpend(ctx context.Context, api, token string, t *tally) {
 	for _, tier := range t.tiers {
 		client := t.clients[tier]
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/api/usage/"+client, nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/api/usage/"+client+"/current", nil)
 		if err != nil {
 			continue
 		}

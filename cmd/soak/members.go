@@ -270,7 +270,7 @@ func (m *member) leftovers(ctx context.Context, clients []string) (string, error
 	}
 	for _, c := range clients {
 		var u admission.UsageReport
-		if code, err := m.apiDo(ctx, http.MethodGet, "/api/usage/"+c, nil, &u); err != nil || code != http.StatusOK {
+		if code, err := m.apiDo(ctx, http.MethodGet, "/api/usage/"+c+"/current", nil, &u); err != nil || code != http.StatusOK {
 			return "", fmt.Errorf("%s: usage of %s: %d %v", m.name, c, code, err)
 		}
 		if u.InFlight != 0 {

@@ -21,6 +21,7 @@ import (
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/internal/pki"
+	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
 	"github.com/tollgate/tollgate/limiter/respcache"
@@ -34,6 +35,8 @@ type serveFlags struct {
 	redis           redisstore.ClientConfig
 	redisPrefix     string
 	ended           memstore.EndedLimits
+	historyMonths   int
+	costTTL         time.Duration
 	stateDir        string
 	settle          string
 	policyPath      string
@@ -91,6 +94,8 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
+	fl.IntVar(&f.historyMonths, "history-months", limiter.DefaultHistoryMonths, "keep each client's usage history (by month, route and model) this many months after its last call (both stores)")
+	fl.DurationVar(&f.costTTL, "cost-record-ttl", limiter.DefaultCostTTL, "keep each call's cost record (GET /api/cost/{requestId}) this long (both stores; whole seconds up to 2160h)")
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
 	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
 	fl.Int64Var(&f.cacheBytes, "cache-bytes", respcache.DefaultMaxBytes, "response cache: bytes of answers kept in this process for the policy's cache rules (0: no cache, no idempotency)")
@@ -243,7 +248,7 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 	switch f.store {
 	case "memory":
 		cfg := memstore.DefaultConfig()
-		cfg.Ended, cfg.StateDir = f.ended, f.stateDir
+		cfg.Ended, cfg.StateDir, cfg.HistoryMonths, cfg.CostTTL = f.ended, f.stateDir, f.historyMonths, f.costTTL
 		s, err := memstore.New(cfg)
 		if err != nil {
 			return openedStore{}, err
@@ -267,7 +272,8 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err != nil {
 			return openedStore{}, err
 		}
-		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention})
+		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention,
+			HistoryMonths: f.historyMonths, CostTTL: f.costTTL})
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}

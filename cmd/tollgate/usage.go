@@ -43,7 +43,7 @@ func usageCmd(getenv func(string) string) *cobra.Command {
 func usage(ctx context.Context, addr string, tok authz.Secret, client string, asJSON bool, out io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/usage/"+url.PathEscape(client), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/usage/"+url.PathEscape(client)+"/current", nil)
 	if err != nil {
 		return err
 	}

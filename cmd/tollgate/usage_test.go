@@ -37,7 +37,7 @@ func TestUsageCommand(t *testing.T) {
 	t.Run("json passes the server's reply through", func(t *testing.T) {
 		out, err := runUsage("acme", "--addr", httpAddr, "--json")
 		require.NoError(t, err, out)
-		resp, err := httpClient.Get("http://" + httpAddr + "/api/usage/acme")
+		resp, err := httpClient.Get("http://" + httpAddr + "/api/usage/acme/current") // the period alone: the CLI shows no history
 		require.NoError(t, err)
 		direct, err := io.ReadAll(resp.Body)
 		require.NoError(t, resp.Body.Close())

@@ -68,6 +68,9 @@ func (s *Store) finishLocked(e limiter.Ending, peek *reservation, refunds, throt
 		return limiter.Settlement{}, errChanged
 	}
 	st, err := s.ledger.finish(e.ID, e.Outcome, e.Actual, e.Booked(), at)
+	if err == nil && !st.Repeat && e.Record != nil {
+		s.ledger.hist.book(e.Record, st, at)
+	}
 	if err == nil && !st.Repeat {
 		for i, a := range refunds {
 			s.adjustLocked(idx[i], a, at)

@@ -65,6 +65,7 @@ type ledger struct {
 	evicted   uint64
 
 	saved savedLedger // clients' savings by period
+	hist  history     // history and cost records (history.go)
 
 	j *journal // nil: nothing is kept across restarts
 }
@@ -91,8 +92,9 @@ func owners(bs []limiter.Budget) []string {
 	return out
 }
 
-func newLedger(limits EndedLimits) ledger {
+func newLedger(limits EndedLimits, months int, costTTL time.Duration) ledger {
 	return ledger{
+		hist:    newHistory(months, costTTL),
 		limits:  limits,
 		budgets: map[budgetID]*budgetEntry{},
 		slots:   map[string]map[string]int64{},

@@ -49,3 +49,19 @@ func TestSavingsConformance(t *testing.T) {
 		return s
 	}, storetest.FinishConfig{})
 }
+
+func TestPeekConformance(t *testing.T) {
+	storetest.RunPeek(t, func(t *testing.T, clock limiter.Clock) storetest.PeekBackend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	}, storetest.PeekConfig{})
+}
+
+func TestHistoryConformance(t *testing.T) {
+	storetest.RunHistory(t, func(t *testing.T, clock limiter.Clock) storetest.HistoryBackend {
+		s, err := memstore.New(memstore.Config{Clock: clock})
+		require.NoError(t, err)
+		return s
+	}, storetest.HistoryConfig{})
+}

@@ -39,6 +39,12 @@ type Config struct {
 	// CompactLines is how many lines the journal may grow by, past its
 	// state, before it is rewritten; zero means 100,000.
 	CompactLines int
+	// HistoryMonths is how many months a client's history is kept after
+	// its last booking (0: limiter.DefaultHistoryMonths); CostTTL how long
+	// a call's cost record is kept (0: limiter.DefaultCostTTL). Neither is
+	// kept across restarts (the journal keeps budgets only).
+	HistoryMonths int
+	CostTTL       time.Duration
 }
 
 // EndedLimits bound the records of ended reservations: each is kept for
@@ -64,6 +70,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.CompactLines < 0 {
 		errs = append(errs, fmt.Errorf("memstore: journal compaction after %d lines is negative", c.CompactLines))
+	}
+	if err := limiter.ValidateRetention(c.HistoryMonths, c.CostTTL); err != nil {
+		errs = append(errs, fmt.Errorf("memstore: %w", err))
 	}
 	if c.SweepInterval < 0 {
 		errs = append(errs, fmt.Errorf("memstore: sweep interval %v is negative", c.SweepInterval))
@@ -115,7 +124,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Ended == (EndedLimits{}) {
 		cfg.Ended = DefaultEnded
 	}
-	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger(cfg.Ended)}
+	s := &Store{clock: cfg.Clock, seed: maphash.MakeSeed(), closed: make(chan struct{}), ledger: newLedger(cfg.Ended, cfg.HistoryMonths, cfg.CostTTL)}
 	for i := range s.shards {
 		s.shards[i].buckets = make(map[limiter.Key]entry)
 	}
@@ -300,6 +309,7 @@ func (s *Store) sweepLoop(every time.Duration) {
 			s.Sweep(now)
 			s.ledgerMu.Lock()
 			s.ledger.expire(limiter.Micros(now), 1<<30)
+			s.ledger.hist.expireCosts(limiter.Micros(now))
 			s.ledgerMu.Unlock()
 		}
 	}

@@ -167,6 +167,7 @@ type Queue[V any] struct {
 	parkAt  int64
 	seq     uint64
 	closed  bool
+	stopped bool              // the scheduler is stopped: lines hold, nobody is let go
 	usage   map[string]*usage // fairness, by line key
 	running sync.WaitGroup    // dispatchers in flight
 	busy    atomic.Int64      // and how many
@@ -424,6 +425,16 @@ func (q *Queue[V]) dispatch(l *line[V]) {
 		expired := q.expireLocked(l, now)
 		starving := q.starvingLocked(l, now)
 		w := l.best(micros(now))
+		if w != nil && q.stopped && !q.closed {
+			// Stopped: the line keeps holding; its timer still ends
+			// waits at their deadline and raises starvation alerts.
+			l.retryAt = 0
+			q.armLocked(l, now)
+			l.running = false
+			q.mu.Unlock()
+			q.report(expired, starving)
+			return
+		}
 		if w == nil || q.closed {
 			l.running = false
 			if l.len() == 0 && q.lines[l.key] == l {
@@ -691,4 +702,35 @@ func (q *Queue[V]) Close() error {
 	}
 	q.running.Wait()
 	return nil
+}
+
+// Stop stops the scheduler: held calls stay held and none is let go until
+// Start (an operator's pause, e.g. while an upstream is known to be in
+// trouble). Calls still join lines, still time out at their deadline, and
+// can still be removed. Stop is idempotent.
+func (q *Queue[V]) Stop() {
+	q.mu.Lock()
+	q.stopped = true
+	q.mu.Unlock()
+}
+
+// Start resumes letting held calls go, waking every line. It is
+// idempotent.
+func (q *Queue[V]) Start() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.stopped {
+		return
+	}
+	q.stopped = false
+	for _, l := range q.lines {
+		q.wakeLocked(l)
+	}
+}
+
+// Stopped reports whether the scheduler is stopped.
+func (q *Queue[V]) Stopped() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.stopped
 }

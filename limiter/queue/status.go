@@ -132,3 +132,13 @@ func (q *Queue[V]) List() []Entry {
 	})
 	return out
 }
+
+// Depth is how many calls wait in line key now (0 when it has none).
+func (q *Queue[V]) Depth(key string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if l := q.lines[key]; l != nil {
+		return l.len()
+	}
+	return 0
+}

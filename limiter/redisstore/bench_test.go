@@ -136,6 +136,17 @@ func BenchmarkScripts(b *testing.B) {
 				granted(b, d, err)
 			}
 		}},
+		{"peek+hold", func(b *testing.B, fresh func() limiter.Backend) {
+			s := fresh()
+			p, ok := s.(limiter.Peeker)
+			if !ok {
+				b.Fatalf("%T has no Peek", s)
+			}
+			for i := 0; b.Loop(); i++ {
+				d, err := p.Peek(ctx, admissions[i%holdBatch])
+				granted(b, d, err)
+			}
+		}},
 		{"settle", func(b *testing.B, fresh func() limiter.Backend) {
 			var s limiter.Backend
 			for i := 0; b.Loop(); i++ {

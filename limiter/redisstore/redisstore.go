@@ -50,6 +50,8 @@ var (
 	leaseLua string
 	//go:embed slots.lua
 	slotsLua string
+	//go:embed record.lua
+	recordLua string
 	//go:embed book.lua
 	bookLua string
 
@@ -59,12 +61,17 @@ var (
 // scripts are the Lua scripts of one Store, each prepended with common.lua
 // (whose DONE_TTL follows Config.DoneRetention).
 type scripts struct {
-	reserve, finish, expire, usage, adjust, lease, slots, book *redis.Script
+	reserve, peek, finish, expire, usage, adjust, lease, slots, book, record *redis.Script
 }
+
+// peekFlags makes the peek script read-only in Redis's own eyes: a write
+// there fails instead of happening (and the script may run on a replica).
+const peekFlags = "#!lua flags=no-writes\n"
 
 func newScripts(common string) scripts {
 	return scripts{
-		reserve: redis.NewScript(common + reserveLua),
+		reserve: redis.NewScript(common + "local PEEK = false\n" + reserveLua),
+		peek:    redis.NewScript(peekFlags + common + "local PEEK = true\n" + reserveLua),
 		finish:  redis.NewScript(common + finishLua),
 		expire:  redis.NewScript(common + expireLua),
 		usage:   redis.NewScript(common + usageLua),
@@ -72,12 +79,13 @@ func newScripts(common string) scripts {
 		lease:   redis.NewScript(common + leaseLua),
 		slots:   redis.NewScript(common + slotsLua),
 		book:    redis.NewScript(common + bookLua),
+		record:  redis.NewScript(common + recordLua),
 	}
 }
 
 func (sc scripts) byName() map[string]*redis.Script {
-	return map[string]*redis.Script{"reserve": sc.reserve, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
-		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book}
+	return map[string]*redis.Script{"reserve": sc.reserve, "peek": sc.peek, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
+		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book, "record": sc.record}
 }
 
 // Scripts lists the embedded scripts (with the default retention), for
@@ -105,6 +113,11 @@ type Config struct {
 	// later than that finds no reservation. Zero means
 	// DefaultDoneRetention; whole seconds, at most MaxDoneRetention.
 	DoneRetention time.Duration
+	// HistoryMonths is how many months a client's history is kept after
+	// its last booking (0: limiter.DefaultHistoryMonths); CostTTL how long
+	// a call's cost record is kept (0: limiter.DefaultCostTTL).
+	HistoryMonths int
+	CostTTL       time.Duration
 }
 
 // DefaultConfig returns the prefix "tollgate" and a day's retention.
@@ -119,6 +132,9 @@ func (c Config) Validate() error {
 	if c.DoneRetention != 0 && (c.DoneRetention < time.Second || c.DoneRetention > MaxDoneRetention || c.DoneRetention%time.Second != 0) {
 		errs = append(errs, fmt.Errorf("redisstore: retention of ended reservations %v must be whole seconds from 1s to %v", c.DoneRetention, MaxDoneRetention))
 	}
+	if err := limiter.ValidateRetention(c.HistoryMonths, c.CostTTL); err != nil {
+		errs = append(errs, fmt.Errorf("redisstore: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -128,6 +144,8 @@ type Store struct {
 	c  redis.UniversalClient
 	p  string // "{prefix}:"
 	sc scripts
+
+	histTTL, costTTL time.Duration // retention of history and cost records
 }
 
 // New returns a Store using client c.
@@ -142,7 +160,14 @@ func New(c redis.UniversalClient, cfg Config) (*Store, error) {
 	if r := cfg.DoneRetention; r != 0 && r != DefaultDoneRetention {
 		sc = newScripts(strings.Replace(commonLua, doneTTLLine, fmt.Sprintf("local DONE_TTL = %d ", int64(r/time.Second)), 1))
 	}
-	return &Store{c: c, p: "{" + cfg.Prefix + "}:", sc: sc}, nil
+	months, costTTL := cfg.HistoryMonths, cfg.CostTTL
+	if months == 0 {
+		months = limiter.DefaultHistoryMonths
+	}
+	if costTTL == 0 {
+		costTTL = limiter.DefaultCostTTL
+	}
+	return &Store{c: c, p: "{" + cfg.Prefix + "}:", sc: sc, histTTL: limiter.HistoryTTL(months), costTTL: costTTL}, nil
 }
 
 // Load puts the scripts into Redis's script cache, so the first admission
@@ -181,6 +206,18 @@ func micros(t time.Time) int64 {
 
 // Reserve decides one admission in one script call.
 func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	return s.reserve(ctx, s.sc.reserve, req)
+}
+
+// Peek decides req as Reserve would, in one read-only script call (the
+// reserve script in its peek mode, flagged no-writes).
+func (s *Store) Peek(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	return s.reserve(ctx, s.sc.peek, req)
+}
+
+var _ limiter.Peeker = (*Store)(nil)
+
+func (s *Store) reserve(ctx context.Context, script *redis.Script, req limiter.Request) (limiter.Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Decision{}, err
 	}
@@ -229,7 +266,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 			keys = append(keys, s.slotKey(h.Slot.Client))
 		}
 	}
-	res, err := s.sc.reserve.Run(ctx, s.c, keys, args...).Slice()
+	res, err := script.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
 		if strings.Contains(err.Error(), "DUPLICATE") {
 			return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
@@ -340,8 +377,13 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 		return limiter.Settlement{}, err
 	}
 	id, o := e.ID, e.Outcome
-	keys := make([]string, 0, 3+len(e.Throttles))
+	keys := make([]string, 0, 5+len(e.Throttles))
 	keys = append(keys, s.expiryKey(), s.recordKey(id), s.doneKey(id))
+	if rec := e.Record; rec != nil {
+		keys = append(keys, s.historyKey(rec.Client, rec.Month), s.costKey(rec.RequestID))
+	} else {
+		keys = append(keys, s.expiryKey(), s.expiryKey())
+	}
 	saved := e.Booked()
 	args := make([]any, 0, 8+2*len(e.Used)+5*len(e.Throttles)+2*len(saved))
 	args = append(args, s.p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
@@ -353,6 +395,7 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Limit.Den(), t.Cap, t.Pause.Microseconds())
 	}
 	args = appendSavings(args, saved)
+	args = s.appendRecord(args, e.Record)
 	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
 		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)

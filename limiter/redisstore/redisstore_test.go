@@ -124,3 +124,11 @@ func reopenable() (func(t *testing.T, _ limiter.Clock) storetest.FinishBackend, 
 			return s
 		}}
 }
+
+func TestPeekConformance(t *testing.T) {
+	storetest.RunPeek(t, func(t *testing.T, _ limiter.Clock) storetest.PeekBackend { return newStore(t) }, storetest.PeekConfig{})
+}
+
+func TestHistoryConformance(t *testing.T) {
+	storetest.RunHistory(t, func(t *testing.T, _ limiter.Clock) storetest.HistoryBackend { return newStore(t) }, storetest.HistoryConfig{})
+}

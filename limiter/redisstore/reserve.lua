@@ -14,6 +14,11 @@
 --          lapsed holds committed, per bucket: remaining, reset µs, short, retry µs,
 --          per budget: spent, reserved, short}
 -- or an error reply "DUPLICATE" when the id was used before.
+--
+-- PEEK (set by the line the Store puts before this file) makes it the
+-- peek script: the same decision, nothing written (no lapsed hold
+-- committed, no bucket saved, no hold or slot taken). The peek script is
+-- flagged no-writes, so Redis itself refuses any write it would attempt.
 
 local now = now_us(ARGV[1])
 local nb, nbud = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -23,8 +28,8 @@ local id, ttl, cost, period = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARG
 local slot_max, P = tonumber(ARGV[9]), ARGV[10]
 
 local expired = 0
-if hold then expired = expire_due(P, now, 8) end
-if hold and not commit then
+if hold and not PEEK then expired = expire_due(P, now, 8) end
+if hold and not commit and not PEEK then
   if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
     return redis.error_reply('DUPLICATE reservation id')
   end
@@ -57,8 +62,12 @@ local bud, budget_blocking, in_flight = {}, -1, 0
 local slot_key = KEYS[3 + nb + nbud + 1]
 if hold then
   if slot_max >= 0 and not commit then
-    redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', now)
-    in_flight = redis.call('ZCARD', slot_key)
+    if PEEK then
+      in_flight = redis.call('ZCOUNT', slot_key, '(' .. int(now), '+inf')
+    else
+      redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', now)
+      in_flight = redis.call('ZCARD', slot_key)
+    end
     if in_flight >= slot_max and reason ~= 'exceeds_capacity' then
       allowed, reason, retry = 0, 'concurrency', 0
     end
@@ -84,14 +93,23 @@ for i = 1, nb do
   local s = b[i]
   if allowed == 1 and s.short == 0 then s.lvl = s.lvl - s.c * s.scale end
   local reset = refill_us(s.lvl, s.cap, s.rate, s.scale)
-  if allowed == 1 then save_bucket(KEYS[3 + i], s.lvl, s.at, s.rate, s.den, reset) end
+  if allowed == 1 and not PEEK then save_bucket(KEYS[3 + i], s.lvl, s.at, s.rate, s.den, reset) end
   out[#out + 1] = math.floor(math.max(s.lvl, 0) / s.scale)
   out[#out + 1] = reset
   out[#out + 1] = s.short
   out[#out + 1] = s.wait
 end
 
-if commit and allowed == 1 then
+if PEEK then
+  -- nothing is written; in flight is what the reserve would leave
+  -- and budgets as the reserve would leave them.
+  if hold and allowed == 1 then
+    if slot_max >= 0 and not commit then in_flight = in_flight + 1 end
+    for j = 1, nbud do
+      if commit then bud[j].spent = bud[j].spent + cost else bud[j].reserved = bud[j].reserved + cost end
+    end
+  end
+elseif commit and allowed == 1 then
   for j = 1, nbud do
     local bk = KEYS[3 + nb + j]
     redis.call('HINCRBY', bk, 'spent', int(cost))
