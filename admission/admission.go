@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate/tollgate/costing"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/queue"
 	"github.com/tollgate/tollgate/limiter/respcache"
@@ -112,6 +113,9 @@ type Deps struct {
 	// caller closes it); nil: no response cache and no idempotency, the
 	// rules are ignored.
 	Cache respcache.Cache
+	// Tracer traces store calls, held calls' waits and settles under the
+	// transport's spans; nil: tracing off.
+	Tracer *tracing.Tracer
 }
 
 // Service runs admissions and settles them. It is safe for concurrent use.
@@ -133,6 +137,7 @@ type Service struct {
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
 
+	tr            *tracing.Tracer // nil: tracing off
 	cache         respcache.Cache // nil: none
 	cacheMaxEntry int64
 	cacheSavings  *savingsBook // cached answers' savings, booked each second
@@ -155,7 +160,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Clock == nil {
 		deps.Clock = limiter.SystemClock{}
 	}
-	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
+	s := &Service{policies: deps.Policies, store: traceStore(deps.Store, deps.Tracer), tr: deps.Tracer, log: deps.Logger, settle: cfg.Settlement,
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
 		cacheSavings: newSavingsBook(newReservationID()),
@@ -189,7 +194,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
 		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
-		flex: &s.flex, book: s.book}
+		flex: &s.flex, book: s.book, tr: s.tr}
 	return s, nil
 }
 
