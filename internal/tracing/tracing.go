@@ -14,6 +14,8 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -55,8 +57,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("tracing: sample ratio %v is not within [0, 1]", c.SampleRatio))
 	}
 	if c.Endpoint != "" {
-		if host, port, err := net.SplitHostPort(c.Endpoint); err != nil || host == "" || port == "" {
-			errs = append(errs, fmt.Errorf("tracing: OTLP endpoint %q: want host:port", c.Endpoint))
+		host, port, err := net.SplitHostPort(c.Endpoint)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || host == "" || perr != nil || n == 0 || strings.Contains(c.Endpoint, "/") {
+			errs = append(errs, fmt.Errorf("tracing: OTLP endpoint %q: want host:port (no scheme, no path)", c.Endpoint))
 		}
 	}
 	if c.ExportTimeout <= 0 {
