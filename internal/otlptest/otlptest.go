@@ -33,9 +33,14 @@ type Collector struct {
 	collectorpb.UnimplementedTraceServiceServer
 	lis   *countingListener
 	srv   *grpc.Server
-	mu    sync.Mutex
-	spans []Span
+	mu       sync.Mutex
+	spans    []Span
+	received int64
 }
+
+// maxKept bounds the spans a collector keeps (a benchmark sends millions);
+// Received counts them all.
+const maxKept = 10000
 
 // Start serves a collector on a free loopback port until the test ends.
 func Start(t testing.TB) *Collector {
@@ -65,6 +70,13 @@ func (c *Collector) Spans() []Span {
 	return slices.Clone(c.spans)
 }
 
+// Received is how many spans the collector received, kept or not.
+func (c *Collector) Received() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.received
+}
+
 // Named returns the received spans named name.
 func (c *Collector) Named(name string) []Span {
 	var out []Span
@@ -91,7 +103,8 @@ func (c *Collector) Export(_ context.Context, req *collectorpb.ExportTraceServic
 		}
 	}
 	c.mu.Lock()
-	c.spans = append(c.spans, got...)
+	c.received += int64(len(got))
+	c.spans = append(c.spans, got[:min(len(got), max(0, maxKept-len(c.spans)))]...)
 	c.mu.Unlock()
 	return &collectorpb.ExportTraceServiceResponse{}, nil
 }
