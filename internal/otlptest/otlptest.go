@@ -31,8 +31,8 @@ type Span struct {
 // Collector receives spans. Safe for concurrent use.
 type Collector struct {
 	collectorpb.UnimplementedTraceServiceServer
-	lis   *countingListener
-	srv   *grpc.Server
+	lis      *countingListener
+	srv      *grpc.Server
 	mu       sync.Mutex
 	spans    []Span
 	received int64
