@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate/tollgate/costing"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/queue"
 	"github.com/tollgate/tollgate/limiter/respcache"
@@ -118,6 +119,9 @@ type Deps struct {
 	// caller closes it); nil: no response cache and no idempotency, the
 	// rules are ignored.
 	Cache respcache.Cache
+	// Tracer traces store calls, held calls' waits and settles under the
+	// transport's spans; nil: tracing off.
+	Tracer *tracing.Tracer
 }
 
 // Service runs admissions and settles them. It is safe for concurrent use.
@@ -141,6 +145,7 @@ type Service struct {
 	refusals refusals     // the last refused calls, for the status page
 	watch    *watch       // the standing alerts and their gauges read
 
+	tr            *tracing.Tracer // nil: tracing off
 	cache         respcache.Cache // nil: none
 	cacheMaxEntry int64
 	cacheSavings  *savingsBook // cached answers' savings, booked each second
@@ -163,7 +168,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Clock == nil {
 		deps.Clock = limiter.SystemClock{}
 	}
-	s := &Service{policies: deps.Policies, store: deps.Store, log: deps.Logger, settle: cfg.Settlement,
+	s := &Service{policies: deps.Policies, store: traceStore(deps.Store, deps.Tracer), tr: deps.Tracer, log: deps.Logger, settle: cfg.Settlement,
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
 		cacheSavings: newSavingsBook(newReservationID()),
@@ -197,7 +202,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
 		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
-		flex: &s.flex, book: s.book, watch: s.watch}
+		flex: &s.flex, book: s.book, watch: s.watch, tr: s.tr}
 	return s, nil
 }
 

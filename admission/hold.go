@@ -8,6 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/queue"
 	"github.com/tollgate/tollgate/policy"
@@ -132,10 +135,14 @@ type held struct {
 // waiter's behalf.
 func (s *Service) hold(ctx context.Context, line string, r *Request, client *policy.Client, p *plan, units int64) held {
 	req := p.req
+	ctx, span := s.tr.Child(ctx, spanQueueWait)
 	w := &queue.Waiter[attempt]{
 		ID: r.ID, Client: client.ID, Class: p.class, Points: client.Tier.Priority + p.cp.Urgency, Units: units,
 		Deadline: p.deadline, NotBefore: p.notBefore, MaxDepth: p.cp.MaxDepth,
 		Try: func(ctx context.Context) queue.Attempt[attempt] {
+			if span.IsRecording() { // the queue tries on its own goroutine: its store calls belong to the wait
+				ctx = trace.ContextWithSpan(ctx, span)
+			}
 			dec, err := s.store.Reserve(ctx, req)
 			a := queue.Attempt[attempt]{Value: attempt{dec, err}}
 			switch {
@@ -155,7 +162,14 @@ func (s *Service) hold(ctx context.Context, line string, r *Request, client *pol
 		},
 		Undo: func(ctx context.Context, a attempt) { s.undo(ctx, req, a.dec) },
 	}
-	return held{res: s.queue.Wait(ctx, line, w), line: line}
+	res := s.queue.Wait(ctx, line, w)
+	if span.IsRecording() {
+		pool, _ := LineLabel(line)
+		span.SetAttributes(attribute.String("tollgate.queue.pool", pool), attribute.String("tollgate.class", p.class.String()),
+			attribute.String("tollgate.queue.outcome", string(res.Outcome)), attribute.Int64("tollgate.queue.waited_ms", res.Waited.Milliseconds()))
+	}
+	span.End()
+	return held{res: res, line: line}
 }
 
 // undo gives back what a grant took for a call that is gone: its hold (its

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate/tollgate/internal/metricset"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy/rls"
 )
@@ -99,6 +100,8 @@ type RateLimitDeps struct {
 	// Clock, when set, dates each decision; nil leaves the time to the
 	// store (the memory store's clock, Redis's TIME).
 	Clock limiter.Clock
+	// Tracer traces its store calls under the transport's span; nil: off.
+	Tracer *tracing.Tracer
 }
 
 // RateLimiter decides RLS requests. It is safe for concurrent use.
@@ -151,7 +154,7 @@ func NewRateLimiter(deps RateLimitDeps) (*RateLimiter, error) {
 	if err := f.Register("rls", deps.Registerer); err != nil {
 		return nil, err
 	}
-	return &RateLimiter{cfg: deps.Config, store: deps.Store, clock: deps.Clock, m: m}, nil
+	return &RateLimiter{cfg: deps.Config, store: traceLimiter(deps.Store, deps.Tracer), clock: deps.Clock, m: m}, nil
 }
 
 // maxHits bounds a cost: more than any bucket holds, so always over.

@@ -10,8 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/costing/optimize"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -163,6 +167,7 @@ type settler struct {
 	flex     *flexBook
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
+	tr       *tracing.Tracer
 }
 
 // Call follows one admitted call: its request body (to ask a stream for
@@ -418,7 +423,21 @@ func (c *Call) End(ctx context.Context) SettleOutcome {
 		c.s.m.upstreamByClass[statusClass(c.status)].Inc()
 		c.s.watch.answered(c.status)
 	}
-	c.outcome = c.settle(context.WithoutCancel(ctx))
+	ctx = context.WithoutCancel(ctx)
+	if !c.Tracked() {
+		c.outcome = c.settle(ctx)
+		return c.outcome
+	}
+	ctx, span := c.s.tr.Start(ctx, spanSettle, trace.SpanKindInternal)
+	c.outcome = c.settle(ctx)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("tollgate.settle.outcome", string(c.outcome)),
+			attribute.Int("http.response.status_code", c.status))
+		if c.route != nil {
+			span.SetAttributes(attribute.String("tollgate.route", c.route.Name))
+		}
+	}
+	span.End()
 	return c.outcome
 }
 

@@ -15,6 +15,8 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
+	"github.com/tollgate/tollgate/internal/otlptest"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
@@ -253,4 +255,87 @@ func recordedAnswer(b *testing.B) []byte {
 		b.Fatal(err)
 	}
 	return out
+}
+
+// BenchmarkCheckHandler measures the ext_authz handler alone (no gRPC
+// transport): the request's translation, the decision and the reply, with
+// tracing off (no tracer) and on at a sample ratio of 1 and of 0.01, with
+// and without Envoy's traceparent (a sampled one: the span is recorded
+// whatever the ratio).
+func BenchmarkCheckHandler(b *testing.B) {
+	body := kiloChatBody("gpt-4")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		ratio  float64 // <0: off
+		parent bool
+	}{{"off", -1, false}, {"off/traceparent", -1, true}, {"on/sample=1", 1, false}, {"on/sample=0.01", 0.01, false},
+		{"on/sample=0.01/traceparent", 0.01, true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var tr *tracing.Tracer
+			if tc.ratio >= 0 {
+				tr = benchTracer(b, tc.ratio)
+			}
+			d := newTestDecider(b, compilePolicy(b, largePoolPolicy(b)), newMemStore(b, limiter.SystemClock{}), prometheus.NewRegistry(), nil,
+				func(_ *admission.Config, deps *admission.Deps) { deps.Tracer = tr })
+			check, err := authz.CheckHandler(d.Service, tr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cr := chatCheck("team-a", body)
+			if tc.parent {
+				cr.Attributes.Request.Http.Headers["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := check(ctx, cr)
+				if err != nil || resp.GetStatus().GetCode() != int32(code.Code_OK) {
+					b.Fatalf("check: %v %v", err, resp.GetStatus())
+				}
+			}
+		})
+	}
+}
+
+// benchTracer sends a benchmark's spans to an in-process collector.
+func benchTracer(b *testing.B, ratio float64) *tracing.Tracer {
+	col := otlptest.Start(b)
+	cfg := tracing.DefaultConfig()
+	cfg.Endpoint, cfg.Insecure, cfg.SampleRatio = col.Addr(), true, ratio
+	tr, err := tracing.New(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = tr.Shutdown(context.Background()) })
+	return tr
+}
+
+// BenchmarkCheckTracing is BenchmarkCheckGRPC/serial with tracing off (no
+// tracer: the allocations must equal BenchmarkCheckGRPC's), and on, sending
+// spans to an in-process OTLP collector, with every trace sampled and with
+// 1% (Envoy sends no trace context here, so the ratio decides).
+func BenchmarkCheckTracing(b *testing.B) {
+	body := kiloChatBody("gpt-4")
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		ratio float64 // <0: off
+	}{{"off", -1}, {"on/sample=1", 1}, {"on/sample=0.01", 0.01}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var tr *tracing.Tracer
+			if tc.ratio >= 0 {
+				tr = benchTracer(b, tc.ratio)
+			}
+			ts := startServer(b, serverOpts{policy: largePoolPolicy(b), store: newMemStore(b, limiter.SystemClock{}), tracer: tr,
+				config: func(c *authz.Config) { c.Settlement = admission.SettleImmediate }})
+			cr := chatCheck("team-a", body)
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := ts.auth.Check(ctx, cr)
+				if err != nil || resp.GetStatus().GetCode() != int32(code.Code_OK) {
+					b.Fatalf("check: %v %v", err, resp.GetStatus())
+				}
+			}
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/internal/tracing"
 )
 
 // procServer is envoy.service.ext_proc.v3.ExternalProcessor: one stream per
@@ -19,6 +20,7 @@ type procServer struct {
 	extprocv3.UnimplementedExternalProcessorServer
 	svc *admission.Service
 	m   *metrics
+	tr  *tracing.Tracer // nil: off
 }
 
 var _ extprocv3.ExternalProcessorServer = (*procServer)(nil)
@@ -29,10 +31,13 @@ var _ extprocv3.ExternalProcessorServer = (*procServer)(nil)
 // still settled (at its estimate if the response never came).
 func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
+	// sctx carries the parent of the settle span: Envoy's span for this
+	// stream, else the request's traceparent (tracing on only).
+	sctx := ctx
 	var c *admission.Call
 	defer func() {
 		if c != nil {
-			c.End(ctx)
+			c.End(sctx)
 		}
 	}()
 	for {
@@ -57,6 +62,7 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 			phase = "request_headers"
 			hs := procHeaders(r.RequestHeaders.GetHeaders())
 			c = s.svc.Follow(hs[HeaderReservation], hs[HeaderRoute], hs[":method"])
+			sctx = s.tr.FromHeaders(s.tr.FromGRPC(ctx), hs)
 			switch {
 			case !c.Tracked():
 				resp = requestHeadersResponse(untrackedMode, false)
@@ -107,7 +113,7 @@ func (s *procServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) e
 		s.m.processLatency.WithLabelValues(phase).Observe(time.Since(start).Seconds())
 		if end {
 			c.ResponseEnded()
-			c.End(ctx) // after the answer: settling never delays the response
+			c.End(sctx) // after the answer: settling never delays the response
 		}
 	}
 }

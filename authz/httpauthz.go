@@ -7,7 +7,10 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/internal/tracing"
 )
 
 // maxHTTPCheckBody bounds the body read from one HTTP check. Envoy sends at
@@ -22,6 +25,7 @@ type httpAuthz struct {
 	svc     *admission.Service
 	clients clientSource
 	m       *metrics
+	tr      *tracing.Tracer // nil: off
 }
 
 var _ http.Handler = (*httpAuthz)(nil)
@@ -36,7 +40,12 @@ func (s *httpAuthz) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil && req.Invalid == "" && !errors.Is(err, r.Context().Err()) {
 		req.Invalid = "Envoy's check body could not be read: " + err.Error()
 	}
-	a := Render(s.svc.Decide(r.Context(), req))
+	// The parent: the trace context Envoy's HTTP client sends with the
+	// check (or the worker's own, among the headers it forwards).
+	ctx, span := s.tr.Start(s.tr.FromHTTP(r.Context(), r.Header), spanCheck, trace.SpanKindServer)
+	v := s.svc.Decide(ctx, req)
+	endCheck(span, "ext_authz_http", &v)
+	a := Render(v)
 	resp := toHTTPCheckResponse(&a)
 	h := w.Header()
 	for _, hd := range resp.Headers {

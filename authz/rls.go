@@ -10,12 +10,13 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/grpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/policy/rls"
 )
 
@@ -38,6 +39,7 @@ type rlsServer struct {
 	rlsv3.UnimplementedRateLimitServiceServer
 	rl      *admission.RateLimiter
 	headers RateLimitHeaders
+	tr      *tracing.Tracer // nil: off
 }
 
 // rlsServiceName is the service's name for gRPC health.
@@ -50,17 +52,13 @@ func (s *Server) registerRLS() error {
 	if src == nil {
 		src = admission.StaticRateLimits{}
 	}
-	rl, err := admission.NewRateLimiter(admission.RateLimitDeps{Config: src, Store: s.deps.Store, Registerer: s.deps.Registry, Clock: s.deps.Clock})
+	rl, err := admission.NewRateLimiter(admission.RateLimitDeps{Config: src, Store: s.deps.Store, Registerer: s.deps.Registry, Clock: s.deps.Clock,
+		Tracer: s.deps.Tracer})
 	if err != nil {
 		return err
 	}
-	registerRLSServer(s.grpc, rl, s.cfg.RateLimitHeaders)
+	rlsv3.RegisterRateLimitServiceServer(s.grpc, &rlsServer{rl: rl, headers: s.cfg.RateLimitHeaders, tr: s.deps.Tracer})
 	return nil
-}
-
-// registerRLSServer registers the rate limit service on g.
-func registerRLSServer(g *grpc.Server, rl *admission.RateLimiter, h RateLimitHeaders) {
-	rlsv3.RegisterRateLimitServiceServer(g, &rlsServer{rl: rl, headers: h})
 }
 
 // ShouldRateLimit decides one request. An invalid request (no domain, no
@@ -68,7 +66,9 @@ func registerRLSServer(g *grpc.Server, rl *admission.RateLimiter, h RateLimitHea
 // filter then applies its failure_mode_deny (it lets the call through by
 // default).
 func (s *rlsServer) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	ctx, span := s.tr.Start(s.tr.FromGRPC(ctx), spanRLS, trace.SpanKindServer)
 	v, err := s.rl.Decide(ctx, rateLimitRequest(req))
+	endRLS(span, req.GetDomain(), len(req.GetDescriptors()), &v, err)
 	switch {
 	case errors.Is(err, admission.ErrInvalidRateLimitRequest):
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -25,6 +25,7 @@ import (
 
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/metricset"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
@@ -151,6 +152,9 @@ type Deps struct {
 	// Cache keeps upstream answers for the policy's cache rules (the
 	// caller closes it); nil: none, and DELETE /api/cache/... answers 404.
 	Cache respcache.Cache
+	// Tracer traces checks, rate limit decisions, held calls' waits, store
+	// calls and settles (the caller shuts it down); nil: tracing off.
+	Tracer *tracing.Tracer
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -238,7 +242,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, closeListeners(err)
 	}
 	s.svc, err = admission.New(admission.Config{Settlement: cfg.Settlement, CacheMaxEntry: cfg.CacheMaxEntry}, admission.Deps{Policies: deps.Policies,
-		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock, Cache: deps.Cache})
+		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock, Cache: deps.Cache,
+		Tracer: deps.Tracer})
 	if err != nil {
 		s.m.set.Unregister(deps.Registry)
 		return nil, closeListeners(err)
@@ -249,8 +254,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	// gRPC starts a goroutine of its own when all are busy.
 	s.grpc = grpc.NewServer(grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))))
 	clients := clientSource{header: cfg.ClientHeader, pinned: cfg.Client}
-	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clients, m: s.m})
-	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m})
+	authv3.RegisterAuthorizationServer(s.grpc, &authServer{svc: s.svc, clients: clients, m: s.m, tr: deps.Tracer})
+	extprocv3.RegisterExternalProcessorServer(s.grpc, &procServer{svc: s.svc, m: s.m, tr: deps.Tracer})
 	if err := s.registerRLS(); err != nil {
 		s.m.set.Unregister(deps.Registry)
 		return nil, closeListeners(errors.Join(err, s.svc.Close()))
@@ -265,7 +270,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.http = &http.Server{Handler: s.healthMux(), ReadHeaderTimeout: 5 * time.Second}
 	s.api = &http.Server{Handler: s.apiMux(), ReadHeaderTimeout: 5 * time.Second}
 	if s.authzHTTPLis != nil {
-		s.authzHTTP = newHTTPAuthzServer(&httpAuthz{svc: s.svc, clients: clients, m: s.m})
+		s.authzHTTP = newHTTPAuthzServer(&httpAuthz{svc: s.svc, clients: clients, m: s.m, tr: deps.Tracer})
 	}
 	return s, nil
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/internal/redistest"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter/respcache"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -131,6 +132,7 @@ type serverOpts struct {
 	clk      *fakeclock.Clock    // nil: a fresh one at epoch
 	config   func(*authz.Config) // adjusts the loopback config
 	logger   *slog.Logger        // nil: discard
+	tracer   *tracing.Tracer     // nil: tracing off
 }
 
 // startServer builds a Server on 127.0.0.1:0, serves it, and dials it. At
@@ -165,6 +167,7 @@ func startServer(tb testing.TB, o serverOpts) *testServer {
 		Clock:    o.clk,
 		Logger:   o.logger,
 		Cache:    o.cache,
+		Tracer:   o.tracer,
 	})
 	require.NoError(tb, err)
 

@@ -21,6 +21,7 @@ import (
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/metricset"
 	"github.com/tollgate/tollgate/internal/pki"
+	"github.com/tollgate/tollgate/internal/tracing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/limiter/redisstore"
@@ -49,10 +50,12 @@ type serveFlags struct {
 	cacheBytes      int64
 	cacheMaxEntry   int64
 	ca              caFlags
+	tracing         tracing.Config
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
-	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded, ca: caFlags{cfg: pki.DefaultConfig()}}
+	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded,
+		ca: caFlags{cfg: pki.DefaultConfig()}, tracing: tracing.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -103,6 +106,9 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
 	fl.StringVar(&f.rlsConfig, "rls-config", "", "envoyproxy/ratelimit config for the rate limit service (ShouldRateLimit, on the gRPC port): its runtime directory, RUNTIME_ROOT/RUNTIME_SUBDIRECTORY, whose config/*.yaml are read; reloaded on SIGHUP")
 	fl.BoolVar(&f.authz.RateLimitHeaders.Enabled, "rls-response-headers", false, "rate limit service: add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to responses (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED)")
+	fl.StringVar(&f.tracing.Endpoint, "otlp-endpoint", "", "OpenTelemetry: send spans to this OTLP/gRPC collector, host:port; tracing is off when empty (OTEL_EXPORTER_OTLP_ENDPOINT does not turn it on; docs/tracing.md)")
+	fl.Float64Var(&f.tracing.SampleRatio, "trace-sample", f.tracing.SampleRatio, "OpenTelemetry: share of traces started here that are kept, 0 to 1; a call whose Envoy span is sampled (or not) follows it")
+	fl.BoolVar(&f.tracing.Insecure, "otlp-insecure", false, "OpenTelemetry: send spans without TLS (a collector on the node or in the pod)")
 	f.cluster.register(fl)
 	// Transparent mode (docs/transparent.md): with --ca-dir, serve keeps
 	// the pod-local CA's leaves for the hosts its policy routes, made
@@ -183,8 +189,15 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		defer func() { err = errors.Join(err, cache.Close()) }()
 	}
 	f.authz.CacheMaxEntry = f.cacheMaxEntry
+	tr, err := openTracing(ctx, f.tracing, log)
+	if err != nil {
+		return err
+	}
+	// Flushed after the server's shutdown, so that the settles of calls
+	// drained at shutdown are among the spans sent.
+	defer func() { err = errors.Join(err, closeTracing(tr)) }()
 	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache})
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache, Tracer: tr})
 	if err != nil {
 		return err
 	}

@@ -22,10 +22,13 @@ const module = "github.com/tollgate/tollgate/"
 // strictly lower layer. The helpers under internal/ are shared and import
 // nothing of the module above them. A new package must be placed here.
 var layerOf = map[string]int{
-	"internal/fakeclock":          0,
-	"internal/metricset":          0,
-	"internal/logtest":            0,
-	"internal/procstat":           0,
+	"internal/fakeclock": 0,
+	"internal/metricset": 0,
+	"internal/logtest":   0,
+	"internal/procstat":  0,
+	// OpenTelemetry: the tracer and its exporter, and the test collector.
+	"internal/tracing":            0,
+	"internal/otlptest":           0,
 	"policy":                      1,
 	"costing":                     2,
 	"costing/optimize":            3,
