@@ -112,6 +112,9 @@ type Deps struct {
 	// caller closes it); nil: no response cache and no idempotency, the
 	// rules are ignored.
 	Cache respcache.Cache
+	// DecisionLog, when set, receives every decision and settle (see
+	// DecisionLog); nil logs nothing.
+	DecisionLog DecisionLog
 }
 
 // Service runs admissions and settles them. It is safe for concurrent use.
@@ -132,6 +135,7 @@ type Service struct {
 	flex     flexBook     // models whose flex tier the provider refused lately
 	failOpen *failOpenBook
 	book     *observeBook // calls settled this period, for the optimize API
+	dlog     DecisionLog  // nil: no decision log
 
 	cache         respcache.Cache // nil: none
 	cacheMaxEntry int64
@@ -159,7 +163,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
 		cacheSavings: newSavingsBook(newReservationID()),
-		book:         newObserveBook(maxObservedClients, maxObservedKeys)}
+		book:         newObserveBook(maxObservedClients, maxObservedKeys), dlog: deps.DecisionLog}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -189,7 +193,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
 		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
-		flex: &s.flex, book: s.book}
+		flex: &s.flex, book: s.book, dlog: s.dlog}
 	return s, nil
 }
 

@@ -42,6 +42,7 @@ func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 		tier = noTier
 	}
 	s.m.decisions.WithLabelValues(pool, tier, string(v.Outcome), v.Reason).Inc()
+	s.logDecision(r, &v)
 	switch {
 	case v.Outcome == OutcomeShadowDenied:
 		s.log.LogAttrs(ctx, slog.LevelInfo, "shadow denial", slog.String("request_id", r.ID),
@@ -194,7 +195,7 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 		s.recordGrant(client.ID, p.req) // a grant through the queue is recorded there
 	}
 	if hold.ID != "" {
-		pc := &pendingCall{id: hold.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
+		pc := &pendingCall{id: hold.ID, requestID: r.ID, set: set, route: route, client: client.ID, tier: client.Tier.Name, est: v.Estimate,
 			expires: now.Add(hold.TTL), opt: opt, class: v.Class, lead: v.lead}
 		v.lead = nil // the pending call records or abandons it
 		for i, t := range p.req.Takes {

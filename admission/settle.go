@@ -30,16 +30,17 @@ const settleTimeout = 2 * time.Second
 // usage needs. What the admission charged each bucket is recorded with the
 // reservation in the store, so refunds never depend on this table.
 type pendingCall struct {
-	id      string
-	set     *policy.Set // the policy the call was admitted under
-	route   *policy.Route
-	client  string
-	tier    string
-	est     costing.Estimate
-	charged []limiter.Take // the buckets the admission charged (for the queue's kicks)
-	expires time.Time
-	opt     *optimized   // what the optimizer rewrote, nil for nothing
-	class   policy.Class // the call's queue class (the observation book's key)
+	id        string
+	requestID string      // the call's request id, for the decision log
+	set       *policy.Set // the policy the call was admitted under
+	route     *policy.Route
+	client    string
+	tier      string
+	est       costing.Estimate
+	charged   []limiter.Take // the buckets the admission charged (for the queue's kicks)
+	expires   time.Time
+	opt       *optimized   // what the optimizer rewrote, nil for nothing
+	class     policy.Class // the call's queue class (the observation book's key)
 	// failOpen, for a call let through fail open, is its hold in the
 	// fail-open journal: the store never held it, so its settle goes there.
 	failOpen *failOpenHold
@@ -152,6 +153,7 @@ type settler struct {
 	pending  *pendingTable
 	policies PolicySource
 	clock    limiter.Clock
+	dlog     DecisionLog // nil: no decision log
 	m        *metrics
 	learner  *costing.Learner
 	log      *slog.Logger
@@ -512,6 +514,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			tier = p.tier
 		}
 		c.s.m.savings.booked(tier, e.Booked())
+	}
+	if err == nil && !st.Repeat {
+		logSettled(c.s.dlog, c.s.clock, p, c.reservation, string(e.Outcome), st.Spent, u)
 	}
 	if p == nil {
 		if err != nil || st.Repeat { // settled already (the API), or lapsed

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -101,7 +102,11 @@ func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement
 	}
 	// The call is over: ext_proc has nothing left to settle, and its slot
 	// may let a held call go.
-	if p := s.pending.take(st.ID); p != nil {
+	p := s.pending.take(st.ID)
+	if !st.Repeat {
+		logSettled(s.dlog, s.clock, p, e.ID, string(e.Outcome), st.Spent, costing.Usage{})
+	}
+	if p != nil {
 		p.lead.abandon(ctx, "ended") // its answer, if any, is not followed any more
 		s.settler.kickSettled(p)
 	} else {
