@@ -1,0 +1,248 @@
+package decisionlog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/tollgate/tollgate/admission"
+)
+
+// Config configures a Writer.
+type Config struct {
+	// Buffer is how many records wait for the writer at most; a record
+	// that finds it full is dropped and counted, never waited for.
+	Buffer int
+	// MaxBytes rotates the file when writing a line would take it past
+	// this size: FILE becomes FILE.1 (replacing an older one) and a new
+	// FILE starts. Zero never rotates.
+	MaxBytes int64
+	// Policy names the policy in force, written on the start line of
+	// each file (replay's default base policy).
+	Policy string
+}
+
+// DefaultConfig buffers 8192 records and rotates at 256 MiB.
+func DefaultConfig() Config { return Config{Buffer: 8192, MaxBytes: 256 << 20} }
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Buffer < 1 {
+		errs = append(errs, fmt.Errorf("decision log buffer %d: want ≥ 1", c.Buffer))
+	}
+	if c.MaxBytes < 0 {
+		errs = append(errs, fmt.Errorf("decision log max bytes %d: want ≥ 0 (0: never rotate)", c.MaxBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Writer is an admission.DecisionLog that writes JSON lines from one
+// goroutine of its own. Decision and Settled never block: a record goes
+// into a bounded channel or is dropped (tollgate_decision_log_dropped_total).
+// The goroutine encodes records, buffers them, and flushes whenever the
+// channel runs dry, so a burst is one write. Close drains and flushes.
+type Writer struct {
+	cfg  Config
+	ch   chan Line
+	mu   sync.RWMutex // guards closed against a send on a closed channel
+	done chan struct{}
+	log  *slog.Logger
+	m    writerMetrics
+
+	// Set by Open: the file, reopened at rotation.
+	path string
+	file *os.File
+	size int64
+
+	out  io.Writer
+	buf  *bufio.Writer
+	err  error // the first write error, returned by Close
+	shut bool
+}
+
+var _ admission.DecisionLog = (*Writer)(nil)
+
+type writerMetrics struct {
+	written   *prometheus.CounterVec
+	dropped   prometheus.Counter
+	errors    prometheus.Counter
+	rotations prometheus.Counter
+}
+
+func newWriterMetrics(reg prometheus.Registerer) writerMetrics {
+	f := promauto.With(reg)
+	return writerMetrics{
+		written: f.NewCounterVec(prometheus.CounterOpts{Name: "tollgate_decision_log_written_total",
+			Help: "Lines written to the decision log, by kind (decision, settle)."}, []string{"kind"}),
+		dropped: f.NewCounter(prometheus.CounterOpts{Name: "tollgate_decision_log_dropped_total",
+			Help: "Decision log records dropped because the writer's buffer was full."}),
+		errors: f.NewCounter(prometheus.CounterOpts{Name: "tollgate_decision_log_write_errors_total",
+			Help: "Failed writes, flushes or rotations of the decision log (the lines are lost)."}),
+		rotations: f.NewCounter(prometheus.CounterOpts{Name: "tollgate_decision_log_rotations_total",
+			Help: "Times the decision log reached its size and was rotated to FILE.1."}),
+	}
+}
+
+// Open appends to the file at path (creating it, mode 0600: the log names
+// clients and their spend) and starts the writer.
+func Open(path string, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Writer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	f, size, err := openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	w := start(f, cfg, reg, log)
+	w.path, w.file, w.size = path, f, size
+	w.ch <- startLine(cfg.Policy)
+	return w, nil
+}
+
+// New starts a writer to out (the caller closes out after Close), which
+// never rotates.
+func New(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Writer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.MaxBytes = 0
+	w := start(out, cfg, reg, log)
+	w.ch <- startLine(cfg.Policy)
+	return w, nil
+}
+
+func start(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logger) *Writer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w := &Writer{cfg: cfg, ch: make(chan Line, cfg.Buffer), done: make(chan struct{}), log: log,
+		m: newWriterMetrics(reg), out: out, buf: bufio.NewWriterSize(out, 64<<10)}
+	go w.run()
+	return w
+}
+
+func startLine(pol string) Line {
+	return Line{V: Version, Kind: KindStart, Time: nowUTC(), Policy: pol}
+}
+
+func openFile(path string) (*os.File, int64, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, 0, fmt.Errorf("decision log: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, errors.Join(fmt.Errorf("decision log: %w", err), f.Close())
+	}
+	return f, st.Size(), nil
+}
+
+// Decision queues a decision; it never blocks.
+func (w *Writer) Decision(rec admission.DecisionRecord) { w.send(decisionLine(rec)) }
+
+// Settled queues a settle; it never blocks.
+func (w *Writer) Settled(rec admission.SettleRecord) { w.send(settleLine(rec)) }
+
+func (w *Writer) send(l Line) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.shut {
+		w.m.dropped.Inc()
+		return
+	}
+	select {
+	case w.ch <- l:
+	default:
+		w.m.dropped.Inc()
+	}
+}
+
+// Close stops taking records, writes those queued, flushes and closes the
+// file (not an io.Writer given to New). It returns the first write error.
+// It is idempotent.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	if !w.shut {
+		w.shut = true
+		close(w.ch)
+	}
+	w.mu.Unlock()
+	<-w.done
+	return w.err
+}
+
+func (w *Writer) run() {
+	defer close(w.done)
+	var b []byte
+	for l := range w.ch {
+		var err error
+		if b, err = appendLine(b[:0], &l); err != nil {
+			w.fail(fmt.Errorf("decision log: encode: %w", err))
+			continue
+		}
+		w.rotate(int64(len(b)))
+		if _, err := w.buf.Write(b); err != nil {
+			w.fail(err)
+		} else {
+			w.size += int64(len(b))
+			if l.Kind != KindStart {
+				w.m.written.WithLabelValues(l.Kind).Inc()
+			}
+		}
+		if len(w.ch) == 0 { // the burst is over: one write for it
+			if err := w.buf.Flush(); err != nil {
+				w.fail(err)
+			}
+		}
+	}
+	if err := w.buf.Flush(); err != nil {
+		w.fail(err)
+	}
+	if w.file != nil {
+		if err := w.file.Close(); err != nil {
+			w.fail(err)
+		}
+	}
+}
+
+// rotate starts a new file when n more bytes would pass MaxBytes.
+func (w *Writer) rotate(n int64) {
+	if w.file == nil || w.cfg.MaxBytes == 0 || w.size == 0 || w.size+n <= w.cfg.MaxBytes {
+		return
+	}
+	err := errors.Join(w.buf.Flush(), w.file.Close(), os.Rename(w.path, w.path+".1"))
+	f, size, oerr := openFile(w.path)
+	if err = errors.Join(err, oerr); err != nil {
+		w.fail(fmt.Errorf("decision log: rotate: %w", err))
+	}
+	if oerr != nil { // keep writing nowhere rather than stop: the errors are counted
+		w.file, w.out = nil, io.Discard
+		w.buf.Reset(io.Discard)
+		return
+	}
+	w.file, w.size, w.out = f, size, f
+	w.buf.Reset(f)
+	w.m.rotations.Inc()
+	var b []byte
+	s := startLine(w.cfg.Policy)
+	if b, err = appendLine(b, &s); err == nil {
+		n, _ := w.buf.Write(b)
+		w.size += int64(n)
+	}
+}
+
+func (w *Writer) fail(err error) {
+	w.m.errors.Inc()
+	if w.err == nil {
+		w.err = err
+		w.log.Error("decision log write failed; later failures are only counted", slog.Any("error", err))
+	}
+}
