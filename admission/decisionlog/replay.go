@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tollgate/tollgate/admission"
-	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/policy"
@@ -54,7 +54,8 @@ type Run struct {
 
 type simCall struct {
 	c       *Call
-	id      string // the replay's request id (line-N)
+	id      string             // the replay's request id (line-N)
+	req     *admission.Request // the call as rebuilt
 	done    chan admission.Verdict
 	ended   bool
 	pending *Entry // a settle that came while the call was held
@@ -67,6 +68,7 @@ type sim struct {
 	svc     *admission.Service
 	byRes   map[string]*simCall // by the recorded reservation (or request id)
 	waiting []*simCall          // calls not yet answered
+	spent   *spentBook
 }
 
 // Replay makes every decision of lg again under set and settles what the
@@ -84,12 +86,14 @@ func Replay(ctx context.Context, lg *Log, set *policy.Set) (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replay: %w", err)
 	}
+	spent := &spentBook{m: map[string]policy.Money{}}
 	svc, err := admission.New(admission.Config{Settlement: admission.SettleDeferred},
-		admission.Deps{Policies: admission.StaticPolicy{Set: set}, Store: st, Registerer: prometheus.NewRegistry(), Clock: clock})
+		admission.Deps{Policies: admission.StaticPolicy{Set: set}, Store: st, Registerer: prometheus.NewRegistry(), Clock: clock,
+			DecisionLog: spent})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("replay: %w", err), st.Close())
 	}
-	s := &sim{ctx: ctx, set: set, clock: clock, svc: svc, byRes: map[string]*simCall{}}
+	s := &sim{ctx: ctx, set: set, clock: clock, svc: svc, byRes: map[string]*simCall{}, spent: spent}
 	run := &Run{}
 	err = s.play(events, run)
 	err = errors.Join(err, s.finish(), svc.Close(), st.Close())
@@ -133,6 +137,7 @@ func (s *sim) play(events []*Entry, run *Run) error {
 			}
 			s.waiting = append(s.waiting, sc)
 			r := request(e, s.set, s.svc.Estimator())
+			sc.req = r
 			go func() { sc.done <- s.svc.Decide(s.ctx, r) }()
 		case KindSettle:
 			sc := s.byRes[cmp.Or(e.Reservation, e.RequestID)]
@@ -251,32 +256,55 @@ func (s *sim) allHeld() bool {
 	return true
 }
 
-// settle books e for sc's call: the recorded actual cost, or, when the
-// replay sent another model than the log's call did, the recorded usage
-// priced for the model it went with.
+// settle books e for sc's call as the log's settle was booked. A settle
+// that reported usage goes the way ext_proc settles: the (rebuilt) body
+// went out, a response with that usage came back, and admission prices
+// the usage for the model the call went with (so a new downgrade costs
+// the cheaper model's price); else the recorded actual is settled (or the
+// call released) as the JSON API does.
 func (s *sim) settle(sc *simCall, e *Entry) {
 	v := &sc.c.Verdict
 	if !v.Allowed || v.Reservation == "" {
 		return
 	}
 	sc.c.Settled = true
-	if e.Outcome == "released" {
-		if _, err := s.svc.Release(s.ctx, v.Reservation); err == nil {
-			sc.c.Spend = 0
+	p := policy.Provider(sc.c.Entry.Provider)
+	switch {
+	case e.Outcome == "released":
+		_, _ = s.svc.Release(s.ctx, v.Reservation) // an unknown reservation was released already
+	case (e.InputTokens > 0 || e.OutputTokens > 0) && (p == policy.ProviderOpenAI || p == policy.ProviderAnthropic):
+		c := s.svc.Follow(v.Reservation, v.Route, sc.req.Method)
+		c.RequestBody(sc.req.Body)
+		c.ResponseHeaders(s.ctx, 200, map[string]string{"content-type": "application/json"})
+		c.ResponseBody(usageBody(p, e.InputTokens, e.OutputTokens), true)
+		c.ResponseEnded()
+		c.End(s.ctx)
+	default:
+		if _, err := s.svc.Settle(s.ctx, v.Reservation, e.Actual); err != nil { // beyond its bound: at its estimate
+			_, _ = s.svc.Settle(s.ctx, v.Reservation, v.Estimate.Cost)
 		}
-		return
 	}
-	actual := e.Actual
-	if v.Estimate.Model != sc.c.Entry.Model && (e.InputTokens > 0 || e.OutputTokens > 0) {
-		if route := s.set.Route(v.Route); route != nil {
-			actual = costing.Price(s.set, route, v.Estimate, costing.Usage{InputTokens: e.InputTokens, OutputTokens: e.OutputTokens}).Cost
-		}
-	}
-	st, err := s.svc.Settle(s.ctx, v.Reservation, actual)
-	if err != nil { // beyond what the reservation allows: booked at its estimate
-		st, err = s.svc.Settle(s.ctx, v.Reservation, v.Estimate.Cost)
-	}
-	if err == nil {
-		sc.c.Spend = st.Spent
-	}
+	sc.c.Spend = s.spent.take(v.Reservation)
+}
+
+// spentBook is the replay's own decision log: what each settle booked.
+type spentBook struct {
+	mu sync.Mutex
+	m  map[string]policy.Money
+}
+
+func (b *spentBook) Decision(admission.DecisionRecord) {}
+
+func (b *spentBook) Settled(r admission.SettleRecord) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.m[r.Reservation] = r.Actual
+}
+
+func (b *spentBook) take(id string) policy.Money {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m := b.m[id]
+	delete(b.m, id)
+	return m
 }

@@ -68,3 +68,11 @@ func body(p policy.Provider, path, model string, out, n int64) []byte {
 	b, _ := json.Marshal(m) // maps of strings and numbers always marshal
 	return b
 }
+
+// usageBody is a response of provider p that reports in and out tokens.
+func usageBody(p policy.Provider, in, out int64) []byte {
+	if p == policy.ProviderAnthropic {
+		return fmt.Appendf(nil, `{"type":"message","usage":{"input_tokens":%d,"output_tokens":%d}}`, in, out)
+	}
+	return fmt.Appendf(nil, `{"object":"chat.completion","usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`, in, out, in+out)
+}
