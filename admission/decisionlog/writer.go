@@ -51,7 +51,7 @@ func (c Config) Validate() error {
 // channel runs dry, so a burst is one write. Close drains and flushes.
 type Writer struct {
 	cfg  Config
-	ch   chan Line
+	ch   chan item
 	mu   sync.RWMutex // guards closed against a send on a closed channel
 	done chan struct{}
 	log  *slog.Logger
@@ -103,7 +103,7 @@ func Open(path string, cfg Config, reg prometheus.Registerer, log *slog.Logger) 
 	}
 	w := start(f, cfg, reg, log)
 	w.path, w.file, w.size = path, f, size
-	w.ch <- startLine(cfg.Policy)
+	w.ch <- item{start: cfg.Policy}
 	return w, nil
 }
 
@@ -115,7 +115,7 @@ func New(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logger)
 	}
 	cfg.MaxBytes = 0
 	w := start(out, cfg, reg, log)
-	w.ch <- startLine(cfg.Policy)
+	w.ch <- item{start: cfg.Policy}
 	return w, nil
 }
 
@@ -123,7 +123,7 @@ func start(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logge
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &Writer{cfg: cfg, ch: make(chan Line, cfg.Buffer), done: make(chan struct{}), log: log,
+	w := &Writer{cfg: cfg, ch: make(chan item, cfg.Buffer), done: make(chan struct{}), log: log,
 		m: newWriterMetrics(reg), out: out, buf: bufio.NewWriterSize(out, 64<<10)}
 	go w.run()
 	return w
@@ -145,13 +145,31 @@ func openFile(path string) (*os.File, int64, error) {
 	return f, st.Size(), nil
 }
 
+// item is one record on its way to the writer's goroutine, which turns it
+// into a Line (off the request path).
+type item struct {
+	d     *admission.DecisionRecord
+	s     *admission.SettleRecord
+	start string // a start line naming this policy, when d and s are nil
+}
+
+func (it item) line() Line {
+	switch {
+	case it.d != nil:
+		return decisionLine(*it.d)
+	case it.s != nil:
+		return settleLine(*it.s)
+	}
+	return startLine(it.start)
+}
+
 // Decision queues a decision; it never blocks.
-func (w *Writer) Decision(rec admission.DecisionRecord) { w.send(decisionLine(rec)) }
+func (w *Writer) Decision(rec admission.DecisionRecord) { w.send(item{d: &rec}) }
 
 // Settled queues a settle; it never blocks.
-func (w *Writer) Settled(rec admission.SettleRecord) { w.send(settleLine(rec)) }
+func (w *Writer) Settled(rec admission.SettleRecord) { w.send(item{s: &rec}) }
 
-func (w *Writer) send(l Line) {
+func (w *Writer) send(l item) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	if w.shut {
@@ -182,7 +200,8 @@ func (w *Writer) Close() error {
 func (w *Writer) run() {
 	defer close(w.done)
 	var b []byte
-	for l := range w.ch {
+	for it := range w.ch {
+		l := it.line()
 		var err error
 		if b, err = appendLine(b[:0], &l); err != nil {
 			w.fail(fmt.Errorf("decision log: encode: %w", err))
