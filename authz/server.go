@@ -141,6 +141,9 @@ type Deps struct {
 	// Cache keeps upstream answers for the policy's cache rules (the
 	// caller closes it); nil: none, and DELETE /api/cache/... answers 404.
 	Cache respcache.Cache
+	// DecisionLog, when set, receives every decision and settle
+	// (admission.DecisionLog; the caller closes it after Shutdown).
+	DecisionLog admission.DecisionLog
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -227,7 +230,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, closeListeners(err)
 	}
 	s.svc, err = admission.New(admission.Config{Settlement: cfg.Settlement, CacheMaxEntry: cfg.CacheMaxEntry}, admission.Deps{Policies: deps.Policies,
-		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock, Cache: deps.Cache})
+		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock, Cache: deps.Cache, DecisionLog: deps.DecisionLog})
 	if err != nil {
 		s.m.set.Unregister(deps.Registry)
 		return nil, closeListeners(err)

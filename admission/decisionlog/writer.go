@@ -10,9 +10,9 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/internal/metricset"
 )
 
 // Config configures a Writer.
@@ -77,18 +77,20 @@ type writerMetrics struct {
 	rotations prometheus.Counter
 }
 
-func newWriterMetrics(reg prometheus.Registerer) writerMetrics {
-	f := promauto.With(reg)
-	return writerMetrics{
-		written: f.NewCounterVec(prometheus.CounterOpts{Name: "tollgate_decision_log_written_total",
+// newWriterMetrics registers the writer's metrics, all or none.
+func newWriterMetrics(reg prometheus.Registerer) (writerMetrics, error) {
+	var set metricset.Set
+	m := writerMetrics{
+		written: set.CounterVec(prometheus.CounterOpts{Name: "tollgate_decision_log_written_total",
 			Help: "Lines written to the decision log, by kind (decision, settle)."}, []string{"kind"}),
-		dropped: f.NewCounter(prometheus.CounterOpts{Name: "tollgate_decision_log_dropped_total",
+		dropped: set.Counter(prometheus.CounterOpts{Name: "tollgate_decision_log_dropped_total",
 			Help: "Decision log records dropped because the writer's buffer was full."}),
-		errors: f.NewCounter(prometheus.CounterOpts{Name: "tollgate_decision_log_write_errors_total",
+		errors: set.Counter(prometheus.CounterOpts{Name: "tollgate_decision_log_write_errors_total",
 			Help: "Failed writes, flushes or rotations of the decision log (the lines are lost)."}),
-		rotations: f.NewCounter(prometheus.CounterOpts{Name: "tollgate_decision_log_rotations_total",
+		rotations: set.Counter(prometheus.CounterOpts{Name: "tollgate_decision_log_rotations_total",
 			Help: "Times the decision log reached its size and was rotated to FILE.1."}),
 	}
+	return m, set.Register("decision log", reg)
 }
 
 // Open appends to the file at path (creating it, mode 0600: the log names
@@ -97,11 +99,15 @@ func Open(path string, cfg Config, reg prometheus.Registerer, log *slog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	m, err := newWriterMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	f, size, err := openFile(path)
 	if err != nil {
 		return nil, err
 	}
-	w := start(f, cfg, reg, log)
+	w := start(f, cfg, m, log)
 	w.path, w.file, w.size = path, f, size
 	w.ch <- item{start: cfg.Policy}
 	return w, nil
@@ -114,17 +120,21 @@ func New(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logger)
 		return nil, err
 	}
 	cfg.MaxBytes = 0
-	w := start(out, cfg, reg, log)
+	m, err := newWriterMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	w := start(out, cfg, m, log)
 	w.ch <- item{start: cfg.Policy}
 	return w, nil
 }
 
-func start(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logger) *Writer {
+func start(out io.Writer, cfg Config, m writerMetrics, log *slog.Logger) *Writer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Writer{cfg: cfg, ch: make(chan item, cfg.Buffer), done: make(chan struct{}), log: log,
-		m: newWriterMetrics(reg), out: out, buf: bufio.NewWriterSize(out, 64<<10)}
+		m: m, out: out, buf: bufio.NewWriterSize(out, 64<<10)}
 	go w.run()
 	return w
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/admission/decisionlog"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/metricset"
@@ -44,10 +46,13 @@ type serveFlags struct {
 	rlsConfig       string
 	cacheBytes      int64
 	cacheMaxEntry   int64
+	decisionLog     string
+	decisionLogCfg  decisionlog.Config
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
-	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded}
+	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded,
+		decisionLogCfg: decisionlog.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -96,6 +101,9 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.stateDir, "state-dir", "", "memory store: keep budgets' spend across restarts in a journal in this directory (default: off, spend lives in this process only)")
 	fl.StringVar(&f.rlsConfig, "rls-config", "", "envoyproxy/ratelimit config for the rate limit service (ShouldRateLimit, on the gRPC port): its runtime directory, RUNTIME_ROOT/RUNTIME_SUBDIRECTORY, whose config/*.yaml are read; reloaded on SIGHUP")
 	fl.BoolVar(&f.authz.RateLimitHeaders.Enabled, "rls-response-headers", false, "rate limit service: add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to responses (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED)")
+	fl.StringVar(&f.decisionLog, "decision-log", "", "append one JSON line per decision and per settle to this file, for `tollgate replay` (no body, no header; docs/replay.md); off when empty")
+	fl.IntVar(&f.decisionLogCfg.Buffer, "decision-log-buffer", f.decisionLogCfg.Buffer, "decision log: records waiting for the writer at most; beyond, records are dropped and counted, never waited for")
+	fl.Int64Var(&f.decisionLogCfg.MaxBytes, "decision-log-max-bytes", f.decisionLogCfg.MaxBytes, "decision log: rotate the file to FILE.1 when it would pass this size (0: never)")
 	f.cluster.register(fl)
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -167,8 +175,22 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		defer func() { err = errors.Join(err, cache.Close()) }()
 	}
 	f.authz.CacheMaxEntry = f.cacheMaxEntry
+	var dlog admission.DecisionLog
+	if f.decisionLog != "" {
+		cfg := f.decisionLogCfg
+		cfg.Policy = cmp.Or(f.policyPath, "bundled")
+		w, err := decisionlog.Open(f.decisionLog, cfg, reg, log)
+		if err != nil {
+			return err
+		}
+		// Closed after the server has stopped deciding: every decision
+		// and settle is flushed.
+		defer func() { err = errors.Join(err, w.Close()) }()
+		dlog = w
+		log.Info("writing the decision log", slog.String("decision_log", f.decisionLog), slog.Int64("rotate_at_bytes", cfg.MaxBytes))
+	}
 	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache})
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache, DecisionLog: dlog})
 	if err != nil {
 		return err
 	}
