@@ -38,13 +38,34 @@ const drainLimit = 24 * time.Hour
 // Call is one decision made again.
 type Call struct {
 	Entry   *Entry
-	Verdict admission.Verdict
+	Verdict Outcome
 	// Spend is what the call cost in the replay: its settle's actual (or
 	// the recorded usage priced for the model it went with), its estimate
 	// when the log has no settle (the reservation lapses at it), zero when
 	// it was refused or answered from the cache.
 	Spend   policy.Money
 	Settled bool
+}
+
+// Outcome is what a replay keeps of a Verdict (a log of millions of calls
+// need not keep millions of verdicts).
+type Outcome struct {
+	Allowed     bool
+	Outcome     admission.Outcome
+	Reason      string
+	Tier        string
+	Route       string
+	Reservation string
+	Held        bool // it waited in the hold queue
+	Downgraded  bool
+	Model       string // the model it went with
+	Estimate    policy.Money
+}
+
+func outcomeOf(v *admission.Verdict) Outcome {
+	return Outcome{Allowed: v.Allowed, Outcome: v.Outcome, Reason: v.Reason, Tier: v.Tier, Route: v.Route,
+		Reservation: v.Reservation, Held: v.QueueID != "", Downgraded: v.Optimized != nil && v.Optimized.DowngradedFrom != "",
+		Model: v.Estimate.Model, Estimate: v.Estimate.Cost}
 }
 
 // Run is one policy's replay of a log.
@@ -56,6 +77,7 @@ type simCall struct {
 	c       *Call
 	id      string             // the replay's request id (line-N)
 	req     *admission.Request // the call as rebuilt
+	key     string             // its key in sim.byRes
 	done    chan admission.Verdict
 	ended   bool
 	pending *Entry // a settle that came while the call was held
@@ -96,7 +118,10 @@ func Replay(ctx context.Context, lg *Log, set *policy.Set) (*Run, error) {
 	s := &sim{ctx: ctx, set: set, clock: clock, svc: svc, byRes: map[string]*simCall{}, spent: spent}
 	run := &Run{}
 	err = s.play(events, run)
-	err = errors.Join(err, s.finish(), svc.Close(), st.Close())
+	if err == nil {
+		err = s.finish(run)
+	}
+	err = errors.Join(err, svc.Close(), st.Close())
 	if err != nil {
 		return nil, err
 	}
@@ -132,8 +157,8 @@ func (s *sim) play(events []*Entry, run *Run) error {
 		case KindDecision:
 			sc := &simCall{c: &Call{Entry: e}, id: fmt.Sprintf("line-%d", e.N), done: make(chan admission.Verdict, 1)}
 			run.Calls = append(run.Calls, sc.c)
-			if k := cmp.Or(e.Reservation, e.RequestID); k != "" {
-				s.byRes[k] = sc
+			if sc.key = cmp.Or(e.Reservation, e.RequestID); sc.key != "" {
+				s.byRes[sc.key] = sc
 			}
 			s.waiting = append(s.waiting, sc)
 			r := request(e, s.set, s.svc.Estimator())
@@ -184,7 +209,7 @@ func (s *sim) advance(t time.Time) error {
 
 // finish lets held calls end (the clock runs on, at most drainLimit) and
 // books every admitted call the log never settled at its estimate.
-func (s *sim) finish() error {
+func (s *sim) finish(run *Run) error {
 	end := s.clock.Now().Add(drainLimit)
 	for len(s.waiting) > 0 {
 		next, ok := s.clock.Next()
@@ -195,13 +220,20 @@ func (s *sim) finish() error {
 			return err
 		}
 	}
-	for _, sc := range s.byRes {
-		if sc.ended && sc.c.Verdict.Allowed && !sc.c.Settled {
-			sc.c.Spend = sc.c.Verdict.Estimate.Cost
+	for _, sc := range s.waiting { // still held a day past the log's end
+		sc.c.Verdict = Outcome{Outcome: admission.OutcomeDenied, Reason: ReasonReplayEnded, Held: true}
+	}
+	for _, c := range run.Calls {
+		if c.Verdict.Allowed && !c.Settled {
+			c.Spend = c.Verdict.Estimate
 		}
 	}
 	return nil
 }
+
+// ReasonReplayEnded refuses, in a replay, a call still held a day after
+// the log's last line.
+const ReasonReplayEnded = "replay_ended"
 
 // quiesce waits until every call in flight is answered or held, and the
 // queue is letting no one go; it settles calls whose settle came while
@@ -230,7 +262,7 @@ func (s *sim) collect() bool {
 	for _, sc := range s.waiting {
 		select {
 		case v := <-sc.done:
-			sc.c.Verdict, sc.ended, progress = v, true, true
+			sc.c.Verdict, sc.ended, progress = outcomeOf(&v), true, true
 			if v.Outcome == admission.OutcomeCached {
 				sc.c.Spend = 0
 			}
@@ -268,6 +300,7 @@ func (s *sim) settle(sc *simCall, e *Entry) {
 		return
 	}
 	sc.c.Settled = true
+	delete(s.byRes, sc.key)
 	p := policy.Provider(sc.c.Entry.Provider)
 	switch {
 	case e.Outcome == "released":
@@ -281,7 +314,7 @@ func (s *sim) settle(sc *simCall, e *Entry) {
 		c.End(s.ctx)
 	default:
 		if _, err := s.svc.Settle(s.ctx, v.Reservation, e.Actual); err != nil { // beyond its bound: at its estimate
-			_, _ = s.svc.Settle(s.ctx, v.Reservation, v.Estimate.Cost)
+			_, _ = s.svc.Settle(s.ctx, v.Reservation, v.Estimate)
 		}
 	}
 	sc.c.Spend = s.spent.take(v.Reservation)

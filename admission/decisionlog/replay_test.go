@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,7 +63,7 @@ optimize:
       downgrade: gpt-4o-mini
 `
 
-func compileSet(t *testing.T, name, y string) *policy.Set {
+func compileSet(t testing.TB, name, y string) *policy.Set {
 	t.Helper()
 	s, err := policy.Compile(policy.Source{Name: name, Data: []byte(y)})
 	require.NoError(t, err)
@@ -248,4 +249,52 @@ func TestReplayDeterministic(t *testing.T) {
 		require.Equal(t, js, j2)
 	}
 	assert.Contains(t, js, `"spend_nanos": 1206000`)
+}
+
+// TestReplayOddLines: lines a real log may hold, or a hand-edited one:
+// unknown clients and routes, settles of nothing, a release, a cached call,
+// an Anthropic call, a long wait that puts a call's arrival before earlier
+// lines. The replay answers each and stays deterministic.
+func TestReplayOddLines(t *testing.T) {
+	const log = `{"v":1,"kind":"start","time":"2026-11-14T12:00:00Z","policy":"a.yaml"}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","request_id":"1","client":"ghost","route":"openai","provider":"openai","host":"api.openai.com","path":"/v1/chat/completions","method":"POST","outcome":"denied","reason":"unknown_client","model":"gpt-4o","input_tokens":10,"output_tokens":990}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","request_id":"2","client":"acme","host":"example.com","path":"/x","method":"GET","outcome":"unmatched","reason":"unmatched_route"}
+{"v":1,"kind":"settle","time":"2026-11-14T12:00:01Z","reservation":"nothing","outcome":"settled","actual":"5"}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:02Z","request_id":"3","reservation":"r3","client":"acme","tier":"basic","route":"openai","class":"immediate","provider":"openai","host":"api.openai.com","path":"/v1/chat/completions","method":"POST","outcome":"allowed","allowed":true,"model":"gpt-4o","estimate":"0.009925","input_tokens":10,"output_tokens":990,"future":"ignored"}
+{"v":1,"kind":"settle","time":"2026-11-14T12:00:03Z","reservation":"r3","outcome":"released"}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:04Z","request_id":"4","client":"bigco","route":"openai","class":"normal","provider":"openai","host":"api.openai.com","path":"/v1/responses","method":"POST","outcome":"cached","reason":"cache_hit","model":"gpt-4o","input_tokens":50,"output_tokens":100}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:09Z","request_id":"5","reservation":"r5","client":"bigco","route":"openai","class":"batch","provider":"openai","host":"api.openai.com","path":"/v1/chat/completions","method":"POST","outcome":"allowed","allowed":true,"held":true,"wait":"8.5s","model":"gpt-4o","input_tokens":10,"output_tokens":990}
+{"v":1,"kind":"settle","time":"2026-11-14T12:00:10Z","reservation":"r5","outcome":"settled","actual":"0.005025","input_tokens":10,"output_tokens":500}
+{"v":1,"kind":"settle","time":"2026-11-14T12:00:10Z","reservation":"r5","outcome":"settled","actual":"0.005025","input_tokens":10,"output_tokens":500}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:11Z","request_id":"6","client":"acme","route":"claude","provider":"anthropic","host":"api.anthropic.com","path":"/v1/messages","method":"POST","outcome":"allowed","allowed":true,"model":"claude-sonnet-4","input_tokens":20,"output_tokens":100}
+`
+	lg, err := Parse(strings.NewReader(log))
+	require.NoError(t, err)
+	a := compileSet(t, "a.yaml", policyA)
+	run, err := Replay(context.Background(), lg, a)
+	require.NoError(t, err)
+	got := map[string]Outcome{}
+	for _, c := range run.Calls {
+		got[c.Entry.RequestID] = c.Verdict
+	}
+	assert.Equal(t, admission.ReasonUnknownClient, got["1"].Reason)
+	assert.Equal(t, admission.ReasonUnmatchedRoute, got["2"].Reason)
+	assert.True(t, got["3"].Allowed)
+	assert.True(t, got["4"].Allowed, "the cache is not replayed: a cached call goes upstream")
+	assert.True(t, got["5"].Allowed)
+	assert.Equal(t, admission.ReasonUnmatchedRoute, got["6"].Reason, "policy A has no Anthropic route")
+	spend := map[string]policy.Money{}
+	for _, c := range run.Calls {
+		spend[c.Entry.RequestID] = c.Spend
+	}
+	assert.Equal(t, policy.Money(0), spend["3"], "released")
+	assert.Equal(t, policy.Money(gpt4oCall), spend["5"], "settled once")
+	assert.Equal(t, run.Calls[0].Entry.RequestID, "1")
+
+	rep1, err := Compare(context.Background(), lg, a, a, "a", "a")
+	require.NoError(t, err)
+	rep2, err := Compare(context.Background(), lg, a, a, "a", "a")
+	require.NoError(t, err)
+	assert.Equal(t, rep1, rep2)
+	assert.False(t, rep1.Total.Changed())
 }

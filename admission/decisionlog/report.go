@@ -41,10 +41,10 @@ func (st *Stats) add(c *Call) {
 		}
 		st.RefusedBy[v.Reason]++
 	}
-	if v.QueueID != "" {
+	if v.Held {
 		st.Held++
 	}
-	if v.Optimized != nil && v.Optimized.DowngradedFrom != "" {
+	if v.Downgraded {
 		st.Downgraded++
 	}
 	st.Spend += c.Spend
