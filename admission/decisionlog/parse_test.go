@@ -1,6 +1,7 @@
 package decisionlog
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -73,8 +74,12 @@ func TestParse(t *testing.T) {
 }
 
 // FuzzDecisionLog: any input parses or fails with an error naming a line;
-// never a panic; what parses has no negative amount.
+// never a panic; what parses has no negative amount, and a short log that
+// parses replays (under policy A) without error.
 func FuzzDecisionLog(f *testing.F) {
+	set := compileSet(f, "a.yaml", policyA)
+	f.Add(`{"v":1,"kind":"decision","time":"2026-11-14T12:00:09Z","request_id":"5","reservation":"r5","client":"bigco","route":"openai","class":"batch","provider":"openai","host":"api.openai.com","path":"/v1/chat/completions","method":"POST","outcome":"allowed","allowed":true,"held":true,"wait":"8.5s","model":"gpt-4o","input_tokens":10,"output_tokens":990}
+{"v":1,"kind":"settle","time":"2026-11-14T12:00:10Z","reservation":"r5","outcome":"settled","actual":"0.005025","input_tokens":10,"output_tokens":500}`)
 	f.Add(goodDecision)
 	f.Add(`{"v":1,"kind":"start","time":"2026-11-14T12:00:00Z","policy":"p.yaml"}`)
 	f.Add(`{"v":1,"kind":"settle","time":"2026-11-14T12:00:01Z","reservation":"r1","outcome":"settled","actual":"1e3"}`)
@@ -91,6 +96,10 @@ func FuzzDecisionLog(f *testing.F) {
 			require.GreaterOrEqual(t, e.Actual, policy.Money(0))
 			require.GreaterOrEqual(t, e.Wait, e.Wait*0)
 			require.Positive(t, e.N)
+		}
+		if len(lg.Entries) <= 8 {
+			_, err := Replay(context.Background(), lg, set)
+			require.NoError(t, err)
 		}
 	})
 }

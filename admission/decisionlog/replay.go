@@ -91,6 +91,7 @@ type sim struct {
 	byRes   map[string]*simCall // by the recorded reservation (or request id)
 	waiting []*simCall          // calls not yet answered
 	spent   *spentBook
+	calls   sync.WaitGroup // the Decide goroutines
 }
 
 // Replay makes every decision of lg again under set and settles what the
@@ -121,7 +122,9 @@ func Replay(ctx context.Context, lg *Log, set *policy.Set) (*Run, error) {
 	if err == nil {
 		err = s.finish(run)
 	}
-	err = errors.Join(err, svc.Close(), st.Close())
+	err = errors.Join(err, svc.Close()) // answers the calls still held
+	s.calls.Wait()
+	err = errors.Join(err, st.Close())
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +166,7 @@ func (s *sim) play(events []*Entry, run *Run) error {
 			s.waiting = append(s.waiting, sc)
 			r := request(e, s.set, s.svc.Estimator())
 			sc.req = r
-			go func() { sc.done <- s.svc.Decide(s.ctx, r) }()
+			s.calls.Go(func() { sc.done <- s.svc.Decide(s.ctx, r) })
 		case KindSettle:
 			sc := s.byRes[cmp.Or(e.Reservation, e.RequestID)]
 			if sc == nil {
