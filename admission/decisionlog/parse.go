@@ -31,9 +31,11 @@ type Entry struct {
 
 // Log is a parsed decision log.
 type Log struct {
-	// Policy is what the last start line names ("" when none).
-	Policy  string
-	Entries []Entry // decisions and settles, in file order
+	// Policy and Settlement are what the last start line names ("" when
+	// none).
+	Policy     string
+	Settlement string
+	Entries    []Entry // decisions and settles, in file order
 	// Skipped counts lines of kinds this version does not know.
 	Skipped int
 }
@@ -66,7 +68,7 @@ func Parse(r io.Reader) (*Log, error) {
 		}
 		switch kind {
 		case KindStart:
-			out.Policy = e.Policy
+			out.Policy, out.Settlement = e.Policy, e.Settlement
 		case KindDecision, KindSettle:
 			e.N = n
 			out.Entries = append(out.Entries, e)
@@ -98,6 +100,9 @@ func parseLine(b []byte) (Entry, string, error) {
 		return e, "", errors.New(`"kind" is missing`)
 	case l.Time.IsZero():
 		return e, "", errors.New(`"time" is missing`)
+	}
+	if l.Kind == KindStart && l.Settlement != "" && l.Settlement != "deferred" && l.Settlement != "immediate" {
+		return e, "", fmt.Errorf("settlement %q: want deferred or immediate", l.Settlement)
 	}
 	if l.Kind != KindDecision && l.Kind != KindSettle {
 		return e, l.Kind, nil

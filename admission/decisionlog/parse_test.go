@@ -20,10 +20,11 @@ func TestParse(t *testing.T) {
 		check   func(t *testing.T, lg *Log)
 	}{
 		"a decision, a settle and a start": {
-			in: `{"v":1,"kind":"start","time":"2026-11-14T12:00:00Z","policy":"p.yaml"}` + "\n" + goodDecision + "\n" +
+			in: `{"v":1,"kind":"start","time":"2026-11-14T12:00:00Z","policy":"p.yaml","settlement":"immediate"}` + "\n" + goodDecision + "\n" +
 				`{"v":1,"kind":"settle","time":"2026-11-14T12:00:01Z","reservation":"r1","outcome":"settled","actual":"0.000000001"}`,
 			check: func(t *testing.T, lg *Log) {
 				assert.Equal(t, "p.yaml", lg.Policy)
+				assert.Equal(t, "immediate", lg.Settlement)
 				require.Len(t, lg.Entries, 2)
 				assert.Equal(t, policy.Money(12_500_000), lg.Entries[0].Estimate)
 				assert.Equal(t, 2, lg.Entries[0].N)
@@ -47,10 +48,11 @@ func TestParse(t *testing.T) {
 				`{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","outcome":"allowed","wait":"-1s"}` + "\n" +
 				`{"v":1,"time":"2026-11-14T12:00:00Z"}` + "\n" +
 				`{"v":1,"kind":"decision","outcome":"allowed"}` + "\n" +
-				`{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","outcome":"allowed","input_tokens":-5}`,
+				`{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","outcome":"allowed","input_tokens":-5}` + "\n" +
+				`{"v":1,"kind":"start","time":"2026-11-14T12:00:00Z","settlement":"later"}`,
 			wantErr: []string{"line 2: not a JSON object", "line 4: estimate", "line 5: format version 2",
 				"line 6: settle outcome", "line 7: wait", "line 8: \"kind\" is missing", "line 9: \"time\" is missing",
-				"line 10: a negative token count"},
+				"line 10: a negative token count", "line 11: settlement"},
 		},
 		"a line past the bound": {
 			in:      goodDecision + "\n" + `{"v":1,"x":"` + strings.Repeat("a", MaxLineBytes) + `"}`,

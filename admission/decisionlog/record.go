@@ -41,8 +41,10 @@ type Line struct {
 	Kind string    `json:"kind"`
 	Time time.Time `json:"time"`
 
-	// start
-	Policy string `json:"policy,omitempty"`
+	// start: the policy in force and how calls are settled (deferred or
+	// immediate)
+	Policy     string `json:"policy,omitempty"`
+	Settlement string `json:"settlement,omitempty"`
 
 	RequestID   string `json:"request_id,omitempty"`
 	Reservation string `json:"reservation,omitempty"`

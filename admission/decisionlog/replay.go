@@ -110,7 +110,11 @@ func Replay(ctx context.Context, lg *Log, set *policy.Set) (*Run, error) {
 		return nil, fmt.Errorf("replay: %w", err)
 	}
 	spent := &spentBook{m: map[string]policy.Money{}}
-	svc, err := admission.New(admission.Config{Settlement: admission.SettleDeferred},
+	settle := admission.SettleDeferred
+	if lg.Settlement == "immediate" { // concurrency caps are not enforced then: replay as served
+		settle = admission.SettleImmediate
+	}
+	svc, err := admission.New(admission.Config{Settlement: settle},
 		admission.Deps{Policies: admission.StaticPolicy{Set: set}, Store: st, Registerer: prometheus.NewRegistry(), Clock: clock,
 			DecisionLog: spent})
 	if err != nil {

@@ -93,7 +93,7 @@ func record(t *testing.T) string {
 	t.Cleanup(func() { _ = st.Close() })
 	path := filepath.Join(t.TempDir(), "decisions.jsonl")
 	cfg := DefaultConfig()
-	cfg.Policy = "a.yaml"
+	cfg.Policy, cfg.Settlement = "a.yaml", "deferred"
 	w, err := Open(path, cfg, prometheus.NewRegistry(), nil)
 	require.NoError(t, err)
 	svc, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
@@ -154,6 +154,7 @@ func TestRecordedLog(t *testing.T) {
 	assert.NotContains(t, string(raw), "messages", "no body in the log")
 	lg := parseFile(t, path)
 	assert.Equal(t, "a.yaml", lg.Policy)
+	assert.Equal(t, "deferred", lg.Settlement)
 	require.Len(t, lg.Entries, 2*calls*2)
 	d := lg.Entries[0]
 	assert.Equal(t, KindDecision, d.Kind)
@@ -297,4 +298,33 @@ func TestReplayOddLines(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, rep1, rep2)
 	assert.False(t, rep1.Total.Changed())
+}
+
+// TestReplayImmediate: a log served with --settle immediate replays so:
+// no reservation is held, so two calls of a client whose tier allows one
+// at a time both go (concurrency is not enforced without settles), and
+// each costs its estimate.
+func TestReplayImmediate(t *testing.T) {
+	one := strings.Replace(policyA, "basic: {priority: 10, max_concurrent: 5", "basic: {priority: 10, max_concurrent: 1", 1)
+	const log = `{"v":1,"kind":"start","time":"2026-11-14T12:00:00Z","policy":"a.yaml","settlement":"immediate"}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","request_id":"1","client":"acme","route":"openai","class":"immediate","provider":"openai","host":"api.openai.com","path":"/v1/chat/completions","method":"POST","outcome":"allowed","model":"gpt-4o","input_tokens":10,"output_tokens":990}
+{"v":1,"kind":"decision","time":"2026-11-14T12:00:00Z","request_id":"2","client":"acme","route":"openai","class":"immediate","provider":"openai","host":"api.openai.com","path":"/v1/chat/completions","method":"POST","outcome":"allowed","model":"gpt-4o","input_tokens":10,"output_tokens":990}
+`
+	lg, err := Parse(strings.NewReader(log))
+	require.NoError(t, err)
+	set := compileSet(t, "one.yaml", one)
+	run, err := Replay(context.Background(), lg, set)
+	require.NoError(t, err)
+	require.Len(t, run.Calls, 2)
+	for _, c := range run.Calls {
+		assert.True(t, c.Verdict.Allowed, c.Verdict.Reason)
+		assert.Equal(t, policy.Money(inTokens*2500+maxOut*10_000), c.Spend)
+	}
+	// The same lines served deferred: the second call waits for a slot
+	// the first never gives back (no settle) and is refused.
+	lg.Settlement = "deferred"
+	run, err = Replay(context.Background(), lg, set)
+	require.NoError(t, err)
+	assert.True(t, run.Calls[0].Verdict.Allowed)
+	assert.Equal(t, "concurrency", run.Calls[1].Verdict.Reason)
 }

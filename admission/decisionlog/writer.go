@@ -25,8 +25,10 @@ type Config struct {
 	// FILE starts. Zero never rotates.
 	MaxBytes int64
 	// Policy names the policy in force, written on the start line of
-	// each file (replay's default base policy).
-	Policy string
+	// each file (replay's default base policy); Settlement is serve's
+	// --settle (a replay settles the same way).
+	Policy     string
+	Settlement string
 }
 
 // DefaultConfig buffers 8192 records and rotates at 256 MiB.
@@ -109,7 +111,7 @@ func Open(path string, cfg Config, reg prometheus.Registerer, log *slog.Logger) 
 	}
 	w := start(f, cfg, m, log)
 	w.path, w.file, w.size = path, f, size
-	w.ch <- item{start: cfg.Policy}
+	w.ch <- item{start: true}
 	return w, nil
 }
 
@@ -125,7 +127,7 @@ func New(out io.Writer, cfg Config, reg prometheus.Registerer, log *slog.Logger)
 		return nil, err
 	}
 	w := start(out, cfg, m, log)
-	w.ch <- item{start: cfg.Policy}
+	w.ch <- item{start: true}
 	return w, nil
 }
 
@@ -139,8 +141,8 @@ func start(out io.Writer, cfg Config, m writerMetrics, log *slog.Logger) *Writer
 	return w
 }
 
-func startLine(pol string) Line {
-	return Line{V: Version, Kind: KindStart, Time: nowUTC(), Policy: pol}
+func (w *Writer) startLine() Line {
+	return Line{V: Version, Kind: KindStart, Time: nowUTC(), Policy: w.cfg.Policy, Settlement: w.cfg.Settlement}
 }
 
 func openFile(path string) (*os.File, int64, error) {
@@ -160,7 +162,7 @@ func openFile(path string) (*os.File, int64, error) {
 type item struct {
 	d     *admission.DecisionRecord
 	s     *admission.SettleRecord
-	start string // a start line naming this policy, when d and s are nil
+	start bool // a start line
 }
 
 func (it item) line() Line {
@@ -170,7 +172,7 @@ func (it item) line() Line {
 	case it.s != nil:
 		return settleLine(*it.s)
 	}
-	return startLine(it.start)
+	return Line{}
 }
 
 // Decision queues a decision; it never blocks.
@@ -212,6 +214,9 @@ func (w *Writer) run() {
 	var b []byte
 	for it := range w.ch {
 		l := it.line()
+		if it.start {
+			l = w.startLine()
+		}
 		var err error
 		if b, err = appendLine(b[:0], &l); err != nil {
 			w.fail(fmt.Errorf("decision log: encode: %w", err))
@@ -261,7 +266,7 @@ func (w *Writer) rotate(n int64) {
 	w.buf.Reset(f)
 	w.m.rotations.Inc()
 	var b []byte
-	s := startLine(w.cfg.Policy)
+	s := w.startLine()
 	if b, err = appendLine(b, &s); err == nil {
 		n, _ := w.buf.Write(b)
 		w.size += int64(n)

@@ -178,7 +178,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	var dlog admission.DecisionLog
 	if f.decisionLog != "" {
 		cfg := f.decisionLogCfg
-		cfg.Policy = cmp.Or(f.policyPath, "bundled")
+		cfg.Policy, cfg.Settlement = cmp.Or(f.policyPath, "bundled"), f.authz.Settlement.String()
 		w, err := decisionlog.Open(f.decisionLog, cfg, reg, log)
 		if err != nil {
 			return err
