@@ -482,7 +482,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		// Let through fail open: the store holds nothing to end. What the
 		// call spent goes to the fail-open journal, the upstream's signal
 		// to the store (if it answers now).
-		c.s.failOpen.settled(p.failOpen, e.Outcome.Spend(p.failOpen.cost, e.Actual))
+		spent := e.Outcome.Spend(p.failOpen.cost, e.Actual)
+		c.s.failOpen.settled(p.failOpen, spent)
+		logSettled(c.s.dlog, c.s.clock, p, c.reservation, string(e.Outcome), spent, u)
 		if len(e.Throttles) > 0 {
 			if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {
 				c.applied(ctx, e.Throttles)

@@ -93,6 +93,7 @@ func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement
 		// Let through fail open: its spend goes to the fail-open journal.
 		spent := e.Outcome.Spend(p.failOpen.cost, e.Actual)
 		s.failOpen.settled(p.failOpen, spent)
+		logSettled(s.dlog, s.clock, p, e.ID, string(e.Outcome), spent, costing.Usage{})
 		return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Estimated: p.failOpen.cost, Spent: spent}, nil
 	}
 	// A settle must land even if the caller hangs up.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -280,3 +281,6 @@ func (w *Writer) fail(err error) {
 		w.log.Error("decision log write failed; later failures are only counted", slog.Any("error", err))
 	}
 }
+
+// nowUTC is the time of a start line; the records carry admission's clock.
+func nowUTC() time.Time { return time.Now().UTC() }
