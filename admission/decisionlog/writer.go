@@ -166,14 +166,14 @@ type item struct {
 	start bool // a start line
 }
 
-func (it item) line() Line {
+func (w *Writer) lineOf(it item) Line {
 	switch {
 	case it.d != nil:
 		return decisionLine(*it.d)
 	case it.s != nil:
 		return settleLine(*it.s)
 	}
-	return Line{}
+	return w.startLine()
 }
 
 // Decision queues a decision; it never blocks.
@@ -214,10 +214,7 @@ func (w *Writer) run() {
 	defer close(w.done)
 	var b []byte
 	for it := range w.ch {
-		l := it.line()
-		if it.start {
-			l = w.startLine()
-		}
+		l := w.lineOf(it)
 		var err error
 		if b, err = appendLine(b[:0], &l); err != nil {
 			w.fail(fmt.Errorf("decision log: encode: %w", err))
@@ -248,8 +245,16 @@ func (w *Writer) run() {
 	}
 }
 
-// rotate starts a new file when n more bytes would pass MaxBytes.
+// rotate starts a new file when n more bytes would pass MaxBytes. After a
+// rotation that could not open the new file, it tries again at each line.
 func (w *Writer) rotate(n int64) {
+	if w.file == nil && w.path != "" {
+		if f, size, err := openFile(w.path); err == nil {
+			w.file, w.size, w.out = f, size, f
+			w.buf.Reset(f)
+		}
+		return
+	}
 	if w.file == nil || w.cfg.MaxBytes == 0 || w.size == 0 || w.size+n <= w.cfg.MaxBytes {
 		return
 	}
