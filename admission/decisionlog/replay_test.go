@@ -211,6 +211,7 @@ func TestReplayAgainstB(t *testing.T) {
 	t.Log("\n" + out.String())
 	assert.Contains(t, out.String(), "basic")
 	assert.Contains(t, out.String(), "4→2 (-2)")
+	assert.Regexp(t, `budget_exceeded +0→2 \(\+2\)`, out.String())
 }
 
 // TestReplaySameIsNoChange: a log replayed under the policy it was

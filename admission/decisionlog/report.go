@@ -141,10 +141,31 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	table("tier", append(slices.Clone(r.Tiers), r.Total))
 	table("client", r.Clients)
+	if reasons := reasonKeys(r.Total); len(reasons) > 0 {
+		fmt.Fprintf(tw, "\nrefused by reason\tcalls\n")
+		for _, k := range reasons {
+			fmt.Fprintf(tw, "%s\t%s\n", k, count(r.Total.Base.RefusedBy[k], r.Total.New.RefusedBy[k]))
+		}
+	}
 	if !r.Total.Changed() && !anyChanged(r.Tiers) && !anyChanged(r.Clients) {
 		fmt.Fprintln(tw, "\nno change")
 	}
 	return tw.Flush()
+}
+
+// reasonKeys are the reasons of the row's refusals under either policy,
+// sorted.
+func reasonKeys(r Row) []string {
+	var keys []string
+	for _, m := range []map[string]int64{r.Base.RefusedBy, r.New.RefusedBy} {
+		for k := range m {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func anyChanged(rows []Row) bool { return slices.ContainsFunc(rows, Row.Changed) }

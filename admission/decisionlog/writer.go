@@ -65,7 +65,6 @@ type Writer struct {
 	file *os.File
 	size int64
 
-	out  io.Writer
 	buf  *bufio.Writer
 	err  error // the first write error, returned by Close
 	shut bool
@@ -137,7 +136,7 @@ func start(out io.Writer, cfg Config, m writerMetrics, log *slog.Logger) *Writer
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Writer{cfg: cfg, ch: make(chan item, cfg.Buffer), done: make(chan struct{}), log: log,
-		m: m, out: out, buf: bufio.NewWriterSize(out, 64<<10)}
+		m: m, buf: bufio.NewWriterSize(out, 64<<10)}
 	go w.run()
 	return w
 }
@@ -250,7 +249,7 @@ func (w *Writer) run() {
 func (w *Writer) rotate(n int64) {
 	if w.file == nil && w.path != "" {
 		if f, size, err := openFile(w.path); err == nil {
-			w.file, w.size, w.out = f, size, f
+			w.file, w.size = f, size
 			w.buf.Reset(f)
 		}
 		return
@@ -264,11 +263,11 @@ func (w *Writer) rotate(n int64) {
 		w.fail(fmt.Errorf("decision log: rotate: %w", err))
 	}
 	if oerr != nil { // keep writing nowhere rather than stop: the errors are counted
-		w.file, w.out = nil, io.Discard
+		w.file = nil
 		w.buf.Reset(io.Discard)
 		return
 	}
-	w.file, w.size, w.out = f, size, f
+	w.file, w.size = f, size
 	w.buf.Reset(f)
 	w.m.rotations.Inc()
 	var b []byte
