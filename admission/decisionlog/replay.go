@@ -56,7 +56,8 @@ type Outcome struct {
 	Tier        string
 	Route       string
 	Reservation string
-	Held        bool // it waited in the hold queue
+	Held        bool          // it waited in the hold queue
+	Wait        time.Duration // for so long
 	Downgraded  bool
 	Model       string // the model it went with
 	Estimate    policy.Money
@@ -64,7 +65,7 @@ type Outcome struct {
 
 func outcomeOf(v *admission.Verdict) Outcome {
 	return Outcome{Allowed: v.Allowed, Outcome: v.Outcome, Reason: v.Reason, Tier: v.Tier, Route: v.Route,
-		Reservation: v.Reservation, Held: v.QueueID != "", Downgraded: v.Optimized != nil && v.Optimized.DowngradedFrom != "",
+		Reservation: v.Reservation, Held: v.QueueID != "", Wait: v.QueueWait, Downgraded: v.Optimized != nil && v.Optimized.DowngradedFrom != "",
 		Model: v.Estimate.Model, Estimate: v.Estimate.Cost}
 }
 

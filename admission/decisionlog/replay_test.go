@@ -20,7 +20,8 @@ import (
 	"github.com/tollgate/tollgate/policy"
 )
 
-// Policy A: one pool of 10,000 tokens, a basic and a premium client.
+// Policy A: one pool of 10,000 tokens, of which each premium client may
+// hold 4,000 (its tier's client_limits); a basic and a premium client.
 const policyA = `
 defaults: {unknown_client: deny}
 pools:
@@ -32,19 +33,24 @@ routes:
   openai: {host: api.openai.com, path_prefix: /v1/, provider: openai, pools: [gpt]}
 tiers:
   basic: {priority: 10, max_concurrent: 5, monthly_budget: "100"}
-  premium: {priority: 30, max_concurrent: 5, monthly_budget: "1000"}
+  premium:
+    priority: 30
+    max_concurrent: 5
+    monthly_budget: "1000"
+    client_limits: {gpt: {capacity: 4000, refill: 100/s}}
 clients:
   acme: {tier: basic}
   bigco: {tier: premium}
 `
 
-// Policy B differs from A in three known ways: the pool is halved, acme's
-// budget is $0.03 (two calls' reserves), and premium calls to gpt-4o are
-// downgraded to gpt-4o-mini.
+// Policy B differs from A in three known ways: the premium tier's share of
+// the pool is halved (2,000 tokens a client), acme's budget is $0.03 (two
+// calls' reserves), and premium calls to gpt-4o are downgraded to
+// gpt-4o-mini.
 const policyB = `
 defaults: {unknown_client: deny}
 pools:
-  gpt: {unit: token, capacity: 5000, refill_per_second: 100}
+  gpt: {unit: token, capacity: 10000, refill_per_second: 100}
 models:
   "gpt-4o-mini*": {input: "0.15/1M", output: "0.60/1M"}
   "gpt-4o*": {input: "2.50/1M", output: "10/1M"}
@@ -52,7 +58,11 @@ routes:
   openai: {host: api.openai.com, path_prefix: /v1/, provider: openai, pools: [gpt]}
 tiers:
   basic: {priority: 10, max_concurrent: 5, monthly_budget: "100"}
-  premium: {priority: 30, max_concurrent: 5, monthly_budget: "1000"}
+  premium:
+    priority: 30
+    max_concurrent: 5
+    monthly_budget: "1000"
+    client_limits: {gpt: {capacity: 2000, refill: 100/s}}
 clients:
   acme: {tier: basic, monthly_budget: "0.03"}
   bigco: {tier: premium}
@@ -190,16 +200,16 @@ func TestReplayAgainstB(t *testing.T) {
 	}
 	// Under A every call goes; under B acme's budget takes two reserves
 	// ($0.011886 each), so its third and fourth calls are refused; bigco's
-	// four calls are downgraded, three fit in what the halved pool has
-	// left, the fourth waits until the settles at t0+1s give back
-	// unused tokens.
+	// four calls are downgraded, two fit in its halved share, the third
+	// and fourth wait in the queue (class batch) on the replay's clock
+	// (see TestReplayHoldsOnTheClock).
 	acme := byKey(rep.Clients, "acme")
 	assert.Equal(t, Stats{Calls: 4, Admitted: 4, Spend: 4 * gpt4oCall}, acme.Base)
 	assert.Equal(t, Stats{Calls: 4, Admitted: 2, Refused: 2, Spend: 2 * gpt4oCall,
 		RefusedBy: map[string]int64{"budget_exceeded": 2}}, acme.New)
 	bigco := byKey(rep.Clients, "bigco")
 	assert.Equal(t, Stats{Calls: 4, Admitted: 4, Spend: 4 * gpt4oCall}, bigco.Base)
-	assert.Equal(t, Stats{Calls: 4, Admitted: 4, Held: 1, Downgraded: 4, Spend: 4 * miniCall}, bigco.New)
+	assert.Equal(t, Stats{Calls: 4, Admitted: 4, Held: 2, Downgraded: 4, Spend: 4 * miniCall}, bigco.New)
 	assert.Equal(t, acme.Base, byKey(rep.Tiers, "basic").Base)
 	assert.Equal(t, acme.New, byKey(rep.Tiers, "basic").New)
 	assert.Equal(t, bigco.New, byKey(rep.Tiers, "premium").New)
@@ -328,4 +338,26 @@ func TestReplayImmediate(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, run.Calls[0].Verdict.Allowed)
 	assert.Equal(t, "concurrency", run.Calls[1].Verdict.Reason)
+}
+
+// TestReplayHoldsOnTheClock: under B, bigco's third and fourth calls wait
+// in the real hold queue, on the replay's fake clock, exactly as long as
+// its bucket says. Its 2,000 tokens go to the first two calls at t0. At
+// t0+1s the settles give back what the two did not use (490 each) and the
+// bucket has refilled 100: 1,080, so the third goes at once (80 left).
+// The third's own settle, recorded at t0+1s too, is booked as it goes:
+// 490 back, 570; the fourth needs 430 more, 4.3 s at 100 a second: it
+// goes at t0+5.3s.
+func TestReplayHoldsOnTheClock(t *testing.T) {
+	lg := parseFile(t, record(t))
+	run, err := Replay(context.Background(), lg, compileSet(t, "b.yaml", policyB))
+	require.NoError(t, err)
+	waits := map[string]time.Duration{}
+	for _, c := range run.Calls {
+		if c.Entry.Client == "bigco" {
+			require.True(t, c.Verdict.Allowed)
+			waits[c.Entry.RequestID] = c.Verdict.Wait
+		}
+	}
+	assert.Equal(t, map[string]time.Duration{"bigco-0": 0, "bigco-1": 0, "bigco-2": time.Second, "bigco-3": 5300 * time.Millisecond}, waits)
 }
