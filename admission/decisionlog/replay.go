@@ -245,21 +245,26 @@ const ReasonReplayEnded = "replay_ended"
 
 // quiesce waits until every call in flight is answered or held, and the
 // queue is letting no one go; it settles calls whose settle came while
-// they were held, as soon as they are answered.
+// they were held, as soon as they are answered. Only the replay's calls
+// are in its queue, so "every call not answered is held" is a count.
 func (s *sim) quiesce() error {
 	deadline := time.Now().Add(quiesceLimit)
-	for {
+	for spins := 0; ; spins++ {
 		progress := s.collect()
-		if !progress && s.svc.QueueBusy() == 0 && s.allHeld() && s.svc.QueueBusy() == 0 {
+		if !progress && s.svc.QueueBusy() == 0 && s.svc.QueueLen() == len(s.waiting) && s.svc.QueueBusy() == 0 {
 			return nil
+		}
+		if progress {
+			continue
+		}
+		if spins < 1000 {
+			runtime.Gosched()
+			continue
 		}
 		if time.Now().After(deadline) {
 			return errors.New("the replay did not come to rest (a call neither answered nor held)")
 		}
-		if !progress {
-			runtime.Gosched()
-			time.Sleep(10 * time.Microsecond)
-		}
+		time.Sleep(10 * time.Microsecond)
 	}
 }
 
@@ -285,15 +290,6 @@ func (s *sim) collect() bool {
 	clear(s.waiting[len(kept):])
 	s.waiting = kept
 	return progress
-}
-
-func (s *sim) allHeld() bool {
-	for _, sc := range s.waiting {
-		if _, ok := s.svc.QueuePosition(sc.id); !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // settle books e for sc's call as the log's settle was booked. A settle
