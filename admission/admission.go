@@ -122,6 +122,9 @@ type Deps struct {
 	// Tracer traces store calls, held calls' waits and settles under the
 	// transport's spans; nil: tracing off.
 	Tracer *tracing.Tracer
+	// DecisionLog, when set, receives every decision and settle (see
+	// DecisionLog); nil logs nothing.
+	DecisionLog DecisionLog
 }
 
 // Service runs admissions and settles them. It is safe for concurrent use.
@@ -144,6 +147,7 @@ type Service struct {
 	book     *observeBook // calls settled this period, for the optimize API
 	refusals refusals     // the last refused calls, for the status page
 	watch    *watch       // the standing alerts and their gauges read
+	dlog     DecisionLog  // nil: no decision log
 
 	tr            *tracing.Tracer // nil: tracing off
 	cache         respcache.Cache // nil: none
@@ -172,7 +176,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		clock: deps.Clock, newID: newReservationID, pending: newPendingTable(), pauses: newPauseBook(),
 		failOpen: newFailOpenBook(newReservationID()), cache: deps.Cache, cacheMaxEntry: cfg.CacheMaxEntry,
 		cacheSavings: newSavingsBook(newReservationID()),
-		book:         newObserveBook(maxObservedClients, maxObservedKeys), watch: newWatch(deps.Clock.Now())}
+		book:         newObserveBook(maxObservedClients, maxObservedKeys), watch: newWatch(deps.Clock.Now()),
+		dlog: deps.DecisionLog}
 	tok, err := costing.SharedTokenizer()
 	if err != nil { // a broken build: LLM calls fall back to the size-based estimate
 		s.log.Error("tokenizer unavailable; estimating LLM calls from their size", slog.Any("error", err))
@@ -202,7 +207,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s.settler = &settler{store: s.store, pending: s.pending, policies: s.policies, clock: s.clock, m: s.m,
 		learner: s.est.Learner, log: s.log, kick: s.queue.Kick, kickAll: s.queue.KickAll, pauses: s.pauses, failOpen: s.failOpen,
-		flex: &s.flex, book: s.book, watch: s.watch, tr: s.tr}
+		flex: &s.flex, book: s.book, watch: s.watch, tr: s.tr, dlog: s.dlog}
 	return s, nil
 }
 

@@ -45,6 +45,7 @@ func (s *Service) Decide(ctx context.Context, r *Request) Verdict {
 	if refused(&v) {
 		s.refusals.add(refusalOf(r, &v, s.clock.Now()))
 	}
+	s.logDecision(r, &v)
 	switch {
 	case v.Outcome == OutcomeShadowDenied:
 		s.log.LogAttrs(ctx, slog.LevelInfo, "shadow denial", slog.String("request_id", r.ID),

@@ -285,5 +285,8 @@ func (s *Service) QueuePosition(id string) (queue.Position, bool) {
 // removed_from_queue); false when no such call is held.
 func (s *Service) QueueRemove(id string) bool { return s.queue.Remove(id) }
 
+// QueueLen is how many calls the hold queue holds now.
+func (s *Service) QueueLen() int { return s.queue.Len() }
+
 // QueueBusy is how many of the queue's lines are letting waiters go now.
 func (s *Service) QueueBusy() int { return s.queue.Dispatching() }

@@ -35,7 +35,7 @@ const settleTimeout = 2 * time.Second
 // reservation in the store, so refunds never depend on this table.
 type pendingCall struct {
 	id        string
-	requestID string      // the call's x-request-id, for its cost record
+	requestID string      // the call's x-request-id, for its cost record and the decision log
 	set       *policy.Set // the policy the call was admitted under
 	route     *policy.Route
 	client    string
@@ -157,6 +157,7 @@ type settler struct {
 	pending  *pendingTable
 	policies PolicySource
 	clock    limiter.Clock
+	dlog     DecisionLog // nil: no decision log
 	m        *metrics
 	learner  *costing.Learner
 	log      *slog.Logger
@@ -521,7 +522,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		// Let through fail open: the store holds nothing to end. What the
 		// call spent goes to the fail-open journal, the upstream's signal
 		// to the store (if it answers now).
-		c.s.failOpen.settled(p.failOpen, e.Outcome.Spend(p.failOpen.cost, e.Actual))
+		spent := e.Outcome.Spend(p.failOpen.cost, e.Actual)
+		c.s.failOpen.settled(p.failOpen, spent)
+		logSettled(c.s.dlog, c.s.clock, p, c.reservation, string(e.Outcome), spent, u)
 		if len(e.Throttles) > 0 {
 			if _, err := c.s.store.Throttle(ctx, e.Throttles, time.Time{}); err == nil {
 				c.applied(ctx, e.Throttles)
@@ -560,6 +563,9 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 			tier = p.tier
 		}
 		c.s.m.savings.booked(tier, e.Booked())
+	}
+	if err == nil && !st.Repeat {
+		logSettled(c.s.dlog, c.s.clock, p, c.reservation, string(e.Outcome), st.Spent, u)
 	}
 	if p == nil {
 		if err != nil || st.Repeat { // settled already (the API), or lapsed

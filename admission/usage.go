@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/tollgate/tollgate/costing"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
@@ -119,6 +120,7 @@ func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement
 		// Let through fail open: its spend goes to the fail-open journal.
 		spent := e.Outcome.Spend(p.failOpen.cost, e.Actual)
 		s.failOpen.settled(p.failOpen, spent)
+		logSettled(s.dlog, s.clock, p, e.ID, string(e.Outcome), spent, costing.Usage{})
 		return limiter.Settlement{ID: e.ID, Outcome: e.Outcome, Estimated: p.failOpen.cost, Spent: spent}, nil
 	}
 	if e.Record == nil {
@@ -133,7 +135,11 @@ func (s *Service) end(ctx context.Context, e limiter.Ending) (limiter.Settlement
 	}
 	// The call is over: ext_proc has nothing left to settle, and its slot
 	// may let a held call go.
-	if p := s.pending.take(st.ID); p != nil {
+	p := s.pending.take(st.ID)
+	if !st.Repeat {
+		logSettled(s.dlog, s.clock, p, e.ID, string(e.Outcome), st.Spent, costing.Usage{})
+	}
+	if p != nil {
 		p.lead.abandon(ctx, "ended") // its answer, if any, is not followed any more
 		s.settler.kickSettled(p)
 	} else {

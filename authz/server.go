@@ -155,6 +155,9 @@ type Deps struct {
 	// Tracer traces checks, rate limit decisions, held calls' waits, store
 	// calls and settles (the caller shuts it down); nil: tracing off.
 	Tracer *tracing.Tracer
+	// DecisionLog, when set, receives every decision and settle
+	// (admission.DecisionLog; the caller closes it after Shutdown).
+	DecisionLog admission.DecisionLog
 }
 
 // Registry is where metrics are registered and gathered from:
@@ -243,7 +246,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.svc, err = admission.New(admission.Config{Settlement: cfg.Settlement, CacheMaxEntry: cfg.CacheMaxEntry}, admission.Deps{Policies: deps.Policies,
 		Store: deps.Store, Registerer: deps.Registry, Logger: deps.Logger, Clock: deps.Clock, Cache: deps.Cache,
-		Tracer: deps.Tracer})
+		Tracer: deps.Tracer, DecisionLog: deps.DecisionLog})
 	if err != nil {
 		s.m.set.Unregister(deps.Registry)
 		return nil, closeListeners(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -19,7 +20,7 @@ import (
 )
 
 // TestMetricsCatalog holds the whole registry of `tollgate serve` (a
-// sidecar with a watched policy, and a fleet member on Redis, which adds
+// sidecar with a watched policy and a decision log, and a fleet member on Redis, which adds
 // the cluster's metrics) to three standards: promlint finds nothing in any
 // metric, every query of the Grafana dashboards in deploy/ names one of
 // them, and the metrics table of docs/operations.md lists exactly these
@@ -27,7 +28,8 @@ import (
 func TestMetricsCatalog(t *testing.T) {
 	policyPath := writePolicy(t, spendPolicy(""))
 	grpcA, httpA := freePort(t), freePort(t)
-	startRun(t, noEnv, httpA, serveArgs(grpcA, httpA, "--policy", policyPath)...)
+	startRun(t, noEnv, httpA, serveArgs(grpcA, httpA, "--policy", policyPath,
+		"--decision-log", filepath.Join(t.TempDir(), "decisions.jsonl"))...)
 	grpcB, httpB, gossip := freePort(t), freePort(t), freePort(t)
 	_, port, err := net.SplitHostPort(gossip)
 	require.NoError(t, err)

@@ -35,7 +35,7 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 	if stdin != nil {
 		root.SetIn(stdin)
 	}
-	root.AddCommand(serveCmd(getenv), probeCmd(), policyCmd(), caCmd(), redirectCmd(), loadCmd(), usageCmd(getenv), estimateCmd(getenv), optimizeCmd(getenv), floorCmd(), bareFloorCmd())
+	root.AddCommand(serveCmd(getenv), probeCmd(), policyCmd(), caCmd(), redirectCmd(), loadCmd(), usageCmd(getenv), estimateCmd(getenv), optimizeCmd(getenv), floorCmd(), bareFloorCmd(), replayCmd())
 	// Every flag can also come from TOLLGATE_<FLAG> (dashes as underscores);
 	// a flag given on the command line wins.
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/admission/decisionlog"
 	"github.com/tollgate/tollgate/authz"
 	"github.com/tollgate/tollgate/cluster"
 	"github.com/tollgate/tollgate/internal/metricset"
@@ -51,11 +53,13 @@ type serveFlags struct {
 	cacheMaxEntry   int64
 	ca              caFlags
 	tracing         tracing.Config
+	decisionLog     string
+	decisionLogCfg  decisionlog.Config
 }
 
 func serveCmd(getenv func(string) string) *cobra.Command {
 	f := serveFlags{authz: authz.DefaultConfig(), redis: redisstore.DefaultClientConfig(), ended: memstore.DefaultEnded,
-		ca: caFlags{cfg: pki.DefaultConfig()}, tracing: tracing.DefaultConfig()}
+		ca: caFlags{cfg: pki.DefaultConfig()}, tracing: tracing.DefaultConfig(), decisionLogCfg: decisionlog.DefaultConfig()}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the sidecar: ext_authz on gRPC, health and metrics on HTTP",
@@ -109,6 +113,9 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.StringVar(&f.tracing.Endpoint, "otlp-endpoint", "", "OpenTelemetry: send spans to this OTLP/gRPC collector, host:port; tracing is off when empty (OTEL_EXPORTER_OTLP_ENDPOINT does not turn it on; docs/tracing.md)")
 	fl.Float64Var(&f.tracing.SampleRatio, "trace-sample", f.tracing.SampleRatio, "OpenTelemetry: share of traces started here that are kept, 0 to 1; a call whose Envoy span is sampled (or not) follows it")
 	fl.BoolVar(&f.tracing.Insecure, "otlp-insecure", false, "OpenTelemetry: send spans without TLS (a collector on the node or in the pod)")
+	fl.StringVar(&f.decisionLog, "decision-log", "", "append one JSON line per decision and per settle to this file, for `tollgate replay` (no body, no header; docs/replay.md); off when empty")
+	fl.IntVar(&f.decisionLogCfg.Buffer, "decision-log-buffer", f.decisionLogCfg.Buffer, "decision log: records waiting for the writer at most; beyond, records are dropped and counted, never waited for")
+	fl.Int64Var(&f.decisionLogCfg.MaxBytes, "decision-log-max-bytes", f.decisionLogCfg.MaxBytes, "decision log: rotate the file to FILE.1 when it would pass this size (0: never)")
 	f.cluster.register(fl)
 	// Transparent mode (docs/transparent.md): with --ca-dir, serve keeps
 	// the pod-local CA's leaves for the hosts its policy routes, made
@@ -189,6 +196,20 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 		defer func() { err = errors.Join(err, cache.Close()) }()
 	}
 	f.authz.CacheMaxEntry = f.cacheMaxEntry
+	var dlog admission.DecisionLog
+	if f.decisionLog != "" {
+		cfg := f.decisionLogCfg
+		cfg.Policy, cfg.Settlement = cmp.Or(f.policyPath, "bundled"), f.authz.Settlement.String()
+		w, err := decisionlog.Open(f.decisionLog, cfg, reg, log)
+		if err != nil {
+			return err
+		}
+		// Closed after the server has stopped deciding: every decision
+		// and settle is flushed.
+		defer func() { err = errors.Join(err, w.Close()) }()
+		dlog = w
+		log.Info("writing the decision log", slog.String("decision_log", f.decisionLog), slog.Int64("rotate_at_bytes", cfg.MaxBytes))
+	}
 	tr, err := openTracing(ctx, f.tracing, log)
 	if err != nil {
 		return err
@@ -197,7 +218,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	// drained at shutdown are among the spans sent.
 	defer func() { err = errors.Join(err, closeTracing(tr)) }()
 	srv, err := authz.New(f.authz, authz.Deps{Policies: policies, Store: st.store, Registry: reg, Logger: log,
-		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache, Tracer: tr})
+		Checks: st.checks, Degraded: st.degraded, Cluster: st.cluster, RateLimits: rateLimits, Cache: cache, DecisionLog: dlog, Tracer: tr})
 	if err != nil {
 		return err
 	}

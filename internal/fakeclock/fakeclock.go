@@ -117,3 +117,21 @@ func (c *Clock) Pending() int {
 	defer c.mu.Unlock()
 	return len(c.timers)
 }
+
+// Next returns when the earliest pending timer is due, and false when none
+// is pending: a driver that must see every timer fire at its own time
+// (decision log replay) steps to each in turn.
+func (c *Clock) Next() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.timers) == 0 {
+		return time.Time{}, false
+	}
+	at := c.timers[0].at
+	for _, t := range c.timers[1:] {
+		if t.at.Before(at) {
+			at = t.at
+		}
+	}
+	return at, true
+}

@@ -42,3 +42,22 @@ func TestAfterFunc(t *testing.T) {
 	c.Advance(time.Minute)
 	require.Eventually(t, func() bool { return fired.Load() == 101 }, 10*time.Second, time.Millisecond, "Advance fires without waiting")
 }
+
+// TestNext: the earliest pending timer's time, none once stopped or fired.
+func TestNext(t *testing.T) {
+	start := epoch
+	c := fakeclock.New(start)
+	_, ok := c.Next()
+	assert.False(t, ok)
+	c.AfterFunc(3*time.Second, func() {})
+	stop := c.AfterFunc(time.Second, func() {})
+	at, ok := c.Next()
+	require.True(t, ok)
+	assert.Equal(t, start.Add(time.Second), at)
+	stop()
+	at, _ = c.Next()
+	assert.Equal(t, start.Add(3*time.Second), at)
+	c.Step(3 * time.Second)
+	_, ok = c.Next()
+	assert.False(t, ok)
+}

@@ -374,6 +374,7 @@ func TestQueueFull(t *testing.T) {
 	assert.Equal(t, 2, st.Lines[0].Classes["normal"].Depth)
 	assert.Equal(t, 1, st.Lines[0].Classes["batch"].Depth)
 	assert.Equal(t, 3, st.Total)
+	assert.Equal(t, st.Total, r.q.Len())
 }
 
 // TestParkedUntil: a deferred waiter stays out of line until its NotBefore

@@ -142,3 +142,17 @@ func (q *Queue[V]) Depth(key string) int {
 	}
 	return 0
 }
+
+// Len is how many calls the queue holds (parked ones included): Status's
+// Total without describing each line, for a driver that polls it (a
+// replay on a fake clock waits until every call it started is answered or
+// held).
+func (q *Queue[V]) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := q.parked.len()
+	for _, l := range q.lines {
+		n += l.len()
+	}
+	return n
+}
