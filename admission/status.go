@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -159,10 +158,8 @@ func (s *Service) addWatch(snap *StatusSnapshot) {
 	}
 }
 
-// poolLevels reads every pool's bucket with a zero refund: the store
-// advances the bucket to now and changes nothing else, so it is a read.
-// (In a fleet the store answers with this member's lease of the pool while
-// it holds one.)
+// poolLevels reads every pool's bucket (peekPools: a read that changes
+// nothing).
 func (s *Service) poolLevels(ctx context.Context, set *policy.Set) ([]StatusPool, string) {
 	names := make([]string, 0, len(set.Pools))
 	for n := range set.Pools {
@@ -174,21 +171,12 @@ func (s *Service) poolLevels(ctx context.Context, set *policy.Set) ([]StatusPool
 		p := set.Pools[n]
 		pools[i] = StatusPool{Name: n, Unit: p.Unit, Capacity: p.Limit.Capacity, Refill: p.Limit.Refill, RefillPer: cmp.Or(p.Limit.Per, time.Second), Shadow: p.Shadow}
 	}
-	for start := 0; start < len(names); start += limiter.MaxCharges {
-		end := min(start+limiter.MaxCharges, len(names))
-		reads := make([]limiter.Refund, 0, end-start)
-		for _, n := range names[start:end] {
-			reads = append(reads, limiter.Refund{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(set.Pools[n].Limit)})
-		}
-		states, err := s.store.Refund(ctx, reads, time.Time{})
-		if err != nil {
-			return pools, fmt.Sprintf("reading pool levels: %v", err)
-		}
-		for j, st := range states {
-			if start+j < len(pools) {
-				pools[start+j].Remaining, pools[start+j].Known = st.Remaining, true
-			}
-		}
+	_, states, err := s.peekPools(ctx, set)
+	if err != nil {
+		return pools, fmt.Sprintf("reading pool levels: %v", err)
+	}
+	for i, st := range states {
+		pools[i].Remaining, pools[i].Known = st.Remaining, true
 	}
 	return pools, ""
 }

@@ -182,33 +182,45 @@ func (s *Service) Refresh(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// readPools reads every pool's bucket with one request of zero-cost takes:
-// nothing is charged.
+// readPools reads every pool's bucket for the gauges and alerts.
 func (s *Service) readPools(ctx context.Context, set *policy.Set) ([]PoolLevel, error) {
+	names, states, err := s.peekPools(ctx, set)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PoolLevel, len(names))
+	for i, b := range states {
+		out[i] = PoolLevel{Pool: names[i], Remaining: b.Remaining, Capacity: b.Limit.Capacity}
+	}
+	return out, nil
+}
+
+// peekPools reads every pool's bucket, pools sorted by name, with the
+// store's Peek: nothing is charged, advanced or counted as a decision (in a
+// fleet it is the shared store's level, and an error in outage mode).
+func (s *Service) peekPools(ctx context.Context, set *policy.Set) ([]string, []limiter.BucketState, error) {
 	names := make([]string, 0, len(set.Pools))
 	for n := range set.Pools {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	if len(names) == 0 {
-		return nil, nil
+	states := make([]limiter.BucketState, 0, len(names))
+	for start := 0; start < len(names); start += limiter.MaxCharges {
+		batch := names[start:min(start+limiter.MaxCharges, len(names))]
+		req := limiter.Request{Takes: make([]limiter.Take, len(batch))}
+		for i, n := range batch {
+			req.Takes[i] = limiter.Take{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(set.Pools[n].Limit)}
+		}
+		d, err := s.store.Peek(ctx, req)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(d.Buckets) != len(batch) {
+			return nil, nil, fmt.Errorf("the store reported %d buckets for %d pools", len(d.Buckets), len(batch))
+		}
+		states = append(states, d.Buckets...)
 	}
-	req := limiter.Request{Takes: make([]limiter.Take, len(names))}
-	for i, n := range names {
-		req.Takes[i] = limiter.Take{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(set.Pools[n].Limit)}
-	}
-	d, err := s.store.Reserve(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	if len(d.Buckets) != len(names) {
-		return nil, fmt.Errorf("the store reported %d buckets for %d pools", len(d.Buckets), len(names))
-	}
-	out := make([]PoolLevel, len(names))
-	for i, b := range d.Buckets {
-		out[i] = PoolLevel{Pool: names[i], Remaining: b.Remaining, Capacity: b.Limit.Capacity}
-	}
-	return out, nil
+	return names, states, nil
 }
 
 func queueLevels(lines []queue.LineStatus) []QueueLevel {
