@@ -101,6 +101,7 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
+	fl.DurationVar(&f.authz.WatchEvery, "watch-every", f.authz.WatchEvery, "read the pools, watched budgets and forecasts behind the gauges and alerts this often (0: only when GET /admin/alerts or the status page asks)")
 	fl.IntVar(&f.historyMonths, "history-months", limiter.DefaultHistoryMonths, "keep each client's usage history (by month, route and model) this many months after its last call (both stores)")
 	fl.DurationVar(&f.costTTL, "cost-record-ttl", limiter.DefaultCostTTL, "keep each call's cost record (GET /api/cost/{requestId}) this long (both stores; whole seconds up to 2160h)")
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
