@@ -4,8 +4,8 @@ import (
 	"context"
 	"os"
 	"strconv"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
