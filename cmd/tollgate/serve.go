@@ -287,7 +287,7 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 			stop := probeEvery(health)
 			return openedStore{store: s, redis: client, checks: checks, close: func() error { stop(); return client.Close() }}, nil
 		}
-		fleet, err := f.cluster.joinFleet(s, reg, log)
+		fleet, stopKeys, err := f.cluster.joinFleet(s, reg, log)
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
@@ -300,7 +300,11 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 			checks:   checks,
 			degraded: map[string]func() string{"cluster": degraded(fleet)},
 			cluster:  func() any { return fleet.Status() },
-			close:    func() error { stop(); return errors.Join(leave(fleet, 5*time.Second), client.Close()) },
+			close: func() error {
+				stop()
+				stopKeys()
+				return errors.Join(leave(fleet, 5*time.Second), client.Close())
+			},
 		}, nil
 	}
 	return openedStore{}, fmt.Errorf("store %q: want memory or redis", f.store)
