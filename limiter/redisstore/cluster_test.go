@@ -1,6 +1,7 @@
 package redisstore_test
 
 import (
+	"strings"
 	"sync"
 	"testing"
 
@@ -13,20 +14,40 @@ import (
 	"github.com/tollgate/tollgate/limiter/storetest"
 )
 
-// clusterStore returns a store with a prefix of the test's own on the
-// package's three-master Redis Cluster.
-func clusterStore(t *testing.T, c redis.UniversalClient, prefix string) *redisstore.Store {
+// suiteTenant is the tenant of the conformance suite's owners: the name
+// up to its first "/" or "-" ("acme/marketing" and "acme-group" are acme's),
+// as a policy's parent chains would give.
+func suiteTenant(owner string) string {
+	if i := strings.IndexAny(owner, "/-"); i >= 0 {
+		return owner[:i]
+	}
+	return owner
+}
+
+// clusterStore returns a store with prefix on c, spread when asked.
+func clusterStore(t *testing.T, c redis.UniversalClient, prefix string, spread bool) *redisstore.Store {
 	t.Helper()
-	s, err := redisstore.New(c, redisstore.Config{Prefix: prefix})
+	cfg := redisstore.Config{Prefix: prefix}
+	if spread {
+		cfg.Spread, cfg.Tenant = true, suiteTenant
+	}
+	s, err := redisstore.New(c, cfg)
 	require.NoError(t, err)
 	return s
 }
 
 // TestClusterConformance runs the whole conformance suite against a real
 // Redis Cluster of three masters, through go-redis's cluster client: every
-// script's keys must hash to one slot, or the cluster refuses the call.
+// script's keys must hash to one slot, or the cluster refuses the call. It
+// runs on both layouts: one hash tag, and keys spread by tenant and pool.
 func TestClusterConformance(t *testing.T) {
-	newStore := func(t *testing.T) *redisstore.Store { return clusterStore(t, rc.Client(t), redistest.Prefix(t)) }
+	for _, spread := range []bool{false, true} {
+		t.Run(map[bool]string{false: "one tag", true: "spread"}[spread], func(t *testing.T) { clusterConformance(t, spread) })
+	}
+}
+
+func clusterConformance(t *testing.T, spread bool) {
+	newStore := func(t *testing.T) *redisstore.Store { return clusterStore(t, rc.Client(t), redistest.Prefix(t), spread) }
 	t.Run("store", func(t *testing.T) {
 		storetest.Run(t, func(t *testing.T, _ limiter.Clock) limiter.Store { return newStore(t) })
 	})
@@ -42,14 +63,14 @@ func TestClusterConformance(t *testing.T) {
 	var prefixes sync.Map // store → prefix
 	open := func(t *testing.T, _ limiter.Clock) storetest.FinishBackend {
 		p := redistest.Prefix(t)
-		s := clusterStore(t, rc.Client(t), p)
+		s := clusterStore(t, rc.Client(t), p, spread)
 		prefixes.Store(s, p)
 		return s
 	}
 	cfg := storetest.FinishConfig{Reopen: func(t *testing.T, _ limiter.Clock, b storetest.FinishBackend) storetest.FinishBackend {
 		p, ok := prefixes.Load(b)
 		require.True(t, ok)
-		return clusterStore(t, rc.Client(t), p.(string))
+		return clusterStore(t, rc.Client(t), p.(string), spread)
 	}}
 	t.Run("finish", func(t *testing.T) { storetest.RunFinish(t, open, cfg) })
 	t.Run("savings", func(t *testing.T) { storetest.RunSavings(t, open, cfg) })
