@@ -37,6 +37,10 @@ import (
 // that did not go — never a call admitted past a limit, never spend held —
 // and a bucket refills by itself. The names are built here and only here.
 
+// errCrash, from a test's step hook, stops a call between steps as a
+// killed process would: nothing after the step runs.
+var errCrash = errors.New("redisstore: crashed between steps (test)")
+
 // hashTag is a fixed-width, brace-free name for s inside a hash tag.
 func hashTag(s string) string {
 	h := fnv.New64a()
@@ -220,7 +224,9 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 		sub := limiter.Request{Takes: pick(req.Takes, g.idx), Now: req.Now}
 		res, err := s.reserveOn(ctx, g.p, sub, !d.Allowed, "")
 		if err == nil && s.hook != nil {
-			err = s.hook("pool")
+			if err = s.hook("pool"); errors.Is(err, errCrash) {
+				return limiter.Decision{}, err
+			}
 		}
 		if err != nil {
 			s.giveBack(ctx, req, taken, nil)
@@ -473,7 +479,9 @@ func (s *Store) finishSpread(ctx context.Context, e limiter.Ending) (limiter.Set
 		e2.Throttles = here
 		st, pc, err = s.finishOn(ctx, tp, e2)
 		if err == nil && s.hook != nil {
-			err = s.hook("finish")
+			if herr := s.hook("finish"); herr != nil {
+				return limiter.Settlement{}, herr // crashed: the pools' refunds never run
+			}
 		}
 		if err != nil && !errors.Is(err, limiter.ErrUnknownReservation) {
 			return limiter.Settlement{}, err // the throttles wait for the call sent again

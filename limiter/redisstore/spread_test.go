@@ -1,0 +1,312 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/internal/redistest"
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/redisstore"
+	"github.com/tollgate/tollgate/limiter/storetest"
+	"github.com/tollgate/tollgate/policy"
+)
+
+const spreadPeriod = "2026-01"
+
+// spreadStore is a spread store on c whose tenants are the owners'
+// names up to a "/" (so "acme/ops" is acme's).
+func spreadStore(t *testing.T, c redis.UniversalClient, prefix string) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.New(c, redisstore.Config{Prefix: prefix, Spread: true, Tenant: func(o string) string {
+		tenant, _, _ := strings.Cut(o, "/")
+		return tenant
+	}})
+	require.NoError(t, err)
+	return s
+}
+
+var (
+	sharedLimit   = limiter.Limit{Capacity: 10, Refill: 1}
+	ownLimit = limiter.Limit{Capacity: 5, Refill: 1}
+)
+
+// call is an admission of client on the shared pool "gpt" (cost units)
+// and the client's own bucket of it, holding cost nano-dollars against
+// the client's budget of limit and its parent's, with a slot of at most 2.
+func call(id, client string, cost int64, limit policy.Money) limiter.Request {
+	parent, _, _ := strings.Cut(client, "/")
+	return limiter.Request{Now: storetest.Epoch, Takes: []limiter.Take{
+		{Key: limiter.Key{Pool: "gpt"}, Limit: sharedLimit, Cost: cost},
+		{Key: limiter.Key{Pool: "gpt", Client: client}, Limit: ownLimit, Cost: 1},
+	}, Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: spreadPeriod, Cost: policy.Money(cost),
+		Budgets: []limiter.Budget{{Owner: client, Limit: limit}, {Owner: parent, Limit: limiter.Unlimited}},
+		Slot:    &limiter.Slot{Client: client, Max: 2}}}
+}
+
+// poolLeft is what the shared pool "gpt" holds at t (asked with a cost of
+// nothing, which changes nothing).
+func poolLeft(t *testing.T, s *redisstore.Store, at time.Time) int64 {
+	t.Helper()
+	d, err := s.Reserve(context.Background(), limiter.Request{Now: at, Takes: []limiter.Take{{Key: limiter.Key{Pool: "gpt"}, Limit: sharedLimit}}})
+	require.NoError(t, err)
+	return d.Buckets[0].Remaining
+}
+
+// reserved is what the client's budget holds in flight and has spent.
+func budgetOf(t *testing.T, s *redisstore.Store, client string) (reserved, spent policy.Money, inFlight int64) {
+	t.Helper()
+	u, err := s.Usage(context.Background(), spreadPeriod, []limiter.Budget{{Owner: client, Limit: limiter.Unlimited}}, storetest.Epoch)
+	require.NoError(t, err)
+	return u.Budgets[0].Reserved, u.Budgets[0].Spent, u.InFlight
+}
+
+// keysPerMaster counts the keys under prefix on each master of c.
+func keysPerMaster(t *testing.T, c *redis.ClusterClient, prefix string) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	out := map[string]int{}
+	require.NoError(t, c.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+		n := 0
+		iter := m.Scan(ctx, 0, "{"+prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			n++
+		}
+		mu.Lock()
+		out[m.Options().Addr] = n
+		mu.Unlock()
+		return iter.Err()
+	}))
+	return out
+}
+
+// TestSpreadOverMasters: 300 clients of 100 tenants, each admitted on a
+// shared pool and its own bucket with a budget chain and a slot, half of
+// them settled: spread, their keys are on all three masters, none with
+// less than a sixth of them; with one tag, all on one.
+func TestSpreadOverMasters(t *testing.T) {
+	ctx := context.Background()
+	for _, spread := range []bool{true, false} {
+		t.Run(map[bool]string{true: "spread", false: "one tag"}[spread], func(t *testing.T) {
+			c, prefix := rc.Client(t), redistest.Prefix(t)
+			s := clusterStore(t, c, prefix, false)
+			if spread {
+				s = spreadStore(t, c, prefix)
+			}
+			big := limiter.Limit{Capacity: 1000, Refill: 1}
+			for i := range 300 {
+				client := fmt.Sprintf("tenant-%d/client-%d", i%100, i)
+				req := call(fmt.Sprintf("r%d", i), client, 1, limiter.Unlimited)
+				req.Takes[0].Limit = big
+				d, err := s.Reserve(ctx, req)
+				require.NoError(t, err)
+				require.True(t, d.Allowed, "%s: %s", client, d.Reason)
+				if i%2 == 0 {
+					_, err := s.Finish(ctx, limiter.Ending{ID: req.Hold.ID, Outcome: limiter.OutcomeSettled, Actual: 1,
+						Used: []limiter.PoolUse{{Pool: "gpt", Units: 1}}, Now: storetest.Epoch})
+					require.NoError(t, err)
+				}
+			}
+			per := keysPerMaster(t, c, prefix)
+			total, holding := 0, 0
+			for _, n := range per {
+				total += n
+				if n > 0 {
+					holding++
+				}
+			}
+			t.Logf("keys per master: %v", per)
+			if !spread {
+				assert.Equal(t, 1, holding, "one tag: one slot, one master")
+				return
+			}
+			require.Len(t, per, 3)
+			for addr, n := range per {
+				assert.GreaterOrEqual(t, n, total/6, "master %s holds its share of %d keys", addr, total)
+			}
+			n, err := s.Expire(ctx, storetest.Epoch.Add(2*time.Minute), 1000)
+			require.NoError(t, err)
+			assert.Equal(t, 150, n, "the sweep finds every tenant's lapsed holds")
+		})
+	}
+}
+
+// TestSpreadSteps: an admission across slots — the shared pool's step,
+// then the tenant's — in each way it can end, and a process that dies
+// between steps.
+func TestSpreadSteps(t *testing.T) {
+	ctx := context.Background()
+	fresh := func(t *testing.T) *redisstore.Store { return spreadStore(t, rc.Client(t), redistest.Prefix(t)) }
+
+	t.Run("both say yes: the pools' charges are refunded at the finish", func(t *testing.T) {
+		s := fresh(t)
+		d, err := s.Reserve(ctx, call("a", "acme/ops", 4, 100))
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		assert.Equal(t, []int64{6, 4}, []int64{d.Buckets[0].Remaining, d.Buckets[1].Remaining})
+		assert.Equal(t, int64(6), poolLeft(t, s, storetest.Epoch))
+		st, err := s.Finish(ctx, limiter.Ending{ID: "a", Outcome: limiter.OutcomeSettled, Actual: 3,
+			Used: []limiter.PoolUse{{Pool: "gpt", Units: 1}}, Now: storetest.Epoch})
+		require.NoError(t, err)
+		assert.Equal(t, policy.Money(3), st.Spent)
+		assert.Equal(t, int64(9), poolLeft(t, s, storetest.Epoch), "3 of the 4 units come back")
+		reserved, spent, inFlight := budgetOf(t, s, "acme/ops")
+		assert.Equal(t, []int64{0, 3, 0}, []int64{int64(reserved), int64(spent), inFlight})
+		st, err = s.Finish(ctx, limiter.Ending{ID: "a", Outcome: limiter.OutcomeSettled, Actual: 3,
+			Used: []limiter.PoolUse{{Pool: "gpt", Units: 1}}, Now: storetest.Epoch})
+		require.NoError(t, err)
+		assert.True(t, st.Repeat)
+		assert.Equal(t, int64(9), poolLeft(t, s, storetest.Epoch), "a repeated finish refunds nothing")
+	})
+
+	t.Run("the tenant says no: the pool gets its units back", func(t *testing.T) {
+		s := fresh(t)
+		d, err := s.Reserve(ctx, call("b", "acme/ops", 4, 3))
+		require.NoError(t, err)
+		assert.False(t, d.Allowed)
+		assert.Equal(t, limiter.ReasonBudgetExceeded, d.Reason)
+		assert.Equal(t, 0, d.BudgetBlocking)
+		assert.Equal(t, int64(10), d.Buckets[0].Remaining, "reported as it is after the refund")
+		assert.Equal(t, int64(10), poolLeft(t, s, storetest.Epoch))
+		reserved, _, inFlight := budgetOf(t, s, "acme/ops")
+		assert.Zero(t, reserved)
+		assert.Zero(t, inFlight)
+		_, err = s.Finish(ctx, limiter.Ending{ID: "b", Outcome: limiter.OutcomeReleased})
+		assert.ErrorIs(t, err, limiter.ErrUnknownReservation)
+	})
+
+	t.Run("the pool says no: the tenant writes nothing, the reason is the pool's", func(t *testing.T) {
+		s := fresh(t)
+		req := call("c", "acme/ops", 11, 100)
+		d, err := s.Reserve(ctx, req)
+		require.NoError(t, err)
+		assert.False(t, d.Allowed)
+		assert.Equal(t, limiter.ReasonExceedsCapacity, d.Reason)
+		assert.Equal(t, 0, d.Blocking)
+		reserved, _, inFlight := budgetOf(t, s, "acme/ops")
+		assert.Zero(t, reserved)
+		assert.Zero(t, inFlight)
+		d, err = s.Reserve(ctx, call("c", "acme/ops", 1, 100))
+		require.NoError(t, err, "the id was never used")
+		assert.True(t, d.Allowed)
+	})
+
+	t.Run("an id another tenant holds is a duplicate, and takes nothing", func(t *testing.T) {
+		s := fresh(t)
+		d, err := s.Reserve(ctx, call("d", "acme/ops", 2, 100))
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		_, err = s.Reserve(ctx, call("d", "beta/web", 2, 100))
+		require.ErrorIs(t, err, limiter.ErrDuplicateReservation)
+		_, err = s.Reserve(ctx, call("d", "acme/ops", 2, 100))
+		require.ErrorIs(t, err, limiter.ErrDuplicateReservation, "nor the same tenant's")
+		assert.Equal(t, int64(8), poolLeft(t, s, storetest.Epoch), "only the first took units")
+	})
+
+	t.Run("a crash between the pool and the tenant: the pool stays charged until it refills, nothing else is held", func(t *testing.T) {
+		s := fresh(t)
+		s.SetStepHook(func(step string) error {
+			if step == "pool" {
+				return redisstore.ErrCrash
+			}
+			return nil
+		})
+		_, err := s.Reserve(ctx, call("e", "acme/ops", 4, 100))
+		require.ErrorIs(t, err, redisstore.ErrCrash)
+		s.SetStepHook(nil)
+		assert.Equal(t, int64(6), poolLeft(t, s, storetest.Epoch), "charged for a call that did not go")
+		reserved, _, inFlight := budgetOf(t, s, "acme/ops")
+		assert.Zero(t, reserved, "no spend held")
+		assert.Zero(t, inFlight, "no slot held")
+		_, err = s.Finish(ctx, limiter.Ending{ID: "e", Outcome: limiter.OutcomeReleased})
+		assert.ErrorIs(t, err, limiter.ErrUnknownReservation, "the locator names a tenant that holds nothing")
+		assert.Equal(t, int64(10), poolLeft(t, s, storetest.Epoch.Add(4*time.Second)), "refilled")
+	})
+
+	t.Run("a crash between the finish and the pools' refunds: settled, the pool's refund lost", func(t *testing.T) {
+		s := fresh(t)
+		d, err := s.Reserve(ctx, call("f", "acme/ops", 4, 100))
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+		s.SetStepHook(func(step string) error {
+			if step == "finish" {
+				return redisstore.ErrCrash
+			}
+			return nil
+		})
+		end := limiter.Ending{ID: "f", Outcome: limiter.OutcomeSettled, Actual: 2, Used: []limiter.PoolUse{{Pool: "gpt", Units: 1}}, Now: storetest.Epoch}
+		_, err = s.Finish(ctx, end)
+		require.ErrorIs(t, err, redisstore.ErrCrash)
+		s.SetStepHook(nil)
+		reserved, spent, inFlight := budgetOf(t, s, "acme/ops")
+		assert.Equal(t, []int64{0, 2, 0}, []int64{int64(reserved), int64(spent), inFlight}, "the tenant's step is whole")
+		st, err := s.Finish(ctx, end)
+		require.NoError(t, err)
+		assert.True(t, st.Repeat, "sent again, it is a repeat")
+		assert.Equal(t, int64(6), poolLeft(t, s, storetest.Epoch), "the refund was lost, never given twice")
+	})
+}
+
+// TestSpreadMasterDown: the master of the tenant's slot dies between the
+// pool's step and the tenant's — the admission fails as Redis unavailable,
+// and the pool, on another master, gets its units back; once the master
+// is back, the tenant holds nothing and admits again.
+func TestSpreadMasterDown(t *testing.T) {
+	cl, err := redistest.StartCluster(3)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, cl.Close()) })
+	c := cl.Client(t)
+	ctx := context.Background()
+	s := spreadStore(t, c, redistest.Prefix(t))
+	masterOf := func(p string) string {
+		m, err := c.MasterForKey(ctx, p+"x")
+		require.NoError(t, err)
+		return m.Options().Addr
+	}
+	poolAt := masterOf(s.PoolPrefix("gpt"))
+	client := ""
+	for i := 0; client == ""; i++ {
+		if c := fmt.Sprintf("t%d/ops", i); masterOf(s.OwnerPrefix(c)) != poolAt {
+			client = c
+		}
+	}
+	var victim *redistest.Server
+	for _, m := range cl.Masters {
+		if m.Addr == masterOf(s.OwnerPrefix(client)) {
+			victim = m
+		}
+	}
+	require.NotNil(t, victim)
+	s.SetStepHook(func(step string) error {
+		if step == "pool" {
+			return victim.Stop(false)
+		}
+		return nil
+	})
+	_, err = s.Reserve(ctx, call("g", client, 4, 100))
+	require.Error(t, err)
+	assert.True(t, redisstore.Unavailable(err), "%v", err)
+	s.SetStepHook(nil)
+	assert.Equal(t, int64(10), poolLeft(t, s, storetest.Epoch), "the pool got its units back")
+
+	require.NoError(t, victim.Resume())
+	require.Eventually(t, func() bool {
+		_, err := s.Usage(ctx, spreadPeriod, []limiter.Budget{{Owner: client, Limit: limiter.Unlimited}}, storetest.Epoch)
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond, "the master is back in the cluster")
+	reserved, _, inFlight := budgetOf(t, s, client)
+	assert.Zero(t, reserved)
+	assert.Zero(t, inFlight)
+	d, err := s.Reserve(ctx, call("g2", client, 4, 100))
+	require.NoError(t, err)
+	assert.True(t, d.Allowed)
+	assert.Equal(t, int64(6), d.Buckets[0].Remaining)
+	assert.Zero(t, s.LostRefunds())
+}
