@@ -47,7 +47,9 @@ func TestClusterConformance(t *testing.T) {
 }
 
 func clusterConformance(t *testing.T, spread bool) {
-	newStore := func(t *testing.T) *redisstore.Store { return clusterStore(t, rc.Client(t), redistest.Prefix(t), spread) }
+	newStore := func(t *testing.T) *redisstore.Store {
+		return clusterStore(t, rc.Client(t), redistest.Prefix(t), spread)
+	}
 	t.Run("store", func(t *testing.T) {
 		storetest.Run(t, func(t *testing.T, _ limiter.Clock) limiter.Store { return newStore(t) })
 	})

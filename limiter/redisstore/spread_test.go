@@ -34,8 +34,8 @@ func spreadStore(t *testing.T, c redis.UniversalClient, prefix string) *redissto
 }
 
 var (
-	sharedLimit   = limiter.Limit{Capacity: 10, Refill: 1}
-	ownLimit = limiter.Limit{Capacity: 5, Refill: 1}
+	sharedLimit = limiter.Limit{Capacity: 10, Refill: 1}
+	ownLimit    = limiter.Limit{Capacity: 5, Refill: 1}
 )
 
 // call is an admission of client on the shared pool "gpt" (cost units)
