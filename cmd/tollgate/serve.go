@@ -32,6 +32,7 @@ type serveFlags struct {
 	store           string
 	redis           redisstore.ClientConfig
 	redisPrefix     string
+	redisSpread     bool
 	ended           memstore.EndedLimits
 	stateDir        string
 	settle          string
@@ -88,6 +89,7 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.DurationVar(&f.redis.ReadTimeout, "redis-read-timeout", f.redis.ReadTimeout, "Redis read timeout")
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
+	fl.BoolVar(&f.redisSpread, "redis-spread", false, "spread keys over a Redis Cluster's slots: a hash tag per tenant (the root of a client's parent chain) and per shared pool, instead of one for the prefix (docs/redis.md#redis-cluster); state kept under the other layout is not read")
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
 	fl.IntVar(&f.ended.MaxCount, "ended-max", f.ended.MaxCount, "memory store: keep at most this many ended reservations' outcomes, forgetting the oldest first")
 	fl.Int64Var(&f.ended.MaxBytes, "ended-max-bytes", f.ended.MaxBytes, "memory store: keep at most this many bytes (estimated) of ended reservations' outcomes")
@@ -153,7 +155,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	if f.authz.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 		return err
 	}
-	st, err := openStore(ctx, f, reg, log)
+	st, err := openStore(ctx, f, budgetRoot(policies), reg, log)
 	if err != nil {
 		return err
 	}
@@ -221,10 +223,34 @@ type openedStore struct {
 	close    func() error
 }
 
-// openStore builds the limiter store the flags ask for.
-func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
+// budgetRoot is the root of an owner's budget chain in the policy in
+// force (the owner itself when the policy does not know it): a spread
+// Redis store's tenant. A reload that gives a client another root moves its
+// keys to that tenant's slot.
+func budgetRoot(src admission.PolicySource) func(owner string) string {
+	return func(owner string) string {
+		c, ok := src.Policy().Client(owner)
+		if !ok {
+			return owner
+		}
+		for range 64 { // policy refuses loops; bounded all the same
+			if c.Parent == nil {
+				break
+			}
+			c = c.Parent
+		}
+		return c.ID
+	}
+}
+
+// openStore builds the limiter store the flags ask for; tenant names a
+// spread Redis store's tenants.
+func openStore(ctx context.Context, f serveFlags, tenant func(string) string, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
 	if f.stateDir != "" && f.store != "memory" {
 		return openedStore{}, errors.New("--state-dir is for --store memory: Redis keeps its own state")
+	}
+	if f.redisSpread && f.store != "redis" {
+		return openedStore{}, errors.New("--redis-spread is for --store redis")
 	}
 	if f.cluster.enabled && f.store != "redis" {
 		return openedStore{}, errors.New("--cluster needs --store redis: the fleet shares its limits in Redis")
@@ -256,7 +282,11 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err != nil {
 			return openedStore{}, err
 		}
-		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention})
+		scfg := redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention, Spread: f.redisSpread}
+		if f.redisSpread {
+			scfg.Tenant = tenant
+		}
+		s, err := redisstore.New(client, scfg)
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
@@ -281,7 +311,8 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err := registerHealth(health, rt, reg); err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
-		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix))
+		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix),
+			slog.Bool("spread", f.redisSpread))
 		checks := map[string]func(context.Context) error{"redis": redisReady(health, f.cluster.enabled)}
 		if !f.cluster.enabled {
 			stop := probeEvery(health)

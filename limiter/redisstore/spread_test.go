@@ -310,3 +310,53 @@ func TestSpreadMasterDown(t *testing.T) {
 	assert.Equal(t, int64(6), d.Buckets[0].Remaining)
 	assert.Zero(t, s.LostRefunds())
 }
+
+// TestSpreadRoundTrips counts the round trips of a spread store (scripts
+// loaded, the tenant registered): a call on its tenant's keys alone is the
+// locator and one script; with a shared pool, the pool's script more; a
+// finish is the locator and one script, and one more when the pools get
+// units back.
+func TestSpreadRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	c := rc.Client(t)
+	s := spreadStore(t, c, redistest.Prefix(t))
+	require.NoError(t, s.Load(ctx))
+	own := func(id string) limiter.Request {
+		r := call(id, "acme/ops", 1, 100)
+		r.Takes = r.Takes[1:]
+		return r
+	}
+	end := func(id string) limiter.Ending {
+		return limiter.Ending{ID: id, Outcome: limiter.OutcomeSettled, Actual: 1, Used: []limiter.PoolUse{{Pool: "gpt", Units: 0}}, Now: storetest.Epoch}
+	}
+	for _, id := range []string{"warm-1", "warm-2"} { // every master has every script, the tenant is registered
+		_, err := s.Reserve(ctx, call(id, "acme/ops", 1, 100))
+		require.NoError(t, err)
+		_, err = s.Finish(ctx, end(id))
+		require.NoError(t, err)
+	}
+	rt := &redisstore.RoundTrips{}
+	c.AddHook(rt)
+	count := func(f func()) int64 {
+		before := rt.Count()
+		f()
+		return rt.Count() - before
+	}
+	tests := []struct {
+		name string
+		f    func()
+		want int64
+	}{
+		{"tenant's keys alone", func() { _, err := s.Reserve(ctx, own("a")); require.NoError(t, err) }, 2},
+		{"its finish", func() { _, err := s.Finish(ctx, end("a")); require.NoError(t, err) }, 2},
+		{"with a shared pool", func() { _, err := s.Reserve(ctx, call("b", "acme/ops", 1, 100)); require.NoError(t, err) }, 3},
+		{"its finish, the pool's unit back", func() { _, err := s.Finish(ctx, end("b")); require.NoError(t, err) }, 3},
+		{"a shared pool alone, nothing held", func() {
+			_, err := s.Reserve(ctx, limiter.Request{Now: storetest.Epoch, Takes: call("c", "x", 1, 1).Takes[:1]})
+			require.NoError(t, err)
+		}, 1},
+	}
+	for _, tc := range tests {
+		assert.Equal(t, tc.want, count(tc.f), tc.name)
+	}
+}
