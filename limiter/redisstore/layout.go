@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
@@ -41,11 +40,15 @@ import (
 // killed process would: nothing after the step runs.
 var errCrash = errors.New("redisstore: crashed between steps (test)")
 
-// hashTag is a fixed-width, brace-free name for s inside a hash tag.
+// hashTag is a fixed-width, brace-free name for s inside a hash tag: its
+// 64-bit FNV-1a, in hex (inline: no allocation but the string).
 func hashTag(s string) string {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(s))
-	return strconv.FormatUint(h.Sum64(), 16)
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return strconv.FormatUint(h, 16)
 }
 
 // tenantOf is the tenant whose slot owner's keys live in.
@@ -261,7 +264,11 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 	sub := limiter.Request{Takes: pick(req.Takes, ownIdx), Hold: req.Hold, Now: req.Now}
 	res, err := s.reserveOn(ctx, tp, sub, !d.Allowed, encodeCharges(charges))
 	if err != nil {
-		s.giveBack(ctx, req, taken, nil)
+		if Unsent(err) || errors.Is(err, limiter.ErrDuplicateReservation) {
+			s.giveBack(ctx, req, taken, nil)
+		}
+		// Else it may have run, the reservation standing with the pools'
+		// charges, which its finish refunds: the pools stay charged.
 		return limiter.Decision{}, err
 	}
 	td, err := decodeDecision(res, sub)
@@ -280,22 +287,22 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 }
 
 // locate records which tenant holds reservation h, and that the tenant's
-// reservations are to be swept. A locator another tenant holds is a
+// reservations are to be swept (one pipeline: one round trip, its two
+// commands on their masters at once). A locator another tenant holds is a
 // duplicate id; the tenant's own (a call sent again) is left for its
 // script to judge.
 func (s *Store) locate(ctx context.Context, h *limiter.Hold, tp string) error {
-	if _, ok := s.known.Load(tp); !ok {
-		if err := s.c.SAdd(ctx, s.tenantsKey(), tp).Err(); err != nil {
-			return fmt.Errorf("redisstore: register tenant: %w", err)
-		}
-		s.known.Store(tp, true)
-	}
 	k := s.locKey(h.ID)
-	ok, err := s.c.SetNX(ctx, k, tp, h.TTL+s.doneTTL).Result()
+	var set *redis.BoolCmd
+	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, s.tenantsKey(), tp)
+		set = p.SetNX(ctx, k, tp, h.TTL+s.doneTTL)
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("redisstore: locate %q: %w", h.ID, err)
 	}
-	if ok {
+	if set.Val() {
 		return nil
 	}
 	was, err := s.c.Get(ctx, k).Result()

@@ -15,7 +15,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -146,7 +145,6 @@ type Store struct {
 	spread  bool
 	tenant  func(string) string
 	doneTTL time.Duration
-	known   sync.Map                // tenant prefixes registered for the expiry sweep
 	lost    atomic.Int64            // pool refunds that failed
 	hook    func(step string) error // tests: a fault between steps
 }
