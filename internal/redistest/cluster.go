@@ -17,7 +17,9 @@ import (
 // Cluster is a Redis Cluster of masters only (no replicas), each a
 // redis-server child process on 127.0.0.1 with its data and cluster config
 // file in a temporary directory of its own. The 16384 slots are split in
-// equal ranges, one per master.
+// equal ranges, one per master. A master stopped is failed by the others
+// only after 15 s (the node timeout): a test that stops one and starts it
+// again sees the rest of the cluster serve meanwhile.
 type Cluster struct {
 	Masters []*Server
 	buses   []int // the masters' cluster bus ports
@@ -44,7 +46,7 @@ func StartCluster(masters int) (*Cluster, error) {
 				return nil, err
 			}
 			return []string{"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-				"--cluster-port", strconv.Itoa(bus), "--cluster-node-timeout", "5000",
+				"--cluster-port", strconv.Itoa(bus), "--cluster-node-timeout", "15000",
 				"--cluster-require-full-coverage", "yes"}, nil
 		})
 		if err != nil {

@@ -257,7 +257,8 @@ func TestSpreadSteps(t *testing.T) {
 // TestSpreadMasterDown: the master of the tenant's slot dies between the
 // pool's step and the tenant's — the admission fails as Redis unavailable,
 // and the pool, on another master, gets its units back; once the master
-// is back, the tenant holds nothing and admits again.
+// is back, the tenant holds nothing and admits again. With the pool's
+// master down, an admission fails before the tenant holds anything.
 func TestSpreadMasterDown(t *testing.T) {
 	cl, err := redistest.StartCluster(3)
 	require.NoError(t, err)
@@ -309,6 +310,30 @@ func TestSpreadMasterDown(t *testing.T) {
 	assert.True(t, d.Allowed)
 	assert.Equal(t, int64(6), d.Buckets[0].Remaining)
 	assert.Zero(t, s.LostRefunds())
+
+	// The pool's master down: the admission fails before anything is held.
+	var poolMaster *redistest.Server
+	for _, m := range cl.Masters {
+		if m.Addr == poolAt {
+			poolMaster = m
+		}
+	}
+	require.NoError(t, poolMaster.Stop(false))
+	_, err = s.Reserve(ctx, call("h", client, 1, 100))
+	require.Error(t, err)
+	assert.True(t, redisstore.Unavailable(err), "%v", err)
+	require.NoError(t, poolMaster.Resume())
+	require.Eventually(t, func() bool { return c.Ping(ctx).Err() == nil && poolLeftErr(s) == nil },
+		20*time.Second, 50*time.Millisecond, "the pool's master is back in the cluster")
+	reserved, _, inFlight = budgetOf(t, s, client)
+	assert.Equal(t, policy.Money(4), reserved, "g2's hold alone")
+	assert.Equal(t, int64(1), inFlight, "g2's slot alone")
+}
+
+// poolLeftErr is poolLeft's error alone, for waiting on a master.
+func poolLeftErr(s *redisstore.Store) error {
+	_, err := s.Reserve(context.Background(), limiter.Request{Now: storetest.Epoch, Takes: []limiter.Take{{Key: limiter.Key{Pool: "gpt"}, Limit: sharedLimit}}})
+	return err
 }
 
 // TestSpreadRoundTrips counts the round trips of a spread store (scripts
