@@ -2,8 +2,9 @@
 // every sidecar of a fleet shares. Every change is one Lua script (embedded,
 // run by EVALSHA with a transparent EVAL on NOSCRIPT) that reads its time from
 // Redis's TIME unless the caller passes one, so sidecars' clocks never
-// matter. All keys of a prefix share one hash tag, so each script runs
-// unchanged on Redis Cluster, in one slot, in one round trip.
+// matter. Every script's keys share one hash tag, so each runs on Redis
+// Cluster in one slot: by default the prefix's, one slot for everything;
+// with Config.Spread a tenant's or a shared pool's (layout.go).
 package redisstore
 
 import (

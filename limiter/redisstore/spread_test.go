@@ -385,3 +385,35 @@ func TestSpreadRoundTrips(t *testing.T) {
 		assert.Equal(t, tc.want, count(tc.f), tc.name)
 	}
 }
+
+// BenchmarkSpreadReserve is a held admission on a shared pool and a
+// client's bucket, then its finish, on the three-master cluster: with one
+// tag, and spread (locator, pool, tenant; locator, finish, refund).
+func BenchmarkSpreadReserve(b *testing.B) {
+	ctx := context.Background()
+	for _, spread := range []bool{false, true} {
+		b.Run(map[bool]string{false: "one tag", true: "spread"}[spread], func(b *testing.B) {
+			c := rc.Client(b)
+			cfg := redisstore.Config{Prefix: redistest.Prefix(b), Spread: spread}
+			s, err := redisstore.New(c, cfg)
+			require.NoError(b, err)
+			require.NoError(b, s.Load(ctx))
+			big := limiter.Limit{Capacity: 1_000_000_000, Refill: 1_000_000}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				id := fmt.Sprintf("r%d", i)
+				req := call(id, fmt.Sprintf("c%d", i%1000), 1, limiter.Unlimited)
+				req.Takes[0].Limit, req.Takes[1].Limit = big, big
+				req.Hold.Budgets = req.Hold.Budgets[:1]
+				req.Hold.Slot.Max = 1_000_000
+				if _, err := s.Reserve(ctx, req); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := s.Finish(ctx, limiter.Ending{ID: id, Outcome: limiter.OutcomeSettled, Actual: 1,
+					Used: []limiter.PoolUse{{Pool: "gpt", Units: 0}}, Now: storetest.Epoch}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
