@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,10 +30,10 @@ import (
 //     lists the tenants whose reservations the expiry sweep visits.
 //
 // An admission that takes a shared pool and a tenant's keys is then two
-// steps: the pools first (each an all-or-nothing script on its slot), then
-// the tenant (one script, all or nothing, that keeps the pools' charges in
-// the reservation's record); a tenant that says no has the pools' units
-// given back. Every failure between steps leaves a pool charged for a call
+// steps: the locator and the pools first, in one pipeline (each pool an
+// all-or-nothing script on its slot), then the tenant (one script, all or
+// nothing, that keeps the pools' charges in the reservation's record); a
+// tenant that says no has the pools' units given back. Every failure between steps leaves a pool charged for a call
 // that did not go — never a call admitted past a limit, never spend held —
 // and a bucket refills by itself. The names are built here and only here.
 
@@ -207,12 +208,13 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 		}
 		return decodeDecision(res, req)
 	}
-	if h := req.Hold; h != nil && !h.Commit {
-		if err := s.locate(ctx, h, tp); err != nil {
-			return limiter.Decision{}, err
-		}
-	}
+	locating := req.Hold != nil && !req.Hold.Commit
 	if len(steps) == 0 {
+		if locating {
+			if err := s.locate(ctx, req.Hold, tp); err != nil {
+				return limiter.Decision{}, err
+			}
+		}
 		res, err := s.reserveOn(ctx, tp, req, false, "")
 		if err != nil {
 			return limiter.Decision{}, err
@@ -220,40 +222,70 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 		return decodeDecision(res, req)
 	}
 
+	// One round: the locator and every step outside the tenant's slot, in
+	// one pipeline (each on its master at once).
+	subs := make([]limiter.Request, len(steps))
+	cmds := make([]*redis.Cmd, len(steps))
+	var loc func() error
+	// Each command's own error is read below: the pipeline's is the first of them.
+	_, _ = s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if locating {
+			loc = s.queueLocate(ctx, p, req.Hold, tp)
+		}
+		for i, g := range steps {
+			subs[i] = limiter.Request{Takes: pick(req.Takes, g.idx), Now: req.Now}
+			keys, args := reserveArgs(g.p, subs[i], false, "")
+			cmds[i] = s.sc.reserve.EvalSha(ctx, p, keys, args...)
+		}
+		return nil
+	})
 	d := limiter.Decision{Allowed: true, Blocking: -1, BudgetBlocking: -1, Buckets: make([]limiter.BucketState, len(req.Takes))}
 	var taken []group // steps that took units: the buckets they charged
 	var charges []limiter.Charge
-	for _, g := range steps {
-		sub := limiter.Request{Takes: pick(req.Takes, g.idx), Now: req.Now}
-		res, err := s.reserveOn(ctx, g.p, sub, !d.Allowed, "")
-		if err == nil && s.hook != nil {
-			if err = s.hook("pool"); errors.Is(err, errCrash) {
-				return limiter.Decision{}, err
-			}
+	var stepErr error
+	for i, g := range steps {
+		cmd := cmds[i]
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") { // a master that lost its scripts: EVAL, as Run does
+			keys, args := reserveArgs(g.p, subs[i], false, "")
+			cmd = s.sc.reserve.Run(ctx, s.c, keys, args...)
+		}
+		res, err := reserveReply(cmd, subs[i])
+		var pd limiter.Decision
+		if err == nil {
+			pd, err = decodeDecision(res, subs[i])
 		}
 		if err != nil {
-			s.giveBack(ctx, req, taken, nil)
-			return limiter.Decision{}, err
+			stepErr = cmp.Or(stepErr, err) // a step that failed may have run: left as it is
+			continue
 		}
-		pd, err := decodeDecision(res, sub)
-		if err != nil {
-			s.giveBack(ctx, req, taken, nil)
-			return limiter.Decision{}, err
+		for j, k := range g.idx {
+			d.Buckets[k] = pd.Buckets[j]
 		}
-		for j, i := range g.idx {
-			d.Buckets[i] = pd.Buckets[j]
-		}
-		if d.Allowed && pd.Allowed {
+		if pd.Allowed {
 			took := group{p: g.p}
-			for j, i := range g.idx {
+			for j, k := range g.idx {
 				if !pd.Buckets[j].Short { // a short shadow bucket was left as is
-					took.idx = append(took.idx, i)
+					took.idx = append(took.idx, k)
 				}
 			}
 			taken = append(taken, took)
-			charges = append(charges, limiter.Charged(sub.Takes, pd)...)
+			charges = append(charges, limiter.Charged(subs[i].Takes, pd)...)
 		}
 		d.Allowed = d.Allowed && pd.Allowed
+	}
+	if s.hook != nil {
+		if err := s.hook("pool"); errors.Is(err, errCrash) {
+			return limiter.Decision{}, err
+		} else if err != nil {
+			stepErr = cmp.Or(stepErr, err)
+		}
+	}
+	if stepErr == nil && loc != nil {
+		stepErr = loc()
+	}
+	if stepErr != nil {
+		s.giveBack(ctx, req, taken, nil)
+		return limiter.Decision{}, stepErr
 	}
 	if !hasTenant {
 		if !d.Allowed {
@@ -286,33 +318,41 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 	return mergeDecision(req, d, td), nil
 }
 
-// locate records which tenant holds reservation h, and that the tenant's
-// reservations are to be swept (one pipeline: one round trip, its two
-// commands on their masters at once). A locator another tenant holds is a
-// duplicate id; the tenant's own (a call sent again) is left for its
-// script to judge.
-func (s *Store) locate(ctx context.Context, h *limiter.Hold, tp string) error {
+// queueLocate queues in p what records which tenant holds reservation h,
+// and that the tenant's reservations are to be swept; the function it
+// returns, called once p has run, judges the answer: a locator another
+// tenant holds is a duplicate id; the tenant's own (a call sent again) is
+// left for its script to judge.
+func (s *Store) queueLocate(ctx context.Context, p redis.Pipeliner, h *limiter.Hold, tp string) func() error {
 	k := s.locKey(h.ID)
-	var set *redis.BoolCmd
-	_, err := s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.SAdd(ctx, s.tenantsKey(), tp)
-		set = p.SetNX(ctx, k, tp, h.TTL+s.doneTTL)
+	add := p.SAdd(ctx, s.tenantsKey(), tp)
+	set := p.SetNX(ctx, k, tp, h.TTL+s.doneTTL)
+	return func() error {
+		if err := cmp.Or(add.Err(), set.Err()); err != nil {
+			return fmt.Errorf("redisstore: locate %q: %w", h.ID, err)
+		}
+		if set.Val() {
+			return nil
+		}
+		was, err := s.c.Get(ctx, k).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("redisstore: locate %q: %w", h.ID, err)
+		}
+		if was != tp {
+			return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
+		}
+		return nil
+	}
+}
+
+// locate runs queueLocate in a pipeline of its own: one round trip.
+func (s *Store) locate(ctx context.Context, h *limiter.Hold, tp string) error {
+	var judge func() error
+	_, _ = s.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		judge = s.queueLocate(ctx, p, h, tp)
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("redisstore: locate %q: %w", h.ID, err)
-	}
-	if set.Val() {
-		return nil
-	}
-	was, err := s.c.Get(ctx, k).Result()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("redisstore: locate %q: %w", h.ID, err)
-	}
-	if was != tp {
-		return fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, h.ID)
-	}
-	return nil
+	return judge()
 }
 
 // giveBack returns the units the steps in taken charged (their buckets'

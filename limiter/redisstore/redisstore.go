@@ -230,6 +230,29 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 // it decides and reports but writes nothing (a shared pool already said
 // no); pcharges are the pool charges the record keeps for Finish.
 func (s *Store) reserveOn(ctx context.Context, p string, req limiter.Request, veto bool, pcharges string) ([]any, error) {
+	keys, args := reserveArgs(p, req, veto, pcharges)
+	return reserveReply(s.sc.reserve.Run(ctx, s.c, keys, args...), req)
+}
+
+// reserveReply reads reserve.lua's raw reply, naming a duplicate id.
+func reserveReply(cmd *redis.Cmd, req limiter.Request) ([]any, error) {
+	res, err := cmd.Slice()
+	if err != nil {
+		if strings.Contains(err.Error(), "DUPLICATE") {
+			id := ""
+			if req.Hold != nil {
+				id = req.Hold.ID
+			}
+			return nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
+		}
+		return nil, fmt.Errorf("redisstore: reserve: %w", err)
+	}
+	return res, nil
+}
+
+// reserveArgs are reserve.lua's keys and arguments for req on the slot of
+// prefix p.
+func reserveArgs(p string, req limiter.Request, veto bool, pcharges string) ([]string, []any) {
 	h := req.Hold
 	nb, nbud := len(req.Takes), 0
 	if h != nil {
@@ -276,14 +299,7 @@ func (s *Store) reserveOn(ctx context.Context, p string, req limiter.Request, ve
 			keys = append(keys, slotKey(p, h.Slot.Client))
 		}
 	}
-	res, err := s.sc.reserve.Run(ctx, s.c, keys, args...).Slice()
-	if err != nil {
-		if strings.Contains(err.Error(), "DUPLICATE") {
-			return nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
-		}
-		return nil, fmt.Errorf("redisstore: reserve: %w", err)
-	}
-	return res, nil
+	return keys, args
 }
 
 // decodeDecision reads reserve.lua's reply, refusing any reply of the wrong
