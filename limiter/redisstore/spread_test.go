@@ -349,7 +349,8 @@ func poolLeftErr(s *redisstore.Store) error {
 // TestSpreadRoundTrips counts the round trips of a spread store (scripts
 // loaded): a held call is the locator (with the shared pools' steps, in
 // one pipeline) and the tenant's script; a finish is the locator and one
-// script, and one more when the pools get units back.
+// script, and one more when the pools get units back; a sweep with nothing
+// lapsed reads the tenants and their first expiries, whatever their number.
 func TestSpreadRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	c := rc.Client(t)
@@ -385,6 +386,11 @@ func TestSpreadRoundTrips(t *testing.T) {
 		{"its finish", func() { _, err := s.Finish(ctx, end("a")); require.NoError(t, err) }, 2},
 		{"with a shared pool", func() { _, err := s.Reserve(ctx, call("b", "acme/ops", 1, 100)); require.NoError(t, err) }, 2},
 		{"its finish, the pool's unit back", func() { _, err := s.Finish(ctx, end("b")); require.NoError(t, err) }, 3},
+		{"a sweep with nothing lapsed: the tenants, their first expiries", func() {
+			n, err := s.Expire(ctx, storetest.Epoch, 100)
+			require.NoError(t, err)
+			require.Zero(t, n)
+		}, 2},
 		{"a shared pool alone, nothing held", func() {
 			_, err := s.Reserve(ctx, limiter.Request{Now: storetest.Epoch, Takes: call("c", "x", 1, 1).Takes[:1]})
 			require.NoError(t, err)
