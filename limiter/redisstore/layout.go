@@ -140,6 +140,29 @@ func (s *Store) groupOwners(n int, owner func(i int) string) []group {
 	return groupBy(n, func(i int) string { return s.ownerP(owner(i)) }, s.ownerP(""))
 }
 
+// runEach runs script once per call (keys, args), one round trip: alone,
+// as Run does; several, in one pipeline (each on its master at once), a
+// master that lost the script answered with an EVAL afterwards.
+func (s *Store) runEach(ctx context.Context, sc *redis.Script, keys [][]string, args [][]any) []*redis.Cmd {
+	out := make([]*redis.Cmd, len(keys))
+	if len(keys) == 1 {
+		out[0] = sc.Run(ctx, s.c, keys[0], args[0]...)
+		return out
+	}
+	_, _ = s.c.Pipelined(ctx, func(p redis.Pipeliner) error { // each command's error is read from it
+		for i := range keys {
+			out[i] = sc.EvalSha(ctx, p, keys[i], args[i]...)
+		}
+		return nil
+	})
+	for i, c := range out {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			out[i] = sc.Run(ctx, s.c, keys[i], args[i]...)
+		}
+	}
+	return out
+}
+
 // pick is the items of xs at idx.
 func pick[T any](xs []T, idx []int) []T {
 	out := make([]T, len(idx))

@@ -540,7 +540,7 @@ func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now 
 }
 
 // adjust corrects buckets after the fact in one script call (with Spread,
-// one a slot: each bucket's correction stands alone).
+// one a slot, in one pipeline: each bucket's correction stands alone).
 func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -551,15 +551,23 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	if len(adj) == 0 {
 		return []limiter.BucketState{}, nil
 	}
+	groups := s.groupKeys(len(adj), func(i int) limiter.Key { return adj[i].Key })
+	keys, args := make([][]string, len(groups)), make([][]any, len(groups))
+	for i, g := range groups {
+		keys[i], args[i] = adjustArgs(g.p, pick(adj, g.idx), now)
+	}
 	out := make([]limiter.BucketState, len(adj))
-	for _, g := range s.groupKeys(len(adj), func(i int) limiter.Key { return adj[i].Key }) {
-		part := pick(adj, g.idx)
-		st, err := s.adjustOn(ctx, g.p, part, now)
+	for i, cmd := range s.runEach(ctx, s.sc.adjust, keys, args) {
+		res, err := cmd.Slice()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: adjust: %w", err)
+		}
+		st, err := decodeAdjust(res, pick(adj, groups[i].idx))
 		if err != nil {
 			return nil, err
 		}
-		for j, i := range g.idx {
-			out[i] = st[j]
+		for j, k := range groups[i].idx {
+			out[k] = st[j]
 		}
 	}
 	return out, nil
@@ -567,6 +575,16 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 
 // adjustOn runs adjust.lua on the slot of prefix p.
 func (s *Store) adjustOn(ctx context.Context, p string, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+	keys, args := adjustArgs(p, adj, now)
+	res, err := s.sc.adjust.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: adjust: %w", err)
+	}
+	return decodeAdjust(res, adj)
+}
+
+// adjustArgs are adjust.lua's keys and arguments on the slot of prefix p.
+func adjustArgs(p string, adj []limiter.Adjustment, now time.Time) ([]string, []any) {
 	keys := make([]string, len(adj))
 	args := make([]any, 0, 2+6*len(adj))
 	args = append(args, micros(now), len(adj))
@@ -574,11 +592,7 @@ func (s *Store) adjustOn(ctx context.Context, p string, adj []limiter.Adjustment
 		keys[i] = bucketKey(p, a.Key)
 		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Refund, a.Cap, a.Pause.Microseconds())
 	}
-	res, err := s.sc.adjust.Run(ctx, s.c, keys, args...).Slice()
-	if err != nil {
-		return nil, fmt.Errorf("redisstore: adjust: %w", err)
-	}
-	return decodeAdjust(res, adj)
+	return keys, args
 }
 
 // decodeAdjust reads adjust.lua's reply, refusing one of the wrong shape.
@@ -599,7 +613,7 @@ func decodeAdjust(res []any, adj []limiter.Adjustment) ([]limiter.BucketState, e
 }
 
 // Lease hands out slices of buckets in one script call (with Spread, one
-// a slot: each grant stands alone).
+// a slot, in one pipeline: each grant stands alone).
 func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Time) ([]limiter.LeaseGrant, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -617,22 +631,30 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 	if len(asks) == 0 {
 		return []limiter.LeaseGrant{}, nil
 	}
+	groups := s.groupKeys(len(asks), func(i int) limiter.Key { return asks[i].Key })
+	keys, args := make([][]string, len(groups)), make([][]any, len(groups))
+	for i, g := range groups {
+		keys[i], args[i] = leaseArgs(g.p, pick(asks, g.idx), now)
+	}
 	out := make([]limiter.LeaseGrant, len(asks))
-	for _, g := range s.groupKeys(len(asks), func(i int) limiter.Key { return asks[i].Key }) {
-		part := pick(asks, g.idx)
-		gr, err := s.leaseOn(ctx, g.p, part, now)
+	for i, cmd := range s.runEach(ctx, s.sc.lease, keys, args) {
+		res, err := cmd.Slice()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: lease: %w", err)
+		}
+		gr, err := decodeLease(res, pick(asks, groups[i].idx))
 		if err != nil {
 			return nil, err
 		}
-		for j, i := range g.idx {
-			out[i] = gr[j]
+		for j, k := range groups[i].idx {
+			out[k] = gr[j]
 		}
 	}
 	return out, nil
 }
 
-// leaseOn runs lease.lua on the slot of prefix p.
-func (s *Store) leaseOn(ctx context.Context, p string, asks []limiter.LeaseAsk, now time.Time) ([]limiter.LeaseGrant, error) {
+// leaseArgs are lease.lua's keys and arguments on the slot of prefix p.
+func leaseArgs(p string, asks []limiter.LeaseAsk, now time.Time) ([]string, []any) {
 	keys := make([]string, len(asks))
 	args := make([]any, 0, 2+5*len(asks))
 	args = append(args, micros(now), len(asks))
@@ -640,11 +662,7 @@ func (s *Store) leaseOn(ctx context.Context, p string, asks []limiter.LeaseAsk, 
 		keys[i] = bucketKey(p, a.Key)
 		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Want, a.Need)
 	}
-	res, err := s.sc.lease.Run(ctx, s.c, keys, args...).Slice()
-	if err != nil {
-		return nil, fmt.Errorf("redisstore: lease: %w", err)
-	}
-	return decodeLease(res, asks)
+	return keys, args
 }
 
 func decodeLease(res []any, asks []limiter.LeaseAsk) ([]limiter.LeaseGrant, error) {

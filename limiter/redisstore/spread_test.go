@@ -350,7 +350,8 @@ func poolLeftErr(s *redisstore.Store) error {
 // loaded): a held call is the locator (with the shared pools' steps, in
 // one pipeline) and the tenant's script; a finish is the locator and one
 // script, and one more when the pools get units back; a sweep with nothing
-// lapsed reads the tenants and their first expiries, whatever their number.
+// lapsed reads the tenants and their first expiries, whatever their number;
+// a lease or a refund over several slots is one pipeline.
 func TestSpreadRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	c := rc.Client(t)
@@ -391,6 +392,22 @@ func TestSpreadRoundTrips(t *testing.T) {
 			require.NoError(t, err)
 			require.Zero(t, n)
 		}, 2},
+		{"a lease of a shared pool and a client's bucket, two slots", func() {
+			g, err := s.Lease(ctx, []limiter.LeaseAsk{
+				{Key: limiter.Key{Pool: "gpt"}, Limit: sharedLimit, Want: 2, Need: 1},
+				{Key: limiter.Key{Pool: "gpt", Client: "beta/web"}, Limit: ownLimit, Want: 2, Need: 1},
+			}, storetest.Epoch)
+			require.NoError(t, err)
+			require.Len(t, g, 2)
+			assert.Equal(t, []int64{2, 2}, []int64{g[0].Granted, g[1].Granted})
+		}, 1},
+		{"a refund of both, two slots", func() {
+			_, err := s.Refund(ctx, []limiter.Refund{
+				{Key: limiter.Key{Pool: "gpt"}, Limit: sharedLimit, Units: 2},
+				{Key: limiter.Key{Pool: "gpt", Client: "beta/web"}, Limit: ownLimit, Units: 2},
+			}, storetest.Epoch)
+			require.NoError(t, err)
+		}, 1},
 		{"a shared pool alone, nothing held", func() {
 			_, err := s.Reserve(ctx, limiter.Request{Now: storetest.Epoch, Takes: call("c", "x", 1, 1).Takes[:1]})
 			require.NoError(t, err)
