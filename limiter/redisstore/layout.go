@@ -328,8 +328,7 @@ func (s *Store) reserveSpread(ctx context.Context, req limiter.Request) (limiter
 	}
 	td, err := decodeDecision(res, sub)
 	if err != nil {
-		s.giveBack(ctx, req, taken, nil)
-		return limiter.Decision{}, err
+		return limiter.Decision{}, err // it ran: as a reply lost, the pools stay charged
 	}
 	for j, i := range ownIdx {
 		d.Buckets[i] = td.Buckets[j]
