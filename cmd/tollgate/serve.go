@@ -308,7 +308,7 @@ func openStore(ctx context.Context, f serveFlags, tenant func(string) string, re
 		}
 		rt := &redisstore.RoundTrips{}
 		client.AddHook(rt)
-		if err := registerHealth(health, rt, reg); err != nil {
+		if err := registerHealth(health, rt, s, reg); err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
 		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix),
@@ -395,8 +395,12 @@ func redisReady(h *redisstore.Health, fleet bool) func(context.Context) error {
 }
 
 // registerHealth exports whether Redis answers the readiness probe.
-func registerHealth(h *redisstore.Health, rt *redisstore.RoundTrips, reg prometheus.Registerer) error {
+func registerHealth(h *redisstore.Health, rt *redisstore.RoundTrips, st *redisstore.Store, reg prometheus.Registerer) error {
 	var set metricset.Set
+	set.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_redis_pool_refunds_lost_total",
+		Help: "With --redis-spread, give-backs of shared pools' units that failed after a later step of an admission or finish did (the pool stays charged until it refills).",
+	}, func() float64 { return float64(st.LostRefunds()) })
 	set.CounterFunc(prometheus.CounterOpts{
 		Name: "tollgate_redis_round_trips_total",
 		Help: "Round trips to Redis (a command, a script or a pipeline each), the readiness probe's included.",
