@@ -44,6 +44,9 @@ type NodeConfig struct {
 	// Key encrypts and authenticates gossip (16, 24 or 32 bytes): a node
 	// without it can neither join nor inject.
 	Key []byte
+	// Keys are more keys gossip is read with beside Key (a rotation's old or
+	// new key, see keyring.go); Key stays the one it is sent with.
+	Keys [][]byte
 	// Logger receives memberlist's log (at debug) and the node's own.
 	Logger *slog.Logger
 	// DemandEvery is how often a member broadcasts its demand.
@@ -72,6 +75,11 @@ func (c NodeConfig) Validate() error {
 	var errs []error
 	if err := memberlist.ValidateKey(c.Key); err != nil || len(c.Key) == 0 {
 		errs = append(errs, fmt.Errorf("cluster: the gossip key must be 16, 24 or 32 bytes, got %d", len(c.Key)))
+	}
+	for _, k := range c.Keys {
+		if err := memberlist.ValidateKey(k); err != nil || len(k) == 0 {
+			errs = append(errs, fmt.Errorf("cluster: a secondary gossip key must be 16, 24 or 32 bytes, got %d", len(k)))
+		}
 	}
 	if c.BindPort < 0 || c.BindPort > 65535 || c.AdvertisePort < 0 || c.AdvertisePort > 65535 {
 		errs = append(errs, fmt.Errorf("cluster: port out of range"))
@@ -122,6 +130,10 @@ type Node struct {
 	extra     atomic.Int64       // holders, counted as live members
 	conflicts atomic.Int64       // holders ever found
 	yield     atomic.Bool        // another live holder of this name started first: announce no leave
+
+	// ring holds the gossip keys; keyMu orders key changes (keyring.go).
+	ring  *memberlist.Keyring
+	keyMu sync.Mutex
 
 	mu     sync.Mutex
 	demand map[string]peerDemand // by member
@@ -197,6 +209,11 @@ func startNode(cfg NodeConfig, id identity, mine func() map[string]float64, sig 
 		mc.AdvertisePort = cfg.BindPort
 	}
 	mc.SecretKey = append([]byte(nil), cfg.Key...)
+	ring, err := memberlist.NewKeyring(cfg.Keys, mc.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: gossip keys: %w", err)
+	}
+	mc.Keyring, n.ring = ring, ring
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	mc.Logger = slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)
 	mc.Delegate = (*delegate)(n)

@@ -38,7 +38,7 @@ func (c *clusterFlags) register(fl *pflag.FlagSet) {
 	fl.IntVar(&c.node.BindPort, "gossip-port", c.node.BindPort, "gossip listen port (0: any free port)")
 	fl.StringVar(&c.advertise, "gossip-advertise", "", "address others reach this member at, host[:port] (default: the listen address, or the host's private IP)")
 	fl.StringVar(&c.key, "gossip-key", "", "base64 key of 16, 24 or 32 bytes that encrypts gossip (prefer TOLLGATE_GOSSIP_KEY or --gossip-key-file)")
-	fl.StringVar(&c.keyFile, "gossip-key-file", "", "file holding the base64 gossip key (a mounted Secret)")
+	fl.StringVar(&c.keyFile, "gossip-key-file", "", "file holding the base64 gossip keys, one a line, the first the one gossip is sent with (a mounted Secret); reloaded on change, for a key rotation without a restart (docs/fleet.md)")
 	fl.DurationVar(&c.store.LeaseTTL, "lease-ttl", c.store.LeaseTTL, "how long a slice of a pool is spent locally before what is left goes back")
 	fl.DurationVar(&c.store.SliceTTL, "budget-slice-ttl", c.store.SliceTTL, "how long a slice of a budget is spent locally before it is settled")
 	fl.Int64Var(&c.store.NearLimitPercent, "near-limit-percent", c.store.NearLimitPercent, "below this share of a pool or budget left, every call is decided in Redis")
@@ -58,7 +58,12 @@ func (c *clusterFlags) config(log *slog.Logger) (cluster.NodeConfig, error) {
 		if err != nil {
 			return n, fmt.Errorf("cluster: gossip key: %w", err)
 		}
-		key = strings.TrimSpace(string(b))
+		keys, err := cluster.ParseKeys(b)
+		if err != nil {
+			return n, err
+		}
+		n.Key, n.Keys = keys[0], keys[1:]
+		return c.advertised(n)
 	}
 	if key == "" {
 		return n, errors.New("cluster: a gossip key is needed (--gossip-key-file, or TOLLGATE_GOSSIP_KEY): generate one with `openssl rand -base64 32`")
@@ -68,6 +73,11 @@ func (c *clusterFlags) config(log *slog.Logger) (cluster.NodeConfig, error) {
 		return n, fmt.Errorf("cluster: the gossip key is not base64: %w", err)
 	}
 	n.Key = raw
+	return c.advertised(n)
+}
+
+// advertised completes n with the advertised address and validates it.
+func (c *clusterFlags) advertised(n cluster.NodeConfig) (cluster.NodeConfig, error) {
 	if c.advertise != "" {
 		host, port, err := net.SplitHostPort(c.advertise)
 		if err != nil {
@@ -83,21 +93,34 @@ func (c *clusterFlags) config(log *slog.Logger) (cluster.NodeConfig, error) {
 	return n, n.Validate()
 }
 
-// joinFleet starts this member's part in the fleet over shared.
-func (c *clusterFlags) joinFleet(shared cluster.Shared, reg prometheus.Registerer, log *slog.Logger) (*cluster.Fleet, error) {
+// joinFleet starts this member's part in the fleet over shared. With a key
+// file, it watches the file for a key rotation until stopKeys is called.
+func (c *clusterFlags) joinFleet(shared cluster.Shared, reg prometheus.Registerer, log *slog.Logger) (f *cluster.Fleet, stopKeys func(), err error) {
 	ncfg, err := c.config(log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	scfg := c.store
 	scfg.Logger = log
-	f, err := cluster.Join(ncfg, scfg, shared, reg)
-	if err != nil {
-		return nil, err
+	if f, err = cluster.Join(ncfg, scfg, shared, reg); err != nil {
+		return nil, nil, err
+	}
+	stopKeys = func() {}
+	if c.keyFile != "" {
+		// The file was read a moment ago: a rotation written since is
+		// picked up here.
+		w, err := cluster.WatchKeys(c.keyFile, f.Node, log)
+		if err != nil {
+			return nil, nil, errors.Join(err, f.Close(context.Background()))
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = w.Run(ctx) }()
+		stopKeys = func() { cancel(); <-done }
 	}
 	log.Info("joined the fleet", slog.String("node", f.Node.Name()), slog.String("gossip", f.Node.Addr()),
 		slog.Int("members", f.Node.Live()), slog.Any("seeds", ncfg.Seeds), slog.String("dns", ncfg.DNS))
-	return f, nil
+	return f, stopKeys, nil
 }
 
 // degraded reports the fleet's mode for /readyz: "" while Redis answers.

@@ -172,6 +172,8 @@ func TestServeClusterFlagErrors(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "key")
 	require.NoError(t, os.WriteFile(keyFile, []byte(gossipKey+"\n"), 0o600))
 	short := base64.StdEncoding.EncodeToString([]byte("short"))
+	badKeys := filepath.Join(t.TempDir(), "keys")
+	require.NoError(t, os.WriteFile(badKeys, []byte(gossipKey+"\nnot base64!\n"), 0o600))
 	tests := map[string]struct {
 		args []string
 		env  func(string) string
@@ -193,6 +195,10 @@ func TestServeClusterFlagErrors(t *testing.T) {
 		"a missing key file": {
 			args: []string{"--cluster", "--store", "redis", "--redis-addr", "127.0.0.1:1", "--gossip-key-file", filepath.Join(t.TempDir(), "none")},
 			env:  noEnv, want: "no such file",
+		},
+		"a key file with a bad second key": {
+			args: []string{"--cluster", "--store", "redis", "--redis-addr", "127.0.0.1:1", "--gossip-key-file", badKeys},
+			env:  noEnv, want: "gossip key file: line 2: not base64",
 		},
 		"a key twice": {
 			args: []string{"--cluster", "--store", "redis", "--redis-addr", "127.0.0.1:1", "--gossip-key-file", keyFile},

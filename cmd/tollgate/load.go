@@ -299,7 +299,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 			}
 		}
 		reg := prometheus.NewRegistry()
-		st, err := openStore(ctx, nf, reg, log)
+		st, err := openStore(ctx, nf, nil, reg, log) // load never spreads
 		if err != nil {
 			p.stop()
 			return nil, err

@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -205,6 +207,10 @@ func TestServeStoreFlagErrors(t *testing.T) {
 			args: []string{"--store", "redis", "--redis-addr", "127.0.0.1:1,127.0.0.1:2"},
 			want: "single mode takes one address",
 		},
+		"spread on the memory store": {
+			args: []string{"--redis-spread"},
+			want: "--redis-spread is for --store redis",
+		},
 		"prefix with a brace": {
 			args: []string{"--store", "redis", "--redis-prefix", "{tollgate}"},
 			want: `prefix "{tollgate}" must be non-empty, without braces`,
@@ -252,3 +258,58 @@ func TestServeRedisFailOpenBooked(t *testing.T) {
 	require.NoError(t, err, out)
 	assert.Regexp(t, booked, out, "booked once: a clean stop books nothing again")
 }
+
+// TestServeRedisClusterSpread: serve on a real three-master Redis Cluster
+// with --redis-spread admits and settles a call whose budget chain (acme,
+// then its parent acme-group) is one tenant's, acme-group's: the tenant's
+// keys, the shared pool's and the reservation's locator are each under a
+// tag of their own.
+func TestServeRedisClusterSpread(t *testing.T) {
+	cl, err := redistest.StartCluster(3)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, cl.Close()) })
+	prefix := redistest.Prefix(t)
+	grpcAddr, httpAddr := freePort(t), freePort(t)
+	args := append(redisServeArgs(grpcAddr, httpAddr, writePolicy(t, spendPolicy("")), strings.Join(cl.Addrs(), ","), prefix),
+		"--redis-mode", "cluster", "--redis-spread")
+	srv := startRun(t, noEnv, httpAddr, args...)
+
+	out, err := probeHold(grpcAddr)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "decision: ALLOWED")
+	m := reservationLine.FindStringSubmatch(out)
+	require.NotNil(t, m, "no reservation in:\n%s", out)
+	out, err = runUsage("acme", "--addr", httpAddr)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "calls in flight 1 of 10\n")
+	assert.Regexp(t, `(?m)^acme-group\s+unlimited\s+\$0\s+\$0\.012\s+unlimited$`, out)
+
+	resp, err := httpClient.Post("http://"+httpAddr+"/api/reservations/"+m[1]+"/settle", "application/json",
+		strings.NewReader(`{"actual_cost_usd":"0.004"}`))
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	out, err = runUsage("acme", "--addr", httpAddr)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "calls in flight 0 of 10\n")
+	assert.Regexp(t, `(?m)^acme\s+\$0\.036\s+\$0\.004\s+\$0\s+\$0\.032$`, out)
+
+	c := cl.Client(t)
+	tags := map[string]bool{}
+	require.NoError(t, c.ForEachMaster(context.Background(), func(ctx context.Context, n *redis.Client) error {
+		keys, err := n.Keys(ctx, "{"+prefix+"*").Result()
+		for _, k := range keys {
+			tag, _, _ := strings.Cut(strings.TrimPrefix(k, "{"+prefix+":"), "}")
+			kind, _, _ := strings.Cut(tag, ":")
+			tagsMu.Lock()
+			tags[kind] = true
+			tagsMu.Unlock()
+		}
+		return err
+	}))
+	assert.True(t, tags["t"] && tags["p"] && tags["l"], "a tenant's, a pool's and a locator's tags: %v", tags)
+	require.NoError(t, srv.stop(t))
+	assert.Contains(t, srv.stderr.String(), "spread=true")
+}
+
+var tagsMu sync.Mutex

@@ -37,6 +37,7 @@ type serveFlags struct {
 	store           string
 	redis           redisstore.ClientConfig
 	redisPrefix     string
+	redisSpread     bool
 	ended           memstore.EndedLimits
 	historyMonths   int
 	costTTL         time.Duration
@@ -100,6 +101,7 @@ func serveCmd(getenv func(string) string) *cobra.Command {
 	fl.DurationVar(&f.redis.ReadTimeout, "redis-read-timeout", f.redis.ReadTimeout, "Redis read timeout")
 	fl.DurationVar(&f.redis.WriteTimeout, "redis-write-timeout", f.redis.WriteTimeout, "Redis write timeout")
 	fl.StringVar(&f.redisPrefix, "redis-prefix", redisstore.DefaultConfig().Prefix, "key prefix and hash tag: fleets sharing a Redis use distinct prefixes")
+	fl.BoolVar(&f.redisSpread, "redis-spread", false, "spread keys over a Redis Cluster's slots: a hash tag per tenant (the root of a client's parent chain) and per shared pool, instead of one for the prefix (docs/redis.md#redis-cluster); state kept under the other layout is not read")
 	fl.DurationVar(&f.ended.Retention, "ended-retention", f.ended.Retention, "keep the outcome of an ended reservation this long, so a repeated settle is recognised (both stores; whole seconds up to 168h on Redis)")
 	fl.DurationVar(&f.authz.WatchEvery, "watch-every", f.authz.WatchEvery, "read the pools, watched budgets and forecasts behind the gauges and alerts this often (0: only when GET /admin/alerts or the status page asks)")
 	fl.IntVar(&f.historyMonths, "history-months", limiter.DefaultHistoryMonths, "keep each client's usage history (by month, route and model) this many months after its last call (both stores)")
@@ -183,7 +185,7 @@ func serve(ctx context.Context, f serveFlags, stderr interface{ Write([]byte) (i
 	if f.authz.Settlement, err = admission.ParseSettlement(f.settle); err != nil {
 		return err
 	}
-	st, err := openStore(ctx, f, reg, log)
+	st, err := openStore(ctx, f, budgetRoot(policies), reg, log)
 	if err != nil {
 		return err
 	}
@@ -272,10 +274,34 @@ type openedStore struct {
 	close    func() error
 }
 
-// openStore builds the limiter store the flags ask for.
-func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
+// budgetRoot is the root of an owner's budget chain in the policy in
+// force (the owner itself when the policy does not know it): a spread
+// Redis store's tenant. A reload that gives a client another root moves its
+// keys to that tenant's slot.
+func budgetRoot(src admission.PolicySource) func(owner string) string {
+	return func(owner string) string {
+		c, ok := src.Policy().Client(owner)
+		if !ok {
+			return owner
+		}
+		for range 64 { // policy refuses loops; bounded all the same
+			if c.Parent == nil {
+				break
+			}
+			c = c.Parent
+		}
+		return c.ID
+	}
+}
+
+// openStore builds the limiter store the flags ask for; tenant names a
+// spread Redis store's tenants.
+func openStore(ctx context.Context, f serveFlags, tenant func(string) string, reg prometheus.Registerer, log *slog.Logger) (openedStore, error) {
 	if f.stateDir != "" && f.store != "memory" {
 		return openedStore{}, errors.New("--state-dir is for --store memory: Redis keeps its own state")
+	}
+	if f.redisSpread && f.store != "redis" {
+		return openedStore{}, errors.New("--redis-spread is for --store redis")
 	}
 	if f.cluster.enabled && f.store != "redis" {
 		return openedStore{}, errors.New("--cluster needs --store redis: the fleet shares its limits in Redis")
@@ -307,8 +333,12 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		if err != nil {
 			return openedStore{}, err
 		}
-		s, err := redisstore.New(client, redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention,
-			HistoryMonths: f.historyMonths, CostTTL: f.costTTL})
+		scfg := redisstore.Config{Prefix: f.redisPrefix, DoneRetention: f.ended.Retention, Spread: f.redisSpread,
+			HistoryMonths: f.historyMonths, CostTTL: f.costTTL}
+		if f.redisSpread {
+			scfg.Tenant = tenant
+		}
+		s, err := redisstore.New(client, scfg)
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
@@ -330,16 +360,17 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 		}
 		rt := &redisstore.RoundTrips{}
 		client.AddHook(rt)
-		if err := registerHealth(health, rt, reg); err != nil {
+		if err := registerHealth(health, rt, s, reg); err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
-		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix))
+		log.Info("limiter store: redis", slog.Any("addrs", f.redis.Addrs), slog.String("mode", f.redis.Mode), slog.String("prefix", f.redisPrefix),
+			slog.Bool("spread", f.redisSpread))
 		checks := map[string]func(context.Context) error{"redis": redisReady(health, f.cluster.enabled)}
 		if !f.cluster.enabled {
 			stop := probeEvery(health)
 			return openedStore{store: s, redis: client, checks: checks, close: func() error { stop(); return client.Close() }}, nil
 		}
-		fleet, err := f.cluster.joinFleet(s, reg, log)
+		fleet, stopKeys, err := f.cluster.joinFleet(s, reg, log)
 		if err != nil {
 			return openedStore{}, errors.Join(err, client.Close())
 		}
@@ -352,7 +383,11 @@ func openStore(ctx context.Context, f serveFlags, reg prometheus.Registerer, log
 			checks:   checks,
 			degraded: map[string]func() string{"cluster": degraded(fleet)},
 			cluster:  func() any { return fleet.Status() },
-			close:    func() error { stop(); return errors.Join(leave(fleet, 5*time.Second), client.Close()) },
+			close: func() error {
+				stop()
+				stopKeys()
+				return errors.Join(leave(fleet, 5*time.Second), client.Close())
+			},
 		}, nil
 	}
 	return openedStore{}, fmt.Errorf("store %q: want memory or redis", f.store)
@@ -412,8 +447,12 @@ func redisReady(h *redisstore.Health, fleet bool) func(context.Context) error {
 }
 
 // registerHealth exports whether Redis answers the readiness probe.
-func registerHealth(h *redisstore.Health, rt *redisstore.RoundTrips, reg prometheus.Registerer) error {
+func registerHealth(h *redisstore.Health, rt *redisstore.RoundTrips, st *redisstore.Store, reg prometheus.Registerer) error {
 	var set metricset.Set
+	set.CounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_redis_pool_refunds_lost_total",
+		Help: "With --redis-spread, give-backs of shared pools' units that failed after a later step of an admission or finish did (the pool stays charged until it refills).",
+	}, func() float64 { return float64(st.LostRefunds()) })
 	set.CounterFunc(prometheus.CounterOpts{
 		Name: "tollgate_redis_round_trips_total",
 		Help: "Round trips to Redis (a command, a script or a pipeline each), the readiness probe's included.",

@@ -28,9 +28,10 @@ type Server struct {
 	// Addr is host:port.
 	Addr string
 
-	bin  string
-	dir  string
-	port int
+	bin   string
+	dir   string
+	port  int
+	extra []string // more redis-server arguments (cluster mode)
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd     // nil when stopped
@@ -39,7 +40,11 @@ type Server struct {
 
 // Start launches redis-server on a free loopback port. Its data (RDB
 // snapshots when asked for) lives in a fresh temporary directory.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return startWith(nil) }
+
+// startWith is Start with more redis-server arguments, made by extra from
+// the server's port and data directory.
+func startWith(extra func(port int, dir string) ([]string, error)) (*Server, error) {
 	bin, err := findBinary()
 	if err != nil {
 		return nil, err
@@ -53,6 +58,12 @@ func Start() (*Server, error) {
 		return nil, err
 	}
 	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), bin: bin, dir: dir, port: port}
+	if extra != nil {
+		if s.extra, err = extra(port, dir); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	if err := s.start(); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -87,10 +98,11 @@ func (s *Server) start() error {
 	if s.running() {
 		return nil // a second redis-server would race this one for the port
 	}
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--protected-mode", "no",
 		"--dir", s.dir, "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--loglevel", "warning", "--logfile", filepath.Join(s.dir, "redis.log"))
+		"--daemonize", "no", "--loglevel", "warning", "--logfile", filepath.Join(s.dir, "redis.log")}
+	cmd := exec.Command(s.bin, append(args, s.extra...)...)
 	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start %s: %w", s.bin, err)

@@ -3,7 +3,9 @@ package redistest_test
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -169,4 +171,35 @@ func TestResumeAfterCrash(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return s.Resume() == nil && ping(t, s) == nil
 	}, 10*time.Second, 10*time.Millisecond, "Resume notices the process is gone and starts a new one")
+}
+
+// TestStartCluster: three masters form one cluster that serves keys of
+// every slot, each master owning a third of the slots, and Close stops
+// them all.
+func TestStartCluster(t *testing.T) {
+	c, err := redistest.StartCluster(3)
+	require.NoError(t, err)
+	cl := c.Client(t)
+	ctx := context.Background()
+	for i := range 300 {
+		require.NoError(t, cl.Set(ctx, "k"+strconv.Itoa(i), i, 0).Err())
+	}
+	per := map[string]int64{}
+	var mu sync.Mutex
+	require.NoError(t, cl.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		n, err := m.DBSize(ctx).Result()
+		mu.Lock()
+		per[m.Options().Addr] = n
+		mu.Unlock()
+		return err
+	}))
+	require.Len(t, per, 3)
+	for addr, n := range per {
+		assert.Positive(t, n, "master %s holds keys", addr)
+	}
+	require.NoError(t, cl.Close())
+	require.NoError(t, c.Close())
+	for _, s := range c.Masters {
+		assert.Error(t, ping(t, s), "stopped")
+	}
 }

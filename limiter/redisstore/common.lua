@@ -182,16 +182,18 @@ end
 
 -- finish ends reservation id (see limiter.Ledger): spend is the actual
 -- cost when settled, nothing when released, the estimate when expired.
--- It returns {repeat (0/1), "outcome estimated spent", charges} (charges
--- only the first time) or nil when the id is unknown. Keys it touches come
+-- It returns {repeat (0/1), "outcome estimated spent", charges, pool
+-- charges} (charges only the first time; pool charges are those a spread
+-- reservation made on other slots, for the caller to refund there) or nil
+-- when the id is unknown. Keys it touches come
 -- from the reservation record and share its hash tag, so they live in the
 -- same slot.
 local function finish(P, id, outcome, actual)
   local dk = P .. 'd:' .. id
   local prev = redis.call('GET', dk)
-  if prev then return {1, prev, ''} end
+  if prev then return {1, prev, '', ''} end
   local rk = P .. 'r:' .. id
-  local r = redis.call('HMGET', rk, 'cost', 'budgets', 'slot', 'charges')
+  local r = redis.call('HMGET', rk, 'cost', 'budgets', 'slot', 'charges', 'pcharges')
   if not r[1] then return nil end
   local est = tonumber(r[1])
   local spend = est
@@ -206,7 +208,7 @@ local function finish(P, id, outcome, actual)
   redis.call('ZREM', P .. 'exp', id)
   local rec = outcome .. ' ' .. int(est) .. ' ' .. int(spend)
   redis.call('SET', dk, rec, 'EX', DONE_TTL)
-  return {0, rec, r[4] or ''}
+  return {0, rec, r[4] or '', r[5] or ''}
 end
 
 -- expire_due commits up to max lapsed reservations at their estimate and

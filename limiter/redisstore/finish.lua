@@ -19,7 +19,9 @@
 --           model, input tokens, output tokens, estimate, saved, history
 --           TTL s, cost TTL ms, request id ("": no cost record), client
 --
--- Returns {repeat, "outcome estimated spent"} or nil for an unknown id.
+-- Returns {repeat, "outcome estimated spent", pool charges} (the charges a
+-- spread reservation made on other slots, the first time; '' otherwise) or
+-- nil for an unknown id.
 
 local P = ARGV[1]
 local now = now_us(ARGV[5])
@@ -80,4 +82,4 @@ for j = 1, nt do
     tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), now)
 end
 if not r then return nil end
-return {r[1], r[2]}
+return {r[1], r[2], r[4]}

@@ -21,11 +21,42 @@ var _ limiter.Historian = (*Store)(nil)
 // are length-prefixed route and model, then the measure (n calls, c cost,
 // i and o tokens, s saved), kept exact by HINCRBY.
 func (s *Store) historyKey(client, month string) string {
-	return s.p + "h:" + lenPrefixed(client) + ":" + month
+	return s.ownerP(client) + "h:" + lenPrefixed(client) + ":" + month
 }
 
-// costKey holds one call's cost record.
-func (s *Store) costKey(requestID string) string { return s.p + "q:" + requestID }
+// costKey holds one call's cost record. With Spread it has a slot of its
+// own, found by the request id alone (GET /api/cost/{requestId} names no
+// client).
+func (s *Store) costKey(requestID string) string {
+	if s.spread {
+		return "{" + s.prefix + ":q:" + hashTag(requestID) + "}:q:" + requestID
+	}
+	return s.p + "q:" + requestID
+}
+
+// costAfter writes the cost record of a call finished with Spread, whose
+// finish script could not (the record's slot is not the tenant's): one more
+// round trip, best effort — a failure loses the record, never the spend,
+// and is counted with the lost refunds.
+func (s *Store) costAfter(ctx context.Context, e limiter.Ending, st limiter.Settlement) {
+	rec := e.Record
+	at := e.Now
+	if at.IsZero() {
+		at = time.Now()
+	}
+	k := s.costKey(rec.RequestID)
+	ctx = context.WithoutCancel(ctx)
+	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, k, "client", rec.Client, "route", rec.Route, "model", rec.Model, "outcome", string(st.Outcome),
+			"estimate", int64(rec.Estimate), "actual", int64(st.Spent), "saved", int64(rec.Saved),
+			"in", rec.InputTokens, "out", rec.OutputTokens, "at", at.UnixMicro())
+		p.PExpire(ctx, k, s.costTTL)
+		return nil
+	})
+	if err != nil {
+		s.lost.Add(1)
+	}
+}
 
 // appendRecord adds finish.lua's call-record arguments.
 func (s *Store) appendRecord(args []any, rec *limiter.CallRecord) []any {
@@ -153,7 +184,43 @@ func (s *Store) Record(ctx context.Context, batch string, ends []limiter.Recorde
 	if err := limiter.ValidateRecordBatch(batch, ends); err != nil {
 		return false, err
 	}
-	marker := s.p + "jr:" + batch
+	if s.spread {
+		return s.recordSpread(ctx, batch, ends)
+	}
+	return s.recordOn(ctx, s.p, batch, ends)
+}
+
+// recordSpread books a batch with Spread: one record script per tenant
+// slot (each once per batch by its own marker), then the cost records in
+// their own slots. It reports the batch applied when any part was.
+func (s *Store) recordSpread(ctx context.Context, batch string, ends []limiter.RecordedEnd) (bool, error) {
+	applied := false
+	for _, g := range s.groupOwners(len(ends), func(i int) string { return ends[i].Record.Client }) {
+		part := make([]limiter.RecordedEnd, len(g.idx))
+		for j, i := range g.idx {
+			part[j] = ends[i]
+			part[j].Record.RequestID = "" // written below, in its own slot
+		}
+		ok, err := s.recordOn(ctx, g.p, batch, part)
+		if err != nil {
+			return applied, err
+		}
+		if !ok {
+			continue
+		}
+		applied = true
+		for _, i := range g.idx {
+			if e := ends[i]; e.Record.RequestID != "" {
+				s.costAfter(ctx, limiter.Ending{Record: &e.Record, Now: e.At}, limiter.Settlement{Outcome: e.Outcome, Spent: e.Spent})
+			}
+		}
+	}
+	return applied, nil
+}
+
+// recordOn runs the record script for ends on the slot of prefix p.
+func (s *Store) recordOn(ctx context.Context, p, batch string, ends []limiter.RecordedEnd) (bool, error) {
+	marker := p + "jr:" + batch
 	keys := make([]string, 0, 1+2*len(ends))
 	keys = append(keys, marker)
 	args := make([]any, 0, 3+11*len(ends))

@@ -2,8 +2,9 @@
 // every sidecar of a fleet shares. Every change is one Lua script (embedded,
 // run by EVALSHA with a transparent EVAL on NOSCRIPT) that reads its time from
 // Redis's TIME unless the caller passes one, so sidecars' clocks never
-// matter. All keys of a prefix share one hash tag, so each script runs
-// unchanged on Redis Cluster, in one slot, in one round trip.
+// matter. Every script's keys share one hash tag, so each runs on Redis
+// Cluster in one slot: by default the prefix's, one slot for everything;
+// with Config.Spread a tenant's or a shared pool's (layout.go).
 package redisstore
 
 import (
@@ -15,6 +16,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -108,6 +110,16 @@ type Config struct {
 	// one prefix lives in one Redis Cluster slot. Fleets that must not
 	// share state use distinct prefixes.
 	Prefix string
+	// Spread puts each tenant's keys and each shared pool's buckets under
+	// a hash tag of their own, so that a Redis Cluster spreads a fleet over
+	// its masters (layout.go, docs/redis.md). Off: one tag, one slot, every
+	// call one script.
+	Spread bool
+	// Tenant names the tenant of a client or budget owner, with Spread:
+	// the root of its budget chain, so that a call's budgets, client
+	// buckets and reservation share a slot. Nil: every owner is a tenant
+	// of its own (budget chains of more than one owner are refused).
+	Tenant func(owner string) string
 	// DoneRetention is how long the outcome of an ended reservation (a key
 	// per call) is kept, so a repeated settle is recognised; a settle
 	// later than that finds no reservation. Zero means
@@ -141,9 +153,17 @@ func (c Config) Validate() error {
 // Store is the Redis Backend. It does not own the client; the caller closes
 // it (Close is a no-op kept for the interface).
 type Store struct {
-	c  redis.UniversalClient
-	p  string // "{prefix}:"
-	sc scripts
+	c      redis.UniversalClient
+	p      string // "{prefix}:"
+	prefix string
+	sc     scripts
+
+	// Spread (layout.go).
+	spread  bool
+	tenant  func(string) string
+	doneTTL time.Duration
+	lost    atomic.Int64            // pool refunds that failed
+	hook    func(step string) error // tests: a fault between steps
 
 	histTTL, costTTL time.Duration // retention of history and cost records
 }
@@ -160,6 +180,10 @@ func New(c redis.UniversalClient, cfg Config) (*Store, error) {
 	if r := cfg.DoneRetention; r != 0 && r != DefaultDoneRetention {
 		sc = newScripts(strings.Replace(commonLua, doneTTLLine, fmt.Sprintf("local DONE_TTL = %d ", int64(r/time.Second)), 1))
 	}
+	done := cfg.DoneRetention
+	if done == 0 {
+		done = DefaultDoneRetention
+	}
 	months, costTTL := cfg.HistoryMonths, cfg.CostTTL
 	if months == 0 {
 		months = limiter.DefaultHistoryMonths
@@ -167,7 +191,8 @@ func New(c redis.UniversalClient, cfg Config) (*Store, error) {
 	if costTTL == 0 {
 		costTTL = limiter.DefaultCostTTL
 	}
-	return &Store{c: c, p: "{" + cfg.Prefix + "}:", sc: sc, histTTL: limiter.HistoryTTL(months), costTTL: costTTL}, nil
+	return &Store{c: c, p: "{" + cfg.Prefix + "}:", prefix: cfg.Prefix, sc: sc, spread: cfg.Spread, tenant: cfg.Tenant, doneTTL: done,
+		histTTL: limiter.HistoryTTL(months), costTTL: costTTL}, nil
 }
 
 // Load puts the scripts into Redis's script cache, so the first admission
@@ -188,14 +213,18 @@ func (s *Store) Close() error { return nil }
 
 func lenPrefixed(s string) string { return strconv.Itoa(len(s)) + ":" + s }
 
-func (s *Store) bucketKey(k limiter.Key) string { return s.p + "k:" + k.String() }
-func (s *Store) budgetKey(owner, period string) string {
-	return s.p + "b:" + lenPrefixed(owner) + ":" + period
+// Key names, each under p, the prefix of the slot the key lives in: the
+// store's one prefix, or with Spread a tenant's or a pool's (layout.go, the
+// one place that picks it).
+func bucketKey(p string, k limiter.Key) string { return p + "k:" + k.String() }
+func budgetKey(p, owner, period string) string {
+	return p + "b:" + lenPrefixed(owner) + ":" + period
 }
-func (s *Store) slotKey(client string) string { return s.p + "c:" + lenPrefixed(client) }
-func (s *Store) recordKey(id string) string   { return s.p + "r:" + id }
-func (s *Store) doneKey(id string) string     { return s.p + "d:" + id }
-func (s *Store) expiryKey() string            { return s.p + "exp" }
+func slotKey(p, client string) string   { return p + "c:" + lenPrefixed(client) }
+func recordKey(p, id string) string     { return p + "r:" + id }
+func doneKey(p, id string) string       { return p + "d:" + id }
+func expiryKey(p string) string         { return p + "exp" }
+func journalKey(p, batch string) string { return p + "j:" + batch }
 
 func micros(t time.Time) int64 {
 	if t.IsZero() {
@@ -204,52 +233,105 @@ func micros(t time.Time) int64 {
 	return t.UnixMicro()
 }
 
-// Reserve decides one admission in one script call.
+// Reserve decides one admission in one script call (with Spread, a
+// documented sequence of them when it takes a shared pool: layout.go).
 func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
-	return s.reserve(ctx, s.sc.reserve, req)
-}
-
-// Peek decides req as Reserve would, in one read-only script call (the
-// reserve script in its peek mode, flagged no-writes).
-func (s *Store) Peek(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
-	return s.reserve(ctx, s.sc.peek, req)
-}
-
-var _ limiter.Peeker = (*Store)(nil)
-
-func (s *Store) reserve(ctx context.Context, script *redis.Script, req limiter.Request) (limiter.Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Decision{}, err
 	}
 	if err := req.Validate(); err != nil {
 		return limiter.Decision{}, err
 	}
+	if s.spread {
+		return s.reserveSpread(ctx, req)
+	}
+	res, err := s.reserveOn(ctx, s.p, req, false, "")
+	if err != nil {
+		return limiter.Decision{}, err
+	}
+	return decodeDecision(res, req)
+}
+
+// Peek decides req as Reserve would, read-only: the reserve script in its
+// peek mode, flagged no-writes (with Spread, one such call per slot the
+// request touches, pipelined, merged as Reserve merges its steps).
+func (s *Store) Peek(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return limiter.Decision{}, err
+	}
+	if err := req.Validate(); err != nil {
+		return limiter.Decision{}, err
+	}
+	if s.spread {
+		return s.peekSpread(ctx, req)
+	}
+	keys, args := reserveArgs(s.p, req, false, "")
+	res, err := reserveReply(s.sc.peek.Run(ctx, s.c, keys, args...), req)
+	if err != nil {
+		return limiter.Decision{}, err
+	}
+	return decodeDecision(res, req)
+}
+
+var _ limiter.Peeker = (*Store)(nil)
+
+// reserveOn runs reserve.lua for req on the slot of prefix p. With veto,
+// it decides and reports but writes nothing (a shared pool already said
+// no); pcharges are the pool charges the record keeps for Finish.
+func (s *Store) reserveOn(ctx context.Context, p string, req limiter.Request, veto bool, pcharges string) ([]any, error) {
+	keys, args := reserveArgs(p, req, veto, pcharges)
+	return reserveReply(s.sc.reserve.Run(ctx, s.c, keys, args...), req)
+}
+
+// reserveReply reads reserve.lua's raw reply, naming a duplicate id.
+func reserveReply(cmd *redis.Cmd, req limiter.Request) ([]any, error) {
+	res, err := cmd.Slice()
+	if err != nil {
+		if strings.Contains(err.Error(), "DUPLICATE") {
+			id := ""
+			if req.Hold != nil {
+				id = req.Hold.ID
+			}
+			return nil, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
+		}
+		return nil, fmt.Errorf("redisstore: reserve: %w", err)
+	}
+	return res, nil
+}
+
+// reserveArgs are reserve.lua's keys and arguments for req on the slot of
+// prefix p.
+func reserveArgs(p string, req limiter.Request, veto bool, pcharges string) ([]string, []any) {
 	h := req.Hold
 	nb, nbud := len(req.Takes), 0
 	if h != nil {
 		nbud = len(h.Budgets)
 	}
 	keys := make([]string, 0, 3+nb+nbud+1)
-	args := make([]any, 0, 10+5*nb+nbud)
-	keys = append(keys, s.expiryKey())
+	args := make([]any, 0, 12+5*nb+nbud)
+	keys = append(keys, expiryKey(p))
 	hold, id, ttl, cost, period, slotMax := "0", "", int64(0), int64(0), "", int64(-1)
 	switch {
 	case h != nil && h.Commit:
-		keys = append(keys, s.expiryKey(), s.expiryKey())
+		keys = append(keys, expiryKey(p), expiryKey(p))
 		hold, cost, period = "2", int64(h.Cost), h.Period
 	case h != nil:
-		keys = append(keys, s.recordKey(h.ID), s.doneKey(h.ID))
+		keys = append(keys, recordKey(p, h.ID), doneKey(p, h.ID))
 		hold, id, ttl, cost, period = "1", h.ID, h.TTL.Microseconds(), int64(h.Cost), h.Period
 		if h.Slot != nil {
 			slotMax = h.Slot.Max
 		}
 	default:
-		keys = append(keys, s.expiryKey(), s.expiryKey())
+		keys = append(keys, expiryKey(p), expiryKey(p))
 	}
 	for _, t := range req.Takes {
-		keys = append(keys, s.bucketKey(t.Key))
+		keys = append(keys, bucketKey(p, t.Key))
 	}
-	args = append(args, micros(req.Now), nb, nbud, hold, id, ttl, cost, period, slotMax, s.p)
+	v := "0"
+	if veto {
+		v = "1"
+	}
+	args = append(args, micros(req.Now), nb, nbud, hold, id, ttl, cost, period, slotMax, p, v, pcharges)
 	for _, t := range req.Takes {
 		shadow := 0
 		if t.Shadow {
@@ -259,21 +341,14 @@ func (s *Store) reserve(ctx context.Context, script *redis.Script, req limiter.R
 	}
 	if h != nil {
 		for _, b := range h.Budgets {
-			keys = append(keys, s.budgetKey(b.Owner, h.Period))
+			keys = append(keys, budgetKey(p, b.Owner, h.Period))
 			args = append(args, int64(b.Limit))
 		}
 		if h.Slot != nil && !h.Commit {
-			keys = append(keys, s.slotKey(h.Slot.Client))
+			keys = append(keys, slotKey(p, h.Slot.Client))
 		}
 	}
-	res, err := script.Run(ctx, s.c, keys, args...).Slice()
-	if err != nil {
-		if strings.Contains(err.Error(), "DUPLICATE") {
-			return limiter.Decision{}, fmt.Errorf("%w: %q", limiter.ErrDuplicateReservation, id)
-		}
-		return limiter.Decision{}, fmt.Errorf("redisstore: reserve: %w", err)
-	}
-	return decodeDecision(res, req)
+	return keys, args
 }
 
 // decodeDecision reads reserve.lua's reply, refusing any reply of the wrong
@@ -369,6 +444,8 @@ func (s *Store) Release(ctx context.Context, id string) (limiter.Settlement, err
 // Finish ends a reservation in one script call: settled or released, its
 // slot freed, the buckets it charged refunded from its record in Redis
 // (so a sidecar that restarted refunds them too), then the throttles.
+// With Spread, the reservation is found first and a shared pool's refunds
+// and throttles follow on the pool's slot (layout.go).
 func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlement, error) {
 	if err := ctx.Err(); err != nil {
 		return limiter.Settlement{}, err
@@ -376,43 +453,69 @@ func (s *Store) Finish(ctx context.Context, e limiter.Ending) (limiter.Settlemen
 	if err := e.Validate(); err != nil {
 		return limiter.Settlement{}, err
 	}
+	if s.spread {
+		return s.finishSpread(ctx, e)
+	}
+	st, _, err := s.finishOn(ctx, s.p, e)
+	return st, err
+}
+
+// finishOn runs finish.lua on the slot of prefix p; it returns the
+// record's pool charges (kept there by a spread Reserve) the first time.
+func (s *Store) finishOn(ctx context.Context, p string, e limiter.Ending) (limiter.Settlement, string, error) {
 	id, o := e.ID, e.Outcome
 	keys := make([]string, 0, 5+len(e.Throttles))
-	keys = append(keys, s.expiryKey(), s.recordKey(id), s.doneKey(id))
-	if rec := e.Record; rec != nil {
-		keys = append(keys, s.historyKey(rec.Client, rec.Month), s.costKey(rec.RequestID))
+	keys = append(keys, expiryKey(p), recordKey(p, id), doneKey(p, id))
+	rec := e.Record
+	if rec != nil && s.spread && rec.RequestID != "" {
+		// The cost record lives in a slot of its own (found by request id
+		// alone): written after the finish (costAfter), not by its script.
+		r := *rec
+		r.RequestID = ""
+		rec = &r
+	}
+	if rec != nil {
+		ck := expiryKey(p) // no cost record: a key of this slot, unused
+		if rec.RequestID != "" {
+			ck = s.costKey(rec.RequestID)
+		}
+		keys = append(keys, s.historyKey(rec.Client, rec.Month), ck)
 	} else {
-		keys = append(keys, s.expiryKey(), s.expiryKey())
+		keys = append(keys, expiryKey(p), expiryKey(p))
 	}
 	saved := e.Booked()
 	args := make([]any, 0, 8+2*len(e.Used)+5*len(e.Throttles)+2*len(saved))
-	args = append(args, s.p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
+	args = append(args, p, id, string(o), int64(e.Actual), micros(e.Now), len(e.Used), len(e.Throttles))
 	for _, u := range e.Used {
 		args = append(args, u.Pool, u.Units)
 	}
 	for _, t := range e.Throttles {
-		keys = append(keys, s.bucketKey(t.Key))
+		keys = append(keys, bucketKey(p, t.Key))
 		args = append(args, t.Limit.Capacity, t.Limit.Refill, t.Limit.Den(), t.Cap, t.Pause.Microseconds())
 	}
 	args = appendSavings(args, saved)
-	args = s.appendRecord(args, e.Record)
+	args = s.appendRecord(args, rec)
 	res, err := s.sc.finish.Run(ctx, s.c, keys, args...).Slice()
 	if errors.Is(err, redis.Nil) {
-		return limiter.Settlement{}, fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
+		return limiter.Settlement{}, "", fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, id)
 	}
 	if err != nil {
-		return limiter.Settlement{}, fmt.Errorf("redisstore: %s %q: %w", o, id, err)
+		return limiter.Settlement{}, "", fmt.Errorf("redisstore: %s %q: %w", o, id, err)
 	}
-	if len(res) != 2 {
-		return limiter.Settlement{}, fmt.Errorf("redisstore: %s %q: reply has %d values", o, id, len(res))
+	if len(res) != 3 {
+		return limiter.Settlement{}, "", fmt.Errorf("redisstore: %s %q: reply has %d values", o, id, len(res))
 	}
 	r := reply{v: res}
 	st := parseRecord(id, r.str(1), &r)
 	st.Repeat = r.int(0) == 1
+	pc := r.str(2)
 	if r.err != nil {
-		return limiter.Settlement{}, fmt.Errorf("redisstore: %s %q: %w", o, id, r.err)
+		return limiter.Settlement{}, "", fmt.Errorf("redisstore: %s %q: %w", o, id, r.err)
 	}
-	return st, nil
+	if rec != e.Record && !st.Repeat {
+		s.costAfter(ctx, e, st)
+	}
+	return st, pc, nil
 }
 
 func parseRecord(id, rec string, r *reply) limiter.Settlement {
@@ -437,7 +540,15 @@ func (s *Store) Expire(ctx context.Context, now time.Time, max int) (int, error)
 	if max <= 0 {
 		return 0, nil // Redis reads LIMIT 0 -1 as no limit at all
 	}
-	n, err := s.sc.expire.Run(ctx, s.c, []string{s.expiryKey()}, s.p, micros(now), max).Int()
+	if s.spread {
+		return s.expireSpread(ctx, now, max)
+	}
+	return s.expireOn(ctx, s.p, now, max)
+}
+
+// expireOn sweeps the expiry index of prefix p.
+func (s *Store) expireOn(ctx context.Context, p string, now time.Time, max int) (int, error) {
+	n, err := s.sc.expire.Run(ctx, s.c, []string{expiryKey(p)}, p, micros(now), max).Int()
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: expire: %w", err)
 	}
@@ -449,17 +560,21 @@ func (s *Store) Usage(ctx context.Context, period string, budgets []limiter.Budg
 	if err := ctx.Err(); err != nil {
 		return limiter.Usage{}, err
 	}
-	keys := make([]string, 0, len(budgets)+1)
-	for _, b := range budgets {
-		keys = append(keys, s.budgetKey(b.Owner, period))
-	}
 	owner := ""
 	if len(budgets) > 0 {
 		owner = budgets[0].Owner
 	}
-	keys = append(keys, s.slotKey(owner))
+	p, err := s.chainP(owner, budgets)
+	if err != nil {
+		return limiter.Usage{}, err
+	}
+	keys := make([]string, 0, len(budgets)+2)
+	for _, b := range budgets {
+		keys = append(keys, budgetKey(p, b.Owner, period))
+	}
+	keys = append(keys, slotKey(p, owner))
 	if len(budgets) > 0 {
-		keys = append(keys, s.savingsKey(owner, period))
+		keys = append(keys, savingsKey(p, owner, period))
 	}
 	res, err := s.sc.usage.Run(ctx, s.c, keys, micros(now), len(budgets)).Slice()
 	if err != nil {
@@ -494,7 +609,8 @@ func (s *Store) Throttle(ctx context.Context, throttles []limiter.Throttle, now 
 	return s.adjust(ctx, limiter.ThrottleAdjustments(throttles), now)
 }
 
-// adjust corrects buckets after the fact in one script call.
+// adjust corrects buckets after the fact in one script call (with Spread,
+// one a slot, in one pipeline: each bucket's correction stands alone).
 func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -505,18 +621,48 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 	if len(adj) == 0 {
 		return []limiter.BucketState{}, nil
 	}
-	keys := make([]string, len(adj))
-	args := make([]any, 0, 2+6*len(adj))
-	args = append(args, micros(now), len(adj))
-	for i, a := range adj {
-		keys[i] = s.bucketKey(a.Key)
-		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Refund, a.Cap, a.Pause.Microseconds())
+	groups := s.groupKeys(len(adj), func(i int) limiter.Key { return adj[i].Key })
+	keys, args := make([][]string, len(groups)), make([][]any, len(groups))
+	for i, g := range groups {
+		keys[i], args[i] = adjustArgs(g.p, pick(adj, g.idx), now)
 	}
+	out := make([]limiter.BucketState, len(adj))
+	for i, cmd := range s.runEach(ctx, s.sc.adjust, keys, args) {
+		res, err := cmd.Slice()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: adjust: %w", err)
+		}
+		st, err := decodeAdjust(res, pick(adj, groups[i].idx))
+		if err != nil {
+			return nil, err
+		}
+		for j, k := range groups[i].idx {
+			out[k] = st[j]
+		}
+	}
+	return out, nil
+}
+
+// adjustOn runs adjust.lua on the slot of prefix p.
+func (s *Store) adjustOn(ctx context.Context, p string, adj []limiter.Adjustment, now time.Time) ([]limiter.BucketState, error) {
+	keys, args := adjustArgs(p, adj, now)
 	res, err := s.sc.adjust.Run(ctx, s.c, keys, args...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: adjust: %w", err)
 	}
 	return decodeAdjust(res, adj)
+}
+
+// adjustArgs are adjust.lua's keys and arguments on the slot of prefix p.
+func adjustArgs(p string, adj []limiter.Adjustment, now time.Time) ([]string, []any) {
+	keys := make([]string, len(adj))
+	args := make([]any, 0, 2+6*len(adj))
+	args = append(args, micros(now), len(adj))
+	for i, a := range adj {
+		keys[i] = bucketKey(p, a.Key)
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Refund, a.Cap, a.Pause.Microseconds())
+	}
+	return keys, args
 }
 
 // decodeAdjust reads adjust.lua's reply, refusing one of the wrong shape.
@@ -536,14 +682,12 @@ func decodeAdjust(res []any, adj []limiter.Adjustment) ([]limiter.BucketState, e
 	return out, nil
 }
 
-// Lease hands out slices of buckets in one script call.
+// Lease hands out slices of buckets in one script call (with Spread, one
+// a slot, in one pipeline: each grant stands alone).
 func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Time) ([]limiter.LeaseGrant, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	keys := make([]string, len(asks))
-	args := make([]any, 0, 2+5*len(asks))
-	args = append(args, micros(now), len(asks))
 	for i, a := range asks {
 		if err := a.Validate(); err != nil {
 			return nil, err
@@ -553,17 +697,42 @@ func (s *Store) Lease(ctx context.Context, asks []limiter.LeaseAsk, now time.Tim
 				return nil, fmt.Errorf("redisstore: bucket %s leased twice in one call", a.Key)
 			}
 		}
-		keys[i] = s.bucketKey(a.Key)
-		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Want, a.Need)
 	}
 	if len(asks) == 0 {
 		return []limiter.LeaseGrant{}, nil
 	}
-	res, err := s.sc.lease.Run(ctx, s.c, keys, args...).Slice()
-	if err != nil {
-		return nil, fmt.Errorf("redisstore: lease: %w", err)
+	groups := s.groupKeys(len(asks), func(i int) limiter.Key { return asks[i].Key })
+	keys, args := make([][]string, len(groups)), make([][]any, len(groups))
+	for i, g := range groups {
+		keys[i], args[i] = leaseArgs(g.p, pick(asks, g.idx), now)
 	}
-	return decodeLease(res, asks)
+	out := make([]limiter.LeaseGrant, len(asks))
+	for i, cmd := range s.runEach(ctx, s.sc.lease, keys, args) {
+		res, err := cmd.Slice()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: lease: %w", err)
+		}
+		gr, err := decodeLease(res, pick(asks, groups[i].idx))
+		if err != nil {
+			return nil, err
+		}
+		for j, k := range groups[i].idx {
+			out[k] = gr[j]
+		}
+	}
+	return out, nil
+}
+
+// leaseArgs are lease.lua's keys and arguments on the slot of prefix p.
+func leaseArgs(p string, asks []limiter.LeaseAsk, now time.Time) ([]string, []any) {
+	keys := make([]string, len(asks))
+	args := make([]any, 0, 2+5*len(asks))
+	args = append(args, micros(now), len(asks))
+	for i, a := range asks {
+		keys[i] = bucketKey(p, a.Key)
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Want, a.Need)
+	}
+	return keys, args
 }
 
 func decodeLease(res []any, asks []limiter.LeaseAsk) ([]limiter.LeaseGrant, error) {
@@ -596,7 +765,7 @@ func (s *Store) LeaseSlots(ctx context.Context, l limiter.SlotLease, now time.Ti
 	if err := l.Validate(); err != nil {
 		return 0, 0, err
 	}
-	res, err := s.sc.slots.Run(ctx, s.c, []string{s.slotKey(l.Client)}, micros(now), l.Holder, l.Want, l.Max, l.TTL.Microseconds()).Slice()
+	res, err := s.sc.slots.Run(ctx, s.c, []string{slotKey(s.ownerP(l.Client), l.Client)}, micros(now), l.Holder, l.Want, l.Max, l.TTL.Microseconds()).Slice()
 	if err != nil {
 		return 0, 0, fmt.Errorf("redisstore: lease slots: %w", err)
 	}
@@ -614,7 +783,10 @@ func (s *Store) LeaseSlots(ctx context.Context, l limiter.SlotLease, now time.Ti
 	return held, inFlight, nil
 }
 
-// Book applies a batch of spend deltas exactly once in one script call.
+// Book applies a batch of spend deltas exactly once in one script call
+// (with Spread, one a tenant's slot, each remembering the batch there: a
+// batch sent again after a failure part way is booked where it was not).
+// It reports whether any of it was booked now.
 func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDelta) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
@@ -622,19 +794,32 @@ func (s *Store) Book(ctx context.Context, batch string, deltas []limiter.SpendDe
 	if err := limiter.ValidateBatch(batch, deltas); err != nil {
 		return false, err
 	}
+	booked := false
+	for _, g := range s.groupOwners(len(deltas), func(i int) string { return deltas[i].Owner }) {
+		ok, err := s.bookOn(ctx, g.p, batch, pick(deltas, g.idx))
+		if err != nil {
+			return false, err
+		}
+		booked = booked || ok
+	}
+	return booked, nil
+}
+
+// bookOn runs book.lua on the slot of prefix p.
+func (s *Store) bookOn(ctx context.Context, p, batch string, deltas []limiter.SpendDelta) (bool, error) {
 	keys := make([]string, 0, 1+2*len(deltas))
 	args := make([]any, 0, 1+2*len(deltas))
-	keys = append(keys, s.p+"j:"+batch)
+	keys = append(keys, journalKey(p, batch))
 	args = append(args, len(deltas))
 	saved := false
 	for _, d := range deltas {
-		keys = append(keys, s.budgetKey(d.Owner, d.Period))
+		keys = append(keys, budgetKey(p, d.Owner, d.Period))
 		args = append(args, int64(d.Spent))
 		saved = saved || len(d.Savings) > 0
 	}
 	if saved { // book.lua reads them after the deltas
 		for _, d := range deltas {
-			keys = append(keys, s.savingsKey(d.Owner, d.Period))
+			keys = append(keys, savingsKey(p, d.Owner, d.Period))
 			args = appendSavings(args, d.Savings)
 		}
 	}

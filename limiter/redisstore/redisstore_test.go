@@ -17,9 +17,13 @@ import (
 	"github.com/tollgate/tollgate/limiter/storetest"
 )
 
-var srv *redistest.Server
+var (
+	srv *redistest.Server
+	// rc is a three-master Redis Cluster: the conformance suite runs on it too.
+	rc *redistest.Cluster
+)
 
-func TestMain(m *testing.M) { os.Exit(redistest.Main(m, &srv)) }
+func TestMain(m *testing.M) { os.Exit(redistest.MainCluster(m, &srv, &rc, 3)) }
 
 // The internal fuzz tests record their seeds from this package's server.
 func init() {

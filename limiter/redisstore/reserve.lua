@@ -7,7 +7,10 @@
 -- ARGV[1]  now (µs; 0 = Redis TIME)   ARGV[2] nb   ARGV[3] nbud
 -- ARGV[4]  hold (0 none, 1 hold, 2 commit at once)  ARGV[5] id  ARGV[6] ttl µs  ARGV[7] cost (nano-$)
 -- ARGV[8]  period      ARGV[9] slot max (-1: no slot)  ARGV[10] prefix {P}:
--- ARGV[11..] per bucket: capacity, refill, den (refill is per den seconds),
+-- ARGV[11] veto (1: a shared pool on another slot said no: decide, report, write nothing)
+-- ARGV[12] pool charges the record keeps for finish (charge_record entries of
+--          buckets on other slots, keys as limiter.Key.String; '' for none)
+-- ARGV[13..] per bucket: capacity, refill, den (refill is per den seconds),
 --            cost, shadow (0/1); then per budget: limit (-1: unlimited)
 --
 -- Returns {allowed, reason, blocking, retry µs, budget blocking, in flight,
@@ -26,6 +29,8 @@ local hold = ARGV[4] ~= '0'
 local commit = ARGV[4] == '2'
 local id, ttl, cost, period = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local slot_max, P = tonumber(ARGV[9]), ARGV[10]
+local veto, pcharges = ARGV[11] == '1', ARGV[12]
+local A = 12 -- arguments before the buckets'
 
 local expired = 0
 if hold and not PEEK then expired = expire_due(P, now, 8) end
@@ -38,7 +43,7 @@ end
 local allowed, reason, blocking, retry = 1, '', -1, 0
 local b = {}
 for i = 1, nb do
-  local a = 10 + (i - 1) * 5
+  local a = A + (i - 1) * 5
   local cap, rate, den = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local c, shadow = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
   local lvl, at = load_bucket(KEYS[3 + i], cap, rate, den, now)
@@ -73,7 +78,7 @@ if hold then
     end
   end
   for j = 1, nbud do
-    local limit = tonumber(ARGV[10 + nb * 5 + j])
+    local limit = tonumber(ARGV[A + nb * 5 + j])
     local v = redis.call('HMGET', KEYS[3 + nb + j], 'spent', 'reserved')
     local spent, reserved = tonumber(v[1]) or 0, tonumber(v[2]) or 0
     local short = 0
@@ -85,6 +90,7 @@ if hold then
   end
   if budget_blocking >= 0 then allowed, reason, retry = 0, 'budget_exceeded', 0 end
 end
+if veto then allowed = 0 end
 if reason == 'exceeds_capacity' then retry = 0 end
 if reason ~= 'rate_limited' and reason ~= 'exceeds_capacity' then blocking = -1 end
 
@@ -143,6 +149,7 @@ elseif hold and allowed == 1 then
   end
   redis.call('HSET', KEYS[2], 'cost', int(cost), 'period', period, 'budgets', table.concat(keys, '\n'), 'slot', sk, 'exp', int(exp),
     'charges', table.concat(charged))
+  if pcharges ~= '' then redis.call('HSET', KEYS[2], 'pcharges', pcharges) end
   -- Outlive the TTL: the expiry sweep must still find the record to commit it.
   redis.call('PEXPIRE', KEYS[2], math.floor(ttl / 1000) + DONE_TTL * 1000)
   redis.call('ZADD', KEYS[1], int(exp), id)

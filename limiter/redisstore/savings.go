@@ -9,8 +9,8 @@ import (
 
 // savingsKey is owner's savings in period: its budget key with s: for b:
 // (finish.lua derives it so from a reservation's record).
-func (s *Store) savingsKey(owner, period string) string {
-	return s.p + "s:" + lenPrefixed(owner) + ":" + period
+func savingsKey(p, owner, period string) string {
+	return p + "s:" + lenPrefixed(owner) + ":" + period
 }
 
 // appendSavings appends savings to a script's arguments as finish.lua and
