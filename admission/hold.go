@@ -23,6 +23,9 @@ import (
 type attempt struct {
 	dec limiter.Decision
 	err error
+	// req is the request dec answers: the call's, or on a pool split by
+	// reservations the alternative tried last (see alternatives.go).
+	req limiter.Request
 }
 
 // bucketLine names the line of a bucket; slotLine the line of a client's
@@ -40,6 +43,9 @@ func LineLabel(key string) (pool, desc string) {
 		p, c, ok := splitKey(key[2:])
 		if !ok {
 			return "unknown", key
+		}
+		if policy.IsReservedKey(c) {
+			return p, fmt.Sprintf("pool %s, reserved part %s", p, c[len(policy.ReservedKeyPrefix):])
 		}
 		if c != "" {
 			return p, fmt.Sprintf("pool %s, client %q", p, c)
@@ -131,13 +137,13 @@ type held struct {
 // hold waits in line for p's request to be admitted, trying on the
 // waiter's behalf.
 func (s *Service) hold(ctx context.Context, line string, r *Request, client *policy.Client, p *plan, units int64) held {
-	req := p.req
+	pc := *p // the caller's plan takes the granted alternative once the wait ends
 	w := &queue.Waiter[attempt]{
 		ID: r.ID, Client: client.ID, Class: p.class, Points: client.Tier.Priority + p.cp.Urgency, Units: units,
 		Deadline: p.deadline, NotBefore: p.notBefore, MaxDepth: p.cp.MaxDepth,
 		Try: func(ctx context.Context) queue.Attempt[attempt] {
-			dec, err := s.store.Reserve(ctx, req)
-			a := queue.Attempt[attempt]{Value: attempt{dec, err}}
+			dec, req, err := s.reserve(ctx, &pc)
+			a := queue.Attempt[attempt]{Value: attempt{dec, err, req}}
 			switch {
 			case err != nil:
 				a.Final = true
@@ -153,7 +159,7 @@ func (s *Service) hold(ctx context.Context, line string, r *Request, client *pol
 			}
 			return a
 		},
-		Undo: func(ctx context.Context, a attempt) { s.undo(ctx, req, a.dec) },
+		Undo: func(ctx context.Context, a attempt) { s.undo(ctx, a.req, a.dec) },
 	}
 	return held{res: s.queue.Wait(ctx, line, w), line: line}
 }
@@ -202,7 +208,7 @@ func (s *Service) undo(ctx context.Context, req limiter.Request, dec limiter.Dec
 // from each pool.
 func (s *Service) recordGrant(client string, req limiter.Request) {
 	for _, t := range req.Takes {
-		if t.Key.Client == "" && t.Cost > 0 {
+		if (t.Key.Client == "" || policy.IsReservedKey(t.Key.Client)) && t.Cost > 0 {
 			s.queue.Record(bucketLine(t.Key), client, t.Cost)
 		}
 	}

@@ -1,0 +1,326 @@
+package admission_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/admission"
+	"github.com/tollgate/tollgate/internal/fakeclock"
+	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
+)
+
+// reservePolicy has one pool "api" of 10 calls refilling 10 a day (so that
+// Redis's own clock refills nothing a test could see), split by pool, and
+// two clients: acme (tier enterprise) and bob (tier basic).
+func reservePolicy(pool string) string {
+	return `
+defaults:
+  unknown_client: deny
+pools:
+  api:
+    unit: request
+    capacity: 10
+    refill: 10/d
+    price: "0.01"
+` + pool + `
+routes:
+  api:
+    host: api.example.com
+    path_prefix: /v1/
+    provider: generic
+    pools: [api]
+    pricing: pool
+    class: immediate
+tiers:
+  enterprise: {priority: 40, max_concurrent: 100}
+  basic: {priority: 10, max_concurrent: 100}
+clients:
+  acme: {tier: enterprise}
+  bob: {tier: basic}
+`
+}
+
+// The three modes of the tests, as pool lines.
+const (
+	reserveNever = `    reserved:
+      - {tier: enterprise, share: 30%}`
+	reserveIdle = `    reserved:
+      - {tier: enterprise, share: 40%, lend: idle, keep: 50%}`
+	reserveDedicated = `  api-acme:
+    unit: request
+    capacity: 5
+    refill: 5/d
+    price: "0.01"
+    dedicated: {client: acme, instead_of: api}`
+)
+
+func newReserveService(t *testing.T, pool string, store admission.Store, clk limiter.Clock, reg prometheus.Registerer) (*admission.Service, *policy.Set) {
+	t.Helper()
+	set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(reservePolicy(pool))})
+	require.NoError(t, err)
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+		Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: reg, Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s, set
+}
+
+var apiCalls int
+
+func apiRequest(client string) *admission.Request {
+	apiCalls++
+	return &admission.Request{ID: fmt.Sprintf("r%d", apiCalls), Client: client, Method: http.MethodPost, Host: "api.example.com",
+		Path: "/v1/send", Headers: map[string]string{"content-type": "application/json"}}
+}
+
+// admitN sends n calls for client and returns how many were admitted, and
+// the refusals' reasons and pools.
+func admitN(t *testing.T, s *admission.Service, client string, n int) (admitted int, refusals []string) {
+	t.Helper()
+	for range n {
+		v := s.Decide(context.Background(), apiRequest(client))
+		if v.Allowed {
+			admitted++
+			continue
+		}
+		refusals = append(refusals, v.Reason+"@"+v.Pool)
+	}
+	return admitted, refusals
+}
+
+// partLevel reads the whole units left in one bucket, charging nothing.
+func partLevel(t *testing.T, store admission.Store, key limiter.Key, l policy.Limit) int64 {
+	t.Helper()
+	d, err := store.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: key, Limit: limiter.Limit(l)}}})
+	require.NoError(t, err)
+	return d.Buckets[0].Remaining
+}
+
+// TestReservedNeverLent: a share never lent stays whole for its owner
+// whatever others spend; the owner spends the shared part too once its
+// own is empty.
+func TestReservedNeverLent(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			s, set := newReserveService(t, reserveNever, store, clk, nil)
+			pool := set.Pools["api"]
+			part := pool.Reserved[0].Kept
+
+			got, refused := admitN(t, s, "bob", 9)
+			assert.Equal(t, 7, got, "bob spends the shared part only")
+			assert.Equal(t, []string{"rate_limited@api", "rate_limited@api"}, refused, "a refusal names the pool")
+			assert.Equal(t, int64(3), partLevel(t, store, limiter.Key{Pool: "api", Client: part.Key}, part.Limit), "the reserved part is whole")
+
+			got, _ = admitN(t, s, "acme", 5)
+			assert.Equal(t, 3, got, "acme spends its share while the shared part is empty")
+		})
+	}
+}
+
+// TestReservedOwnerFirst: an owner spends its share first, then the shared
+// part.
+func TestReservedOwnerFirst(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			s, _ := newReserveService(t, reserveNever, store, clk, nil)
+			got, _ := admitN(t, s, "acme", 12)
+			assert.Equal(t, 10, got, "the whole pool: its share, then the shared part")
+			got, _ = admitN(t, s, "bob", 2)
+			assert.Zero(t, got)
+		})
+	}
+}
+
+// TestReservedLendIdle: others borrow the lent part of an idle owner's
+// share once the shared part is empty, never its kept part; the owner
+// still gets the kept part.
+func TestReservedLendIdle(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			reg := prometheus.NewRegistry()
+			s, set := newReserveService(t, reserveIdle, store, clk, reg)
+			r := set.Pools["api"].Reserved[0]
+
+			got, refused := admitN(t, s, "bob", 10)
+			assert.Equal(t, 8, got, "bob: 6 shared, then 2 borrowed")
+			assert.Len(t, refused, 2)
+			for _, why := range refused {
+				assert.Equal(t, "rate_limited@api", why)
+			}
+			assert.Equal(t, int64(2), partLevel(t, store, limiter.Key{Pool: "api", Client: r.Kept.Key}, r.Kept.Limit), "the kept part is never lent")
+			assert.Zero(t, partLevel(t, store, limiter.Key{Pool: "api", Client: r.Lent.Key}, r.Lent.Limit))
+
+			got, _ = admitN(t, s, "acme", 4)
+			assert.Equal(t, 2, got, "acme gets its kept part")
+			// bob's 2 borrowed calls and 2 refusals each tried the lent
+			// part once after the shared part; acme's calls fell back from
+			// lent to kept (2 granted) and on to shared (2 refused) ...
+			assert.Positive(t, testutil.ToFloat64(mustCounter(t, reg, "tollgate_authz_reserved_fallbacks_total", "api")))
+		})
+	}
+}
+
+// TestReservedActiveOwnerLendsNothing: an owner that keeps its share busy
+// leaves nothing to borrow: it drains the lent part first.
+func TestReservedActiveOwnerLendsNothing(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			s, _ := newReserveService(t, reserveIdle, store, clk, nil)
+			got, _ := admitN(t, s, "acme", 2)
+			require.Equal(t, 2, got)
+			got, _ = admitN(t, s, "bob", 10)
+			assert.Equal(t, 6, got, "only the shared part: acme spent what it would have lent")
+			got, _ = admitN(t, s, "acme", 4)
+			assert.Equal(t, 2, got, "acme's kept part")
+		})
+	}
+}
+
+// TestDedicatedPool: a client with a dedicated pool never touches the
+// shared one, and no one else touches the dedicated one.
+func TestDedicatedPool(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			s, set := newReserveService(t, reserveDedicated, store, clk, nil)
+			got, refused := admitN(t, s, "acme", 7)
+			assert.Equal(t, 5, got)
+			assert.Equal(t, []string{"rate_limited@api-acme", "rate_limited@api-acme"}, refused)
+			assert.Equal(t, int64(10), partLevel(t, store, limiter.Key{Pool: "api"}, set.Pools["api"].Limit), "acme never touched api")
+			got, _ = admitN(t, s, "bob", 12)
+			assert.Equal(t, 10, got)
+			assert.Zero(t, partLevel(t, store, limiter.Key{Pool: "api-acme"}, set.Pools["api-acme"].Limit))
+		})
+	}
+}
+
+// TestReservedRefundsItsPart: settling a call charged to a reserved part
+// gives the units it did not use back to that part (settlement refunds by
+// pool name, whichever bucket of the pool the store recorded), in each
+// mode and on both stores.
+func TestReservedRefundsItsPart(t *testing.T) {
+	const tokenPolicy = `
+defaults:
+  unknown_client: deny
+pools:
+  gpt:
+    unit: token
+    capacity: 100000
+    refill: 1000/d
+%s
+models:
+  "gpt-4o*": {input: "2.50/1M", output: "10/1M"}
+routes:
+  openai:
+    host: api.openai.com
+    path_prefix: /v1/
+    provider: openai
+    pools: [gpt]
+    class: immediate
+tiers:
+  team: {priority: 20, max_concurrent: 10}
+clients:
+  acme: {tier: team}
+`
+	modes := map[string]string{
+		"never":     "    reserved:\n      - {client: acme, share: 30%}",
+		"idle":      "    reserved:\n      - {tier: team, share: 30%, lend: idle}",
+		"dedicated": "  gpt-acme: {unit: token, capacity: 50000, refill: 500/d, dedicated: {client: acme, instead_of: gpt}}",
+	}
+	for name, newStore := range storeKinds {
+		for mode, pool := range modes {
+			t.Run(name+"/"+mode, func(t *testing.T) {
+				clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+				store := newStore(t, clk)
+				set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(fmt.Sprintf(tokenPolicy, pool))})
+				require.NoError(t, err)
+				s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+					Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+				require.NoError(t, err)
+				t.Cleanup(func() { require.NoError(t, s.Close()) })
+
+				key, lim := limiter.Key{Pool: "gpt-acme"}, policy.Limit{}
+				if p := set.Pools["gpt-acme"]; p != nil {
+					lim = p.Limit
+				} else {
+					r := set.Pools["gpt"].Reserved[0]
+					part := r.Kept
+					if r.Lent != nil {
+						part = *r.Lent // an owner spends its lent part first
+					}
+					key, lim = limiter.Key{Pool: "gpt", Client: part.Key}, part.Limit
+				}
+				shared := set.Pools["gpt"].SharedLimit()
+				full := partLevel(t, store, key, lim)
+				v := s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`))
+				require.True(t, v.Allowed, v.Reason)
+				charged := v.Estimate.Pools[0].Units
+				require.Equal(t, full-charged, partLevel(t, store, key, lim), "charged to acme's own bucket")
+				require.Equal(t, shared.Capacity, partLevel(t, store, limiter.Key{Pool: "gpt"}, shared), "the shared part untouched")
+
+				c := s.Follow(v.Reservation, v.Route, http.MethodPost)
+				c.ResponseHeaders(context.Background(), http.StatusOK, map[string]string{"content-type": "application/json"})
+				c.ResponseBody(chatResponse, true)
+				require.Equal(t, admission.SettledActual, c.End(context.Background()))
+				assert.Equal(t, full-52, partLevel(t, store, key, lim), "the part got back all but the 52 tokens used")
+				assert.Equal(t, shared.Capacity, partLevel(t, store, limiter.Key{Pool: "gpt"}, shared))
+			})
+		}
+	}
+}
+
+// TestReservedSummary: tollgate policy shows the split.
+func TestReservedSummary(t *testing.T) {
+	set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(reservePolicy(reserveIdle))})
+	require.NoError(t, err)
+	var out strings.Builder
+	require.NoError(t, set.Summary().WriteText(&out))
+	assert.Contains(t, out.String(), "tier enterprise (lent while idle)")
+	assert.Equal(t, []policy.SummaryPart{
+		{Part: "shared", Capacity: 6, Refill: "6/d"},
+		{Part: "tier enterprise (never lent)", Capacity: 2, Refill: "2/d"},
+		{Part: "tier enterprise (lent while idle)", Capacity: 2, Refill: "2/d"},
+	}, set.Summary().Pools[0].Split)
+}
+
+func mustCounter(t *testing.T, reg *prometheus.Registry, name, label string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == label {
+					return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x", Help: "x"}, func() float64 { return m.GetCounter().GetValue() })
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{%s}", name, label)
+	return nil
+}
