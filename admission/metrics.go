@@ -10,12 +10,12 @@ import (
 )
 
 type metrics struct {
-	decisions     *prometheus.CounterVec
-	storeErrors   prometheus.Counter
-	expired       prometheus.Counter
+	decisions   *prometheus.CounterVec
+	storeErrors prometheus.Counter
+	expired     prometheus.Counter
 	// fallbacks counts store calls made for a call's next alternative on
 	// a pool split by reservations.
-	fallbacks *prometheus.CounterVec
+	fallbacks     *prometheus.CounterVec
 	unknownModels *prometheus.CounterVec
 	// failOpenBooked counts batches of fail-open spend the store applied.
 	failOpenBooked prometheus.Counter

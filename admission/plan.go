@@ -35,8 +35,8 @@ type plan struct {
 	// them (see alternatives.go).
 	alts   [][]limiter.Take
 	varies []bool
-	class policy.Class
-	cp    policy.ClassPolicy
+	class  policy.Class
+	cp     policy.ClassPolicy
 	// deadline is the latest the call may be answered; canWait says
 	// whether it may be held at all; notBefore holds a deferred call for
 	// the off-peak window (zero: none).

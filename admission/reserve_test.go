@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -323,4 +324,113 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, name, label string) pro
 	}
 	t.Fatalf("no %s{%s}", name, label)
 	return nil
+}
+
+// countingStore counts the Reserve calls made of the store it wraps, and
+// the keys they charge.
+type countingStore struct {
+	admission.Store
+	mu    sync.Mutex
+	calls int
+	keys  map[limiter.Key]bool
+}
+
+func (c *countingStore) Reserve(ctx context.Context, req limiter.Request) (limiter.Decision, error) {
+	c.mu.Lock()
+	c.calls++
+	if c.keys == nil {
+		c.keys = map[limiter.Key]bool{}
+	}
+	for _, t := range req.Takes {
+		c.keys[t.Key] = true
+	}
+	c.mu.Unlock()
+	return c.Store.Reserve(ctx, req)
+}
+
+func (c *countingStore) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls
+}
+
+// TestReservedStoreCalls: a pool without reservations costs one store call
+// a decision and touches only its own key, as before; a split pool costs
+// one more call per fallback, and only then.
+func TestReservedStoreCalls(t *testing.T) {
+	tests := map[string]struct {
+		pool  string
+		calls []struct {
+			client string
+			want   int // store calls
+		}
+	}{
+		"no reservations": {pool: "", calls: []struct {
+			client string
+			want   int
+		}{{"bob", 1}, {"acme", 1}}},
+		"never lent": {pool: reserveNever, calls: []struct {
+			client string
+			want   int
+		}{{"bob", 1}, {"acme", 1}, {"acme", 1}, {"acme", 1}, {"acme", 2}}}, // acme's 4th falls back to shared
+		"lend idle": {pool: reserveIdle, calls: []struct {
+			client string
+			want   int
+		}{{"acme", 1}, {"acme", 1}, {"acme", 2}, {"acme", 2}, {"acme", 3}}}, // lent, then kept, then shared
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			cs := &countingStore{Store: storeKinds["memory"](t, clk)}
+			s, _ := newReserveService(t, tc.pool, cs, clk, nil)
+			for i, c := range tc.calls {
+				before := cs.count()
+				v := s.Decide(context.Background(), apiRequest(c.client))
+				require.True(t, v.Allowed, "call %d: %s", i, v.Reason)
+				assert.Equal(t, c.want, cs.count()-before, "call %d of %s", i, c.client)
+			}
+			if tc.pool == "" {
+				assert.Equal(t, map[limiter.Key]bool{{Pool: "api"}: true}, cs.keys, "the pool's own key, nothing else")
+			}
+		})
+	}
+}
+
+// TestReservedHeldCall: a call that may wait, refused by every
+// alternative, waits in the line of the one that refills first, and its
+// tries on waking run the alternatives too.
+func TestReservedHeldCall(t *testing.T) {
+	clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+	store := storeKinds["memory"](t, clk)
+	y := strings.Replace(reservePolicy(reserveIdle), "class: immediate", "class: normal", 1)
+	y = strings.Replace(y, "refill: 10/d", "refill: 10/h", 1) + "queue:\n  classes:\n    normal: {max_wait: 1h}\n"
+	set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(y)})
+	require.NoError(t, err)
+	s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+		Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+
+	got, _ := admitN(t, s, "bob", 8) // 6 shared, 2 borrowed
+	require.Equal(t, 8, got)
+
+	// bob's next call waits: the shared part (6/h) refills before the
+	// lent one (2/h), so it waits in the shared part's line.
+	done := make(chan admission.Verdict, 1)
+	go func() { done <- s.Decide(context.Background(), apiRequest("bob")) }()
+	require.Eventually(t, func() bool { return s.QueueStatus().Total == 1 }, 5*time.Second, time.Millisecond)
+	st := s.QueueStatus()
+	require.Len(t, st.Lines, 1)
+	assert.Equal(t, "pool api", st.Lines[0].Queue)
+	clk.Advance(10 * time.Minute)
+	select {
+	case v := <-done:
+		assert.True(t, v.Allowed, v.Reason)
+		assert.Equal(t, 10*time.Minute, v.QueueWait)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held call was never admitted")
+	}
+	// acme still has its kept part.
+	got, _ = admitN(t, s, "acme", 1)
+	assert.Equal(t, 1, got)
 }
