@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,11 +80,11 @@ func newReserveService(t *testing.T, pool string, store admission.Store, clk lim
 	return s, set
 }
 
-var apiCalls int
+// apiCalls numbers the test calls' request ids.
+var apiCalls atomic.Int64
 
 func apiRequest(client string) *admission.Request {
-	apiCalls++
-	return &admission.Request{ID: fmt.Sprintf("r%d", apiCalls), Client: client, Method: http.MethodPost, Host: "api.example.com",
+	return &admission.Request{ID: fmt.Sprintf("r%d", apiCalls.Add(1)), Client: client, Method: http.MethodPost, Host: "api.example.com",
 		Path: "/v1/send", Headers: map[string]string{"content-type": "application/json"}}
 }
 
