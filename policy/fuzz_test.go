@@ -72,6 +72,10 @@ func checkSet(t *testing.T, s *policy.Set) {
 			t.Fatalf("pool %q is named %q", name, p.Name)
 		}
 		checkLimit(t, "pool "+name, p.Limit)
+		checkSplit(t, p)
+		if d := p.Dedicated; d != nil && (d.InsteadOf == nil || s.Pools[d.InsteadOf.Name] != d.InsteadOf || s.Clients[d.Client] == nil) {
+			t.Fatalf("dedicated pool %q points outside the Set: %+v", name, d)
+		}
 		if p.Price.Nanos < 0 || (!p.Price.IsZero() && p.Price.Per <= 0) {
 			t.Fatalf("pool %q has price %+v", name, p.Price)
 		}
@@ -83,6 +87,9 @@ func checkSet(t *testing.T, s *policy.Set) {
 		for _, p := range r.Pools {
 			if s.Pools[p.Name] != p {
 				t.Fatalf("route %q points at a pool outside the Set", r.Name)
+			}
+			if p.Dedicated != nil {
+				t.Fatalf("route %q names dedicated pool %q", r.Name, p.Name)
 			}
 		}
 		// A route must match a call made to its own host and prefix.
@@ -172,4 +179,39 @@ func FuzzParsePrice(f *testing.F) {
 			t.Fatalf("ParsePrice(%q) = %+v, String %q parses back as %+v, %v", s, p, p.String(), back, err)
 		}
 	})
+}
+
+// checkSplit requires a split pool's parts to be valid buckets that sum to
+// the pool exactly (capacity, and refill counted per day).
+func checkSplit(t *testing.T, p *policy.Pool) {
+	t.Helper()
+	if len(p.Reserved) == 0 {
+		if p.SharedLimit() != p.Limit {
+			t.Fatalf("pool %q without reservations has shared part %+v", p.Name, p.SharedLimit())
+		}
+		return
+	}
+	perDay := func(l policy.Limit) int64 {
+		per := int64(l.Per / time.Second)
+		if per == 0 {
+			per = 1
+		}
+		return l.Refill * (86400 / per)
+	}
+	parts := []policy.Limit{p.SharedLimit()}
+	for _, r := range p.Reserved {
+		parts = append(parts, r.Kept.Limit)
+		if r.Lent != nil {
+			parts = append(parts, r.Lent.Limit)
+		}
+	}
+	var capSum, refSum int64
+	for _, l := range parts {
+		checkLimit(t, "a part of pool "+p.Name, l)
+		capSum += l.Capacity
+		refSum += perDay(l)
+	}
+	if capSum != p.Limit.Capacity || refSum != perDay(p.Limit) {
+		t.Fatalf("pool %q: parts sum to %d refilling %d a day, the pool is %+v", p.Name, capSum, refSum, p.Limit)
+	}
 }
