@@ -218,12 +218,8 @@ func TestDedicatedPool(t *testing.T) {
 	}
 }
 
-// TestReservedRefundsItsPart: settling a call charged to a reserved part
-// gives the units it did not use back to that part (settlement refunds by
-// pool name, whichever bucket of the pool the store recorded), in each
-// mode and on both stores.
-func TestReservedRefundsItsPart(t *testing.T) {
-	const tokenPolicy = `
+// tokenPolicy is a token pool split by %s, for calls that settle.
+const tokenPolicy = `
 defaults:
   unknown_client: deny
 pools:
@@ -246,6 +242,12 @@ tiers:
 clients:
   acme: {tier: team}
 `
+
+// TestReservedRefundsItsPart: settling a call charged to a reserved part
+// gives the units it did not use back to that part (settlement refunds by
+// pool name, whichever bucket of the pool the store recorded), in each
+// mode and on both stores.
+func TestReservedRefundsItsPart(t *testing.T) {
 	modes := map[string]string{
 		"never":     "    reserved:\n      - {client: acme, share: 30%}",
 		"idle":      "    reserved:\n      - {tier: team, share: 30%, lend: idle}",
@@ -434,4 +436,63 @@ func TestReservedHeldCall(t *testing.T) {
 	// acme still has its kept part.
 	got, _ = admitN(t, s, "acme", 1)
 	assert.Equal(t, 1, got)
+}
+
+// TestReservedStatusLevels: the status page shows a split pool as the sum
+// of its parts, each read with its own shape (reading the pool's own key
+// with the whole pool's shape would reshape the shared part).
+func TestReservedStatusLevels(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			s, set := newReserveService(t, reserveIdle, store, clk, nil)
+			got, _ := admitN(t, s, "bob", 7) // 6 shared, 1 borrowed
+			require.Equal(t, 7, got)
+			snap := s.Status(context.Background())
+			require.Empty(t, snap.PoolsError)
+			require.Len(t, snap.Pools, 1)
+			assert.Equal(t, int64(10), snap.Pools[0].Capacity)
+			assert.Equal(t, int64(3), snap.Pools[0].Remaining)
+			sh := set.Pools["api"].SharedLimit()
+			assert.Zero(t, partLevel(t, store, limiter.Key{Pool: "api"}, sh), "the shared part kept its shape")
+			got, _ = admitN(t, s, "bob", 2)
+			assert.Equal(t, 1, got, "one lent unit left")
+		})
+	}
+}
+
+// TestReservedUpstreamPause: an upstream 429 with Retry-After pauses every
+// part of a split pool: the provider refuses the whole quota.
+func TestReservedUpstreamPause(t *testing.T) {
+	for name, newStore := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store := newStore(t, clk)
+			set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(fmt.Sprintf(tokenPolicy,
+				"    reserved:\n      - {tier: team, share: 30%, lend: idle}"))})
+			require.NoError(t, err)
+			s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+				Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, s.Close()) })
+			v := s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`))
+			require.True(t, v.Allowed, v.Reason)
+			c := s.Follow(v.Reservation, v.Route, http.MethodPost)
+			c.ResponseHeaders(context.Background(), http.StatusTooManyRequests, map[string]string{"content-type": "application/json", "retry-after": "30"})
+			c.ResponseBody([]byte(`{"error":{"code":"rate_limit_exceeded"}}`), true)
+			require.Equal(t, admission.SettledReleased, c.End(context.Background()))
+			p := set.Pools["gpt"]
+			r := p.Reserved[0]
+			for _, part := range []struct {
+				key limiter.Key
+				lim policy.Limit
+			}{{limiter.Key{Pool: "gpt"}, p.SharedLimit()}, {limiter.Key{Pool: "gpt", Client: r.Kept.Key}, r.Kept.Limit}, {limiter.Key{Pool: "gpt", Client: r.Lent.Key}, r.Lent.Limit}} {
+				assert.Zero(t, partLevel(t, store, part.key, part.lim), "%v is paused", part.key)
+			}
+			v = s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`))
+			assert.False(t, v.Allowed)
+			assert.Equal(t, "gpt", v.Pool)
+		})
+	}
 }

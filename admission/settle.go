@@ -332,7 +332,18 @@ func (c *Call) throttles() []limiter.Throttle {
 		if capTo < 0 && s.Pause <= 0 {
 			continue
 		}
-		out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.Limit), Cap: capTo, Pause: s.Pause})
+		out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.SharedLimit()), Cap: capTo, Pause: s.Pause})
+		if s.Pause > 0 {
+			// A pause holds every part of a split pool: the provider
+			// refuses the whole quota, whoever's share it is.
+			for _, r := range p.Reserved {
+				for _, pt := range []*policy.Part{&r.Kept, r.Lent} {
+					if pt != nil && len(out) < limiter.MaxCharges {
+						out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name, Client: pt.Key}, Limit: limiter.Limit(pt.Limit), Cap: limiter.NoCap, Pause: s.Pause})
+					}
+				}
+			}
+		}
 	}
 	return out
 }

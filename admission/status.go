@@ -157,19 +157,33 @@ func (s *Service) poolLevels(ctx context.Context, set *policy.Set) ([]StatusPool
 		p := set.Pools[n]
 		pools[i] = StatusPool{Name: n, Unit: p.Unit, Capacity: p.Limit.Capacity, Refill: p.Limit.Refill, RefillPer: cmp.Or(p.Limit.Per, time.Second), Shadow: p.Shadow}
 	}
-	for start := 0; start < len(names); start += limiter.MaxCharges {
-		end := min(start+limiter.MaxCharges, len(names))
-		reads := make([]limiter.Refund, 0, end-start)
-		for _, n := range names[start:end] {
-			reads = append(reads, limiter.Refund{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(set.Pools[n].Limit)})
+	// A pool split by reservations is read part by part (each its own
+	// bucket, with its own shape) and shown as their sum.
+	var reads []limiter.Refund
+	var owner []int // the pool of each read
+	for i, n := range names {
+		p := set.Pools[n]
+		reads = append(reads, limiter.Refund{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(p.SharedLimit())})
+		owner = append(owner, i)
+		for _, r := range p.Reserved {
+			for _, pt := range []*policy.Part{&r.Kept, r.Lent} {
+				if pt != nil {
+					reads = append(reads, limiter.Refund{Key: limiter.Key{Pool: n, Client: pt.Key}, Limit: limiter.Limit(pt.Limit)})
+					owner = append(owner, i)
+				}
+			}
 		}
-		states, err := s.store.Refund(ctx, reads, time.Time{})
+	}
+	for start := 0; start < len(reads); start += limiter.MaxCharges {
+		end := min(start+limiter.MaxCharges, len(reads))
+		states, err := s.store.Refund(ctx, reads[start:end], time.Time{})
 		if err != nil {
 			return pools, fmt.Sprintf("reading pool levels: %v", err)
 		}
 		for j, st := range states {
-			if start+j < len(pools) {
-				pools[start+j].Remaining, pools[start+j].Known = st.Remaining, true
+			if start+j < len(owner) {
+				p := &pools[owner[start+j]]
+				p.Remaining, p.Known = p.Remaining+st.Remaining, true
 			}
 		}
 	}
