@@ -18,6 +18,7 @@ import (
 	"github.com/tollgate/tollgate/admission"
 	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/memstore"
 	"github.com/tollgate/tollgate/policy"
 )
 
@@ -493,6 +494,48 @@ func TestReservedUpstreamPause(t *testing.T) {
 			v = s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`))
 			assert.False(t, v.Allowed)
 			assert.Equal(t, "gpt", v.Pool)
+		})
+	}
+}
+
+// BenchmarkDecideReserved: a decision on a plain pool, on a split pool
+// whose first bucket has room (one store call, like a plain pool), and on
+// a split pool whose owner's share is empty (two store calls: the
+// fallback's price), on the memory store under a still clock.
+func BenchmarkDecideReserved(b *testing.B) {
+	for name, tc := range map[string]struct {
+		pool, client string
+		drain        bool
+	}{
+		"plain":             {"", "bob", false},
+		"split/first":       {reserveNever, "bob", false},
+		"split/fallen back": {reserveNever, "acme", true},
+	} {
+		b.Run(name, func(b *testing.B) {
+			clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+			store, err := memstore.New(memstore.Config{Clock: clk})
+			require.NoError(b, err)
+			defer store.Close()
+			y := strings.Replace(reservePolicy(tc.pool), "capacity: 10\n    refill: 10/d", "capacity: 1000000000\n    refill: 1000000000/s", 1)
+			set, err := policy.Compile(policy.Source{Name: "bench.yaml", Data: []byte(y)})
+			require.NoError(b, err)
+			if tc.drain {
+				part := set.Pools["api"].Reserved[0].Kept
+				_, err := store.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{
+					{Key: limiter.Key{Pool: "api", Client: part.Key}, Limit: limiter.Limit(part.Limit), Cost: part.Limit.Capacity}}})
+				require.NoError(b, err)
+			}
+			s, err := admission.New(admission.Config{Settlement: admission.SettleImmediate}, admission.Deps{
+				Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+			require.NoError(b, err)
+			defer s.Close()
+			req := apiRequest(tc.client)
+			b.ReportAllocs()
+			for b.Loop() {
+				if v := s.Decide(context.Background(), req); !v.Allowed {
+					b.Fatal(v.Reason)
+				}
+			}
 		})
 	}
 }

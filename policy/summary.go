@@ -224,7 +224,7 @@ func (sum Summary) WriteText(w io.Writer) error {
 			fmt.Fprintf(tw, "  %s\t\t%d\t%s\t\t\n", pt.Part, pt.Capacity, pt.Refill)
 		}
 		if p.Dedicated != "" {
-			fmt.Fprintf(tw, "  dedicated to %s\t\t\t\t\t\n", p.Dedicated)
+			fmt.Fprintf(tw, "  dedicated to %s\n", p.Dedicated) // no tab: no column to widen
 		}
 	}
 	fmt.Fprintln(tw, "\nROUTE\tHOST\tPATH PREFIX\tMODELS\tPROVIDER\tPOOLS\tCLASS")
