@@ -37,9 +37,9 @@ func reservedIn(est *costing.Estimate) bool {
 }
 
 // choices are the buckets client may charge in split pool p, in the
-// order they are tried.
-func choices(p *policy.Pool, client *policy.Client) []limiter.Take {
-	var out []limiter.Take
+// order they are tried; those from own on are borrowed (others' lent
+// parts).
+func choices(p *policy.Pool, client *policy.Client) (out []limiter.Take, own int) {
 	part := func(pt policy.Part) limiter.Take {
 		return limiter.Take{Key: limiter.Key{Pool: p.Name, Client: pt.Key}, Limit: limiter.Limit(pt.Limit)}
 	}
@@ -52,29 +52,36 @@ func choices(p *policy.Pool, client *policy.Client) []limiter.Take {
 		}
 	}
 	out = append(out, limiter.Take{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.SharedLimit())})
+	own = len(out)
 	for _, r := range p.Reserved {
 		if r.Lent != nil && !r.Owns(client) {
 			out = append(out, part(*r.Lent))
 		}
 	}
-	return out
+	return out, own
 }
 
 // alternatives are the Takes of each alternative of a call on split pools,
 // and which of them differ between alternatives. A route with several
 // split pools steps through their choices together: alternative k charges
 // each pool's k-th choice, or its last when it has fewer.
-func alternatives(set *policy.Set, client *policy.Client, est *costing.Estimate) (alts [][]limiter.Take, varies []bool) {
+func alternatives(set *policy.Set, client *policy.Client, est *costing.Estimate) (alts [][]limiter.Take, varies, borrows []bool) {
 	per := make([][]limiter.Take, len(est.Pools))
+	own := make([]int, len(est.Pools))
 	n := 1
 	for i, pc := range est.Pools {
 		if len(pc.Pool.Reserved) > 0 {
-			per[i] = choices(pc.Pool, client)
+			per[i], own[i] = choices(pc.Pool, client)
 			n = max(n, len(per[i]))
 		}
 	}
 	for k := range n {
 		var ts []limiter.Take
+		borrowing := false
+		for i := range per {
+			borrowing = borrowing || (per[i] != nil && min(k, len(per[i])-1) >= own[i])
+		}
+		borrows = append(borrows, borrowing)
 		for i, pc := range est.Pools {
 			p := pc.Pool
 			shadow := set.Shadowed(p)
@@ -96,7 +103,7 @@ func alternatives(set *policy.Set, client *policy.Client, est *costing.Estimate)
 		}
 		alts = append(alts, ts)
 	}
-	return alts, varies
+	return alts, varies, borrows
 }
 
 // alt is p's request with the Takes of alternative i.
@@ -119,8 +126,9 @@ func (p *plan) fallsBack(dec limiter.Decision) bool {
 // alternatives in order until one is granted or a refusal ends the walk.
 // It returns the decision and the request it answers. When every
 // alternative is refused, the refusal returned is the one a wait can get
-// past soonest (a rate_limited one with the least RetryAfter), else the
-// first: its blocking bucket is the line a held call waits in.
+// past soonest (a rate_limited one with the least RetryAfter, borrowed
+// parts aside), else the first: its blocking bucket is the line a held
+// call waits in.
 func (s *Service) reserve(ctx context.Context, p *plan) (limiter.Decision, limiter.Request, error) {
 	first := p.req
 	if p.alts != nil {
@@ -140,7 +148,11 @@ func (s *Service) reserve(ctx context.Context, p *plan) (limiter.Decision, limit
 		if err != nil || d.Allowed || !p.fallsBack(d) {
 			return d, req, err // granted, failed, or refused for budget or concurrency
 		}
-		if d.Reason == limiter.ReasonRateLimited && (best.Reason != limiter.ReasonRateLimited || d.RetryAfter < best.RetryAfter) {
+		// A borrower never waits in the line of another's lent part: that
+		// line is its owner's, who must not queue behind borrowers for
+		// its own share. Woken in another line, a borrower's try still
+		// walks every alternative.
+		if !p.borrows[i] && d.Reason == limiter.ReasonRateLimited && (best.Reason != limiter.ReasonRateLimited || d.RetryAfter < best.RetryAfter) {
 			best, bestReq = d, req
 		}
 	}

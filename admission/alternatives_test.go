@@ -61,24 +61,28 @@ func TestAlternatives(t *testing.T) {
 	require.Equal(t, policy.Limit{Capacity: 400, Refill: 20, Per: 3 * time.Second}, gpt.SharedLimit(), "1000/min less 20% and 40%")
 
 	tests := map[string]struct {
-		client string
-		alts   [][]limiter.Take
-		varies []bool
+		client  string
+		alts    [][]limiter.Take
+		varies  []bool
+		borrows []bool
 	}{
 		"another client: shared, then acme's lent part (never gold's)": {
-			client: "carol",
-			alts:   [][]limiter.Take{{shared, plainTake}, {acmeLend, plainTake}},
-			varies: []bool{true, false},
+			client:  "carol",
+			alts:    [][]limiter.Take{{shared, plainTake}, {acmeLend, plainTake}},
+			varies:  []bool{true, false},
+			borrows: []bool{false, true},
 		},
 		"the owning client: lent, kept, shared": {
-			client: "acme",
-			alts:   [][]limiter.Take{{acmeLend, plainTake}, {acmeKeep, plainTake}, {shared, plainTake}},
-			varies: []bool{true, false},
+			client:  "acme",
+			alts:    [][]limiter.Take{{acmeLend, plainTake}, {acmeKeep, plainTake}, {shared, plainTake}},
+			varies:  []bool{true, false},
+			borrows: []bool{false, false, false},
 		},
 		"the owning tier: its share, shared, acme's lent part; its client cap every time": {
-			client: "goldie",
-			alts:   [][]limiter.Take{{gold, goldieCap, plainTake}, {shared, goldieCap, plainTake}, {acmeLend, goldieCap, plainTake}},
-			varies: []bool{true, false, false},
+			client:  "goldie",
+			alts:    [][]limiter.Take{{gold, goldieCap, plainTake}, {shared, goldieCap, plainTake}, {acmeLend, goldieCap, plainTake}},
+			varies:  []bool{true, false, false},
+			borrows: []bool{false, false, true},
 		},
 	}
 	for name, tc := range tests {
@@ -89,6 +93,7 @@ func TestAlternatives(t *testing.T) {
 			p := makePlan(set, c, policy.Normal, est, SettleDeferred, "r1", time.Unix(0, 0), time.Time{})
 			assert.Equal(t, tc.alts, p.alts)
 			assert.Equal(t, tc.varies, p.varies)
+			assert.Equal(t, tc.borrows, p.borrows)
 			assert.Equal(t, tc.alts[0], p.req.Takes)
 			for i := range p.alts {
 				require.NoError(t, p.alt(i).Validate())

@@ -32,11 +32,12 @@ type plan struct {
 	// alts, for a call on a pool with reservations, are the Takes of each
 	// alternative in the order they are tried (alts[0] is req.Takes); nil
 	// when there is only one. varies marks the Takes that differ between
-	// them (see alternatives.go).
-	alts   [][]limiter.Take
-	varies []bool
-	class  policy.Class
-	cp     policy.ClassPolicy
+	// them, borrows the alternatives that spend another's lent part (see
+	// alternatives.go).
+	alts            [][]limiter.Take
+	varies, borrows []bool
+	class           policy.Class
+	cp              policy.ClassPolicy
 	// deadline is the latest the call may be answered; canWait says
 	// whether it may be held at all; notBefore holds a deferred call for
 	// the off-peak window (zero: none).
@@ -81,7 +82,7 @@ func makePlan(set *policy.Set, client *policy.Client, class policy.Class, est *c
 	}
 	p := plan{req: limiter.Request{Hold: hold}, class: class, cp: set.Queue.Class(class)}
 	if reservedIn(est) {
-		p.alts, p.varies = alternatives(set, client, est)
+		p.alts, p.varies, p.borrows = alternatives(set, client, est)
 		p.req.Takes = p.alts[0]
 	} else {
 		p.req.Takes = takes(set, client, est)

@@ -539,3 +539,38 @@ func BenchmarkDecideReserved(b *testing.B) {
 		})
 	}
 }
+
+// TestReservedOwnerNeverQueuesBehindBorrowers: a borrower that must wait
+// waits in the shared part's line even when the lent part would refill
+// first, so that the owner, whose first bucket is its lent part, never
+// finds borrowers queued in its own line: it goes straight to its kept
+// part.
+func TestReservedOwnerNeverQueuesBehindBorrowers(t *testing.T) {
+	clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+	store := storeKinds["memory"](t, clk)
+	// 10/h split 80% (keep 50%): kept 4 (4/h), lent 4 (4/h), shared 2 (2/h):
+	// the lent part refills every 15 min, the shared part every 30.
+	y := strings.Replace(reservePolicy(strings.Replace(reserveIdle, "share: 40%", "share: 80%", 1)), "class: immediate", "class: normal", 1)
+	y = strings.Replace(y, "refill: 10/d", "refill: 10/h", 1) + "queue:\n  classes:\n    normal: {max_wait: 1h}\n"
+	set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(y)})
+	require.NoError(t, err)
+	s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+		Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+
+	got, _ := admitN(t, s, "bob", 6) // 2 shared, 4 borrowed
+	require.Equal(t, 6, got)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan admission.Verdict, 1)
+	go func() { done <- s.Decide(ctx, apiRequest("bob")) }()
+	require.Eventually(t, func() bool { return s.QueueStatus().Total == 1 }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, "pool api", s.QueueStatus().Lines[0].Queue, "the borrower waits in the shared part's line")
+
+	v := s.Decide(context.Background(), apiRequest("acme"))
+	assert.True(t, v.Allowed, v.Reason)
+	assert.Zero(t, v.QueueWait, "the owner went straight to its kept part")
+	cancel()
+	<-done
+}
