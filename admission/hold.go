@@ -170,7 +170,7 @@ func (s *Service) undo(ctx context.Context, req limiter.Request, dec limiter.Dec
 	ctx = context.WithoutCancel(ctx)
 	var lines []string
 	for _, t := range req.Takes {
-		lines = append(lines, bucketLine(t.Key))
+		lines = appendLines(lines, t.Key)
 	}
 	if h := req.Hold; h != nil && !h.Commit {
 		// One step: the money and slot back, and every bucket's units (the
@@ -204,6 +204,17 @@ func (s *Service) undo(ctx context.Context, req limiter.Request, dec limiter.Dec
 	s.queue.Kick(lines...)
 }
 
+// appendLines adds the lines to kick when units come back to bucket k:
+// its own, and for a reserved part also the shared part's, where
+// borrowers wait (see alternatives.go).
+func appendLines(lines []string, k limiter.Key) []string {
+	lines = append(lines, bucketLine(k))
+	if policy.IsReservedKey(k.Client) {
+		lines = append(lines, bucketLine(limiter.Key{Pool: k.Pool}))
+	}
+	return lines
+}
+
 // recordGrant feeds a grant to the queue's fairness: what the client took
 // from each pool.
 func (s *Service) recordGrant(client string, req limiter.Request) {
@@ -219,7 +230,7 @@ func (s *Service) recordGrant(client string, req limiter.Request) {
 func (s *Service) kickSettled(p *pendingCall) {
 	lines := []string{slotLine(p.client)}
 	for _, t := range p.charged {
-		lines = append(lines, bucketLine(t.Key))
+		lines = appendLines(lines, t.Key)
 	}
 	s.queue.Kick(lines...)
 }

@@ -574,3 +574,59 @@ func TestReservedOwnerNeverQueuesBehindBorrowers(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestReservedRefundWakesBorrower: a borrower waiting in the shared part's
+// line is woken when units come back to a lent part (an owner's call
+// settled for less than it reserved), and borrows them, with no clock
+// moving.
+func TestReservedRefundWakesBorrower(t *testing.T) {
+	clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+	store := storeKinds["memory"](t, clk)
+	y := fmt.Sprintf(tokenPolicy, "    reserved:\n      - {tier: team, share: 30%, lend: idle}")
+	y = strings.Replace(y, "refill: 1000/d", "refill: 1000/min", 1)
+	y = strings.Replace(y, "class: immediate", "class: normal", 1)
+	y = strings.Replace(y, "  acme: {tier: team}", "  acme: {tier: team}\n  zed: {tier: other}", 1)
+	y = strings.Replace(y, "  team: {priority: 20, max_concurrent: 10}", "  team: {priority: 20, max_concurrent: 10}\n  other: {priority: 10, max_concurrent: 10}", 1)
+	y += "queue:\n  classes:\n    normal: {max_wait: 1h}\n"
+	set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(y)})
+	require.NoError(t, err)
+	s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+		Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	body := `{"model":"gpt-4o","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`
+
+	owner := s.Decide(context.Background(), chatRequest(body)) // charged to acme's lent part
+	require.True(t, owner.Allowed, owner.Reason)
+	p := set.Pools["gpt"]
+	lent := p.Reserved[0].Lent
+	drain := func(k limiter.Key, l policy.Limit) {
+		n := partLevel(t, store, k, l)
+		_, err := store.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: k, Limit: limiter.Limit(l), Cost: n}}})
+		require.NoError(t, err)
+		require.Zero(t, partLevel(t, store, k, l))
+	}
+	drain(limiter.Key{Pool: "gpt", Client: lent.Key}, lent.Limit)
+	drain(limiter.Key{Pool: "gpt"}, p.SharedLimit())
+
+	done := make(chan admission.Verdict, 1)
+	go func() {
+		// a smaller call than the owner's: the owner's refund covers it
+		r := chatRequest(`{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`)
+		r.ID, r.Client = "zed-1", "zed"
+		done <- s.Decide(context.Background(), r)
+	}()
+	require.Eventually(t, func() bool { return s.QueueStatus().Total == 1 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, "pool gpt", s.QueueStatus().Lines[0].Queue)
+
+	c := s.Follow(owner.Reservation, owner.Route, http.MethodPost)
+	c.ResponseHeaders(context.Background(), http.StatusOK, map[string]string{"content-type": "application/json"})
+	c.ResponseBody(chatResponse, true) // 52 tokens used: the rest back to the lent part
+	require.Equal(t, admission.SettledActual, c.End(context.Background()))
+	select {
+	case v := <-done:
+		assert.True(t, v.Allowed, v.Reason)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the borrower was not woken by the refund")
+	}
+}

@@ -609,7 +609,7 @@ func (c *Call) count(o SettleOutcome, reason string) SettleOutcome {
 func (s *settler) kickSettled(p *pendingCall) {
 	lines := []string{slotLine(p.client)}
 	for _, t := range p.charged {
-		lines = append(lines, bucketLine(t.Key))
+		lines = appendLines(lines, t.Key) // a reserved part's refund may let a borrower go
 	}
 	s.kick(lines...)
 }
