@@ -127,6 +127,9 @@ func TestReservedNeverLent(t *testing.T) {
 			got, refused := admitN(t, s, "bob", 9)
 			assert.Equal(t, 7, got, "bob spends the shared part only")
 			assert.Equal(t, []string{"rate_limited@api", "rate_limited@api"}, refused, "a refusal names the pool")
+			v := s.Decide(context.Background(), apiRequest("bob"))
+			require.NotNil(t, v.Blocked)
+			assert.Equal(t, limiter.Key{Pool: "api"}, v.Blocked.Bucket.Key, "never a part's key")
 			assert.Equal(t, int64(3), partLevel(t, store, limiter.Key{Pool: "api", Client: part.Key}, part.Limit), "the reserved part is whole")
 
 			got, _ = admitN(t, s, "acme", 5)

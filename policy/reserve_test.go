@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"encoding/json"
 	"strconv"
 	"testing"
 	"time"
@@ -250,4 +251,16 @@ func TestDedicatedErrors(t *testing.T) {
 			requireHasError(t, errs, tc.want)
 		})
 	}
+}
+
+// TestReservedSummaryJSON: /debug/policy shows the split.
+func TestReservedSummaryJSON(t *testing.T) {
+	set := mustCompile(t, reservedPolicy("10000/min", "    reserved:", "      - {tier: enterprise, share: 30%}"))
+	out, err := json.Marshal(set.Summary().Pools[0])
+	require.NoError(t, err)
+	var got struct {
+		Split json.RawMessage `json:"split"`
+	}
+	require.NoError(t, json.Unmarshal(out, &got))
+	assert.JSONEq(t, `[{"part":"shared","capacity":7000,"refill":"7000/min"},{"part":"tier enterprise","capacity":3000,"refill":"50/s"}]`, string(got.Split))
 }
