@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -140,5 +141,27 @@ func TestFallsBack(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) { assert.Equal(t, tc.want, p.fallsBack(tc.dec)) })
+	}
+}
+
+// TestFitToSplitPool: fit_pool trims a call to the largest part of a split
+// pool its client may spend, not to the whole pool.
+func TestFitToSplitPool(t *testing.T) {
+	y := strings.Replace(optimizeTestPolicy, "gpt: {unit: token, capacity: 10000, refill_per_second: 100}",
+		"gpt: {unit: token, capacity: 10000, refill: 6000/min, reserved: [{client: calm, share: 30%}]}", 1)
+	set := compile(t, y)
+	s, _ := newOptimizeService(t)
+	route := set.Route("openai")
+	body := `{"model":"gpt-4o","max_tokens":16384,"messages":[{"role":"user","content":"hi"}]}`
+	for client, want := range map[string]int64{"bigco": 7000, "calm": 7000} { // calm: its 3000, or the shared 7000
+		t.Run(client, func(t *testing.T) {
+			c, _ := set.Client(client)
+			call := costing.NewCall("/v1/chat/completions", "application/json", []byte(body), int64(len(body)))
+			e := s.est.Estimate(set, route, call)
+			out, _, ok := s.fitToPool(set, route, c, call, e, nil, 7)
+			require.True(t, ok)
+			after := s.est.Estimate(set, route, out)
+			assert.Equal(t, want, after.InputTokens+after.OutputTokens)
+		})
 	}
 }
