@@ -259,42 +259,52 @@ func TestReservedRefundsItsPart(t *testing.T) {
 	}
 	for name, newStore := range storeKinds {
 		for mode, pool := range modes {
-			t.Run(name+"/"+mode, func(t *testing.T) {
-				clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
-				store := newStore(t, clk)
-				set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(fmt.Sprintf(tokenPolicy, pool))})
-				require.NoError(t, err)
-				s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
-					Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
-				require.NoError(t, err)
-				t.Cleanup(func() { require.NoError(t, s.Close()) })
-
-				key, lim := limiter.Key{Pool: "gpt-acme"}, policy.Limit{}
-				if p := set.Pools["gpt-acme"]; p != nil {
-					lim = p.Limit
-				} else {
-					r := set.Pools["gpt"].Reserved[0]
-					part := r.Kept
-					if r.Lent != nil {
-						part = *r.Lent // an owner spends its lent part first
+			for _, restart := range []bool{false, true} {
+				t.Run(name+"/"+mode+map[bool]string{false: "", true: "/after a restart"}[restart], func(t *testing.T) {
+					clk := fakeclock.New(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC))
+					store := newStore(t, clk)
+					set, err := policy.Compile(policy.Source{Name: "reserve.yaml", Data: []byte(fmt.Sprintf(tokenPolicy, pool))})
+					require.NoError(t, err)
+					newSvc := func() *admission.Service {
+						s, err := admission.New(admission.Config{Settlement: admission.SettleDeferred}, admission.Deps{
+							Policies: admission.StaticPolicy{Set: set}, Store: store, Registerer: prometheus.NewRegistry(), Clock: clk})
+						require.NoError(t, err)
+						t.Cleanup(func() { require.NoError(t, s.Close()) })
+						return s
 					}
-					key, lim = limiter.Key{Pool: "gpt", Client: part.Key}, part.Limit
-				}
-				shared := set.Pools["gpt"].SharedLimit()
-				full := partLevel(t, store, key, lim)
-				v := s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`))
-				require.True(t, v.Allowed, v.Reason)
-				charged := v.Estimate.Pools[0].Units
-				require.Equal(t, full-charged, partLevel(t, store, key, lim), "charged to acme's own bucket")
-				require.Equal(t, shared.Capacity, partLevel(t, store, limiter.Key{Pool: "gpt"}, shared), "the shared part untouched")
+					s := newSvc()
 
-				c := s.Follow(v.Reservation, v.Route, http.MethodPost)
-				c.ResponseHeaders(context.Background(), http.StatusOK, map[string]string{"content-type": "application/json"})
-				c.ResponseBody(chatResponse, true)
-				require.Equal(t, admission.SettledActual, c.End(context.Background()))
-				assert.Equal(t, full-52, partLevel(t, store, key, lim), "the part got back all but the 52 tokens used")
-				assert.Equal(t, shared.Capacity, partLevel(t, store, limiter.Key{Pool: "gpt"}, shared))
-			})
+					key, lim := limiter.Key{Pool: "gpt-acme"}, policy.Limit{}
+					if p := set.Pools["gpt-acme"]; p != nil {
+						lim = p.Limit
+					} else {
+						r := set.Pools["gpt"].Reserved[0]
+						part := r.Kept
+						if r.Lent != nil {
+							part = *r.Lent // an owner spends its lent part first
+						}
+						key, lim = limiter.Key{Pool: "gpt", Client: part.Key}, part.Limit
+					}
+					shared := set.Pools["gpt"].SharedLimit()
+					full := partLevel(t, store, key, lim)
+					v := s.Decide(context.Background(), chatRequest(`{"model":"gpt-4o","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}`))
+					require.True(t, v.Allowed, v.Reason)
+					charged := v.Estimate.Pools[0].Units
+					require.Equal(t, full-charged, partLevel(t, store, key, lim), "charged to acme's own bucket")
+					require.Equal(t, shared.Capacity, partLevel(t, store, limiter.Key{Pool: "gpt"}, shared), "the shared part untouched")
+
+					settler := s
+					if restart { // a new sidecar knows the call by its route alone
+						settler = newSvc()
+					}
+					c := settler.Follow(v.Reservation, v.Route, http.MethodPost)
+					c.ResponseHeaders(context.Background(), http.StatusOK, map[string]string{"content-type": "application/json"})
+					c.ResponseBody(chatResponse, true)
+					require.Equal(t, admission.SettledActual, c.End(context.Background()))
+					assert.Equal(t, full-52, partLevel(t, store, key, lim), "the part got back all but the 52 tokens used")
+					assert.Equal(t, shared.Capacity, partLevel(t, store, limiter.Key{Pool: "gpt"}, shared))
+				})
+			}
 		}
 	}
 }
