@@ -17,6 +17,17 @@ import (
 // valid Set or only located *policy.Errors.
 func FuzzCompile(f *testing.F) {
 	f.Add(policy.DefaultSource().Data)
+	// Reserved and dedicated pools at their edges: a rate too small to
+	// split, shares at 100%, keep without lend, a dedicated pool named by
+	// a route and replacing itself.
+	for _, seed := range []string{
+		"pools:\n  p: {unit: token, capacity: 7, refill: 1/d, reserved: [{tier: t, share: 50%}]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\n",
+		"pools:\n  p: {unit: token, capacity: 100, refill: 7/h, reserved: [{tier: t, share: 99%, lend: idle, keep: 1%}, {client: c, share: 1%}]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\nclients:\n  c: {tier: t}\n",
+		"pools:\n  p: {unit: token, capacity: 100, refill: 10000/min, reserved: [{client: c, share: 30%, keep: 20%}]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\nclients:\n  c: {tier: t}\n",
+		"pools:\n  p: {unit: token, capacity: 100, refill: 5/s}\n  q: {unit: token, capacity: 9, refill: 1/s, dedicated: {client: c, instead_of: q}}\nroutes:\n  r: {host: a.example, path_prefix: /, pools: [q]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\nclients:\n  c: {tier: t}\n",
+	} {
+		f.Add([]byte(seed))
+	}
 	for _, dir := range []string{"good", "bad"} {
 		root := filepath.Join("..", "testdata", dir)
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
