@@ -111,7 +111,7 @@ func (c *compiler) reserved(d poolDoc, p *Pool) {
 		default:
 			ok = false
 		}
-		if (rd.tier.set || rd.client.set) && r.Owner() != "" {
+		if rd.tier.set != rd.client.set {
 			if prev, dup := owners[r.Owner()]; dup {
 				c.add(d.file, rd.line, ipath, "%s already has a share of pool %q (reserved[%d])", r.Owner(), d.name, prev)
 				ok = false
