@@ -107,6 +107,9 @@ func (s *Service) decide(ctx context.Context, set *policy.Set, r *Request) Verdi
 	// Optimize: the rewritten call is the one estimated, admitted and
 	// priced (a downgraded model may route to other pools).
 	call, route, opt, fit := s.optimizeCall(set, r, path, route, client, v.Class, call)
+	// A client with dedicated pools is charged there instead of in the
+	// shared pools they replace (policy/reserve.go).
+	route = set.RouteFor(route, client)
 
 	// Estimate.
 	v.Estimate = s.est.Estimate(set, route, call)
@@ -236,10 +239,14 @@ func (s *Service) reserveOrHold(ctx context.Context, r *Request, set *policy.Set
 		}
 	}
 	if line == "" {
-		dec, err = s.store.Reserve(ctx, p.req)
+		var req limiter.Request
+		dec, req, err = s.reserve(ctx, p)
 		if err == nil && !dec.Allowed && p.canWait && waitable(dec) &&
 			(dec.Reason == limiter.ReasonConcurrency || !now.Add(dec.RetryAfter).After(p.deadline)) {
-			line = lineOf(dec, p.req)
+			line = lineOf(dec, req)
+		}
+		if line == "" {
+			p.req = req // the alternative granted, or the refusal reported
 		}
 	} else {
 		dec.Blocking, dec.BudgetBlocking = -1, -1
@@ -247,7 +254,7 @@ func (s *Service) reserveOrHold(ctx context.Context, r *Request, set *policy.Set
 	if line == "" {
 		return dec, err, false, false
 	}
-	h := s.hold(ctx, line, r, client, p, unitsFor(line, p.req.Takes))
+	h := s.hold(ctx, line, r, client, p, p.units(line))
 	v.QueueWait, v.QueueID = h.res.Waited, h.res.QueueID
 	pool, desc := LineLabel(h.line)
 	if pool == "concurrency" {
@@ -266,6 +273,9 @@ func (s *Service) reserveOrHold(ctx context.Context, r *Request, set *policy.Set
 	switch h.res.Outcome {
 	case queue.Granted, queue.Denied:
 		dec, err = h.res.Value.dec, h.res.Value.err
+		if h.res.Value.req.Takes != nil || h.res.Value.req.Hold != nil {
+			p.req = h.res.Value.req // the alternative the last try asked for
+		}
 		if h.res.Outcome == queue.Granted && ctx.Err() != nil { // the grant raced the caller's exit
 			s.undo(ctx, p.req, dec)
 			*v = cancelled(*v, route)
@@ -293,6 +303,9 @@ func (s *Service) denied(set *policy.Set, client *policy.Client, p *plan, dec li
 	switch {
 	case dec.Blocking >= 0:
 		b := dec.Buckets[dec.Blocking]
+		if policy.IsReservedKey(b.Key.Client) {
+			b.Key.Client = "" // a refusal names the pool, never a part's key
+		}
 		v.Blocked = &Blocked{Bucket: b, Unit: set.Pools[b.Key.Pool].Unit, Need: p.req.Takes[dec.Blocking].Cost}
 		if dec.Reason == limiter.ReasonRateLimited && b.Key.Client == "" {
 			if left := s.pauses.left(b.Key.Pool, now); left > 0 {

@@ -26,6 +26,9 @@ import (
 type attempt struct {
 	dec limiter.Decision
 	err error
+	// req is the request dec answers: the call's, or on a pool split by
+	// reservations the alternative tried last (see alternatives.go).
+	req limiter.Request
 }
 
 // bucketLine names the line of a bucket; slotLine the line of a client's
@@ -43,6 +46,9 @@ func LineLabel(key string) (pool, desc string) {
 		p, c, ok := splitKey(key[2:])
 		if !ok {
 			return "unknown", key
+		}
+		if policy.IsReservedKey(c) {
+			return p, fmt.Sprintf("pool %s, reserved part %s", p, c[len(policy.ReservedKeyPrefix):])
 		}
 		if c != "" {
 			return p, fmt.Sprintf("pool %s, client %q", p, c)
@@ -134,7 +140,7 @@ type held struct {
 // hold waits in line for p's request to be admitted, trying on the
 // waiter's behalf.
 func (s *Service) hold(ctx context.Context, line string, r *Request, client *policy.Client, p *plan, units int64) held {
-	req := p.req
+	pc := *p // the caller's plan takes the granted alternative once the wait ends
 	ctx, span := s.tr.Child(ctx, spanQueueWait)
 	w := &queue.Waiter[attempt]{
 		ID: r.ID, Client: client.ID, Class: p.class, Points: client.Tier.Priority + p.cp.Urgency, Units: units,
@@ -143,8 +149,8 @@ func (s *Service) hold(ctx context.Context, line string, r *Request, client *pol
 			if span.IsRecording() { // the queue tries on its own goroutine: its store calls belong to the wait
 				ctx = trace.ContextWithSpan(ctx, span)
 			}
-			dec, err := s.store.Reserve(ctx, req)
-			a := queue.Attempt[attempt]{Value: attempt{dec, err}}
+			dec, req, err := s.reserve(ctx, &pc)
+			a := queue.Attempt[attempt]{Value: attempt{dec, err, req}}
 			switch {
 			case err != nil:
 				a.Final = true
@@ -160,7 +166,7 @@ func (s *Service) hold(ctx context.Context, line string, r *Request, client *pol
 			}
 			return a
 		},
-		Undo: func(ctx context.Context, a attempt) { s.undo(ctx, req, a.dec) },
+		Undo: func(ctx context.Context, a attempt) { s.undo(ctx, a.req, a.dec) },
 	}
 	res := s.queue.Wait(ctx, line, w)
 	if span.IsRecording() {
@@ -178,7 +184,7 @@ func (s *Service) undo(ctx context.Context, req limiter.Request, dec limiter.Dec
 	ctx = context.WithoutCancel(ctx)
 	var lines []string
 	for _, t := range req.Takes {
-		lines = append(lines, bucketLine(t.Key))
+		lines = appendLines(lines, t.Key)
 	}
 	if h := req.Hold; h != nil && !h.Commit {
 		// One step: the money and slot back, and every bucket's units (the
@@ -212,24 +218,25 @@ func (s *Service) undo(ctx context.Context, req limiter.Request, dec limiter.Dec
 	s.queue.Kick(lines...)
 }
 
+// appendLines adds the lines to kick when units come back to bucket k:
+// its own, and for a reserved part also the shared part's, where
+// borrowers wait (see alternatives.go).
+func appendLines(lines []string, k limiter.Key) []string {
+	lines = append(lines, bucketLine(k))
+	if policy.IsReservedKey(k.Client) {
+		lines = append(lines, bucketLine(limiter.Key{Pool: k.Pool}))
+	}
+	return lines
+}
+
 // recordGrant feeds a grant to the queue's fairness: what the client took
 // from each pool.
 func (s *Service) recordGrant(client string, req limiter.Request) {
 	for _, t := range req.Takes {
-		if t.Key.Client == "" && t.Cost > 0 {
+		if (t.Key.Client == "" || policy.IsReservedKey(t.Key.Client)) && t.Cost > 0 {
 			s.queue.Record(bucketLine(t.Key), client, t.Cost)
 		}
 	}
-}
-
-// kickSettled tells the lines of a settled call's resources that capacity
-// may be back.
-func (s *Service) kickSettled(p *pendingCall) {
-	lines := []string{slotLine(p.client)}
-	for _, t := range p.charged {
-		lines = append(lines, bucketLine(t.Key))
-	}
-	s.queue.Kick(lines...)
 }
 
 // QueueLine is one line in GET /api/queue/status.

@@ -10,9 +10,12 @@ import (
 )
 
 type metrics struct {
-	decisions     *prometheus.CounterVec
-	storeErrors   prometheus.Counter
-	expired       prometheus.Counter
+	decisions   *prometheus.CounterVec
+	storeErrors prometheus.Counter
+	expired     prometheus.Counter
+	// fallbacks counts store calls made for a call's next alternative on
+	// a pool split by reservations.
+	fallbacks     *prometheus.CounterVec
 	unknownModels *prometheus.CounterVec
 	// failOpenBooked counts batches of fail-open spend the store applied.
 	failOpenBooked prometheus.Counter
@@ -99,6 +102,10 @@ func newMetrics(reg prometheus.Registerer, q *queue.Queue[attempt], tok *costing
 			Name: "tollgate_authz_fail_open_booked_batches_total",
 			Help: "Batches of the spend of calls let through fail open booked into the store once it answered (each applied exactly once).",
 		}),
+		fallbacks: f.CounterVec(prometheus.CounterOpts{
+			Name: "tollgate_authz_reserved_fallbacks_total",
+			Help: "Store calls made to try a call's next bucket in a pool split by reservations (its own share, the shared part, a share lent while idle), by pool.",
+		}, []string{"pool"}),
 		expired: f.Counter(prometheus.CounterOpts{
 			Name: "tollgate_authz_reservations_expired_total",
 			Help: "Reservations never settled, committed at their estimate after their TTL.",

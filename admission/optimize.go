@@ -354,6 +354,13 @@ func (s *Service) fitToPool(set *policy.Set, route *policy.Route, client *policy
 			continue
 		}
 		c := pc.Pool.Limit.Capacity
+		if len(pc.Pool.Reserved) > 0 { // split: the largest part the client may spend
+			c = 0
+			parts, _ := choices(pc.Pool, client)
+			for _, t := range parts {
+				c = max(c, t.Limit.Capacity)
+			}
+		}
 		if cl, ok := client.Tier.ClientLimits[pc.Pool.Name]; ok {
 			c = min(c, cl.Capacity)
 		}

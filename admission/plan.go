@@ -28,9 +28,16 @@ func Chain(c *policy.Client) []limiter.Budget {
 
 // plan is one admission's ask of the store and its room to wait.
 type plan struct {
-	req   limiter.Request
-	class policy.Class
-	cp    policy.ClassPolicy
+	req limiter.Request
+	// alts, for a call on a pool with reservations, are the Takes of each
+	// alternative in the order they are tried (alts[0] is req.Takes); nil
+	// when there is only one. varies marks the Takes that differ between
+	// them, borrows the alternatives that spend another's lent part (see
+	// alternatives.go).
+	alts            [][]limiter.Take
+	varies, borrows []bool
+	class           policy.Class
+	cp              policy.ClassPolicy
 	// deadline is the latest the call may be answered; canWait says
 	// whether it may be held at all; notBefore holds a deferred call for
 	// the off-peak window (zero: none).
@@ -73,7 +80,13 @@ func makePlan(set *policy.Set, client *policy.Client, class policy.Class, est *c
 		hold.ID, hold.TTL = id, set.Defaults.ReservationTTL
 		hold.Slot = &limiter.Slot{Client: client.ID, Max: client.Tier.MaxConcurrent}
 	}
-	p := plan{req: limiter.Request{Takes: takes(set, client, est), Hold: hold}, class: class, cp: set.Queue.Class(class)}
+	p := plan{req: limiter.Request{Hold: hold}, class: class, cp: set.Queue.Class(class)}
+	if reservedIn(est) {
+		p.alts, p.varies, p.borrows = alternatives(set, client, est)
+		p.req.Takes = p.alts[0]
+	} else {
+		p.req.Takes = takes(set, client, est)
+	}
 	p.deadline = now.Add(p.cp.MaxWait)
 	if !envoyDeadline.IsZero() && envoyDeadline.Add(-deadlineMargin).Before(p.deadline) {
 		p.deadline = envoyDeadline.Add(-deadlineMargin) // answer before Envoy gives up

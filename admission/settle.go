@@ -340,7 +340,18 @@ func (c *Call) throttles() []limiter.Throttle {
 		if capTo < 0 && s.Pause <= 0 {
 			continue
 		}
-		out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.Limit), Cap: capTo, Pause: s.Pause})
+		out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name}, Limit: limiter.Limit(p.SharedLimit()), Cap: capTo, Pause: s.Pause})
+		if s.Pause > 0 {
+			// A pause holds every part of a split pool: the provider
+			// refuses the whole quota, whoever's share it is.
+			for _, r := range p.Reserved {
+				for _, pt := range []*policy.Part{&r.Kept, r.Lent} {
+					if pt != nil && len(out) < limiter.MaxCharges {
+						out = append(out, limiter.Throttle{Key: limiter.Key{Pool: p.Name, Client: pt.Key}, Limit: limiter.Limit(pt.Limit), Cap: limiter.NoCap, Pause: s.Pause})
+					}
+				}
+			}
+		}
 	}
 	return out
 }
@@ -478,6 +489,7 @@ func (c *Call) settle(ctx context.Context) SettleOutcome {
 		// already): what the response says can still be priced from the
 		// route and the usage, and the store knows what was charged.
 		outcome, reason = c.recover(&e)
+		e.Used = withDedicated(c.set, e.Used)
 		if outcome == SettledUntracked && len(e.Throttles) == 0 {
 			return c.count(outcome, reason)
 		}
@@ -652,7 +664,7 @@ func (c *Call) count(o SettleOutcome, reason string) SettleOutcome {
 func (s *settler) kickSettled(p *pendingCall) {
 	lines := []string{slotLine(p.client)}
 	for _, t := range p.charged {
-		lines = append(lines, bucketLine(t.Key))
+		lines = appendLines(lines, t.Key) // a reserved part's refund may let a borrower go
 	}
 	s.kick(lines...)
 }
@@ -694,4 +706,29 @@ func (c *Call) bounded(u costing.Usage) costing.Usage {
 			slog.Int64("segments", u.Segments), slog.Int64("price_nanos", int64(u.Price)))
 	}
 	return b
+}
+
+// withDedicated adds, for each pool used names, every dedicated pool that
+// replaces it, with the same use: a call recovered after a restart is
+// known by its route alone, which names the shared pool, while a client
+// with a dedicated pool was charged there (refunds go by pool name, and
+// only to charges the store recorded, so naming a pool the call did not
+// charge changes nothing).
+func withDedicated(set *policy.Set, used []limiter.PoolUse) []limiter.PoolUse {
+	if set == nil || len(used) == 0 {
+		return used
+	}
+	n := len(used)
+	for _, p := range set.Pools {
+		d := p.Dedicated
+		if d == nil || d.InsteadOf == nil {
+			continue
+		}
+		for _, u := range used[:n] {
+			if u.Pool == d.InsteadOf.Name && len(used) < limiter.MaxCharges {
+				used = append(used, limiter.PoolUse{Pool: p.Name, Units: u.Units})
+			}
+		}
+	}
+	return used
 }

@@ -195,30 +195,48 @@ func (s *Service) readPools(ctx context.Context, set *policy.Set) ([]PoolLevel, 
 	return out, nil
 }
 
-// peekPools reads every pool's bucket, pools sorted by name, with the
+// peekPools reads every pool's level, pools sorted by name, with the
 // store's Peek: nothing is charged, advanced or counted as a decision (in a
-// fleet it is the shared store's level, and an error in outage mode).
+// fleet it is the shared store's level, and an error in outage mode). A
+// pool split by reservations is read part by part (each its own bucket,
+// with its own shape) and reported as their sum, at the pool's capacity.
 func (s *Service) peekPools(ctx context.Context, set *policy.Set) ([]string, []limiter.BucketState, error) {
 	names := make([]string, 0, len(set.Pools))
 	for n := range set.Pools {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	states := make([]limiter.BucketState, 0, len(names))
-	for start := 0; start < len(names); start += limiter.MaxCharges {
-		batch := names[start:min(start+limiter.MaxCharges, len(names))]
-		req := limiter.Request{Takes: make([]limiter.Take, len(batch))}
-		for i, n := range batch {
-			req.Takes[i] = limiter.Take{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(set.Pools[n].Limit)}
+	var takes []limiter.Take
+	var owner []int // the pool of each take
+	for i, n := range names {
+		p := set.Pools[n]
+		takes = append(takes, limiter.Take{Key: limiter.Key{Pool: n}, Limit: limiter.Limit(p.SharedLimit())})
+		owner = append(owner, i)
+		for _, r := range p.Reserved {
+			for _, pt := range []*policy.Part{&r.Kept, r.Lent} {
+				if pt != nil {
+					takes = append(takes, limiter.Take{Key: limiter.Key{Pool: n, Client: pt.Key}, Limit: limiter.Limit(pt.Limit)})
+					owner = append(owner, i)
+				}
+			}
 		}
-		d, err := s.store.Peek(ctx, req)
+	}
+	states := make([]limiter.BucketState, len(names))
+	for i, n := range names {
+		states[i].Key, states[i].Limit = limiter.Key{Pool: n}, limiter.Limit(set.Pools[n].Limit)
+	}
+	for start := 0; start < len(takes); start += limiter.MaxCharges {
+		batch := takes[start:min(start+limiter.MaxCharges, len(takes))]
+		d, err := s.store.Peek(ctx, limiter.Request{Takes: batch})
 		if err != nil {
 			return nil, nil, err
 		}
 		if len(d.Buckets) != len(batch) {
 			return nil, nil, fmt.Errorf("the store reported %d buckets for %d pools", len(d.Buckets), len(batch))
 		}
-		states = append(states, d.Buckets...)
+		for j, b := range d.Buckets {
+			states[owner[start+j]].Remaining += b.Remaining
+		}
 	}
 	return names, states, nil
 }

@@ -29,6 +29,7 @@ func (ds *docs) compile() (*Set, []error) {
 	c.routes(ds.routes)
 	c.tiers(ds.tiers)
 	c.clients(ds.clients)
+	c.reservations(ds.pools)
 	c.models(ds.models)
 	c.defaults(ds.defaults)
 	c.queue(ds.queues)

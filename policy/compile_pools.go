@@ -19,14 +19,21 @@ type poolDoc struct {
 	refill     at[rate]
 	price      at[string]
 	shadow     at[bool]
+	reserved   []reserveDoc
+	dedicated  *dedicatedDoc
 }
 
 func readPool(m *mapNode, name string, line int) poolDoc {
-	return poolDoc{
+	p := poolDoc{
 		file: m.d.file, name: name, line: line,
 		unit: m.str("unit"), capacity: m.int("capacity"), refill: m.refill(),
 		price: m.scalarText("price"), shadow: m.bool("shadow"),
 	}
+	p.reserved, _ = readList(m, "reserved", "reservations such as - {tier: enterprise, share: 30%}", readReserve)
+	if d, ok := readBlock(m, "dedicated", readDedicated); ok {
+		p.dedicated = &d
+	}
+	return p
 }
 
 // pools compiles the pools first: routes and tiers name them.
@@ -54,6 +61,11 @@ func (c *compiler) pool(p poolDoc) *Pool {
 			c.add(p.file, p.price.line, path+".price", "%v", err)
 		}
 		pool.Price = pr
+	}
+	if p.dedicated != nil {
+		// Marked now, so that routes (compiled next) can refuse to name
+		// it; its client and pool are checked once clients are known.
+		pool.Dedicated = &Dedicated{Client: p.dedicated.client.v}
 	}
 	return pool
 }

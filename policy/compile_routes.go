@@ -96,6 +96,11 @@ func (c *compiler) routePools(r routeDoc, path string) []*Pool {
 			c.add(r.file, r.pools.line, path+".pools", "pool %q does not exist%s", name, known(c.set.Pools))
 			continue
 		}
+		if p.Dedicated != nil {
+			c.add(r.file, r.pools.line, path+".pools", "pool %q is dedicated to client %q: a route names the shared pool it replaces, never the dedicated one",
+				name, p.Dedicated.Client)
+			continue
+		}
 		if slices.Contains(pools, p) {
 			c.add(r.file, r.pools.line, path+".pools", "pool %q is listed twice", name)
 			continue

@@ -17,6 +17,17 @@ import (
 // valid Set or only located *policy.Errors.
 func FuzzCompile(f *testing.F) {
 	f.Add(policy.DefaultSource().Data)
+	// Reserved and dedicated pools at their edges: a rate too small to
+	// split, shares at 100%, keep without lend, a dedicated pool named by
+	// a route and replacing itself.
+	for _, seed := range []string{
+		"pools:\n  p: {unit: token, capacity: 7, refill: 1/d, reserved: [{tier: t, share: 50%}]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\n",
+		"pools:\n  p: {unit: token, capacity: 100, refill: 7/h, reserved: [{tier: t, share: 99%, lend: idle, keep: 1%}, {client: c, share: 1%}]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\nclients:\n  c: {tier: t}\n",
+		"pools:\n  p: {unit: token, capacity: 100, refill: 10000/min, reserved: [{client: c, share: 30%, keep: 20%}]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\nclients:\n  c: {tier: t}\n",
+		"pools:\n  p: {unit: token, capacity: 100, refill: 5/s}\n  q: {unit: token, capacity: 9, refill: 1/s, dedicated: {client: c, instead_of: q}}\nroutes:\n  r: {host: a.example, path_prefix: /, pools: [q]}\ntiers:\n  t: {priority: 1, max_concurrent: 1}\nclients:\n  c: {tier: t}\n",
+	} {
+		f.Add([]byte(seed))
+	}
 	for _, dir := range []string{"good", "bad"} {
 		root := filepath.Join("..", "testdata", dir)
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
@@ -72,6 +83,10 @@ func checkSet(t *testing.T, s *policy.Set) {
 			t.Fatalf("pool %q is named %q", name, p.Name)
 		}
 		checkLimit(t, "pool "+name, p.Limit)
+		checkSplit(t, p)
+		if d := p.Dedicated; d != nil && (d.InsteadOf == nil || s.Pools[d.InsteadOf.Name] != d.InsteadOf || s.Clients[d.Client] == nil) {
+			t.Fatalf("dedicated pool %q points outside the Set: %+v", name, d)
+		}
 		if p.Price.Nanos < 0 || (!p.Price.IsZero() && p.Price.Per <= 0) {
 			t.Fatalf("pool %q has price %+v", name, p.Price)
 		}
@@ -83,6 +98,9 @@ func checkSet(t *testing.T, s *policy.Set) {
 		for _, p := range r.Pools {
 			if s.Pools[p.Name] != p {
 				t.Fatalf("route %q points at a pool outside the Set", r.Name)
+			}
+			if p.Dedicated != nil {
+				t.Fatalf("route %q names dedicated pool %q", r.Name, p.Name)
 			}
 		}
 		// A route must match a call made to its own host and prefix.
@@ -172,4 +190,39 @@ func FuzzParsePrice(f *testing.F) {
 			t.Fatalf("ParsePrice(%q) = %+v, String %q parses back as %+v, %v", s, p, p.String(), back, err)
 		}
 	})
+}
+
+// checkSplit requires a split pool's parts to be valid buckets that sum to
+// the pool exactly (capacity, and refill counted per day).
+func checkSplit(t *testing.T, p *policy.Pool) {
+	t.Helper()
+	if len(p.Reserved) == 0 {
+		if p.SharedLimit() != p.Limit {
+			t.Fatalf("pool %q without reservations has shared part %+v", p.Name, p.SharedLimit())
+		}
+		return
+	}
+	perDay := func(l policy.Limit) int64 {
+		per := int64(l.Per / time.Second)
+		if per == 0 {
+			per = 1
+		}
+		return l.Refill * (86400 / per)
+	}
+	parts := []policy.Limit{p.SharedLimit()}
+	for _, r := range p.Reserved {
+		parts = append(parts, r.Kept.Limit)
+		if r.Lent != nil {
+			parts = append(parts, r.Lent.Limit)
+		}
+	}
+	var capSum, refSum int64
+	for _, l := range parts {
+		checkLimit(t, "a part of pool "+p.Name, l)
+		capSum += l.Capacity
+		refSum += perDay(l)
+	}
+	if capSum != p.Limit.Capacity || refSum != perDay(p.Limit) {
+		t.Fatalf("pool %q: parts sum to %d refilling %d a day, the pool is %+v", p.Name, capSum, refSum, p.Limit)
+	}
 }

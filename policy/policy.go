@@ -65,6 +65,12 @@ type Pool struct {
 	Price Price
 	// Shadow makes the pool decide and count but never deny.
 	Shadow bool
+	// Reserved are the shares of the pool guaranteed to tiers or clients
+	// (see reserve.go); shared is what is left for everyone.
+	Reserved []*Reservation
+	shared   Limit
+	// Dedicated, when set, makes the pool one client's own.
+	Dedicated *Dedicated
 }
 
 // Route maps calls (host, path prefix, optionally the body's model) onto
@@ -134,6 +140,9 @@ type Client struct {
 	Parent        *Client
 	MonthlyBudget Money
 	Budgeted      bool
+	// Dedicated maps a shared pool's name to the dedicated pool this
+	// client spends instead (see reserve.go).
+	Dedicated map[string]*Pool
 }
 
 // Budget returns the client's monthly budget: its own, else its tier's.
@@ -201,6 +210,9 @@ type Set struct {
 	// Files are the files the set was loaded from, in load order.
 	Files    []string
 	LoadedAt time.Time
+	// dedicatedRoutes holds, per client with dedicated pools, the routes
+	// rewritten to name them (see RouteFor).
+	dedicatedRoutes map[string]map[*Route]*Route
 }
 
 // MatchRoute returns the first route matching the call, or nil. model is the

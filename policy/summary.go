@@ -90,6 +90,19 @@ type SummaryPool struct {
 	Refill string `json:"refill"`
 	Price  string `json:"price"`
 	Shadow bool   `json:"shadow,omitempty"`
+	// Split lists, for a pool with reservations, each part: the shared
+	// part first, then each reservation's (see reserve.go).
+	Split []SummaryPart `json:"split,omitempty"`
+	// Dedicated names the client and the pool it replaces:
+	// "client acme instead of gpt-4".
+	Dedicated string `json:"dedicated,omitempty"`
+}
+
+// SummaryPart is one bucket of a split pool.
+type SummaryPart struct {
+	Part     string `json:"part"` // "shared", "tier enterprise", "tier enterprise (lent while idle)"
+	Capacity int64  `json:"capacity"`
+	Refill   string `json:"refill"`
 }
 
 // SummaryRoute mirrors Route.
@@ -131,7 +144,12 @@ func (s *Set) Summary() Summary {
 	}
 	for _, name := range sortedKeys(s.Pools) {
 		p := s.Pools[name]
-		sum.Pools = append(sum.Pools, SummaryPool{p.Name, p.Unit, p.Limit.Capacity, p.Limit.Rate(), p.Price.String(), p.Shadow})
+		sp := SummaryPool{Name: p.Name, Unit: p.Unit, Capacity: p.Limit.Capacity, Refill: p.Limit.Rate(), Price: p.Price.String(), Shadow: p.Shadow}
+		sp.Split = p.splitSummary()
+		if d := p.Dedicated; d != nil && d.InsteadOf != nil {
+			sp.Dedicated = fmt.Sprintf("client %s instead of %s", d.Client, d.InsteadOf.Name)
+		}
+		sum.Pools = append(sum.Pools, sp)
 	}
 	for _, r := range s.Routes {
 		sr := SummaryRoute{Name: r.Name, Host: r.Host, PathPrefix: r.PathPrefix, Models: r.Models, Provider: r.Provider, Class: r.Class.String()}
@@ -207,6 +225,12 @@ func (sum Summary) WriteText(w io.Writer) error {
 	fmt.Fprintln(tw, "POOL\tUNIT\tCAPACITY\tREFILL\tPRICE\tSHADOW")
 	for _, p := range sum.Pools {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t$%s\t%t\n", p.Name, p.Unit, p.Capacity, p.Refill, p.Price, p.Shadow)
+		for _, pt := range p.Split {
+			fmt.Fprintf(tw, "  %s\t\t%d\t%s\t\t\n", pt.Part, pt.Capacity, pt.Refill)
+		}
+		if p.Dedicated != "" {
+			fmt.Fprintf(tw, "  dedicated to %s\n", p.Dedicated) // no tab: no column to widen
+		}
 	}
 	fmt.Fprintln(tw, "\nROUTE\tHOST\tPATH PREFIX\tMODELS\tPROVIDER\tPOOLS\tCLASS")
 	for _, r := range sum.Routes {
@@ -265,4 +289,24 @@ func sortedKeys[T any](m map[string]T) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// splitSummary lists a split pool's parts, or nil.
+func (p *Pool) splitSummary() []SummaryPart {
+	if len(p.Reserved) == 0 {
+		return nil
+	}
+	sh := p.SharedLimit()
+	out := []SummaryPart{{Part: "shared", Capacity: sh.Capacity, Refill: sh.Rate()}}
+	for _, r := range p.Reserved {
+		kept := r.Owner()
+		if r.Lent != nil {
+			kept += " (never lent)"
+		}
+		out = append(out, SummaryPart{Part: kept, Capacity: r.Kept.Limit.Capacity, Refill: r.Kept.Limit.Rate()})
+		if r.Lent != nil {
+			out = append(out, SummaryPart{Part: r.Owner() + " (lent while idle)", Capacity: r.Lent.Limit.Capacity, Refill: r.Lent.Limit.Rate()})
+		}
+	}
+	return out
 }
