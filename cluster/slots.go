@@ -15,6 +15,11 @@ import (
 
 type slotLease struct {
 	max, held, inUse int64
+	// peak is the most calls in use here since the last renewal: the lease
+	// is kept at it (plus spares), so that a client whose calls come and go
+	// does not give slots back at a sync only to lease them again on the
+	// request path a moment later.
+	peak      int64
 	exp, used        time.Time
 	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
 	call             sync.Mutex // one leaseSlots call at a time; taken before s.mu, never inside it

@@ -485,7 +485,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			if sl == nil || !now.Before(sl.exp) || sl.inUse >= sl.held || sl.max != h.Slot.Max {
 				inUse := int64(0)
 				if sl != nil {
-					inUse = sl.inUse
+					inUse = max(sl.inUse, sl.peak-1)
 				}
 				n.slot = &limiter.SlotLease{Client: h.Slot.Client, Max: h.Slot.Max, Holder: s.peers.Name(), Want: s.slotWant(inUse+1, h.Slot.Max), TTL: s.cfg.SlotTTL}
 			}
@@ -531,6 +531,7 @@ func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSl
 		if h.Slot != nil && !h.Commit {
 			sl := s.slots[h.Slot.Client]
 			sl.inUse++
+			sl.peak = max(sl.peak, sl.inUse)
 			sl.used = now
 			d.InFlight = sl.inUse
 		}
@@ -596,7 +597,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slot != nil {
-		held, inFlight, err := s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
+		held, inFlight, err := s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(max(sl.inUse+1, sl.peak), n.slot.Max) })
 		if err != nil {
 			return limiter.Decision{}, false, err
 		}

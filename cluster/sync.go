@@ -273,7 +273,7 @@ func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 			continue
 		}
 		due := sl.held > 0 && sl.exp.Sub(now) < s.cfg.SlotTTL/2
-		if due || (idle(sl) && sl.held > 0) || sl.held > s.slotWant(sl.inUse, sl.max) || sl.held < sl.inUse {
+		if due || (idle(sl) && sl.held > 0) || sl.held > s.slotWant(max(sl.inUse, sl.peak), sl.max) || sl.held < sl.inUse {
 			todo = append(todo, renewal{client, sl.max})
 		}
 	}
@@ -281,9 +281,12 @@ func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 	for _, r := range todo {
 		_, _, err := s.leaseSlots(ctx, r.client, r.max, func(sl *slotLease) int64 {
 			if idle(sl) {
+				sl.peak = 0
 				return 0
 			}
-			return s.slotWant(sl.inUse, sl.max)
+			w := s.slotWant(max(sl.inUse, sl.peak), sl.max)
+			sl.peak = sl.inUse // the next round keeps the peak seen until then
+			return w
 		})
 		if err != nil {
 			return
@@ -292,32 +295,57 @@ func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 }
 
 // refreshViews reads the budgets this member decided against lately, so
-// that its views include everyone's spend.
+// that its views include everyone's spend: the views of one period in one
+// call (up to maxViewBatch budgets each), not one call per budget, so that
+// a member serving many clients, each with its own budget, reads them all
+// in a round trip or two.
 func (s *Store) refreshViews(ctx context.Context, now time.Time) {
-	var todo []viewKey
+	byPeriod := map[string][]viewKey{}
+	var periods []string
 	s.mu.Lock()
 	for k, v := range s.views {
 		if now.Sub(v.touch) < 5*s.cfg.ViewTTL && now.Sub(v.fetched) >= s.cfg.ViewTTL/2 {
-			todo = append(todo, k)
+			if byPeriod[k.period] == nil {
+				periods = append(periods, k.period)
+			}
+			byPeriod[k.period] = append(byPeriod[k.period], k)
 		}
 	}
 	s.mu.Unlock()
-	for _, k := range todo {
-		s.mu.Lock()
-		lim := s.views[k].limit
-		sn := s.snapOf(k.owner, k.period)
-		s.mu.Unlock()
-		u, err := s.shared.Usage(ctx, k.period, []limiter.Budget{{Owner: k.owner, Limit: lim}}, time.Time{})
-		if err != nil {
-			return
+	sort.Strings(periods)
+	for _, p := range periods {
+		todo := byPeriod[p]
+		for len(todo) > 0 {
+			chunk := todo[:min(len(todo), maxViewBatch)]
+			todo = todo[len(chunk):]
+			budgets := make([]limiter.Budget, len(chunk))
+			snaps := make([]snap, len(chunk))
+			s.mu.Lock()
+			for i, k := range chunk {
+				budgets[i] = limiter.Budget{Owner: k.owner, Limit: s.views[k].limit}
+				snaps[i] = s.snapOf(k.owner, k.period)
+			}
+			s.mu.Unlock()
+			u, err := s.shared.Usage(ctx, p, budgets, time.Time{})
+			if err != nil {
+				return
+			}
+			if len(u.Budgets) != len(chunk) {
+				return
+			}
+			s.mu.Lock()
+			for i, k := range chunk {
+				if v := s.views[k]; v != nil {
+					v.rebase(u.Budgets[i].Spent+u.Budgets[i].Reserved, snaps[i], now)
+				}
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Lock()
-		if v := s.views[k]; v != nil {
-			v.rebase(u.Budgets[0].Spent+u.Budgets[0].Reserved, sn, now)
-		}
-		s.mu.Unlock()
 	}
 }
+
+// maxViewBatch bounds the budgets one view refresh reads (one script call).
+const maxViewBatch = 200
 
 // prune forgets views and leases long unused.
 func (s *Store) prune(now time.Time) {

@@ -67,6 +67,7 @@ func loadCmd() *cobra.Command {
 	fl.StringVar(&f.redisAddr, "redis-addr", "", "give the in-process server a Redis store at this address (default: memory)")
 	fl.StringVar(&f.settle, "settle", "immediate", "the in-process server's settlement: immediate or deferred")
 	fl.IntVar(&f.nodes, "nodes", 1, "in-process Tollgates: more than one form a fleet (needs --redis-addr)")
+	fl.IntVar(&f.nodes, "members", 1, "the same as --nodes: the fleet's members")
 	fl.BoolVar(&f.cluster, "cluster", false, "run the in-process Tollgate(s) as fleet members (leases and gossip; implied by --nodes > 1)")
 	fl.StringVar(&f.pool, "overshoot-pool", "", "a pool counted in requests: report admitted calls against its capacity + refill × time")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent callers")
@@ -214,7 +215,8 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	rep.write(out)
 	if fleet != nil && f.redisAddr != "" {
 		trips := fleet.trips.Count() - trips0
-		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks", trips, 1000*float64(trips)/float64(max(rep.Calls, 1)))
+		perCall := float64(trips) / float64(max(rep.Calls, 1))
+		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks, %.3f per decision", trips, 1000*perCall, perCall)
 		if paths, total := fleet.paths(); total > 0 {
 			fmt.Fprintf(out, " (decided locally %.1f%%, after a lease %.1f%%, by Redis %.1f%%, on what a member held while Redis was slow %.1f%%, in outage %.1f%%)",
 				100*paths["local"]/total, 100*paths["lease"]/total, 100*paths["shared"]/total, 100*paths["slow"]/total, 100*paths["outage"]/total)
@@ -227,8 +229,13 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		elapsed := time.Since(first)
 		rt := float64(over.Limit.Refill) / max(over.Limit.Per, time.Second).Seconds() * elapsed.Seconds() // a report, not a ledger
 		c := float64(over.Limit.Capacity)
-		fmt.Fprintf(out, "overshoot on pool %s: admitted %d in %v: %.3f × R·t, %.3f × (C + R·t); the bound C + R·t + one call per member is %.3f × (C + R·t)\n",
-			over.Name, admitted, elapsed.Round(time.Millisecond), float64(admitted)/rt, float64(admitted)/(c+rt), (c+rt+float64(len(clients)))/(c+rt))
+		bound := c + rt + float64(len(clients))
+		within := "within it"
+		if float64(admitted) > bound {
+			within = "ABOVE it"
+		}
+		fmt.Fprintf(out, "overshoot on pool %s: admitted %d in %v: %.3f × R·t, %.3f × (C + R·t); the bound C + R·t + one call per member is %.0f = %.3f × (C + R·t): %s\n",
+			over.Name, admitted, elapsed.Round(time.Millisecond), float64(admitted)/rt, float64(admitted)/(c+rt), bound, bound/(c+rt), within)
 	}
 	return nil
 }

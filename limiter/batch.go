@@ -1,0 +1,22 @@
+package limiter
+
+import (
+	"context"
+	"time"
+)
+
+// SlotGrant answers one SlotLease of a batch: what the holder now holds,
+// and the client's slots in use in all (its own included).
+type SlotGrant struct{ Held, InFlight int64 }
+
+// BatchLeaser refreshes many bucket leases and slot leases in one atomic
+// call (one round trip for a remote store), so that a fleet member serving
+// many clients, each with its own buckets and slots, renews them all at
+// once on a cadence instead of one call per key on the request path. Each
+// ask and each slot lease is answered exactly as Leaser.Lease and
+// SlotLeaser.LeaseSlots would answer it alone; a bucket or a client appears
+// at most once. An optional extension of Leaser and SlotLeaser: a store
+// without it is asked one call per kind.
+type BatchLeaser interface {
+	LeaseBatch(ctx context.Context, asks []LeaseAsk, slots []SlotLease, now time.Time) ([]LeaseGrant, []SlotGrant, error)
+}

@@ -1,0 +1,150 @@
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tollgate/tollgate/limiter"
+)
+
+var _ limiter.BatchLeaser = (*Store)(nil)
+
+//go:embed lease_batch.lua
+var leaseBatchLua string
+
+// leaseBatchScript needs nothing of common.lua that Config changes (only
+// DONE_TTL varies, and it keeps no outcome), so one script serves every
+// Store.
+var leaseBatchScript = redis.NewScript(commonLua + leaseBatchLua)
+
+func init() { Scripts["lease_batch"] = leaseBatchScript } // loaded ahead with the others
+
+// maxBatchKeys bounds the keys of one lease_batch call, so that one call
+// never holds Redis for long; a larger batch is split (still atomic per
+// ask, as a batch of one would be).
+const maxBatchKeys = 256
+
+// LeaseBatch refreshes bucket leases and slot leases in one script call
+// per hash tag (per Redis Cluster slot) and per maxBatchKeys keys: each is
+// answered as Lease and LeaseSlots would answer it alone.
+func (s *Store) LeaseBatch(ctx context.Context, asks []limiter.LeaseAsk, slots []limiter.SlotLease, now time.Time) ([]limiter.LeaseGrant, []limiter.SlotGrant, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	type group struct{ asks, slots []int }
+	groups := map[string]*group{}
+	var order []string
+	at := func(key string) *group {
+		t := hashTag(key)
+		g := groups[t]
+		if g == nil || len(g.asks)+len(g.slots) >= maxBatchKeys {
+			if g != nil { // full: a new group under a new name, same slot
+				t += fmt.Sprintf("#%d", len(order))
+			}
+			g = &group{}
+			groups[t] = g
+			order = append(order, t)
+		}
+		return g
+	}
+	seen := map[limiter.Key]bool{}
+	for i, a := range asks {
+		if err := a.Validate(); err != nil {
+			return nil, nil, err
+		}
+		if seen[a.Key] {
+			return nil, nil, fmt.Errorf("redisstore: bucket %s leased twice in one call", a.Key)
+		}
+		seen[a.Key] = true
+		g := at(s.bucketKey(a.Key))
+		g.asks = append(g.asks, i)
+	}
+	clients := map[string]bool{}
+	for j, l := range slots {
+		if err := l.Validate(); err != nil {
+			return nil, nil, err
+		}
+		if clients[l.Client] {
+			return nil, nil, fmt.Errorf("redisstore: slots of %q leased twice in one call", l.Client)
+		}
+		clients[l.Client] = true
+		g := at(s.slotKey(l.Client))
+		g.slots = append(g.slots, j)
+	}
+	grants := make([]limiter.LeaseGrant, len(asks))
+	held := make([]limiter.SlotGrant, len(slots))
+	for _, t := range order {
+		g := groups[t]
+		if err := s.leaseGroup(ctx, asks, slots, g.asks, g.slots, now, grants, held); err != nil {
+			return nil, nil, err
+		}
+	}
+	return grants, held, nil
+}
+
+// leaseGroup runs lease_batch.lua for the asks and slot leases at the
+// given indexes (keys of one hash slot) and fills their answers.
+func (s *Store) leaseGroup(ctx context.Context, asks []limiter.LeaseAsk, slots []limiter.SlotLease, ai, si []int, now time.Time,
+	grants []limiter.LeaseGrant, held []limiter.SlotGrant) error {
+	if err := ctx.Err(); err != nil { // one more round trip: the caller may have given up
+		return err
+	}
+	keys := make([]string, 0, len(ai)+len(si))
+	args := make([]any, 0, 3+5*len(ai)+4*len(si))
+	args = append(args, micros(now), len(ai), len(si))
+	sub := make([]limiter.LeaseAsk, len(ai))
+	for k, i := range ai {
+		a := asks[i]
+		sub[k] = a
+		keys = append(keys, s.bucketKey(a.Key))
+		args = append(args, a.Limit.Capacity, a.Limit.Refill, a.Limit.Den(), a.Want, a.Need)
+	}
+	for _, j := range si {
+		l := slots[j]
+		keys = append(keys, s.slotKey(l.Client))
+		args = append(args, l.Holder, l.Want, l.Max, l.TTL.Microseconds())
+	}
+	res, err := leaseBatchScript.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return fmt.Errorf("redisstore: lease batch: %w", err)
+	}
+	if len(res) != 5*len(ai)+2*len(si) {
+		return fmt.Errorf("redisstore: lease batch replied with %d values, want %d", len(res), 5*len(ai)+2*len(si))
+	}
+	g, err := decodeLease(res[:5*len(ai)], sub)
+	if err != nil {
+		return err
+	}
+	for k, i := range ai {
+		grants[i] = g[k]
+	}
+	r := reply{v: res[5*len(ai):]}
+	for k, j := range si {
+		h, f := r.int(2*k), r.int(2*k+1)
+		if r.err == nil && (h < 0 || h > slots[j].Want || f < h) {
+			r.err = fmt.Errorf("held %d, in flight %d out of range", h, f)
+		}
+		held[j] = limiter.SlotGrant{Held: h, InFlight: f}
+	}
+	if r.err != nil {
+		return fmt.Errorf("redisstore: lease batch reply: %w", r.err)
+	}
+	return nil
+}
+
+// hashTag is the part of a key Redis Cluster hashes: what its first
+// {…} holds when not empty, else the whole key. Keys of one tag share a
+// slot, so one script may touch them all.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
