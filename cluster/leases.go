@@ -34,6 +34,18 @@ type lease struct {
 	misses int
 	// pausedUntil: the upstream asked to back off; no lease until then.
 	pausedUntil time.Time
+	// Demand seen here, which the sync loop's prefetch renews the lease by
+	// (prefetch.go): when units were last spent, what was spent since the
+	// last grant (and when that was), and the calls refused here since the
+	// last ask. storeClock: the last ask named no time (the store's clock),
+	// so a prefetch, which names none, asks in the same time.
+	used, grantAt time.Time
+	spent         int64
+	denied        int
+	storeClock    bool
+	// hot: the last ask came after many calls were refused here; near the
+	// limit it takes what refilled over a sync, not the call alone.
+	hot bool
 }
 
 // want is the lease to ask for a take: this member's share of a lease
@@ -43,6 +55,9 @@ func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
 	r := float64(t.Limit.Refill) / float64(t.Limit.Den()) // units a second: a size to ask for, not an amount kept
 	near := c * s.cfg.NearLimitPercent / 100
 	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
+		if l.hot || l.denied >= hotDenials {
+			return max(t.Cost, s.hotWant(t.Key, t.Limit))
+		}
 		return t.Cost
 	}
 	share := 1 / float64(s.peers.Live())
@@ -134,10 +149,13 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 	if a.Want == 0 {
 		return // a read: nothing was asked, nothing refused
 	}
+	hot := l.denied >= hotDenials
+	l.denied, l.hot = 0, hot
 	if g.Granted > 0 {
 		l.units += g.Granted
 		l.exp = now.Add(s.cfg.LeaseTTL)
 		l.shortUntil, l.misses = time.Time{}, 0
+		l.grantAt, l.spent = now, 0
 		return
 	}
 	l.misses++
@@ -145,6 +163,14 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 	wait := g.RetryAfter
 	if l.misses > 1 && s.peers.Live() > 1 { // refused again while others contend: wait twice as long each time, up to a tenth of a lease
 		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
+	}
+	if hot && g.Possible {
+		// Refused while calls are being refused here by the dozen: the
+		// bucket is over-subscribed. Ask again only once it has refilled
+		// what this member would lease (at most a sync apart), not each
+		// time a unit comes back: the calls meanwhile are refused here, and
+		// the next ask takes what came back since (want, prefetch.go).
+		wait = max(wait, min(s.refillTime(a.Limit, s.hotWant(a.Key, a.Limit)), s.cfg.SyncEvery))
 	}
 	l.shortUntil = now.Add(wait)
 	if !g.Possible {

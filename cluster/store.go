@@ -167,6 +167,8 @@ type Store struct {
 	// of it (unix ns), 0 while it answers (health.go).
 	failingSince atomic.Int64
 
+	co coalescer // calls waiting to lease together (coalesce.go); its lock is taken alone
+
 	demandMu sync.Mutex       // taken inside s.mu, or alone
 	demand   map[string]*rate // units a second by pool, this member's
 
@@ -441,6 +443,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			continue
 		}
 		if knownShort {
+			l.denied++
 			if shortest < 0 || s.shortWait(l, need, now) > s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now) {
 				shortest = i
 			}
@@ -514,6 +517,8 @@ func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSl
 		}
 		if !short[i] && t.Cost > 0 {
 			l.units -= t.Cost
+			l.spent += t.Cost
+			l.used = now
 			s.record(t.Key, t.Cost)
 		}
 		st.Remaining, st.ResetAfter = s.approxState(l, t.Limit, now)
@@ -556,9 +561,32 @@ func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSl
 func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now time.Time) (limiter.Decision, bool, error) {
 	bctx, cancel := background(ctx)
 	defer cancel()
+	// In the store's time (a request that names none), the asks and the
+	// slot lease go in one batch with other calls' (coalesce.go).
+	var together *leaseCall
+	if bl, ok := s.raw.(limiter.BatchLeaser); ok && req.Now.IsZero() && (len(n.asks) > 0 || n.slot != nil) {
+		together = &leaseCall{asks: n.asks}
+		var release func()
+		if n.slot != nil {
+			release = s.holdSlotCall(n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(max(sl.inUse+1, sl.peak), n.slot.Max) }, &together.slot)
+		}
+		s.leaseTogether(bctx, bl, together)
+		if release != nil {
+			if together.err == nil {
+				s.slotsHeld(n.slot.Client, together.held.Held, time.Time{})
+			}
+			release()
+		}
+		if together.err != nil {
+			return limiter.Decision{}, false, together.err
+		}
+	}
 	if len(n.asks) > 0 {
-		grants, err := s.shared.Lease(bctx, n.asks, req.Now) // the request's time, if it names one
-		if err != nil {
+		var grants []limiter.LeaseGrant
+		var err error
+		if together != nil {
+			grants = together.grants
+		} else if grants, err = s.shared.Lease(bctx, n.asks, req.Now); err != nil { // the request's time, if it names one
 			return limiter.Decision{}, false, err
 		}
 		if len(grants) != len(n.asks) {
@@ -572,6 +600,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		s.mu.Lock()
 		for i, a := range n.asks {
 			s.take(a, grants[i], now)
+			s.leases[a.Key].storeClock = req.Now.IsZero()
 			g := grants[i]
 			if g.Granted > 0 || a.Need == 0 {
 				continue
@@ -597,9 +626,15 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slot != nil {
-		held, inFlight, err := s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(max(sl.inUse+1, sl.peak), n.slot.Max) })
-		if err != nil {
-			return limiter.Decision{}, false, err
+		var held, inFlight int64
+		if together != nil {
+			held, inFlight = together.held.Held, together.held.InFlight
+		} else {
+			var err error
+			held, inFlight, err = s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(max(sl.inUse+1, sl.peak), n.slot.Max) })
+			if err != nil {
+				return limiter.Decision{}, false, err
+			}
 		}
 		s.mu.Lock()
 		var denied *limiter.Decision

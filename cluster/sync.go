@@ -53,7 +53,9 @@ func (s *Store) sync(ctx context.Context) {
 	s.mu.Unlock()
 	_ = s.replayEnds(ctx, nil) // what the store could not take stays queued
 	s.returnLapsed(ctx, now)
-	s.renewSlots(ctx, now)
+	if !s.prefetch(ctx, now) {
+		s.renewSlots(ctx, now)
+	}
 	s.refreshViews(ctx, now)
 	s.prune(now)
 }

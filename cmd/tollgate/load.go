@@ -151,8 +151,9 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		}
 	}
 	var trips0 int64
+	var kinds0 map[string]int64
 	if fleet != nil {
-		trips0 = fleet.trips.Count()
+		trips0, kinds0 = fleet.trips.Count(), fleet.byKind.snapshot()
 	}
 
 	runCtx := ctx
@@ -222,6 +223,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 				100*paths["local"]/total, 100*paths["lease"]/total, 100*paths["shared"]/total, 100*paths["slow"]/total, 100*paths["outage"]/total)
 		}
 		fmt.Fprintln(out)
+		fmt.Fprintf(out, "round trips per 1,000 checks by script: %s\n", fleet.byKind.since(kinds0, rep.Calls))
 	}
 	if over := overPool; over != nil {
 		// The warm-up checks were admitted too, from the same bucket.
@@ -265,6 +267,7 @@ type inProcess struct {
 	fleets []*cluster.Fleet
 	seed   string                 // the first member's gossip address
 	trips  *redisstore.RoundTrips // all members'
+	byKind *tripsByScript         // the same, by script
 	stop   func()
 }
 
@@ -290,7 +293,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		sf.cluster.node.BindAddr, sf.cluster.node.BindPort = "127.0.0.1", 0
 	}
 	log := slog.New(slog.DiscardHandler)
-	p := &inProcess{trips: &redisstore.RoundTrips{}}
+	p := &inProcess{trips: &redisstore.RoundTrips{}, byKind: newTripsByScript()}
 	var stops []func()
 	p.stop = func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -313,6 +316,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		}
 		if st.redis != nil {
 			st.redis.AddHook(p.trips)
+			st.redis.AddHook(p.byKind)
 		}
 		if st.fleet != nil && i == 0 {
 			p.seed = st.fleet.Node.Addr()

@@ -37,18 +37,15 @@ func (s *Store) LeaseBatch(ctx context.Context, asks []limiter.LeaseAsk, slots [
 		return nil, nil, err
 	}
 	type group struct{ asks, slots []int }
-	groups := map[string]*group{}
-	var order []string
+	cur := map[string]*group{} // by hash tag: the group being filled
+	var order []*group
 	at := func(key string) *group {
 		t := hashTag(key)
-		g := groups[t]
-		if g == nil || len(g.asks)+len(g.slots) >= maxBatchKeys {
-			if g != nil { // full: a new group under a new name, same slot
-				t += fmt.Sprintf("#%d", len(order))
-			}
+		g := cur[t]
+		if g == nil || len(g.asks)+len(g.slots) >= maxBatchKeys { // none yet, or full: a new one
 			g = &group{}
-			groups[t] = g
-			order = append(order, t)
+			cur[t] = g
+			order = append(order, g)
 		}
 		return g
 	}
@@ -78,8 +75,7 @@ func (s *Store) LeaseBatch(ctx context.Context, asks []limiter.LeaseAsk, slots [
 	}
 	grants := make([]limiter.LeaseGrant, len(asks))
 	held := make([]limiter.SlotGrant, len(slots))
-	for _, t := range order {
-		g := groups[t]
+	for _, g := range order {
 		if err := s.leaseGroup(ctx, asks, slots, g.asks, g.slots, now, grants, held); err != nil {
 			return nil, nil, err
 		}
