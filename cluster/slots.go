@@ -20,9 +20,9 @@ type slotLease struct {
 	// does not give slots back at a sync only to lease them again on the
 	// request path a moment later.
 	peak      int64
-	exp, used        time.Time
-	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
-	call             sync.Mutex // one leaseSlots call at a time; taken before s.mu, never inside it
+	exp, used time.Time
+	busy      int        // leaseSlots calls under way: the lease is not forgotten meanwhile
+	call      sync.Mutex // one leaseSlots call at a time; taken before s.mu, never inside it
 }
 
 // slotWant is how many of a client's slots to hold for inUse calls: those,
