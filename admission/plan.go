@@ -74,6 +74,7 @@ func makePlan(set *policy.Set, client *policy.Client, class policy.Class, est *c
 		hold.Slot = &limiter.Slot{Client: client.ID, Max: client.Tier.MaxConcurrent}
 	}
 	p := plan{req: limiter.Request{Takes: takes(set, client, est), Hold: hold}, class: class, cp: set.Queue.Class(class)}
+	p.req.Priority = client.Tier.Priority + p.cp.Urgency // the queue's score: a fleet weighs demand by it
 	p.deadline = now.Add(p.cp.MaxWait)
 	if !envoyDeadline.IsZero() && envoyDeadline.Add(-deadlineMargin).Before(p.deadline) {
 		p.deadline = envoyDeadline.Add(-deadlineMargin) // answer before Envoy gives up

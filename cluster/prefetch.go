@@ -22,10 +22,11 @@ import (
 // has refilled this member's share of a sync's refill, and then for that
 // share; the calls in between are refused here.
 
-// hotDenials is how many calls refused here since the last ask make a
-// bucket over-subscribed (hot): fewer, and it is asked as soon as it could
+// hotDenials is how many calls refused for a bucket within one sync make
+// it over-subscribed (hot): fewer, and it is asked as soon as it could
 // cover the call, as one store would answer.
 const hotDenials = 16
+
 
 // hotWant is what to ask of a hot bucket near its limit: this member's
 // share of its refill over one sync (its demand share of a pool; of a
@@ -39,6 +40,15 @@ func (s *Store) hotWant(k limiter.Key, lim limiter.Limit) int64 {
 	r := float64(lim.Refill) / float64(lim.Den())
 	w := int64(math.Ceil(share * r * s.cfg.SyncEvery.Seconds()))
 	return max(min(w, lim.Capacity/int64(2*s.peers.Live())), 1)
+}
+
+// hotWait is how long a member waits to ask a hot bucket again: one sync,
+// in which every member's share of the refill comes back (each asks once
+// a round, for its share, so that a member with a larger share — more
+// demand, or calls of higher priority — takes more of each round), or
+// less if the bucket would fill half its capacity sooner.
+func (s *Store) hotWait(lim limiter.Limit) time.Duration {
+	return min(s.cfg.SyncEvery, s.refillTime(lim, max(lim.Capacity/2, 1)))
 }
 
 // refillTime is how long the bucket takes to refill units.

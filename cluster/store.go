@@ -171,6 +171,7 @@ type Store struct {
 
 	demandMu sync.Mutex       // taken inside s.mu, or alone
 	demand   map[string]*rate // units a second by pool, this member's
+	weighted map[string]*rate // the same asked, weighted by priority (priority.go)
 
 	stop      chan struct{}
 	loopDone  chan struct{}
@@ -223,7 +224,7 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	}
 	s := &Store{cfg: cfg, raw: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
-		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, weighted: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
 	s.shared = watched{Shared: shared, s: s}
@@ -262,6 +263,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if now.IsZero() {
 		now = s.cfg.Clock.Now()
 	}
+	s.recordAsked(req, s.cfg.Clock.Now()) // demand is measured in this member's time
 	s.mu.Lock()
 	if s.outage {
 		d, err := s.decideOutage(req, now)
@@ -443,7 +445,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			continue
 		}
 		if knownShort {
-			l.denied++
+			l.noteRefusal(now, s.cfg.SyncEvery)
 			if shortest < 0 || s.shortWait(l, need, now) > s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now) {
 				shortest = i
 			}

@@ -32,6 +32,7 @@ type loadFlags struct {
 	probe       probeFlags
 	concurrency int
 	duration    time.Duration
+	warmup      time.Duration
 	requests    int64
 	clients     int
 	policyPath  string
@@ -73,6 +74,7 @@ func loadCmd() *cobra.Command {
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent callers")
 	fl.IntVar(&f.clients, "clients", 100, "distinct client ids, spread over the calls")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "how long to run")
+	fl.DurationVar(&f.warmup, "warmup", 0, "run this long first, not measured (every client's keys leased, budgets read): the steady state")
 	fl.Int64Var(&f.requests, "requests", 0, "stop after this many calls (0: run for --duration)")
 	return cmd
 }
@@ -92,8 +94,8 @@ func (r loadReport) write(w io.Writer) {
 }
 
 func load(ctx context.Context, f loadFlags, out io.Writer) error {
-	if f.concurrency <= 0 || f.clients <= 0 || (f.duration <= 0 && f.requests <= 0) {
-		return errors.New("load: --concurrency and --clients must be positive, and --duration or --requests set")
+	if f.concurrency <= 0 || f.clients <= 0 || (f.duration <= 0 && f.requests <= 0) || f.warmup < 0 {
+		return errors.New("load: --concurrency and --clients must be positive, --duration or --requests set, --warmup not negative")
 	}
 	if f.nodes < 1 || (f.nodes > 1 && f.probe.addr != "") {
 		return errors.New("load: --nodes must be at least 1, and starts in-process members (not with --addr)")
@@ -149,6 +151,27 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 		if _, err := c.Check(ctx, reqs[0]); err != nil { // fail fast, and warm the connection
 			return wrongPort(ctx, "load", addrs[i], protoGRPC, "--grpc-addr", "127.0.0.1:8081", fmt.Errorf("load: first check: %w", err))
 		}
+	}
+	var warmAllowed int64
+	if f.warmup > 0 {
+		wctx, cancel := context.WithTimeout(ctx, f.warmup)
+		var wg sync.WaitGroup
+		var n atomic.Int64
+		for w := range f.concurrency {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; wctx.Err() == nil; i += f.concurrency {
+					if resp, err := clients[w%len(clients)].Check(wctx, reqs[i%len(reqs)]); err == nil && resp.GetOkResponse() != nil {
+						n.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+		warmAllowed = n.Load()
+		fmt.Fprintf(out, "warmed up for %v (not measured)\n", f.warmup)
 	}
 	var trips0 int64
 	var kinds0 map[string]int64
@@ -227,7 +250,7 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	}
 	if over := overPool; over != nil {
 		// The warm-up checks were admitted too, from the same bucket.
-		admitted := rep.Allowed + int64(len(clients))
+		admitted := rep.Allowed + int64(len(clients)) + warmAllowed
 		elapsed := time.Since(first)
 		rt := float64(over.Limit.Refill) / max(over.Limit.Per, time.Second).Seconds() * elapsed.Seconds() // a report, not a ledger
 		c := float64(over.Limit.Capacity)
