@@ -161,11 +161,11 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 	defer cancel()
 	var keep []pendingEnd
 	var away error
-	for i, e := range todo {
-		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings})
+	// handled records what the store said of e: false when it must stay
+	// queued because the store was away.
+	handled := func(e pendingEnd, st limiter.Settlement, err error) bool {
 		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
-			keep, away = append(keep, todo[i:]...), err
-			break
+			return false
 		}
 		switch {
 		case err == nil:
@@ -188,6 +188,42 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 				s.log.Warn("a queued settle was refused too often; dropped", slog.String("id", e.id), slog.Any("error", err))
 			}
 		}
+		return true
+	}
+	bf, batches := s.raw.(limiter.BatchFinisher)
+	for i := 0; i < len(todo); {
+		// Plain ends (slices settled at what they spent) go together, one
+		// call for a run of them (limiter.BatchFinisher).
+		if run := plainRun(todo[i:], maxEndBatch); batches && run > 1 {
+			endings := make([]limiter.Ending, run)
+			for k, e := range todo[i : i+run] {
+				endings[k] = limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual}
+			}
+			sts, errs, err := bf.FinishBatch(bctx, endings)
+			watched{Shared: s.raw, s: s}.note(bctx, err)
+			if err != nil {
+				if s.unreachable(context.Background(), err) {
+					keep, away = append(keep, todo[i:]...), err
+					break
+				}
+				for _, e := range todo[i : i+run] { // the call failed as a whole: each is tried again
+					handled(e, limiter.Settlement{}, err)
+				}
+			} else {
+				for k, e := range todo[i : i+run] {
+					handled(e, sts[k], errs[k])
+				}
+			}
+			i += run
+			continue
+		}
+		e := todo[i]
+		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings})
+		if !handled(e, st, err) {
+			keep, away = append(keep, todo[i:]...), err
+			break
+		}
+		i++
 	}
 	if len(keep) > 0 {
 		s.mu.Lock()
@@ -195,6 +231,19 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 		s.mu.Unlock()
 	}
 	return away
+}
+
+// maxEndBatch bounds the ends of one batch call.
+const maxEndBatch = 100
+
+// plainRun is how many of ends, from the first, are plain (nothing to
+// give back to buckets or book beside), at most max.
+func plainRun(ends []pendingEnd, max int) int {
+	n := 0
+	for n < len(ends) && n < max && len(ends[n].used) == 0 && len(ends[n].savings) == 0 {
+		n++
+	}
+	return n
 }
 
 // returnLapsed gives the unused units of lapsed leases back to their

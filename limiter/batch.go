@@ -20,3 +20,17 @@ type SlotGrant struct{ Held, InFlight int64 }
 type BatchLeaser interface {
 	LeaseBatch(ctx context.Context, asks []LeaseAsk, slots []SlotLease, now time.Time) ([]LeaseGrant, []SlotGrant, error)
 }
+
+// BatchFinisher ends many reservations in one atomic call (one round trip
+// for a remote store): each as Finisher.Finish would end it alone, for
+// endings that give nothing back to buckets and book nothing beside
+// (no Used, Throttles or Savings), such as a fleet member's budget slices
+// settled at what was spent from them. An optional extension of Finisher.
+type BatchFinisher interface {
+	// FinishBatch answers each ending with its settlement or its error
+	// (ErrUnknownReservation for an unknown id); err is for the call.
+	FinishBatch(ctx context.Context, endings []Ending) (sts []Settlement, errs []error, err error)
+}
+
+// Plain reports whether e is an ending a BatchFinisher takes.
+func (e Ending) Plain() bool { return len(e.Used) == 0 && len(e.Throttles) == 0 && len(e.Savings) == 0 }

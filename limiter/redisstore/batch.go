@@ -12,10 +12,17 @@ import (
 	"github.com/tollgate/tollgate/limiter"
 )
 
-var _ limiter.BatchLeaser = (*Store)(nil)
+var (
+	_ limiter.BatchLeaser   = (*Store)(nil)
+	_ limiter.BatchFinisher = (*Store)(nil)
+)
 
-//go:embed lease_batch.lua
-var leaseBatchLua string
+var (
+	//go:embed lease_batch.lua
+	leaseBatchLua string
+	//go:embed finish_batch.lua
+	finishBatchLua string
+)
 
 // leaseBatchScript needs nothing of common.lua that Config changes (only
 // DONE_TTL varies, and it keeps no outcome), so one script serves every
@@ -143,4 +150,78 @@ func hashTag(key string) string {
 		}
 	}
 	return key
+}
+
+// FinishBatch ends plain endings (limiter.Ending.Plain) in one script call
+// per hash tag and per maxBatchKeys/2 endings: each as Finish would.
+func (s *Store) FinishBatch(ctx context.Context, endings []limiter.Ending) ([]limiter.Settlement, []error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	cur := map[string][]int{}
+	var order []string
+	for i, e := range endings {
+		if err := e.Validate(); err != nil {
+			return nil, nil, err
+		}
+		if !e.Plain() {
+			return nil, nil, fmt.Errorf("redisstore: ending %q gives back or books beside: finish it alone", e.ID)
+		}
+		t := hashTag(s.recordKey(e.ID))
+		if len(cur[t]) == 0 {
+			order = append(order, t)
+		}
+		cur[t] = append(cur[t], i)
+	}
+	sts := make([]limiter.Settlement, len(endings))
+	errs := make([]error, len(endings))
+	for _, t := range order {
+		idx := cur[t]
+		for len(idx) > 0 {
+			n := min(len(idx), maxBatchKeys/2)
+			if err := s.finishGroup(ctx, endings, idx[:n], sts, errs); err != nil {
+				return nil, nil, err
+			}
+			idx = idx[n:]
+		}
+	}
+	return sts, errs, nil
+}
+
+// finishGroup runs finish_batch.lua for the endings at idx.
+func (s *Store) finishGroup(ctx context.Context, endings []limiter.Ending, idx []int, sts []limiter.Settlement, errs []error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	keys := make([]string, 0, 1+2*len(idx))
+	keys = append(keys, s.expiryKey())
+	args := make([]any, 0, 2+3*len(idx))
+	args = append(args, s.p, len(idx))
+	for _, i := range idx {
+		e := endings[i]
+		keys = append(keys, s.recordKey(e.ID), s.doneKey(e.ID))
+		args = append(args, e.ID, string(e.Outcome), int64(e.Actual))
+	}
+	res, err := s.sc.finishBatch.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return fmt.Errorf("redisstore: finish batch: %w", err)
+	}
+	if len(res) != 2*len(idx) {
+		return fmt.Errorf("redisstore: finish batch replied with %d values, want %d", len(res), 2*len(idx))
+	}
+	r := reply{v: res}
+	for k, i := range idx {
+		e := endings[i]
+		if r.int(2*k) == -1 {
+			errs[i] = fmt.Errorf("%w: %q", limiter.ErrUnknownReservation, e.ID)
+			continue
+		}
+		st := parseRecord(e.ID, r.str(2*k+1), &r)
+		st.Repeat = r.int(2*k) == 1
+		sts[i] = st
+	}
+	if r.err != nil {
+		return fmt.Errorf("redisstore: finish batch reply: %w", r.err)
+	}
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/tollgate/tollgate/internal/redistest"
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/limiter/redisstore"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // TestLeaseBatchAsAlone: one LeaseBatch answers each bucket ask and each
@@ -73,4 +74,52 @@ func TestLeaseBatchRefuses(t *testing.T) {
 	g, err := s.Lease(ctx, []limiter.LeaseAsk{{Key: k, Limit: lim}}, time.Time{})
 	require.NoError(t, err)
 	require.Equal(t, int64(10), g[0].Remaining, "nothing was taken")
+}
+
+// TestFinishBatchAsAlone: one FinishBatch ends each reservation as Finish
+// ends it alone (settled, released, ended twice, unknown), on twin stores.
+func TestFinishBatchAsAlone(t *testing.T) {
+	ctx := context.Background()
+	batched, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: redistest.Prefix(t) + "-b"})
+	require.NoError(t, err)
+	alone, err := redisstore.New(srv.Client(t), redisstore.Config{Prefix: redistest.Prefix(t) + "-a"})
+	require.NoError(t, err)
+	var endings []limiter.Ending
+	for i := range 150 {
+		id := fmt.Sprint("slice-", i)
+		for _, s := range []*redisstore.Store{batched, alone} {
+			d, err := s.Reserve(ctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: time.Minute, Period: "2026-12", Cost: 1000,
+				Budgets: []limiter.Budget{{Owner: fmt.Sprint("client-", i%7), Limit: 1_000_000}}}})
+			require.NoError(t, err)
+			require.True(t, d.Allowed)
+		}
+		o := limiter.OutcomeSettled
+		if i%3 == 0 {
+			o = limiter.OutcomeReleased
+		}
+		endings = append(endings, limiter.Ending{ID: id, Outcome: o, Actual: policy.Money(i * 5)})
+	}
+	endings = append(endings, limiter.Ending{ID: "never", Outcome: limiter.OutcomeSettled}, endings[4]) // unknown, and ended twice
+	sts, errs, err := batched.FinishBatch(ctx, endings)
+	require.NoError(t, err)
+	for i, e := range endings {
+		st, err := alone.Finish(ctx, e)
+		if err != nil {
+			require.ErrorIs(t, errs[i], limiter.ErrUnknownReservation, "ending %d", i)
+			require.ErrorIs(t, err, limiter.ErrUnknownReservation)
+			continue
+		}
+		require.NoError(t, errs[i], "ending %d", i)
+		require.Equal(t, st, sts[i], "ending %d", i)
+	}
+	for o := range 7 {
+		b := []limiter.Budget{{Owner: fmt.Sprint("client-", o), Limit: 1_000_000}}
+		ub, err := batched.Usage(ctx, "2026-12", b, time.Time{})
+		require.NoError(t, err)
+		ua, err := alone.Usage(ctx, "2026-12", b, time.Time{})
+		require.NoError(t, err)
+		require.Equal(t, ua.Budgets, ub.Budgets, "client-%d's budget", o)
+	}
+	_, _, err = batched.FinishBatch(ctx, []limiter.Ending{{ID: "x", Outcome: limiter.OutcomeSettled, Savings: []limiter.Saving{{Strategy: "cache", Amount: 1}}}})
+	require.Error(t, err, "an ending that books beside goes alone")
 }

@@ -60,6 +60,7 @@ var (
 // (whose DONE_TTL follows Config.DoneRetention).
 type scripts struct {
 	reserve, finish, expire, usage, adjust, lease, slots, book *redis.Script
+	finishBatch                                                *redis.Script // batch.go
 }
 
 func newScripts(common string) scripts {
@@ -72,12 +73,14 @@ func newScripts(common string) scripts {
 		lease:   redis.NewScript(common + leaseLua),
 		slots:   redis.NewScript(common + slotsLua),
 		book:    redis.NewScript(common + bookLua),
+
+		finishBatch: redis.NewScript(common + finishBatchLua),
 	}
 }
 
 func (sc scripts) byName() map[string]*redis.Script {
 	return map[string]*redis.Script{"reserve": sc.reserve, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
-		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book}
+		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book, "finish_batch": sc.finishBatch}
 }
 
 // Scripts lists the embedded scripts (with the default retention), for
