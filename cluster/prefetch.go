@@ -27,7 +27,6 @@ import (
 // cover the call, as one store would answer.
 const hotDenials = 16
 
-
 // hotWant is what to ask of a hot bucket near its limit: this member's
 // share of its refill over one sync (its demand share of a pool; of a
 // client's bucket, one member's), at least one unit, never more than
