@@ -167,6 +167,9 @@ type Store struct {
 	// of it (unix ns), 0 while it answers (health.go).
 	failingSince atomic.Int64
 
+	sliceFlight map[string]chan struct{} // by chain: a slice being taken (closed when done)
+	sliceCalls  map[string]int64         // by chain: calls of a slice (slice.go)
+
 	co coalescer // calls waiting to lease together (coalesce.go); its lock is taken alone
 
 	demandMu sync.Mutex       // taken inside s.mu, or alone
@@ -224,7 +227,8 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	}
 	s := &Store{cfg: cfg, raw: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
-		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, weighted: map[string]*rate{}, journal: map[viewKey]policy.Money{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, sliceFlight: map[string]chan struct{}{}, sliceCalls: map[string]int64{},
+		demand: map[string]*rate{}, weighted: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
 	s.shared = watched{Shared: shared, s: s}
@@ -657,36 +661,27 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slice > 0 {
-		h := req.Hold
+		// One call at a time takes a chain's slice: the others that missed
+		// it meanwhile wait for it and decide from it.
+		key := chainKey(req.Hold)
 		s.mu.Lock()
-		id, snaps := s.nextSliceID(), s.snapsOf(h)
+		flight, flying := s.sliceFlight[key]
+		if !flying {
+			flight = make(chan struct{})
+			s.sliceFlight[key] = flight
+		}
 		s.mu.Unlock()
-		d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
-			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}, Now: req.Now})
-		if err != nil {
-			// It may have been reserved without an answer: release it once
-			// the store answers (releasing an unknown id does nothing).
+		if flying {
+			<-flight
+		} else {
+			ok, err := s.takeSlice(bctx, req, n.slice, now)
 			s.mu.Lock()
-			s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
+			delete(s.sliceFlight, key)
 			s.mu.Unlock()
-			if errors.Is(err, limiter.ErrDuplicateReservation) {
-				// The id is new: only this call's own first attempt can
-				// have used it (a client that retried a request whose
-				// answer was lost). No slice, then: the shared store
-				// decides the call.
-				return limiter.Decision{}, false, nil
+			close(flight)
+			if err != nil || !ok {
+				return limiter.Decision{}, false, err
 			}
-			return limiter.Decision{}, false, err
-		}
-		s.m.slices.Inc()
-		s.mu.Lock()
-		s.learnBudgets(h, d.Budgets, snaps, now)
-		if d.Allowed {
-			s.openSlice(h, id, n.slice, now)
-		}
-		s.mu.Unlock()
-		if !d.Allowed {
-			return limiter.Decision{}, false, nil // closer to the limit than the view said: the shared store decides
 		}
 	}
 	s.mu.Lock()
@@ -702,6 +697,43 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		return limiter.Decision{}, false, nil // raced away, or a hold only the shared store decides
 	}
 	return d, true, nil
+}
+
+// takeSlice reserves a slice of size of req's budget chain in the shared
+// store and opens it; ok is false when the shared store must decide.
+func (s *Store) takeSlice(bctx context.Context, req limiter.Request, size policy.Money, now time.Time) (ok bool, err error) {
+	h := req.Hold
+	s.mu.Lock()
+	id, snaps := s.nextSliceID(), s.snapsOf(h)
+	s.mu.Unlock()
+	d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
+		Period: h.Period, Cost: size, Budgets: h.Budgets}, Now: req.Now})
+	if err != nil {
+		// It may have been reserved without an answer: release it once
+		// the store answers (releasing an unknown id does nothing).
+		s.mu.Lock()
+		s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
+		s.mu.Unlock()
+		if errors.Is(err, limiter.ErrDuplicateReservation) {
+			// The id is new: only this call's own first attempt can
+			// have used it (a client that retried a request whose
+			// answer was lost). No slice, then: the shared store
+			// decides the call.
+			return false, nil
+		}
+		return false, err
+	}
+	s.m.slices.Inc()
+	s.mu.Lock()
+	s.learnBudgets(h, d.Budgets, snaps, now)
+	if d.Allowed {
+		s.openSlice(h, id, size, now)
+	}
+	s.mu.Unlock()
+	if !d.Allowed {
+		return false, nil // closer to the limit than the view said: the shared store decides
+	}
+	return true, nil
 }
 
 func indexOf(takes []limiter.Take, k limiter.Key) int {
