@@ -58,15 +58,21 @@ func (s *Store) refillTime(lim limiter.Limit, units int64) time.Duration {
 	return time.Duration(ceilDiv(units*lim.Scale(), lim.Refill)) * time.Microsecond
 }
 
+// prefetchIdle is how many lease periods a lease is renewed after its last
+// spend: a client calling a member about once a second would otherwise
+// find its lease lapsed one call in four, and lease it on the call's time.
+const prefetchIdle = 3
+
 // prefetchAsks lists the leases to renew now: asked in the store's time,
-// with units spent in the last lease period, not paused nor known short,
+// with units spent in the last prefetchIdle lease periods, not paused nor
+// known short,
 // and lapsing or running dry (at the pace spent since the grant) before
 // two more rounds. s.mu is held.
 func (s *Store) prefetchAsks(now time.Time) []limiter.LeaseAsk {
 	horizon := 2 * s.cfg.SyncEvery
 	var asks []limiter.LeaseAsk
 	for k, l := range s.leases {
-		if !l.storeClock || l.limit.Capacity <= 0 || l.spent <= 0 || now.Sub(l.used) >= s.cfg.LeaseTTL ||
+		if !l.storeClock || l.limit.Capacity <= 0 || l.used.IsZero() || now.Sub(l.used) >= prefetchIdle*s.cfg.LeaseTTL ||
 			now.Before(l.pausedUntil) || now.Before(l.shortUntil) || !l.possible {
 			continue
 		}
