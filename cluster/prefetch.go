@@ -73,7 +73,7 @@ func (s *Store) prefetchAsks(now time.Time) []limiter.LeaseAsk {
 	var asks []limiter.LeaseAsk
 	for k, l := range s.leases {
 		if !l.storeClock || l.limit.Capacity <= 0 || l.used.IsZero() || now.Sub(l.used) >= prefetchIdle*s.cfg.LeaseTTL ||
-			now.Before(l.pausedUntil) || now.Before(l.shortUntil) || !l.possible {
+			now.Before(l.pausedUntil) || now.Before(l.shortUntil) || !l.possible || now.Before(l.hotUntil) { // a hot bucket is asked once a round, by the calls
 			continue
 		}
 		el := now.Sub(l.grantAt)
