@@ -123,3 +123,40 @@ func TestFinishBatchAsAlone(t *testing.T) {
 	_, _, err = batched.FinishBatch(ctx, []limiter.Ending{{ID: "x", Outcome: limiter.OutcomeSettled, Savings: []limiter.Saving{{Strategy: "cache", Amount: 1}}}})
 	require.Error(t, err, "an ending that books beside goes alone")
 }
+
+// BenchmarkLeaseBatch: one member's sync renewing 100 clients' buckets and
+// slot leases in one script call, against the same in 101 calls (one Lease
+// of the 100 buckets, one LeaseSlots a client), on loopback Redis.
+func BenchmarkLeaseBatch(b *testing.B) {
+	ctx := context.Background()
+	s, err := redisstore.New(srv.Client(b), redisstore.Config{Prefix: redistest.Prefix(b)})
+	require.NoError(b, err)
+	lim := limiter.Limit{Capacity: 1_000_000, Refill: 1_000_000}
+	var asks []limiter.LeaseAsk
+	var slots []limiter.SlotLease
+	for i := range 100 {
+		asks = append(asks, limiter.LeaseAsk{Key: limiter.Key{Pool: "p", Client: fmt.Sprint("c", i)}, Limit: lim, Want: 10, Need: 1})
+		slots = append(slots, limiter.SlotLease{Client: fmt.Sprint("c", i), Max: 64, Holder: "m1", Want: 7, TTL: 10 * time.Second})
+	}
+	b.Run("batch", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, _, err := s.LeaseBatch(ctx, asks, slots, time.Time{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("one call each", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := s.Lease(ctx, asks, time.Time{}); err != nil {
+				b.Fatal(err)
+			}
+			for _, l := range slots {
+				if _, _, err := s.LeaseSlots(ctx, l, time.Time{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
