@@ -277,6 +277,8 @@ func (n *Node) receive(b []byte) {
 		if grew != 0 && n.sig != nil {
 			n.sig.Spend(m.From, []limiter.SpendDelta{{Owner: m.Owner, Period: m.Period, Spent: grew}})
 		}
+	case kindRefill:
+		n.heardRefill(m)
 	case kindBackoff:
 		key := m.From + "\x00" + m.Pool
 		n.mu.Lock()

@@ -263,7 +263,11 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 	if len(back) == 0 {
 		return
 	}
-	if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
+	_, err := s.shared.Refund(ctx, refundsOf(back), time.Time{})
+	if err == nil {
+		s.announceRefills(poolUnits(back))
+	}
+	if err != nil {
 		if s.unsent(err) {
 			s.mu.Lock()
 			s.returning = append(back, s.returning...) // given back when the store is
@@ -275,6 +279,17 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 		// limit. Units not given back only wait for the bucket's refill.
 		s.log.Warn("unused leased units may not have been given back", slog.Int("buckets", len(back)), slog.Any("error", err))
 	}
+}
+
+// poolUnits sums the pool-wide units of give-backs by pool.
+func poolUnits(adj []limiter.Adjustment) map[string]int64 {
+	out := map[string]int64{}
+	for _, a := range adj {
+		if a.Key.Client == "" && a.Refund > 0 {
+			out[a.Key.Pool] += a.Refund
+		}
+	}
+	return out
 }
 
 // refundsOf converts merged lease give-backs for the shared store.
@@ -450,6 +465,8 @@ func (s *Store) handBack(ctx context.Context) error {
 	if back = mergeRefunds(back); len(back) > 0 {
 		if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
 			firstErr = err
+		} else {
+			s.announceRefills(poolUnits(back))
 		}
 	}
 	for _, b := range slots { // calls still in flight keep theirs until they lapse
