@@ -138,16 +138,34 @@ bench-load-redis: build deps ## the same load on a Redis store (a throwaway redi
 		--redis-addr 127.0.0.1:$(REDIS_BENCH_PORT); rc=$$?; \
 	redis-cli -p $(REDIS_BENCH_PORT) shutdown nosave >/dev/null 2>&1; rm -rf $$dir; exit $$rc
 
-bench-cluster: build deps ## fleets of 1 and 3 on one Redis: overshoot past a pool's limit, Redis round trips per 1,000 checks, p50/p99
+# Issue 16's shape: CLIENTS distinct clients (each with its own bucket,
+# budget and concurrency slots), fleets of MEMBERS, under and over a pool's
+# limit; then the same shapes on the embedded memory store, whose p999 the
+# fleet's is judged against. `make bench-cluster CLIENTS=1000 MEMBERS=3`
+# runs one case. Each run is measured after BENCH_CLUSTER_WARMUP (every
+# client's keys leased and budgets read once: the steady state of clients
+# that stay active; BENCH_CLUSTER_WARMUP=0s shows the cold start too).
+CLIENTS ?= 1 1000
+MEMBERS ?= 1 3
+BENCH_CLUSTER_DURATION ?= 10s
+BENCH_CLUSTER_WARMUP ?= 5s
+bench-cluster: build deps ## CLIENTS (1 1000) x MEMBERS (1 3) x under/over a pool's limit on one Redis: admitted vs bound, round trips per decision, p50/p99/p999
 	@dir=$$(mktemp -d); \
 	redis-server --port $(REDIS_BENCH_PORT) --bind 127.0.0.1 --save '' --appendonly no --dir $$dir --daemonize yes >/dev/null && \
-	rc=0; for n in 1 3; do \
-		echo "== $$n node(s), over the limit: a pool of 1000 requests/s offered far more"; \
-		./$(BIN) load --duration 10s --concurrency 32 --nodes $$n --cluster --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) \
+	rc=0; for c in $(CLIENTS); do for n in $(MEMBERS); do \
+		echo "== $$c client(s), $$n member(s), over the limit: a pool of 1000 requests/s offered far more"; \
+		./$(BIN) load --duration $(BENCH_CLUSTER_DURATION) --warmup $(BENCH_CLUSTER_WARMUP) --concurrency 32 --clients $$c --members $$n --cluster --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) \
 			--policy testdata/good/bench-cluster.yaml --overshoot-pool bench-requests || rc=1; \
-		echo "== $$n node(s), under the limit: every check admitted"; \
-		./$(BIN) load --duration 10s --concurrency 32 --nodes $$n --cluster --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) \
-			--policy testdata/good/bench.yaml --body testdata/bodies/openai-chat-1k.json || rc=1; \
+		echo "== $$c client(s), $$n member(s), under the limit: every check admitted"; \
+		./$(BIN) load --duration $(BENCH_CLUSTER_DURATION) --warmup $(BENCH_CLUSTER_WARMUP) --concurrency 32 --clients $$c --members $$n --cluster --redis-addr 127.0.0.1:$(REDIS_BENCH_PORT) \
+			--policy testdata/good/bench-cluster-under.yaml --body testdata/bodies/openai-chat-1k.json || rc=1; \
+	done; \
+		echo "== $$c client(s), embedded memory store, over the limit (the p999 to compare with)"; \
+		./$(BIN) load --duration $(BENCH_CLUSTER_DURATION) --warmup $(BENCH_CLUSTER_WARMUP) --concurrency 32 --clients $$c \
+			--policy testdata/good/bench-cluster.yaml --overshoot-pool bench-requests || rc=1; \
+		echo "== $$c client(s), embedded memory store, under the limit"; \
+		./$(BIN) load --duration $(BENCH_CLUSTER_DURATION) --warmup $(BENCH_CLUSTER_WARMUP) --concurrency 32 --clients $$c \
+			--policy testdata/good/bench-cluster-under.yaml --body testdata/bodies/openai-chat-1k.json || rc=1; \
 	done; \
 	redis-cli -p $(REDIS_BENCH_PORT) shutdown nosave >/dev/null 2>&1; rm -rf $$dir; exit $$rc
 

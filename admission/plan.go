@@ -87,6 +87,7 @@ func makePlan(set *policy.Set, client *policy.Client, class policy.Class, est *c
 	} else {
 		p.req.Takes = takes(set, client, est)
 	}
+	p.req.Priority = client.Tier.Priority + p.cp.Urgency // the queue's score: a fleet weighs demand by it
 	p.deadline = now.Add(p.cp.MaxWait)
 	if !envoyDeadline.IsZero() && envoyDeadline.Add(-deadlineMargin).Before(p.deadline) {
 		p.deadline = envoyDeadline.Add(-deadlineMargin) // answer before Envoy gives up

@@ -32,15 +32,17 @@ type message struct {
 	From   string             `json:"f"`
 	Inst   string             `json:"i,omitempty"` // the sender's instance (identity.go)
 	Demand map[string]float64 `json:"d,omitempty"`
-	Owner  string             `json:"o,omitempty"`
-	Period string             `json:"p,omitempty"`
-	Gen    int64              `json:"g,omitempty"`
-	Seq    uint64             `json:"n,omitempty"` // of the total within its generation
-	Total  policy.Money       `json:"t,omitempty"`
-	Pool   string             `json:"l,omitempty"`
-	Until  int64              `json:"u,omitempty"` // unix ms; 0: no pause
-	Cap    int64              `json:"c"`           // units left, or -1
-	At     int64              `json:"a,omitempty"` // unix ns the signal was seen
+	// Weighted is the demand weighted by the calls' priority (priority.go).
+	Weighted map[string]float64 `json:"w,omitempty"`
+	Owner    string             `json:"o,omitempty"`
+	Period   string             `json:"p,omitempty"`
+	Gen      int64              `json:"g,omitempty"`
+	Seq      uint64             `json:"n,omitempty"` // of the total within its generation
+	Total    policy.Money       `json:"t,omitempty"`
+	Pool     string             `json:"l,omitempty"`
+	Until    int64              `json:"u,omitempty"` // unix ms; 0: no pause
+	Cap      int64              `json:"c"`           // units left, or -1
+	At       int64              `json:"a,omitempty"` // unix ns the signal was seen
 }
 
 const (
@@ -165,7 +167,7 @@ func (n *Node) sayLocked(m message, name string, until time.Time) {
 // tick is one round: this member's demand, the messages peers may have
 // missed, and forgetting what is old.
 func (n *Node) tick(now time.Time) {
-	b, err := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Inst: n.id.Instance, Demand: fit(n.mine()), Cap: -1})
+	b, err := n.demandMessage()
 	if err == nil {
 		n.bq.QueueBroadcast(&broadcast{msg: b, name: kindDemand})
 	}
@@ -212,8 +214,14 @@ func (n *Node) tick(now time.Time) {
 // message beside its envelope (kind, name, instance: at most 200 bytes);
 // the others count as idle at the peers: they get the smallest share until
 // the report shrinks.
-func fit(d map[string]float64) map[string]float64 {
-	if b, _ := json.Marshal(d); len(b) <= maxMessage-200 {
+func fit(d map[string]float64) map[string]float64 { return fitTo(d, maxMessage-200) }
+
+// fitTo keeps the busiest pools of d that fit limit bytes.
+func fitTo(d map[string]float64, limit int) map[string]float64 {
+	if d == nil {
+		return nil
+	}
+	if b, _ := json.Marshal(d); len(b) <= limit {
 		return d
 	}
 	pools := make([]string, 0, len(d))
@@ -225,7 +233,7 @@ func fit(d map[string]float64) map[string]float64 {
 	size := 2
 	for _, p := range pools {
 		b, _ := json.Marshal(map[string]float64{p: d[p]})
-		if size+len(b) > maxMessage-200 {
+		if size+len(b) > limit {
 			break
 		}
 		out[p], size = d[p], size+len(b)
@@ -246,7 +254,7 @@ func (n *Node) receive(b []byte) {
 	switch m.Kind {
 	case kindDemand:
 		n.mu.Lock()
-		n.demand[m.From] = peerDemand{rates: m.Demand, at: now}
+		n.demand[m.From] = peerDemand{rates: m.Demand, weighted: m.Weighted, at: now}
 		n.mu.Unlock()
 	case kindSpend:
 		k := spendKey{m.Owner, m.Period}
@@ -269,6 +277,8 @@ func (n *Node) receive(b []byte) {
 		if grew != 0 && n.sig != nil {
 			n.sig.Spend(m.From, []limiter.SpendDelta{{Owner: m.Owner, Period: m.Period, Spent: grew}})
 		}
+	case kindRefill:
+		n.heardRefill(m)
 	case kindBackoff:
 		key := m.From + "\x00" + m.Pool
 		n.mu.Lock()
@@ -325,7 +335,7 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 // LocalState hands a joining or syncing peer this node's demand.
 func (d *delegate) LocalState(bool) []byte {
 	n := (*Node)(d)
-	b, _ := json.Marshal(message{Kind: kindDemand, From: n.cfg.Name, Inst: n.id.Instance, Demand: fit(n.mine()), Cap: -1})
+	b, _ := n.demandMessage()
 	return b
 }
 

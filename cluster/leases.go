@@ -34,6 +34,24 @@ type lease struct {
 	misses int
 	// pausedUntil: the upstream asked to back off; no lease until then.
 	pausedUntil time.Time
+	// Demand seen here, which the sync loop's prefetch renews the lease by
+	// (prefetch.go): when units were last spent, and what was spent since
+	// the last grant (and when that was). storeClock: the last ask named no
+	// time (the store's clock), so a prefetch, which names none, asks in
+	// the same time.
+	used, grantAt time.Time
+	spent         int64
+	storeClock    bool
+	// refused counts the calls refused for this bucket (here, or by the
+	// shared store) since refusedAt, a window of one sync; hotUntil: the
+	// bucket is over-subscribed (hot) until then (kept while asks find it
+	// drained). See prefetch.go.
+	refused   int
+	refusedAt time.Time
+	hotUntil  time.Time
+	// got measures the units granted to this member while the bucket is
+	// hot, against its share of the refill (holdToShare).
+	got *rate
 }
 
 // want is the lease to ask for a take: this member's share of a lease
@@ -43,6 +61,9 @@ func (s *Store) want(t limiter.Take, l *lease, now time.Time) int64 {
 	r := float64(t.Limit.Refill) / float64(t.Limit.Den()) // units a second: a size to ask for, not an amount kept
 	near := c * s.cfg.NearLimitPercent / 100
 	if l != nil && l.left < near && now.Sub(l.leftAt) < s.cfg.LeaseTTL {
+		if l.isHot(now, s.cfg.SyncEvery) {
+			return max(t.Cost, s.hotWant(t.Key, t.Limit))
+		}
 		return t.Cost
 	}
 	share := 1 / float64(s.peers.Live())
@@ -134,10 +155,34 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 	if a.Want == 0 {
 		return // a read: nothing was asked, nothing refused
 	}
+	if g.Granted == 0 && a.Need > 0 {
+		l.noteRefusal(now, s.cfg.SyncEvery)
+	}
+	near := a.Limit.Capacity * s.cfg.NearLimitPercent / 100
+	hot := l.isHot(now, s.cfg.SyncEvery)
+	if hot && (g.Remaining >= max(near, 1) || !g.Possible) {
+		l.hotUntil, hot = time.Time{}, false // room again: asked as any bucket
+	} else if hot && (g.Granted == 0 || g.Remaining == 0) {
+		l.hotUntil = now.Add(s.cfg.LeaseTTL) // still contended: stays hot
+	}
+
 	if g.Granted > 0 {
 		l.units += g.Granted
 		l.exp = now.Add(s.cfg.LeaseTTL)
 		l.shortUntil, l.misses = time.Time{}, 0
+		l.grantAt, l.spent = now, 0
+		if hot {
+			s.holdToShare(l, a, g.Granted, now)
+		}
+		if hot && g.Possible && g.Granted < a.Want && g.Remaining == 0 {
+			// It took what was left of a hot bucket: spend it, then refuse
+			// here for a round of the fleet's asks (the next ask takes this
+			// member's share of what refilled), instead of asking for each
+			// unit as it comes back.
+			if until := now.Add(s.hotWait(a.Limit)); until.After(l.shortUntil) {
+				l.shortUntil, l.shortNeed = until, 1
+			}
+		}
 		return
 	}
 	l.misses++
@@ -145,6 +190,14 @@ func (s *Store) take(a limiter.LeaseAsk, g limiter.LeaseGrant, now time.Time) {
 	wait := g.RetryAfter
 	if l.misses > 1 && s.peers.Live() > 1 { // refused again while others contend: wait twice as long each time, up to a tenth of a lease
 		wait = max(wait, min(g.RetryAfter<<min(l.misses-1, 20), s.cfg.LeaseTTL/10))
+	}
+	if hot && g.Possible {
+		// Refused while calls are being refused here by the dozen: the
+		// bucket is over-subscribed. Ask again only after a round of the
+		// fleet's asks (hotWait), not each time a unit comes back: the calls
+		// meanwhile are refused here, and the next ask takes this member's
+		// share of what came back since (want, prefetch.go).
+		wait = max(wait, s.hotWait(a.Limit))
 	}
 	l.shortUntil = now.Add(wait)
 	if !g.Possible {
@@ -216,4 +269,23 @@ func (s *Store) shortWait(l *lease, need int64, now time.Time) time.Duration {
 		w += time.Duration(ceilDiv(more*l.limit.Scale(), l.limit.Refill)) * time.Microsecond
 	}
 	return w
+}
+
+// noteRefusal counts a call refused for the bucket in the current window.
+func (l *lease) noteRefusal(now time.Time, window time.Duration) {
+	if now.Sub(l.refusedAt) >= window || now.Before(l.refusedAt) {
+		l.refusedAt, l.refused = now, 0
+	}
+	l.refused++
+}
+
+// isHot reports whether the bucket is over-subscribed: hotDenials calls
+// refused within one window, or hot since then and still contended.
+func (l *lease) isHot(now time.Time, window time.Duration) bool {
+	if l.refused >= hotDenials && now.Sub(l.refusedAt) < window {
+		if until := now.Add(10 * window); until.After(l.hotUntil) {
+			l.hotUntil = until
+		}
+	}
+	return now.Before(l.hotUntil)
 }

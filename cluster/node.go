@@ -97,6 +97,9 @@ type Member struct {
 	State  string             `json:"state"` // alive, suspect, dead, left
 	Self   bool               `json:"self,omitempty"`
 	Demand map[string]float64 `json:"demand_per_second,omitempty"` // units a second, by pool
+	// Weighted is the demand weighted by the calls' priority, by pool
+	// (priority.go).
+	Weighted map[string]float64 `json:"weighted_demand,omitempty"`
 }
 
 // Signals is what a Node hands up when peers speak. Methods are called from
@@ -144,8 +147,8 @@ type Node struct {
 }
 
 type peerDemand struct {
-	rates map[string]float64
-	at    time.Time
+	rates, weighted map[string]float64
+	at              time.Time
 }
 
 // NewNode starts gossip and tries to join the seeds (or DNS). A node that
@@ -325,7 +328,7 @@ func (n *Node) Live() int {
 
 // Members lists the members and their last demand.
 func (n *Node) Members() []Member {
-	mine := n.mine()
+	mine, wmine := n.mine(), n.weightedMine()
 	ms := n.ml.Load().Members() // before n.mu (see Share)
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -333,9 +336,9 @@ func (n *Node) Members() []Member {
 	for _, m := range ms {
 		mm := Member{Name: m.Name, Addr: net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))), State: stateName(m.State), Self: m.Name == n.cfg.Name}
 		if mm.Self {
-			mm.Demand = mine
+			mm.Demand, mm.Weighted = mine, wmine
 		} else if d, ok := n.demand[m.Name]; ok {
-			mm.Demand = d.rates
+			mm.Demand, mm.Weighted = d.rates, d.weighted
 		}
 		out = append(out, mm)
 	}
@@ -358,9 +361,14 @@ func stateName(s memberlist.NodeStateType) string {
 // Share is this node's share of the fleet's demand for pool, in (0, 1]:
 // its own over everyone's (peers' reports older than three intervals
 // count as none). With no demand known anywhere it is 1/Live.
+//
+// It is the share of the priority-weighted demand (priority.go) when this
+// member and every peer with demand for the pool report one.
 func (n *Node) Share(pool string) float64 {
 	mine := n.mine()[pool]
 	total := mine
+	wmine := n.weightedMine()
+	weighted, wtotal := wmine != nil && (wmine[pool] > 0 || mine == 0), wmine[pool]
 	alive := n.aliveNames() // before n.mu: memberlist calls NotifyLeave holding its own lock
 	n.mu.Lock()
 	stale := n.now().Add(-3 * n.cfg.DemandEvery)
@@ -369,8 +377,15 @@ func (n *Node) Share(pool string) float64 {
 			continue
 		}
 		total += d.rates[pool]
+		if d.rates[pool] > 0 && d.weighted[pool] <= 0 {
+			weighted = false // a member that does not weigh: shares by units alone
+		}
+		wtotal += d.weighted[pool]
 	}
 	n.mu.Unlock()
+	if weighted && wtotal > 0 {
+		mine, total = wmine[pool], wtotal
+	}
 	if total <= 0 {
 		return 1 / float64(n.Live())
 	}

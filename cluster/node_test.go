@@ -43,6 +43,7 @@ type recorder struct {
 	mu       sync.Mutex
 	spends   []string // "from owner/period spent"
 	backoffs []string // "from pool pause remaining"
+	refills  []string // "from pool units"
 	demand   map[string]float64
 }
 
@@ -61,6 +62,12 @@ func (r *recorder) Backoff(from, pool string, pause time.Duration, remaining int
 }
 
 func (r *recorder) MembersChanged() {}
+
+func (r *recorder) Refill(from, pool string, units int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refills = append(r.refills, fmt.Sprintf("%s %s %d", from, pool, units))
+}
 
 func (r *recorder) mine() map[string]float64 {
 	r.mu.Lock()

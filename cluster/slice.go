@@ -19,8 +19,16 @@ import (
 // and stands at its full size (spend is never silently lost). Near a
 // limit, no slice is taken: every reservation is the shared store's.
 
-// sliceCalls is how many calls of the size at hand a slice holds at most.
-const sliceCalls = 64
+// sliceCalls is how many calls of the size at hand a slice holds at most,
+// at first; a chain whose slices run dry within an eighth of their life
+// gets slices twice as large the next time (up to maxSliceCalls calls),
+// and one whose slice lapses a quarter used, half as large, so that a busy
+// client needs a slice every few seconds, not dozens a second. The headroom
+// rule (sliceSize) bounds them all the same.
+const (
+	sliceCalls    = 64
+	maxSliceCalls = 64 * 64
+)
 
 // sliceGrace is how much longer than its local life a slice is held in
 // the shared store: its settle may wait out an outage this long and still
@@ -33,7 +41,7 @@ type slice struct {
 	owners      []string
 	period      string
 	size, spent policy.Money
-	exp         time.Time
+	opened, exp time.Time
 	closed      bool
 }
 
@@ -88,8 +96,12 @@ func limited(budgets []limiter.Budget) bool {
 // less than the call (near the limit, or no fresh view). s.mu is held.
 func (s *Store) sliceSize(h *limiter.Hold, now time.Time) policy.Money {
 	size := policy.Money(limiter.MaxMoney - 1)
-	if h.Cost > 0 && h.Cost < size/sliceCalls {
-		size = h.Cost * sliceCalls
+	calls := policy.Money(s.sliceCalls[chainKey(h)])
+	if calls == 0 {
+		calls = sliceCalls
+	}
+	if h.Cost > 0 && h.Cost < size/calls {
+		size = h.Cost * calls
 	}
 	for _, b := range h.Budgets {
 		if b.Limit < 0 {
@@ -114,9 +126,12 @@ func (s *Store) sliceSize(h *limiter.Hold, now time.Time) policy.Money {
 func (s *Store) openSlice(h *limiter.Hold, id string, size policy.Money, now time.Time) {
 	key := chainKey(h)
 	if old := s.slices[key]; old != nil {
+		if old.left() < h.Cost && now.Sub(old.opened) < s.cfg.SliceTTL/8 { // ran dry at once: larger next time
+			s.sliceCalls[key] = min(max(s.sliceCalls[key], sliceCalls)*2, maxSliceCalls)
+		}
 		s.closeSlice(key, old)
 	}
-	sl := &slice{id: id, period: h.Period, size: size, exp: now.Add(s.cfg.SliceTTL)}
+	sl := &slice{id: id, period: h.Period, size: size, opened: now, exp: now.Add(s.cfg.SliceTTL)}
 	for _, b := range h.Budgets {
 		sl.owners = append(sl.owners, b.Owner)
 	}
@@ -141,6 +156,13 @@ func (s *Store) closeSlice(key string, sl *slice) {
 func (s *Store) closeLapsed(now time.Time) {
 	for k, sl := range s.slices {
 		if !now.Before(sl.exp) {
+			if c := s.sliceCalls[k]; c > 0 && sl.spent < sl.size/4 { // lapsed little used: smaller next time
+				if c /= 2; c <= sliceCalls {
+					delete(s.sliceCalls, k)
+				} else {
+					s.sliceCalls[k] = c
+				}
+			}
 			s.closeSlice(k, sl)
 		}
 	}

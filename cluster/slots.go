@@ -15,9 +15,14 @@ import (
 
 type slotLease struct {
 	max, held, inUse int64
-	exp, used        time.Time
-	busy             int        // leaseSlots calls under way: the lease is not forgotten meanwhile
-	call             sync.Mutex // one leaseSlots call at a time; taken before s.mu, never inside it
+	// peak is the most calls in use here since the last renewal: the lease
+	// is kept at it (plus spares), so that a client whose calls come and go
+	// does not give slots back at a sync only to lease them again on the
+	// request path a moment later.
+	peak      int64
+	exp, used time.Time
+	busy      int        // leaseSlots calls under way: the lease is not forgotten meanwhile
+	call      sync.Mutex // one leaseSlots call at a time; taken before s.mu, never inside it
 }
 
 // slotWant is how many of a client's slots to hold for inUse calls: those,
@@ -88,4 +93,45 @@ func (s *Store) expireSlots(client string, now time.Time) int {
 		}
 	}
 	return n
+}
+
+// holdSlotCall takes client's call lock (as leaseSlotsAt does) and sets
+// *ask to the slot lease to send, its want worked out under s.mu; the
+// caller sends it (in a batch), records the answer with slotsHeld, then
+// calls the release it returns.
+func (s *Store) holdSlotCall(client string, maxSlots int64, want func(*slotLease) int64, ask **limiter.SlotLease) (release func()) {
+	s.mu.Lock()
+	sl := s.slots[client]
+	if sl == nil {
+		sl = &slotLease{}
+		s.slots[client] = sl
+	}
+	sl.busy++
+	s.mu.Unlock()
+	sl.call.Lock()
+	s.mu.Lock()
+	sl.max = maxSlots
+	w := want(sl)
+	sl.held = min(sl.held, w)
+	s.mu.Unlock()
+	*ask = &limiter.SlotLease{Client: client, Max: maxSlots, Holder: s.peers.Name(), Want: w, TTL: s.cfg.SlotTTL}
+	return func() {
+		s.mu.Lock()
+		sl.busy--
+		s.mu.Unlock()
+		sl.call.Unlock()
+	}
+}
+
+// slotsHeld records what a slot lease sent with holdSlotCall got, at the
+// time at (zero: this member's clock). client's call lock is held.
+func (s *Store) slotsHeld(client string, held int64, at time.Time) {
+	if at.IsZero() {
+		at = s.cfg.Clock.Now()
+	}
+	s.mu.Lock()
+	if sl := s.slots[client]; sl != nil {
+		sl.held, sl.exp = held, at.Add(s.cfg.SlotTTL)
+	}
+	s.mu.Unlock()
 }

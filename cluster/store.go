@@ -176,8 +176,14 @@ type Store struct {
 	// of it (unix ns), 0 while it answers (health.go).
 	failingSince atomic.Int64
 
+	sliceFlight map[string]chan struct{} // by chain: a slice being taken (closed when done)
+	sliceCalls  map[string]int64         // by chain: calls of a slice (slice.go)
+
+	co coalescer // calls waiting to lease together (coalesce.go); its lock is taken alone
+
 	demandMu sync.Mutex       // taken inside s.mu, or alone
 	demand   map[string]*rate // units a second by pool, this member's
+	weighted map[string]*rate // the same asked, weighted by priority (priority.go)
 
 	stop      chan struct{}
 	loopDone  chan struct{}
@@ -230,7 +236,8 @@ func NewStore(cfg Config, shared Shared, peers Peers, reg prometheus.Registerer)
 	}
 	s := &Store{cfg: cfg, raw: shared, peers: peers, log: cfg.Logger.With(slog.String("component", "cluster")),
 		leases: map[limiter.Key]*lease{}, slots: map[string]*slotLease{}, slices: map[string]*slice{}, views: map[viewKey]*view{},
-		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, demand: map[string]*rate{}, journal: map[viewKey]policy.Money{},
+		resv: map[string]*localResv{}, done: map[string]limiter.Settlement{}, remote: map[string]struct{}{}, sliceFlight: map[string]chan struct{}{}, sliceCalls: map[string]int64{},
+		demand: map[string]*rate{}, weighted: map[string]*rate{}, journal: map[viewKey]policy.Money{},
 		epoch: fmt.Sprintf("%s:%d", peers.Name(), cfg.Clock.Now().UnixNano()),
 		stop:  make(chan struct{}), loopDone: make(chan struct{})}
 	s.shared = watched{Shared: shared, s: s}
@@ -269,6 +276,7 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	if now.IsZero() {
 		now = s.cfg.Clock.Now()
 	}
+	s.recordAsked(req, s.cfg.Clock.Now()) // demand is measured in this member's time
 	s.mu.Lock()
 	if s.outage {
 		d, err := s.decideOutage(req, now)
@@ -450,6 +458,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			continue
 		}
 		if knownShort {
+			l.noteRefusal(now, s.cfg.SyncEvery)
 			if shortest < 0 || s.shortWait(l, need, now) > s.shortWait(s.leases[req.Takes[shortest].Key], shortNeeds[shortest], now) {
 				shortest = i
 			}
@@ -494,7 +503,7 @@ func (s *Store) tryLocal(req limiter.Request, now time.Time, zc zeroCost) (limit
 			if sl == nil || !now.Before(sl.exp) || sl.inUse >= sl.held || sl.max != h.Slot.Max {
 				inUse := int64(0)
 				if sl != nil {
-					inUse = sl.inUse
+					inUse = max(sl.inUse, sl.peak-1)
 				}
 				n.slot = &limiter.SlotLease{Client: h.Slot.Client, Max: h.Slot.Max, Holder: s.peers.Name(), Want: s.slotWant(inUse+1, h.Slot.Max), TTL: s.cfg.SlotTTL}
 			}
@@ -523,6 +532,8 @@ func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSl
 		}
 		if !short[i] && t.Cost > 0 {
 			l.units -= t.Cost
+			l.spent += t.Cost
+			l.used = now
 			s.record(t.Key, t.Cost)
 		}
 		st.Remaining, st.ResetAfter = s.approxState(l, t.Limit, now)
@@ -540,6 +551,7 @@ func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSl
 		if h.Slot != nil && !h.Commit {
 			sl := s.slots[h.Slot.Client]
 			sl.inUse++
+			sl.peak = max(sl.peak, sl.inUse)
 			sl.used = now
 			d.InFlight = sl.inUse
 		}
@@ -564,9 +576,32 @@ func (s *Store) admitHere(req limiter.Request, short []bool, expired int, fromSl
 func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now time.Time) (limiter.Decision, bool, error) {
 	bctx, cancel := background(ctx)
 	defer cancel()
+	// In the store's time (a request that names none), the asks and the
+	// slot lease go in one batch with other calls' (coalesce.go).
+	var together *leaseCall
+	if bl, ok := s.raw.(limiter.BatchLeaser); ok && req.Now.IsZero() && (len(n.asks) > 0 || n.slot != nil) {
+		together = &leaseCall{asks: n.asks}
+		var release func()
+		if n.slot != nil {
+			release = s.holdSlotCall(n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(max(sl.inUse+1, sl.peak), n.slot.Max) }, &together.slot)
+		}
+		s.leaseTogether(bctx, bl, together)
+		if release != nil {
+			if together.err == nil {
+				s.slotsHeld(n.slot.Client, together.held.Held, time.Time{})
+			}
+			release()
+		}
+		if together.err != nil {
+			return limiter.Decision{}, false, together.err
+		}
+	}
 	if len(n.asks) > 0 {
-		grants, err := s.shared.Lease(bctx, n.asks, req.Now) // the request's time, if it names one
-		if err != nil {
+		var grants []limiter.LeaseGrant
+		var err error
+		if together != nil {
+			grants = together.grants
+		} else if grants, err = s.shared.Lease(bctx, n.asks, req.Now); err != nil { // the request's time, if it names one
 			return limiter.Decision{}, false, err
 		}
 		if len(grants) != len(n.asks) {
@@ -580,6 +615,7 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		s.mu.Lock()
 		for i, a := range n.asks {
 			s.take(a, grants[i], now)
+			s.leases[a.Key].storeClock = req.Now.IsZero()
 			g := grants[i]
 			if g.Granted > 0 || a.Need == 0 {
 				continue
@@ -605,9 +641,15 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slot != nil {
-		held, inFlight, err := s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(sl.inUse+1, n.slot.Max) })
-		if err != nil {
-			return limiter.Decision{}, false, err
+		var held, inFlight int64
+		if together != nil {
+			held, inFlight = together.held.Held, together.held.InFlight
+		} else {
+			var err error
+			held, inFlight, err = s.leaseSlotsAt(bctx, req.Now, n.slot.Client, n.slot.Max, func(sl *slotLease) int64 { return s.slotWant(max(sl.inUse+1, sl.peak), n.slot.Max) })
+			if err != nil {
+				return limiter.Decision{}, false, err
+			}
 		}
 		s.mu.Lock()
 		var denied *limiter.Decision
@@ -628,36 +670,27 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 	}
 	if n.slice > 0 {
-		h := req.Hold
+		// One call at a time takes a chain's slice: the others that missed
+		// it meanwhile wait for it and decide from it.
+		key := chainKey(req.Hold)
 		s.mu.Lock()
-		id, snaps := s.nextSliceID(), s.snapsOf(h)
+		flight, flying := s.sliceFlight[key]
+		if !flying {
+			flight = make(chan struct{})
+			s.sliceFlight[key] = flight
+		}
 		s.mu.Unlock()
-		d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
-			Period: h.Period, Cost: n.slice, Budgets: h.Budgets}, Now: req.Now})
-		if err != nil {
-			// It may have been reserved without an answer: release it once
-			// the store answers (releasing an unknown id does nothing).
+		if flying {
+			<-flight
+		} else {
+			ok, err := s.takeSlice(bctx, req, n.slice, now)
 			s.mu.Lock()
-			s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
+			delete(s.sliceFlight, key)
 			s.mu.Unlock()
-			if errors.Is(err, limiter.ErrDuplicateReservation) {
-				// The id is new: only this call's own first attempt can
-				// have used it (a client that retried a request whose
-				// answer was lost). No slice, then: the shared store
-				// decides the call.
-				return limiter.Decision{}, false, nil
+			close(flight)
+			if err != nil || !ok {
+				return limiter.Decision{}, false, err
 			}
-			return limiter.Decision{}, false, err
-		}
-		s.m.slices.Inc()
-		s.mu.Lock()
-		s.learnBudgets(h, d.Budgets, snaps, now)
-		if d.Allowed {
-			s.openSlice(h, id, n.slice, now)
-		}
-		s.mu.Unlock()
-		if !d.Allowed {
-			return limiter.Decision{}, false, nil // closer to the limit than the view said: the shared store decides
 		}
 	}
 	s.mu.Lock()
@@ -673,6 +706,43 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		return limiter.Decision{}, false, nil // raced away, or a hold only the shared store decides
 	}
 	return d, true, nil
+}
+
+// takeSlice reserves a slice of size of req's budget chain in the shared
+// store and opens it; ok is false when the shared store must decide.
+func (s *Store) takeSlice(bctx context.Context, req limiter.Request, size policy.Money, now time.Time) (ok bool, err error) {
+	h := req.Hold
+	s.mu.Lock()
+	id, snaps := s.nextSliceID(), s.snapsOf(h)
+	s.mu.Unlock()
+	d, err := s.shared.Reserve(bctx, limiter.Request{Hold: &limiter.Hold{ID: id, TTL: s.cfg.SliceTTL + sliceGrace,
+		Period: h.Period, Cost: size, Budgets: h.Budgets}, Now: req.Now})
+	if err != nil {
+		// It may have been reserved without an answer: release it once
+		// the store answers (releasing an unknown id does nothing).
+		s.mu.Lock()
+		s.ends = append(s.ends, pendingEnd{id: id, outcome: limiter.OutcomeReleased})
+		s.mu.Unlock()
+		if errors.Is(err, limiter.ErrDuplicateReservation) {
+			// The id is new: only this call's own first attempt can
+			// have used it (a client that retried a request whose
+			// answer was lost). No slice, then: the shared store
+			// decides the call.
+			return false, nil
+		}
+		return false, err
+	}
+	s.m.slices.Inc()
+	s.mu.Lock()
+	s.learnBudgets(h, d.Budgets, snaps, now)
+	if d.Allowed {
+		s.openSlice(h, id, size, now)
+	}
+	s.mu.Unlock()
+	if !d.Allowed {
+		return false, nil // closer to the limit than the view said: the shared store decides
+	}
+	return true, nil
 }
 
 func indexOf(takes []limiter.Take, k limiter.Key) int {

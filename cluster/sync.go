@@ -54,7 +54,9 @@ func (s *Store) sync(ctx context.Context) {
 	_ = s.replayEnds(ctx, nil) // what the store could not take stays queued
 	s.bookRecords(ctx)
 	s.returnLapsed(ctx, now)
-	s.renewSlots(ctx, now)
+	if !s.prefetch(ctx, now) {
+		s.renewSlots(ctx, now)
+	}
 	s.refreshViews(ctx, now)
 	s.prune(now)
 }
@@ -160,11 +162,11 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 	defer cancel()
 	var keep []pendingEnd
 	var away error
-	for i, e := range todo {
-		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings, Record: e.record})
+	// handled records what the store said of e: false when it must stay
+	// queued because the store was away.
+	handled := func(e pendingEnd, st limiter.Settlement, err error) bool {
 		if err != nil && s.unreachable(context.Background(), err) { // our own context: a timeout is the store's
-			keep, away = append(keep, todo[i:]...), err
-			break
+			return false
 		}
 		switch {
 		case err == nil:
@@ -187,6 +189,42 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 				s.log.Warn("a queued settle was refused too often; dropped", slog.String("id", e.id), slog.Any("error", err))
 			}
 		}
+		return true
+	}
+	bf, batches := s.raw.(limiter.BatchFinisher)
+	for i := 0; i < len(todo); {
+		// Plain ends (slices settled at what they spent) go together, one
+		// call for a run of them (limiter.BatchFinisher).
+		if run := plainRun(todo[i:], maxEndBatch); batches && run > 1 {
+			endings := make([]limiter.Ending, run)
+			for k, e := range todo[i : i+run] {
+				endings[k] = limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual}
+			}
+			sts, errs, err := bf.FinishBatch(bctx, endings)
+			watched{Shared: s.raw, s: s}.note(bctx, err)
+			if err != nil {
+				if s.unreachable(context.Background(), err) {
+					keep, away = append(keep, todo[i:]...), err
+					break
+				}
+				for _, e := range todo[i : i+run] { // the call failed as a whole: each is tried again
+					handled(e, limiter.Settlement{}, err)
+				}
+			} else {
+				for k, e := range todo[i : i+run] {
+					handled(e, sts[k], errs[k])
+				}
+			}
+			i += run
+			continue
+		}
+		e := todo[i]
+		st, err := s.shared.Finish(bctx, limiter.Ending{ID: e.id, Outcome: e.outcome, Actual: e.actual, Used: e.used, Savings: e.savings, Record: e.record})
+		if !handled(e, st, err) {
+			keep, away = append(keep, todo[i:]...), err
+			break
+		}
+		i++
 	}
 	if len(keep) > 0 {
 		s.mu.Lock()
@@ -194,6 +232,19 @@ func (s *Store) replayEnds(ctx context.Context, only func(pendingEnd) bool) erro
 		s.mu.Unlock()
 	}
 	return away
+}
+
+// maxEndBatch bounds the ends of one batch call.
+const maxEndBatch = 100
+
+// plainRun is how many of ends, from the first, are plain (nothing to
+// give back to buckets, no savings or call record to book), at most max.
+func plainRun(ends []pendingEnd, max int) int {
+	n := 0
+	for n < len(ends) && n < max && len(ends[n].used) == 0 && len(ends[n].savings) == 0 && ends[n].record == nil {
+		n++
+	}
+	return n
 }
 
 // returnLapsed gives the unused units of lapsed leases back to their
@@ -213,7 +264,11 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 	if len(back) == 0 {
 		return
 	}
-	if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
+	_, err := s.shared.Refund(ctx, refundsOf(back), time.Time{})
+	if err == nil {
+		s.announceRefills(poolUnits(back))
+	}
+	if err != nil {
 		if s.unsent(err) {
 			s.mu.Lock()
 			s.returning = append(back, s.returning...) // given back when the store is
@@ -225,6 +280,17 @@ func (s *Store) returnLapsed(ctx context.Context, now time.Time) {
 		// limit. Units not given back only wait for the bucket's refill.
 		s.log.Warn("unused leased units may not have been given back", slog.Int("buckets", len(back)), slog.Any("error", err))
 	}
+}
+
+// poolUnits sums the pool-wide units of give-backs by pool.
+func poolUnits(adj []limiter.Adjustment) map[string]int64 {
+	out := map[string]int64{}
+	for _, a := range adj {
+		if a.Key.Client == "" && a.Refund > 0 {
+			out[a.Key.Pool] += a.Refund
+		}
+	}
+	return out
 }
 
 // refundsOf converts merged lease give-backs for the shared store.
@@ -274,7 +340,7 @@ func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 			continue
 		}
 		due := sl.held > 0 && sl.exp.Sub(now) < s.cfg.SlotTTL/2
-		if due || (idle(sl) && sl.held > 0) || sl.held > s.slotWant(sl.inUse, sl.max) || sl.held < sl.inUse {
+		if due || (idle(sl) && sl.held > 0) || sl.held > s.slotWant(max(sl.inUse, sl.peak), sl.max) || sl.held < sl.inUse {
 			todo = append(todo, renewal{client, sl.max})
 		}
 	}
@@ -282,9 +348,12 @@ func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 	for _, r := range todo {
 		_, _, err := s.leaseSlots(ctx, r.client, r.max, func(sl *slotLease) int64 {
 			if idle(sl) {
+				sl.peak = 0
 				return 0
 			}
-			return s.slotWant(sl.inUse, sl.max)
+			w := s.slotWant(max(sl.inUse, sl.peak), sl.max)
+			sl.peak = sl.inUse // the next round keeps the peak seen until then
+			return w
 		})
 		if err != nil {
 			return
@@ -293,32 +362,57 @@ func (s *Store) renewSlots(ctx context.Context, now time.Time) {
 }
 
 // refreshViews reads the budgets this member decided against lately, so
-// that its views include everyone's spend.
+// that its views include everyone's spend: the views of one period in one
+// call (up to maxViewBatch budgets each), not one call per budget, so that
+// a member serving many clients, each with its own budget, reads them all
+// in a round trip or two.
 func (s *Store) refreshViews(ctx context.Context, now time.Time) {
-	var todo []viewKey
+	byPeriod := map[string][]viewKey{}
+	var periods []string
 	s.mu.Lock()
 	for k, v := range s.views {
 		if now.Sub(v.touch) < 5*s.cfg.ViewTTL && now.Sub(v.fetched) >= s.cfg.ViewTTL/2 {
-			todo = append(todo, k)
+			if byPeriod[k.period] == nil {
+				periods = append(periods, k.period)
+			}
+			byPeriod[k.period] = append(byPeriod[k.period], k)
 		}
 	}
 	s.mu.Unlock()
-	for _, k := range todo {
-		s.mu.Lock()
-		lim := s.views[k].limit
-		sn := s.snapOf(k.owner, k.period)
-		s.mu.Unlock()
-		u, err := s.shared.Usage(ctx, k.period, []limiter.Budget{{Owner: k.owner, Limit: lim}}, time.Time{})
-		if err != nil {
-			return
+	sort.Strings(periods)
+	for _, p := range periods {
+		todo := byPeriod[p]
+		for len(todo) > 0 {
+			chunk := todo[:min(len(todo), maxViewBatch)]
+			todo = todo[len(chunk):]
+			budgets := make([]limiter.Budget, len(chunk))
+			snaps := make([]snap, len(chunk))
+			s.mu.Lock()
+			for i, k := range chunk {
+				budgets[i] = limiter.Budget{Owner: k.owner, Limit: s.views[k].limit}
+				snaps[i] = s.snapOf(k.owner, k.period)
+			}
+			s.mu.Unlock()
+			u, err := s.shared.Usage(ctx, p, budgets, time.Time{})
+			if err != nil {
+				return
+			}
+			if len(u.Budgets) != len(chunk) {
+				return
+			}
+			s.mu.Lock()
+			for i, k := range chunk {
+				if v := s.views[k]; v != nil {
+					v.rebase(u.Budgets[i].Spent+u.Budgets[i].Reserved, snaps[i], now)
+				}
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Lock()
-		if v := s.views[k]; v != nil {
-			v.rebase(u.Budgets[0].Spent+u.Budgets[0].Reserved, sn, now)
-		}
-		s.mu.Unlock()
 	}
 }
+
+// maxViewBatch bounds the budgets one view refresh reads (one script call).
+const maxViewBatch = 200
 
 // prune forgets views and leases long unused.
 func (s *Store) prune(now time.Time) {
@@ -372,6 +466,8 @@ func (s *Store) handBack(ctx context.Context) error {
 	if back = mergeRefunds(back); len(back) > 0 {
 		if _, err := s.shared.Refund(ctx, refundsOf(back), time.Time{}); err != nil {
 			firstErr = err
+		} else {
+			s.announceRefills(poolUnits(back))
 		}
 	}
 	for _, b := range slots { // calls still in flight keep theirs until they lapse

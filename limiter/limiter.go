@@ -110,6 +110,10 @@ type Request struct {
 	// Now is the decision time; the zero value means the store's own clock
 	// (the memory store's Clock, Redis's TIME).
 	Now time.Time
+	// Priority is the call's queue score (its tier's priority plus its
+	// class's urgency, 0–70 points): a fleet weighs each member's demand by
+	// the scores of the calls it holds. Stores decide without it.
+	Priority int
 }
 
 // Validate refuses a request no store can decide: a bucket named twice

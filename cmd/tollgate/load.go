@@ -32,6 +32,7 @@ type loadFlags struct {
 	probe       probeFlags
 	concurrency int
 	duration    time.Duration
+	warmup      time.Duration
 	requests    int64
 	clients     int
 	policyPath  string
@@ -67,11 +68,13 @@ func loadCmd() *cobra.Command {
 	fl.StringVar(&f.redisAddr, "redis-addr", "", "give the in-process server a Redis store at this address (default: memory)")
 	fl.StringVar(&f.settle, "settle", "immediate", "the in-process server's settlement: immediate or deferred")
 	fl.IntVar(&f.nodes, "nodes", 1, "in-process Tollgates: more than one form a fleet (needs --redis-addr)")
+	fl.IntVar(&f.nodes, "members", 1, "the same as --nodes: the fleet's members")
 	fl.BoolVar(&f.cluster, "cluster", false, "run the in-process Tollgate(s) as fleet members (leases and gossip; implied by --nodes > 1)")
 	fl.StringVar(&f.pool, "overshoot-pool", "", "a pool counted in requests: report admitted calls against its capacity + refill × time")
 	fl.IntVar(&f.concurrency, "concurrency", 16, "concurrent callers")
 	fl.IntVar(&f.clients, "clients", 100, "distinct client ids, spread over the calls")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "how long to run")
+	fl.DurationVar(&f.warmup, "warmup", 0, "run this long first, not measured (every client's keys leased, budgets read): the steady state")
 	fl.Int64Var(&f.requests, "requests", 0, "stop after this many calls (0: run for --duration)")
 	return cmd
 }
@@ -91,8 +94,8 @@ func (r loadReport) write(w io.Writer) {
 }
 
 func load(ctx context.Context, f loadFlags, out io.Writer) error {
-	if f.concurrency <= 0 || f.clients <= 0 || (f.duration <= 0 && f.requests <= 0) {
-		return errors.New("load: --concurrency and --clients must be positive, and --duration or --requests set")
+	if f.concurrency <= 0 || f.clients <= 0 || (f.duration <= 0 && f.requests <= 0) || f.warmup < 0 {
+		return errors.New("load: --concurrency and --clients must be positive, --duration or --requests set, --warmup not negative")
 	}
 	if f.nodes < 1 || (f.nodes > 1 && f.probe.addr != "") {
 		return errors.New("load: --nodes must be at least 1, and starts in-process members (not with --addr)")
@@ -149,9 +152,31 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 			return wrongPort(ctx, "load", addrs[i], protoGRPC, "--grpc-addr", "127.0.0.1:8081", fmt.Errorf("load: first check: %w", err))
 		}
 	}
+	var warmAllowed int64
+	if f.warmup > 0 {
+		wctx, cancel := context.WithTimeout(ctx, f.warmup)
+		var wg sync.WaitGroup
+		var n atomic.Int64
+		for w := range f.concurrency {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; wctx.Err() == nil; i += f.concurrency {
+					if resp, err := clients[w%len(clients)].Check(wctx, reqs[i%len(reqs)]); err == nil && resp.GetOkResponse() != nil {
+						n.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+		warmAllowed = n.Load()
+		fmt.Fprintf(out, "warmed up for %v (not measured)\n", f.warmup)
+	}
 	var trips0 int64
+	var kinds0 map[string]int64
 	if fleet != nil {
-		trips0 = fleet.trips.Count()
+		trips0, kinds0 = fleet.trips.Count(), fleet.byKind.snapshot()
 	}
 
 	runCtx := ctx
@@ -214,21 +239,28 @@ func load(ctx context.Context, f loadFlags, out io.Writer) error {
 	rep.write(out)
 	if fleet != nil && f.redisAddr != "" {
 		trips := fleet.trips.Count() - trips0
-		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks", trips, 1000*float64(trips)/float64(max(rep.Calls, 1)))
+		perCall := float64(trips) / float64(max(rep.Calls, 1))
+		fmt.Fprintf(out, "redis round trips %d: %.0f per 1,000 checks, %.3f per decision", trips, 1000*perCall, perCall)
 		if paths, total := fleet.paths(); total > 0 {
 			fmt.Fprintf(out, " (decided locally %.1f%%, after a lease %.1f%%, by Redis %.1f%%, on what a member held while Redis was slow %.1f%%, in outage %.1f%%)",
 				100*paths["local"]/total, 100*paths["lease"]/total, 100*paths["shared"]/total, 100*paths["slow"]/total, 100*paths["outage"]/total)
 		}
 		fmt.Fprintln(out)
+		fmt.Fprintf(out, "round trips per 1,000 checks by script: %s\n", fleet.byKind.since(kinds0, rep.Calls))
 	}
 	if over := overPool; over != nil {
 		// The warm-up checks were admitted too, from the same bucket.
-		admitted := rep.Allowed + int64(len(clients))
+		admitted := rep.Allowed + int64(len(clients)) + warmAllowed
 		elapsed := time.Since(first)
 		rt := float64(over.Limit.Refill) / max(over.Limit.Per, time.Second).Seconds() * elapsed.Seconds() // a report, not a ledger
 		c := float64(over.Limit.Capacity)
-		fmt.Fprintf(out, "overshoot on pool %s: admitted %d in %v: %.3f × R·t, %.3f × (C + R·t); the bound C + R·t + one call per member is %.3f × (C + R·t)\n",
-			over.Name, admitted, elapsed.Round(time.Millisecond), float64(admitted)/rt, float64(admitted)/(c+rt), (c+rt+float64(len(clients)))/(c+rt))
+		bound := c + rt + float64(len(clients))
+		within := "within it"
+		if float64(admitted) > bound {
+			within = "ABOVE it"
+		}
+		fmt.Fprintf(out, "overshoot on pool %s: admitted %d in %v: %.3f × R·t, %.3f × (C + R·t); the bound C + R·t + one call per member is %.0f = %.3f × (C + R·t): %s\n",
+			over.Name, admitted, elapsed.Round(time.Millisecond), float64(admitted)/rt, float64(admitted)/(c+rt), bound, bound/(c+rt), within)
 	}
 	return nil
 }
@@ -258,6 +290,7 @@ type inProcess struct {
 	fleets []*cluster.Fleet
 	seed   string                 // the first member's gossip address
 	trips  *redisstore.RoundTrips // all members'
+	byKind *tripsByScript         // the same, by script
 	stop   func()
 }
 
@@ -283,7 +316,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		sf.cluster.node.BindAddr, sf.cluster.node.BindPort = "127.0.0.1", 0
 	}
 	log := slog.New(slog.DiscardHandler)
-	p := &inProcess{trips: &redisstore.RoundTrips{}}
+	p := &inProcess{trips: &redisstore.RoundTrips{}, byKind: newTripsByScript()}
 	var stops []func()
 	p.stop = func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -306,6 +339,7 @@ func startInProcess(ctx context.Context, f loadFlags) (*inProcess, error) {
 		}
 		if st.redis != nil {
 			st.redis.AddHook(p.trips)
+			st.redis.AddHook(p.byKind)
 		}
 		if st.fleet != nil && i == 0 {
 			p.seed = st.fleet.Node.Addr()

@@ -35,7 +35,7 @@ func TestLoadSmoke(t *testing.T) {
 			assert.Contains(t, out.String(), "errors 0")
 			if name == "a fleet of three" {
 				assert.Contains(t, out.String(), "a fleet of 3 with leases and gossip")
-				assert.Regexp(t, `redis round trips \d+: \d+ per 1,000 checks \(decided locally [0-9.]+%`, out.String())
+				assert.Regexp(t, `redis round trips \d+: \d+ per 1,000 checks, [0-9.]+ per decision \(decided locally [0-9.]+%`, out.String())
 				assert.Regexp(t, `overshoot on pool bench-requests: admitted \d+ in`, out.String())
 			}
 		})

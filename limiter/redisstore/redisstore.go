@@ -64,6 +64,7 @@ var (
 // (whose DONE_TTL follows Config.DoneRetention).
 type scripts struct {
 	reserve, peek, finish, expire, usage, adjust, lease, slots, book, record *redis.Script
+	finishBatch                                                              *redis.Script // batch.go
 }
 
 // peekFlags makes the peek script read-only in Redis's own eyes: a write
@@ -82,12 +83,14 @@ func newScripts(common string) scripts {
 		slots:   redis.NewScript(common + slotsLua),
 		book:    redis.NewScript(common + bookLua),
 		record:  redis.NewScript(common + recordLua),
+
+		finishBatch: redis.NewScript(common + finishBatchLua),
 	}
 }
 
 func (sc scripts) byName() map[string]*redis.Script {
 	return map[string]*redis.Script{"reserve": sc.reserve, "peek": sc.peek, "finish": sc.finish, "expire": sc.expire, "usage": sc.usage,
-		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book, "record": sc.record}
+		"adjust": sc.adjust, "lease": sc.lease, "slots": sc.slots, "book": sc.book, "record": sc.record, "finish_batch": sc.finishBatch}
 }
 
 // Scripts lists the embedded scripts (with the default retention), for
