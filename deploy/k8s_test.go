@@ -434,7 +434,7 @@ func checkWorkerPod(t *testing.T, dir string) {
 		for _, e := range w.Env {
 			env[e.Name] = e.Value
 		}
-		for name, listener := range map[string]string{"OPENAI_BASE_URL": "openai", "ANTHROPIC_BASE_URL": "anthropic"} {
+		for name, listener := range map[string]string{"OPENAI_BASE_URL": "openai", "ANTHROPIC_BASE_URL": "anthropic", "CLOUDFLARE_BASE_URL": "cloudflare"} {
 			u, err := url.Parse(env[name])
 			require.NoError(t, err)
 			assert.Equal(t, "http", u.Scheme, name)
@@ -442,6 +442,7 @@ func checkWorkerPod(t *testing.T, dir string) {
 			assert.Equal(t, strconv.Itoa(sidecarPorts[listener]), u.Port(), "%s: the %s listener", name, listener)
 		}
 		assert.Equal(t, "/v1", must(url.Parse(env["OPENAI_BASE_URL"])).Path)
+		assert.Equal(t, "/client/v4", must(url.Parse(env["CLOUDFLARE_BASE_URL"])).Path, "the Cloudflare SDKs' base URL ends in /client/v4")
 		cm, ok := d.configMaps["tollgate-policy"]
 		require.True(t, ok)
 		set, err := policy.Parse("policy.yaml", strings.NewReader(cm.Data["policy.yaml"]))

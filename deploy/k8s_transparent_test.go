@@ -101,6 +101,7 @@ func TestK8sTransparent(t *testing.T) {
 			assert.Equal(t, trustDir+"/"+file, we[name].Value, name)
 		}
 		assert.True(t, strings.HasPrefix(we["OPENAI_BASE_URL"].Value, "https://api.openai.com"), "the worker calls the provider itself")
+		assert.Equal(t, "https://api.cloudflare.com/client/v4", we["CLOUDFLARE_BASE_URL"].Value, "not the base's plain-HTTP listener, which transparent mode does not run")
 	})
 
 	t.Run("the redirect init container", func(t *testing.T) {

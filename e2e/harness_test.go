@@ -43,12 +43,13 @@ const upstreamRetryAfter = 2 * time.Second
 // rig is one whole path: Tollgate, the stand-in's openai and anthropic
 // listeners, and the fake provider, each on its own loopback port.
 type rig struct {
-	fake      *fakeapi.Server
-	tollgate  *authz.Server
-	openai    string // base URL of the openai listener
-	anthropic string
-	twilio    string
-	sendgrid  string
+	fake       *fakeapi.Server
+	tollgate   *authz.Server
+	openai     string // base URL of the openai listener
+	anthropic  string
+	twilio     string
+	sendgrid   string
+	cloudflare string
 }
 
 func serveHTTP(t *testing.T, h http.Handler) string {
@@ -117,7 +118,7 @@ func newRig(t *testing.T, opts ...rigOption) *rig {
 		proc = o(proc)
 	}
 	for name, base := range map[string]*string{"openai": &r.openai, "anthropic": &r.anthropic,
-		"twilio": &r.twilio, "sendgrid": &r.sendgrid} {
+		"twilio": &r.twilio, "sendgrid": &r.sendgrid, "cloudflare": &r.cloudflare} {
 		// What the stand-in logs (an ext_proc message timeout, a failed
 		// check) shows in the test's output: under a loaded machine the
 		// config's 200 ms message timeout can fire, and the call then fails

@@ -15,11 +15,12 @@ import (
 	"github.com/tollgate/tollgate/policy"
 )
 
-// TestMessaging sends a Twilio SMS and a SendGrid mail through the
-// stand-in with Go's HTTP client (twilio-node has no base-URL option, only
-// a custom httpClient; SendGrid's client is a thin wrapper of the same
-// POST), and checks what Tollgate booked: Twilio's own price when the
-// answer carries it, the e-mails at the pool's price.
+// TestMessaging sends a Twilio SMS, a SendGrid mail and a Cloudflare D1
+// query through the stand-in with Go's HTTP client (twilio-node has no
+// base-URL option, only a custom httpClient; SendGrid's client is a thin
+// wrapper of the same POST), and checks what Tollgate booked: Twilio's own
+// price when the answer carries it, the e-mails and the query at their
+// pools' prices.
 func TestMessaging(t *testing.T) {
 	t.Parallel()
 	r := newRig(t)
@@ -79,5 +80,15 @@ func TestMessaging(t *testing.T) {
 		assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 		assert.Contains(t, string(b), "too many requests")
 		assert.Equal(t, policy.Money(2*100_000), r.settled(t, "e2e-sendgrid"), "a refused mail costs nothing")
+	})
+
+	t.Run("cloudflare d1 query", func(t *testing.T) {
+		const path = "/client/v4/accounts/acc/d1/database/db/query"
+		before := r.fake.Calls().ByPath["POST "+path]
+		resp, body := post(t, r.cloudflare+path, "e2e-cloudflare", "application/json", `{"sql":"SELECT 1"}`)
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		assert.Equal(t, before+1, r.fake.Calls().ByPath["POST "+path])
+		assert.Equal(t, "api.cloudflare.com", r.last(t).Host)
+		assert.Equal(t, policy.Money(1_000), r.settled(t, "e2e-cloudflare"), "one query at the pool's $0.000001")
 	})
 }

@@ -66,7 +66,7 @@ func TestComposeDemo(t *testing.T) {
 	t.Run("the worker is in the pod and calls through Envoy", func(t *testing.T) {
 		assert.Equal(t, "service:tollgate", worker.NetworkMode, "the worker shares the pod's namespace")
 		assert.Empty(t, worker.Ports)
-		for env, listener := range map[string]string{"OPENAI_BASE_URL": "openai", "ANTHROPIC_BASE_URL": "anthropic"} {
+		for env, listener := range map[string]string{"OPENAI_BASE_URL": "openai", "ANTHROPIC_BASE_URL": "anthropic", "CLOUDFLARE_BASE_URL": "cloudflare"} {
 			u, err := url.Parse(worker.Environment[env])
 			require.NoError(t, err, env)
 			assert.Equal(t, "http", u.Scheme, env)
@@ -74,6 +74,7 @@ func TestComposeDemo(t *testing.T) {
 			assert.Equal(t, strconv.Itoa(listenerPort(t, listener)), u.Port(), "%s: the %s listener", env, listener)
 		}
 		assert.True(t, strings.HasSuffix(worker.Environment["OPENAI_BASE_URL"], "/v1"), "the OpenAI SDK's base URL ends in /v1")
+		assert.True(t, strings.HasSuffix(worker.Environment["CLOUDFLARE_BASE_URL"], "/client/v4"), "the Cloudflare SDKs' base URL ends in /client/v4")
 		require.NotNil(t, set)
 		for _, client := range strings.Split(worker.Environment["WORKER_CLIENTS"], ",") {
 			assert.Contains(t, set.Clients, client, "WORKER_CLIENTS names a client of the mounted policy")

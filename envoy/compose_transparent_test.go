@@ -75,6 +75,7 @@ func TestComposeTransparent(t *testing.T) {
 	assert.Equal(t, "service:tollgate", worker.NetworkMode)
 	assert.NotEqual(t, envoy.User, worker.User, "the worker's :443 is redirected")
 	assert.True(t, strings.HasPrefix(worker.Environment["OPENAI_BASE_URL"], "https://api.openai.com"))
+	assert.Equal(t, "https://api.cloudflare.com/client/v4", worker.Environment["CLOUDFLARE_BASE_URL"], "not the plain-HTTP listener, which transparent mode does not run")
 	assert.Equal(t, "/etc/tollgate/trust/ca.crt", worker.Environment["NODE_EXTRA_CA_CERTS"])
 	assert.Equal(t, "/etc/tollgate/trust/bundle.pem", worker.Environment["SSL_CERT_FILE"])
 	assert.Contains(t, worker.Volumes, "tollgate-trust:/etc/tollgate/trust:ro")

@@ -611,3 +611,25 @@ func checkRoute(t *testing.T, r *routev3.Route, clusters map[string]*clusterv3.C
 	assert.Equal(t, host, per.GetCheckSettings().GetContextExtensions()["upstream_host"],
 		"Tollgate matches on upstream_host; it must name the host the call goes to")
 }
+
+// TestSidecarsServeEveryRoutedHost: sidecar.yaml and sidecar-http.yaml
+// have a listener for every host the bundled policy routes (a routed host
+// without one cannot be called through Envoy at all), and the same
+// listeners on the same ports, so that a worker's base URLs hold for
+// either.
+func TestSidecarsServeEveryRoutedHost(t *testing.T) {
+	ports := map[string]map[string]uint32{}
+	for file, b := range map[string]*bootstrapv3.Bootstrap{sidecarPath: sidecar(t), sidecarHTTPPath: sidecarHTTP(t)} {
+		ports[file] = map[string]uint32{}
+		var hosts []string
+		for _, l := range b.GetStaticResources().GetListeners() {
+			ports[file][l.GetName()] = l.GetAddress().GetSocketAddress().GetPortValue()
+			vhs := connectionManager(t, l).GetRouteConfig().GetVirtualHosts()
+			require.Len(t, vhs, 1, "%s: listener %s", file, l.GetName())
+			require.Len(t, vhs[0].GetRoutes(), 1, "%s: listener %s", file, l.GetName())
+			hosts = append(hosts, vhs[0].GetRoutes()[0].GetRoute().GetHostRewriteLiteral())
+		}
+		assert.ElementsMatch(t, routed(), hosts, "%s: one listener per host the bundled policy routes", file)
+	}
+	assert.Equal(t, ports[sidecarPath], ports[sidecarHTTPPath], "the same listeners on the same ports")
+}

@@ -167,6 +167,7 @@ func TestTransparentListener(t *testing.T) {
 		sideHosts = append(sideHosts, up.GetCheckSettings().GetContextExtensions()[authz.ContextUpstreamHost])
 	}
 	assert.ElementsMatch(t, sideHosts, terminated, "the providers sidecar.yaml serves")
+	assert.ElementsMatch(t, hosts, terminated, "every host the policy routes: one without a chain would pass through unmetered")
 
 	t.Run("loopback is refused, not looped", func(t *testing.T) {
 		i := slices.IndexFunc(l.GetFilterChains(), func(fc *listenerv3.FilterChain) bool { return fc.GetName() == loopbackChain })

@@ -1,5 +1,6 @@
 // Command fakeapi serves the provider look-alike of internal/fakeapi
-// (OpenAI, Anthropic, Twilio, SendGrid) for tests and demos:
+// (OpenAI, Anthropic, Twilio, SendGrid, Cloudflare D1 and KV) for tests
+// and demos:
 //
 //	fakeapi --addr 127.0.0.1:0 [--scenario gzip,slow] [--retry-after 1s]
 //

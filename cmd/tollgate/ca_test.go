@@ -34,7 +34,7 @@ func TestCAHosts(t *testing.T) {
 	out, err := runOut(t, "ca", "hosts", "--host", "api.example.com")
 	require.NoError(t, err)
 	hosts := strings.Fields(out)
-	for _, h := range []string{"api.openai.com", "api.anthropic.com", "api.twilio.com", "api.sendgrid.com", "api.example.com"} {
+	for _, h := range []string{"api.openai.com", "api.anthropic.com", "api.twilio.com", "api.sendgrid.com", "api.cloudflare.com", "api.example.com"} {
 		assert.Contains(t, hosts, h)
 	}
 	assert.Equal(t, routedHosts(policy.Default(), []string{"api.example.com"}), hosts)

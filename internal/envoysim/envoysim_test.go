@@ -33,9 +33,9 @@ const sidecar = "../../envoy/sidecar.yaml"
 func TestLoadSidecar(t *testing.T) {
 	ls, err := envoysim.Load(sidecar)
 	require.NoError(t, err)
-	require.Len(t, ls, 4)
+	require.Len(t, ls, 5)
 	for name, host := range map[string]string{"openai": "api.openai.com", "anthropic": "api.anthropic.com",
-		"twilio": "api.twilio.com", "sendgrid": "api.sendgrid.com"} {
+		"twilio": "api.twilio.com", "sendgrid": "api.sendgrid.com", "cloudflare": "api.cloudflare.com"} {
 		l := ls[name]
 		require.NotNil(t, l, name)
 		assert.Equal(t, host, l.HostRewrite)

@@ -1,8 +1,8 @@
 // Package fakeapi is a look-alike of the paid APIs Tollgate meters (OpenAI,
-// Anthropic, Twilio, SendGrid), for tests and demos: the same paths, bodies,
-// usage, server-sent events, rate-limit headers, 429s and compression as the
-// providers, with usage derived from the request so a test knows the exact
-// token counts in advance. It counts the calls that reach it
+// Anthropic, Twilio, SendGrid, Cloudflare D1 and KV), for tests and
+// demos: the same paths, bodies, usage, server-sent events, rate-limit
+// headers, 429s and compression as the providers, with usage derived from
+// the request so a test knows the exact token counts in advance. It counts the calls that reach it
 // (GET /fakeapi/calls).
 //
 // Behaviour is chosen per request by the ScenarioHeader (a comma-separated
@@ -100,6 +100,9 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/messages", s.anthropicMessages)
 	s.mux.HandleFunc("POST /2010-04-01/Accounts/{sid}/Messages.json", s.twilioMessage)
 	s.mux.HandleFunc("POST /v3/mail/send", s.sendgridMail)
+	s.mux.HandleFunc("POST /client/v4/accounts/{account}/d1/database/{db}/query", s.d1Query)
+	s.mux.HandleFunc("POST /client/v4/accounts/{account}/d1/database/{db}/raw", s.d1Query)
+	s.mux.HandleFunc("GET /client/v4/accounts/{account}/storage/kv/namespaces/{ns}/values/{key}", s.kvValue)
 	s.mux.HandleFunc("GET /fakeapi/calls", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.Calls())
 	})

@@ -230,10 +230,11 @@ func TestAnthropicMessages(t *testing.T) {
 func TestRateLimited(t *testing.T) {
 	srv := start(t)
 	for path, wantBody := range map[string]string{
-		"/v1/chat/completions":                   `"code":"rate_limit_exceeded"`,
-		"/v1/messages":                           `"type":"rate_limit_error"`,
-		"/2010-04-01/Accounts/AC1/Messages.json": `"code":20429`,
-		"/v3/mail/send":                          `"message":"too many requests"`,
+		"/v1/chat/completions":                         `"code":"rate_limit_exceeded"`,
+		"/v1/messages":                                 `"type":"rate_limit_error"`,
+		"/2010-04-01/Accounts/AC1/Messages.json":       `"code":20429`,
+		"/v3/mail/send":                                `"message":"too many requests"`,
+		"/client/v4/accounts/acc/d1/database/db/query": `"success":false`,
 	} {
 		t.Run(path, func(t *testing.T) {
 			resp := post(t, srv.URL+path, "application/json", `{}`, map[string]string{fakeapi.ScenarioHeader: "429"})
@@ -272,4 +273,35 @@ func TestMessagingAndCalls(t *testing.T) {
 	require.Len(t, calls.Recent, 2)
 	assert.Equal(t, "/v3/mail/send", calls.Recent[1].Path)
 	assert.Equal(t, "application/json", calls.Recent[1].Headers["content-type"])
+}
+
+// TestCloudflare: the D1 query and KV read paths the bundled policy routes
+// answer in Cloudflare's shapes, and a D1 call without sql is refused.
+func TestCloudflare(t *testing.T) {
+	srv := start(t)
+	const d1 = "/client/v4/accounts/acc/d1/database/db/query"
+	resp := post(t, srv.URL+d1, "application/json", `{"sql":"SELECT 1","params":[]}`, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var env struct {
+		Success bool
+		Result  []struct {
+			Success bool
+			Results []any
+		}
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&env))
+	assert.True(t, env.Success)
+	require.Len(t, env.Result, 1)
+	assert.True(t, env.Result[0].Success)
+
+	resp = post(t, srv.URL+d1, "application/json", `{}`, nil)
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+
+	r, err := http.Get(srv.URL + "/client/v4/accounts/acc/storage/kv/namespaces/ns/values/session:42")
+	require.NoError(t, err)
+	defer r.Body.Close()
+	require.Equal(t, http.StatusOK, r.StatusCode)
+	b, err := io.ReadAll(r.Body)
+	require.NoError(t, err)
+	assert.Equal(t, "fake-value:session:42", string(b))
 }
