@@ -224,3 +224,50 @@ local function expire_due(P, now, max)
   end
   return n
 end
+
+-- lease_bucket hands out up to want units of bucket key when need of them
+-- are there (limiter.ApplyLease) and appends its answer to out: granted,
+-- remaining, reset µs, retry µs, possible (0/1). lease.lua and
+-- lease_batch.lua share it, so a batch answers as the single call would.
+local function lease_bucket(key, cap, rate, den, want, need, now, out)
+  local scale = MICRO * den
+  local lvl, at = load_bucket(key, cap, rate, den, now)
+  local avail = math.floor(math.max(lvl, 0) / scale)
+  local ok, possible, wait = check_units(lvl, cap, rate, scale, need)
+  local granted = 0
+  if ok then
+    granted = math.min(want, avail)
+    lvl = lvl - granted * scale
+  end
+  local reset = refill_us(lvl, cap, rate, scale)
+  if granted > 0 then save_bucket(key, lvl, at, rate, den, reset) end
+  local p = 0
+  if possible then p = 1 end
+  out[#out + 1] = granted
+  out[#out + 1] = math.floor(math.max(lvl, 0) / scale)
+  out[#out + 1] = reset
+  out[#out + 1] = wait
+  out[#out + 1] = p
+end
+
+-- lease_slots sets holder's leased concurrency slots in a client's slot
+-- set (limiter.SlotLeaser): members "L:<holder>:<i>", i = 1..k, scored by
+-- their expiry like reservations, so reserve.lua counts them. It returns
+-- the slots held and those in flight (held included). slots.lua and
+-- lease_batch.lua share it.
+local function lease_slots(key, holder, want, max, ttl, now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local total = redis.call('ZCARD', key)
+  local mine = 0
+  while redis.call('ZSCORE', key, 'L:' .. holder .. ':' .. (mine + 1)) do mine = mine + 1 end
+  local others = total - mine
+  local target = math.max(math.min(want, max - others), 0)
+  for i = target + 1, mine do redis.call('ZREM', key, 'L:' .. holder .. ':' .. i) end
+  local exp = now + ttl
+  for i = 1, target do redis.call('ZADD', key, int(exp), 'L:' .. holder .. ':' .. i) end
+  if target > 0 then
+    local keep = math.floor(ttl / 1000) + 1000
+    if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
+  end
+  return target, others + target
+end
