@@ -2,9 +2,11 @@ package cluster
 
 import (
 	"math"
+	"strings"
 	"time"
 
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // Bucket leases: a member takes a slice of a shared bucket's units in one
@@ -238,13 +240,20 @@ func (s *Store) learn(req limiter.Request, d limiter.Decision, snaps []snap, now
 // Backoff applies what a peer heard from the upstream behind pool: a
 // pause empties this member's lease and stops leasing until it ends; a
 // report of few units left trims the lease to this member's share of them.
+// A pause holds the pool's reserved parts too.
 func (s *Store) Backoff(_, pool string, pause time.Duration, remaining int64) {
 	now := s.cfg.Clock.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, l := range s.leases {
-		if k.Pool == pool && k.Client == "" {
+		switch {
+		case k.Pool != pool:
+		case k.Client == "":
 			s.signalLocked(l, pause, remaining, now)
+		case pause > 0 && strings.HasPrefix(k.Client, policy.ReservedKeyPrefix):
+			// A reserved part of the pool is the same upstream: a pause
+			// holds it too (a count of units left speaks of the shared part).
+			s.signalLocked(l, pause, -1, now)
 		}
 	}
 }

@@ -1,12 +1,18 @@
 package cluster
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
+	"github.com/tollgate/tollgate/internal/fakeclock"
 	"github.com/tollgate/tollgate/limiter"
+	"github.com/tollgate/tollgate/limiter/memstore"
+	"github.com/tollgate/tollgate/policy"
 )
 
 // TestLeaseRefilled: what the shared bucket has refilled since a lease
@@ -63,4 +69,56 @@ func TestShareLimit(t *testing.T) {
 			assert.Equal(t, tc.want, shareLimit(tc.limit, tc.members))
 		})
 	}
+}
+
+// TestBackoffHoldsReservedParts: a provider's pause heard over gossip
+// empties this member's leases of the pool's reserved parts as well as of
+// the shared part (the same upstream); a count of units left trims only
+// the shared part, which it speaks of; other pools and clients' own
+// buckets are left alone.
+func TestBackoffHoldsReservedParts(t *testing.T) {
+	epoch := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := fakeclock.New(epoch)
+	shared, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	cfg := DefaultConfig()
+	cfg.Clock, cfg.SyncEvery = clk, time.Hour
+	s, err := NewStore(cfg, shared, nil, prometheus.NewRegistry())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s.Close()); assert.NoError(t, shared.Close()) })
+
+	lim := limiter.Limit{Capacity: 1000, Refill: 100}
+	keys := map[string]limiter.Key{
+		"shared":     {Pool: "gpt"},
+		"part":       {Pool: "gpt", Client: policy.ReservedKeyPrefix + "tier:enterprise#keep"},
+		"client":     {Pool: "gpt", Client: "acme"},
+		"other pool": {Pool: "claude"},
+		"other part": {Pool: "claude", Client: policy.ReservedKeyPrefix + "tier:enterprise"},
+	}
+	for _, k := range keys {
+		d, err := s.Reserve(context.Background(), limiter.Request{Takes: []limiter.Take{{Key: k, Limit: lim, Cost: 1}}})
+		require.NoError(t, err)
+		require.True(t, d.Allowed)
+	}
+	units := func(name string) int64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		l, ok := s.leases[keys[name]]
+		require.True(t, ok, "%s holds a lease", name)
+		return l.units
+	}
+	for name := range keys {
+		require.Positive(t, units(name), name)
+	}
+	s.Backoff("", "gpt", time.Minute, -1)
+	assert.Zero(t, units("shared"))
+	assert.Zero(t, units("part"))
+	assert.Positive(t, units("client"), "a client's own bucket is its tier's cap, not the upstream")
+	assert.Positive(t, units("other pool"))
+	assert.Positive(t, units("other part"))
+
+	before := units("other part")
+	s.Backoff("", "claude", 0, 0)
+	assert.Zero(t, units("other pool"), "no units left upstream: the shared part's lease is trimmed")
+	assert.Equal(t, before, units("other part"), "a count of units left speaks of the shared part only")
 }
