@@ -34,7 +34,14 @@ type history struct {
 	touched map[clientMonth]int64 // last booking, Unix µs
 	costs   map[string]costEntry
 	costQ   []expiryItem
+	// swept is when months past their retention were last looked for
+	// (Unix µs): at most once a historySweep, not on every call, which
+	// would walk every client's months under the ledger's lock.
+	swept int64
 }
+
+// historySweep is how often months past their retention are forgotten.
+const historySweep = time.Minute
 
 func newHistory(months int, costTTL time.Duration) history {
 	if months == 0 {
@@ -77,12 +84,16 @@ func (h *history) book(rec *limiter.CallRecord, st limiter.Settlement, now int64
 	}
 }
 
-// expireCosts forgets cost records past their TTL, and months of history
-// past their retention.
+// expireCosts forgets cost records past their TTL, and (once a
+// historySweep) months of history past their retention.
 func (h *history) expireCosts(now int64) {
 	for len(h.costQ) > 0 && h.costQ[0].exp <= now {
 		h.dropFirstCost()
 	}
+	if now-h.swept < historySweep.Microseconds() && now >= h.swept {
+		return
+	}
+	h.swept = now
 	keep := limiter.HistoryTTL(h.months).Microseconds()
 	for cm, at := range h.touched {
 		if now-at > keep {
