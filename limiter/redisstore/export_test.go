@@ -14,3 +14,6 @@ var ErrCrash = errCrash
 // keys and of a shared pool's (layout.go).
 func (s *Store) OwnerPrefix(owner string) string { return s.ownerP(owner) }
 func (s *Store) PoolPrefix(pool string) string   { return s.poolP(pool) }
+
+// HashTagForTest is the tag layout.go gives a name inside a hash tag.
+func HashTagForTest(s string) string { return hashTag(s) }

@@ -190,6 +190,21 @@ func (s *Store) Record(ctx context.Context, batch string, ends []limiter.Recorde
 	return s.recordOn(ctx, s.p, batch, ends)
 }
 
+// historyAfter books the history of a call finished with Spread whose
+// record names a client of another tenant than the reservation's slot, in
+// that client's slot, once (the batch is named for the reservation). Best
+// effort, as costAfter: a failure loses the history row, never the spend.
+func (s *Store) historyAfter(ctx context.Context, e limiter.Ending, st limiter.Settlement, rec *limiter.CallRecord) {
+	at := e.Now
+	if at.IsZero() {
+		at = time.Now()
+	}
+	end := limiter.RecordedEnd{Record: *rec, Outcome: st.Outcome, Spent: st.Spent, At: at}
+	if _, err := s.recordOn(context.WithoutCancel(ctx), s.ownerP(rec.Client), "f:"+e.ID, []limiter.RecordedEnd{end}); err != nil {
+		s.lost.Add(1)
+	}
+}
+
 // recordSpread books a batch with Spread: one record script per tenant
 // slot (each once per batch by its own marker), then the cost records in
 // their own slots. It reports the batch applied when any part was.

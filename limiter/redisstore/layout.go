@@ -682,5 +682,20 @@ func (s *Store) peekSpread(ctx context.Context, req limiter.Request) (limiter.De
 			td = pd
 		}
 	}
+	if h := req.Hold; h != nil && td.Allowed && !d.Allowed {
+		// The tenant's peek ran alone and reported what its admission would
+		// leave (a slot more in flight, the cost held); another slot said
+		// no, so Reserve (its tenant step vetoed) would leave neither.
+		if h.Slot != nil && !h.Commit {
+			td.InFlight--
+		}
+		for j := range td.Budgets {
+			if h.Commit {
+				td.Budgets[j].Spent -= h.Cost
+			} else {
+				td.Budgets[j].Reserved -= h.Cost
+			}
+		}
+	}
 	return mergeDecision(req, d, td), nil
 }

@@ -470,12 +470,20 @@ func (s *Store) finishOn(ctx context.Context, p string, e limiter.Ending) (limit
 	keys := make([]string, 0, 5+len(e.Throttles))
 	keys = append(keys, expiryKey(p), recordKey(p, id), doneKey(p, id))
 	rec := e.Record
-	if rec != nil && s.spread && rec.RequestID != "" {
+	var histLater *limiter.CallRecord // with Spread: booked after the script
+	costLater := false
+	if rec != nil && s.spread {
 		// The cost record lives in a slot of its own (found by request id
-		// alone): written after the finish (costAfter), not by its script.
+		// alone): written after the finish (costAfter), not by its script;
+		// so is the history of a record whose client is of another tenant
+		// than the reservation's slot.
 		r := *rec
-		r.RequestID = ""
-		rec = &r
+		costLater, r.RequestID = r.RequestID != "", ""
+		if s.ownerP(r.Client) != p {
+			histLater, rec = &r, nil
+		} else {
+			rec = &r
+		}
 	}
 	if rec != nil {
 		ck := expiryKey(p) // no cost record: a key of this slot, unused
@@ -515,8 +523,13 @@ func (s *Store) finishOn(ctx context.Context, p string, e limiter.Ending) (limit
 	if r.err != nil {
 		return limiter.Settlement{}, "", fmt.Errorf("redisstore: %s %q: %w", o, id, r.err)
 	}
-	if rec != e.Record && !st.Repeat {
-		s.costAfter(ctx, e, st)
+	if !st.Repeat {
+		if histLater != nil {
+			s.historyAfter(ctx, e, st, histLater)
+		}
+		if costLater {
+			s.costAfter(ctx, e, st)
+		}
 	}
 	return st, pc, nil
 }
@@ -630,9 +643,15 @@ func (s *Store) adjust(ctx context.Context, adj []limiter.Adjustment, now time.T
 		keys[i], args[i] = adjustArgs(g.p, pick(adj, g.idx), now)
 	}
 	out := make([]limiter.BucketState, len(adj))
-	for i, cmd := range s.runEach(ctx, s.sc.adjust, keys, args) {
+	cmds := s.runEach(ctx, s.sc.adjust, keys, args)
+	for i, cmd := range cmds {
 		res, err := cmd.Slice()
 		if err != nil {
+			if len(cmds) > 1 && !allUnsent(cmds) {
+				// Spread over slots, some of the call ran: not Unsent, so
+				// that no caller sends it again and gives the units twice.
+				return nil, fmt.Errorf("redisstore: adjust: applied on some slots only: %v", err)
+			}
 			return nil, fmt.Errorf("redisstore: adjust: %w", err)
 		}
 		st, err := decodeAdjust(res, pick(adj, groups[i].idx))
@@ -885,4 +904,14 @@ func Unsent(err error) bool {
 		return true
 	}
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
+}
+
+// allUnsent reports whether none of cmds ran (each failed Unsent).
+func allUnsent(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if !Unsent(c.Err()) {
+			return false
+		}
+	}
+	return true
 }
