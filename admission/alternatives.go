@@ -130,11 +130,24 @@ func (p *plan) fallsBack(dec limiter.Decision) bool {
 // parts aside), else the first: its blocking bucket is the line a held
 // call waits in.
 func (s *Service) reserve(ctx context.Context, p *plan) (limiter.Decision, limiter.Request, error) {
+	return s.walk(ctx, p, s.store.Reserve, true)
+}
+
+// peek is reserve for the dry run: the same walk over the alternatives,
+// each asked with the store's Peek, so nothing is taken and no fallback is
+// counted.
+func (s *Service) peek(ctx context.Context, p *plan) (limiter.Decision, limiter.Request, error) {
+	return s.walk(ctx, p, s.store.Peek, false)
+}
+
+// walk asks ask for p's alternatives in order (reserve's rules); count
+// says whether a fallback is counted in the metrics.
+func (s *Service) walk(ctx context.Context, p *plan, ask func(context.Context, limiter.Request) (limiter.Decision, error), count bool) (limiter.Decision, limiter.Request, error) {
 	first := p.req
 	if p.alts != nil {
 		first = p.alt(0) // p.req may hold the alternative a previous try ended on
 	}
-	dec, err := s.store.Reserve(ctx, first)
+	dec, err := ask(ctx, first)
 	if err != nil || len(p.alts) < 2 || !p.fallsBack(dec) {
 		return dec, first, err
 	}
@@ -142,8 +155,10 @@ func (s *Service) reserve(ctx context.Context, p *plan) (limiter.Decision, limit
 	last := dec
 	for i := 1; i < len(p.alts); i++ {
 		req := p.alt(i)
-		s.m.fallbacks.WithLabelValues(req.Takes[last.Blocking].Key.Pool).Inc()
-		d, err := s.store.Reserve(ctx, req)
+		if count {
+			s.m.fallbacks.WithLabelValues(req.Takes[last.Blocking].Key.Pool).Inc()
+		}
+		d, err := ask(ctx, req)
 		last = d
 		if err != nil || d.Allowed || !p.fallsBack(d) {
 			return d, req, err // granted, failed, or refused for budget or concurrency

@@ -89,6 +89,7 @@ func (s *Service) Check(ctx context.Context, r *Request) (CheckResult, error) {
 		res.Answer, res.Reason = CheckRefuse, ReasonUnknownClient
 		return res, nil
 	}
+	route = set.RouteFor(route, client) // a client's dedicated pool, as the admission plans it
 	class := classOf(set, r, route, client)
 	res.Tier, res.Class = client.Tier.Name, class.String()
 	call, route, _, _ = s.optimizeCall(set, r, path, route, client, class, call)
@@ -109,10 +110,11 @@ func (s *Service) Check(ctx context.Context, r *Request) (CheckResult, error) {
 		res.Answer, res.Reason, res.RetryAfter = CheckRefuse, ReasonOffPeak, p.offPeak.Sub(now).Seconds()
 		return res, nil
 	}
-	dec, err := s.store.Peek(ctx, p.req)
+	dec, req, err := s.peek(ctx, &p)
 	if err != nil {
 		return CheckResult{}, err
 	}
+	p.req = req // the alternative the answer is about (its line, its buckets)
 	if i := dec.Tightest(); i >= 0 {
 		res.Pool = dec.Buckets[i].Key.Pool
 	}

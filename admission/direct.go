@@ -75,6 +75,9 @@ func (s *Service) ReserveDirect(ctx context.Context, ask DirectAsk) (DirectReser
 		if !ok {
 			return DirectReservation{}, fmt.Errorf("%w: no pool %q in the policy", ErrBadAsk, ask.Pool)
 		}
+		if d := p.Dedicated; d != nil && d.Client != client.ID {
+			return DirectReservation{}, fmt.Errorf("%w: pool %q is dedicated to another client", ErrBadAsk, ask.Pool)
+		}
 		pools = []*policy.Pool{p}
 	default:
 		for _, r := range set.Routes {
@@ -85,6 +88,7 @@ func (s *Service) ReserveDirect(ctx context.Context, ask DirectAsk) (DirectReser
 		if route == nil {
 			return DirectReservation{}, fmt.Errorf("%w: no route %q in the policy", ErrBadAsk, ask.Route)
 		}
+		route = set.RouteFor(route, client) // the client's dedicated pools, as an admission through Envoy
 		pools = route.Pools
 	}
 	est := costing.Estimate{ReservePercent: 100}
@@ -94,7 +98,7 @@ func (s *Service) ReserveDirect(ctx context.Context, ask DirectAsk) (DirectReser
 			return DirectReservation{}, fmt.Errorf("%w: %d units of pool %s: want 0 to its capacity %d", ErrBadAsk, ask.Units, p.Name, p.Limit.Capacity)
 		}
 		est.Pools = append(est.Pools, costing.PoolCost{Pool: p, Units: ask.Units})
-		priced += p.Price.Cost(ask.Units)
+		priced = addSat(priced, p.Price.Cost(ask.Units))
 	}
 	est.Cost = ask.Cost
 	if ask.Cost < 0 {
@@ -106,10 +110,11 @@ func (s *Service) ReserveDirect(ctx context.Context, ask DirectAsk) (DirectReser
 	est.Reserve = est.Cost
 	now := s.clock.Now()
 	p := makePlan(set, client, policy.Immediate, &est, SettleDeferred, s.newID(), now, time.Time{})
-	dec, err := s.store.Reserve(ctx, p.req)
+	dec, req, err := s.reserve(ctx, &p) // a reserved part's alternatives, as an admission through Envoy
 	if err != nil {
 		return DirectReservation{}, err
 	}
+	p.req = req
 	out := DirectReservation{Pool: pools[0].Name}
 	if i := dec.Tightest(); i >= 0 {
 		out.Pool = dec.Buckets[i].Key.Pool

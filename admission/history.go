@@ -20,7 +20,14 @@ import (
 // store would refuse (an over-long model name, a request id with spaces)
 // are cut or left out, so that a record never stops a settle.
 func callRecord(now time.Time, p *pendingCall, in, out int64, savings []limiter.Saving) *limiter.CallRecord {
-	r := &limiter.CallRecord{Client: p.client, Month: p.set.Defaults.Period(now), Model: cut(p.est.Model, limiter.MaxRecordName),
+	model := p.est.Model
+	if !p.est.ModelKnown && p.est.PriceEntry != "" {
+		// A model the policy prices by its catch-all entry ("*") is booked
+		// under that entry: the worker names the model, and rows kept for
+		// months must not grow with every name it sends.
+		model = p.est.PriceEntry
+	}
+	r := &limiter.CallRecord{Client: p.client, Month: p.set.Defaults.Period(now), Model: cut(model, limiter.MaxRecordName),
 		InputTokens: max(in, 0), OutputTokens: max(out, 0), Estimate: p.est.Cost, Saved: limiter.SavingsTotal(savings)}
 	if p.route != nil {
 		r.Route = p.route.Name

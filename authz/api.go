@@ -42,6 +42,9 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	// (?months=N, default 12), fleet-wide: the store books each call's row
 	// as it settles.
 	mux.HandleFunc("GET /api/usage/{client}", func(w http.ResponseWriter, r *http.Request) {
+		if !s.mayRead(w, r.PathValue("client")) {
+			return
+		}
 		months := 12
 		if m := r.URL.Query().Get("months"); m != "" {
 			n, err := strconv.Atoi(m)
@@ -56,6 +59,9 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("GET /api/cost/{requestId}", func(w http.ResponseWriter, r *http.Request) {
 		rep, err := s.svc.Cost(r.Context(), r.PathValue("requestId"))
+		if err == nil && s.cfg.Client != "" && rep.Client != s.cfg.Client {
+			err = admission.ErrNoCostRecord // another client's: as if there were none
+		}
 		switch {
 		case errors.Is(err, admission.ErrNoCostRecord):
 			writeJSON(w, http.StatusNotFound, apiError{"no cost record for that request id (never settled here, or past its retention, --cost-record-ttl)"})
@@ -67,6 +73,9 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 		}
 	})
 	mux.HandleFunc("GET /api/usage/{client}/current", func(w http.ResponseWriter, r *http.Request) {
+		if !s.mayRead(w, r.PathValue("client")) {
+			return
+		}
 		rep, err := s.svc.Usage(r.Context(), r.PathValue("client"))
 		switch {
 		case errors.Is(err, admission.ErrUnknownClient):
@@ -103,6 +112,9 @@ func (s *Server) apiRoutes(mux *http.ServeMux) {
 }
 
 func (s *Server) endReservation(w http.ResponseWriter, r *http.Request, end func(context.Context, string) (limiter.Settlement, error)) {
+	if !s.mayEnd(w, r.PathValue("id")) {
+		return
+	}
 	st, err := end(r.Context(), r.PathValue("id"))
 	switch {
 	case errors.Is(err, limiter.ErrUnknownReservation):

@@ -36,10 +36,16 @@ const maxAnalyzeRequest = maxEstimateBody + 64<<10
 func (s *Server) optimizeRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/optimize/analyze", s.analyze)
 	mux.HandleFunc("GET /api/optimize/stats/{client}", func(w http.ResponseWriter, r *http.Request) {
+		if !s.mayRead(w, r.PathValue("client")) {
+			return
+		}
 		rep, err := s.svc.OptimizeStats(r.Context(), r.PathValue("client"))
 		s.clientReport(w, "optimize stats", rep, err)
 	})
 	mux.HandleFunc("GET /api/optimize/recommendations/{client}", func(w http.ResponseWriter, r *http.Request) {
+		if !s.mayRead(w, r.PathValue("client")) {
+			return
+		}
 		rep, err := s.svc.Recommendations(r.Context(), r.PathValue("client"))
 		s.clientReport(w, "optimize recommendations", rep, err)
 	})

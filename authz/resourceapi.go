@@ -143,6 +143,9 @@ func decodeCheck(raw []byte, set *policy.Set) (admission.Request, string) {
 func (s *Server) resourceRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /status", s.status)
 	mux.HandleFunc("GET /api/resources/availability", func(w http.ResponseWriter, r *http.Request) {
+		if c := r.URL.Query().Get("client"); c != "" && !s.mayRead(w, c) {
+			return
+		}
 		rep, err := s.svc.Availability(r.Context(), r.URL.Query().Get("client"))
 		s.clientReport(w, "availability", rep, err)
 	})
@@ -421,6 +424,17 @@ func (s *Server) internalRoutes(mux *http.ServeMux) {
 			return s.svc.Consume(ctx, id, actual, used)
 		})
 	})
+}
+
+// mayRead refuses, on a sidecar pinned to one client, to show another
+// client's data (its usage, history, cost records, savings, buckets): the
+// pod's own client is all such a sidecar speaks for.
+func (s *Server) mayRead(w http.ResponseWriter, client string) bool {
+	if s.cfg.Client == "" || client == s.cfg.Client {
+		return true
+	}
+	writeJSON(w, http.StatusForbidden, apiError{fmt.Sprintf("this sidecar is pinned to client %q and shows no other client's data", s.cfg.Client)})
+	return false
 }
 
 // mayEnd refuses, on a sidecar pinned to one client, to end a reservation

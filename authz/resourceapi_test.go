@@ -266,7 +266,46 @@ func TestInternalReservations(t *testing.T) {
 		assert.Equal(t, http.StatusForbidden, sc, body)
 		sc, body = ts.postJSON(t, "/internal/release", `{"reservation_id": "someone-elses"}`)
 		assert.Equal(t, http.StatusForbidden, sc, body)
+		// Nor through the older reservation endpoints, nor reading another
+		// client's data.
+		sc, body = ts.postJSON(t, "/api/reservations/someone-elses/settle", `{"actual_cost_usd": "0"}`)
+		assert.Equal(t, http.StatusForbidden, sc, body)
+		sc, body = ts.postJSON(t, "/api/reservations/someone-elses/release", "")
+		assert.Equal(t, http.StatusForbidden, sc, body)
+		for _, path := range []string{"/api/usage/acme", "/api/usage/acme/current", "/api/resources/availability?client=acme",
+			"/api/optimize/stats/acme", "/api/optimize/recommendations/acme"} {
+			sc, body = ts.get(t, path)
+			assert.Equal(t, http.StatusForbidden, sc, "%s: %s", path, body)
+		}
 	})
+}
+
+// TestDirectDedicatedPool: a direct reservation cannot name another
+// client's dedicated pool, and one by route takes the client's dedicated
+// pool as an admission through Envoy would; the dry run says the same.
+func TestDirectDedicatedPool(t *testing.T) {
+	policy := strings.Replace(resourcePolicy, "pools:\n", `pools:
+  gpt-4-acme:
+    unit: token
+    capacity: 50
+    refill_per_second: 1
+    price: "0.03/1K"
+    dedicated: {client: acme, instead_of: gpt-4}
+`, 1) + `  globex:
+    tier: basic
+`
+	ts := startServer(t, serverOpts{policy: policy, clk: fakeclock.New(epoch), config: func(c *authz.Config) { c.Settlement = admission.SettleDeferred }})
+	sc, body := ts.postJSON(t, "/internal/reserve", `{"client": "globex", "pool": "gpt-4-acme", "units": 5}`)
+	assert.Equal(t, http.StatusBadRequest, sc, body)
+	assert.Contains(t, body, "dedicated to another client")
+	sc, body = ts.postJSON(t, "/internal/reserve", `{"client": "acme", "pool": "gpt-4-acme", "units": 5}`)
+	assert.Equal(t, http.StatusOK, sc, body)
+	sc, body = ts.postJSON(t, "/internal/reserve", `{"client": "acme", "route": "openai", "units": 5}`)
+	require.Equal(t, http.StatusOK, sc, body)
+	assert.Contains(t, body, `"pool": "gpt-4-acme"`)
+	sc, body = ts.postJSON(t, "/api/resources/check", `{"client": "acme", "url": "https://api.openai.com/v1/chat/completions", "method": "POST", "body": {"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}}`)
+	require.Equal(t, http.StatusOK, sc, body)
+	assert.Contains(t, body, `"pool": "gpt-4-acme"`)
 }
 
 // TestSchedulerStopStart: the scheduler's state in /status and its gauge.

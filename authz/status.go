@@ -11,6 +11,8 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,14 +65,13 @@ const (
 // its cookie. They check the token themselves (header or cookie); every
 // other path of the API listener goes through requireToken.
 func (s *Server) statusRoutes(mux *http.ServeMux) {
-	want := s.cookieValue()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.APIToken.empty() {
 			s.renderLogin(w, http.StatusForbidden, msgNoTokenConfigured)
 			return
 		}
 		viaHeader := s.bearerOK(r)
-		viaCookie := !viaHeader && cookieOK(r, want)
+		viaCookie := !viaHeader && s.cookieOK(r, time.Now())
 		if !viaHeader && !viaCookie {
 			// A browser's first visit sends nothing: count only a
 			// token that was sent and is wrong.
@@ -97,42 +98,79 @@ func (s *Server) statusRoutes(mux *http.ServeMux) {
 		}
 		// The token is read from the body only (PostForm): one put in
 		// the URL's query, where logs would keep it, is not taken.
+		if !sameOrigin(r) {
+			http.Error(w, "a login from another site is refused", http.StatusForbidden)
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, 4096)
 		if err := r.ParseForm(); err != nil || !s.tokenOK(r.PostForm.Get("token")) {
 			s.m.apiUnauthorized.Inc()
 			s.renderLogin(w, http.StatusUnauthorized, msgBadTokenPage)
 			return
 		}
-		http.SetCookie(w, &http.Cookie{Name: statusCookie, Value: want, Path: "/", MaxAge: int(statusSession / time.Second),
+		http.SetCookie(w, &http.Cookie{Name: statusCookie, Value: s.cookieValue(time.Now()), Path: "/", MaxAge: int(statusSession / time.Second),
 			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 	})
 	mux.HandleFunc("POST /logout", func(w http.ResponseWriter, r *http.Request) {
+		if !sameOrigin(r) { // another site may not log the operator out
+			http.Error(w, "a logout from another site is refused", http.StatusForbidden)
+			return
+		}
 		http.SetCookie(w, &http.Cookie{Name: statusCookie, Value: "", Path: "/", MaxAge: -1,
 			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 	})
 }
 
-// cookieValue is the session cookie's value: HMAC-SHA256 of a fixed label
-// under the API token, in hex ("" with no token: nothing matches it).
-func (s *Server) cookieValue() string {
+// cookieValue is the session cookie's value for a login at issued: the
+// issue time (Unix seconds) and HMAC-SHA256 of it and a fixed label under
+// the API token, in hex ("" with no token: nothing matches it). A cookie
+// is good for statusSession from its issue, whatever the browser keeps,
+// and never after the token changes.
+func (s *Server) cookieValue(issued time.Time) string {
 	if s.cfg.APIToken.empty() {
 		return ""
 	}
+	at := strconv.FormatInt(issued.Unix(), 10)
+	return at + "." + s.cookieMAC(at)
+}
+
+func (s *Server) cookieMAC(at string) string {
 	mac := hmac.New(sha256.New, []byte(s.cfg.APIToken))
-	mac.Write([]byte(statusCookieLabel))
+	mac.Write([]byte(statusCookieLabel + "|" + at))
 	return hex.EncodeToString(mac.Sum(nil))
 }
 
-// cookieOK reports whether r carries the session cookie, compared in
-// constant time.
-func cookieOK(r *http.Request, want string) bool {
+// cookieOK reports whether r carries a session cookie issued under the
+// token less than statusSession before now (its MAC compared in constant
+// time).
+func (s *Server) cookieOK(r *http.Request, now time.Time) bool {
 	c, err := r.Cookie(statusCookie)
-	if err != nil || want == "" {
+	if err != nil || s.cfg.APIToken.empty() {
 		return false
 	}
-	return hmac.Equal([]byte(c.Value), []byte(want))
+	at, mac, ok := strings.Cut(c.Value, ".")
+	issued, perr := strconv.ParseInt(at, 10, 64)
+	if !ok || perr != nil || !hmac.Equal([]byte(mac), []byte(s.cookieMAC(at))) {
+		return false
+	}
+	age := now.Sub(time.Unix(issued, 0))
+	return age >= -time.Minute && age < statusSession
+}
+
+// sameOrigin reports whether a form post comes from this page: a browser
+// says so in Sec-Fetch-Site, else in Origin (a client that sends neither,
+// curl, is no cross-site form).
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin" || site == "none"
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		return err == nil && u.Host == r.Host
+	}
+	return true
 }
 
 // bearerOK reports whether r carries Authorization: Bearer <APIToken>.

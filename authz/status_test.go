@@ -2,9 +2,13 @@ package authz_test
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -194,7 +198,7 @@ func TestStatusLogin(t *testing.T) {
 	assert.True(t, c.HttpOnly)
 	assert.Equal(t, http.SameSiteStrictMode, c.SameSite)
 	assert.NotContains(t, c.Value, testToken)
-	assert.Len(t, c.Value, 64) // hex of an HMAC-SHA256
+	assert.Regexp(t, `^[0-9]+\.[0-9a-f]{64}$`, c.Value) // issued at, HMAC-SHA256 in hex
 
 	withCookie := http.Header{"Cookie": {c.Name + "=" + c.Value}}
 	resp, page = getPage(t, ts.srv, http.MethodGet, "/", nil, withCookie)
@@ -206,6 +210,23 @@ func TestStatusLogin(t *testing.T) {
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "the cookie opens the page only")
 	resp, _ = getPage(t, ts.srv, http.MethodGet, "/", nil, http.Header{"Cookie": {c.Name + "=" + strings.Repeat("0", 64)}})
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "a forged cookie")
+
+	// A cookie is good for 12 hours from its issue, whatever the browser
+	// keeps: one signed 13 hours ago is refused.
+	old := strconv.FormatInt(time.Now().Add(-13*time.Hour).Unix(), 10)
+	mac := hmac.New(sha256.New, []byte(testToken))
+	mac.Write([]byte("tollgate status page session v1|" + old))
+	resp, _ = getPage(t, ts.srv, http.MethodGet, "/", nil, http.Header{"Cookie": {c.Name + "=" + old + "." + hex.EncodeToString(mac.Sum(nil))}})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "an expired cookie")
+
+	// Another site can neither log in nor log the operator out.
+	crossSite := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}, "Sec-Fetch-Site": {"cross-site"}}
+	resp, _ = getPage(t, ts.srv, http.MethodPost, "/login", form(testToken), crossSite)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Empty(t, resp.Cookies())
+	resp, _ = getPage(t, ts.srv, http.MethodPost, "/logout", nil, http.Header{"Cookie": withCookie["Cookie"], "Origin": {"https://evil.example"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Empty(t, resp.Cookies())
 
 	resp, _ = getPage(t, ts.srv, http.MethodPost, "/logout", nil, withCookie)
 	assert.Equal(t, http.StatusSeeOther, resp.StatusCode)

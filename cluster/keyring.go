@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -112,7 +113,9 @@ func (n *Node) SetKeys(keys [][]byte) error {
 	if err := ring.UseKey(keys[0]); err != nil {
 		return fmt.Errorf("cluster: use the primary gossip key: %w", err)
 	}
-	for _, k := range ring.GetKeys() {
+	// A copy: RemoveKey shifts the keyring's own slice, which GetKeys
+	// returns, so a walk over it would skip the key after each removed one.
+	for _, k := range slices.Clone(ring.GetKeys()) {
 		named := false
 		for _, w := range keys {
 			named = named || bytes.Equal(k, w)

@@ -215,3 +215,15 @@ func FuzzParseKeys(f *testing.F) {
 		}
 	})
 }
+
+// TestSetKeysDropsEveryAbsentKey: a reload that drops several keys at once
+// removes each of them (a walk over the keyring's own slice, shifted by
+// each removal, skipped the key after a removed one and left it accepted).
+func TestSetKeysDropsEveryAbsentKey(t *testing.T) {
+	nodes := startNodes(t, 1)
+	k := func(b byte) []byte { return []byte(strings.Repeat(string(rune('a'+b)), 32)) }
+	require.NoError(t, nodes[0].SetKeys([][]byte{k(1), k(2), k(3)}))
+	require.Len(t, nodes[0].Keys(), 3)
+	require.NoError(t, nodes[0].SetKeys([][]byte{k(4)}))
+	assert.Equal(t, [][]byte{k(4)}, nodes[0].Keys(), "every key the list does not name is gone")
+}

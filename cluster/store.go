@@ -653,7 +653,13 @@ func (s *Store) refresh(ctx context.Context, req limiter.Request, n *need, now t
 		}
 		s.mu.Lock()
 		var denied *limiter.Decision
-		if s.slots[n.slot.Client].inUse >= held {
+		// The sync's prune may have dropped the client's entry (granted
+		// none, none in use) since the lease call let it go: none in use.
+		var inUse int64
+		if sl := s.slots[n.slot.Client]; sl != nil {
+			inUse = sl.inUse
+		}
+		if inUse >= held {
 			// Refused as the shared store would: every bucket and budget
 			// reported (one state each), nothing taken.
 			d := limiter.Decision{Reason: limiter.ReasonConcurrency, Blocking: -1, BudgetBlocking: -1, InFlight: inFlight,

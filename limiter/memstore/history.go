@@ -74,6 +74,9 @@ func (h *history) book(rec *limiter.CallRecord, st limiter.Settlement, now int64
 		return
 	}
 	h.expireCosts(now)
+	if e, ok := h.costs[rec.RequestID]; ok && e.exp > now {
+		return // the first call to book an id keeps it: another's x-request-id cannot overwrite it
+	}
 	exp := now + h.costTTL.Microseconds()
 	h.costs[rec.RequestID] = costEntry{exp: exp, rec: limiter.CostRecord{RequestID: rec.RequestID, Client: rec.Client, Route: rec.Route,
 		Model: rec.Model, Outcome: st.Outcome, Estimate: rec.Estimate, Actual: st.Spent, Saved: rec.Saved,

@@ -69,7 +69,9 @@ if r and r[1] == 0 then
       if saved ~= '0' then redis.call('HINCRBY', KEYS[4], pre .. 's', saved) end
       redis.call('EXPIRE', KEYS[4], tonumber(ARGV[r0 + 8]))
     end
-    if ARGV[r0 + 10] ~= '' then
+    -- The first call to book a request id keeps its record: a worker that
+    -- sends another's x-request-id cannot overwrite it.
+    if ARGV[r0 + 10] ~= '' and redis.call('EXISTS', KEYS[5]) == 0 then
       redis.call('HSET', KEYS[5], 'client', ARGV[r0 + 11], 'route', route, 'model', model, 'outcome', o,
         'estimate', ARGV[r0 + 6], 'actual', spent, 'saved', saved, 'in', ARGV[r0 + 4], 'out', ARGV[r0 + 5], 'at', int(now))
       redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[r0 + 9]))

@@ -34,6 +34,14 @@ func (s *Store) costKey(requestID string) string {
 	return s.p + "q:" + requestID
 }
 
+// costOnce writes a cost record unless its request id has one: the first
+// call to book an id keeps it (a worker that sends another's x-request-id
+// cannot overwrite it), as finish.lua and record.lua do.
+var costOnce = redis.NewScript(`if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1`)
+
 // costAfter writes the cost record of a call finished with Spread, whose
 // finish script could not (the record's slot is not the tenant's): one more
 // round trip, best effort — a failure loses the record, never the spend,
@@ -46,13 +54,13 @@ func (s *Store) costAfter(ctx context.Context, e limiter.Ending, st limiter.Sett
 	}
 	k := s.costKey(rec.RequestID)
 	ctx = context.WithoutCancel(ctx)
-	_, err := s.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, k, "client", rec.Client, "route", rec.Route, "model", rec.Model, "outcome", string(st.Outcome),
-			"estimate", int64(rec.Estimate), "actual", int64(st.Spent), "saved", int64(rec.Saved),
-			"in", rec.InputTokens, "out", rec.OutputTokens, "at", at.UnixMicro())
-		p.PExpire(ctx, k, s.costTTL)
-		return nil
-	})
+	err := costOnce.Run(ctx, s.c, []string{k}, s.costTTL.Milliseconds(),
+		"client", rec.Client, "route", rec.Route, "model", rec.Model, "outcome", string(st.Outcome),
+		"estimate", int64(rec.Estimate), "actual", int64(st.Spent), "saved", int64(rec.Saved),
+		"in", rec.InputTokens, "out", rec.OutputTokens, "at", at.UnixMicro()).Err()
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
 	if err != nil {
 		s.lost.Add(1)
 	}

@@ -27,7 +27,7 @@ for i = 1, n do
     if saved ~= '0' then redis.call('HINCRBY', hk, pre .. 's', saved) end
     redis.call('EXPIRE', hk, tonumber(ARGV[2]))
   end
-  if ARGV[a + 9] ~= '' then
+  if ARGV[a + 9] ~= '' and redis.call('EXISTS', ck) == 0 then -- the first booking of an id keeps it
     redis.call('HSET', ck, 'client', ARGV[a + 10], 'route', route, 'model', model, 'outcome', o,
       'estimate', ARGV[a + 7], 'actual', spent, 'saved', saved, 'in', ARGV[a + 5], 'out', ARGV[a + 6], 'at', ARGV[a + 11])
     redis.call('PEXPIRE', ck, tonumber(ARGV[3]))

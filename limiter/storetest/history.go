@@ -42,6 +42,7 @@ func RunHistory(t *testing.T, newBackend func(t *testing.T, clock limiter.Clock)
 		"unknown ids and clients":                   testHistoryUnknown,
 		"an invalid record changes nothing":         testHistoryInvalid,
 		"a record batch books once":                 testHistoryBatch,
+		"a request id's first record is kept":       testHistoryFirstKept,
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := &historyHarness{clock: fakeclock.New(Epoch), cfg: cfg}
@@ -118,6 +119,21 @@ func testHistoryRepeat(t *testing.T, h *historyHarness) {
 	require.Len(t, rows, 1)
 	assert.Equal(t, int64(1), rows[0].Calls, "booked once")
 	assert.Equal(t, policy.Money(80), rows[0].Cost)
+}
+
+// testHistoryFirstKept: a second call booked under a request id that has a
+// record (a worker sending another's x-request-id) books its history but
+// leaves the first record as it was.
+func testHistoryFirstKept(t *testing.T, h *historyHarness) {
+	h.call(t, "k1", 100, settled(80, rec("req-k", "openai", "gpt-4o", 10, 20, 100, 0)))
+	other := rec("req-k", "openai", "gpt-4o-mini", 1, 1, 50, 0)
+	other.Client = "mallory"
+	h.call(t, "k2", 50, settled(0, other))
+	c, err := h.costRecord(t, "req-k")
+	require.NoError(t, err)
+	assert.Equal(t, "acme", c.Client)
+	assert.Equal(t, policy.Money(80), c.Actual)
+	assert.Equal(t, "gpt-4o", c.Model)
 }
 
 func testHistoryRelease(t *testing.T, h *historyHarness) {
