@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"log/slog"
+	"math"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -241,6 +242,18 @@ func fitTo(d map[string]float64, limit int) map[string]float64 {
 	return out
 }
 
+// sane drops the rates of a peer's message that no member sends (negative,
+// NaN, infinite): a peer's bug must not shrink the fleet's totals so that
+// another member's share passes one.
+func sane(d map[string]float64) map[string]float64 {
+	for p, v := range d {
+		if !(v >= 0) || math.IsInf(v, 0) {
+			delete(d, p)
+		}
+	}
+	return d
+}
+
 // receive handles one message from a peer.
 func (n *Node) receive(b []byte) {
 	var m message
@@ -254,7 +267,7 @@ func (n *Node) receive(b []byte) {
 	switch m.Kind {
 	case kindDemand:
 		n.mu.Lock()
-		n.demand[m.From] = peerDemand{rates: m.Demand, weighted: m.Weighted, at: now}
+		n.demand[m.From] = peerDemand{rates: sane(m.Demand), weighted: sane(m.Weighted), at: now}
 		n.mu.Unlock()
 	case kindSpend:
 		k := spendKey{m.Owner, m.Period}

@@ -51,6 +51,9 @@ type lease struct {
 	refused   int
 	refusedAt time.Time
 	hotUntil  time.Time
+	// shareUntil: held to its priority share of a busy pool's refill
+	// until then (priority.go); refill notices leave that wait alone.
+	shareUntil time.Time
 	// got measures the units granted to this member while the bucket is
 	// hot, against its share of the refill (holdToShare).
 	got *rate

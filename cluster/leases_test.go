@@ -122,3 +122,40 @@ func TestBackoffHoldsReservedParts(t *testing.T) {
 	assert.Zero(t, units("other pool"), "no units left upstream: the shared part's lease is trimmed")
 	assert.Equal(t, before, units("other part"), "a count of units left speaks of the shared part only")
 }
+
+// TestRefillNoticeKeepsOtherWaits: a peer's refill notice ends the wait
+// of a bucket this member found empty, and leaves alone a hot bucket's
+// round and a member's wait held to its priority share (a notice of one
+// unit, or one heard twice, would otherwise send every member to Redis at
+// once and give a low-priority member first-come access again).
+func TestRefillNoticeKeepsOtherWaits(t *testing.T) {
+	epoch := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := fakeclock.New(epoch)
+	shared, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	cfg := DefaultConfig()
+	cfg.Clock, cfg.SyncEvery = clk, time.Hour
+	s, err := NewStore(cfg, shared, nil, prometheus.NewRegistry())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s.Close()); assert.NoError(t, shared.Close()) })
+
+	later := epoch.Add(time.Minute)
+	waits := map[string]*lease{
+		"empty":  {shortUntil: later, shortNeed: 1, possible: true},
+		"hot":    {shortUntil: later, shortNeed: 1, possible: true, hotUntil: later},
+		"shared": {shortUntil: later, shortNeed: 1, possible: true, shareUntil: later},
+	}
+	s.mu.Lock()
+	for name, l := range waits {
+		s.leases[limiter.Key{Pool: "gpt-" + name}] = l
+	}
+	s.mu.Unlock()
+	for name := range waits {
+		s.Refill("m2", "gpt-"+name, 5)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	assert.Equal(t, epoch, waits["empty"].shortUntil, "found empty: asks again at once")
+	assert.Equal(t, later, waits["hot"].shortUntil, "a hot bucket keeps its round")
+	assert.Equal(t, later, waits["shared"].shortUntil, "held to its share: keeps its wait")
+}

@@ -112,6 +112,7 @@ func (s *Store) holdToShare(l *lease, a limiter.LeaseAsk, granted int64, now tim
 		pause := time.Duration((got - fair) / fair * float64(time.Second))
 		if until := now.Add(min(pause, s.cfg.LeaseTTL)); until.After(l.shortUntil) {
 			l.shortUntil, l.shortNeed = until, 1
+			l.shareUntil = until // a refill notice does not end this wait (refill.go)
 		}
 	}
 }

@@ -52,7 +52,10 @@ func (s *Store) Refill(_, pool string, units int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, l := range s.leases {
-		if k.Pool == pool && k.Client == "" && now.Before(l.shortUntil) && l.possible && !now.Before(l.pausedUntil) && units >= l.shortNeed {
+		// A hot bucket's round and a member held to its priority share keep
+		// their wait: a notice speaks of a bucket found empty, not of them.
+		if k.Pool == pool && k.Client == "" && now.Before(l.shortUntil) && l.possible && !now.Before(l.pausedUntil) &&
+			!now.Before(l.hotUntil) && !now.Before(l.shareUntil) && units >= l.shortNeed {
 			l.shortUntil = now
 		}
 	}
