@@ -26,8 +26,11 @@ import (
 // client needs a slice every few seconds, not dozens a second. The headroom
 // rule (sliceSize) bounds them all the same.
 const (
-	sliceCalls    = 64
-	maxSliceCalls = 64 * 64
+	sliceCalls = 64
+	// maxGrownChains bounds the chains whose slices grew (s.sliceCalls):
+	// past it the hints start over.
+	maxGrownChains = 10_000
+	maxSliceCalls  = 64 * 64
 )
 
 // sliceGrace is how much longer than its local life a slice is held in
@@ -127,6 +130,9 @@ func (s *Store) openSlice(h *limiter.Hold, id string, size policy.Money, now tim
 	key := chainKey(h)
 	if old := s.slices[key]; old != nil {
 		if old.left() < h.Cost && now.Sub(old.opened) < s.cfg.SliceTTL/8 { // ran dry at once: larger next time
+			if _, known := s.sliceCalls[key]; !known && len(s.sliceCalls) >= maxGrownChains {
+				clear(s.sliceCalls) // a hint only: chains of past periods would stay forever
+			}
 			s.sliceCalls[key] = min(max(s.sliceCalls[key], sliceCalls)*2, maxSliceCalls)
 		}
 		s.closeSlice(key, old)
