@@ -49,9 +49,10 @@ func (s *Store) leaseSlots(ctx context.Context, client string, maxSlots int64, w
 	return s.leaseSlotsAt(ctx, time.Time{}, client, maxSlots, want)
 }
 
-// leaseSlotsAt is leaseSlots at the time of a request that names one (zero:
-// the shared store's clock, and this member's for the lease's life).
-func (s *Store) leaseSlotsAt(ctx context.Context, at time.Time, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
+// pinSlot returns client's slot lease, made when there is none, with busy
+// raised (so that the sync's prune leaves it) and its call lock held: one
+// lease call at a time per client. s.mu is not held.
+func (s *Store) pinSlot(client string) *slotLease {
 	s.mu.Lock()
 	sl := s.slots[client]
 	if sl == nil {
@@ -61,6 +62,13 @@ func (s *Store) leaseSlotsAt(ctx context.Context, at time.Time, client string, m
 	sl.busy++
 	s.mu.Unlock()
 	sl.call.Lock()
+	return sl
+}
+
+// leaseSlotsAt is leaseSlots at the time of a request that names one (zero:
+// the shared store's clock, and this member's for the lease's life).
+func (s *Store) leaseSlotsAt(ctx context.Context, at time.Time, client string, maxSlots int64, want func(*slotLease) int64) (held, inFlight int64, err error) {
+	sl := s.pinSlot(client)
 	defer sl.call.Unlock()
 	s.mu.Lock()
 	sl.max = maxSlots
@@ -100,15 +108,7 @@ func (s *Store) expireSlots(client string, now time.Time) int {
 // caller sends it (in a batch), records the answer with slotsHeld, then
 // calls the release it returns.
 func (s *Store) holdSlotCall(client string, maxSlots int64, want func(*slotLease) int64, ask **limiter.SlotLease) (release func()) {
-	s.mu.Lock()
-	sl := s.slots[client]
-	if sl == nil {
-		sl = &slotLease{}
-		s.slots[client] = sl
-	}
-	sl.busy++
-	s.mu.Unlock()
-	sl.call.Lock()
+	sl := s.pinSlot(client)
 	s.mu.Lock()
 	sl.max = maxSlots
 	w := want(sl)
