@@ -354,3 +354,44 @@ func TestReservationAnswerLost(t *testing.T) {
 	assert.Zero(t, usage().Reserved, "released once the store answers")
 	assert.Zero(t, usage().Spent)
 }
+
+// TestAnswerLostThenGranted: a call whose first try timed out before it
+// reached the store (its release queued in case it had) and whose next try
+// under the same reservation id is granted keeps that grant: the queued
+// release no longer ends it at the next sync (a held call, or a reserved
+// pool's next alternative, tries again under the same id).
+func TestAnswerLostThenGranted(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(epoch)
+	mem, err := memstore.New(memstore.Config{Clock: clk})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = mem.Close() })
+	shared := &unanswering{Store: mem}
+	cfg := cluster.DefaultConfig()
+	cfg.Clock, cfg.SyncEvery = clk, time.Hour
+	s, err := cluster.NewStore(cfg, shared, nil, prometheus.NewRegistry())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
+	acme := limiter.Budget{Owner: "acme", Limit: 100 * policy.NanosPerDollar}
+	req := limiter.Request{Hold: &limiter.Hold{ID: "again", TTL: time.Minute, Period: period, Cost: 1000, Budgets: []limiter.Budget{acme}}}
+	usage := func() limiter.BudgetState {
+		u, err := mem.Usage(ctx, period, []limiter.Budget{acme}, time.Time{})
+		require.NoError(t, err)
+		return u.Budgets[0]
+	}
+
+	shared.mute.Store(true) // the first try never reaches the store, but the member cannot know
+	d, err := s.Reserve(ctx, req)
+	require.NoError(t, err)
+	require.False(t, d.Allowed)
+	shared.mute.Store(false)
+	d, err = s.Reserve(ctx, req)
+	require.NoError(t, err)
+	require.True(t, d.Allowed, "the second try is granted")
+	s.Sync(ctx)
+	assert.Equal(t, policy.Money(1000), usage().Reserved, "the grant stands after the sync")
+	st, err := s.Settle(ctx, "again", 700)
+	require.NoError(t, err)
+	assert.False(t, st.Repeat, "settled once, by the call")
+	assert.Equal(t, policy.Money(700), usage().Spent)
+}

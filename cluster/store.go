@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -328,6 +329,13 @@ func (s *Store) Reserve(ctx context.Context, req limiter.Request) (limiter.Decis
 	s.learn(req, d2, snaps, now)
 	if h := req.Hold; h != nil && !h.Commit && d2.Allowed {
 		s.remember(h.ID, now, now.Add(h.TTL+doneRetention))
+		// A release queued for this id after an earlier try whose answer
+		// was lost (above) is void: the store granted the id now, so that
+		// try never reserved it, and the release would end this call's
+		// live reservation (a held call tries again under the same id).
+		s.ends = slices.DeleteFunc(s.ends, func(e pendingEnd) bool {
+			return e.id == h.ID && e.outcome == limiter.OutcomeReleased && e.chain == ""
+		})
 	}
 	s.mu.Unlock()
 	d2.Expired += need.expired
