@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tollgate/tollgate/limiter"
 	"github.com/tollgate/tollgate/policy"
@@ -43,11 +44,15 @@ func callRecord(now time.Time, p *pendingCall, in, out int64, savings []limiter.
 	return r
 }
 
+// cut is s in at most n bytes, cut on a rune boundary.
 func cut(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // HistoryMonth is one month of a client's history.

@@ -3,7 +3,6 @@ package admission
 import (
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tollgate/tollgate/policy"
 )
@@ -86,11 +85,7 @@ func clip(s string) string {
 	if len(s) <= maxRefusalField {
 		return s
 	}
-	cut := maxRefusalField
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
+	return cut(s, maxRefusalField) + "…"
 }
 
 // Refusals lists the last refused calls, newest first (at most 50).
